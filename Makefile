@@ -1,0 +1,53 @@
+# bootstrap — see README.md.
+SHELL := /bin/bash
+.DEFAULT_GOAL := build
+
+CONFIG  ?= platform.hcl
+VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+GO      ?= go
+export GOFLAGS := -buildvcs=false
+export GOTOOLCHAIN := local
+
+STATICCHECK_VERSION := v0.8.2
+
+.PHONY: build tools up down plan status test test-unit test-integration bench lint clean
+
+build: ## build bin/bootstrap
+	@mkdir -p bin
+	$(GO) build -trimpath -ldflags "-X main.version=$(VERSION)" -o bin/bootstrap ./cmd/bootstrap
+
+tools: ## install the pinned vault, consul, nomad, ... into ./bin (cached; seconds when warm)
+	@tools/install.sh
+
+up: tools build ## bring up the platform of $(CONFIG) (default: local, on this machine)
+	bin/bootstrap up -c $(CONFIG) --auto-approve
+
+down: build ## stop and remove the platform of $(CONFIG)
+	bin/bootstrap down -c $(CONFIG) --auto-approve
+
+plan: build
+	bin/bootstrap plan -c $(CONFIG)
+
+status: build
+	bin/bootstrap status -c $(CONFIG)
+
+# Integration and end-to-end tests need the real binaries; BOOTSTRAP_REQUIRE_TOOLS
+# turns a missing binary into a failure instead of a skip.
+test: tools build ## all tests: unit, integration against real servers, end to end
+	BOOTSTRAP_REQUIRE_TOOLS=1 $(GO) test -count=1 -timeout 75m -p 2 ./...
+
+test-unit: ## unit tests only (no servers)
+	$(GO) test -short -count=1 ./...
+
+bench: tools build ## benchmarks; results in bench.txt
+	BOOTSTRAP_REQUIRE_TOOLS=1 $(GO) test -run '^$$' -bench . -benchmem -count=1 -timeout 30m ./... | tee bench.txt
+
+lint: ## gofmt, go vet, staticcheck, ansible-lint
+	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || { gofmt -l $$(git ls-files '*.go'); echo "gofmt: run gofmt -w"; exit 1; }
+	$(GO) vet ./...
+	@test -x bin/staticcheck || GOBIN=$(CURDIR)/bin $(GO) install honnef.co/go/tools/cmd/staticcheck@$(STATICCHECK_VERSION)
+	bin/staticcheck ./...
+	@if command -v ansible-lint >/dev/null; then cd ansible && ansible-lint; else echo "ansible-lint not installed (apt-get install ansible-lint)"; fi
+
+clean:
+	rm -rf bin/bootstrap bench.txt

@@ -1,0 +1,249 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/platform-bootstrap/bootstrap/internal/config"
+	"github.com/platform-bootstrap/bootstrap/internal/secrets"
+	"github.com/platform-bootstrap/bootstrap/stages"
+	"github.com/platform-bootstrap/bootstrap/stages/platform"
+	"github.com/platform-bootstrap/bootstrap/tools"
+)
+
+func newValidateCmd(g *globals) *cobra.Command {
+	return &cobra.Command{
+		Use:   "validate",
+		Short: "Check the configuration file (exit 0 valid, 2 invalid); changes nothing",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			cfg, _, _, err := g.loadConfig()
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(g.stdout, "%s is valid: %s\n", g.config, describe(cfg.Provider))
+			return nil
+		},
+	}
+}
+
+func newVersionCmd(g *globals) *cobra.Command {
+	return &cobra.Command{
+		Use:   "version",
+		Short: "Print the version of bootstrap and of the components it installs",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			fmt.Fprintf(g.stdout, "bootstrap %s\n", version)
+			v := tools.Versions()
+			for _, k := range []string{"VAULT", "CONSUL", "NOMAD", "CONSUL_TEMPLATE", "FABIO", "PROMETHEUS", "GRAFANA"} {
+				fmt.Fprintf(g.stdout, "  %-16s %s\n", strings.ToLower(strings.ReplaceAll(k, "_", "-")), v[k+"_VERSION"])
+			}
+			return nil
+		},
+	}
+}
+
+// openReadOnly opens the state and secrets of an existing state directory
+// without taking the lock, for commands that only read (status, env).
+func (g *globals) openReadOnly() (*stages.Env, error) {
+	cfg, _, _, err := g.loadConfig()
+	if err != nil {
+		return nil, err
+	}
+	dir := g.stateDirFor(cfg)
+	if _, err := os.Stat(filepath.Join(dir, stages.StateFile)); err != nil {
+		return nil, &exitError{code: exitFailure, err: fmt.Errorf("no platform state in %s: run `bootstrap up` first", dir)}
+	}
+	state, err := stages.LoadState(dir)
+	if err != nil {
+		return nil, &exitError{code: exitFailure, err: err}
+	}
+	red := secrets.NewRedactor()
+	red.Add(configSecrets(cfg)...)
+	store, err := secrets.Open(filepath.Join(dir, "secrets"), red)
+	if err != nil {
+		return nil, &exitError{code: exitFailure, err: err}
+	}
+	return stages.NewEnv(cfg, dir, store, state, nil, nil), nil
+}
+
+func newStatusCmd(g *globals) *cobra.Command {
+	return &cobra.Command{
+		Use:   "status",
+		Short: "Show each stage's progress and the live state of every node and service",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			env, err := g.openReadOnly()
+			if err != nil {
+				return err
+			}
+			ctx, cancel := context.WithTimeout(cmd.Context(), 30*time.Second)
+			defer cancel()
+			type stageRow struct {
+				Name string `json:"name"`
+				stages.StageState
+			}
+			var rows []stageRow
+			var lines []stages.StatusLine
+			var errs []error
+			for _, st := range platform.Stages() {
+				rows = append(rows, stageRow{st.Name(), env.State.Stage(st.Name())})
+				if s, ok := st.(stages.Statuser); ok {
+					l, err := s.Status(ctx, env.ForStage(st.Name()))
+					lines = append(lines, l...)
+					if err != nil {
+						errs = append(errs, fmt.Errorf("%s: %w", st.Name(), err))
+					}
+				}
+			}
+			red := env.Secrets.Redactor()
+			if g.output == "json" {
+				enc := json.NewEncoder(red.Writer(g.stdout))
+				return enc.Encode(map[string]any{"stages": rows, "components": lines, "outputs": env.State.Outputs()})
+			}
+			w := red.Writer(g.stdout)
+			defer w.Close()
+			tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+			fmt.Fprintln(tw, "STAGE\tSTATUS\tFINISHED\tERROR")
+			for _, r := range rows {
+				fin := ""
+				if !r.Finished.IsZero() {
+					fin = r.Finished.Local().Format(time.DateTime)
+				}
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", r.Name, r.Status, fin, r.Error)
+			}
+			tw.Flush()
+			if len(lines) > 0 {
+				fmt.Fprintln(w)
+				tw = tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+				fmt.Fprintln(tw, "COMPONENT\tNODE\tSTATE\tDETAIL")
+				for _, l := range lines {
+					mark := "ok"
+					if !l.Healthy {
+						mark = "!!"
+					}
+					fmt.Fprintf(tw, "%s %s\t%s\t%s\t%s\n", mark, l.Component, l.Node, l.State, l.Detail)
+				}
+				tw.Flush()
+			}
+			printURLs(w, env.State.Outputs(), env.Secrets.Dir())
+			if len(errs) > 0 {
+				return &exitError{code: exitFailure, err: errors.Join(errs...)}
+			}
+			return nil
+		},
+	}
+}
+
+func newEnvCmd(g *globals) *cobra.Command {
+	var token string
+	cmd := &cobra.Command{
+		Use:   "env",
+		Short: `Print export lines for the official CLIs: eval "$(bootstrap env --token admin)"`,
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if token != "" && token != "admin" && token != "ci" && token != "ui" {
+				return &exitError{code: exitUsage, err: fmt.Errorf("--token %q: use admin, ci or ui", token)}
+			}
+			env, err := g.openReadOnly()
+			if err != nil {
+				return err
+			}
+			vars, err := envVars(env.State.Outputs(), env.Secrets, token)
+			if err != nil {
+				return &exitError{code: exitFailure, err: err}
+			}
+			writeExports(g.stdout, vars)
+			return nil
+		},
+	}
+	cmd.Flags().StringVar(&token, "token", "", "add the tokens of an identity: admin, ci (deploys to dev/prod) or ui (read-only)")
+	return cmd
+}
+
+// envVars maps outputs and, when asked, tokens to the variables the official
+// CLIs read.
+func envVars(out map[string]string, store *secrets.Store, token string) (map[string]string, error) {
+	vars := map[string]string{}
+	set := func(name, key string) {
+		if v := out[key]; v != "" {
+			vars[name] = v
+		}
+	}
+	set("VAULT_ADDR", stages.OutVaultAddr)
+	set("VAULT_CACERT", stages.OutVaultCACert)
+	set("CONSUL_HTTP_ADDR", stages.OutConsulAddr)
+	set("CONSUL_CACERT", stages.OutConsulCACert)
+	set("NOMAD_ADDR", stages.OutNomadAddr)
+	set("NOMAD_CACERT", stages.OutNomadCACert)
+	set("PROMETHEUS_ADDR", stages.OutPrometheusAddr)
+	set("ALERTMANAGER_ADDR", stages.OutAlertmanagerAddr)
+	set("GRAFANA_ADDR", stages.OutGrafanaAddr)
+	set("FABIO_ADDR", stages.OutFabioAddr)
+
+	tokens := map[string][][2]string{
+		"admin": {{"VAULT_TOKEN", stages.SecretVaultAdminToken}, {"CONSUL_HTTP_TOKEN", stages.SecretConsulBootstrapToken}, {"NOMAD_TOKEN", stages.SecretNomadBootstrapToken}},
+		"ci":    {{"NOMAD_TOKEN", stages.SecretNomadCIToken}},
+		"ui":    {{"CONSUL_HTTP_TOKEN", stages.SecretConsulOperatorToken}, {"NOMAD_TOKEN", stages.SecretNomadUIToken}},
+	}
+	for _, t := range tokens[token] {
+		v, ok, err := store.Get(t[1])
+		if err != nil {
+			return nil, err
+		}
+		if ok {
+			vars[t[0]] = strings.TrimSpace(v)
+		}
+	}
+	if token == "admin" {
+		if _, ok := vars["VAULT_TOKEN"]; !ok {
+			// Before the pki stage creates the admin identity, the root
+			// token is the only Vault identity.
+			if v, ok, err := store.Get(stages.SecretVaultRootToken); err == nil && ok {
+				vars["VAULT_TOKEN"] = strings.TrimSpace(v)
+			}
+		}
+	}
+	return vars, nil
+}
+
+func writeExports(w io.Writer, vars map[string]string) {
+	keys := make([]string, 0, len(vars))
+	for k := range vars {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	for _, k := range keys {
+		fmt.Fprintf(w, "export %s=%s\n", k, shellQuote(vars[k]))
+	}
+}
+
+func shellQuote(s string) string {
+	return "'" + strings.ReplaceAll(s, "'", `'"'"'`) + "'"
+}
+
+func describe(p config.Provider) string {
+	switch {
+	case p.Local != nil:
+		return fmt.Sprintf("local provider, %d server(s) and %d client(s) on %s", p.Local.Servers, p.Local.Clients, p.Local.Subnet)
+	case p.Terraform != nil:
+		return fmt.Sprintf("terraform provider, module %s", p.Terraform.Module)
+	case p.Static != nil:
+		if p.Static.Inventory != "" {
+			return "static provider, inventory " + p.Static.Inventory
+		}
+		return fmt.Sprintf("static provider, %d node(s)", len(p.Static.Nodes))
+	}
+	return p.Type + " provider"
+}

@@ -1,0 +1,295 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"text/tabwriter"
+	"time"
+
+	"github.com/spf13/cobra"
+	"golang.org/x/term"
+
+	"github.com/platform-bootstrap/bootstrap/internal/config"
+	"github.com/platform-bootstrap/bootstrap/internal/secrets"
+	"github.com/platform-bootstrap/bootstrap/internal/ui"
+	"github.com/platform-bootstrap/bootstrap/stages"
+	"github.com/platform-bootstrap/bootstrap/stages/platform"
+)
+
+func newUpCmd(g *globals) *cobra.Command {
+	return &cobra.Command{
+		Use:   "up",
+		Short: "Bring the platform up, or finish and repair it (converges; safe to re-run)",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			return g.execute("up", func(ctx context.Context, r *stages.Runner, sel stages.Selection) ([]stages.StageResult, error) {
+				return r.Up(ctx, sel)
+			})
+		},
+	}
+}
+
+func newPlanCmd(g *globals) *cobra.Command {
+	return &cobra.Command{
+		Use:   "plan",
+		Short: "Show what up would change, asking the live system (exit 0: none, 4: changes pending)",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			g.autoApprove = true
+			var pending bool
+			err := g.execute("plan", func(ctx context.Context, r *stages.Runner, sel stages.Selection) ([]stages.StageResult, error) {
+				res, err := r.Plan(ctx, sel)
+				for _, s := range res {
+					if s.Outcome != stages.OutcomeUnchanged {
+						pending = true
+					}
+				}
+				return res, err
+			})
+			if err == nil && pending {
+				return &exitError{code: exitChanges}
+			}
+			return err
+		},
+	}
+}
+
+func newDownCmd(g *globals) *cobra.Command {
+	return &cobra.Command{
+		Use:   "down",
+		Short: "Stop and remove everything the platform runs and provisioned",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			return g.execute("down", func(ctx context.Context, r *stages.Runner, sel stages.Selection) ([]stages.StageResult, error) {
+				if g.interactive() {
+					ok, err := g.confirm("This stops every node and destroys the platform, its data and its secrets. Continue?")
+					if err != nil || !ok {
+						return nil, errors.Join(err, stages.ErrNotApproved)
+					}
+				}
+				res, err := r.Down(ctx, sel)
+				if err == nil && len(sel.Only) == 0 && sel.From == "" && len(sel.Skip) == 0 {
+					err = r.Env.State.Reset()
+				}
+				return res, err
+			})
+		},
+	}
+}
+
+// interactive reports whether the user can be asked.
+func (g *globals) interactive() bool {
+	if g.autoApprove || os.Getenv("CI") == "true" || g.output == ui.ModeJSON {
+		return false
+	}
+	return term.IsTerminal(int(g.stdin.Fd()))
+}
+
+func (g *globals) confirm(question string) (bool, error) {
+	fmt.Fprintf(g.stdout, "%s [y/N] ", question)
+	line, err := bufio.NewReader(g.stdin).ReadString('\n')
+	if err != nil && !errors.Is(err, io.EOF) {
+		return false, err
+	}
+	a := strings.ToLower(strings.TrimSpace(line))
+	return a == "y" || a == "yes", nil
+}
+
+// loadConfig parses the configuration and the stage selection; any mistake
+// is a usage error and nothing has been touched yet.
+func (g *globals) loadConfig() (*config.Platform, stages.Selection, string, error) {
+	sel := stages.Selection{Only: g.only, From: g.from, Skip: g.skip}
+	if err := sel.Validate(); err != nil {
+		return nil, sel, "", err
+	}
+	mode, err := ui.Resolve(g.output, g.stdout)
+	if err != nil {
+		return nil, sel, "", &exitError{code: exitUsage, err: err}
+	}
+	cfg, diags := config.Load(g.config)
+	if diags.HasErrors() {
+		return nil, sel, "", diagError(g.stderr, diags)
+	}
+	printDiags(g.stderr, diags) // warnings
+	return cfg, sel, mode, nil
+}
+
+func (g *globals) stateDirFor(cfg *config.Platform) string {
+	if g.stateDir != "" {
+		return g.stateDir
+	}
+	return filepath.Join(cfg.Dir, ".bootstrap")
+}
+
+// configSecrets are secret values that come from the configuration itself.
+func configSecrets(cfg *config.Platform) []string {
+	var out []string
+	if cfg.GitLabRunner != nil {
+		out = append(out, cfg.GitLabRunner.Token)
+	}
+	return out
+}
+
+type runFunc func(ctx context.Context, r *stages.Runner, sel stages.Selection) ([]stages.StageResult, error)
+
+// execute runs one locked command: config, lock, stages, output, summary.
+func (g *globals) execute(command string, fn runFunc) error {
+	cfg, sel, mode, err := g.loadConfig()
+	if err != nil {
+		return err
+	}
+	stateDir := g.stateDirFor(cfg)
+	red := secrets.NewRedactor()
+	red.Add(configSecrets(cfg)...)
+	sess, err := stages.Open(stateDir, command, red)
+	if err != nil {
+		var le *stages.LockedError
+		if errors.As(err, &le) {
+			return &exitError{code: exitLocked, err: err}
+		}
+		return &exitError{code: exitFailure, err: err}
+	}
+
+	var out io.Writer = g.stdout
+	var lw *secrets.LineWriter
+	if mode != ui.ModeTTY {
+		lw = red.Writer(g.stdout)
+		out = lw
+	}
+	all := platform.Stages()
+	var names []string
+	for _, s := range sel.Pick(all) {
+		names = append(names, s.Name())
+	}
+	sink := ui.New(mode, out, names)
+	reporter := stages.ReporterFunc(func(e stages.Event) {
+		sink.Event(e)
+		sess.Event(e)
+	})
+	env := stages.NewEnv(cfg, stateDir, sess.Secrets, sess.State, sess.LogWriter(), reporter)
+	runner := &stages.Runner{Stages: all, Env: env}
+	if command == "up" && g.interactive() {
+		runner.Approve = func(plans []stages.StageResult) (bool, error) {
+			sink.Close()
+			sink = ui.New(ui.ModePlain, io.Discard, nil)
+			printPlans(g.stdout, plans)
+			ok, err := g.confirm("Apply these changes?")
+			if ok {
+				sink = ui.New(mode, out, names)
+			}
+			return ok, err
+		}
+	}
+
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	start := time.Now()
+	env.Emit(stages.Event{Type: stages.EventRunStart, Run: sess.RunID, Command: command, Stale: sess.Lock.Stale})
+	results, runErr := fn(ctx, runner, sel)
+	ev := stages.Event{Type: stages.EventRunEnd, Command: command, Duration: time.Since(start), Stages: results}
+	if runErr != nil {
+		ev.Error = runErr.Error()
+	}
+	env.Emit(ev)
+	sink.Close()
+	if lw != nil {
+		lw.Close()
+	}
+	if mode != ui.ModeJSON {
+		printSummary(red.Writer(g.stdout), command, results, time.Since(start), sess, runErr)
+	}
+	if err := sess.Close(results, runErr); err != nil {
+		runErr = errors.Join(runErr, err)
+	}
+	if runErr != nil {
+		if errors.Is(runErr, stages.ErrNotApproved) {
+			return &exitError{code: exitFailure, err: stages.ErrNotApproved}
+		}
+		return &exitError{code: exitFailure, err: errors.New(red.String(runErr.Error()))}
+	}
+	return nil
+}
+
+func printPlans(w io.Writer, plans []stages.StageResult) {
+	fmt.Fprintln(w, "bootstrap will make these changes:")
+	for _, p := range plans {
+		switch p.Outcome {
+		case stages.OutcomeUnchanged:
+			fmt.Fprintf(w, "  %s: no changes\n", p.Name)
+		case stages.OutcomePlanned:
+			fmt.Fprintf(w, "  %s:\n", p.Name)
+			for _, c := range p.Changes {
+				fmt.Fprintf(w, "      %s\n", c)
+			}
+		default:
+			fmt.Fprintf(w, "  %s: %s\n", p.Name, p.Error)
+		}
+	}
+}
+
+func printSummary(w *secrets.LineWriter, command string, results []stages.StageResult, took time.Duration, sess *stages.Session, runErr error) {
+	defer w.Close()
+	if len(results) > 0 {
+		fmt.Fprintln(w)
+		tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+		fmt.Fprintln(tw, "STAGE\tOUTCOME\tDURATION\tCHANGES")
+		for _, r := range results {
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%d\n", r.Name, r.Outcome, r.Duration.Round(10*time.Millisecond), len(r.Changes))
+		}
+		tw.Flush()
+	}
+	status := "Finished"
+	if runErr != nil {
+		status = "Failed"
+	}
+	fmt.Fprintf(w, "\n%s %s in %s. Log: %s\n", status, command, took.Round(100*time.Millisecond), sess.LogPath)
+	if command != "up" || runErr != nil {
+		if runErr != nil && command == "up" {
+			fmt.Fprintln(w, "Fix the cause and run `bootstrap up` again: it resumes where it stopped.")
+		}
+		return
+	}
+	printURLs(w, sess.State.Outputs(), sess.Secrets.Dir())
+}
+
+func printURLs(w io.Writer, out map[string]string, secretDir string) {
+	rows := []struct{ label, key, suffix string }{
+		{"Vault", stages.OutVaultAddr, ""},
+		{"Consul UI", stages.OutConsulAddr, "/ui/"},
+		{"Nomad UI", stages.OutNomadAddr, "/ui/"},
+		{"Prometheus", stages.OutPrometheusAddr, ""},
+		{"Alertmanager", stages.OutAlertmanagerAddr, ""},
+		{"Grafana", stages.OutGrafanaAddr, ""},
+		{"Fabio", stages.OutFabioAddr, ""},
+		{"Fabio UI", stages.OutFabioUIAddr, ""},
+	}
+	any := false
+	for _, r := range rows {
+		if v := out[r.key]; v != "" {
+			if !any {
+				fmt.Fprintln(w)
+				any = true
+			}
+			fmt.Fprintf(w, "  %-13s %s%s\n", r.label, v, r.suffix)
+		}
+	}
+	if !any {
+		return
+	}
+	fmt.Fprintf(w, "\n  Secrets (unseal keys, tokens) are in %s (0700).\n", secretDir)
+	fmt.Fprintln(w, `  Use the CLIs: eval "$(bootstrap env --token admin)"`)
+	if out[stages.OutNomadAddr] != "" {
+		fmt.Fprintf(w, "\n  GitLab CI/CD variables for deploys (bootstrap deploy):\n")
+		fmt.Fprintf(w, "    NOMAD_ADDR    %s\n", out[stages.OutNomadAddr])
+		fmt.Fprintf(w, "    NOMAD_CACERT  a file variable with the contents of %s\n", out[stages.OutNomadCACert])
+		fmt.Fprintf(w, "    NOMAD_TOKEN   masked, the contents of %s\n", filepath.Join(secretDir, stages.SecretNomadCIToken))
+	}
+}

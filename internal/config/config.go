@@ -1,0 +1,304 @@
+// Package config reads platform.hcl: the one file that describes a platform.
+//
+// Every setting has a default, so a file holding only `provider "local" {}`
+// is a complete platform. Errors are HCL diagnostics that name the file, line
+// and column and say how to fix the problem.
+package config
+
+import (
+	"github.com/hashicorp/hcl/v2"
+	"github.com/zclconf/go-cty/cty"
+)
+
+// Platform is a parsed and validated platform.hcl with every default applied.
+type Platform struct {
+	// Filename is the path the configuration was read from; Dir is its directory,
+	// against which relative paths in the file are resolved.
+	Filename string
+	Dir      string
+
+	Name       string
+	Datacenter string
+	Region     string
+
+	Provider     Provider
+	Vault        Vault
+	PKI          PKI
+	Consul       Consul
+	Nomad        Nomad
+	Jobs         Jobs
+	Monitoring   Monitoring
+	GitLabRunner *GitLabRunner
+}
+
+// Provider says where the machines come from. Exactly one of the fields is set.
+type Provider struct {
+	Type      string // "local", "terraform" or "static"
+	Local     *LocalProvider
+	Terraform *TerraformProvider
+	Static    *StaticProvider
+	DefRange  hcl.Range
+}
+
+// LocalProvider runs every node as processes on this machine, each on its own
+// loopback address.
+type LocalProvider struct {
+	Servers int `hcl:"servers,optional"`
+	Clients int `hcl:"clients,optional"`
+	// Subnet is the loopback network the node addresses are taken from:
+	// servers first, then clients, starting at .1.
+	Subnet string `hcl:"subnet,optional"`
+	// BinDir holds vault, consul, nomad, ... (default: ./bin next to the
+	// config file, as `make tools` leaves it).
+	BinDir string `hcl:"bin_dir,optional"`
+
+	ServersRange hcl.Range `hcl:"servers,attr_value_range"`
+	ClientsRange hcl.Range `hcl:"clients,attr_value_range"`
+	SubnetRange  hcl.Range `hcl:"subnet,attr_value_range"`
+}
+
+// TerraformProvider runs a Terraform module whose output bootstrap_inventory
+// follows the inventory contract.
+type TerraformProvider struct {
+	Module string `hcl:"module"`
+	// Vars are the module's input variables.
+	Vars map[string]cty.Value `hcl:"vars,optional"`
+	// Binary is the terraform or tofu executable (default: found on PATH).
+	Binary string `hcl:"binary,optional"`
+	// Backend "local" keeps the state in the state directory; any other value
+	// is written as the module's backend with BackendConfig.
+	Backend       string            `hcl:"backend,optional"`
+	BackendConfig map[string]string `hcl:"backend_config,optional"`
+	// SSHTimeout bounds the wait for every node to answer SSH.
+	SSHTimeout string `hcl:"ssh_timeout,optional"`
+
+	ModuleRange hcl.Range `hcl:"module,attr_value_range"`
+}
+
+// StaticProvider describes existing machines reached over SSH.
+type StaticProvider struct {
+	// Inventory is a JSON file in the inventory contract format.
+	Inventory string       `hcl:"inventory,optional"`
+	Nodes     []StaticNode `hcl:"node,block"`
+
+	InventoryRange hcl.Range `hcl:"inventory,attr_value_range"`
+}
+
+// StaticNode is one machine of a static inventory.
+type StaticNode struct {
+	Name      string   `hcl:"name,label"`
+	Roles     []string `hcl:"roles"`
+	PublicIP  string   `hcl:"public_ip,optional"`
+	PrivateIP string   `hcl:"private_ip"`
+	SSH       *SSH     `hcl:"ssh,block"`
+
+	DefRange       hcl.Range `hcl:",def_range"`
+	RolesRange     hcl.Range `hcl:"roles,attr_value_range"`
+	PrivateIPRange hcl.Range `hcl:"private_ip,attr_value_range"`
+}
+
+// SSH says how to reach a node.
+type SSH struct {
+	User           string `hcl:"user,optional"`
+	Port           int    `hcl:"port,optional"`
+	PrivateKeyFile string `hcl:"private_key_file,optional"`
+
+	PortRange hcl.Range `hcl:"port,attr_value_range"`
+}
+
+// Vault configures the Vault cluster that backs the PKI.
+type Vault struct {
+	// HA runs Vault on three servers with integrated raft storage.
+	HA bool `hcl:"ha,optional"`
+	// Nodes names the nodes that run Vault (default: the first server, or
+	// the first three servers with ha = true).
+	Nodes        []string `hcl:"nodes,optional"`
+	KeyShares    int      `hcl:"key_shares,optional"`
+	KeyThreshold int      `hcl:"key_threshold,optional"`
+
+	NodesRange        hcl.Range `hcl:"nodes,attr_value_range"`
+	KeySharesRange    hcl.Range `hcl:"key_shares,attr_value_range"`
+	KeyThresholdRange hcl.Range `hcl:"key_threshold,attr_value_range"`
+	DefRange          hcl.Range `hcl:",def_range"`
+}
+
+// PKI configures the certificate authorities in Vault.
+type PKI struct {
+	RootTTL         string `hcl:"root_ttl,optional"`
+	IntermediateTTL string `hcl:"intermediate_ttl,optional"`
+	// LeafTTL is the lifetime of agent certificates; consul-template renews
+	// them before they expire.
+	LeafTTL string `hcl:"leaf_ttl,optional"`
+	// RevokeRootToken revokes Vault's root token once the admin identity
+	// exists. It can be regenerated from the unseal keys.
+	RevokeRootToken bool `hcl:"revoke_root_token,optional"`
+
+	CAs      []CA      `hcl:"ca,block"`
+	AppRoles []AppRole `hcl:"approle,block"`
+
+	RootTTLRange         hcl.Range `hcl:"root_ttl,attr_value_range"`
+	IntermediateTTLRange hcl.Range `hcl:"intermediate_ttl,attr_value_range"`
+	LeafTTLRange         hcl.Range `hcl:"leaf_ttl,attr_value_range"`
+}
+
+// CA is an application certificate authority: a root, optional
+// intermediates signed by it, and issuing roles.
+type CA struct {
+	Name          string         `hcl:"name,label"`
+	CommonName    string         `hcl:"common_name"`
+	TTL           string         `hcl:"ttl,optional"`
+	KeyType       string         `hcl:"key_type,optional"`
+	KeyBits       int            `hcl:"key_bits,optional"`
+	Intermediates []Intermediate `hcl:"intermediate,block"`
+	Roles         []Role         `hcl:"role,block"`
+
+	DefRange     hcl.Range `hcl:",def_range"`
+	TTLRange     hcl.Range `hcl:"ttl,attr_value_range"`
+	KeyTypeRange hcl.Range `hcl:"key_type,attr_value_range"`
+}
+
+// Intermediate is an intermediate CA signed by its CA's root.
+type Intermediate struct {
+	Name       string `hcl:"name,label"`
+	CommonName string `hcl:"common_name"`
+	TTL        string `hcl:"ttl,optional"`
+
+	DefRange hcl.Range `hcl:",def_range"`
+	TTLRange hcl.Range `hcl:"ttl,attr_value_range"`
+}
+
+// Role is a Vault PKI role: what leaf certificates may be issued.
+type Role struct {
+	Name string `hcl:"name,label"`
+	// Issuer is the intermediate that signs the leaves (default: the root).
+	Issuer          string   `hcl:"issuer,optional"`
+	AllowedDomains  []string `hcl:"allowed_domains,optional"`
+	AllowSubdomains bool     `hcl:"allow_subdomains,optional"`
+	AllowBareDomain bool     `hcl:"allow_bare_domains,optional"`
+	AllowAnyName    bool     `hcl:"allow_any_name,optional"`
+	AllowIPSANs     bool     `hcl:"allow_ip_sans,optional"`
+	ServerFlag      bool     `hcl:"server_flag,optional"`
+	ClientFlag      bool     `hcl:"client_flag,optional"`
+	KeyUsage        []string `hcl:"key_usage,optional"`
+	ExtKeyUsage     []string `hcl:"ext_key_usage,optional"`
+	KeyType         string   `hcl:"key_type,optional"`
+	KeyBits         int      `hcl:"key_bits,optional"`
+	TTL             string   `hcl:"ttl,optional"`
+	MaxTTL          string   `hcl:"max_ttl,optional"`
+
+	DefRange    hcl.Range `hcl:",def_range"`
+	IssuerRange hcl.Range `hcl:"issuer,attr_value_range"`
+	TTLRange    hcl.Range `hcl:"ttl,attr_value_range"`
+	MaxTTLRange hcl.Range `hcl:"max_ttl,attr_value_range"`
+}
+
+// AppRole is a Vault AppRole for an application, allowed to issue from the
+// roles of the listed CAs only.
+type AppRole struct {
+	Name     string   `hcl:"name,label"`
+	CAs      []string `hcl:"cas"`
+	TokenTTL string   `hcl:"token_ttl,optional"`
+
+	DefRange      hcl.Range `hcl:",def_range"`
+	CAsRange      hcl.Range `hcl:"cas,attr_value_range"`
+	TokenTTLRange hcl.Range `hcl:"token_ttl,attr_value_range"`
+}
+
+// Consul configures the Consul cluster.
+type Consul struct {
+	Domain string `hcl:"domain,optional"`
+	UI     bool   `hcl:"ui,optional"`
+	// DNS points the nodes' resolver at Consul for .consul names (real
+	// machines only: the local provider cannot change this machine's resolver).
+	DNS bool `hcl:"dns,optional"`
+}
+
+// Nomad configures the Nomad cluster.
+type Nomad struct {
+	// Namespaces for applications; "general" (platform jobs) always exists.
+	Namespaces []string `hcl:"namespaces,optional"`
+	// DeployNamespaces are the namespaces the CI deploy token may write to
+	// (default: every application namespace).
+	DeployNamespaces []string `hcl:"deploy_namespaces,optional"`
+
+	NamespacesRange       hcl.Range `hcl:"namespaces,attr_value_range"`
+	DeployNamespacesRange hcl.Range `hcl:"deploy_namespaces,attr_value_range"`
+}
+
+// Jobs configures the platform jobs.
+type Jobs struct {
+	// Driver is "docker" (images), "raw_exec" or "exec" (local binaries), or
+	// "auto": docker on provisioned machines, raw_exec on the local provider.
+	Driver string `hcl:"driver,optional"`
+
+	Fabio        Job `hcl:"fabio,block"`
+	Prometheus   Job `hcl:"prometheus,block"`
+	Alertmanager Job `hcl:"alertmanager,block"`
+	Grafana      Job `hcl:"grafana,block"`
+	NodeExporter Job `hcl:"node_exporter,block"`
+
+	DriverRange hcl.Range `hcl:"driver,attr_value_range"`
+}
+
+// Job holds the settings every platform job shares.
+type Job struct {
+	Enabled bool   `hcl:"enabled,optional"`
+	Image   string `hcl:"image,optional"`
+	Count   int    `hcl:"count,optional"`
+	CPU     int    `hcl:"cpu,optional"`
+	Memory  int    `hcl:"memory,optional"`
+
+	CountRange hcl.Range `hcl:"count,attr_value_range"`
+}
+
+// Monitoring configures Prometheus, Alertmanager and Grafana.
+type Monitoring struct {
+	Retention      string `hcl:"retention,optional"`
+	ScrapeInterval string `hcl:"scrape_interval,optional"`
+	// AlertWebhookURL receives Alertmanager notifications.
+	AlertWebhookURL string `hcl:"alert_webhook_url,optional"`
+	// DashboardsDir adds the user's own Grafana dashboards (JSON files).
+	DashboardsDir string `hcl:"dashboards_dir,optional"`
+
+	RetentionRange       hcl.Range `hcl:"retention,attr_value_range"`
+	ScrapeIntervalRange  hcl.Range `hcl:"scrape_interval,attr_value_range"`
+	AlertWebhookURLRange hcl.Range `hcl:"alert_webhook_url,attr_value_range"`
+	DashboardsDirRange   hcl.Range `hcl:"dashboards_dir,attr_value_range"`
+}
+
+// GitLabRunner registers a GitLab Runner job when present.
+type GitLabRunner struct {
+	URL string `hcl:"url"`
+	// Token is the runner authentication token; write env("NAME") so it never
+	// sits in the file.
+	Token    string   `hcl:"token"`
+	Executor string   `hcl:"executor,optional"`
+	Tags     []string `hcl:"tags,optional"`
+	// Concurrent is how many CI jobs one runner runs at once.
+	Concurrent int    `hcl:"concurrent,optional"`
+	Image      string `hcl:"image,optional"`
+
+	DefRange      hcl.Range `hcl:",def_range"`
+	URLRange      hcl.Range `hcl:"url,attr_value_range"`
+	ExecutorRange hcl.Range `hcl:"executor,attr_value_range"`
+	TokenRange    hcl.Range `hcl:"token,attr_value_range"`
+}
+
+// The platform namespace every platform job runs in.
+const GeneralNamespace = "general"
+
+// VaultNodes returns the names of the nodes that run Vault, given the
+// inventory's servers in order.
+func (v Vault) VaultNodes(servers []string) []string {
+	if len(v.Nodes) > 0 {
+		return v.Nodes
+	}
+	n := 1
+	if v.HA {
+		n = 3
+	}
+	if n > len(servers) {
+		n = len(servers)
+	}
+	return servers[:n]
+}

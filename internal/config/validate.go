@@ -1,0 +1,359 @@
+package config
+
+import (
+	"fmt"
+	"net"
+	"net/netip"
+	"net/url"
+	"regexp"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/hashicorp/hcl/v2"
+)
+
+var nameRE = regexp.MustCompile(`^[a-z][a-z0-9-]{0,62}$`)
+
+func validName(s string) bool { return nameRE.MatchString(s) }
+
+// Roles a node may have.
+var knownRoles = []string{"server", "client", "vault"}
+
+// MaxLocalNodes bounds the local provider: every node is a handful of real
+// processes on this one machine.
+const MaxLocalNodes = 32
+
+type validator struct {
+	diags hcl.Diagnostics
+	p     *Platform
+}
+
+func (v *validator) errorf(rng hcl.Range, summary, format string, args ...any) {
+	if rng.Filename == "" {
+		rng = v.p.Provider.DefRange
+	}
+	v.diags = append(v.diags, &hcl.Diagnostic{
+		Severity: hcl.DiagError,
+		Summary:  summary,
+		Detail:   fmt.Sprintf(format, args...),
+		Subject:  rng.Ptr(),
+	})
+}
+
+// or returns r, or fallback when r is unset (the attribute was not written).
+func or(r, fallback hcl.Range) hcl.Range {
+	if r.Filename == "" {
+		return fallback
+	}
+	return r
+}
+
+func validate(p *Platform) hcl.Diagnostics {
+	v := &validator{p: p}
+	switch p.Provider.Type {
+	case "local":
+		v.local(p.Provider.Local)
+	case "static":
+		v.static(p.Provider.Static)
+	case "terraform":
+		v.terraform(p.Provider.Terraform)
+	}
+	v.vault()
+	v.pki()
+	v.nomad()
+	v.jobs()
+	v.monitoring()
+	v.gitlab()
+	return v.diags
+}
+
+func (v *validator) local(l *LocalProvider) {
+	def := v.p.Provider.DefRange
+	if l.Servers < 1 || l.Servers%2 == 0 || l.Servers > 7 {
+		v.errorf(or(l.ServersRange, def), "Invalid number of servers",
+			"servers = %d: Consul, Nomad and Vault need an odd number of servers to keep a quorum; use 1, 3, 5 or 7.", l.Servers)
+	}
+	if l.Clients < 1 {
+		v.errorf(or(l.ClientsRange, def), "Invalid number of clients",
+			"clients = %d: the platform jobs need at least one client to run on; use 1 or more.", l.Clients)
+	}
+	if l.Servers+l.Clients > MaxLocalNodes {
+		v.errorf(or(l.ClientsRange, def), "Too many local nodes",
+			"%d servers + %d clients: the local provider runs at most %d nodes on one machine.", l.Servers, l.Clients, MaxLocalNodes)
+	}
+	pfx, err := netip.ParsePrefix(l.Subnet)
+	switch {
+	case err != nil:
+		v.errorf(or(l.SubnetRange, def), "Invalid subnet", "subnet = %q is not a CIDR range: %s. Use e.g. \"127.0.1.0/24\".", l.Subnet, err)
+	case !pfx.Addr().Is4() || !netip.MustParsePrefix("127.0.0.0/8").Contains(pfx.Addr()) || pfx.Bits() < 8:
+		v.errorf(or(l.SubnetRange, def), "Subnet is not loopback",
+			"subnet = %q: local nodes only listen on loopback addresses; use a range inside 127.0.0.0/8 such as \"127.0.1.0/24\".", l.Subnet)
+	case pfx.Bits() > 32-6 || 1<<(32-pfx.Bits())-2 < l.Servers+l.Clients:
+		v.errorf(or(l.SubnetRange, def), "Subnet too small",
+			"subnet = %q has room for fewer than %d nodes; use a /24.", l.Subnet, l.Servers+l.Clients)
+	case pfx.Masked().Addr() == netip.MustParseAddr("127.0.0.0"):
+		v.errorf(or(l.SubnetRange, def), "Subnet overlaps 127.0.0.1",
+			"subnet = %q would give a node 127.0.0.1, where other programs on this machine listen; use \"127.0.1.0/24\" or another 127.x.y.0/24.", l.Subnet)
+	}
+}
+
+func (v *validator) static(s *StaticProvider) {
+	def := v.p.Provider.DefRange
+	if (s.Inventory == "") == (len(s.Nodes) == 0) {
+		v.errorf(or(s.InventoryRange, def), "Static provider needs nodes",
+			"Give either inventory = \"inventory.json\" (the inventory contract) or one node \"name\" { ... } block per machine, not both.")
+		return
+	}
+	names := map[string]bool{}
+	servers, clients := 0, 0
+	for _, n := range s.Nodes {
+		if !validName(n.Name) {
+			v.errorf(n.DefRange, "Invalid node name", "node %q: names are lowercase letters, digits and dashes.", n.Name)
+		}
+		if names[n.Name] {
+			v.errorf(n.DefRange, "Duplicate node", "node %q is defined twice.", n.Name)
+		}
+		names[n.Name] = true
+		for _, r := range n.Roles {
+			if !slices.Contains(knownRoles, r) {
+				v.errorf(n.RolesRange, "Unknown role", "node %q: role %q is not one of %s.", n.Name, r, strings.Join(knownRoles, ", "))
+			}
+		}
+		if slices.Contains(n.Roles, "server") {
+			servers++
+		}
+		if slices.Contains(n.Roles, "client") {
+			clients++
+		}
+		if net.ParseIP(n.PrivateIP) == nil {
+			v.errorf(n.PrivateIPRange, "Invalid private_ip", "node %q: private_ip = %q is not an IP address.", n.Name, n.PrivateIP)
+		}
+		if n.SSH != nil && (n.SSH.Port < 0 || n.SSH.Port > 65535) {
+			v.errorf(n.SSH.PortRange, "Invalid SSH port", "node %q: port %d is not between 1 and 65535.", n.Name, n.SSH.Port)
+		}
+	}
+	if len(s.Nodes) > 0 {
+		if servers%2 == 0 {
+			v.errorf(def, "Invalid number of servers", "The static inventory has %d nodes with role \"server\"; use an odd number (1, 3, 5) so the clusters keep a quorum.", servers)
+		}
+		if clients == 0 {
+			v.errorf(def, "No client nodes", "Give at least one node the role \"client\": the platform jobs run on clients.")
+		}
+	}
+}
+
+func (v *validator) terraform(t *TerraformProvider) {
+	if t.Module == "" {
+		v.errorf(or(t.ModuleRange, v.p.Provider.DefRange), "Missing module", "Set module to a Terraform module directory, e.g. \"terraform/digitalocean\".")
+	}
+	if _, err := ParseDuration(t.SSHTimeout); err != nil {
+		v.errorf(v.p.Provider.DefRange, "Invalid ssh_timeout", "ssh_timeout = %q: %s.", t.SSHTimeout, err)
+	}
+}
+
+func (v *validator) vault() {
+	vc := v.p.Vault
+	def := or(vc.DefRange, v.p.Provider.DefRange)
+	if vc.KeyShares < 1 || vc.KeyShares > 10 {
+		v.errorf(or(vc.KeySharesRange, def), "Invalid key_shares", "key_shares = %d: Vault splits its unseal key into 1 to 10 shares.", vc.KeyShares)
+	}
+	if vc.KeyThreshold < 1 || vc.KeyThreshold > vc.KeyShares {
+		v.errorf(or(vc.KeyThresholdRange, def), "Invalid key_threshold", "key_threshold = %d must be between 1 and key_shares (%d).", vc.KeyThreshold, vc.KeyShares)
+	}
+	if vc.HA && len(vc.Nodes) > 0 && len(vc.Nodes)%2 == 0 {
+		v.errorf(vc.NodesRange, "Invalid number of Vault nodes", "ha = true with %d nodes: raft needs an odd number (3 or 5).", len(vc.Nodes))
+	}
+	if !vc.HA && len(vc.Nodes) > 1 {
+		v.errorf(vc.NodesRange, "Several Vault nodes without ha", "%d Vault nodes are listed but ha = false; set ha = true or list one node.", len(vc.Nodes))
+	}
+	if l := v.p.Provider.Local; l != nil {
+		if vc.HA && l.Servers < 3 {
+			v.errorf(def, "Vault HA needs three servers", "ha = true runs Vault on three servers, but the local provider has %d; set servers = 3.", l.Servers)
+		}
+		for _, n := range vc.Nodes {
+			if !strings.HasPrefix(n, "server-") {
+				v.errorf(vc.NodesRange, "Unknown Vault node", "%q is not a server of the local provider; its servers are server-1 … server-%d.", n, l.Servers)
+			} else if i, err := strconv.Atoi(strings.TrimPrefix(n, "server-")); err != nil || i < 1 || i > l.Servers {
+				v.errorf(vc.NodesRange, "Unknown Vault node", "%q is not a server of the local provider; its servers are server-1 … server-%d.", n, l.Servers)
+			}
+		}
+	}
+}
+
+func (v *validator) ttl(s string, rng hcl.Range, what string) time.Duration {
+	d, err := ParseDuration(s)
+	if err != nil {
+		v.errorf(rng, "Invalid "+what, "%s = %q: %s. Write a duration such as \"24h\", \"720h\" or \"30d\".", what, s, err)
+		return 0
+	}
+	return d
+}
+
+func (v *validator) pki() {
+	k := v.p.PKI
+	def := v.p.Provider.DefRange
+	root := v.ttl(k.RootTTL, or(k.RootTTLRange, def), "root_ttl")
+	inter := v.ttl(k.IntermediateTTL, or(k.IntermediateTTLRange, def), "intermediate_ttl")
+	leaf := v.ttl(k.LeafTTL, or(k.LeafTTLRange, def), "leaf_ttl")
+	if root > 0 && inter > 0 && inter > root {
+		v.errorf(or(k.IntermediateTTLRange, def), "Intermediate outlives root", "intermediate_ttl (%s) must not be longer than root_ttl (%s).", k.IntermediateTTL, k.RootTTL)
+	}
+	if leaf > 0 && inter > 0 && leaf > inter {
+		v.errorf(or(k.LeafTTLRange, def), "Leaf outlives intermediate", "leaf_ttl (%s) must not be longer than intermediate_ttl (%s).", k.LeafTTL, k.IntermediateTTL)
+	}
+	if leaf > 0 && leaf < 2*time.Minute {
+		v.errorf(or(k.LeafTTLRange, def), "Leaf TTL too short", "leaf_ttl = %q: consul-template needs time to renew certificates; use at least \"2m\".", k.LeafTTL)
+	}
+
+	reserved := []string{"consul", "nomad", "vault"}
+	cas := map[string]bool{}
+	for _, ca := range k.CAs {
+		if !validName(ca.Name) || slices.Contains(reserved, ca.Name) {
+			v.errorf(ca.DefRange, "Invalid CA name", "ca %q: use lowercase letters, digits and dashes, and not %s (used by the platform).", ca.Name, strings.Join(reserved, ", "))
+		}
+		if cas[ca.Name] {
+			v.errorf(ca.DefRange, "Duplicate CA", "ca %q is defined twice.", ca.Name)
+		}
+		cas[ca.Name] = true
+		if ca.TTL != "" {
+			v.ttl(ca.TTL, ca.TTLRange, "ttl")
+		}
+		if ca.KeyType != "" && !slices.Contains([]string{"rsa", "ec", "ed25519"}, ca.KeyType) {
+			v.errorf(ca.KeyTypeRange, "Invalid key_type", "key_type = %q: use \"rsa\", \"ec\" or \"ed25519\".", ca.KeyType)
+		}
+		inters := map[string]bool{}
+		for _, in := range ca.Intermediates {
+			if !validName(in.Name) || inters[in.Name] {
+				v.errorf(in.DefRange, "Invalid intermediate", "intermediate %q in ca %q: names are unique lowercase letters, digits and dashes.", in.Name, ca.Name)
+			}
+			inters[in.Name] = true
+			if in.TTL != "" {
+				v.ttl(in.TTL, in.TTLRange, "ttl")
+			}
+		}
+		roles := map[string]bool{}
+		for _, r := range ca.Roles {
+			if !validName(r.Name) || roles[r.Name] {
+				v.errorf(r.DefRange, "Invalid role", "role %q in ca %q: names are unique lowercase letters, digits and dashes.", r.Name, ca.Name)
+			}
+			roles[r.Name] = true
+			if r.Issuer != "" && !inters[r.Issuer] {
+				v.errorf(r.IssuerRange, "Unknown issuer", "role %q: issuer %q is not an intermediate of ca %q; leave it out to issue from the root.", r.Name, r.Issuer, ca.Name)
+			}
+			if r.TTL != "" {
+				v.ttl(r.TTL, r.TTLRange, "ttl")
+			}
+			if r.MaxTTL != "" {
+				v.ttl(r.MaxTTL, r.MaxTTLRange, "max_ttl")
+			}
+		}
+	}
+	approles := map[string]bool{}
+	for _, a := range k.AppRoles {
+		if !validName(a.Name) || approles[a.Name] {
+			v.errorf(a.DefRange, "Invalid approle", "approle %q: names are unique lowercase letters, digits and dashes.", a.Name)
+		}
+		approles[a.Name] = true
+		for _, c := range a.CAs {
+			if !cas[c] {
+				v.errorf(a.CAsRange, "Unknown CA", "approle %q: ca %q is not defined in this pki block.", a.Name, c)
+			}
+		}
+		if a.TokenTTL != "" {
+			v.ttl(a.TokenTTL, a.TokenTTLRange, "token_ttl")
+		}
+	}
+}
+
+func (v *validator) nomad() {
+	n := v.p.Nomad
+	def := v.p.Provider.DefRange
+	seen := map[string]bool{}
+	for _, ns := range n.Namespaces {
+		switch {
+		case ns == GeneralNamespace || ns == "default":
+			v.errorf(or(n.NamespacesRange, def), "Reserved namespace", "namespace %q is reserved for platform jobs; application namespaces are e.g. \"dev\" and \"prod\".", ns)
+		case !validName(ns):
+			v.errorf(or(n.NamespacesRange, def), "Invalid namespace", "namespace %q: use lowercase letters, digits and dashes.", ns)
+		case seen[ns]:
+			v.errorf(or(n.NamespacesRange, def), "Duplicate namespace", "namespace %q is listed twice.", ns)
+		}
+		seen[ns] = true
+	}
+	for _, ns := range n.DeployNamespaces {
+		if !seen[ns] {
+			v.errorf(or(n.DeployNamespacesRange, def), "Unknown deploy namespace", "deploy namespace %q is not in namespaces %q; the CI token may only deploy to application namespaces.", ns, n.Namespaces)
+		}
+	}
+}
+
+func (v *validator) jobs() {
+	j := v.p.Jobs
+	drivers := []string{"auto", "docker", "raw_exec", "exec"}
+	if !slices.Contains(drivers, j.Driver) {
+		v.errorf(or(j.DriverRange, v.p.Provider.DefRange), "Invalid driver", "driver = %q: use one of %s.", j.Driver, strings.Join(drivers, ", "))
+	}
+	for name, job := range map[string]Job{"prometheus": j.Prometheus, "alertmanager": j.Alertmanager, "grafana": j.Grafana} {
+		if job.Enabled && (job.Count < 1 || job.Count > 9) {
+			v.errorf(or(job.CountRange, v.p.Provider.DefRange), "Invalid count", "%s count = %d: use 1 to 9, or enabled = false to leave the job out.", name, job.Count)
+		}
+	}
+}
+
+func (v *validator) monitoring() {
+	m := v.p.Monitoring
+	def := v.p.Provider.DefRange
+	if _, err := ParseDuration(m.Retention); err != nil {
+		v.errorf(or(m.RetentionRange, def), "Invalid retention", "retention = %q: %s. Write e.g. \"15d\".", m.Retention, err)
+	}
+	if d, err := ParseDuration(m.ScrapeInterval); err != nil || d < time.Second {
+		v.errorf(or(m.ScrapeIntervalRange, def), "Invalid scrape_interval", "scrape_interval = %q: write a duration of at least 1s, e.g. \"15s\".", m.ScrapeInterval)
+	}
+	if m.AlertWebhookURL != "" {
+		if u, err := url.Parse(m.AlertWebhookURL); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+			v.errorf(m.AlertWebhookURLRange, "Invalid alert_webhook_url", "alert_webhook_url = %q: write an http:// or https:// URL.", m.AlertWebhookURL)
+		}
+	}
+}
+
+func (v *validator) gitlab() {
+	g := v.p.GitLabRunner
+	if g == nil {
+		return
+	}
+	if u, err := url.Parse(g.URL); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+		v.errorf(or(g.URLRange, g.DefRange), "Invalid url", "url = %q: write the GitLab instance URL, e.g. \"https://gitlab.com\".", g.URL)
+	}
+	if strings.TrimSpace(g.Token) == "" {
+		v.errorf(or(g.TokenRange, g.DefRange), "Empty token", "The runner token is empty; set token = env(\"GITLAB_RUNNER_TOKEN\") and export it.")
+	}
+	executors := []string{"docker", "nomad", "shell"}
+	if !slices.Contains(executors, g.Executor) {
+		v.errorf(or(g.ExecutorRange, g.DefRange), "Invalid executor", "executor = %q: use one of %s.", g.Executor, strings.Join(executors, ", "))
+	}
+	if g.Concurrent < 1 {
+		v.errorf(g.DefRange, "Invalid concurrent", "concurrent = %d: a runner runs at least one job at a time.", g.Concurrent)
+	}
+}
+
+// ParseDuration accepts Go durations plus a "d" (day) unit, as Vault and
+// Prometheus do.
+func ParseDuration(s string) (time.Duration, error) {
+	if s == "" {
+		return 0, fmt.Errorf("empty duration")
+	}
+	if n, ok := strings.CutSuffix(s, "d"); ok {
+		days, err := strconv.Atoi(n)
+		if err != nil || days <= 0 {
+			return 0, fmt.Errorf("not a duration")
+		}
+		return time.Duration(days) * 24 * time.Hour, nil
+	}
+	d, err := time.ParseDuration(s)
+	if err != nil || d <= 0 {
+		return 0, fmt.Errorf("not a positive duration")
+	}
+	return d, nil
+}

@@ -1,0 +1,158 @@
+package stages
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/platform-bootstrap/bootstrap/internal/secrets"
+)
+
+// Session is one locked run against a state directory: the lock, the state,
+// the secret store and the run's log file and history record.
+type Session struct {
+	Dir     string
+	Lock    *Lock
+	State   *State
+	Secrets *secrets.Store
+	RunID   string
+	LogPath string
+
+	mu      sync.Mutex
+	log     *os.File
+	logw    *secrets.LineWriter
+	command string
+	started time.Time
+}
+
+// Open creates the state directory if needed (0700), takes its lock, and
+// opens the state, the secret store and a new log file. A LockedError means
+// another run holds the directory.
+func Open(dir, command string, red *secrets.Redactor) (*Session, error) {
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, fmt.Errorf("state directory: %w", err)
+	}
+	if err := os.Chmod(dir, 0o700); err != nil {
+		return nil, fmt.Errorf("state directory: %w", err)
+	}
+	lock, err := AcquireLock(dir, command)
+	if err != nil {
+		return nil, err
+	}
+	s := &Session{Dir: dir, Lock: lock, command: command, started: time.Now().UTC()}
+	fail := func(err error) (*Session, error) {
+		lock.Release()
+		return nil, err
+	}
+	if s.State, err = LoadState(dir); err != nil {
+		return fail(err)
+	}
+	if s.Secrets, err = secrets.Open(filepath.Join(dir, "secrets"), red); err != nil {
+		return fail(err)
+	}
+	s.RunID = s.started.Format("20060102T150405.000Z") + "-" + strings.ReplaceAll(command, " ", "-")
+	logs := filepath.Join(dir, "logs")
+	if err := os.MkdirAll(logs, 0o700); err != nil {
+		return fail(fmt.Errorf("log directory: %w", err))
+	}
+	s.LogPath = filepath.Join(logs, s.RunID+".log")
+	if s.log, err = os.OpenFile(s.LogPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600); err != nil {
+		return fail(fmt.Errorf("log file: %w", err))
+	}
+	s.logw = red.Writer(s.log)
+	return s, nil
+}
+
+// LogWriter is the run's log file, redacted line by line.
+func (s *Session) LogWriter() io.Writer { return s.logw }
+
+// Event writes an event to the log file as a plain line.
+func (s *Session) Event(e Event) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	io.WriteString(s.logw, PlainLine(e))
+}
+
+// Close records the run in the history, closes the log and releases the lock.
+func (s *Session) Close(results []StageResult, runErr error) error {
+	outcome := "ok"
+	if runErr != nil {
+		outcome = "failed"
+	}
+	rec := RunRecord{
+		ID: s.RunID, Command: s.command, Started: s.started, Finished: time.Now().UTC(),
+		Outcome: outcome, Stages: results, LogFile: s.LogPath,
+	}
+	if runErr != nil {
+		rec.Error = s.Secrets.Redactor().String(runErr.Error())
+	}
+	err := SaveRun(s.Dir, rec)
+	s.mu.Lock()
+	err = errors.Join(err, s.logw.Close(), s.log.Close())
+	s.mu.Unlock()
+	return errors.Join(err, s.Lock.Release())
+}
+
+// PlainLine renders an event as one timestamped line (with the plan's changes
+// on the following lines), the format of CI output and of the log file.
+func PlainLine(e Event) string {
+	var b strings.Builder
+	ts := e.Time.UTC().Format("2006-01-02T15:04:05Z")
+	prefix := ts
+	if e.Stage != "" {
+		prefix += " [" + e.Stage + "]"
+	}
+	switch e.Type {
+	case EventRunStart:
+		fmt.Fprintf(&b, "%s %s: run %s\n", prefix, e.Command, e.Run)
+		if e.Stale != nil {
+			fmt.Fprintf(&b, "%s warning: the previous run (%s) ended without releasing the lock; taking it over\n", prefix, e.Stale)
+		}
+	case EventStageStart:
+		msg := e.Message
+		if msg == "" {
+			msg = "started"
+		}
+		fmt.Fprintf(&b, "%s %s\n", prefix, msg)
+	case EventPlan:
+		fmt.Fprintf(&b, "%s %d change(s):\n", prefix, len(e.Changes))
+		for _, c := range e.Changes {
+			fmt.Fprintf(&b, "%s   %s %s\n", prefix, planMark(c.Action), c)
+		}
+	case EventStep, EventLog:
+		fmt.Fprintf(&b, "%s %s\n", prefix, e.Message)
+	case EventWarning:
+		fmt.Fprintf(&b, "%s warning: %s\n", prefix, e.Message)
+	case EventStageEnd:
+		fmt.Fprintf(&b, "%s %s in %s", prefix, e.Outcome, e.Duration.Round(10*time.Millisecond))
+		if e.Error != "" {
+			fmt.Fprintf(&b, ": %s", e.Error)
+		}
+		b.WriteString("\n")
+	case EventRunEnd:
+		fmt.Fprintf(&b, "%s %s finished in %s", prefix, e.Command, e.Duration.Round(10*time.Millisecond))
+		if e.Error != "" {
+			fmt.Fprintf(&b, " with error: %s", e.Error)
+		}
+		b.WriteString("\n")
+	default:
+		fmt.Fprintf(&b, "%s %s %s\n", prefix, e.Type, e.Message)
+	}
+	return b.String()
+}
+
+func planMark(action string) string {
+	switch action {
+	case "create", "start", "generate", "bootstrap", "init", "install", "register", "join":
+		return "+"
+	case "delete", "destroy", "stop", "revoke":
+		return "-"
+	default:
+		return "~"
+	}
+}

@@ -1,0 +1,154 @@
+// Package stages is the engine that brings a platform up in order: each
+// stage finds what exists, compares it with the configuration, and changes
+// only the difference. The runner persists progress after every stage, holds
+// a lock on the state directory, and resumes where a killed run stopped.
+package stages
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+)
+
+// Names is the order stages run in.
+var Names = []string{"keys", "provision", "vault", "pki", "consul", "nomad", "jobs", "verify"}
+
+// Stage is one step of bringing the platform up.
+type Stage interface {
+	Name() string
+	// Plan asks the live system what Apply would change. It must not write
+	// anything. An empty plan means the stage is converged.
+	Plan(ctx context.Context, e *Env) ([]Change, error)
+	// Apply makes the changes. It must be safe to run again after being
+	// interrupted at any point.
+	Apply(ctx context.Context, e *Env) error
+}
+
+// Destroyer is implemented by stages that undo their work on `down`.
+// Stages are destroyed in reverse order.
+type Destroyer interface {
+	Destroy(ctx context.Context, e *Env) error
+}
+
+// Statuser is implemented by stages that can describe the live system for
+// `status`.
+type Statuser interface {
+	Status(ctx context.Context, e *Env) ([]StatusLine, error)
+}
+
+// StatusLine is one row of `bootstrap status`.
+type StatusLine struct {
+	Component string `json:"component"`
+	Node      string `json:"node,omitempty"`
+	State     string `json:"state"`
+	Detail    string `json:"detail,omitempty"`
+	Healthy   bool   `json:"healthy"`
+}
+
+// Change is one difference between the configuration and the live system.
+type Change struct {
+	Action string `json:"action"` // create, update, delete, start, ...
+	Target string `json:"target"` // what is changed, e.g. "vault mount consul/root-ca"
+	Detail string `json:"detail,omitempty"`
+}
+
+func (c Change) String() string {
+	s := c.Action + " " + c.Target
+	if c.Detail != "" {
+		s += " (" + c.Detail + ")"
+	}
+	return s
+}
+
+// ErrNotReady is returned by Plan when the stage depends on an earlier stage
+// that has not been applied yet, so the live system cannot be asked.
+var ErrNotReady = errors.New("depends on earlier stages; planned once they are applied")
+
+// ErrNotImplemented marks a stage that a later version builds.
+var ErrNotImplemented = errors.New("not implemented yet")
+
+// NotReadyf wraps ErrNotReady with the reason.
+func NotReadyf(format string, args ...any) error {
+	return fmt.Errorf("%w: %s", ErrNotReady, fmt.Sprintf(format, args...))
+}
+
+// Selection picks the stages of a run from the --only, --from and --skip flags.
+type Selection struct {
+	Only []string
+	From string
+	Skip []string
+}
+
+// UsageError is a mistake on the command line; it maps to exit code 2.
+type UsageError struct{ Msg string }
+
+func (e *UsageError) Error() string { return e.Msg }
+
+// Validate checks every named stage exists.
+func (s Selection) Validate() error {
+	check := func(flag, name string) error {
+		for _, n := range Names {
+			if n == name {
+				return nil
+			}
+		}
+		return &UsageError{Msg: fmt.Sprintf("%s: unknown stage %q; stages are %s", flag, name, strings.Join(Names, ", "))}
+	}
+	for _, n := range s.Only {
+		if err := check("--only", n); err != nil {
+			return err
+		}
+	}
+	for _, n := range s.Skip {
+		if err := check("--skip", n); err != nil {
+			return err
+		}
+	}
+	if s.From != "" {
+		if err := check("--from", s.From); err != nil {
+			return err
+		}
+	}
+	if len(s.Only) > 0 && s.From != "" {
+		return &UsageError{Msg: "--only and --from cannot be combined; use --only with the full list"}
+	}
+	return nil
+}
+
+// Pick returns the selected stages, in order.
+func (s Selection) Pick(all []Stage) []Stage {
+	in := func(list []string, n string) bool {
+		for _, x := range list {
+			if x == n {
+				return true
+			}
+		}
+		return false
+	}
+	var out []Stage
+	started := s.From == ""
+	for _, st := range all {
+		if st.Name() == s.From {
+			started = true
+		}
+		if !started || in(s.Skip, st.Name()) || (len(s.Only) > 0 && !in(s.Only, st.Name())) {
+			continue
+		}
+		out = append(out, st)
+	}
+	return out
+}
+
+// Placeholder stands in for a stage a later version builds; plan and up say
+// so plainly instead of pretending.
+type Placeholder string
+
+// Name is the stage's name.
+func (p Placeholder) Name() string { return string(p) }
+
+// Plan reports ErrNotImplemented.
+func (p Placeholder) Plan(context.Context, *Env) ([]Change, error) { return nil, ErrNotImplemented }
+
+// Apply reports ErrNotImplemented.
+func (p Placeholder) Apply(context.Context, *Env) error { return ErrNotImplemented }

@@ -1,0 +1,256 @@
+#!/usr/bin/env bash
+# make tools: put pinned vault, consul, nomad, consul-template, fabio,
+# prometheus/promtool, grafana, alertmanager, node-exporter, terraform and two
+# terraform providers into ./bin.
+#
+# Each tool is built (or downloaded) once into a cache outside the repository,
+# keyed by version: ${XDG_CACHE_HOME:-$HOME/.cache}/bootstrap/tools/<name>-<version>/.
+# ./bin only holds symlinks into it, so a second run or a fresh clone on the
+# same machine takes seconds.
+#
+# Where releases.hashicorp.com answers (a laptop), HashiCorp binaries are
+# downloaded with checksum and signature verification (tools/fetch, hc-install).
+# Where it does not (CI, air-gapped), they are built from the Go module proxy
+# with the builder modules in tools/build/<name>/, one at a time.
+#
+# Usage: tools/install.sh [tool...]   (default: all)
+set -euo pipefail
+
+here=$(cd "$(dirname "$0")" && pwd)
+repo=$(dirname "$here")
+# shellcheck source=versions.env
+. "$here/versions.env"
+
+cache=${BOOTSTRAP_TOOLS_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/bootstrap/tools}
+bin=$repo/bin
+mkdir -p "$cache" "$bin" "$cache/logs"
+
+export GOFLAGS=-buildvcs=false
+export GOTOOLCHAIN=local
+buildflags=(-trimpath "-ldflags=-s -w")
+
+say() { printf '%s tools: %s\n' "$(date +%H:%M:%S)" "$*"; }
+die() { say "ERROR: $*" >&2; exit 1; }
+
+# run NAME CMD...: run a build step with its output in the tool's log; on
+# failure name the tool and the log.
+run() {
+  local name=$1; shift
+  local log=$cache/logs/$name.log
+  if ! "$@" >>"$log" 2>&1; then
+    tail -n 20 "$log" >&2 || true
+    die "$name failed; full log: $log"
+  fi
+}
+
+# link NAME DIR: link every executable of a cached tool dir into ./bin.
+link() {
+  local f
+  for f in "$2"/bin/*; do
+    ln -sfn "$f" "$bin/$(basename "$f")"
+  done
+}
+
+# have NAME VERSION: true when the cache already holds this tool version.
+have() { [ -f "$cache/$1-$2/.done" ]; }
+
+done_mark() { date -u +%FT%TZ >"$cache/$1-$2/.done"; }
+
+releases_reachable() {
+  [ "${BOOTSTRAP_TOOLS_OFFLINE:-}" = 1 ] && return 1
+  curl -fsS --max-time 5 -o /dev/null https://releases.hashicorp.com/ 2>/dev/null
+}
+
+# fetch_release NAME VERSION DEST: download a HashiCorp release with hc-install
+# (checksums and the HashiCorp signature are verified).
+fetch_release() {
+  (cd "$here/fetch" && go run . -product "$1" -version "$2" -dest "$3")
+}
+
+# builder NAME: build a HashiCorp product from its builder module.
+gobuild_module() { # name dir pkg out [tags]
+  local name=$1 dir=$2 pkg=$3 out=$4 tags=${5:-}
+  (cd "$dir" && run "$name" go build "${buildflags[@]}" ${tags:+-tags "$tags"} -o "$out" "$pkg")
+}
+
+hashi() { # name version
+  local name=$1 version=$2 dest=$cache/$1-$2
+  if have "$name" "$version"; then link "$name" "$dest"; return; fi
+  rm -rf "$dest"; mkdir -p "$dest/bin"; : >"$cache/logs/$name.log"
+  local s=$SECONDS
+  if releases_reachable && fetch_release "$name" "$version" "$dest/bin" >>"$cache/logs/$name.log" 2>&1; then
+    say "$name $version downloaded in $((SECONDS - s))s"
+  else
+    say "$name $version: building from the Go module proxy (log: $cache/logs/$name.log)"
+    export CGO_ENABLED=0
+    gobuild_module "$name" "$here/build/$name" "github.com/hashicorp/$name" "$dest/bin/$name"
+    say "$name $version built in $((SECONDS - s))s ($(du -h "$dest/bin/$name" | cut -f1))"
+  fi
+  done_mark "$name" "$version"
+  link "$name" "$dest"
+}
+
+t_vault() { hashi vault "$VAULT_VERSION"; }
+t_consul() { hashi consul "$CONSUL_VERSION"; }
+t_nomad() { hashi nomad "$NOMAD_VERSION"; }
+
+t_consul-template() {
+  local name=consul-template version=$CONSUL_TEMPLATE_VERSION dest=$cache/consul-template-$CONSUL_TEMPLATE_VERSION
+  if have $name "$version"; then link $name "$dest"; return; fi
+  rm -rf "$dest"; mkdir -p "$dest/bin"; : >"$cache/logs/$name.log"
+  local s=$SECONDS
+  if releases_reachable && fetch_release $name "$version" "$dest/bin" >>"$cache/logs/$name.log" 2>&1; then
+    say "$name $version downloaded in $((SECONDS - s))s"
+  else
+    say "$name $version: building (log: $cache/logs/$name.log)"
+    CGO_ENABLED=0 GOBIN=$dest/bin run $name go install "${buildflags[@]}" \
+      "github.com/hashicorp/consul-template@v$version"
+    say "$name $version built in $((SECONDS - s))s"
+  fi
+  done_mark $name "$version"
+  link $name "$dest"
+}
+
+t_fabio() {
+  local name=fabio version=$FABIO_VERSION dest=$cache/fabio-$FABIO_VERSION
+  if have $name "$version"; then link $name "$dest"; return; fi
+  rm -rf "$dest"; mkdir -p "$dest/bin"; : >"$cache/logs/$name.log"
+  local s=$SECONDS
+  say "$name $version: building (log: $cache/logs/$name.log)"
+  CGO_ENABLED=0 gobuild_module $name "$here/build/fabio" github.com/fabiolb/fabio "$dest/bin/fabio"
+  say "$name $version built in $((SECONDS - s))s"
+  done_mark $name "$version"
+  link $name "$dest"
+}
+
+t_prometheus() {
+  local name=prometheus version=$PROMETHEUS_VERSION dest=$cache/prometheus-$PROMETHEUS_VERSION
+  if have $name "$version"; then link $name "$dest"; return; fi
+  rm -rf "$dest"; mkdir -p "$dest/bin"; : >"$cache/logs/$name.log"
+  local s=$SECONDS
+  say "$name $version: building prometheus and promtool (log: $cache/logs/$name.log)"
+  local v="-X github.com/prometheus/common/version.Version=$version -X github.com/prometheus/common/version.Branch=HEAD -X github.com/prometheus/common/version.Revision=v$version"
+  (cd "$here/build/prometheus" && CGO_ENABLED=0 run $name go build -trimpath "-ldflags=-s -w $v" \
+    -tags remove_all_sd,enable_consul_sd,enable_nomad_sd \
+    -o "$dest/bin/" github.com/prometheus/prometheus/cmd/prometheus github.com/prometheus/prometheus/cmd/promtool)
+  say "$name $version built in $((SECONDS - s))s"
+  done_mark $name "$version"
+  link $name "$dest"
+}
+
+t_grafana() {
+  local name=grafana version=$GRAFANA_VERSION dest=$cache/grafana-$GRAFANA_VERSION
+  if have $name "$version"; then link $name "$dest"; ln -sfn "$dest/home" "$bin/grafana-home"; return; fi
+  rm -rf "$dest"; mkdir -p "$dest/bin"; : >"$cache/logs/$name.log"
+  local s=$SECONDS
+  say "$name $version: building the server from the Go module proxy (log: $cache/logs/$name.log)"
+  local mod=github.com/grafana/grafana@$GRAFANA_MODULE_VERSION
+  run $name go mod download "$mod"
+  local src
+  src=$(go list -m -f '{{.Dir}}' "$mod" 2>/dev/null || true)
+  [ -n "$src" ] || src=$(go env GOMODCACHE)/github.com/grafana/grafana@$GRAFANA_MODULE_VERSION
+  cp -r "$src" "$dest/home"
+  chmod -R u+w "$dest/home"
+  (cd "$dest/home" && GOBIN=$dest/wire run $name go install github.com/google/wire/cmd/wire@"$WIRE_VERSION")
+  (cd "$dest/home" && run $name "$dest/wire/wire" gen -tags oss ./pkg/server)
+  (cd "$dest/home" && CGO_ENABLED=1 run $name go build -trimpath -ldflags=-s -tags oss -o "$dest/bin/grafana" ./pkg/cmd/grafana)
+  rm -rf "$dest/wire"
+  say "$name $version built in $((SECONDS - s))s"
+  done_mark $name "$version"
+  link $name "$dest"
+  ln -sfn "$dest/home" "$bin/grafana-home"
+}
+
+t_terraform() {
+  if command -v terraform >/dev/null 2>&1 && [ "$(command -v terraform)" != "$bin/terraform" ]; then
+    ln -sfn "$(command -v terraform)" "$bin/terraform"
+    return
+  fi
+  local name=terraform version=$TERRAFORM_VERSION dest=$cache/terraform-$TERRAFORM_VERSION
+  if have $name "$version"; then link $name "$dest"; return; fi
+  rm -rf "$dest"; mkdir -p "$dest/bin"; : >"$cache/logs/$name.log"
+  local s=$SECONDS
+  if releases_reachable && fetch_release $name "$version" "$dest/bin" >>"$cache/logs/$name.log" 2>&1; then
+    say "$name $version downloaded in $((SECONDS - s))s"
+  else
+    say "$name $version: building (log: $cache/logs/$name.log)"
+    CGO_ENABLED=0 GOBIN=$dest/bin run $name go install "${buildflags[@]}" "github.com/hashicorp/terraform@v$version"
+    say "$name $version built in $((SECONDS - s))s"
+  fi
+  done_mark $name "$version"
+  link $name "$dest"
+}
+
+# Terraform providers go into a filesystem mirror the tests point terraform at.
+tf_provider() { # type module module-version version
+  local type=$1 module=$2 modver=$3 version=$4 name=terraform-provider-$1
+  local dest=$cache/$name-$version
+  if ! have "$name" "$version"; then
+    rm -rf "$dest"; mkdir -p "$dest/gobin"; : >"$cache/logs/$name.log"
+    local s=$SECONDS
+    say "$name $version: building (log: $cache/logs/$name.log)"
+    CGO_ENABLED=0 GOBIN=$dest/gobin run "$name" go install "${buildflags[@]}" "$module@$modver"
+    local plat=$dest/mirror/registry.terraform.io/hashicorp/$type/$version/linux_amd64
+    mkdir -p "$plat"
+    mv "$dest"/gobin/* "$plat/${name}_v$version"
+    rm -rf "$dest/gobin"
+    say "$name $version built in $((SECONDS - s))s"
+    done_mark "$name" "$version"
+  fi
+  mkdir -p "$bin/tf-mirror/registry.terraform.io/hashicorp"
+  ln -sfn "$dest/mirror/registry.terraform.io/hashicorp/$type" "$bin/tf-mirror/registry.terraform.io/hashicorp/$type"
+}
+
+t_tf-providers() {
+  tf_provider local "$TF_PROVIDER_LOCAL_MODULE" "$TF_PROVIDER_LOCAL_MODULE_VERSION" "$TF_PROVIDER_LOCAL_VERSION"
+  tf_provider tls "$TF_PROVIDER_TLS_MODULE" "$TF_PROVIDER_TLS_MODULE_VERSION" "$TF_PROVIDER_TLS_VERSION"
+}
+
+# Debian packages. Alertmanager and node-exporter are unpacked, not installed:
+# their post-install scripts would start daemons on all interfaces.
+apt_ready=
+apt_update() {
+  [ -n "$apt_ready" ] && return
+  local sudo=; [ "$(id -u)" = 0 ] || sudo=sudo
+  run apt $sudo apt-get update -q
+  apt_ready=1
+}
+
+t_debian() {
+  local sudo=; [ "$(id -u)" = 0 ] || sudo=sudo
+  local missing=()
+  command -v ansible-playbook >/dev/null || missing+=(ansible)
+  command -v sshd >/dev/null || [ -x /usr/sbin/sshd ] || missing+=(openssh-server)
+  command -v ssh >/dev/null || missing+=(openssh-client)
+  if [ ${#missing[@]} -gt 0 ]; then
+    say "apt-get install ${missing[*]}"
+    apt_update
+    DEBIAN_FRONTEND=noninteractive run apt $sudo apt-get install -y -q --no-install-recommends "${missing[@]}"
+  fi
+  say "ansible: $(ansible-playbook --version | head -1)"
+
+  local pkg
+  for pkg in prometheus-alertmanager prometheus-node-exporter; do
+    local dest=$cache/$pkg
+    if [ ! -f "$dest/.done" ]; then
+      apt_update
+      rm -rf "$dest"; mkdir -p "$dest/deb" "$dest/root" "$dest/bin"
+      (cd "$dest/deb" && run "$pkg" apt-get download "$pkg")
+      run "$pkg" dpkg-deb -x "$dest"/deb/*.deb "$dest/root"
+      local f
+      for f in "$dest"/root/usr/bin/*; do ln -sfn "$f" "$dest/bin/$(basename "$f")"; done
+      date -u +%FT%TZ >"$dest/.done"
+    fi
+    link "$pkg" "$dest"
+  done
+  say "alertmanager: $("$bin/prometheus-alertmanager" --version 2>&1 | head -1)"
+  say "node-exporter: $("$bin/prometheus-node-exporter" --version 2>&1 | head -1)"
+}
+
+all=(debian consul-template vault consul nomad prometheus fabio tf-providers terraform grafana)
+want=("$@"); [ ${#want[@]} -gt 0 ] || want=("${all[@]}")
+for t in "${want[@]}"; do
+  declare -F "t_$t" >/dev/null || die "unknown tool $t (known: ${all[*]})"
+  "t_$t"
+done
+"$here/verify.sh" "${want[@]}"

@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# Check that every tool in ./bin reports the pinned version.
+# Usage: tools/verify.sh [tool...]   (same names as install.sh)
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+bin=$(dirname "$here")/bin
+. "$here/versions.env"
+
+fail=0
+check() { # label want cmd...
+  local label=$1 want=$2; shift 2
+  local got
+  got=$("$@" 2>&1 | head -n 3 | tr '\n' ' ') || true
+  if [[ "$got" == *"$want"* ]]; then
+    printf '  %-16s %s\n' "$label" "$want"
+  else
+    printf '  %-16s MISMATCH: want %s, got: %s\n' "$label" "$want" "$got" >&2
+    fail=1
+  fi
+}
+
+want=("$@"); [ ${#want[@]} -gt 0 ] || want=(debian consul-template vault consul nomad prometheus fabio tf-providers terraform grafana)
+echo "tools in $bin:"
+for t in "${want[@]}"; do
+  case $t in
+  vault) check vault "v$VAULT_VERSION" "$bin/vault" version ;;
+  consul) check consul "v$CONSUL_VERSION" "$bin/consul" version ;;
+  nomad) check nomad "$NOMAD_VERSION" "$bin/nomad" version ;;
+  consul-template) check consul-template "v$CONSUL_TEMPLATE_VERSION" "$bin/consul-template" -version ;;
+  fabio) check fabio "$FABIO_VERSION" "$bin/fabio" -v ;;
+  prometheus)
+    check prometheus "$PROMETHEUS_VERSION" "$bin/prometheus" --version
+    check promtool "$PROMETHEUS_VERSION" "$bin/promtool" --version ;;
+  grafana) check grafana "Version" "$bin/grafana" -v ;;
+  terraform) check terraform "Terraform v" "$bin/terraform" version ;;
+  tf-providers)
+    for p in local/$TF_PROVIDER_LOCAL_VERSION tls/$TF_PROVIDER_TLS_VERSION; do
+      f=$(ls "$bin"/tf-mirror/registry.terraform.io/hashicorp/"$p"/linux_amd64/terraform-provider-* 2>/dev/null || true)
+      if [ -x "$f" ]; then printf '  %-16s %s\n' "tf-${p%%/*}" "${p#*/}"; else echo "  tf-${p%%/*} missing" >&2; fail=1; fi
+    done ;;
+  debian)
+    check alertmanager "alertmanager" "$bin/prometheus-alertmanager" --version
+    check node-exporter "node_exporter" "$bin/prometheus-node-exporter" --version
+    check ansible "ansible-playbook" ansible-playbook --version ;;
+  esac
+done
+exit $fail
