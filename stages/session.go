@@ -10,6 +10,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/platform-bootstrap/bootstrap/internal/fsutil"
 	"github.com/platform-bootstrap/bootstrap/internal/secrets"
 )
 
@@ -48,6 +49,11 @@ func Open(dir, command string, red *secrets.Redactor) (*Session, error) {
 	fail := func(err error) (*Session, error) {
 		lock.Release()
 		return nil, err
+	}
+	// A run killed in the middle of an atomic write leaves its temporary
+	// file behind; holding the lock, no one else is writing.
+	if err := errors.Join(fsutil.RemoveTemps(dir), fsutil.RemoveTemps(filepath.Join(dir, "runs"))); err != nil {
+		return fail(err)
 	}
 	if s.State, err = LoadState(dir); err != nil {
 		return fail(err)
@@ -88,8 +94,17 @@ func (s *Session) Close(results []StageResult, runErr error) error {
 		ID: s.RunID, Command: s.command, Started: s.started, Finished: time.Now().UTC(),
 		Outcome: outcome, Stages: results, LogFile: s.LogPath,
 	}
+	red := s.Secrets.Redactor()
 	if runErr != nil {
-		rec.Error = s.Secrets.Redactor().String(runErr.Error())
+		rec.Error = red.String(runErr.Error())
+	}
+	// The history outlives the run; it must not keep a secret a stage put
+	// in an error or a change.
+	rec.Stages = make([]StageResult, len(results))
+	for i, r := range results {
+		r.Error = red.String(r.Error)
+		r.Changes = redactChanges(red, r.Changes)
+		rec.Stages[i] = r
 	}
 	err := SaveRun(s.Dir, rec)
 	s.mu.Lock()
@@ -155,4 +170,25 @@ func planMark(action string) string {
 	default:
 		return "~"
 	}
+}
+
+// Purge removes everything a platform left in the state directory — node
+// trees, certificates, secrets, the state itself — keeping only the run
+// history and logs (redacted) and the lock this session holds. It is the
+// last step of a complete `down`: keys of a destroyed Vault would only make
+// the next `up` refuse to initialise a new one.
+func (s *Session) Purge() error {
+	entries, err := os.ReadDir(s.Dir)
+	if err != nil {
+		return fmt.Errorf("purge %s: %w", s.Dir, err)
+	}
+	var errs []error
+	for _, ent := range entries {
+		switch ent.Name() {
+		case "logs", "runs", LockFile:
+			continue
+		}
+		errs = append(errs, os.RemoveAll(filepath.Join(s.Dir, ent.Name())))
+	}
+	return errors.Join(errs...)
 }

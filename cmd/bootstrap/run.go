@@ -30,7 +30,7 @@ func newUpCmd(g *globals) *cobra.Command {
 		Short: "Bring the platform up, or finish and repair it (converges; safe to re-run)",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			return g.execute("up", func(ctx context.Context, r *stages.Runner, sel stages.Selection) ([]stages.StageResult, error) {
+			return g.execute("up", func(ctx context.Context, r *stages.Runner, sel stages.Selection, sess *stages.Session) ([]stages.StageResult, error) {
 				return r.Up(ctx, sel)
 			})
 		},
@@ -45,7 +45,7 @@ func newPlanCmd(g *globals) *cobra.Command {
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			g.autoApprove = true
 			var pending bool
-			err := g.execute("plan", func(ctx context.Context, r *stages.Runner, sel stages.Selection) ([]stages.StageResult, error) {
+			err := g.execute("plan", func(ctx context.Context, r *stages.Runner, sel stages.Selection, sess *stages.Session) ([]stages.StageResult, error) {
 				res, err := r.Plan(ctx, sel)
 				for _, s := range res {
 					if s.Outcome != stages.OutcomeUnchanged {
@@ -68,7 +68,7 @@ func newDownCmd(g *globals) *cobra.Command {
 		Short: "Stop and remove everything the platform runs and provisioned",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			return g.execute("down", func(ctx context.Context, r *stages.Runner, sel stages.Selection) ([]stages.StageResult, error) {
+			return g.execute("down", func(ctx context.Context, r *stages.Runner, sel stages.Selection, sess *stages.Session) ([]stages.StageResult, error) {
 				if g.interactive() {
 					ok, err := g.confirm("This stops every node and destroys the platform, its data and its secrets. Continue?")
 					if err != nil || !ok {
@@ -77,7 +77,7 @@ func newDownCmd(g *globals) *cobra.Command {
 				}
 				res, err := r.Down(ctx, sel)
 				if err == nil && len(sel.Only) == 0 && sel.From == "" && len(sel.Skip) == 0 {
-					err = r.Env.State.Reset()
+					err = sess.Purge()
 				}
 				return res, err
 			})
@@ -138,7 +138,7 @@ func configSecrets(cfg *config.Platform) []string {
 	return out
 }
 
-type runFunc func(ctx context.Context, r *stages.Runner, sel stages.Selection) ([]stages.StageResult, error)
+type runFunc func(ctx context.Context, r *stages.Runner, sel stages.Selection, sess *stages.Session) ([]stages.StageResult, error)
 
 // execute runs one locked command: config, lock, stages, output, summary.
 func (g *globals) execute(command string, fn runFunc) error {
@@ -193,7 +193,7 @@ func (g *globals) execute(command string, fn runFunc) error {
 	defer stop()
 	start := time.Now()
 	env.Emit(stages.Event{Type: stages.EventRunStart, Run: sess.RunID, Command: command, Stale: sess.Lock.Stale})
-	results, runErr := fn(ctx, runner, sel)
+	results, runErr := fn(ctx, runner, sel, sess)
 	ev := stages.Event{Type: stages.EventRunEnd, Command: command, Duration: time.Since(start), Stages: results}
 	if runErr != nil {
 		ev.Error = runErr.Error()

@@ -61,6 +61,8 @@ type SSH struct {
 type Local struct {
 	// Root holds the node's config, data, tls, logs and run directories.
 	Root string `json:"root"`
+	// BinDir holds the vault, consul, nomad, ... binaries the node runs.
+	BinDir string `json:"bin_dir"`
 	// MinDynamicPort and MaxDynamicPort split Nomad's dynamic port range
 	// between the client nodes, which all share loopback.
 	MinDynamicPort int `json:"min_dynamic_port,omitempty"`
@@ -72,6 +74,16 @@ func (n Node) Has(role string) bool { return slices.Contains(n.Roles, role) }
 
 // Address is the address other nodes reach this one on.
 func (n Node) Address() string { return n.PrivateIP }
+
+// APIAddress is the address bootstrap itself reaches the node's APIs on:
+// the public address when the node has one (bootstrap runs outside the
+// machines' private network), else the private one.
+func (n Node) APIAddress() string {
+	if n.PublicIP != "" {
+		return n.PublicIP
+	}
+	return n.PrivateIP
+}
 
 // WithRole returns the nodes that have a role, in inventory order.
 func (inv *Inventory) WithRole(role string) []Node {

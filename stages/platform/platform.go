@@ -3,14 +3,17 @@ package platform
 
 import (
 	"github.com/platform-bootstrap/bootstrap/stages"
+	"github.com/platform-bootstrap/bootstrap/stages/keys"
+	"github.com/platform-bootstrap/bootstrap/stages/provision"
+	"github.com/platform-bootstrap/bootstrap/stages/vault"
 )
 
 // Stages returns the platform's stages, in order.
 func Stages() []stages.Stage {
 	return []stages.Stage{
-		stages.Placeholder("keys"),
-		stages.Placeholder("provision"),
-		stages.Placeholder("vault"),
+		keys.New(),
+		provision.New(),
+		vault.New(),
 		stages.Placeholder("pki"),
 		stages.Placeholder("consul"),
 		stages.Placeholder("nomad"),

@@ -1,0 +1,397 @@
+// Package provision is the stage that yields the inventory: machines from the
+// local provider (nodes as processes on this machine), a static inventory of
+// existing machines, or a Terraform module.
+package provision
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io/fs"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/platform-bootstrap/bootstrap/internal/config"
+	"github.com/platform-bootstrap/bootstrap/internal/inventory"
+	"github.com/platform-bootstrap/bootstrap/internal/proc"
+	"github.com/platform-bootstrap/bootstrap/stages"
+)
+
+// Stage is the provision stage.
+type Stage struct{}
+
+// New returns the provision stage.
+func New() *Stage { return &Stage{} }
+
+// Name is "provision".
+func (*Stage) Name() string { return "provision" }
+
+// InventoryPath is where the stage keeps the inventory.
+func InventoryPath(e *stages.Env) string { return e.Path("inventory.json") }
+
+// Load returns the inventory the provision stage recorded, or an error that
+// tells the user to run it.
+func Load(e *stages.Env) (*inventory.Inventory, error) {
+	path := e.State.Output(stages.OutInventory)
+	if path == "" {
+		return nil, stages.NotReadyf("no inventory yet: the provision stage has not run")
+	}
+	inv, err := inventory.Load(path)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, stages.NotReadyf("inventory %s is missing: run `bootstrap up --only provision`", path)
+	}
+	return inv, err
+}
+
+// desired builds the inventory the configuration asks for. Terraform's comes
+// from its outputs, so it is only known after apply.
+func desired(e *stages.Env) (*inventory.Inventory, error) {
+	cfg := e.Config
+	switch {
+	case cfg.Provider.Local != nil:
+		return localInventory(cfg, e.StateDir)
+	case cfg.Provider.Static != nil:
+		return staticInventory(cfg, e)
+	}
+	return nil, fmt.Errorf("provider %q is not supported by this stage", cfg.Provider.Type)
+}
+
+// Plan compares the inventory the configuration asks for with the recorded
+// one and, for local nodes, with the node directories on disk.
+func (s *Stage) Plan(ctx context.Context, e *stages.Env) ([]stages.Change, error) {
+	if e.Config.Provider.Terraform != nil {
+		return planTerraform(ctx, e)
+	}
+	want, err := desired(e)
+	if err != nil {
+		return nil, err
+	}
+	have, err := loadExisting(e)
+	if err != nil {
+		return nil, err
+	}
+	var out []stages.Change
+	if have == nil {
+		out = append(out, stages.Change{Action: "create", Target: "inventory", Detail: fmt.Sprintf("%d node(s), %s provider", len(want.Nodes), e.Config.Provider.Type)})
+	} else {
+		out = append(out, diffNodes(have, want)...)
+	}
+	for _, n := range want.Nodes {
+		if n.Local == nil {
+			continue
+		}
+		if _, err := os.Stat(n.Local.Root); err != nil {
+			out = append(out, stages.Change{Action: "create", Target: "node " + n.Name, Detail: n.PrivateIP + ", " + n.Local.Root})
+		}
+	}
+	return out, nil
+}
+
+// loadExisting reads the recorded inventory; nil when there is none.
+func loadExisting(e *stages.Env) (*inventory.Inventory, error) {
+	path := e.State.Output(stages.OutInventory)
+	if path == "" {
+		return nil, nil
+	}
+	inv, err := inventory.Load(path)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, nil
+	}
+	return inv, err
+}
+
+func diffNodes(have, want *inventory.Inventory) []stages.Change {
+	var out []stages.Change
+	for _, w := range want.Nodes {
+		h, ok := have.Node(w.Name)
+		switch {
+		case !ok:
+			out = append(out, stages.Change{Action: "create", Target: "node " + w.Name, Detail: strings.Join(w.Roles, ",")})
+		case !inventory.Equal(&inventory.Inventory{Nodes: []inventory.Node{h}}, &inventory.Inventory{Nodes: []inventory.Node{w}}):
+			out = append(out, stages.Change{Action: "update", Target: "node " + w.Name, Detail: describeDiff(h, w)})
+		}
+	}
+	for _, h := range have.Nodes {
+		if _, ok := want.Node(h.Name); !ok {
+			out = append(out, stages.Change{Action: "delete", Target: "node " + h.Name, Detail: "stops its services and removes it"})
+		}
+	}
+	return out
+}
+
+func describeDiff(a, b inventory.Node) string {
+	var d []string
+	if !slices.Equal(a.Roles, b.Roles) {
+		d = append(d, fmt.Sprintf("roles %s → %s", strings.Join(a.Roles, ","), strings.Join(b.Roles, ",")))
+	}
+	if a.PrivateIP != b.PrivateIP || a.PublicIP != b.PublicIP {
+		d = append(d, fmt.Sprintf("address %s → %s", a.APIAddress(), b.APIAddress()))
+	}
+	if a.SSH != b.SSH {
+		d = append(d, "ssh settings")
+	}
+	if len(d) == 0 {
+		d = append(d, "node settings")
+	}
+	return strings.Join(d, ", ")
+}
+
+// Apply writes the inventory and prepares the nodes.
+func (s *Stage) Apply(ctx context.Context, e *stages.Env) error {
+	if e.Config.Provider.Terraform != nil {
+		return applyTerraform(ctx, e)
+	}
+	want, err := desired(e)
+	if err != nil {
+		return err
+	}
+	have, err := loadExisting(e)
+	if err != nil {
+		return err
+	}
+	if have != nil {
+		for _, h := range have.Nodes {
+			if _, ok := want.Node(h.Name); !ok && h.Local != nil {
+				e.Step("removing node %s", h.Name)
+				if err := removeLocalNode(ctx, h); err != nil {
+					return err
+				}
+			}
+		}
+	}
+	for _, n := range want.Nodes {
+		if n.Local == nil {
+			continue
+		}
+		if err := os.MkdirAll(n.Local.Root, 0o700); err != nil {
+			return fmt.Errorf("node %s: %w", n.Name, err)
+		}
+	}
+	if want.Nodes[0].Local == nil {
+		if err := waitSSH(ctx, e, want); err != nil {
+			return err
+		}
+	}
+	return save(e, want)
+}
+
+func save(e *stages.Env, inv *inventory.Inventory) error {
+	path := InventoryPath(e)
+	if err := inv.Save(path); err != nil {
+		return err
+	}
+	return e.State.SetOutput(stages.OutInventory, path)
+}
+
+// Destroy stops everything the nodes run and removes them.
+func (s *Stage) Destroy(ctx context.Context, e *stages.Env) error {
+	if e.Config.Provider.Terraform != nil {
+		if err := destroyTerraform(ctx, e); err != nil {
+			return err
+		}
+	}
+	inv, err := loadExisting(e)
+	if err != nil {
+		return err
+	}
+	var errs []error
+	if inv != nil {
+		for _, n := range inv.Nodes {
+			if n.Local == nil {
+				continue
+			}
+			e.Step("stopping node %s", n.Name)
+			errs = append(errs, removeLocalNode(ctx, n))
+		}
+	}
+	if err := errors.Join(errs...); err != nil {
+		return err
+	}
+	// The local provider's node trees live under nodes/; remove the parent
+	// too so nothing is left behind.
+	if err := os.RemoveAll(e.Path("nodes")); err != nil {
+		return err
+	}
+	if err := os.Remove(InventoryPath(e)); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return err
+	}
+	return e.State.DeleteOutputs(stages.OutInventory)
+}
+
+// StopLocalNode stops every process of a local node: first the services by
+// their pid files (so they shut down cleanly), then anything still running
+// inside the node's tree — Nomad's raw_exec tasks and executors outlive the
+// client that started them.
+func StopLocalNode(ctx context.Context, n inventory.Node) error {
+	var errs []error
+	pidfiles, _ := filepath.Glob(filepath.Join(n.Local.Root, "run", "*.pid"))
+	for _, pf := range pidfiles {
+		pid, err := proc.ReadPidFile(pf)
+		if err != nil {
+			continue
+		}
+		errs = append(errs, proc.Terminate(ctx, pid, 20*time.Second))
+		os.Remove(pf)
+	}
+	pids, err := proc.Under(n.Local.Root)
+	errs = append(errs, err)
+	for _, pid := range pids {
+		errs = append(errs, proc.Terminate(ctx, pid, 5*time.Second))
+	}
+	if err := errors.Join(errs...); err != nil {
+		return fmt.Errorf("stop node %s: %w", n.Name, err)
+	}
+	return nil
+}
+
+// StopService stops one service of a local node by its pid file.
+func StopService(ctx context.Context, n inventory.Node, name string) error {
+	pf := filepath.Join(n.Local.Root, "run", name+".pid")
+	pid, err := proc.ReadPidFile(pf)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	if err := proc.Terminate(ctx, pid, 20*time.Second); err != nil {
+		return fmt.Errorf("stop %s on %s: %w", name, n.Name, err)
+	}
+	return os.Remove(pf)
+}
+
+func removeLocalNode(ctx context.Context, n inventory.Node) error {
+	if err := StopLocalNode(ctx, n); err != nil {
+		return err
+	}
+	if err := os.RemoveAll(n.Local.Root); err != nil {
+		return fmt.Errorf("remove node %s: %w", n.Name, err)
+	}
+	return nil
+}
+
+// localInventory lays the nodes out on the loopback subnet: servers first
+// (.1, .2, …), then clients. Clients share loopback, so Nomad's dynamic port
+// range is split between them.
+func localInventory(cfg *config.Platform, stateDir string) (*inventory.Inventory, error) {
+	l := cfg.Provider.Local
+	pfx, err := netip.ParsePrefix(l.Subnet)
+	if err != nil {
+		return nil, err
+	}
+	binDir, err := localBinDir(cfg)
+	if err != nil {
+		return nil, err
+	}
+	stateDir, err = filepath.Abs(stateDir)
+	if err != nil {
+		return nil, err
+	}
+	addr := pfx.Masked().Addr()
+	next := func() string {
+		addr = addr.Next()
+		return addr.String()
+	}
+	var servers []string
+	for i := 1; i <= l.Servers; i++ {
+		servers = append(servers, fmt.Sprintf("server-%d", i))
+	}
+	vault := cfg.Vault.VaultNodes(servers)
+	inv := &inventory.Inventory{Version: inventory.Version}
+	for _, name := range servers {
+		roles := []string{inventory.RoleServer}
+		if slices.Contains(vault, name) {
+			roles = append(roles, inventory.RoleVault)
+		}
+		inv.Nodes = append(inv.Nodes, inventory.Node{
+			Name: name, Roles: roles, PrivateIP: next(),
+			Local: &inventory.Local{Root: filepath.Join(stateDir, "nodes", name), BinDir: binDir},
+		})
+	}
+	const lo, hi = 20000, 32000
+	span := (hi - lo) / l.Clients
+	for i := 1; i <= l.Clients; i++ {
+		name := fmt.Sprintf("client-%d", i)
+		min := lo + (i-1)*span
+		inv.Nodes = append(inv.Nodes, inventory.Node{
+			Name: name, Roles: []string{inventory.RoleClient}, PrivateIP: next(),
+			Local: &inventory.Local{
+				Root: filepath.Join(stateDir, "nodes", name), BinDir: binDir,
+				MinDynamicPort: min, MaxDynamicPort: min + span - 1,
+			},
+		})
+	}
+	return inv, inv.Validate(cfg.Filename)
+}
+
+// localBinDir finds the directory with vault, consul, nomad, …: bin_dir from
+// the config, else ./bin next to the config (where `make tools` puts them),
+// else the directory bootstrap itself runs from.
+func localBinDir(cfg *config.Platform) (string, error) {
+	var candidates []string
+	if d := cfg.Provider.Local.BinDir; d != "" {
+		if !filepath.IsAbs(d) {
+			d = filepath.Join(cfg.Dir, d)
+		}
+		candidates = []string{d}
+	} else {
+		candidates = append(candidates, filepath.Join(cfg.Dir, "bin"))
+		if exe, err := os.Executable(); err == nil {
+			candidates = append(candidates, filepath.Dir(exe))
+		}
+	}
+	for _, d := range candidates {
+		if st, err := os.Stat(filepath.Join(d, "vault")); err == nil && !st.IsDir() {
+			return filepath.Abs(d)
+		}
+	}
+	return "", fmt.Errorf("no vault binary in %s: run `make tools`, or set bin_dir in provider \"local\" to the directory holding vault, consul, nomad and consul-template", strings.Join(candidates, " or "))
+}
+
+func staticInventory(cfg *config.Platform, e *stages.Env) (*inventory.Inventory, error) {
+	s := cfg.Provider.Static
+	if s.Inventory != "" {
+		path := s.Inventory
+		if !filepath.IsAbs(path) {
+			path = filepath.Join(cfg.Dir, path)
+		}
+		inv, err := inventory.Load(path)
+		if err != nil {
+			return nil, err
+		}
+		fillSSHKey(inv, e)
+		return inv, nil
+	}
+	inv := &inventory.Inventory{Version: inventory.Version}
+	for _, n := range s.Nodes {
+		node := inventory.Node{Name: n.Name, Roles: n.Roles, PublicIP: n.PublicIP, PrivateIP: n.PrivateIP, SSH: inventory.SSH{User: "root", Port: 22}}
+		if n.SSH != nil {
+			if n.SSH.User != "" {
+				node.SSH.User = n.SSH.User
+			}
+			if n.SSH.Port != 0 {
+				node.SSH.Port = n.SSH.Port
+			}
+			node.SSH.PrivateKeyFile = n.SSH.PrivateKeyFile
+			if kf := node.SSH.PrivateKeyFile; kf != "" && !filepath.IsAbs(kf) {
+				node.SSH.PrivateKeyFile = filepath.Join(cfg.Dir, kf)
+			}
+		}
+		inv.Nodes = append(inv.Nodes, node)
+	}
+	fillSSHKey(inv, e)
+	return inv, inv.Validate(cfg.Filename)
+}
+
+// fillSSHKey points nodes without their own key at the keys stage's key.
+func fillSSHKey(inv *inventory.Inventory, e *stages.Env) {
+	for i := range inv.Nodes {
+		if inv.Nodes[i].Local == nil && inv.Nodes[i].SSH.PrivateKeyFile == "" {
+			inv.Nodes[i].SSH.PrivateKeyFile = e.Secrets.Path(stages.SecretSSHKey)
+		}
+	}
+}

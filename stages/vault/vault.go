@@ -1,0 +1,602 @@
+// Package vault is the stage that runs Vault: Ansible installs and starts it
+// on the vault nodes with integrated raft storage behind TLS, then the stage
+// initialises it once, keeps the unseal keys and root token in the secret
+// store, unseals every node and, with ha = true, checks the raft cluster.
+package vault
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"strconv"
+	"strings"
+	"time"
+
+	vaultapi "github.com/hashicorp/vault/api"
+
+	"github.com/platform-bootstrap/bootstrap/ansible"
+	"github.com/platform-bootstrap/bootstrap/internal/crashpoint"
+	"github.com/platform-bootstrap/bootstrap/internal/inventory"
+	"github.com/platform-bootstrap/bootstrap/stages"
+	"github.com/platform-bootstrap/bootstrap/stages/provision"
+)
+
+// Port is Vault's API port on every node.
+const Port = 8200
+
+// Stage is the vault stage.
+type Stage struct{}
+
+// New returns the vault stage.
+func New() *Stage { return &Stage{} }
+
+// Name is "vault".
+func (*Stage) Name() string { return "vault" }
+
+// InitData is what sys/init returned, kept in the secret store.
+type InitData struct {
+	KeysB64   []string  `json:"keys_base64"`
+	RootToken string    `json:"root_token"`
+	Threshold int       `json:"threshold"`
+	Node      string    `json:"node"`
+	Time      time.Time `json:"time"`
+}
+
+// The intent record is written (and so the store test-written) before
+// sys/init: if a run dies after Vault initialised but before the keys were
+// stored, the next run knows that Vault holds nothing but our lost init.
+const intentSecret = "vault/init-intent.json"
+
+// LoadInit returns the stored init data, or nil.
+func LoadInit(e *stages.Env) (*InitData, error) {
+	s, ok, err := e.Secrets.Get(stages.SecretVaultInit)
+	if err != nil || !ok {
+		return nil, err
+	}
+	var d InitData
+	if err := json.Unmarshal([]byte(s), &d); err != nil {
+		return nil, fmt.Errorf("%s is corrupt: %w", e.Secrets.Path(stages.SecretVaultInit), err)
+	}
+	return &d, nil
+}
+
+// Addr is the API address of a Vault node.
+func Addr(n inventory.Node) string {
+	return "https://" + net.JoinHostPort(n.APIAddress(), strconv.Itoa(Port))
+}
+
+// Client returns an API client for addr that trusts the bootstrap CA. It
+// ignores VAULT_* variables of the environment: the stage talks to its own
+// Vault only.
+func Client(e *stages.Env, addr string) (*vaultapi.Client, error) {
+	cfg := vaultapi.DefaultConfig()
+	cfg.Address = addr
+	cfg.Timeout = 15 * time.Second
+	cfg.MaxRetries = 0
+	if err := cfg.ConfigureTLS(&vaultapi.TLSConfig{CACert: caCertPath(e)}); err != nil {
+		return nil, fmt.Errorf("vault TLS: %w", err)
+	}
+	c, err := vaultapi.NewClient(cfg)
+	if err != nil {
+		return nil, err
+	}
+	c.ClearToken()
+	c.ClearNamespace()
+	return c, nil
+}
+
+type nodeHealth struct {
+	node   inventory.Node
+	client *vaultapi.Client
+	health *vaultapi.HealthResponse
+	err    error
+}
+
+func (h nodeHealth) up() bool { return h.err == nil }
+
+func vaultNodes(e *stages.Env) (*inventory.Inventory, []inventory.Node, error) {
+	inv, err := provision.Load(e)
+	if err != nil {
+		return nil, nil, err
+	}
+	nodes := inv.WithRole(inventory.RoleVault)
+	if len(nodes) == 0 {
+		return nil, nil, fmt.Errorf("no node has the vault role in %s", e.State.Output(stages.OutInventory))
+	}
+	return inv, nodes, nil
+}
+
+func probe(ctx context.Context, e *stages.Env, nodes []inventory.Node) []nodeHealth {
+	out := make([]nodeHealth, len(nodes))
+	for i, n := range nodes {
+		out[i].node = n
+		c, err := Client(e, Addr(n))
+		if err != nil {
+			out[i].err = err
+			continue
+		}
+		out[i].client = c
+		out[i].health, out[i].err = health(ctx, c)
+	}
+	return out
+}
+
+// health reads sys/health without Vault's status-code games: every state
+// answers 200 so uninitialised and sealed nodes are reported, not errors.
+func health(ctx context.Context, c *vaultapi.Client) (*vaultapi.HealthResponse, error) {
+	r := c.NewRequest(http.MethodGet, "/v1/sys/health")
+	r.Params.Set("uninitcode", "200")
+	r.Params.Set("sealedcode", "200")
+	r.Params.Set("standbycode", "200")
+	r.Params.Set("perfstandbycode", "200")
+	r.Params.Set("drsecondarycode", "200")
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	resp, err := c.RawRequestWithContext(ctx, r)
+	if err != nil {
+		return nil, err
+	}
+	defer resp.Body.Close()
+	var h vaultapi.HealthResponse
+	if err := resp.DecodeJSON(&h); err != nil {
+		return nil, err
+	}
+	return &h, nil
+}
+
+func (s *Stage) play(e *stages.Env, nodes []inventory.Node) ansible.Play {
+	return ansible.Play{Tag: "vault", Hosts: inventory.Names(nodes), Roles: []string{"common", "vault"}}
+}
+
+// Plan asks every Vault node for its health and compares the TLS files and
+// the Ansible inputs with what was last applied.
+func (s *Stage) Plan(ctx context.Context, e *stages.Env) ([]stages.Change, error) {
+	inv, nodes, err := vaultNodes(e)
+	if err != nil {
+		return nil, err
+	}
+	out, err := tlsPlan(e, nodes)
+	if err != nil {
+		return nil, err
+	}
+	tlsChanges := len(out) > 0
+	reason, err := ansible.Pending(e, inv, s.play(e, nodes))
+	if err != nil {
+		return nil, err
+	}
+	if reason != "" {
+		out = append(out, stages.Change{Action: "install", Target: "vault on " + strings.Join(inventory.Names(nodes), ", "), Detail: reason})
+	}
+	if tlsChanges && reason == "" {
+		out = append(out, stages.Change{Action: "update", Target: "vault TLS files on the nodes"})
+	}
+	hs := probe(ctx, e, nodes)
+	init, err := LoadInit(e)
+	if err != nil {
+		return nil, err
+	}
+	anyInit := false
+	for _, h := range hs {
+		if h.up() && h.health.Initialized {
+			anyInit = true
+		}
+	}
+	for i, h := range hs {
+		switch {
+		case !h.up():
+			out = append(out, stages.Change{Action: "start", Target: "vault on " + h.node.Name, Detail: "not answering: " + shortErr(h.err)})
+		case !anyInit && i == 0:
+			out = append(out, stages.Change{Action: "init", Target: "vault", Detail: fmt.Sprintf("on %s, %d key shares, threshold %d", h.node.Name, e.Config.Vault.KeyShares, e.Config.Vault.KeyThreshold)})
+		case h.health.Sealed:
+			out = append(out, stages.Change{Action: "unseal", Target: "vault on " + h.node.Name})
+		}
+	}
+	if anyInit && init == nil {
+		if _, ok, _ := e.Secrets.Get(intentSecret); !ok {
+			return nil, fmt.Errorf("vault is already initialised but no keys are stored in %s: bootstrap does not adopt a Vault it did not initialise; put its init output (keys_base64, root_token) there as JSON to adopt it", e.Secrets.Path(stages.SecretVaultInit))
+		}
+		out = append(out, stages.Change{Action: "reset", Target: "vault", Detail: "a run died between sys/init and storing the keys; the empty Vault is wiped and initialised again"})
+	}
+	if len(nodes) > 1 && anyInit && init != nil && len(out) == 0 {
+		peers, err := raftPeers(ctx, e, hs)
+		if err != nil {
+			return nil, err
+		}
+		for _, n := range nodes {
+			if !peers[n.Name] {
+				out = append(out, stages.Change{Action: "join", Target: n.Name + " to the vault raft cluster"})
+			}
+		}
+	}
+	return out, nil
+}
+
+func shortErr(err error) string {
+	s := err.Error()
+	if i := strings.LastIndex(s, ": "); i >= 0 && len(s) > 120 {
+		s = s[i+2:]
+	}
+	return s
+}
+
+// Apply converges the nodes, initialises Vault once and unseals every node.
+func (s *Stage) Apply(ctx context.Context, e *stages.Env) error {
+	inv, nodes, err := vaultNodes(e)
+	if err != nil {
+		return err
+	}
+	if err := ensureTLS(e, nodes); err != nil {
+		return err
+	}
+	hs := probe(ctx, e, nodes)
+	reason, err := ansible.Pending(e, inv, s.play(e, nodes))
+	if err != nil {
+		return err
+	}
+	if reason != "" || anyDown(hs) || tlsStale(e, nodes) {
+		e.Step("installing and starting vault on %s", strings.Join(inventory.Names(nodes), ", "))
+		if err := ansible.Converge(ctx, e, inv, s.play(e, nodes)); err != nil {
+			return err
+		}
+	}
+	if err := e.State.SetOutput(stages.OutVaultAddr, Addr(nodes[0])); err != nil {
+		return err
+	}
+	if err := e.State.SetOutput(stages.OutVaultCACert, caCertPath(e)); err != nil {
+		return err
+	}
+	hs, err = waitUp(ctx, e, nodes)
+	if err != nil {
+		return err
+	}
+	init, err := LoadInit(e)
+	if err != nil {
+		return err
+	}
+	anyInit := false
+	for _, h := range hs {
+		anyInit = anyInit || h.health.Initialized
+	}
+	if anyInit && init == nil {
+		if init, err = s.recoverLostInit(ctx, e, inv, nodes); err != nil {
+			return err
+		}
+		if hs, err = waitUp(ctx, e, nodes); err != nil {
+			return err
+		}
+	} else if !anyInit {
+		if init, err = initVault(ctx, e, hs[0]); err != nil {
+			return err
+		}
+	}
+	// Unseal the node that was initialised first: the others join its raft
+	// cluster (retry_join) as they are unsealed.
+	for _, h := range hs {
+		if err := unseal(ctx, e, h, init); err != nil {
+			return err
+		}
+	}
+	if err := waitActive(ctx, e, nodes); err != nil {
+		return err
+	}
+	if len(nodes) > 1 {
+		return waitPeers(ctx, e, nodes)
+	}
+	return nil
+}
+
+// tlsStale reports whether a node's TLS files on disk differ from what the
+// vault role copied — i.e. ensureTLS issued new ones this run.
+func tlsStale(e *stages.Env, nodes []inventory.Node) bool {
+	for _, n := range nodes {
+		if n.Local == nil {
+			continue // remote nodes: the digest covers changes through the next converge
+		}
+		want, err1 := os.ReadFile(certPath(e, n.Name))
+		have, err2 := os.ReadFile(n.Local.Root + "/tls/vault/vault.pem")
+		if err1 != nil || err2 != nil || string(want) != string(have) {
+			return true
+		}
+	}
+	return false
+}
+
+func anyDown(hs []nodeHealth) bool {
+	for _, h := range hs {
+		if !h.up() {
+			return true
+		}
+	}
+	return false
+}
+
+func waitUp(ctx context.Context, e *stages.Env, nodes []inventory.Node) ([]nodeHealth, error) {
+	ctx, cancel := context.WithTimeout(ctx, 90*time.Second)
+	defer cancel()
+	for {
+		hs := probe(ctx, e, nodes)
+		var down []string
+		for _, h := range hs {
+			if !h.up() {
+				down = append(down, fmt.Sprintf("%s (%s)", h.node.Name, shortErr(h.err)))
+			}
+		}
+		if len(down) == 0 {
+			return hs, nil
+		}
+		select {
+		case <-ctx.Done():
+			return nil, fmt.Errorf("vault does not answer on %s; see the node's log (e.g. %s): %w", strings.Join(down, ", "), logHint(nodes[0]), ctx.Err())
+		case <-time.After(300 * time.Millisecond):
+		}
+	}
+}
+
+func logHint(n inventory.Node) string {
+	if n.Local != nil {
+		return n.Local.Root + "/logs/vault.log"
+	}
+	return "journalctl -u vault on " + n.Name
+}
+
+// initVault initialises Vault on one node. The key store is test-written
+// first (the intent record), and the keys are stored before anything else
+// happens.
+func initVault(ctx context.Context, e *stages.Env, h nodeHealth) (*InitData, error) {
+	if old, err := LoadInit(e); err != nil {
+		return nil, err
+	} else if old != nil {
+		return nil, fmt.Errorf("vault on %s is not initialised, but keys of an earlier Vault (initialised %s on %s) are in %s; bootstrap never initialises over existing keys — if that Vault was wiped on purpose, move the file away and run again",
+			h.node.Name, old.Time.Format(time.RFC3339), old.Node, e.Secrets.Path(stages.SecretVaultInit))
+	}
+	intent, _ := json.Marshal(map[string]any{"node": h.node.Name, "time": time.Now().UTC()})
+	if err := e.Secrets.Put(intentSecret, string(intent)); err != nil {
+		return nil, fmt.Errorf("test-write the key store before init: %w", err)
+	}
+	e.Step("initialising vault on %s", h.node.Name)
+	cfg := e.Config.Vault
+	resp, err := h.client.Sys().InitWithContext(ctx, &vaultapi.InitRequest{SecretShares: cfg.KeyShares, SecretThreshold: cfg.KeyThreshold})
+	if err != nil {
+		return nil, fmt.Errorf("vault init on %s: %w", h.node.Name, err)
+	}
+	crashpoint.Hit("vault:after-init")
+	d := &InitData{KeysB64: resp.KeysB64, RootToken: resp.RootToken, Threshold: cfg.KeyThreshold, Node: h.node.Name, Time: time.Now().UTC()}
+	e.Secrets.Redactor().Add(append(append([]string{}, resp.KeysB64...), resp.Keys...)...)
+	e.Secrets.Redactor().Add(resp.RootToken)
+	b, err := json.MarshalIndent(d, "", "  ")
+	if err != nil {
+		return nil, err
+	}
+	if err := e.Secrets.Put(stages.SecretVaultInit, string(b)); err != nil {
+		return nil, fmt.Errorf("store vault keys: %w", err)
+	}
+	if err := e.Secrets.Put(stages.SecretVaultRootToken, resp.RootToken); err != nil {
+		return nil, err
+	}
+	crashpoint.Hit("vault:after-store-keys")
+	if err := e.Secrets.Delete(intentSecret); err != nil {
+		return nil, err
+	}
+	e.Step("vault initialised; %d unseal key share(s) and the root token are in %s", len(d.KeysB64), e.Secrets.Dir())
+	return d, nil
+}
+
+// recoverLostInit handles a run killed between sys/init and storing the
+// keys: the intent record proves the Vault holds nothing but that init, so
+// its storage is wiped and it is initialised again. Only local nodes can be
+// wiped by bootstrap itself.
+func (s *Stage) recoverLostInit(ctx context.Context, e *stages.Env, inv *inventory.Inventory, nodes []inventory.Node) (*InitData, error) {
+	if _, ok, err := e.Secrets.Get(intentSecret); err != nil || !ok {
+		return nil, fmt.Errorf("vault is already initialised but no keys are stored in %s: bootstrap does not adopt a Vault it did not initialise", e.Secrets.Path(stages.SecretVaultInit))
+	}
+	for _, n := range nodes {
+		if n.Local == nil {
+			return nil, fmt.Errorf("a previous run initialised vault but died before storing the keys; on real machines stop vault on %s, remove its data directory /opt/vault, and run again", strings.Join(inventory.Names(nodes), ", "))
+		}
+	}
+	e.Warnf("a previous run initialised vault but died before storing its keys; wiping the empty Vault and initialising it again")
+	for _, n := range nodes {
+		if err := provision.StopService(ctx, n, "vault"); err != nil {
+			return nil, err
+		}
+		if err := os.RemoveAll(n.Local.Root + "/data/vault"); err != nil {
+			return nil, err
+		}
+	}
+	if err := ansible.Converge(ctx, e, inv, s.play(e, nodes)); err != nil {
+		return nil, err
+	}
+	hs, err := waitUp(ctx, e, nodes)
+	if err != nil {
+		return nil, err
+	}
+	if err := e.Secrets.Delete(intentSecret); err != nil {
+		return nil, err
+	}
+	return initVault(ctx, e, hs[0])
+}
+
+// unseal submits the key shares to a sealed node. Progress left by an
+// interrupted run is reset first, so every share is counted once.
+func unseal(ctx context.Context, e *stages.Env, h nodeHealth, init *InitData) error {
+	st, err := h.client.Sys().SealStatusWithContext(ctx)
+	if err != nil {
+		return fmt.Errorf("vault seal status on %s: %w", h.node.Name, err)
+	}
+	if !st.Sealed {
+		return nil
+	}
+	e.Step("unsealing vault on %s", h.node.Name)
+	if st.Progress > 0 {
+		if _, err := h.client.Sys().ResetUnsealProcessWithContext(ctx); err != nil {
+			return fmt.Errorf("reset unseal progress on %s: %w", h.node.Name, err)
+		}
+	}
+	for i := 0; i < init.Threshold && i < len(init.KeysB64); i++ {
+		st, err = unsealKey(ctx, h.client, init.KeysB64[i])
+		if err != nil {
+			return fmt.Errorf("unseal vault on %s: %w", h.node.Name, err)
+		}
+		crashpoint.Hit("vault:between-unseal-keys")
+		if !st.Sealed {
+			return nil
+		}
+	}
+	// A follower joining the raft cluster may take a moment to apply the
+	// keys; wait for it to report unsealed.
+	deadline := time.Now().Add(60 * time.Second)
+	for time.Now().Before(deadline) {
+		if st, err = h.client.Sys().SealStatusWithContext(ctx); err == nil && !st.Sealed {
+			return nil
+		}
+		if err == nil && st.Progress == 0 && st.Sealed && st.Initialized {
+			// The join reset the attempt; submit the shares again.
+			for i := 0; i < init.Threshold; i++ {
+				if st, err = unsealKey(ctx, h.client, init.KeysB64[i]); err != nil || !st.Sealed {
+					break
+				}
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(500 * time.Millisecond):
+		}
+	}
+	return fmt.Errorf("vault on %s is still sealed after submitting %d key share(s); see %s", h.node.Name, init.Threshold, logHint(h.node))
+}
+
+func unsealKey(ctx context.Context, c *vaultapi.Client, key string) (*vaultapi.SealStatusResponse, error) {
+	return c.Sys().UnsealWithOptionsWithContext(ctx, &vaultapi.UnsealOpts{Key: key})
+}
+
+// waitActive waits until the cluster has an active node.
+func waitActive(ctx context.Context, e *stages.Env, nodes []inventory.Node) error {
+	ctx, cancel := context.WithTimeout(ctx, 60*time.Second)
+	defer cancel()
+	for {
+		for _, h := range probe(ctx, e, nodes) {
+			if h.up() && h.health.Initialized && !h.health.Sealed && !h.health.Standby {
+				return nil
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("vault has no active node after unsealing; see %s: %w", logHint(nodes[0]), ctx.Err())
+		case <-time.After(300 * time.Millisecond):
+		}
+	}
+}
+
+// Token returns a token for the stages that configure Vault: the admin
+// identity's once the pki stage created it, else the root token.
+func Token(e *stages.Env) (string, error) {
+	if v, ok, err := e.Secrets.Get(stages.SecretVaultAdminToken); err != nil || ok {
+		return strings.TrimSpace(v), err
+	}
+	v, ok, err := e.Secrets.Get(stages.SecretVaultRootToken)
+	if err != nil {
+		return "", err
+	}
+	if !ok {
+		return "", errors.New("no vault token: the vault stage has not initialised Vault")
+	}
+	return strings.TrimSpace(v), nil
+}
+
+func raftPeers(ctx context.Context, e *stages.Env, hs []nodeHealth) (map[string]bool, error) {
+	tok, err := Token(e)
+	if err != nil {
+		return nil, err
+	}
+	var lastErr error
+	for _, h := range hs {
+		if !h.up() || h.health.Sealed {
+			continue
+		}
+		c, err := h.client.Clone()
+		if err != nil {
+			return nil, err
+		}
+		c.SetToken(tok)
+		s, err := c.Logical().ReadWithContext(ctx, "sys/storage/raft/configuration")
+		if err != nil {
+			lastErr = err
+			continue
+		}
+		peers := map[string]bool{}
+		cfg, _ := s.Data["config"].(map[string]any)
+		servers, _ := cfg["servers"].([]any)
+		for _, srv := range servers {
+			m, _ := srv.(map[string]any)
+			if id, _ := m["node_id"].(string); id != "" {
+				if voter, _ := m["voter"].(bool); voter {
+					peers[id] = true
+				}
+			}
+		}
+		return peers, nil
+	}
+	if lastErr == nil {
+		lastErr = errors.New("no unsealed vault node")
+	}
+	return nil, fmt.Errorf("read vault raft configuration: %w", lastErr)
+}
+
+func waitPeers(ctx context.Context, e *stages.Env, nodes []inventory.Node) error {
+	ctx, cancel := context.WithTimeout(ctx, 90*time.Second)
+	defer cancel()
+	for {
+		peers, err := raftPeers(ctx, e, probe(ctx, e, nodes))
+		if err == nil {
+			var missing []string
+			for _, n := range nodes {
+				if !peers[n.Name] {
+					missing = append(missing, n.Name)
+				}
+			}
+			if len(missing) == 0 {
+				return nil
+			}
+			err = fmt.Errorf("not yet voters: %s", strings.Join(missing, ", "))
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("vault raft cluster incomplete: %v", err)
+		case <-time.After(time.Second):
+		}
+	}
+}
+
+// Status reports each Vault node's state.
+func (s *Stage) Status(ctx context.Context, e *stages.Env) ([]stages.StatusLine, error) {
+	_, nodes, err := vaultNodes(e)
+	if err != nil {
+		return nil, nil
+	}
+	var out []stages.StatusLine
+	for _, h := range probe(ctx, e, nodes) {
+		l := stages.StatusLine{Component: "vault", Node: h.node.Name}
+		switch {
+		case !h.up():
+			l.State, l.Detail = "down", shortErr(h.err)
+		case !h.health.Initialized:
+			l.State = "not initialised"
+		case h.health.Sealed:
+			l.State = "sealed"
+		case h.health.Standby:
+			l.State, l.Healthy = "standby", true
+		default:
+			l.State, l.Healthy = "active", true
+		}
+		if h.up() {
+			l.Detail = "version " + h.health.Version
+		}
+		out = append(out, l)
+	}
+	return out, nil
+}
