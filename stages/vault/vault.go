@@ -421,53 +421,61 @@ func (s *Stage) recoverLostInit(ctx context.Context, e *stages.Env, inv *invento
 }
 
 // unseal submits the key shares to a sealed node. Progress left by an
-// interrupted run is reset first, so every share is counted once.
+// interrupted run is reset first, so every share is counted once. A raft
+// follower answers "not initialized" until its retry_join has fetched the
+// leader's challenge; it is asked again until it takes the keys.
 func unseal(ctx context.Context, e *stages.Env, h nodeHealth, init *InitData) error {
-	st, err := h.client.Sys().SealStatusWithContext(ctx)
-	if err != nil {
-		return fmt.Errorf("vault seal status on %s: %w", h.node.Name, err)
+	ctx, cancel := context.WithTimeout(ctx, 90*time.Second)
+	defer cancel()
+	announced := false
+	var lastErr error
+	for {
+		st, err := h.client.Sys().SealStatusWithContext(ctx)
+		if err == nil && !st.Sealed {
+			return nil
+		}
+		if err == nil {
+			if !announced {
+				e.Step("unsealing vault on %s", h.node.Name)
+				announced = true
+			}
+			err = submitKeys(ctx, h.client, st, init)
+		}
+		if err == nil {
+			continue
+		}
+		lastErr = err
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("vault on %s is still sealed: %v; see %s", h.node.Name, lastErr, logHint(h.node))
+		case <-time.After(time.Second):
+		}
 	}
-	if !st.Sealed {
-		return nil
-	}
-	e.Step("unsealing vault on %s", h.node.Name)
+}
+
+func submitKeys(ctx context.Context, c *vaultapi.Client, st *vaultapi.SealStatusResponse, init *InitData) error {
 	if st.Progress > 0 {
-		if _, err := h.client.Sys().ResetUnsealProcessWithContext(ctx); err != nil {
-			return fmt.Errorf("reset unseal progress on %s: %w", h.node.Name, err)
+		if _, err := c.Sys().ResetUnsealProcessWithContext(ctx); err != nil {
+			return fmt.Errorf("reset unseal progress: %w", err)
 		}
 	}
 	for i := 0; i < init.Threshold && i < len(init.KeysB64); i++ {
-		st, err = unsealKey(ctx, h.client, init.KeysB64[i])
+		st, err := unsealKey(ctx, c, init.KeysB64[i])
 		if err != nil {
-			return fmt.Errorf("unseal vault on %s: %w", h.node.Name, err)
+			return err
 		}
 		crashpoint.Hit("vault:between-unseal-keys")
 		if !st.Sealed {
 			return nil
 		}
 	}
-	// A follower joining the raft cluster may take a moment to apply the
-	// keys; wait for it to report unsealed.
-	deadline := time.Now().Add(60 * time.Second)
-	for time.Now().Before(deadline) {
-		if st, err = h.client.Sys().SealStatusWithContext(ctx); err == nil && !st.Sealed {
-			return nil
-		}
-		if err == nil && st.Progress == 0 && st.Sealed && st.Initialized {
-			// The join reset the attempt; submit the shares again.
-			for i := 0; i < init.Threshold; i++ {
-				if st, err = unsealKey(ctx, h.client, init.KeysB64[i]); err != nil || !st.Sealed {
-					break
-				}
-			}
-		}
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-time.After(500 * time.Millisecond):
-		}
+	// A follower applies the keys while it joins; give it a moment.
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-time.After(500 * time.Millisecond):
 	}
-	return fmt.Errorf("vault on %s is still sealed after submitting %d key share(s); see %s", h.node.Name, init.Threshold, logHint(h.node))
+	return nil
 }
 
 func unsealKey(ctx context.Context, c *vaultapi.Client, key string) (*vaultapi.SealStatusResponse, error) {
