@@ -110,6 +110,14 @@ func (e *Env) Emit(ev Event) {
 	e.reporter.Event(ev)
 }
 
+// redact removes every known secret from s.
+func (e *Env) redact(s string) string {
+	if e.Secrets == nil {
+		return s
+	}
+	return e.Secrets.Redactor().String(s)
+}
+
 // Step reports visible progress ("unsealing vault on server-1").
 func (e *Env) Step(format string, args ...any) {
 	e.Emit(Event{Type: EventStep, Message: fmt.Sprintf(format, args...)})

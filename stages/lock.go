@@ -1,6 +1,7 @@
 package stages
 
 import (
+	"bytes"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -21,6 +22,10 @@ type LockHolder struct {
 }
 
 func (h LockHolder) String() string {
+	if h.PID == 0 {
+		// It took the flock but has not written its record yet.
+		return "a run that has just started"
+	}
 	return fmt.Sprintf("pid %d on %s (%s, started %s)", h.PID, h.Host, h.Command, h.Started.Format(time.RFC3339))
 }
 
@@ -54,11 +59,9 @@ func AcquireLock(dir, command string) (*Lock, error) {
 		return nil, fmt.Errorf("lock %s: %w", path, err)
 	}
 	if err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != nil {
-		var h LockHolder
-		b, _ := os.ReadFile(path)
-		_ = json.Unmarshal(b, &h)
 		f.Close()
 		if errors.Is(err, syscall.EWOULDBLOCK) {
+			h, _ := readHolder(path)
 			return nil, &LockedError{Dir: dir, Holder: h}
 		}
 		return nil, fmt.Errorf("lock %s: %w", path, err)
@@ -66,21 +69,37 @@ func AcquireLock(dir, command string) (*Lock, error) {
 	l := &Lock{f: f}
 	// A record left in the file means the previous holder died without
 	// releasing (its flock went with it).
-	if b, _ := os.ReadFile(path); len(b) > 0 {
-		var h LockHolder
-		if json.Unmarshal(b, &h) == nil && h.PID != 0 {
-			l.Stale = &h
-		}
+	if h, ok := readHolder(path); ok {
+		l.Stale = &h
 	}
 	host, _ := os.Hostname()
 	rec, _ := json.Marshal(LockHolder{PID: os.Getpid(), Host: host, Started: time.Now().UTC(), Command: command})
+	rec = append(rec, '\n')
 	// The record only explains who holds the lock; the flock is what counts.
-	if err := f.Truncate(0); err == nil {
-		if _, err := f.WriteAt(append(rec, '\n'), 0); err == nil {
+	// It is written over the old one and the file cut after it (not cut
+	// first), so a run killed in between still leaves a record: its own
+	// first line, or the previous one.
+	if _, err := f.WriteAt(rec, 0); err == nil {
+		if err := f.Truncate(int64(len(rec))); err == nil {
 			f.Sync()
 		}
 	}
 	return l, nil
+}
+
+// readHolder parses the first line of a lock file: the record of the run
+// that holds or last held the lock.
+func readHolder(path string) (LockHolder, bool) {
+	var h LockHolder
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return h, false
+	}
+	line, _, _ := bytes.Cut(b, []byte{'\n'})
+	if json.Unmarshal(line, &h) != nil || h.PID == 0 {
+		return LockHolder{}, false
+	}
+	return h, true
 }
 
 // Release clears the holder record and drops the lock.

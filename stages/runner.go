@@ -35,6 +35,9 @@ var ErrNotApproved = errors.New("plan not approved; nothing was changed")
 func (r *Runner) Plan(ctx context.Context, sel Selection) ([]StageResult, error) {
 	var results []StageResult
 	for _, st := range sel.Pick(r.Stages) {
+		if err := ctx.Err(); err != nil {
+			return results, err
+		}
 		res, err := r.plan(ctx, st)
 		results = append(results, res)
 		if err != nil {
@@ -55,15 +58,18 @@ func (r *Runner) plan(ctx context.Context, st Stage) (StageResult, error) {
 	switch {
 	case errors.Is(err, ErrNotImplemented):
 		res.Outcome = OutcomeNotImplemented
-		res.Error = err.Error()
+		res.Error = env.redact(err.Error())
 		err = nil
 	case errors.Is(err, ErrNotReady):
 		res.Outcome = OutcomeNotReady
-		res.Error = err.Error()
+		res.Error = env.redact(err.Error())
 		err = nil
 	case err != nil:
 		res.Outcome = OutcomeFailed
-		res.Error = err.Error()
+		if ctx.Err() != nil {
+			res.Outcome = OutcomeInterrupted
+		}
+		res.Error = env.redact(err.Error())
 		err = &StageError{Stage: st.Name(), Err: err}
 	case len(changes) > 0:
 		res.Outcome = OutcomePlanned
@@ -136,7 +142,9 @@ func (r *Runner) up(ctx context.Context, st Stage) (StageResult, error) {
 
 	fail := func(status string, err error) (StageResult, error) {
 		res.Duration = time.Since(start)
-		res.Error = err.Error()
+		// The error is recorded in state.json and the run history, which
+		// must never hold a secret.
+		res.Error = env.redact(err.Error())
 		res.Outcome = OutcomeFailed
 		if status == StatusInterrupted {
 			res.Outcome = OutcomeInterrupted
@@ -157,6 +165,11 @@ func (r *Runner) up(ctx context.Context, st Stage) (StageResult, error) {
 		return fail(StatusFailed, err)
 	}
 
+	// A signal that lands between two stages must stop the run before the
+	// next stage changes anything, even if its Plan never looks at ctx.
+	if err := ctx.Err(); err != nil {
+		return failure(err)
+	}
 	changes, err := st.Plan(ctx, env)
 	if err != nil {
 		return failure(err)
@@ -216,14 +229,17 @@ func (r *Runner) Down(ctx context.Context, sel Selection) ([]StageResult, error)
 		env := r.Env.ForStage(st.Name())
 		start := time.Now()
 		env.Emit(Event{Type: EventStageStart, Message: "destroying"})
-		err := d.Destroy(ctx, env)
+		err := ctx.Err()
+		if err == nil {
+			err = d.Destroy(ctx, env)
+		}
 		res := StageResult{Name: st.Name(), Outcome: OutcomeDestroyed, Duration: time.Since(start)}
 		if err != nil {
 			res.Outcome = OutcomeFailed
 			if ctx.Err() != nil {
 				res.Outcome = OutcomeInterrupted
 			}
-			res.Error = err.Error()
+			res.Error = env.redact(err.Error())
 		}
 		env.Emit(Event{Type: EventStageEnd, Outcome: res.Outcome, Duration: res.Duration, Error: res.Error})
 		results = append(results, res)

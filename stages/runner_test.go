@@ -1,0 +1,473 @@
+package stages_test
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"reflect"
+	"slices"
+	"strings"
+	"testing"
+
+	"github.com/platform-bootstrap/bootstrap/stages"
+)
+
+func TestUpResumesAtFailedStage(t *testing.T) {
+	dir := t.TempDir()
+	a, b, c, d := newToy("a"), newToy("b"), newToy("c"), newToy("d")
+	c.applyErrs = []error{errors.New("disk full")}
+	r := &stages.Runner{Stages: stageList(a, b, c, d), Env: newEnv(t, dir, nil)}
+
+	res, err := r.Up(context.Background(), stages.Selection{})
+	se := stageError(t, err, "c")
+	if se.Err.Error() != "disk full" {
+		t.Errorf("StageError wraps %q, want the stage's error", se.Err)
+	}
+	want := map[string]string{"a": stages.OutcomeChanged, "b": stages.OutcomeChanged, "c": stages.OutcomeFailed}
+	if got := outcomes(res); !reflect.DeepEqual(got, want) {
+		t.Errorf("first run outcomes = %v, want %v", got, want)
+	}
+	if _, n := d.counts(); n != 0 {
+		t.Errorf("stage d applied %d times after c failed", n)
+	}
+	state, err := stages.LoadState(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for name, status := range map[string]string{"a": stages.StatusDone, "b": stages.StatusDone, "c": stages.StatusFailed, "d": stages.StatusPending} {
+		if got := state.Stage(name); got.Status != status {
+			t.Errorf("state of %s after the failed run = %q, want %q", name, got.Status, status)
+		}
+	}
+	if got := state.Stage("c").Error; got != "disk full" {
+		t.Errorf("recorded error of c = %q", got)
+	}
+
+	// A new run (a new process: the state is read from disk again) against
+	// the same live system.
+	r = &stages.Runner{Stages: stageList(a, b, c, d), Env: newEnv(t, dir, nil)}
+	res, err = r.Up(context.Background(), stages.Selection{})
+	if err != nil {
+		t.Fatalf("second run: %v", err)
+	}
+	want = map[string]string{"a": stages.OutcomeUnchanged, "b": stages.OutcomeUnchanged, "c": stages.OutcomeChanged, "d": stages.OutcomeChanged}
+	if got := outcomes(res); !reflect.DeepEqual(got, want) {
+		t.Errorf("second run outcomes = %v, want %v", got, want)
+	}
+	for st, n := range map[*toy]int{a: 1, b: 1, c: 2, d: 1} {
+		if _, got := st.counts(); got != n {
+			t.Errorf("stage %s applied %d times in both runs, want %d", st.name, got, n)
+		}
+	}
+	state, _ = stages.LoadState(dir)
+	for _, name := range []string{"a", "b", "c", "d"} {
+		if got := state.Stage(name); got.Status != stages.StatusDone || got.Error != "" {
+			t.Errorf("state of %s after the second run = %+v, want done without error", name, got)
+		}
+	}
+}
+
+func TestUpFailsWhenApplyLeavesChanges(t *testing.T) {
+	dir := t.TempDir()
+	a, b := newToy("a"), newToy("b")
+	a.sticky = true
+	r := &stages.Runner{Stages: stageList(a, b), Env: newEnv(t, dir, nil)}
+	res, err := r.Up(context.Background(), stages.Selection{})
+	stageError(t, err, "a")
+	if !strings.Contains(err.Error(), "still 1 change(s) after apply, first: create thing a") {
+		t.Errorf("error = %q, want it to say what is left", err)
+	}
+	if got := outcomes(res); !reflect.DeepEqual(got, map[string]string{"a": stages.OutcomeFailed}) {
+		t.Errorf("outcomes = %v", got)
+	}
+	if _, n := b.counts(); n != 0 {
+		t.Error("the next stage ran after a stage that did not converge")
+	}
+	state, _ := stages.LoadState(dir)
+	if st := state.Stage("a"); st.Status != stages.StatusFailed || st.Changes != 1 {
+		t.Errorf("state of a = %+v, want failed with 1 change", st)
+	}
+}
+
+func TestUpNotImplementedAndNotReady(t *testing.T) {
+	t.Run("not implemented", func(t *testing.T) {
+		dir := t.TempDir()
+		r := &stages.Runner{Stages: []stages.Stage{stages.Placeholder("p"), newToy("after")}, Env: newEnv(t, dir, nil)}
+		res, err := r.Up(context.Background(), stages.Selection{})
+		stageError(t, err, "p")
+		if !errors.Is(err, stages.ErrNotImplemented) {
+			t.Errorf("error %v does not wrap ErrNotImplemented", err)
+		}
+		if len(res) != 1 || res[0].Outcome != stages.OutcomeNotImplemented {
+			t.Errorf("results = %+v, want one not-implemented result", res)
+		}
+		state, _ := stages.LoadState(dir)
+		if st := state.Stage("p"); st.Status != stages.StatusFailed || st.Error != stages.ErrNotImplemented.Error() {
+			t.Errorf("state of p = %+v", st)
+		}
+	})
+	t.Run("not ready", func(t *testing.T) {
+		dir := t.TempDir()
+		st := newToy("pki")
+		st.planErr = stages.NotReadyf("vault is not initialised")
+		r := &stages.Runner{Stages: stageList(st), Env: newEnv(t, dir, nil)}
+		res, err := r.Up(context.Background(), stages.Selection{})
+		stageError(t, err, "pki")
+		if !errors.Is(err, stages.ErrNotReady) {
+			t.Errorf("error %v does not wrap ErrNotReady", err)
+		}
+		if len(res) != 1 || res[0].Outcome != stages.OutcomeFailed || !strings.Contains(res[0].Error, "vault is not initialised") {
+			t.Errorf("results = %+v", res)
+		}
+		if _, n := st.counts(); n != 0 {
+			t.Error("Apply ran although Plan said the stage is not ready")
+		}
+	})
+}
+
+func TestPlanOutcomesAndNoWrites(t *testing.T) {
+	dir := t.TempDir()
+	done, pending, waiting, broken := newToy("done"), newToy("pending"), newToy("waiting"), newToy("broken")
+	done.converged = true
+	waiting.planErr = stages.NotReadyf("needs pending")
+	broken.planErr = errors.New("cannot reach vault")
+	all := []stages.Stage{done, pending, waiting, stages.Placeholder("later"), broken, newToy("never")}
+	rec := &recorder{}
+	r := &stages.Runner{Stages: all, Env: newEnv(t, dir, rec)}
+
+	res, err := r.Plan(context.Background(), stages.Selection{})
+	stageError(t, err, "broken")
+	want := map[string]string{
+		"done":    stages.OutcomeUnchanged,
+		"pending": stages.OutcomePlanned,
+		"waiting": stages.OutcomeNotReady,
+		"later":   stages.OutcomeNotImplemented,
+		"broken":  stages.OutcomeFailed,
+	}
+	if got := outcomes(res); !reflect.DeepEqual(got, want) {
+		t.Errorf("plan outcomes = %v, want %v", got, want)
+	}
+	if len(res[1].Changes) != 1 || res[1].Changes[0].Target != "thing pending" {
+		t.Errorf("planned changes = %+v", res[1].Changes)
+	}
+	for _, st := range []*toy{done, pending, waiting, broken} {
+		if _, n := st.counts(); n != 0 {
+			t.Errorf("plan applied stage %s", st.name)
+		}
+	}
+	if entries, _ := os.ReadDir(dir); slices.ContainsFunc(entries, func(e os.DirEntry) bool { return e.Name() == stages.StateFile }) {
+		t.Error("plan wrote the state file")
+	}
+	var planned bool
+	for _, e := range rec.all() {
+		if e.Type == stages.EventPlan && e.Stage == "pending" && len(e.Changes) == 1 {
+			planned = true
+		}
+	}
+	if !planned {
+		t.Error("no plan event for the stage with changes")
+	}
+}
+
+// A second `up` on a converged platform must not touch state.json: not its
+// bytes, not its inode (every save replaces the file), not its mtime.
+func TestSecondUpWritesNothing(t *testing.T) {
+	dir := t.TempDir()
+	a, b, c := newToy("a"), newToy("b"), newToy("c")
+	r := &stages.Runner{Stages: stageList(a, b, c), Env: newEnv(t, dir, nil)}
+	if _, err := r.Up(context.Background(), stages.Selection{}); err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(dir, stages.StateFile)
+	before, err := os.Stat(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	bytesBefore, _ := os.ReadFile(path)
+
+	r = &stages.Runner{Stages: stageList(a, b, c), Env: newEnv(t, dir, nil)}
+	res, err := r.Up(context.Background(), stages.Selection{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, s := range res {
+		if s.Outcome != stages.OutcomeUnchanged {
+			t.Errorf("stage %s: %s on the second run", s.Name, s.Outcome)
+		}
+	}
+	after, err := os.Stat(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	bytesAfter, _ := os.ReadFile(path)
+	if !os.SameFile(before, after) || !before.ModTime().Equal(after.ModTime()) || !bytes.Equal(bytesBefore, bytesAfter) {
+		t.Errorf("the second up rewrote %s", path)
+	}
+	for _, st := range []*toy{a, b, c} {
+		if _, n := st.counts(); n != 1 {
+			t.Errorf("stage %s applied %d times, want 1", st.name, n)
+		}
+	}
+}
+
+// A converged stage whose record is not "done" (e.g. it was finished by hand
+// or its run was killed after Apply) is recorded once, then never again.
+func TestConvergedStageRecordedOnce(t *testing.T) {
+	dir := t.TempDir()
+	a := newToy("a")
+	a.converged = true
+	r := &stages.Runner{Stages: stageList(a), Env: newEnv(t, dir, nil)}
+	if _, err := r.Up(context.Background(), stages.Selection{}); err != nil {
+		t.Fatal(err)
+	}
+	state, _ := stages.LoadState(dir)
+	if st := state.Stage("a"); st.Status != stages.StatusDone || st.Changes != 0 {
+		t.Errorf("state of a = %+v, want done", st)
+	}
+	fi1, _ := os.Stat(filepath.Join(dir, stages.StateFile))
+	r = &stages.Runner{Stages: stageList(a), Env: newEnv(t, dir, nil)}
+	if _, err := r.Up(context.Background(), stages.Selection{}); err != nil {
+		t.Fatal(err)
+	}
+	fi2, _ := os.Stat(filepath.Join(dir, stages.StateFile))
+	if !os.SameFile(fi1, fi2) {
+		t.Error("state.json rewritten for an unchanged stage already recorded as done")
+	}
+}
+
+func TestUpInterrupted(t *testing.T) {
+	dir := t.TempDir()
+	a, slow, c := newToy("a"), newToy("slow"), newToy("c")
+	slow.block = true
+	slow.started = make(chan struct{})
+	r := &stages.Runner{Stages: stageList(a, slow, c), Env: newEnv(t, dir, nil)}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go func() {
+		<-slow.started
+		cancel()
+	}()
+	res, err := r.Up(ctx, stages.Selection{})
+	stageError(t, err, "slow")
+	if !errors.Is(err, context.Canceled) || !strings.Contains(err.Error(), "interrupted") {
+		t.Errorf("error = %v, want an interruption wrapping context.Canceled", err)
+	}
+	if got := outcomes(res); got["slow"] != stages.OutcomeInterrupted || len(got) != 2 {
+		t.Errorf("outcomes = %v", got)
+	}
+	state, _ := stages.LoadState(dir)
+	if st := state.Stage("slow"); st.Status != stages.StatusInterrupted {
+		t.Errorf("state of slow = %+v, want interrupted", st)
+	}
+	if _, n := c.counts(); n != 0 {
+		t.Error("the stage after the interrupted one ran")
+	}
+}
+
+// Cancelled between two stages: the next stage must not start changing
+// things even when its Plan does not look at the context.
+func TestUpCancelledBeforeStage(t *testing.T) {
+	dir := t.TempDir()
+	a := newToy("a")
+	r := &stages.Runner{Stages: stageList(a), Env: newEnv(t, dir, nil)}
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	_, err := r.Up(ctx, stages.Selection{})
+	stageError(t, err, "a")
+	if _, n := a.counts(); n != 0 {
+		t.Error("a stage was applied after the run was cancelled")
+	}
+	state, _ := stages.LoadState(dir)
+	if st := state.Stage("a"); st.Status != stages.StatusInterrupted {
+		t.Errorf("state of a = %+v, want interrupted", st)
+	}
+}
+
+func TestUpApproval(t *testing.T) {
+	t.Run("declined", func(t *testing.T) {
+		dir := t.TempDir()
+		a, b := newToy("a"), newToy("b")
+		b.planErr = stages.NotReadyf("needs a")
+		var asked [][]stages.StageResult
+		r := &stages.Runner{Stages: stageList(a, b, newToy("c")), Env: newEnv(t, dir, nil),
+			Approve: func(p []stages.StageResult) (bool, error) { asked = append(asked, p); return false, nil }}
+		_, err := r.Up(context.Background(), stages.Selection{})
+		if !errors.Is(err, stages.ErrNotApproved) {
+			t.Fatalf("error = %v, want ErrNotApproved", err)
+		}
+		// Planning stops at the first stage that cannot be planned yet.
+		if len(asked) != 1 || len(asked[0]) != 2 || asked[0][0].Outcome != stages.OutcomePlanned || asked[0][1].Outcome != stages.OutcomeNotReady {
+			t.Errorf("approval asked with %+v", asked)
+		}
+		if _, n := a.counts(); n != 0 {
+			t.Error("a declined plan was applied")
+		}
+		if _, err := os.Stat(filepath.Join(dir, stages.StateFile)); !os.IsNotExist(err) {
+			t.Error("a declined run wrote the state file")
+		}
+	})
+	t.Run("approved", func(t *testing.T) {
+		a := newToy("a")
+		calls := 0
+		r := &stages.Runner{Stages: stageList(a), Env: newEnv(t, t.TempDir(), nil),
+			Approve: func([]stages.StageResult) (bool, error) { calls++; return true, nil }}
+		if _, err := r.Up(context.Background(), stages.Selection{}); err != nil {
+			t.Fatal(err)
+		}
+		if _, n := a.counts(); n != 1 || calls != 1 {
+			t.Errorf("applies = %d, approvals = %d; want 1, 1", n, calls)
+		}
+		// Converged: nothing to approve, so nobody is asked.
+		if _, err := r.Up(context.Background(), stages.Selection{}); err != nil {
+			t.Fatal(err)
+		}
+		if calls != 1 {
+			t.Errorf("asked to approve an empty plan")
+		}
+	})
+}
+
+func TestDownReverseOrder(t *testing.T) {
+	dir := t.TempDir()
+	var order []string
+	mk := func(name string) *destroyer {
+		d := &destroyer{toy: newToy(name)}
+		d.order = &order
+		return d
+	}
+	a, c, d := mk("a"), mk("c"), mk("d")
+	b := newToy("b") // nothing of its own to destroy
+	all := []stages.Stage{a, b, c, d}
+	r := &stages.Runner{Stages: all, Env: newEnv(t, dir, nil)}
+	if _, err := r.Up(context.Background(), stages.Selection{}); err != nil {
+		t.Fatal(err)
+	}
+
+	res, err := r.Down(context.Background(), stages.Selection{Skip: []string{"c"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := []string{"d", "a"}; !slices.Equal(order, want) {
+		t.Errorf("destroy order = %v, want %v", order, want)
+	}
+	if len(res) != 2 || res[0].Name != "d" || res[1].Name != "a" || res[0].Outcome != stages.OutcomeDestroyed {
+		t.Errorf("down results = %+v", res)
+	}
+	state, _ := stages.LoadState(dir)
+	for name, status := range map[string]string{"a": stages.StatusPending, "b": stages.StatusDone, "c": stages.StatusDone, "d": stages.StatusPending} {
+		if got := state.Stage(name).Status; got != status {
+			t.Errorf("after down, %s is %q, want %q", name, got, status)
+		}
+	}
+
+	// A failing Destroy stops the teardown there: earlier stages stay up.
+	order = nil
+	c.destroyErr = errors.New("node unreachable")
+	_, err = r.Down(context.Background(), stages.Selection{})
+	stageError(t, err, "c")
+	if want := []string{"d"}; !slices.Equal(order, want) {
+		t.Errorf("destroy order with c failing = %v, want %v", order, want)
+	}
+}
+
+func TestSelection(t *testing.T) {
+	all := stageList(newToy("keys"), newToy("provision"), newToy("vault"), newToy("pki"), newToy("consul"))
+	names := func(ss []stages.Stage) []string {
+		var out []string
+		for _, s := range ss {
+			out = append(out, s.Name())
+		}
+		return out
+	}
+	for _, tc := range []struct {
+		sel  stages.Selection
+		want []string
+	}{
+		{stages.Selection{}, []string{"keys", "provision", "vault", "pki", "consul"}},
+		{stages.Selection{Only: []string{"pki", "keys"}}, []string{"keys", "pki"}},
+		{stages.Selection{From: "vault"}, []string{"vault", "pki", "consul"}},
+		{stages.Selection{From: "keys"}, []string{"keys", "provision", "vault", "pki", "consul"}},
+		{stages.Selection{From: "consul"}, []string{"consul"}},
+		{stages.Selection{Skip: []string{"provision", "pki"}}, []string{"keys", "vault", "consul"}},
+		{stages.Selection{From: "provision", Skip: []string{"vault"}}, []string{"provision", "pki", "consul"}},
+		{stages.Selection{Only: []string{"vault", "pki"}, Skip: []string{"pki"}}, []string{"vault"}},
+		{stages.Selection{From: "vault", Skip: []string{"vault"}}, []string{"pki", "consul"}},
+	} {
+		if got := names(tc.sel.Pick(all)); !slices.Equal(got, tc.want) {
+			t.Errorf("%+v picks %v, want %v", tc.sel, got, tc.want)
+		}
+		if err := tc.sel.Validate(); err != nil {
+			t.Errorf("%+v: Validate: %v", tc.sel, err)
+		}
+	}
+
+	list := strings.Join(stages.Names, ", ")
+	for _, tc := range []struct {
+		sel  stages.Selection
+		want string
+	}{
+		{stages.Selection{Only: []string{"vault", "nope"}}, `--only: unknown stage "nope"; stages are ` + list},
+		{stages.Selection{Skip: []string{"Vault"}}, `--skip: unknown stage "Vault"; stages are ` + list},
+		{stages.Selection{From: "start"}, `--from: unknown stage "start"; stages are ` + list},
+		{stages.Selection{Only: []string{"vault"}, From: "keys"}, "--only and --from cannot be combined; use --only with the full list"},
+	} {
+		err := tc.sel.Validate()
+		var ue *stages.UsageError
+		if !errors.As(err, &ue) {
+			t.Errorf("%+v: Validate = %v, want a *UsageError", tc.sel, err)
+			continue
+		}
+		if err.Error() != tc.want {
+			t.Errorf("%+v: Validate = %q, want %q", tc.sel, err, tc.want)
+		}
+	}
+}
+
+// A stage error that contains a secret must not carry it into state.json,
+// the results or the events.
+func TestStageErrorsRedacted(t *testing.T) {
+	dir := t.TempDir()
+	rec := &recorder{}
+	env := newEnv(t, dir, rec)
+	const secret = "s.TopSecretRootToken1234"
+	if err := env.Secrets.Put("vault/root-token", secret); err != nil {
+		t.Fatal(err)
+	}
+	a := newToy("a")
+	a.applyErrs = []error{fmt.Errorf("login with %s failed", secret)}
+	b := newToy("b")
+	b.planErr = fmt.Errorf("token %s rejected", secret)
+	r := &stages.Runner{Stages: stageList(a), Env: env}
+	res, err := r.Up(context.Background(), stages.Selection{})
+	if err == nil {
+		t.Fatal("no error")
+	}
+	r.Stages = stageList(b)
+	planRes, _ := r.Plan(context.Background(), stages.Selection{})
+	res = append(res, planRes...)
+
+	state, _ := os.ReadFile(filepath.Join(dir, stages.StateFile))
+	if bytes.Contains(state, []byte(secret)) {
+		t.Errorf("state.json holds the secret:\n%s", state)
+	}
+	loaded, err := stages.LoadState(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := loaded.Stage("a").Error; got != "login with <redacted> failed" {
+		t.Errorf("recorded error = %q, want the redacted error", got)
+	}
+	for _, r := range res {
+		if strings.Contains(r.Error, secret) {
+			t.Errorf("result of %s holds the secret: %q", r.Name, r.Error)
+		}
+	}
+	for _, e := range rec.all() {
+		if strings.Contains(fmt.Sprintf("%+v", e), secret) {
+			t.Errorf("event holds the secret: %+v", e)
+		}
+	}
+}
