@@ -1,0 +1,270 @@
+package monitoring
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"regexp"
+	"strings"
+	"text/template"
+)
+
+// PrometheusConfig is what prometheus.yml is rendered from.
+//
+// prometheus.yml is rendered here, in Go, rather than by the Nomad job's
+// template stanza (consul-template): the result is a plain file that the
+// tests check with the real promtool, the jobs stage can diff it, and it
+// holds no secret (tokens are files the job writes from Vault, named here by
+// path). Discovery that must follow the cluster live is left to Prometheus'
+// own consul_sd_configs, not to consul-template.
+type PrometheusConfig struct {
+	ScrapeInterval     string // default 15s
+	EvaluationInterval string // default: ScrapeInterval
+	ExternalLabels     map[string]string
+	// RuleFiles are globs, relative to prometheus.yml's directory
+	// (default: rules/*.yml).
+	RuleFiles []string
+
+	// The HashiCorp agents, scraped over their HTTP APIs. A group with no
+	// targets is left out.
+	NomadServers Endpoint
+	NomadClients Endpoint
+	Consul       Endpoint // servers and clients
+	Vault        Endpoint
+
+	// NodeExporters are static host:port targets for nodes whose
+	// node-exporter is not registered in Consul; the node-exporter job
+	// registers its instances, so this is usually empty.
+	NodeExporters []string
+
+	// ConsulSD is the Consul agent Prometheus discovers services through.
+	ConsulSD ConsulSD
+
+	// Alertmanagers are static host:port targets; when empty, every healthy
+	// instance of the Consul service AlertmanagerService is used.
+	Alertmanagers          []string
+	AlertmanagerService    string // default alertmanager
+	AlertmanagerPathPrefix string // Alertmanager's --web.route-prefix (default /alertmanager)
+}
+
+// Endpoint is a group of HashiCorp agents scraped the same way.
+type Endpoint struct {
+	Targets []string // host:port
+	Scheme  string   // default https
+	HTTP    HTTPClient
+}
+
+// HTTPClient says how Prometheus authenticates a server and itself.
+type HTTPClient struct {
+	// TokenFile holds an ACL token sent as "Authorization: Bearer", which
+	// Nomad, Consul and Vault all accept. Empty: no token.
+	TokenFile string
+	CAFile    string
+	// CertFile and KeyFile are a client certificate, for agents that verify
+	// incoming HTTPS clients.
+	CertFile string
+	KeyFile  string
+	// ServerName is the name verified in the servers' certificates when it
+	// is not the target's address (e.g. server.global.nomad).
+	ServerName string
+}
+
+// ConsulSD is a Consul agent used for service discovery.
+type ConsulSD struct {
+	Server     string // host:port (required)
+	Scheme     string // default https
+	Datacenter string
+	HTTP       HTTPClient
+	// Tag marks the services to scrape (default prometheus).
+	Tag string
+}
+
+// endpoint is one static scrape job of the template.
+type endpoint struct {
+	Job, Path, Scheme string
+	Targets           []string
+	HTTP              HTTPClient
+}
+
+var (
+	durationRe = regexp.MustCompile(`^([0-9]+(ms|s|m|h|d|w|y))+$`)
+	labelRe    = regexp.MustCompile(`^[a-zA-Z_][a-zA-Z0-9_]*$`)
+	tagRe      = regexp.MustCompile(`^[a-zA-Z0-9_.-]+$`)
+)
+
+// RenderPrometheus renders prometheus.yml.
+func RenderPrometheus(c PrometheusConfig) ([]byte, error) {
+	c = c.withDefaults()
+	if err := c.validate(); err != nil {
+		return nil, fmt.Errorf("prometheus.yml: %w", err)
+	}
+	data := struct {
+		PrometheusConfig
+		Endpoints []endpoint
+	}{PrometheusConfig: c}
+	for _, e := range []struct {
+		job, path string
+		ep        Endpoint
+	}{
+		{"nomad-server", "/v1/metrics", c.NomadServers},
+		{"nomad-client", "/v1/metrics", c.NomadClients},
+		{"consul", "/v1/agent/metrics", c.Consul},
+		{"vault", "/v1/sys/metrics", c.Vault},
+	} {
+		if len(e.ep.Targets) > 0 {
+			data.Endpoints = append(data.Endpoints, endpoint{Job: e.job, Path: e.path, Scheme: e.ep.Scheme, Targets: e.ep.Targets, HTTP: e.ep.HTTP})
+		}
+	}
+	return execute("prometheus.yml.tmpl", data)
+}
+
+func (c PrometheusConfig) withDefaults() PrometheusConfig {
+	if c.ScrapeInterval == "" {
+		c.ScrapeInterval = "15s"
+	}
+	if c.EvaluationInterval == "" {
+		c.EvaluationInterval = c.ScrapeInterval
+	}
+	if len(c.RuleFiles) == 0 {
+		c.RuleFiles = []string{"rules/*.yml"}
+	}
+	for _, e := range []*Endpoint{&c.NomadServers, &c.NomadClients, &c.Consul, &c.Vault} {
+		if e.Scheme == "" {
+			e.Scheme = "https"
+		}
+	}
+	if c.ConsulSD.Scheme == "" {
+		c.ConsulSD.Scheme = "https"
+	}
+	if c.ConsulSD.Tag == "" {
+		c.ConsulSD.Tag = "prometheus"
+	}
+	if c.AlertmanagerService == "" {
+		c.AlertmanagerService = "alertmanager"
+	}
+	if c.AlertmanagerPathPrefix == "" {
+		c.AlertmanagerPathPrefix = "/alertmanager"
+	}
+	return c
+}
+
+func (c PrometheusConfig) validate() error {
+	var errs []error
+	for name, d := range map[string]string{"scrape interval": c.ScrapeInterval, "evaluation interval": c.EvaluationInterval} {
+		if !durationRe.MatchString(d) {
+			errs = append(errs, fmt.Errorf("%s %q is not a duration like 15s or 1m", name, d))
+		}
+	}
+	for k := range c.ExternalLabels {
+		if !labelRe.MatchString(k) {
+			errs = append(errs, fmt.Errorf("external label name %q: use letters, digits and _", k))
+		}
+	}
+	for name, e := range map[string]Endpoint{"nomad servers": c.NomadServers, "nomad clients": c.NomadClients, "consul": c.Consul, "vault": c.Vault} {
+		errs = append(errs, checkScheme(name, e.Scheme), checkHostPorts(name, e.Targets))
+	}
+	errs = append(errs, checkHostPorts("node exporters", c.NodeExporters), checkHostPorts("alertmanagers", c.Alertmanagers))
+	if c.ConsulSD.Server == "" {
+		errs = append(errs, errors.New("the Consul server for service discovery is not set"))
+	} else {
+		errs = append(errs, checkHostPorts("consul service discovery", []string{c.ConsulSD.Server}))
+	}
+	errs = append(errs, checkScheme("consul service discovery", c.ConsulSD.Scheme))
+	if !tagRe.MatchString(c.ConsulSD.Tag) {
+		errs = append(errs, fmt.Errorf("service tag %q: use letters, digits, '.', '_' and '-'", c.ConsulSD.Tag))
+	}
+	if !strings.HasPrefix(c.AlertmanagerPathPrefix, "/") {
+		errs = append(errs, fmt.Errorf("alertmanager path prefix %q must start with /", c.AlertmanagerPathPrefix))
+	}
+	return errors.Join(errs...)
+}
+
+func checkScheme(name, s string) error {
+	if s != "http" && s != "https" {
+		return fmt.Errorf("%s: scheme %q is neither http nor https", name, s)
+	}
+	return nil
+}
+
+func checkHostPorts(name string, targets []string) error {
+	for _, t := range targets {
+		if _, _, err := net.SplitHostPort(t); err != nil {
+			return fmt.Errorf("%s: target %q is not host:port", name, t)
+		}
+	}
+	return nil
+}
+
+// yamlLines writes key: value lines at an indentation; values are quoted.
+type yamlLines struct {
+	b      strings.Builder
+	indent int
+}
+
+func (y *yamlLines) line(depth int, key string, value ...string) {
+	if y.b.Len() > 0 {
+		y.b.WriteByte('\n')
+	}
+	y.b.WriteString(strings.Repeat(" ", y.indent+2*depth))
+	y.b.WriteString(key + ":")
+	if len(value) > 0 {
+		y.b.WriteString(" " + quote(value[0]))
+	}
+}
+
+func (h HTTPClient) lines(y *yamlLines) {
+	if h.TokenFile != "" {
+		y.line(0, "authorization")
+		y.line(1, "credentials_file", h.TokenFile)
+	}
+	if h.CAFile == "" && h.CertFile == "" && h.ServerName == "" {
+		return
+	}
+	y.line(0, "tls_config")
+	for _, kv := range [][2]string{{"ca_file", h.CAFile}, {"cert_file", h.CertFile}, {"key_file", h.KeyFile}, {"server_name", h.ServerName}} {
+		if kv[1] != "" {
+			y.line(1, kv[0], kv[1])
+		}
+	}
+}
+
+func httpClientYAML(h HTTPClient, indent int) string {
+	y := &yamlLines{indent: indent}
+	h.lines(y)
+	return y.b.String()
+}
+
+func consulSDYAML(c ConsulSD, indent int) string {
+	y := &yamlLines{indent: indent}
+	y.line(0, "server", c.Server)
+	y.line(0, "scheme", c.Scheme)
+	if c.Datacenter != "" {
+		y.line(0, "datacenter", c.Datacenter)
+	}
+	c.HTTP.lines(y)
+	return y.b.String()
+}
+
+// quote makes a YAML double-quoted scalar (a JSON string is one).
+func quote(s string) string {
+	b, _ := json.Marshal(s)
+	return string(b)
+}
+
+func execute(name string, data any) ([]byte, error) {
+	t, err := template.New(name).Option("missingkey=error").Funcs(template.FuncMap{
+		"q":          quote,
+		"httpClient": httpClientYAML,
+		"consulSD":   consulSDYAML,
+	}).ParseFS(files, name)
+	if err != nil {
+		return nil, err
+	}
+	var buf bytes.Buffer
+	if err := t.Execute(&buf, data); err != nil {
+		return nil, fmt.Errorf("render %s: %w", name, err)
+	}
+	return buf.Bytes(), nil
+}
