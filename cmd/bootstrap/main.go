@@ -13,6 +13,7 @@ import (
 	"github.com/hashicorp/hcl/v2"
 	"github.com/spf13/cobra"
 
+	"github.com/platform-bootstrap/bootstrap/internal/config"
 	"github.com/platform-bootstrap/bootstrap/stages"
 )
 
@@ -157,11 +158,5 @@ func diagError(w io.Writer, diags hcl.Diagnostics) error {
 }
 
 func printDiags(w io.Writer, diags hcl.Diagnostics) {
-	for _, d := range diags {
-		sev := "Error"
-		if d.Severity == hcl.DiagWarning {
-			sev = "Warning"
-		}
-		fmt.Fprintf(w, "%s: %s\n", sev, d.Error())
-	}
+	config.WriteDiagnostics(w, diags)
 }

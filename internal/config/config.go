@@ -61,8 +61,10 @@ type LocalProvider struct {
 // follows the inventory contract.
 type TerraformProvider struct {
 	Module string `hcl:"module"`
-	// Vars are the module's input variables.
-	Vars map[string]cty.Value `hcl:"vars,optional"`
+	// Vars are the module's input variables, each with the type it was
+	// written with (a number stays a number next to a list). Decoded by
+	// decodeProvider, not gohcl, which would unify them to one type.
+	Vars map[string]cty.Value
 	// Binary is the terraform or tofu executable (default: found on PATH).
 	Binary string `hcl:"binary,optional"`
 	// Backend "local" keeps the state in the state directory; any other value
@@ -72,7 +74,8 @@ type TerraformProvider struct {
 	// SSHTimeout bounds the wait for every node to answer SSH.
 	SSHTimeout string `hcl:"ssh_timeout,optional"`
 
-	ModuleRange hcl.Range `hcl:"module,attr_value_range"`
+	ModuleRange     hcl.Range `hcl:"module,attr_value_range"`
+	SSHTimeoutRange hcl.Range `hcl:"ssh_timeout,attr_value_range"`
 }
 
 // StaticProvider describes existing machines reached over SSH.
@@ -211,6 +214,8 @@ type Consul struct {
 	// DNS points the nodes' resolver at Consul for .consul names (real
 	// machines only: the local provider cannot change this machine's resolver).
 	DNS bool `hcl:"dns,optional"`
+
+	DomainRange hcl.Range `hcl:"domain,attr_value_range"`
 }
 
 // Nomad configures the Nomad cluster.
@@ -248,7 +253,9 @@ type Job struct {
 	CPU     int    `hcl:"cpu,optional"`
 	Memory  int    `hcl:"memory,optional"`
 
-	CountRange hcl.Range `hcl:"count,attr_value_range"`
+	CountRange  hcl.Range `hcl:"count,attr_value_range"`
+	CPURange    hcl.Range `hcl:"cpu,attr_value_range"`
+	MemoryRange hcl.Range `hcl:"memory,attr_value_range"`
 }
 
 // Monitoring configures Prometheus, Alertmanager and Grafana.
@@ -278,10 +285,11 @@ type GitLabRunner struct {
 	Concurrent int    `hcl:"concurrent,optional"`
 	Image      string `hcl:"image,optional"`
 
-	DefRange      hcl.Range `hcl:",def_range"`
-	URLRange      hcl.Range `hcl:"url,attr_value_range"`
-	ExecutorRange hcl.Range `hcl:"executor,attr_value_range"`
-	TokenRange    hcl.Range `hcl:"token,attr_value_range"`
+	DefRange        hcl.Range `hcl:",def_range"`
+	URLRange        hcl.Range `hcl:"url,attr_value_range"`
+	ExecutorRange   hcl.Range `hcl:"executor,attr_value_range"`
+	TokenRange      hcl.Range `hcl:"token,attr_value_range"`
+	ConcurrentRange hcl.Range `hcl:"concurrent,attr_value_range"`
 }
 
 // The platform namespace every platform job runs in.

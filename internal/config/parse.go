@@ -1,9 +1,12 @@
 package config
 
 import (
+	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"path/filepath"
+	"strings"
 
 	"github.com/hashicorp/hcl/v2"
 	"github.com/hashicorp/hcl/v2/gohcl"
@@ -72,11 +75,11 @@ func Parse(filename string, src []byte) (*Platform, hcl.Diagnostics) {
 	p := Defaults()
 	p.Filename = filename
 	p.Dir = dir
-	ctx := evalContext(dir)
+	ctx := evalContext(dir, filepath.Dir(filename))
 
 	diags = append(diags, decodeTop(f.Body, ctx, p)...)
 	if diags.HasErrors() {
-		return nil, diags
+		return nil, dropFollowOns(diags)
 	}
 	diags = append(diags, validate(p)...)
 	if diags.HasErrors() {
@@ -214,7 +217,12 @@ func decodeProvider(b *hcl.Block, ctx *hcl.EvalContext, p *Platform) hcl.Diagnos
 		p.Provider.Local = &l
 	case "terraform":
 		t := TerraformProvider{Backend: "local", SSHTimeout: "5m"}
-		diags = gohcl.DecodeBody(b.Body, ctx, &t)
+		vars, rest, d := b.Body.PartialContent(&hcl.BodySchema{Attributes: []hcl.AttributeSchema{{Name: "vars"}}})
+		diags = append(d, gohcl.DecodeBody(rest, ctx, &t)...)
+		if a, ok := vars.Attributes["vars"]; ok {
+			t.Vars, d = decodeVars(a, ctx)
+			diags = append(diags, d...)
+		}
 		p.Provider.Terraform = &t
 	case "static":
 		s := StaticProvider{}
@@ -232,9 +240,56 @@ func decodeProvider(b *hcl.Block, ctx *hcl.EvalContext, p *Platform) hcl.Diagnos
 	return diags
 }
 
+// dropFollowOns removes the "value must be known" error gohcl adds when an
+// expression already failed (a function call's error leaves an unknown
+// value): the user needs the cause, once.
+func dropFollowOns(diags hcl.Diagnostics) hcl.Diagnostics {
+	failed := map[hcl.Range]bool{}
+	for _, d := range diags {
+		if d.Severity == hcl.DiagError && d.Subject != nil && !isFollowOn(d) {
+			failed[*d.Subject] = true
+		}
+	}
+	out := diags[:0:0]
+	for _, d := range diags {
+		if isFollowOn(d) && d.Subject != nil && failed[*d.Subject] {
+			continue
+		}
+		out = append(out, d)
+	}
+	return out
+}
+
+func isFollowOn(d *hcl.Diagnostic) bool {
+	return d.Severity == hcl.DiagError && strings.HasSuffix(d.Detail, "value must be known")
+}
+
+// decodeVars reads a map of Terraform variables of any types.
+func decodeVars(a *hcl.Attribute, ctx *hcl.EvalContext) (map[string]cty.Value, hcl.Diagnostics) {
+	v, diags := a.Expr.Value(ctx)
+	if diags.HasErrors() {
+		return nil, diags
+	}
+	if v.IsNull() || !(v.Type().IsObjectType() || v.Type().IsMapType()) || !v.IsKnown() {
+		return nil, append(diags, &hcl.Diagnostic{
+			Severity: hcl.DiagError,
+			Summary:  "Invalid vars",
+			Detail:   `vars is the module's input variables as an object, e.g. vars = { region = "fra1", server_count = 3 }.`,
+			Subject:  a.Expr.Range().Ptr(),
+		})
+	}
+	out := map[string]cty.Value{}
+	for it := v.ElementIterator(); it.Next(); {
+		k, val := it.Element()
+		out[k.AsString()] = val
+	}
+	return out, diags
+}
+
 // evalContext offers env("NAME") and file("path") so secrets and
-// certificates never sit in the file itself.
-func evalContext(dir string) *hcl.EvalContext {
+// certificates never sit in the file itself. Relative paths are read from
+// dir; shown is the same directory as the user named it, for messages.
+func evalContext(dir, shown string) *hcl.EvalContext {
 	return &hcl.EvalContext{
 		Functions: map[string]function.Function{
 			"env": function.New(&function.Spec{
@@ -253,13 +308,17 @@ func evalContext(dir string) *hcl.EvalContext {
 				Params: []function.Parameter{{Name: "path", Type: cty.String}},
 				Type:   function.StaticReturnType(cty.String),
 				Impl: func(args []cty.Value, _ cty.Type) (cty.Value, error) {
-					path := args[0].AsString()
+					path, name := args[0].AsString(), args[0].AsString()
 					if !filepath.IsAbs(path) {
-						path = filepath.Join(dir, path)
+						path, name = filepath.Join(dir, path), filepath.Join(shown, path)
 					}
 					b, err := os.ReadFile(path)
 					if err != nil {
-						return cty.NilVal, fmt.Errorf("cannot read %s: %w", path, err)
+						var pe *fs.PathError
+						if errors.As(err, &pe) {
+							err = pe.Err // the path is in the message already
+						}
+						return cty.NilVal, fmt.Errorf("cannot read %s: %w", name, err)
 					}
 					return cty.StringVal(string(b)), nil
 				},

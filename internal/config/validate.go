@@ -5,6 +5,8 @@ import (
 	"net"
 	"net/netip"
 	"net/url"
+	"os"
+	"path/filepath"
 	"regexp"
 	"slices"
 	"strconv"
@@ -62,6 +64,7 @@ func validate(p *Platform) hcl.Diagnostics {
 	}
 	v.vault()
 	v.pki()
+	v.consul()
 	v.nomad()
 	v.jobs()
 	v.monitoring()
@@ -86,7 +89,7 @@ func (v *validator) local(l *LocalProvider) {
 	pfx, err := netip.ParsePrefix(l.Subnet)
 	switch {
 	case err != nil:
-		v.errorf(or(l.SubnetRange, def), "Invalid subnet", "subnet = %q is not a CIDR range: %s. Use e.g. \"127.0.1.0/24\".", l.Subnet, err)
+		v.errorf(or(l.SubnetRange, def), "Invalid subnet", "subnet = %q is not a CIDR range (address/prefix length); use e.g. \"127.0.1.0/24\".", l.Subnet)
 	case !pfx.Addr().Is4() || !netip.MustParsePrefix("127.0.0.0/8").Contains(pfx.Addr()) || pfx.Bits() < 8:
 		v.errorf(or(l.SubnetRange, def), "Subnet is not loopback",
 			"subnet = %q: local nodes only listen on loopback addresses; use a range inside 127.0.0.0/8 such as \"127.0.1.0/24\".", l.Subnet)
@@ -149,7 +152,7 @@ func (v *validator) terraform(t *TerraformProvider) {
 		v.errorf(or(t.ModuleRange, v.p.Provider.DefRange), "Missing module", "Set module to a Terraform module directory, e.g. \"terraform/digitalocean\".")
 	}
 	if _, err := ParseDuration(t.SSHTimeout); err != nil {
-		v.errorf(v.p.Provider.DefRange, "Invalid ssh_timeout", "ssh_timeout = %q: %s.", t.SSHTimeout, err)
+		v.errorf(or(t.SSHTimeoutRange, v.p.Provider.DefRange), "Invalid ssh_timeout", "ssh_timeout = %q: %s. Write a duration such as \"5m\".", t.SSHTimeout, err)
 	}
 }
 
@@ -160,7 +163,11 @@ func (v *validator) vault() {
 		v.errorf(or(vc.KeySharesRange, def), "Invalid key_shares", "key_shares = %d: Vault splits its unseal key into 1 to 10 shares.", vc.KeyShares)
 	}
 	if vc.KeyThreshold < 1 || vc.KeyThreshold > vc.KeyShares {
-		v.errorf(or(vc.KeyThresholdRange, def), "Invalid key_threshold", "key_threshold = %d must be between 1 and key_shares (%d).", vc.KeyThreshold, vc.KeyShares)
+		what, hint := "", ""
+		if vc.KeyThresholdRange.Filename == "" {
+			what, hint = " (the default)", "; set key_threshold too"
+		}
+		v.errorf(or(vc.KeyThresholdRange, def), "Invalid key_threshold", "key_threshold = %d%s must be between 1 and key_shares (%d)%s.", vc.KeyThreshold, what, vc.KeyShares, hint)
 	}
 	if vc.HA && len(vc.Nodes) > 0 && len(vc.Nodes)%2 == 0 {
 		v.errorf(vc.NodesRange, "Invalid number of Vault nodes", "ha = true with %d nodes: raft needs an odd number (3 or 5).", len(vc.Nodes))
@@ -267,6 +274,15 @@ func (v *validator) pki() {
 	}
 }
 
+var domainRE = regexp.MustCompile(`^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*$`)
+
+func (v *validator) consul() {
+	c := v.p.Consul
+	if !domainRE.MatchString(c.Domain) {
+		v.errorf(or(c.DomainRange, v.p.Provider.DefRange), "Invalid domain", "domain = %q: Consul's DNS domain is one or more lowercase DNS labels, e.g. \"consul\".", c.Domain)
+	}
+}
+
 func (v *validator) nomad() {
 	n := v.p.Nomad
 	def := v.p.Provider.DefRange
@@ -295,9 +311,27 @@ func (v *validator) jobs() {
 	if !slices.Contains(drivers, j.Driver) {
 		v.errorf(or(j.DriverRange, v.p.Provider.DefRange), "Invalid driver", "driver = %q: use one of %s.", j.Driver, strings.Join(drivers, ", "))
 	}
-	for name, job := range map[string]Job{"prometheus": j.Prometheus, "alertmanager": j.Alertmanager, "grafana": j.Grafana} {
-		if job.Enabled && (job.Count < 1 || job.Count > 9) {
+	// In order, so that several mistakes are reported the same way each run.
+	for _, nj := range []struct {
+		name   string
+		job    Job
+		counts bool // system jobs run one per node; their count is ignored
+	}{
+		{"fabio", j.Fabio, false}, {"prometheus", j.Prometheus, true}, {"alertmanager", j.Alertmanager, true},
+		{"grafana", j.Grafana, true}, {"node_exporter", j.NodeExporter, false},
+	} {
+		name, job := nj.name, nj.job
+		if !job.Enabled {
+			continue
+		}
+		if nj.counts && (job.Count < 1 || job.Count > 9) {
 			v.errorf(or(job.CountRange, v.p.Provider.DefRange), "Invalid count", "%s count = %d: use 1 to 9, or enabled = false to leave the job out.", name, job.Count)
+		}
+		if job.CPU < 1 {
+			v.errorf(or(job.CPURange, v.p.Provider.DefRange), "Invalid cpu", "%s cpu = %d: give the job's CPU in MHz, at least 1.", name, job.CPU)
+		}
+		if job.Memory < 1 {
+			v.errorf(or(job.MemoryRange, v.p.Provider.DefRange), "Invalid memory", "%s memory = %d: give the job's memory in MB, at least 1.", name, job.Memory)
 		}
 	}
 }
@@ -310,6 +344,14 @@ func (v *validator) monitoring() {
 	}
 	if d, err := ParseDuration(m.ScrapeInterval); err != nil || d < time.Second {
 		v.errorf(or(m.ScrapeIntervalRange, def), "Invalid scrape_interval", "scrape_interval = %q: write a duration of at least 1s, e.g. \"15s\".", m.ScrapeInterval)
+	}
+	if d := m.DashboardsDir; d != "" {
+		if !filepath.IsAbs(d) {
+			d = filepath.Join(v.p.Dir, d)
+		}
+		if fi, err := os.Stat(d); err != nil || !fi.IsDir() {
+			v.errorf(m.DashboardsDirRange, "Invalid dashboards_dir", "dashboards_dir = %q is not a directory; give a directory of Grafana dashboard JSON files, relative to the configuration file.", m.DashboardsDir)
+		}
 	}
 	if m.AlertWebhookURL != "" {
 		if u, err := url.Parse(m.AlertWebhookURL); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
@@ -334,7 +376,7 @@ func (v *validator) gitlab() {
 		v.errorf(or(g.ExecutorRange, g.DefRange), "Invalid executor", "executor = %q: use one of %s.", g.Executor, strings.Join(executors, ", "))
 	}
 	if g.Concurrent < 1 {
-		v.errorf(g.DefRange, "Invalid concurrent", "concurrent = %d: a runner runs at least one job at a time.", g.Concurrent)
+		v.errorf(or(g.ConcurrentRange, g.DefRange), "Invalid concurrent", "concurrent = %d: a runner runs at least one job at a time.", g.Concurrent)
 	}
 }
 

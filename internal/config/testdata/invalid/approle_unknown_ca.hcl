@@ -1,0 +1,11 @@
+provider "local" {}
+
+pki {
+  ca "apps" {
+    common_name = "apps.internal"
+  }
+
+  approle "web" {
+    cas = ["apps", "payments"]
+  }
+}

@@ -1,0 +1,5 @@
+provider "local" {}
+
+consul {
+  domain = "Consul_DNS"
+}

@@ -1,0 +1,5 @@
+provider "local" {}
+
+jobs {
+  driver = "podman"
+}

@@ -1,0 +1,5 @@
+provider "local" {}
+
+monitoring {
+  retention = "a while"
+}

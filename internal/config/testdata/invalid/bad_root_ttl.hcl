@@ -1,0 +1,5 @@
+provider "local" {}
+
+pki {
+  root_ttl = "forever"
+}

@@ -1,0 +1,5 @@
+provider "local" {}
+
+monitoring {
+  scrape_interval = "500ms"
+}

@@ -1,0 +1,12 @@
+provider "local" {}
+
+pki {
+  ca "apps" {
+    common_name = "apps.internal"
+  }
+
+  approle "web" {
+    cas       = ["apps"]
+    token_ttl = "-1h"
+  }
+}

@@ -1,0 +1,5 @@
+provider "local" {}
+
+monitoring {
+  alert_webhook_url = "hooks.example.com/alert"
+}

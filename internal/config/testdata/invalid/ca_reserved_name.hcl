@@ -1,0 +1,7 @@
+provider "local" {}
+
+pki {
+  ca "consul" {
+    common_name = "my consul"
+  }
+}

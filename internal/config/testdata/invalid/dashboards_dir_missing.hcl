@@ -1,0 +1,5 @@
+provider "local" {}
+
+monitoring {
+  dashboards_dir = "no-such-dashboards"
+}

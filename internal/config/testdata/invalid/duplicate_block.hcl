@@ -1,0 +1,9 @@
+provider "local" {}
+
+vault {
+  ha = true
+}
+
+vault {
+  key_shares = 3
+}

@@ -1,0 +1,10 @@
+provider "local" {}
+
+jobs {
+  grafana {
+    memory = 512
+  }
+  grafana {
+    cpu = 400
+  }
+}

@@ -1,0 +1,5 @@
+provider "local" {}
+
+provider "static" {
+  inventory = "inventory.json"
+}

@@ -1,0 +1,3 @@
+datacenter = ""
+
+provider "local" {}

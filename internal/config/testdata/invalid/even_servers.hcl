@@ -1,0 +1,3 @@
+provider "local" {
+  servers = 2
+}

@@ -1,0 +1,7 @@
+provider "local" {}
+
+pki {
+  ca "apps" {
+    common_name = file("no-such-name.txt")
+  }
+}

@@ -1,0 +1,6 @@
+provider "local" {}
+
+gitlab_runner {
+  url   = "gitlab.example.com"
+  token = env("HOME")
+}

@@ -1,0 +1,7 @@
+provider "local" {}
+
+jobs {
+  prometheus {
+    count = 0
+  }
+}

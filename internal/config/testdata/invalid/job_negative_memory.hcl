@@ -1,0 +1,7 @@
+provider "local" {}
+
+jobs {
+  grafana {
+    memory = -256
+  }
+}

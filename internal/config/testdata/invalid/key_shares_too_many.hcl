@@ -1,0 +1,5 @@
+provider "local" {}
+
+vault {
+  key_shares = 11
+}

@@ -1,0 +1,6 @@
+provider "local" {}
+
+vault {
+  key_shares    = 3
+  key_threshold = 4
+}

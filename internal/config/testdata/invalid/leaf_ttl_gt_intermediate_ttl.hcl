@@ -1,0 +1,6 @@
+provider "local" {}
+
+pki {
+  intermediate_ttl = "720h"
+  leaf_ttl         = "31d"
+}

@@ -1,0 +1,5 @@
+provider "local" {}
+
+pki {
+  leaf_ttl = "90s"
+}

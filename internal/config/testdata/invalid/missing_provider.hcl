@@ -1,0 +1,5 @@
+name = "platform"
+
+vault {
+  ha = false
+}

@@ -1,0 +1,7 @@
+provider "local" {}
+
+pki {
+  ca "apps" {
+    ttl = "8760h"
+  }
+}

@@ -1,0 +1,5 @@
+provider "terraform" {
+  vars = {
+    region = "fra1"
+  }
+}

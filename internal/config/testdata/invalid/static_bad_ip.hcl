@@ -1,0 +1,6 @@
+provider "static" {
+  node "a" {
+    roles      = ["server", "client"]
+    private_ip = "10.0.0.300"
+  }
+}

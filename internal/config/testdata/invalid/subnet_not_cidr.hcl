@@ -1,0 +1,3 @@
+provider "local" {
+  subnet = "127.0.1.0"
+}

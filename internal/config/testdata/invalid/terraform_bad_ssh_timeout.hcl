@@ -1,0 +1,4 @@
+provider "terraform" {
+  module      = "terraform/digitalocean"
+  ssh_timeout = "soon"
+}

@@ -1,0 +1,4 @@
+provider "terraform" {
+  module = "terraform/digitalocean"
+  vars   = ["fra1", 3]
+}

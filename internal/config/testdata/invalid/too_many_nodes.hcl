@@ -1,0 +1,4 @@
+provider "local" {
+  servers = 7
+  clients = 30
+}

@@ -1,0 +1,3 @@
+provider "local" {
+  cores = 4
+}

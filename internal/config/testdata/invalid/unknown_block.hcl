@@ -1,0 +1,5 @@
+provider "local" {}
+
+loadbalancer {
+  port = 80
+}

@@ -1,0 +1,6 @@
+provider "local" {}
+
+nomad {
+  namespaces        = ["dev", "prod"]
+  deploy_namespaces = ["staging"]
+}

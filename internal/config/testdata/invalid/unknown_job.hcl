@@ -1,0 +1,7 @@
+provider "local" {}
+
+jobs {
+  loki {
+    enabled = true
+  }
+}

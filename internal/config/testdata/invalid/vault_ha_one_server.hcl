@@ -1,0 +1,7 @@
+provider "local" {
+  servers = 1
+}
+
+vault {
+  ha = true
+}

@@ -1,0 +1,5 @@
+provider "local" {}
+
+vault {
+  nodes = ["server-1", "server-2"]
+}

@@ -1,0 +1,5 @@
+provider "local" {}
+
+vault {
+  ha = "maybe"
+}

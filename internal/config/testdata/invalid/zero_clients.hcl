@@ -1,0 +1,3 @@
+provider "local" {
+  clients = 0
+}
