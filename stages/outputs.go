@@ -15,6 +15,16 @@ const (
 	OutGrafanaAddr      = "grafana_addr"
 	OutFabioAddr        = "fabio_addr"
 	OutFabioUIAddr      = "fabio_ui_addr"
+
+	// OutVaultRootTokenRevoked is "true" once the pki stage revoked the root
+	// token; later runs use the admin identity.
+	OutVaultRootTokenRevoked = "vault_root_token_revoked"
+	// OutVaultJWTNomadAccessor is the accessor of the auth/jwt-nomad mount
+	// that Nomad workload identities log in with.
+	OutVaultJWTNomadAccessor = "vault_jwt_nomad_accessor"
+	// OutVaultAppRolePrefix + NAME + "_role_id" (and "_secret_id_accessor")
+	// record an AppRole's public identifiers.
+	OutVaultAppRolePrefix = "vault_approle_"
 )
 
 // Secret names in the store. Tokens also go to Vault KV under
@@ -29,6 +39,11 @@ const (
 	SecretVaultRootToken     = "vault/root-token"
 	SecretVaultAdminPassword = "vault/admin-password"
 	SecretVaultAdminToken    = "vault/admin-token"
+	// Periodic tokens the consul-template daemons renew agent certificates with.
+	SecretConsulTemplateServerToken = "vault/tokens/consul-template-server"
+	SecretConsulTemplateClientToken = "vault/tokens/consul-template-client"
+	// SecretVaultAppRolePrefix + NAME + "/secret-id" is an AppRole's secret ID.
+	SecretVaultAppRolePrefix = "vault/approle/"
 
 	SecretConsulBootstrapToken = "consul/bootstrap-token"
 	SecretConsulOperatorToken  = "consul/tokens/operator-read"

@@ -1,0 +1,371 @@
+package pki
+
+import (
+	"context"
+	"crypto/rand"
+	"errors"
+	"fmt"
+	"slices"
+	"time"
+
+	"github.com/hashicorp/vault/api"
+
+	"github.com/platform-bootstrap/bootstrap/internal/crashpoint"
+	"github.com/platform-bootstrap/bootstrap/stages"
+)
+
+// consul-template's tokens are periodic: valid as long as the daemon renews
+// them at least once a period, with no maximum lifetime.
+const consulTemplatePeriod = 24 * time.Hour
+
+// adminTokenTTL bounds a stored admin token; bootstrap logs in again with the
+// stored password when it has expired.
+const adminTokenTTL = 8 * time.Hour
+
+// output records a state output, as a planned change when it differs.
+func (r *reconciler) output(key, value string) error {
+	if r.e.State.Output(key) == value {
+		return nil
+	}
+	return r.change("record", "output "+key, "", func() error {
+		return r.e.State.SetOutput(key, value)
+	})
+}
+
+// tokenValid reports whether tok is a live token carrying policy. It uses
+// lookup-self, a read, so checking tokens writes nothing.
+func tokenValid(ctx context.Context, c *api.Client, tok, policy string) (bool, error) {
+	tc, err := c.Clone()
+	if err != nil {
+		return false, err
+	}
+	tc.SetToken(tok)
+	s, err := tc.Auth().Token().LookupSelfWithContext(ctx)
+	if isDenied(err) {
+		return false, nil
+	}
+	if err != nil {
+		return false, fmt.Errorf("look up a stored vault token: %w", err)
+	}
+	if s == nil {
+		return false, nil
+	}
+	pols, _ := s.TokenPolicies()
+	return slices.Contains(pols, policy), nil
+}
+
+func (r *reconciler) consulTemplateTokens(ctx context.Context) error {
+	for _, t := range []struct{ policy, secret string }{
+		{PolicyConsulTemplateServer, stages.SecretConsulTemplateServerToken},
+		{PolicyConsulTemplateClient, stages.SecretConsulTemplateClientToken},
+	} {
+		role := t.policy
+		err := r.object(ctx, "token role", "auth/token/roles/"+role, true, []field{
+			{"allowed_policies", []string{t.policy}},
+			{"orphan", true},
+			{"renewable", true},
+			{"token_period", consulTemplatePeriod},
+			{"token_explicit_max_ttl", time.Duration(0)},
+		}, "periodic "+fmtDuration(consulTemplatePeriod)+", orphan, policy "+t.policy)
+		if err != nil {
+			return err
+		}
+		tok, ok, err := r.e.Secrets.Get(t.secret)
+		if err != nil {
+			return err
+		}
+		valid := false
+		if ok {
+			if valid, err = tokenValid(ctx, r.c, tok, t.policy); err != nil {
+				return err
+			}
+		}
+		if !valid {
+			err := r.change("create", "vault token "+role, "periodic "+fmtDuration(consulTemplatePeriod)+", policy "+t.policy, func() error {
+				s, err := r.c.Logical().WriteWithContext(ctx, "auth/token/create/"+role, map[string]any{
+					"policies":     []string{t.policy},
+					"display_name": role,
+				})
+				if err != nil {
+					return err
+				}
+				if s == nil || s.Auth == nil {
+					return errors.New("vault returned no token")
+				}
+				tok = s.Auth.ClientToken
+				crashpoint.Hit("pki/token-created")
+				return r.e.Secrets.Put(t.secret, tok)
+			})
+			if err != nil {
+				return err
+			}
+		}
+		if err := r.kv(ctx, t.secret, tok, valid || r.apply); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (r *reconciler) appRoles(ctx context.Context) error {
+	mounted := r.authMounted(AppRolePath)
+	for _, a := range r.spec.AppRoles {
+		path := "auth/" + AppRolePath + "/role/" + a.Name
+		policy := AppRolePolicy(a.Name)
+		err := r.object(ctx, "approle", path, mounted, []field{
+			{"token_policies", []string{policy}},
+			{"token_ttl", a.TokenTTL},
+			{"token_max_ttl", a.TokenTTL},
+			{"bind_secret_id", true},
+			// The secret ID lives until it is replaced on purpose.
+			{"secret_id_ttl", time.Duration(0)},
+			{"secret_id_num_uses", 0},
+		}, "policy "+policy+", token ttl "+fmtDuration(a.TokenTTL))
+		if err != nil {
+			return err
+		}
+		var s *api.Secret
+		if mounted || r.apply {
+			s, err = r.c.Logical().ReadWithContext(ctx, path+"/role-id")
+			if err != nil && !isNotFound(err) {
+				return fmt.Errorf("read role id of approle %s: %w", a.Name, err)
+			}
+		}
+		if s == nil {
+			if r.apply {
+				return fmt.Errorf("approle %s has no role id after it was written", a.Name)
+			}
+			// The role is created first; its secret ID follows.
+			r.planned("create", "vault approle "+a.Name+" secret id", "")
+			continue
+		}
+		if err := r.output(stages.OutVaultAppRolePrefix+a.Name+"_role_id", str(s.Data, "role_id")); err != nil {
+			return err
+		}
+		if err := r.secretID(ctx, a.Name); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// secretID makes sure the AppRole has the secret ID kept in the store. The
+// ID is generated here and stored before Vault learns it, so a kill at any
+// point leaves no credential that only Vault knows.
+func (r *reconciler) secretID(ctx context.Context, name string) error {
+	path := "auth/" + AppRolePath + "/role/" + name
+	secretName := stages.SecretVaultAppRolePrefix + name + "/secret-id"
+	accessorKey := stages.OutVaultAppRolePrefix + name + "_secret_id_accessor"
+	id, ok, err := r.e.Secrets.Get(secretName)
+	if err != nil {
+		return err
+	}
+	if ok {
+		if acc := r.e.State.Output(accessorKey); acc != "" {
+			// Listing accessors is a read; the secret-id lookup is a write.
+			s, err := r.c.Logical().ListWithContext(ctx, path+"/secret-id")
+			if err != nil {
+				return fmt.Errorf("list secret ids of approle %s: %w", name, err)
+			}
+			if s != nil && slices.Contains(strs(s.Data, "keys"), acc) {
+				return r.kv(ctx, secretName, id, true)
+			}
+		}
+	}
+	err = r.change("create", "vault approle "+name+" secret id", "", func() error {
+		if !ok {
+			id = newSecretID()
+			if err := r.e.Secrets.Put(secretName, id); err != nil {
+				return err
+			}
+			crashpoint.Hit("pki/secret-id-stored")
+		} else {
+			// Maybe registered by a run killed before it recorded the accessor.
+			s, err := r.c.Logical().WriteWithContext(ctx, path+"/secret-id/lookup", map[string]any{"secret_id": id})
+			if err != nil && !isNotFound(err) {
+				return err
+			}
+			if s != nil && s.Data != nil {
+				return r.e.State.SetOutput(accessorKey, str(s.Data, "secret_id_accessor"))
+			}
+		}
+		s, err := r.c.Logical().WriteWithContext(ctx, path+"/custom-secret-id", map[string]any{"secret_id": id})
+		if err != nil {
+			return err
+		}
+		return r.e.State.SetOutput(accessorKey, str(s.Data, "secret_id_accessor"))
+	})
+	if err != nil {
+		return err
+	}
+	return r.kv(ctx, secretName, id, ok || r.apply)
+}
+
+// newSecretID returns 128 random bits as text.
+func newSecretID() string {
+	return rand.Text()
+}
+
+func (r *reconciler) adminUser(ctx context.Context) error {
+	path := "auth/" + UserpassPath + "/users/" + AdminUser
+	want := []field{
+		{"token_policies", []string{PolicyAdmin}},
+		{"token_ttl", adminTokenTTL},
+		{"token_max_ttl", adminTokenTTL},
+	}
+	pw, havePW, err := r.e.Secrets.Get(stages.SecretVaultAdminPassword)
+	if err != nil {
+		return err
+	}
+	password := func() error {
+		if havePW {
+			return nil
+		}
+		pw, _, err = r.e.Secrets.GetOrCreate(stages.SecretVaultAdminPassword, func() (string, error) { return rand.Text(), nil })
+		havePW = err == nil
+		return err
+	}
+	var got *api.Secret
+	if r.authMounted(UserpassPath) {
+		got, err = r.c.Logical().ReadWithContext(ctx, path)
+		if err != nil && !isNotFound(err) {
+			return fmt.Errorf("read vault user %s: %w", AdminUser, err)
+		}
+	}
+	target := "vault user " + UserpassPath + "/" + AdminUser
+	if got == nil {
+		err = r.change("create", target, "policy "+PolicyAdmin, func() error {
+			if err := password(); err != nil {
+				return err
+			}
+			data := writeData(want)
+			data["password"] = pw
+			_, err := r.c.Logical().WriteWithContext(ctx, path, data)
+			crashpoint.Hit("pki/admin-created")
+			return err
+		})
+	} else {
+		if diffs := diffFields(got.Data, want); len(diffs) > 0 {
+			err = r.change("update", target, fmt.Sprint(diffs), func() error {
+				_, err := r.c.Logical().WriteWithContext(ctx, path, writeData(want))
+				return err
+			})
+		}
+		if err == nil && !havePW {
+			err = r.change("update", target+" password", "no password in the secret store; set a new one", func() error {
+				if err := password(); err != nil {
+					return err
+				}
+				return r.setAdminPassword(ctx, pw)
+			})
+		}
+	}
+	if err != nil {
+		return err
+	}
+	return r.adminToken(ctx, pw)
+}
+
+func (r *reconciler) setAdminPassword(ctx context.Context, pw string) error {
+	_, err := r.c.Logical().WriteWithContext(ctx, "auth/"+UserpassPath+"/users/"+AdminUser+"/password", map[string]any{"password": pw})
+	return err
+}
+
+// adminToken makes sure the secret store holds a working admin token.
+func (r *reconciler) adminToken(ctx context.Context, pw string) error {
+	tok, ok, err := r.e.Secrets.Get(stages.SecretVaultAdminToken)
+	if err != nil {
+		return err
+	}
+	if ok {
+		valid, err := tokenValid(ctx, r.c, tok, PolicyAdmin)
+		if err != nil || valid {
+			return err
+		}
+	}
+	return r.change("create", "vault admin token", "log in as "+AdminUser, func() error {
+		if pw == "" {
+			var err error
+			if pw, _, err = r.e.Secrets.Get(stages.SecretVaultAdminPassword); err != nil {
+				return err
+			}
+		}
+		tok, err := login(ctx, r.c, pw)
+		if isLoginRefused(err) {
+			// The stored password is what counts; Vault's was set by a run
+			// that lost it, or by hand.
+			if err := r.setAdminPassword(ctx, pw); err != nil {
+				return err
+			}
+			tok, err = login(ctx, r.c, pw)
+		}
+		if err != nil {
+			return err
+		}
+		return r.e.Secrets.Put(stages.SecretVaultAdminToken, tok)
+	})
+}
+
+func login(ctx context.Context, c *api.Client, pw string) (string, error) {
+	lc, err := c.Clone()
+	if err != nil {
+		return "", err
+	}
+	lc.SetToken("")
+	s, err := lc.Logical().WriteWithContext(ctx, "auth/"+UserpassPath+"/login/"+AdminUser, map[string]any{"password": pw})
+	if err != nil {
+		return "", fmt.Errorf("log in to vault as %s: %w", AdminUser, err)
+	}
+	if s == nil || s.Auth == nil {
+		return "", errors.New("log in to vault: no token in the answer")
+	}
+	return s.Auth.ClientToken, nil
+}
+
+// isLoginRefused reports a wrong password or a missing user.
+func isLoginRefused(err error) bool {
+	var re *api.ResponseError
+	return errors.As(err, &re) && (re.StatusCode == 400 || re.StatusCode == 403)
+}
+
+// rootToken revokes the root token once the admin identity works. The
+// unseal keys can always make a new one (RegenerateRoot).
+func (r *reconciler) rootToken(ctx context.Context) error {
+	if !r.spec.RevokeRootToken {
+		return nil
+	}
+	root, ok, err := r.e.Secrets.Get(stages.SecretVaultRootToken)
+	if err != nil || !ok {
+		return err
+	}
+	valid, err := tokenValid(ctx, r.c, root, "root")
+	if err != nil {
+		return err
+	}
+	if !valid {
+		// Revoked by a run killed before it could record so, or by hand.
+		return r.output(stages.OutVaultRootTokenRevoked, "true")
+	}
+	return r.change("delete", "vault root token", "the admin identity replaces it; pki.RegenerateRoot makes a new one from the unseal keys", func() error {
+		admin, ok, err := r.e.Secrets.Get(stages.SecretVaultAdminToken)
+		if err != nil {
+			return err
+		}
+		if ok {
+			ok, err = tokenValid(ctx, r.c, admin, PolicyAdmin)
+		}
+		if err != nil || !ok {
+			return errors.Join(errors.New("the admin token does not work; keeping the root token"), err)
+		}
+		rc, err := r.c.Clone()
+		if err != nil {
+			return err
+		}
+		rc.SetToken(root)
+		if err := rc.Auth().Token().RevokeSelfWithContext(ctx, ""); err != nil {
+			return err
+		}
+		crashpoint.Hit("pki/root-revoked")
+		return r.e.State.SetOutput(stages.OutVaultRootTokenRevoked, "true")
+	})
+}

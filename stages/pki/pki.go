@@ -1,0 +1,74 @@
+// Package pki is the stage that turns the running Vault into the platform's
+// certificate authority: the Consul and Nomad CAs with the roles
+// consul-template issues agent certificates from, the application CAs of the
+// configuration, policies, the consul-template tokens, AppRoles and the
+// admin identity that replaces the root token. The work itself is in the
+// top-level pki package; this stage connects it to the run.
+package pki
+
+import (
+	"context"
+
+	"github.com/hashicorp/vault/api"
+
+	vaultpki "github.com/platform-bootstrap/bootstrap/pki"
+	"github.com/platform-bootstrap/bootstrap/stages"
+)
+
+// Stage is the pki stage.
+type Stage struct{}
+
+// New returns the pki stage.
+func New() stages.Stage { return &Stage{} }
+
+// Name is "pki".
+func (*Stage) Name() string { return "pki" }
+
+// Plan lists what Apply would change in Vault and the state directory.
+func (*Stage) Plan(ctx context.Context, e *stages.Env) ([]stages.Change, error) {
+	c, spec, err := connect(ctx, e)
+	if err != nil {
+		return nil, err
+	}
+	res, err := vaultpki.Plan(ctx, c, e, spec)
+	for _, w := range res.Warnings {
+		e.Warnf("%s", w)
+	}
+	return res.Changes, err
+}
+
+// Apply makes Vault's PKI match the configuration.
+func (*Stage) Apply(ctx context.Context, e *stages.Env) error {
+	c, spec, err := connect(ctx, e)
+	if err != nil {
+		return err
+	}
+	res, err := vaultpki.Apply(ctx, c, e, spec)
+	for _, ch := range res.Changes {
+		e.Logf("%s", ch)
+	}
+	return err
+}
+
+// connect returns a client for the Vault the vault stage recorded, carrying
+// the admin token (or the root token before the admin identity exists).
+func connect(ctx context.Context, e *stages.Env) (*api.Client, vaultpki.Spec, error) {
+	addr := e.State.Output(stages.OutVaultAddr)
+	if addr == "" {
+		return nil, vaultpki.Spec{}, stages.NotReadyf("vault is not up yet")
+	}
+	spec, err := vaultpki.FromConfig(e.Config, addr)
+	if err != nil {
+		return nil, vaultpki.Spec{}, err
+	}
+	c, err := vaultpki.NewClient(addr, e.State.Output(stages.OutVaultCACert))
+	if err != nil {
+		return nil, vaultpki.Spec{}, err
+	}
+	tok, err := vaultpki.Token(ctx, e, c)
+	if err != nil {
+		return nil, vaultpki.Spec{}, err
+	}
+	c.SetToken(tok)
+	return c, spec, nil
+}
