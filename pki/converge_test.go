@@ -41,7 +41,7 @@ func TestOneTTLChange(t *testing.T) {
 		t.Fatalf("writes: %q", w)
 	}
 	s, err := h.client().Logical().Read("mdl-iaca/root-ca/roles/document-signer")
-	if err != nil || num(s.Data, "ttl") != int64((4380 * time.Hour).Seconds()) {
+	if err != nil || num(s.Data, "ttl") != int64((4380*time.Hour).Seconds()) {
 		t.Fatalf("role after apply: %v %v", s, err)
 	}
 	if p := h.plan(); len(p.Changes) > 0 {
@@ -244,15 +244,15 @@ func (h *harness) converged() {
 func TestKilledAtCrashPoints(t *testing.T) {
 	h := newHarness(t, mobileID)
 	points := []string{
-		"pki/root-generated",        // consul's root
-		"pki/intermediate-csr",      // consul's intermediate: key made, not signed
-		"pki/intermediate-signed",   // the same key reused, signed, not imported
-		"pki/root-generated",        // nomad's root
-		"pki/intermediate-signed",   // nomad's intermediate
-		"pki/token-created",         // a consul-template token Vault knows, the store does not
-		"pki/secret-id-stored",      // a secret id the store knows, Vault does not
-		"pki/admin-created",         // admin user without a token
-		"pki/root-revoked",          // revoked, not recorded
+		"pki/root-generated",      // consul's root
+		"pki/intermediate-csr",    // consul's intermediate: key made, not signed
+		"pki/intermediate-signed", // the same key reused, signed, not imported
+		"pki/root-generated",      // nomad's root
+		"pki/intermediate-signed", // nomad's intermediate
+		"pki/token-created",       // a consul-template token Vault knows, the store does not
+		"pki/secret-id-stored",    // a secret id the store knows, Vault does not
+		"pki/admin-created",       // admin user without a token
+		"pki/root-revoked",        // revoked, not recorded
 	}
 	for _, p := range points {
 		cmd := h.child(p)

@@ -281,6 +281,32 @@ func TestApply(t *testing.T) {
 		}
 	})
 
+	t.Run("StoreKV writes only differences", func(t *testing.T) {
+		writes := func(value string) []string {
+			mark := h.auditMark()
+			if err := StoreKV(ctx, admin, "test/token", value); err != nil {
+				t.Fatal(err)
+			}
+			return h.writesSince(mark)
+		}
+		if w := writes("one"); !slices.Equal(w, []string{"create " + KVPath("test/token")}) {
+			t.Errorf("first store: %q", w)
+		}
+		if w := writes("one"); len(w) > 0 {
+			t.Errorf("same value again: %q", w)
+		}
+		if w := writes("two"); !slices.Equal(w, []string{"update " + KVPath("test/token")}) {
+			t.Errorf("changed value: %q", w)
+		}
+		if differs, err := KVDiffers(ctx, admin, "test/token", "two"); err != nil || differs {
+			t.Errorf("KVDiffers after store: %v %v", differs, err)
+		}
+	})
+
+	t.Run("nomad workloads read only their own secrets", func(t *testing.T) {
+		checkNomadWorkloads(t, h, admin)
+	})
+
 	t.Run("the root token is revoked and can be regenerated", func(t *testing.T) {
 		if h.env.State.Output(stages.OutVaultRootTokenRevoked) != "true" {
 			t.Fatal("revocation not recorded")

@@ -137,9 +137,11 @@ func NomadWorkloadsPolicy(accessor string) string {
 	return "# Nomad workloads: each job reads its own secrets.\n" +
 		rule([]string{"read"}, "secret/data/"+ns+"/"+job+"/*", "secret/data/"+ns+"/"+job) +
 		rule([]string{"list"}, "secret/metadata/"+ns+"/*", "secret/metadata/*") +
-		"# bootstrap's own tokens, even for a job named like one of them in a\n" +
-		"# namespace named \"" + KVPrefix + "\".\n" +
-		rule([]string{"deny"}, KVMount+"/data/"+KVPrefix+"/*", KVMount+"/metadata/"+KVPrefix+"/*", KVMount+"/metadata/"+KVPrefix)
+		"# Never bootstrap's own tokens in " + KVMount + "/" + KVPrefix + "/, not even for a job in a\n" +
+		"# namespace named \"" + KVPrefix + "\": Vault obeys the most specific matching\n" +
+		"# path, so the deny names the very same templated path as the read.\n" +
+		rule([]string{"deny"}, KVMount+"/data/"+KVPrefix+"/"+job+"/*", KVMount+"/data/"+KVPrefix+"/"+job,
+			KVMount+"/metadata/"+KVPrefix+"/*", KVMount+"/metadata/"+KVPrefix)
 }
 
 // rule writes one policy stanza per path.
