@@ -113,7 +113,35 @@ func newLive(w io.Writer, names []string) *live {
 	return l
 }
 
-func (l *live) Event(e stages.Event) { l.prog.Send(e) }
+func (l *live) Event(e stages.Event) {
+	// Lines above the list go through the program's queue with the events,
+	// so they keep their order and are all printed before Close's quit; a
+	// tea.Println command would run on a goroutine of its own and race both.
+	if line, ok := aboveList(e); ok {
+		l.prog.Send(tea.Println(line)())
+	}
+	l.prog.Send(e)
+}
+
+// aboveList is what an event prints above the stage list, if anything.
+func aboveList(e stages.Event) (string, bool) {
+	switch e.Type {
+	case stages.EventPlan:
+		var b strings.Builder
+		fmt.Fprintf(&b, "%s: %d change(s)", e.Stage, len(e.Changes))
+		for _, c := range e.Changes {
+			fmt.Fprintf(&b, "\n    %s", c)
+		}
+		return b.String(), true
+	case stages.EventWarning:
+		return warnStyle.Render("warning: ") + e.Message, true
+	case stages.EventRunStart:
+		if e.Stale != nil {
+			return warnStyle.Render("warning: ") + fmt.Sprintf("the previous run (%s) ended without releasing the lock; taking it over", e.Stale), true
+		}
+	}
+	return "", false
+}
 
 func (l *live) Close() {
 	l.prog.Send(quit{})
@@ -166,21 +194,8 @@ func (m model) Update(msg tea.Msg) (tea.Model, tea.Cmd) {
 			r.status, r.started, r.step = "running", msg.Time, msg.Message
 		case stages.EventStep:
 			r.step = msg.Message
-		case stages.EventPlan:
-			var b strings.Builder
-			fmt.Fprintf(&b, "%s: %d change(s)", msg.Stage, len(msg.Changes))
-			for _, c := range msg.Changes {
-				fmt.Fprintf(&b, "\n    %s", c)
-			}
-			return m, tea.Println(b.String())
-		case stages.EventWarning:
-			return m, tea.Println(warnStyle.Render("warning: ") + msg.Message)
 		case stages.EventStageEnd:
 			r.status, r.elapsed, r.err, r.changes, r.step = msg.Outcome, msg.Duration, msg.Error, len(msg.Changes), ""
-		case stages.EventRunStart:
-			if msg.Stale != nil {
-				return m, tea.Println(warnStyle.Render("warning: ") + fmt.Sprintf("the previous run (%s) ended without releasing the lock; taking it over", msg.Stale))
-			}
 		}
 	}
 	return m, nil
