@@ -135,8 +135,10 @@ func (r *reconciler) appRoles(ctx context.Context) error {
 			if r.apply {
 				return fmt.Errorf("approle %s has no role id after it was written", a.Name)
 			}
-			// The role is created first; its secret ID follows.
+			// The role is created first; its identifiers follow.
+			r.planned("record", "output "+stages.OutVaultAppRolePrefix+a.Name+"_role_id", "")
 			r.planned("create", "vault approle "+a.Name+" secret id", "")
+			r.planned("create", "vault kv "+KVMount+"/"+KVPrefix+"/"+stages.SecretVaultAppRolePrefix+a.Name+"/secret-id", "")
 			continue
 		}
 		if err := r.output(stages.OutVaultAppRolePrefix+a.Name+"_role_id", str(s.Data, "role_id")); err != nil {
@@ -149,9 +151,11 @@ func (r *reconciler) appRoles(ctx context.Context) error {
 	return nil
 }
 
-// secretID makes sure the AppRole has the secret ID kept in the store. The
+// secretID makes sure the AppRole has the secret ID kept in the store. A new
 // ID is generated here and stored before Vault learns it, so a kill at any
-// point leaves no credential that only Vault knows.
+// point leaves no credential that only Vault knows; and an ID Vault no
+// longer has (destroyed because it leaked, say) is replaced by a new one,
+// never registered again.
 func (r *reconciler) secretID(ctx context.Context, name string) error {
 	path := "auth/" + AppRolePath + "/role/" + name
 	secretName := stages.SecretVaultAppRolePrefix + name + "/secret-id"
@@ -160,27 +164,19 @@ func (r *reconciler) secretID(ctx context.Context, name string) error {
 	if err != nil {
 		return err
 	}
-	if ok {
-		if acc := r.e.State.Output(accessorKey); acc != "" {
-			// Listing accessors is a read; the secret-id lookup is a write.
-			s, err := r.c.Logical().ListWithContext(ctx, path+"/secret-id")
-			if err != nil {
-				return fmt.Errorf("list secret ids of approle %s: %w", name, err)
-			}
-			if s != nil && slices.Contains(strs(s.Data, "keys"), acc) {
-				return r.kv(ctx, secretName, id, true)
-			}
+	if acc := r.e.State.Output(accessorKey); ok && acc != "" {
+		// Listing accessors is a read; the secret-id lookup is a write.
+		s, err := r.c.Logical().ListWithContext(ctx, path+"/secret-id")
+		if err != nil {
+			return fmt.Errorf("list secret ids of approle %s: %w", name, err)
+		}
+		if s != nil && slices.Contains(strs(s.Data, "keys"), acc) {
+			return r.kv(ctx, secretName, id, true)
 		}
 	}
 	err = r.change("create", "vault approle "+name+" secret id", "", func() error {
-		if !ok {
-			id = newSecretID()
-			if err := r.e.Secrets.Put(secretName, id); err != nil {
-				return err
-			}
-			crashpoint.Hit("pki/secret-id-stored")
-		} else {
-			// Maybe registered by a run killed before it recorded the accessor.
+		if ok {
+			// Registered by a run killed before it recorded the accessor?
 			s, err := r.c.Logical().WriteWithContext(ctx, path+"/secret-id/lookup", map[string]any{"secret_id": id})
 			if err != nil && !isNotFound(err) {
 				return err
@@ -189,6 +185,11 @@ func (r *reconciler) secretID(ctx context.Context, name string) error {
 				return r.e.State.SetOutput(accessorKey, str(s.Data, "secret_id_accessor"))
 			}
 		}
+		id = newSecretID()
+		if err := r.e.Secrets.Put(secretName, id); err != nil {
+			return err
+		}
+		crashpoint.Hit("pki/secret-id-stored")
 		s, err := r.c.Logical().WriteWithContext(ctx, path+"/custom-secret-id", map[string]any{"secret_id": id})
 		if err != nil {
 			return err
@@ -198,7 +199,7 @@ func (r *reconciler) secretID(ctx context.Context, name string) error {
 	if err != nil {
 		return err
 	}
-	return r.kv(ctx, secretName, id, ok || r.apply)
+	return r.kv(ctx, secretName, id, r.apply)
 }
 
 // newSecretID returns 128 random bits as text.

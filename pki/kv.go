@@ -32,6 +32,10 @@ func StoreKV(ctx context.Context, c *api.Client, name, value string) error {
 	if err != nil || !differs {
 		return err
 	}
+	return writeKV(ctx, c, name, value)
+}
+
+func writeKV(ctx context.Context, c *api.Client, name, value string) error {
 	if _, err := c.Logical().WriteWithContext(ctx, KVPath(name), map[string]any{
 		"data": map[string]any{"value": value},
 	}); err != nil {
@@ -41,21 +45,31 @@ func StoreKV(ctx context.Context, c *api.Client, name, value string) error {
 }
 
 // kv keeps the KV copy of a secret the reconciler manages. known is false
-// while planning a secret that does not exist yet.
+// while planning a secret that is yet to be made.
 func (r *reconciler) kv(ctx context.Context, name, value string, known bool) error {
 	target := "vault kv " + KVMount + "/" + KVPrefix + "/" + name
-	if !known || !r.mounted(KVMount) {
-		if r.apply {
-			return fmt.Errorf("%s: value unknown", target)
-		}
+	if !r.mounted(KVMount) {
 		r.planned("create", target, "")
 		return nil
 	}
-	differs, err := KVDiffers(ctx, r.c, name, value)
-	if err != nil || !differs {
-		return err
+	s, err := r.c.Logical().ReadWithContext(ctx, KVPath(name))
+	if err != nil && !isNotFound(err) {
+		return fmt.Errorf("read %s: %w", KVPath(name), err)
 	}
-	return r.change("update", target, "", func() error {
-		return StoreKV(ctx, r.c, name, value)
+	action := "update"
+	if s == nil || s.Data == nil {
+		action = "create"
+	} else if data, _ := s.Data["data"].(map[string]any); known && str(data, "value") == value {
+		return nil
+	}
+	if !known {
+		if r.apply {
+			return fmt.Errorf("%s: value unknown", target)
+		}
+		r.planned(action, target, "")
+		return nil
+	}
+	return r.change(action, target, "", func() error {
+		return writeKV(ctx, r.c, name, value)
 	})
 }

@@ -51,7 +51,26 @@ func (r *reconciler) secretMount(ctx context.Context, path, typ, desc string, ma
 }
 
 func (r *reconciler) kvMount(ctx context.Context) error {
-	return r.secretMount(ctx, KVMount, "kv", "application secrets and copies of bootstrap's tokens", 0, map[string]string{"version": "2"})
+	created := !r.mounted(KVMount)
+	err := r.secretMount(ctx, KVMount, "kv", "application secrets and copies of bootstrap's tokens", 0, map[string]string{"version": "2"})
+	if err != nil || !created || !r.apply {
+		return err
+	}
+	// A new KV v2 engine refuses requests while it sets up its versioned
+	// storage, briefly; later steps write to it.
+	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	for {
+		_, err := r.c.Logical().ReadWithContext(ctx, KVMount+"/config")
+		if err == nil || !hasError(err, "non-versioned") {
+			return err
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("wait for the new %s engine: %w", KVMount, err)
+		case <-time.After(200 * time.Millisecond):
+		}
+	}
 }
 
 // authMount makes sure an auth method of type typ is enabled at path.

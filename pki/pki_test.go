@@ -66,6 +66,11 @@ func keyCount(t *testing.T, c *api.Client, mount string) int {
 func TestApply(t *testing.T) {
 	h := newHarness(t, mobileID)
 	ctx := context.Background()
+	// A production Vault has no KV engine; the dev server's goes, so the
+	// stage has to mount one and write to it at once.
+	if err := h.vault.Client.Sys().Unmount(KVMount); err != nil {
+		t.Fatal(err)
+	}
 
 	mark := h.auditMark()
 	plan := h.plan()
@@ -76,6 +81,7 @@ func TestApply(t *testing.T) {
 		{Action: "create", Target: "vault mount consul/root-ca", Detail: "pki, max ttl 87600h"},
 		{Action: "create", Target: "vault mount nomad/inter-ca", Detail: "pki, max ttl 43800h"},
 		{Action: "create", Target: "vault auth jwt-nomad", Detail: "jwt"},
+		{Action: "create", Target: "vault mount secret", Detail: "kv"},
 		{Action: "create", Target: "vault user userpass/admin", Detail: "policy admin"},
 	}
 	for _, w := range wantPlanned {
@@ -88,8 +94,8 @@ func TestApply(t *testing.T) {
 	}
 
 	applied := h.apply()
-	if len(applied.Changes) < len(plan.Changes) {
-		t.Errorf("apply made %d changes, plan listed %d:\napplied:\n%s\nplanned:\n%s", len(applied.Changes), len(plan.Changes), changeList(applied.Changes), changeList(plan.Changes))
+	if !slices.Equal(applied.Changes, plan.Changes) {
+		t.Errorf("apply did not do what plan said:\napplied:\n%s\nplanned:\n%s", changeList(applied.Changes), changeList(plan.Changes))
 	}
 
 	// Second run: nothing to do and not a single write, through the stage's
@@ -278,6 +284,69 @@ func TestApply(t *testing.T) {
 		}
 		if _, err := app.Logical().Write("mdl-iaca/root-ca/roles/document-signer", map[string]any{"ttl": "87600h"}); !isDenied(err) {
 			t.Errorf("approle changed a role: %v", err)
+		}
+	})
+
+	t.Run("a revoked consul-template token is replaced", func(t *testing.T) {
+		old := h.secret(stages.SecretConsulTemplateClientToken)
+		if err := admin.Auth().Token().RevokeOrphan(old); err != nil {
+			t.Fatal(err)
+		}
+		want := []stages.Change{
+			{Action: "create", Target: "vault token " + PolicyConsulTemplateClient, Detail: "periodic 24h, policy " + PolicyConsulTemplateClient},
+			{Action: "update", Target: "vault kv secret/bootstrap/" + stages.SecretConsulTemplateClientToken},
+		}
+		if p := h.plan(); !slices.Equal(p.Changes, want) {
+			t.Fatalf("plan:\n%s", changeList(p.Changes))
+		}
+		if a := h.apply(); !slices.Equal(a.Changes, want) {
+			t.Fatalf("apply:\n%s", changeList(a.Changes))
+		}
+		tok := h.secret(stages.SecretConsulTemplateClientToken)
+		if tok == old {
+			t.Fatal("the revoked token was kept")
+		}
+		if _, err := issue(t, h.tokenClient(tok), ConsulIntermediateMount, ConsulRole("client", h.cfg.Datacenter), map[string]any{"common_name": "client." + h.cfg.Datacenter + ".consul"}); err != nil {
+			t.Fatalf("the new token, made with the admin identity: %v", err)
+		}
+		if p := h.plan(); len(p.Changes) > 0 {
+			t.Fatalf("plan after apply:\n%s", changeList(p.Changes))
+		}
+	})
+
+	t.Run("a destroyed secret id is replaced, never registered again", func(t *testing.T) {
+		secretName := stages.SecretVaultAppRolePrefix + "django-backend/secret-id"
+		old := h.secret(secretName)
+		if _, err := admin.Logical().Write("auth/approle/role/django-backend/secret-id-accessor/destroy", map[string]any{
+			"secret_id_accessor": h.env.State.Output(stages.OutVaultAppRolePrefix + "django-backend_secret_id_accessor"),
+		}); err != nil {
+			t.Fatal(err)
+		}
+		want := []stages.Change{
+			{Action: "create", Target: "vault approle django-backend secret id"},
+			{Action: "update", Target: "vault kv secret/bootstrap/" + secretName},
+		}
+		if p := h.plan(); !slices.Equal(p.Changes, want) {
+			t.Fatalf("plan:\n%s", changeList(p.Changes))
+		}
+		if a := h.apply(); !slices.Equal(a.Changes, want) {
+			t.Fatalf("apply:\n%s", changeList(a.Changes))
+		}
+		login := func(id string) error {
+			_, err := h.tokenClient("").Logical().Write("auth/approle/login", map[string]any{
+				"role_id":   h.env.State.Output(stages.OutVaultAppRolePrefix + "django-backend_role_id"),
+				"secret_id": id,
+			})
+			return err
+		}
+		if err := login(old); err == nil {
+			t.Error("the destroyed secret id works again")
+		}
+		if err := login(h.secret(secretName)); err != nil {
+			t.Errorf("the new secret id: %v", err)
+		}
+		if p := h.plan(); len(p.Changes) > 0 {
+			t.Fatalf("plan after apply:\n%s", changeList(p.Changes))
 		}
 	})
 

@@ -12,24 +12,26 @@ import (
 func (r *reconciler) policies(ctx context.Context) error {
 	want := r.spec.Policies()
 	for _, name := range r.spec.PolicyNames() {
-		if err := r.policy(ctx, name, want[name]); err != nil {
+		if err := r.policy(ctx, name, want[name], ""); err != nil {
 			return err
 		}
 	}
 	// Nomad's workload policy names the JWT mount's accessor, which exists
 	// only once the mount does.
+	const detail = "per job read of secret/<namespace>/<job>/*"
 	jwt, ok := r.auths[JWTNomadPath+"/"]
 	if !ok {
-		r.planned("create", "vault policy "+PolicyNomadWorkloads, "per job read of secret/<namespace>/<job>/*")
+		r.planned("record", "output "+stages.OutVaultJWTNomadAccessor, "")
+		r.planned("create", "vault policy "+PolicyNomadWorkloads, detail)
 		return nil
 	}
 	if err := r.output(stages.OutVaultJWTNomadAccessor, jwt.Accessor); err != nil {
 		return err
 	}
-	return r.policy(ctx, PolicyNomadWorkloads, NomadWorkloadsPolicy(jwt.Accessor))
+	return r.policy(ctx, PolicyNomadWorkloads, NomadWorkloadsPolicy(jwt.Accessor), detail)
 }
 
-func (r *reconciler) policy(ctx context.Context, name, text string) error {
+func (r *reconciler) policy(ctx context.Context, name, text, detail string) error {
 	path := "sys/policies/acl/" + name
 	s, err := r.c.Logical().ReadWithContext(ctx, path)
 	if err != nil && !isNotFound(err) {
@@ -40,7 +42,7 @@ func (r *reconciler) policy(ctx context.Context, name, text string) error {
 		return err
 	}
 	if s == nil {
-		return r.change("create", "vault policy "+name, "", write)
+		return r.change("create", "vault policy "+name, detail, write)
 	}
 	if strings.TrimSpace(str(s.Data, "policy")) == strings.TrimSpace(text) {
 		return nil
