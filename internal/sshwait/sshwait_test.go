@@ -3,15 +3,10 @@ package sshwait
 import (
 	"bytes"
 	"context"
-	"crypto/ed25519"
 	"crypto/rand"
-	"encoding/pem"
 	"fmt"
 	"math/big"
-	"net"
 	"os"
-	"os/exec"
-	"os/user"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -21,32 +16,10 @@ import (
 	"golang.org/x/crypto/ssh"
 
 	"github.com/platform-bootstrap/bootstrap/internal/inventory"
+	"github.com/platform-bootstrap/bootstrap/internal/sshwait/sshdtest"
 )
 
 // These tests run Debian's real sshd on loopback addresses.
-
-const sshdPath = "/usr/sbin/sshd"
-
-func needSSHD(t *testing.T) {
-	t.Helper()
-	if testing.Short() {
-		t.Skip("starts sshd; skipped with -short")
-	}
-	if _, err := os.Stat(sshdPath); err != nil {
-		if os.Getenv("BOOTSTRAP_REQUIRE_TOOLS") == "1" {
-			t.Fatal("sshd is missing (BOOTSTRAP_REQUIRE_TOOLS=1); apt-get install openssh-server")
-		}
-		t.Skip("sshd is missing; apt-get install openssh-server (make tools does)")
-	}
-	// sshd started by root insists on its privilege separation directory,
-	// which the openssh-server package normally creates at boot
-	// (tmpfiles.d); containers often lack it.
-	if os.Geteuid() == 0 {
-		if err := os.MkdirAll("/run/sshd", 0o755); err != nil {
-			t.Fatal(err)
-		}
-	}
-}
 
 func randomIP(t *testing.T) string {
 	n, err := rand.Int(rand.Reader, big.NewInt(250*250))
@@ -55,104 +28,6 @@ func randomIP(t *testing.T) string {
 	}
 	v := n.Int64()
 	return fmt.Sprintf("127.%d.%d.%d", v/250+3, v%250+1, 7)
-}
-
-// freePort finds a port sshd can listen on at ip.
-func freePort(t *testing.T, ip string) int {
-	ln, err := net.Listen("tcp", ip+":0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	return ln.Addr().(*net.TCPAddr).Port
-}
-
-func newKey(t *testing.T) (ssh.Signer, []byte) {
-	_, priv, err := ed25519.GenerateKey(rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	block, err := ssh.MarshalPrivateKey(priv, "")
-	if err != nil {
-		t.Fatal(err)
-	}
-	s, err := ssh.NewSignerFromKey(priv)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return s, pem.EncodeToMemory(block)
-}
-
-type sshd struct {
-	ip      string
-	port    int
-	dir     string
-	hostKey ssh.Signer
-	cmd     *exec.Cmd
-	out     *bytes.Buffer
-}
-
-// startSSHD runs sshd on ip:port, accepting the client key for the
-// current user, with a new host key unless one is given.
-func startSSHD(t *testing.T, ip string, port int, client ssh.Signer, hostKey []byte) *sshd {
-	t.Helper()
-	dir := t.TempDir()
-	if hostKey == nil {
-		_, hostKey = newKey(t)
-	}
-	hk, err := ssh.ParsePrivateKey(hostKey)
-	if err != nil {
-		t.Fatal(err)
-	}
-	write := func(name string, b []byte) string {
-		p := filepath.Join(dir, name)
-		if err := os.WriteFile(p, b, 0o600); err != nil {
-			t.Fatal(err)
-		}
-		return p
-	}
-	hostKeyFile := write("host_key", hostKey)
-	auth := write("authorized_keys", ssh.MarshalAuthorizedKey(client.PublicKey()))
-	conf := write("sshd_config", fmt.Appendf(nil, `ListenAddress %s:%d
-HostKey %s
-AuthorizedKeysFile %s
-PidFile none
-StrictModes no
-UsePAM no
-PasswordAuthentication no
-KbdInteractiveAuthentication no
-PermitRootLogin prohibit-password
-LogLevel VERBOSE
-`, ip, port, hostKeyFile, auth))
-	out := &bytes.Buffer{}
-	cmd := exec.Command(sshdPath, "-D", "-e", "-f", conf)
-	cmd.Stdout, cmd.Stderr = out, out
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	s := &sshd{ip: ip, port: port, dir: dir, hostKey: hk, cmd: cmd, out: out}
-	t.Cleanup(func() {
-		s.stop()
-		if t.Failed() {
-			t.Logf("sshd %s:%d:\n%s", ip, port, out)
-		}
-	})
-	return s
-}
-
-func (s *sshd) stop() {
-	if s.cmd.ProcessState == nil {
-		s.cmd.Process.Kill()
-		s.cmd.Wait()
-	}
-}
-
-func currentUser(t *testing.T) string {
-	u, err := user.Current()
-	if err != nil {
-		t.Fatal(err)
-	}
-	return u.Username
 }
 
 func node(name, ip string, port int, user string) inventory.Node {
@@ -166,16 +41,16 @@ func ctxFor(t *testing.T) context.Context {
 }
 
 func TestWaitTrustsOnFirstUseAndRecordsHostKeys(t *testing.T) {
-	needSSHD(t)
-	client, _ := newKey(t)
-	me := currentUser(t)
+	sshdtest.Need(t)
+	client, _ := sshdtest.NewKey(t)
+	me := sshdtest.User(t)
 	var nodes []inventory.Node
-	var servers []*sshd
+	var servers []*sshdtest.Server
 	for i := range 2 {
 		ip := randomIP(t)
-		s := startSSHD(t, ip, freePort(t, ip), client, nil)
+		s := sshdtest.Start(t, ip, sshdtest.FreePort(t, ip), client.PublicKey(), nil)
 		servers = append(servers, s)
-		nodes = append(nodes, node(fmt.Sprintf("server-%d", i+1), ip, s.port, me))
+		nodes = append(nodes, node(fmt.Sprintf("server-%d", i+1), ip, s.Port, me))
 	}
 	kh := filepath.Join(t.TempDir(), "known_hosts")
 	log := &bytes.Buffer{}
@@ -194,8 +69,7 @@ func TestWaitTrustsOnFirstUseAndRecordsHostKeys(t *testing.T) {
 		t.Fatalf("known_hosts has %d lines, want 2:\n%s", len(lines), b)
 	}
 	for _, s := range servers {
-		want := fmt.Sprintf("[%s]:%d %s", s.ip, s.port, strings.TrimSpace(string(ssh.MarshalAuthorizedKey(s.hostKey.PublicKey()))))
-		if !strings.Contains(string(b), want) {
+		if want := s.KnownHostsLine(); !strings.Contains(string(b), want) {
 			t.Errorf("known_hosts lacks %q:\n%s", want, b)
 		}
 	}
@@ -216,10 +90,10 @@ func TestWaitTrustsOnFirstUseAndRecordsHostKeys(t *testing.T) {
 }
 
 func TestWaitRetriesUntilSSHAnswers(t *testing.T) {
-	needSSHD(t)
-	client, _ := newKey(t)
+	sshdtest.Need(t)
+	client, _ := sshdtest.NewKey(t)
 	ip := randomIP(t)
-	port := freePort(t, ip)
+	port := sshdtest.FreePort(t, ip)
 	kh := filepath.Join(t.TempDir(), "known_hosts")
 
 	// sshd starts only after the first attempt has failed, as on a machine
@@ -233,7 +107,7 @@ func TestWaitRetriesUntilSSHAnswers(t *testing.T) {
 	})
 	done := make(chan error, 1)
 	go func() {
-		done <- Wait(ctxFor(t), []inventory.Node{node("client-1", ip, port, currentUser(t))},
+		done <- Wait(ctxFor(t), []inventory.Node{node("client-1", ip, port, sshdtest.User(t))},
 			Options{KnownHosts: kh, Signer: client, Timeout: time.Minute, Interval: 100 * time.Millisecond, Log: logw})
 	}()
 	select {
@@ -241,7 +115,7 @@ func TestWaitRetriesUntilSSHAnswers(t *testing.T) {
 	case err := <-done:
 		t.Fatalf("Wait returned before sshd started: %v", err)
 	}
-	startSSHD(t, ip, port, client, nil)
+	sshdtest.Start(t, ip, port, client.PublicKey(), nil)
 	if err := <-done; err != nil {
 		t.Fatal(err)
 	}
@@ -252,29 +126,29 @@ type writerFunc func(p []byte)
 func (f writerFunc) Write(p []byte) (int, error) { f(p); return len(p), nil }
 
 func TestWaitRefusesAChangedHostKey(t *testing.T) {
-	needSSHD(t)
-	client, _ := newKey(t)
+	sshdtest.Need(t)
+	client, _ := sshdtest.NewKey(t)
 	ip := randomIP(t)
-	port := freePort(t, ip)
+	port := sshdtest.FreePort(t, ip)
 	kh := filepath.Join(t.TempDir(), "known_hosts")
-	nodes := []inventory.Node{node("server-1", ip, port, currentUser(t))}
+	nodes := []inventory.Node{node("server-1", ip, port, sshdtest.User(t))}
 	opts := Options{KnownHosts: kh, Signer: client, Timeout: time.Minute, Interval: 100 * time.Millisecond}
 
-	first := startSSHD(t, ip, port, client, nil)
+	first := sshdtest.Start(t, ip, port, client.PublicKey(), nil)
 	if err := Wait(ctxFor(t), nodes, opts); err != nil {
 		t.Fatal(err)
 	}
 	recorded, _ := os.ReadFile(kh)
-	first.stop()
+	first.Stop()
 
 	// The same address now answers with another host key.
-	second := startSSHD(t, ip, port, client, nil)
+	second := sshdtest.Start(t, ip, port, client.PublicKey(), nil)
 	err := Wait(ctxFor(t), nodes, opts)
 	if err == nil {
 		t.Fatal("Wait accepted a changed host key")
 	}
 	t.Log(err)
-	for _, want := range []string{"node server-1", fmt.Sprintf("%s:%d", ip, port), "host key changed", kh, ssh.FingerprintSHA256(second.hostKey.PublicKey())} {
+	for _, want := range []string{"node server-1", fmt.Sprintf("%s:%d", ip, port), "host key changed", kh, ssh.FingerprintSHA256(second.HostKey.PublicKey())} {
 		if !strings.Contains(err.Error(), want) {
 			t.Errorf("error does not say %q", want)
 		}
@@ -289,14 +163,14 @@ func TestWaitRefusesAChangedHostKey(t *testing.T) {
 }
 
 func TestWaitNamesTheNodeThatNeverAnswered(t *testing.T) {
-	needSSHD(t)
-	client, _ := newKey(t)
-	me := currentUser(t)
+	sshdtest.Need(t)
+	client, _ := sshdtest.NewKey(t)
+	me := sshdtest.User(t)
 	ip := randomIP(t)
-	up := startSSHD(t, ip, freePort(t, ip), client, nil)
+	up := sshdtest.Start(t, ip, sshdtest.FreePort(t, ip), client.PublicKey(), nil)
 	deadIP := randomIP(t)
-	deadPort := freePort(t, deadIP)
-	nodes := []inventory.Node{node("server-1", ip, up.port, me), node("client-1", deadIP, deadPort, me)}
+	deadPort := sshdtest.FreePort(t, deadIP)
+	nodes := []inventory.Node{node("server-1", ip, up.Port, me), node("client-1", deadIP, deadPort, me)}
 	err := Wait(ctxFor(t), nodes, Options{KnownHosts: filepath.Join(t.TempDir(), "kh"), Signer: client, Timeout: 2 * time.Second, Interval: 200 * time.Millisecond})
 	if err == nil {
 		t.Fatal("Wait succeeded with a node that has no SSH server")
@@ -311,19 +185,19 @@ func TestWaitNamesTheNodeThatNeverAnswered(t *testing.T) {
 }
 
 func TestWaitNeedsTheRightKey(t *testing.T) {
-	needSSHD(t)
-	client, _ := newKey(t)
-	stranger, strangerPEM := newKey(t)
+	sshdtest.Need(t)
+	client, _ := sshdtest.NewKey(t)
+	stranger, strangerPEM := sshdtest.NewKey(t)
 	_ = stranger
 	ip := randomIP(t)
-	s := startSSHD(t, ip, freePort(t, ip), client, nil)
+	s := sshdtest.Start(t, ip, sshdtest.FreePort(t, ip), client.PublicKey(), nil)
 	// The inventory's private_key_file wins over the default signer, and
 	// here it is a key the node does not accept.
 	keyFile := filepath.Join(t.TempDir(), "id_ed25519")
 	if err := os.WriteFile(keyFile, strangerPEM, 0o600); err != nil {
 		t.Fatal(err)
 	}
-	n := node("server-1", ip, s.port, currentUser(t))
+	n := node("server-1", ip, s.Port, sshdtest.User(t))
 	n.SSH.PrivateKeyFile = keyFile
 	err := Wait(ctxFor(t), []inventory.Node{n}, Options{KnownHosts: filepath.Join(t.TempDir(), "kh"), Signer: client, Timeout: 2 * time.Second, Interval: 200 * time.Millisecond})
 	if err == nil || !strings.Contains(err.Error(), "unable to authenticate") {

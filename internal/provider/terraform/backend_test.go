@@ -134,7 +134,7 @@ func httpBackend(s *stateServer) map[string]string {
 // password and a cloud token both reach Terraform, and neither lands in any
 // file of the working directory nor in the output.
 func TestRemoteStateAndCredentials(t *testing.T) {
-	needTerraform(t, false)
+	needTerraform(t)
 	ctx := ctxFor(t)
 	token, password := randomSecret(t), randomSecret(t)
 	t.Setenv("DIGITALOCEAN_TOKEN", token)
@@ -220,7 +220,7 @@ func TestRemoteStateAndCredentials(t *testing.T) {
 // destroy (as a misbehaving or eventually consistent store would): Terraform
 // reports success, and Destroy must still fail, naming what is left.
 func TestDestroyChecksNothingIsLeft(t *testing.T) {
-	needTerraform(t, false)
+	needTerraform(t)
 	ctx := ctxFor(t)
 	t.Setenv("TF_HTTP_PASSWORD", "test-password")
 	srv := newStateServer(t, "test-password")

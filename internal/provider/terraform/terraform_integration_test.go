@@ -6,6 +6,7 @@ import (
 	"crypto/rand"
 	"crypto/sha256"
 	"encoding/hex"
+	"encoding/json"
 	"fmt"
 	"io/fs"
 	"math/big"
@@ -21,6 +22,8 @@ import (
 
 	"github.com/platform-bootstrap/bootstrap/internal/config"
 	"github.com/platform-bootstrap/bootstrap/internal/inventory"
+	"github.com/platform-bootstrap/bootstrap/internal/sshwait"
+	"github.com/platform-bootstrap/bootstrap/internal/sshwait/sshdtest"
 	"github.com/platform-bootstrap/bootstrap/stages"
 )
 
@@ -164,7 +167,7 @@ func diffSnapshots(a, b map[string]string) []string {
 }
 
 func TestLocalNodesLifecycle(t *testing.T) {
-	needTerraform(t, true)
+	needTerraform(t, "hashicorp/local", "hashicorp/tls")
 	ctx := ctxFor(t)
 	prefix := randomPrefix(t)
 	nodesDir := t.TempDir()
@@ -281,7 +284,7 @@ func TestLocalNodesLifecycle(t *testing.T) {
 }
 
 func TestResourcesListsWhatIsInTheState(t *testing.T) {
-	needTerraform(t, false)
+	needTerraform(t)
 	ctx := ctxFor(t)
 	cfg, configDir := testModule(t, "bad-inventory", map[string]cty.Value{"known": cty.False})
 	r, _ := newRunner(t, cfg, configDir, t.TempDir())
@@ -305,7 +308,7 @@ func TestResourcesListsWhatIsInTheState(t *testing.T) {
 }
 
 func TestMalformedInventoryKnownAtPlan(t *testing.T) {
-	needTerraform(t, false)
+	needTerraform(t)
 	ctx := ctxFor(t)
 	cfg, configDir := testModule(t, "bad-inventory", map[string]cty.Value{"known": cty.True})
 	r, _ := newRunner(t, cfg, configDir, t.TempDir())
@@ -327,7 +330,7 @@ func TestMalformedInventoryKnownAtPlan(t *testing.T) {
 }
 
 func TestMalformedInventoryAfterApply(t *testing.T) {
-	needTerraform(t, false)
+	needTerraform(t)
 	ctx := ctxFor(t)
 	cfg, configDir := testModule(t, "bad-inventory", map[string]cty.Value{"known": cty.False})
 	r, _ := newRunner(t, cfg, configDir, t.TempDir())
@@ -357,7 +360,7 @@ func TestMalformedInventoryAfterApply(t *testing.T) {
 }
 
 func TestMissingInventoryOutput(t *testing.T) {
-	needTerraform(t, false)
+	needTerraform(t)
 	ctx := ctxFor(t)
 	cfg, configDir := testModule(t, "no-inventory", nil)
 	r, _ := newRunner(t, cfg, configDir, t.TempDir())
@@ -372,7 +375,7 @@ func TestMissingInventoryOutput(t *testing.T) {
 }
 
 func TestTerraformLogGoesToAFile(t *testing.T) {
-	needTerraform(t, false)
+	needTerraform(t)
 	ctx := ctxFor(t)
 	t.Setenv("TF_LOG", "DEBUG")
 	t.Setenv("TF_LOG_PATH", "")
@@ -429,4 +432,81 @@ func grepTree(t *testing.T, dir, secret string) int {
 		t.Fatal(err)
 	}
 	return n
+}
+
+// TestProvisionedNodesAnswerSSH is the provision stage's path end to end:
+// Terraform creates the "machines" (each with its host key), each machine's
+// sshd comes up with that key, and sshwait trusts exactly the keys
+// Terraform generated.
+func TestProvisionedNodesAnswerSSH(t *testing.T) {
+	needTerraform(t, "hashicorp/local", "hashicorp/tls")
+	sshdtest.Need(t)
+	ctx := ctxFor(t)
+	prefix := randomPrefix(t)
+	port := sshdtest.FreePort(t, prefix+".1")
+	nodesDir := t.TempDir()
+	vars := localNodesVars(prefix, nodesDir, 1, 1)
+	vars["ssh_port"] = cty.NumberIntVal(int64(port))
+	cfg, configDir := testModule(t, "local-nodes", vars)
+	r, _ := newRunner(t, cfg, configDir, t.TempDir())
+	inv, err := r.Apply(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := r.Destroy(context.Background()); err != nil {
+			t.Error(err)
+		}
+	})
+
+	// The host keys Terraform generated, from the fields beyond the contract.
+	outs, err := r.tf.Output(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var doc string
+	if err := json.Unmarshal(outs[OutputName].Value, &doc); err != nil {
+		t.Fatal(err)
+	}
+	var extra struct {
+		Nodes []struct {
+			Name          string `json:"name"`
+			HostPublicKey string `json:"host_public_key"`
+		} `json:"nodes"`
+	}
+	if err := json.Unmarshal([]byte(doc), &extra); err != nil {
+		t.Fatal(err)
+	}
+
+	client, _ := sshdtest.NewKey(t)
+	var want []string
+	for i := range inv.Nodes {
+		n := &inv.Nodes[i]
+		hostKey, err := os.ReadFile(filepath.Join(nodesDir, n.Name+".host_key"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		s := sshdtest.Start(t, n.PrivateIP, n.SSH.Port, client.PublicKey(), hostKey)
+		want = append(want, s.KnownHostsLine())
+		for _, x := range extra.Nodes {
+			if x.Name == n.Name && !strings.Contains(s.KnownHostsLine(), strings.TrimSpace(x.HostPublicKey)) {
+				t.Fatalf("node %s serves a host key other than Terraform's", n.Name)
+			}
+		}
+		n.SSH.User = sshdtest.User(t)
+	}
+	kh := filepath.Join(t.TempDir(), "known_hosts")
+	if err := sshwait.Wait(ctx, inv.Nodes, sshwait.Options{KnownHosts: kh, Signer: client, Timeout: time.Minute, Interval: 200 * time.Millisecond}); err != nil {
+		t.Fatal(err)
+	}
+	b, err := os.ReadFile(kh)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := strings.Split(strings.TrimSpace(string(b)), "\n")
+	slices.Sort(got)
+	slices.Sort(want)
+	if !slices.Equal(got, want) {
+		t.Fatalf("known_hosts:\n%s\nwant:\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
+	}
 }
