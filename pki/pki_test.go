@@ -287,6 +287,29 @@ func TestApply(t *testing.T) {
 		}
 	})
 
+	t.Run("the admin can do what the later stages need", func(t *testing.T) {
+		for path, want := range map[string]string{
+			"sys/storage/raft/configuration":                 "read",   // vault stage: raft peers
+			"sys/mounts/newapp/root-ca":                      "create", // more engines
+			"sys/auth/oidc":                                  "sudo",   // more auth methods
+			"auth/" + JWTNomadPath + "/config":               "update", // nomad stage: workload identity
+			"auth/" + JWTNomadPath + "/role/nomad-workloads": "create",
+			"sys/policies/acl/anything":                      "update",
+			"auth/token/create":                              "update",
+			"identity/entity/name/x":                         "update",
+			KVMount + "/data/bootstrap/consul/x":             "update", // StoreKV of other stages
+			ConsulRootMount + "/root/sign-intermediate":      "update",
+		} {
+			caps, err := admin.Sys().CapabilitiesSelf(path)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !slices.Contains(caps, want) {
+				t.Errorf("admin on %s: %q, want %s", path, caps, want)
+			}
+		}
+	})
+
 	t.Run("a revoked consul-template token is replaced", func(t *testing.T) {
 		old := h.secret(stages.SecretConsulTemplateClientToken)
 		if err := admin.Auth().Token().RevokeOrphan(old); err != nil {

@@ -123,6 +123,8 @@ func (s Spec) adminPolicy() string {
 	b.WriteString("# Policies, identities, tokens and auth method configuration.\n")
 	b.WriteString(rule([]string{"read", "list"}, "sys/policies/acl", "sys/policy"))
 	b.WriteString(rule(all, "sys/policies/acl/*", "sys/policy/*", "auth/*", "identity/*"))
+	b.WriteString("# The raft cluster (the vault stage checks its peers) and its snapshots.\n")
+	b.WriteString(rule(all, "sys/storage/raft/*"))
 	b.WriteString("# Leases, audit devices and health.\n")
 	b.WriteString(rule(all, "sys/leases/*", "sys/audit", "sys/audit/*"))
 	b.WriteString(rule([]string{"read"}, "sys/health"))
