@@ -58,9 +58,10 @@ func procState(pid int) (byte, bool) {
 	return b[i+2], true
 }
 
-// Under returns the pids of the processes, other than the calling process,
-// that belong to dir. A process belongs to dir when any of these is inside
-// dir:
+// Under returns the pids of the processes that belong to dir, leaving out
+// the calling process and its ancestors (a shell whose working directory is
+// inside dir must not be stopped by the command it runs). A process belongs
+// to dir when any of these is inside dir:
 //   - its working directory (/proc/<pid>/cwd),
 //   - its executable (/proc/<pid>/exe),
 //   - an element of its argv (/proc/<pid>/cmdline) that is an absolute path,
@@ -75,7 +76,13 @@ func procState(pid int) (byte, bool) {
 // started still matches (the kernel's " (deleted)" suffix is ignored).
 //
 // Processes that cannot be inspected (another user's, or gone during the
-// scan) are skipped; they cannot be ours.
+// scan) are skipped; they cannot be ours. Zombies have no working directory
+// or executable any more and are never returned.
+//
+// A process started with its working directory inside dir passes that on
+// to its children: this is what finds the `nomad executor` and `nomad
+// logmon` helpers and the raw_exec tasks of a Nomad client started there,
+// which survive the client.
 func Under(dir string) ([]int, error) {
 	if dir == "" {
 		return nil, errors.New("processes under dir: empty dir")
@@ -92,11 +99,11 @@ func Under(dir string) ([]int, error) {
 	if err != nil {
 		return nil, fmt.Errorf("processes under %s: listing processes needs /proc: %w", dir, err)
 	}
-	self := os.Getpid()
+	skip := ancestors()
 	var pids []int
 	for _, e := range entries {
 		pid, err := strconv.Atoi(e.Name())
-		if err != nil || pid == self {
+		if err != nil || skip[pid] {
 			continue
 		}
 		if belongs(pid, roots) {
@@ -104,6 +111,34 @@ func Under(dir string) ([]int, error) {
 		}
 	}
 	return pids, nil
+}
+
+// ancestors returns the calling process and its ancestors.
+func ancestors() map[int]bool {
+	m := map[int]bool{}
+	for pid := os.Getpid(); pid > 0 && !m[pid]; {
+		m[pid] = true
+		pid = parent(pid)
+	}
+	return m
+}
+
+// parent returns the parent pid from /proc/<pid>/stat, or 0.
+func parent(pid int) int {
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
+	if err != nil {
+		return 0
+	}
+	i := strings.LastIndexByte(string(b), ')')
+	if i < 0 {
+		return 0
+	}
+	f := strings.Fields(string(b[i+1:])) // state, ppid, ...
+	if len(f) < 2 {
+		return 0
+	}
+	ppid, _ := strconv.Atoi(f[1])
+	return ppid
 }
 
 func belongs(pid int, roots []string) bool {

@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strconv"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -107,6 +108,11 @@ func TestUnder(t *testing.T) {
 	}
 	if slices.Contains(got, os.Getpid()) {
 		t.Error("Under returned the calling process")
+	}
+	for a := range ancestors() {
+		if slices.Contains(got, a) {
+			t.Errorf("Under returned an ancestor (pid %d)", a)
+		}
 	}
 
 	// The working directory still matches after the directory is removed.
@@ -337,5 +343,52 @@ func TestUnescapeMount(t *testing.T) {
 		if got := unescapeMount(in); got != want {
 			t.Errorf("unescapeMount(%q) = %q, want %q", in, got, want)
 		}
+	}
+}
+
+func TestUnderSkipsAncestors(t *testing.T) {
+	if os.Getenv("PROC_TEST_UNDER_HELPER") == "1" {
+		// Child mode: print what Under finds for our working directory.
+		wd, _ := os.Getwd()
+		pids, err := Under(wd)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, pid := range pids {
+			os.Stdout.WriteString("pid " + strconv.Itoa(pid) + "\n")
+		}
+		return
+	}
+	// A shell whose cwd is inside dir runs a copy of this test, which
+	// calls Under(dir): the shell is an ancestor and must be left out,
+	// the sibling sleeping in dir must be found.
+	dir := t.TempDir()
+	sibling := start(t, dir, "sleep", "300")
+	sh := exec.Command("sh", "-c", `"$0" -test.run='^TestUnderSkipsAncestors$'; echo "shell $$"`, os.Args[0])
+	sh.Dir = dir
+	sh.Env = append(os.Environ(), "PROC_TEST_UNDER_HELPER=1")
+	out, err := sh.CombinedOutput()
+	if err != nil {
+		t.Fatalf("%v\n%s", err, out)
+	}
+	var found []int
+	shell := 0
+	for _, line := range strings.Split(string(out), "\n") {
+		if v, ok := strings.CutPrefix(line, "pid "); ok {
+			n, _ := strconv.Atoi(v)
+			found = append(found, n)
+		}
+		if v, ok := strings.CutPrefix(line, "shell "); ok {
+			shell, _ = strconv.Atoi(v)
+		}
+	}
+	if shell == 0 || shell != sh.Process.Pid {
+		t.Fatalf("shell pid %d, started %d; output:\n%s", shell, sh.Process.Pid, out)
+	}
+	if slices.Contains(found, shell) {
+		t.Errorf("Under returned the caller's parent shell %d: %v", shell, found)
+	}
+	if !slices.Contains(found, sibling.Process.Pid) {
+		t.Errorf("Under missed the sibling %d: %v", sibling.Process.Pid, found)
 	}
 }

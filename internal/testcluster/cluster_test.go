@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net/http"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -278,21 +279,23 @@ func runSleeper(t *testing.T, n *Nomad) (allocID string, pid int) {
 	}
 	t.Logf("raw_exec job running in %v", time.Since(start).Round(time.Millisecond))
 
-	pids, err := proc.Under(n.Clients[0].Dir)
-	if err != nil {
-		t.Fatal(err)
-	}
 	var seen []string
-	for _, p := range pids {
-		cl := cmdline(p)
-		seen = append(seen, fmt.Sprintf("%d: %s", p, cl))
-		if cl == "/bin/sleep 300" {
-			pid = p
+	for _, c := range n.Clients {
+		pids, err := proc.Under(c.Dir)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, p := range pids {
+			cl := cmdline(p)
+			seen = append(seen, fmt.Sprintf("%s: %d: %s", c.Name, p, cl))
+			if cl == "/bin/sleep 300" {
+				pid = p
+			}
 		}
 	}
-	t.Logf("processes under the nomad client's directory:\n%s", strings.Join(seen, "\n"))
-	if pid == 0 || pid == n.Clients[0].Pid() {
-		t.Fatalf("the task process is not found under %s", n.Clients[0].Dir)
+	t.Logf("processes under the nomad clients' directories:\n%s", strings.Join(seen, "\n"))
+	if pid == 0 {
+		t.Fatal("the task process is not found under any client's directory")
 	}
 	return allocID, pid
 }
@@ -317,3 +320,100 @@ func cmdline(pid int) string {
 }
 
 func ptr[T any](v T) *T { return &v }
+
+// TestSmallClusters covers the other shapes: a single Consul server without
+// ACLs, and a single Nomad server without Consul or ACLs sharing its subnet,
+// with two clients that must get distinct dynamic port ranges. One client
+// crashes with a task running; its leftovers must still be cleaned up.
+func TestSmallClusters(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts real Consul and Nomad servers")
+	}
+	var dirs []string
+	t.Cleanup(func() {
+		for _, d := range dirs {
+			pids, err := proc.Under(d)
+			if err != nil {
+				t.Error(err)
+				continue
+			}
+			for _, pid := range pids {
+				t.Errorf("process %d (%s) under %s survived the cleanup", pid, cmdline(pid), d)
+				_ = proc.Kill(context.Background(), pid)
+			}
+		}
+	})
+
+	start := time.Now()
+	c := StartConsul(t, ConsulOptions{Servers: 1})
+	dirs = append(dirs, c.Dir)
+	t.Logf("consul (1 server): ready in %v", time.Since(start).Round(time.Millisecond))
+	if c.Token != "" {
+		t.Error("consul without ACL has a token")
+	}
+	if l := c.Leader(t); l != c.Subnet.IP(1)+":8300" {
+		t.Errorf("consul leader %s, want the only server", l)
+	}
+
+	start = time.Now()
+	n := StartNomad(t, NomadOptions{Servers: 1, Clients: 2, Subnet: &c.Subnet})
+	dirs = append(dirs, n.Dir)
+	t.Logf("nomad (1 server, 2 clients): ready in %v", time.Since(start).Round(time.Millisecond))
+	if n.Token != "" {
+		t.Error("nomad without ACL has a token")
+	}
+	if want := []string{"http://" + c.Subnet.IP(1) + ":4646", "http://" + c.Subnet.IP(2) + ":4646", "http://" + c.Subnet.IP(3) + ":4646"}; strings.Join(n.HTTPAddrs, " ") != strings.Join(want, " ") {
+		t.Errorf("HTTPAddrs = %v, want %v", n.HTTPAddrs, want)
+	}
+	if len(n.DataDirs) != 3 {
+		t.Errorf("DataDirs = %v", n.DataDirs)
+	}
+	nodes, _, err := n.Client.Nodes().List(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	type span struct{ lo, hi int }
+	var spans []span
+	for _, stub := range nodes {
+		node, _, err := n.Client.Nodes().Info(stub.ID, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		r := node.NodeResources
+		if r == nil || r.MinDynamicPort == 0 || r.MaxDynamicPort <= r.MinDynamicPort {
+			t.Fatalf("%s: dynamic ports %+v", node.Name, r)
+		}
+		for _, s := range spans {
+			if r.MinDynamicPort <= s.hi && s.lo <= r.MaxDynamicPort {
+				t.Errorf("%s: dynamic ports %d-%d overlap another client's %d-%d", node.Name, r.MinDynamicPort, r.MaxDynamicPort, s.lo, s.hi)
+			}
+		}
+		spans = append(spans, span{r.MinDynamicPort, r.MaxDynamicPort})
+		want := c.Subnet.IP(1 + slices.Index([]string{"nomad-c1", "nomad-c2"}, node.Name) + 1)
+		if node.Meta["node_address"] != want {
+			t.Errorf("%s: meta node_address %q, want %q", node.Name, node.Meta["node_address"], want)
+		}
+	}
+	if len(spans) != 2 {
+		t.Fatalf("%d nodes, want 2", len(spans))
+	}
+
+	_, taskPid := runSleeper(t, n)
+	// Crash the client that runs the task: the task must outlive it (that
+	// is what the cleanup has to deal with) and then be stopped by it.
+	var runner *Proc
+	for _, p := range n.Clients {
+		if pids, _ := proc.Under(p.Dir); slices.Contains(pids, taskPid) {
+			runner = p
+		}
+	}
+	if runner == nil {
+		t.Fatal("no client runs the task")
+	}
+	if err := runner.Kill(); err != nil {
+		t.Fatal(err)
+	}
+	if !proc.Alive(taskPid) {
+		t.Error("the task died with its client: the leftover cleanup is not exercised")
+	}
+}
