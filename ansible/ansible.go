@@ -90,7 +90,9 @@ func Digest(roles []string, vars any) (string, error) {
 			return "", fmt.Errorf("role %s: %w", r, err)
 		}
 	}
-	paths = append(paths, "site.yml", "ansible.cfg")
+	// site.yml only maps tags to these roles; leaving it out keeps a new
+	// play for one stage from re-running the others.
+	paths = append(paths, "ansible.cfg")
 	sort.Strings(paths)
 	for _, p := range paths {
 		b, err := files.ReadFile(p)

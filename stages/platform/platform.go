@@ -3,7 +3,10 @@ package platform
 
 import (
 	"github.com/platform-bootstrap/bootstrap/stages"
+	"github.com/platform-bootstrap/bootstrap/stages/consul"
+	"github.com/platform-bootstrap/bootstrap/stages/nomad"
 	"github.com/platform-bootstrap/bootstrap/stages/keys"
+	"github.com/platform-bootstrap/bootstrap/stages/pki"
 	"github.com/platform-bootstrap/bootstrap/stages/provision"
 	"github.com/platform-bootstrap/bootstrap/stages/vault"
 )
@@ -14,9 +17,9 @@ func Stages() []stages.Stage {
 		keys.New(),
 		provision.New(),
 		vault.New(),
-		stages.Placeholder("pki"),
-		stages.Placeholder("consul"),
-		stages.Placeholder("nomad"),
+		pki.New(),
+		consul.New(),
+		nomad.New(),
 		stages.Placeholder("jobs"),
 		stages.Placeholder("verify"),
 	}

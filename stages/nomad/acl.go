@@ -1,0 +1,515 @@
+package nomad
+
+import (
+	"context"
+	"crypto/rand"
+	"fmt"
+	"os"
+	"slices"
+	"sort"
+	"strings"
+	"time"
+
+	nomadapi "github.com/hashicorp/nomad/api"
+	vaultapi "github.com/hashicorp/vault/api"
+
+	"github.com/platform-bootstrap/bootstrap/internal/config"
+	"github.com/platform-bootstrap/bootstrap/internal/crashpoint"
+	"github.com/platform-bootstrap/bootstrap/internal/inventory"
+	"github.com/platform-bootstrap/bootstrap/pki"
+	"github.com/platform-bootstrap/bootstrap/stages"
+)
+
+// SecretPrometheusToken is the token Prometheus scrapes Nomad's metrics with.
+const SecretPrometheusToken = "nomad/tokens/prometheus"
+
+// deployCapabilities is what the CI deploy token may do in its namespaces:
+// validate, plan, register, revert and follow jobs — no exec into
+// allocations, no node or ACL access.
+var deployCapabilities = []string{"list-jobs", "parse-job", "read-job", "submit-job", "dispatch-job", "read-logs", "read-fs"}
+
+func quote(list []string) string {
+	q := make([]string, len(list))
+	for i, s := range list {
+		q[i] = fmt.Sprintf("%q", s)
+	}
+	return strings.Join(q, ", ")
+}
+
+// policies returns the platform's Nomad ACL policies.
+func policies(cfg *config.Platform) map[string]string {
+	deploy := cfg.Nomad.DeployNamespaces
+	if len(deploy) == 0 {
+		deploy = cfg.Nomad.Namespaces
+	}
+	var ci strings.Builder
+	for _, ns := range deploy {
+		fmt.Fprintf(&ci, "namespace %q {\n  capabilities = [%s]\n}\n", ns, quote(deployCapabilities))
+	}
+	return map[string]string{
+		"ci-deploy": ci.String(),
+		"ui-read": `namespace "*" {
+  policy = "read"
+}
+node {
+  policy = "read"
+}
+agent {
+  policy = "read"
+}
+operator {
+  policy = "read"
+}
+plugin {
+  policy = "read"
+}
+`,
+		"prometheus-metrics": `agent {
+  policy = "read"
+}
+node {
+  policy = "read"
+}
+namespace "*" {
+  capabilities = ["list-jobs", "read-job"]
+}
+`,
+	}
+}
+
+type token struct {
+	name, secret string
+	policies     []string
+}
+
+func (t token) displayName() string { return "bootstrap: " + t.name }
+
+var tokens = []token{
+	{"ci-deploy", stages.SecretNomadCIToken, []string{"ci-deploy"}},
+	{"ui-read", stages.SecretNomadUIToken, []string{"ui-read"}},
+	{"prometheus", SecretPrometheusToken, []string{"prometheus-metrics"}},
+}
+
+// namespaces returns the wanted namespaces and their descriptions.
+func namespaces(cfg *config.Platform) map[string]string {
+	out := map[string]string{config.GeneralNamespace: "Platform jobs: ingress, monitoring, CI runners"}
+	for _, ns := range cfg.Nomad.Namespaces {
+		out[ns] = "Applications (" + ns + ")"
+	}
+	return out
+}
+
+func newUUID() (string, error) {
+	b := make([]byte, 16)
+	if _, err := rand.Read(b); err != nil {
+		return "", err
+	}
+	b[6] = b[6]&0x0f | 0x40
+	b[8] = b[8]&0x3f | 0x80
+	return fmt.Sprintf("%x-%x-%x-%x-%x", b[0:4], b[4:6], b[6:8], b[8:10], b[10:]), nil
+}
+
+func sortedKeys(m map[string]string) []string {
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	return keys
+}
+
+func norm(s string) string { return strings.Join(strings.Fields(s), " ") }
+
+// bootstrapACL generates the management token's secret, stores it, and then
+// bootstraps with it: never a bootstrapped cluster whose token was lost.
+func bootstrapACL(ctx context.Context, e *stages.Env, server inventory.Node) (string, error) {
+	mgmt, created, err := e.Secrets.GetOrCreate(stages.SecretNomadBootstrapToken, newUUID)
+	if err != nil {
+		return "", err
+	}
+	c, err := Client(e, server, mgmt)
+	if err != nil {
+		return "", err
+	}
+	q := (&nomadapi.QueryOptions{}).WithContext(ctx)
+	if !created {
+		if _, _, err := c.ACLTokens().Self(q); err == nil {
+			return mgmt, nil
+		}
+	}
+	crashpoint.Hit("nomad:before-acl-bootstrap")
+	e.Step("bootstrapping nomad ACLs")
+	deadline := time.Now().Add(time.Minute)
+	for {
+		_, _, err := c.ACLTokens().BootstrapOpts(mgmt, (&nomadapi.WriteOptions{}).WithContext(ctx))
+		if err == nil {
+			break
+		}
+		if strings.Contains(err.Error(), "bootstrap already done") {
+			if _, _, err := c.ACLTokens().Self(q); err == nil {
+				break // an earlier run bootstrapped and stopped
+			}
+			return "", fmt.Errorf("%w: the stored token %s is not valid; reset the bootstrap (https://developer.hashicorp.com/nomad/docs/secure/acl/bootstrap#re-bootstrap-acl-system) and put the new management token there", ErrLockedOut, e.Secrets.Path(stages.SecretNomadBootstrapToken))
+		}
+		if time.Now().After(deadline) {
+			return "", fmt.Errorf("nomad ACL bootstrap: %w", err)
+		}
+		select {
+		case <-ctx.Done():
+			return "", ctx.Err()
+		case <-time.After(time.Second):
+		}
+	}
+	crashpoint.Hit("nomad:after-acl-bootstrap")
+	return mgmt, nil
+}
+
+// planACL lists differences in namespaces, policies, tokens, Vault KV copies
+// and Vault's JWT configuration.
+func planACL(ctx context.Context, e *stages.Env, d *deps) ([]stages.Change, error) {
+	all := []stages.Change{{Action: "bootstrap", Target: "nomad ACLs", Detail: "token generated and stored first"}}
+	for _, ns := range sortedKeys(namespaces(e.Config)) {
+		all = append(all, stages.Change{Action: "create", Target: "nomad namespace " + ns})
+	}
+	mgmt, ok, err := e.Secrets.Get(stages.SecretNomadBootstrapToken)
+	if err != nil {
+		return nil, err
+	}
+	if !ok {
+		return all, nil
+	}
+	c, err := Client(e, d.inv.WithRole(inventory.RoleServer)[0], mgmt)
+	if err != nil {
+		return nil, err
+	}
+	q := (&nomadapi.QueryOptions{}).WithContext(ctx)
+	if _, _, err := c.ACLTokens().Self(q); err != nil {
+		return all, nil // stored, not bootstrapped yet
+	}
+	var out []stages.Change
+	nss, _, err := c.Namespaces().List(q)
+	if err != nil {
+		return nil, fmt.Errorf("nomad: list namespaces: %w", err)
+	}
+	haveNS := map[string]string{}
+	for _, ns := range nss {
+		haveNS[ns.Name] = ns.Description
+	}
+	want := namespaces(e.Config)
+	for _, name := range sortedKeys(want) {
+		desc, ok := haveNS[name]
+		switch {
+		case !ok:
+			out = append(out, stages.Change{Action: "create", Target: "nomad namespace " + name})
+		case desc != want[name]:
+			out = append(out, stages.Change{Action: "update", Target: "nomad namespace " + name, Detail: "description"})
+		}
+	}
+	pols := policies(e.Config)
+	for _, name := range sortedKeys(pols) {
+		p, _, err := c.ACLPolicies().Info(name, q)
+		switch {
+		case err != nil && strings.Contains(err.Error(), "404"):
+			out = append(out, stages.Change{Action: "create", Target: "nomad policy " + name})
+		case err != nil:
+			return nil, fmt.Errorf("nomad: read policy %s: %w", name, err)
+		case norm(p.Rules) != norm(pols[name]):
+			out = append(out, stages.Change{Action: "update", Target: "nomad policy " + name, Detail: "rules differ"})
+		}
+	}
+	have, err := listTokens(c, q)
+	if err != nil {
+		return nil, err
+	}
+	vc, err := vaultClient(ctx, e, d)
+	if err != nil {
+		return nil, err
+	}
+	for _, t := range tokens {
+		h, ok := have[t.displayName()]
+		if !ok {
+			out = append(out, stages.Change{Action: "create", Target: "nomad token " + t.name})
+			continue
+		}
+		if !slices.Equal(sorted(h.Policies), sorted(t.policies)) {
+			out = append(out, stages.Change{Action: "update", Target: "nomad token " + t.name, Detail: "policies"})
+		}
+		secret, ok, err := e.Secrets.Get(t.secret)
+		if err != nil {
+			return nil, err
+		}
+		if !ok {
+			out = append(out, stages.Change{Action: "store", Target: "nomad token " + t.name, Detail: "secret not in the store"})
+			continue
+		}
+		if differs, err := pki.KVDiffers(ctx, vc, t.secret, secret); err != nil {
+			return nil, err
+		} else if differs {
+			out = append(out, stages.Change{Action: "update", Target: "vault kv " + pki.KVPath(t.secret)})
+		}
+	}
+	if differs, err := pki.KVDiffers(ctx, vc, stages.SecretNomadBootstrapToken, mgmt); err != nil {
+		return nil, err
+	} else if differs {
+		out = append(out, stages.Change{Action: "update", Target: "vault kv " + pki.KVPath(stages.SecretNomadBootstrapToken)})
+	}
+	jwt, err := planJWT(ctx, e, d, vc)
+	if err != nil {
+		return nil, err
+	}
+	return append(out, jwt...), nil
+}
+
+func sorted(s []string) []string {
+	c := slices.Clone(s)
+	slices.Sort(c)
+	return c
+}
+
+func listTokens(c *nomadapi.Client, q *nomadapi.QueryOptions) (map[string]*nomadapi.ACLTokenListStub, error) {
+	list, _, err := c.ACLTokens().List(q)
+	if err != nil {
+		return nil, fmt.Errorf("nomad: list tokens: %w", err)
+	}
+	out := map[string]*nomadapi.ACLTokenListStub{}
+	for _, t := range list {
+		if strings.HasPrefix(t.Name, "bootstrap: ") {
+			out[t.Name] = t
+		}
+	}
+	return out, nil
+}
+
+func vaultClient(ctx context.Context, e *stages.Env, d *deps) (*vaultapi.Client, error) {
+	tok, err := pki.Token(ctx, e, d.vault)
+	if err != nil {
+		return nil, err
+	}
+	c, err := d.vault.Clone()
+	if err != nil {
+		return nil, err
+	}
+	c.SetToken(tok)
+	return c, nil
+}
+
+// applyACL converges namespaces, policies, tokens and Vault's JWT trust.
+func applyACL(ctx context.Context, e *stages.Env, d *deps, mgmt string) error {
+	c, err := Client(e, d.inv.WithRole(inventory.RoleServer)[0], mgmt)
+	if err != nil {
+		return err
+	}
+	q := (&nomadapi.QueryOptions{}).WithContext(ctx)
+	w := (&nomadapi.WriteOptions{}).WithContext(ctx)
+	nss, _, err := c.Namespaces().List(q)
+	if err != nil {
+		return fmt.Errorf("nomad: list namespaces: %w", err)
+	}
+	haveNS := map[string]string{}
+	for _, ns := range nss {
+		haveNS[ns.Name] = ns.Description
+	}
+	want := namespaces(e.Config)
+	for _, name := range sortedKeys(want) {
+		if desc, ok := haveNS[name]; ok && desc == want[name] {
+			continue
+		}
+		e.Step("writing nomad namespace %s", name)
+		if _, err := c.Namespaces().Register(&nomadapi.Namespace{Name: name, Description: want[name]}, w); err != nil {
+			return fmt.Errorf("nomad: namespace %s: %w", name, err)
+		}
+	}
+	pols := policies(e.Config)
+	for _, name := range sortedKeys(pols) {
+		p, _, err := c.ACLPolicies().Info(name, q)
+		if err == nil && norm(p.Rules) == norm(pols[name]) {
+			continue
+		}
+		e.Step("writing nomad policy %s", name)
+		if _, err := c.ACLPolicies().Upsert(&nomadapi.ACLPolicy{Name: name, Description: "bootstrap", Rules: pols[name]}, w); err != nil {
+			return fmt.Errorf("nomad: policy %s: %w", name, err)
+		}
+	}
+	have, err := listTokens(c, q)
+	if err != nil {
+		return err
+	}
+	vc, err := vaultClient(ctx, e, d)
+	if err != nil {
+		return err
+	}
+	for _, t := range tokens {
+		secret, err := ensureToken(ctx, e, c, have, t)
+		if err != nil {
+			return err
+		}
+		if err := pki.StoreKV(ctx, vc, t.secret, secret); err != nil {
+			return err
+		}
+	}
+	if err := pki.StoreKV(ctx, vc, stages.SecretNomadBootstrapToken, mgmt); err != nil {
+		return err
+	}
+	return applyJWT(ctx, e, d, vc)
+}
+
+// ensureToken creates a token, or finds it by name, and keeps its secret.
+// Nomad chooses token secrets itself, so a run killed after creating one
+// finds it by name and reads the secret back with the management token.
+func ensureToken(ctx context.Context, e *stages.Env, c *nomadapi.Client, have map[string]*nomadapi.ACLTokenListStub, t token) (string, error) {
+	q := (&nomadapi.QueryOptions{}).WithContext(ctx)
+	w := (&nomadapi.WriteOptions{}).WithContext(ctx)
+	h, ok := have[t.displayName()]
+	if !ok {
+		e.Step("creating nomad token %s", t.name)
+		created, _, err := c.ACLTokens().Create(&nomadapi.ACLToken{Name: t.displayName(), Type: "client", Policies: t.policies, Global: true}, w)
+		if err != nil {
+			return "", fmt.Errorf("nomad: create token %s: %w", t.name, err)
+		}
+		crashpoint.Hit("nomad:after-token-create")
+		return created.SecretID, e.Secrets.Put(t.secret, created.SecretID)
+	}
+	full, _, err := c.ACLTokens().Info(h.AccessorID, q)
+	if err != nil {
+		return "", fmt.Errorf("nomad: read token %s: %w", t.name, err)
+	}
+	if !slices.Equal(sorted(full.Policies), sorted(t.policies)) {
+		e.Step("updating nomad token %s", t.name)
+		full.Policies = t.policies
+		if _, _, err := c.ACLTokens().Update(full, w); err != nil {
+			return "", fmt.Errorf("nomad: update token %s: %w", t.name, err)
+		}
+	}
+	if stored, ok, err := e.Secrets.Get(t.secret); err != nil {
+		return "", err
+	} else if !ok || stored != full.SecretID {
+		if err := e.Secrets.Put(t.secret, full.SecretID); err != nil {
+			return "", err
+		}
+	}
+	return full.SecretID, nil
+}
+
+// Vault trusts the workload identities Nomad signs: the JWT auth mount the
+// pki stage enabled gets Nomad's JWKS URL and a role that maps a job's
+// namespace and id into the nomad-workloads policy (`nomad setup vault`).
+const (
+	jwtConfigPath = "auth/jwt-nomad/config"
+	jwtRolePath   = "auth/jwt-nomad/role/nomad-workloads"
+)
+
+func jwtWant(e *stages.Env, d *deps) (map[string]any, map[string]any, error) {
+	ca, err := os.ReadFile(CAFile(e))
+	if err != nil {
+		return nil, nil, err
+	}
+	cfg := map[string]any{
+		"jwks_url":           Addr(d.inv.WithRole(inventory.RoleServer)[0]) + "/.well-known/jwks.json",
+		"jwks_ca_pem":        string(ca),
+		"jwt_supported_algs": []string{"RS256", "EdDSA"},
+		"default_role":       "nomad-workloads",
+	}
+	role := map[string]any{
+		"role_type":               "jwt",
+		"bound_audiences":         []string{"vault.io"},
+		"user_claim":              "/nomad_job_id",
+		"user_claim_json_pointer": true,
+		"claim_mappings": map[string]any{
+			"nomad_namespace": "nomad_namespace",
+			"nomad_job_id":    "nomad_job_id",
+			"nomad_task":      "nomad_task",
+		},
+		"token_type":     "service",
+		"token_policies": []string{pki.PolicyNomadWorkloads},
+		"token_period":   1800,
+	}
+	return cfg, role, nil
+}
+
+// jwtDiffers compares the fields bootstrap sets with what Vault returns.
+func jwtDiffers(have *vaultapi.Secret, want map[string]any) bool {
+	if have == nil || have.Data == nil {
+		return true
+	}
+	for k, w := range want {
+		h := have.Data[k]
+		if norm(fmt.Sprint(flatten(h))) != norm(fmt.Sprint(flatten(w))) {
+			return true
+		}
+	}
+	return false
+}
+
+// flatten renders values the way Vault returns them (lists as []any, numbers
+// as json.Number) comparable with what we send.
+func flatten(v any) any {
+	switch t := v.(type) {
+	case []string:
+		out := make([]any, len(t))
+		for i, s := range t {
+			out[i] = s
+		}
+		return out
+	case map[string]any:
+		keys := make([]string, 0, len(t))
+		for k := range t {
+			keys = append(keys, k)
+		}
+		sort.Strings(keys)
+		var b strings.Builder
+		for _, k := range keys {
+			fmt.Fprintf(&b, "%s=%v;", k, t[k])
+		}
+		return b.String()
+	case string:
+		return strings.TrimSpace(t)
+	}
+	return fmt.Sprint(v)
+}
+
+func planJWT(ctx context.Context, e *stages.Env, d *deps, vc *vaultapi.Client) ([]stages.Change, error) {
+	cfg, role, err := jwtWant(e, d)
+	if err != nil {
+		return nil, err
+	}
+	var out []stages.Change
+	have, err := vc.Logical().ReadWithContext(ctx, jwtConfigPath)
+	if err != nil {
+		return nil, fmt.Errorf("vault: read %s: %w", jwtConfigPath, err)
+	}
+	if jwtDiffers(have, cfg) {
+		out = append(out, stages.Change{Action: "update", Target: "vault " + jwtConfigPath, Detail: "trust Nomad's workload identities"})
+	}
+	have, err = vc.Logical().ReadWithContext(ctx, jwtRolePath)
+	if err != nil {
+		return nil, fmt.Errorf("vault: read %s: %w", jwtRolePath, err)
+	}
+	if jwtDiffers(have, role) {
+		out = append(out, stages.Change{Action: "update", Target: "vault " + jwtRolePath})
+	}
+	return out, nil
+}
+
+func applyJWT(ctx context.Context, e *stages.Env, d *deps, vc *vaultapi.Client) error {
+	cfg, role, err := jwtWant(e, d)
+	if err != nil {
+		return err
+	}
+	for _, w := range []struct {
+		path string
+		data map[string]any
+	}{{jwtConfigPath, cfg}, {jwtRolePath, role}} {
+		have, err := vc.Logical().ReadWithContext(ctx, w.path)
+		if err != nil {
+			return fmt.Errorf("vault: read %s: %w", w.path, err)
+		}
+		if !jwtDiffers(have, w.data) {
+			continue
+		}
+		e.Step("writing vault %s", w.path)
+		if _, err := vc.Logical().WriteWithContext(ctx, w.path, w.data); err != nil {
+			return fmt.Errorf("vault: write %s: %w", w.path, err)
+		}
+	}
+	return nil
+}
