@@ -4,8 +4,8 @@ package platform
 import (
 	"github.com/platform-bootstrap/bootstrap/stages"
 	"github.com/platform-bootstrap/bootstrap/stages/consul"
-	"github.com/platform-bootstrap/bootstrap/stages/nomad"
 	"github.com/platform-bootstrap/bootstrap/stages/keys"
+	"github.com/platform-bootstrap/bootstrap/stages/nomad"
 	"github.com/platform-bootstrap/bootstrap/stages/pki"
 	"github.com/platform-bootstrap/bootstrap/stages/provision"
 	"github.com/platform-bootstrap/bootstrap/stages/vault"
