@@ -4,7 +4,6 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"path/filepath"
 	"sort"
 	"strconv"
 	"strings"
@@ -12,16 +11,16 @@ import (
 )
 
 // MountsUnder returns the mount points of this process's mount namespace
-// that are dir itself or below it (same boundary rule as Under), deepest
-// first: the order in which they can be unmounted.
+// that are dir itself or below it (same boundary rule as Under; the root
+// directory is refused), deepest first: the order in which they can be
+// unmounted.
 func MountsUnder(dir string) ([]string, error) {
-	abs, err := filepath.Abs(dir)
+	if dir == "" {
+		return nil, errors.New("mounts under dir: empty dir")
+	}
+	roots, err := rootsOf(dir)
 	if err != nil {
 		return nil, fmt.Errorf("mounts under %s: %w", dir, err)
-	}
-	roots := []string{abs}
-	if r, err := filepath.EvalSymlinks(abs); err == nil && r != abs {
-		roots = append(roots, r)
 	}
 	b, err := os.ReadFile("/proc/self/mountinfo")
 	if err != nil {

@@ -73,7 +73,8 @@ func procState(pid int) (byte, bool) {
 // /tmp/ab. Paths are compared after filepath.Clean; dir is also compared in
 // its symlink-resolved form, because the kernel reports resolved paths. A
 // working directory or executable that was deleted after the process
-// started still matches (the kernel's " (deleted)" suffix is ignored).
+// started still matches (the kernel's " (deleted)" suffix is ignored). dir
+// must not be empty or the root directory.
 //
 // Processes that cannot be inspected (another user's, or gone during the
 // scan) are skipped; they cannot be ours. Zombies have no working directory
@@ -87,13 +88,9 @@ func Under(dir string) ([]int, error) {
 	if dir == "" {
 		return nil, errors.New("processes under dir: empty dir")
 	}
-	abs, err := filepath.Abs(dir)
+	roots, err := rootsOf(dir)
 	if err != nil {
 		return nil, fmt.Errorf("processes under %s: %w", dir, err)
-	}
-	roots := []string{abs}
-	if r, err := filepath.EvalSymlinks(abs); err == nil && r != abs {
-		roots = append(roots, r)
 	}
 	entries, err := os.ReadDir("/proc")
 	if err != nil {
@@ -111,6 +108,25 @@ func Under(dir string) ([]int, error) {
 		}
 	}
 	return pids, nil
+}
+
+// rootsOf returns dir made absolute and, if different, symlink-resolved. It
+// refuses the root directory, under which every process would match.
+func rootsOf(dir string) ([]string, error) {
+	abs, err := filepath.Abs(dir)
+	if err != nil {
+		return nil, err
+	}
+	roots := []string{abs}
+	if r, err := filepath.EvalSymlinks(abs); err == nil && r != abs {
+		roots = append(roots, r)
+	}
+	for _, r := range roots {
+		if r == string(filepath.Separator) {
+			return nil, errors.New("refusing the root directory: it contains everything")
+		}
+	}
+	return roots, nil
 }
 
 // ancestors returns the calling process and its ancestors.
@@ -174,7 +190,7 @@ func inside(p string, roots []string) bool {
 	}
 	p = filepath.Clean(p)
 	for _, r := range roots {
-		if p == r || strings.HasPrefix(p, r+string(filepath.Separator)) || r == string(filepath.Separator) {
+		if p == r || strings.HasPrefix(p, r+string(filepath.Separator)) {
 			return true
 		}
 	}

@@ -140,8 +140,13 @@ func TestUnder(t *testing.T) {
 		t.Errorf("Under(symlink) missed pid %d; got %v", byExe.Process.Pid, viaLink)
 	}
 
-	if _, err := Under(""); err == nil {
-		t.Error("Under(\"\") succeeded")
+	for _, bad := range []string{"", "/", "/tmp/.."} {
+		if _, err := Under(bad); err == nil {
+			t.Errorf("Under(%q) succeeded", bad)
+		}
+		if _, err := MountsUnder(bad); err == nil {
+			t.Errorf("MountsUnder(%q) succeeded", bad)
+		}
 	}
 }
 
