@@ -36,8 +36,8 @@ func quote(list []string) string {
 	return strings.Join(q, ", ")
 }
 
-// policies returns the platform's Nomad ACL policies.
-func policies(cfg *config.Platform) map[string]string {
+// Policies returns the platform's Nomad ACL policies.
+func Policies(cfg *config.Platform) map[string]string {
 	deploy := cfg.Nomad.DeployNamespaces
 	if len(deploy) == 0 {
 		deploy = cfg.Nomad.Namespaces
@@ -205,7 +205,7 @@ func planACL(ctx context.Context, e *stages.Env, d *deps) ([]stages.Change, erro
 			out = append(out, stages.Change{Action: "update", Target: "nomad namespace " + name, Detail: "description"})
 		}
 	}
-	pols := policies(e.Config)
+	pols := Policies(e.Config)
 	for _, name := range sortedKeys(pols) {
 		p, _, err := c.ACLPolicies().Info(name, q)
 		switch {
@@ -319,7 +319,7 @@ func applyACL(ctx context.Context, e *stages.Env, d *deps, mgmt string) error {
 			return fmt.Errorf("nomad: namespace %s: %w", name, err)
 		}
 	}
-	pols := policies(e.Config)
+	pols := Policies(e.Config)
 	for _, name := range sortedKeys(pols) {
 		p, _, err := c.ACLPolicies().Info(name, q)
 		if err == nil && norm(p.Rules) == norm(pols[name]) {
