@@ -3,9 +3,7 @@ package sshwait
 import (
 	"bytes"
 	"context"
-	"crypto/rand"
 	"fmt"
-	"math/big"
 	"os"
 	"path/filepath"
 	"strings"
@@ -17,18 +15,12 @@ import (
 
 	"github.com/platform-bootstrap/bootstrap/internal/inventory"
 	"github.com/platform-bootstrap/bootstrap/internal/sshwait/sshdtest"
+	"github.com/platform-bootstrap/bootstrap/internal/testcluster"
 )
 
 // These tests run Debian's real sshd on loopback addresses.
 
-func randomIP(t *testing.T) string {
-	n, err := rand.Int(rand.Reader, big.NewInt(250*250))
-	if err != nil {
-		t.Fatal(err)
-	}
-	v := n.Int64()
-	return fmt.Sprintf("127.%d.%d.%d", v/250+3, v%250+1, 7)
-}
+func randomIP(t *testing.T) string { return testcluster.NewSubnet(t).IP(7) }
 
 func node(name, ip string, port int, user string) inventory.Node {
 	return inventory.Node{Name: name, Roles: []string{"server"}, PrivateIP: ip, SSH: inventory.SSH{User: user, Port: port}}

@@ -14,6 +14,8 @@ import (
 	"testing"
 
 	"github.com/zclconf/go-cty/cty"
+
+	"github.com/platform-bootstrap/bootstrap/internal/testcluster"
 )
 
 // stateServer speaks the protocol of Terraform's http backend the way
@@ -36,7 +38,7 @@ type stateServer struct {
 
 func newStateServer(t *testing.T, password string) *stateServer {
 	t.Helper()
-	ln, err := net.Listen("tcp", randomPrefix(t)+".1:0")
+	ln, err := net.Listen("tcp", testcluster.NewSubnet(t).IP(1)+":0")
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -14,6 +14,7 @@ import (
 	"golang.org/x/crypto/ssh"
 
 	"github.com/platform-bootstrap/bootstrap/internal/config"
+	"github.com/platform-bootstrap/bootstrap/internal/testcluster"
 	"github.com/platform-bootstrap/bootstrap/stages"
 )
 
@@ -25,10 +26,10 @@ import (
 // test copy overrides the pinned version.
 
 func TestShippedModulesAreFormatted(t *testing.T) {
-	needTerraform(t)
-	root := repoRoot(t)
+	tf := needTerraform(t)
+	root := testcluster.RepoRoot()
 	for _, m := range []string{"digitalocean", "hetzner", "testdata"} {
-		out, err := exec.Command("terraform", "fmt", "-check", "-recursive", "-diff", filepath.Join(root, "terraform", m)).CombinedOutput()
+		out, err := exec.Command(tf, "fmt", "-check", "-recursive", "-diff", filepath.Join(root, "terraform", m)).CombinedOutput()
 		if err != nil {
 			t.Errorf("terraform fmt -check terraform/%s: %v\n%s", m, err, out)
 		}
@@ -121,7 +122,7 @@ func publicKey(t *testing.T) string {
 // moduleCopy copies a shipped module, with the test's version override.
 func moduleCopy(t *testing.T, m cloudModule) string {
 	dir := filepath.Join(t.TempDir(), m.name)
-	if err := os.CopyFS(dir, os.DirFS(filepath.Join(repoRoot(t), "terraform", m.name))); err != nil {
+	if err := os.CopyFS(dir, os.DirFS(filepath.Join(testcluster.RepoRoot(), "terraform", m.name))); err != nil {
 		t.Fatal(err)
 	}
 	if m.override != "" {
@@ -135,7 +136,7 @@ func moduleCopy(t *testing.T, m cloudModule) string {
 func TestShippedModulesPlanOffline(t *testing.T) {
 	for _, m := range cloudModules {
 		t.Run(m.name, func(t *testing.T) {
-			needTerraform(t, m.provider)
+			tf := needTerraform(t, m.provider)
 			ctx := ctxFor(t)
 			b := make([]byte, 32)
 			rand.Read(b)
@@ -154,7 +155,7 @@ func TestShippedModulesPlanOffline(t *testing.T) {
 				for k, v := range extra {
 					vars[k] = v
 				}
-				cfg := &config.TerraformProvider{Module: module, Vars: vars, Backend: "local"}
+				cfg := &config.TerraformProvider{Module: module, Vars: vars, Binary: tf, Backend: "local"}
 				r, _ := newRunner(t, cfg, "/", t.TempDir())
 				changes, err := r.Plan(ctx)
 				return changes, r, err

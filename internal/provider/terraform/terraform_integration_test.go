@@ -9,7 +9,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"io/fs"
-	"math/big"
 	"os"
 	"path/filepath"
 	"slices"
@@ -24,6 +23,7 @@ import (
 	"github.com/platform-bootstrap/bootstrap/internal/inventory"
 	"github.com/platform-bootstrap/bootstrap/internal/sshwait"
 	"github.com/platform-bootstrap/bootstrap/internal/sshwait/sshdtest"
+	"github.com/platform-bootstrap/bootstrap/internal/testcluster"
 	"github.com/platform-bootstrap/bootstrap/stages"
 )
 
@@ -55,27 +55,20 @@ func ctxFor(t *testing.T) context.Context {
 	return ctx
 }
 
-// randomPrefix returns the first three octets of a random loopback /24,
-// away from 127.0.0.x.
+// randomPrefix returns the first three octets of a loopback /24 of the
+// test's own.
 func randomPrefix(t *testing.T) string {
-	a, err := rand.Int(rand.Reader, big.NewInt(250))
-	if err != nil {
-		t.Fatal(err)
-	}
-	b, err := rand.Int(rand.Reader, big.NewInt(250))
-	if err != nil {
-		t.Fatal(err)
-	}
-	return fmt.Sprintf("127.%d.%d", a.Int64()+3, b.Int64()+1)
+	return strings.TrimSuffix(testcluster.NewSubnet(t).IP(1), ".1")
 }
 
 func testModule(t *testing.T, name string, vars map[string]cty.Value) (*config.TerraformProvider, string) {
 	return &config.TerraformProvider{
 		Module:     filepath.Join("terraform", "testdata", name),
 		Vars:       vars,
+		Binary:     testcluster.Bin(t, "terraform"),
 		Backend:    "local",
 		SSHTimeout: "1m",
-	}, repoRoot(t)
+	}, testcluster.RepoRoot()
 }
 
 func newRunner(t *testing.T, cfg *config.TerraformProvider, configDir, workDir string) (*Runner, *syncBuffer) {

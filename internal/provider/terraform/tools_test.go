@@ -3,31 +3,14 @@ package terraform
 import (
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
-	"runtime"
 	"testing"
+
+	"github.com/platform-bootstrap/bootstrap/internal/testcluster"
 )
 
-// TODO: switch to internal/testcluster once it exists; these follow its
-// rules: a missing tool skips the test, unless BOOTSTRAP_REQUIRE_TOOLS=1.
-
-// repoRoot is the repository's top directory.
-func repoRoot(t testing.TB) string {
-	t.Helper()
-	_, file, _, _ := runtime.Caller(0)
-	dir := filepath.Dir(file)
-	for {
-		if _, err := os.Stat(filepath.Join(dir, "go.mod")); err == nil {
-			return dir
-		}
-		parent := filepath.Dir(dir)
-		if parent == dir {
-			t.Fatal("go.mod not found above " + file)
-		}
-		dir = parent
-	}
-}
+// Missing tools skip a test, or fail it with BOOTSTRAP_REQUIRE_TOOLS=1, as
+// testcluster.Bin does.
 
 func missingTool(t testing.TB, format string, args ...any) {
 	t.Helper()
@@ -38,20 +21,18 @@ func missingTool(t testing.TB, format string, args ...any) {
 	t.Skip(msg + "; run make tools")
 }
 
-// needTerraform skips the test without a terraform binary (and without
+// needTerraform returns bin/terraform; it skips the test without it (and without
 // the providers `make tools` builds into bin/tf-mirror, when providers names
 // any, as "hashicorp/local"), and points Terraform at a CLI configuration of
 // the test's own: the machine's may name a missing file or a registry that
 // cannot be reached.
-func needTerraform(t *testing.T, providers ...string) {
+func needTerraform(t *testing.T, providers ...string) string {
 	t.Helper()
 	if testing.Short() {
 		t.Skip("runs terraform; skipped with -short")
 	}
-	if _, err := exec.LookPath("terraform"); err != nil {
-		missingTool(t, "terraform is not on PATH")
-	}
-	mirror := filepath.Join(repoRoot(t), "bin", "tf-mirror")
+	tf := testcluster.Bin(t, "terraform")
+	mirror := filepath.Join(testcluster.RepoRoot(), "bin", "tf-mirror")
 	for _, p := range providers {
 		if _, err := os.Stat(filepath.Join(mirror, "registry.terraform.io", p)); err != nil {
 			missingTool(t, "provider %s is not in %s", p, mirror)
@@ -73,6 +54,7 @@ func needTerraform(t *testing.T, providers ...string) {
 		t.Fatal(err)
 	}
 	t.Setenv("TF_CLI_CONFIG_FILE", cli)
+	return tf
 }
 
 // copyMirror recreates a provider mirror as real directories with links to
