@@ -142,7 +142,7 @@ func TestChildApply(t *testing.T) {
 	}
 }
 
-func openEnv(t *testing.T, dir string, cfg *config.Platform) *stages.Env {
+func openEnv(t testing.TB, dir string, cfg *config.Platform) *stages.Env {
 	t.Helper()
 	store, err := secrets.Open(filepath.Join(dir, "secrets"), secrets.NewRedactor())
 	if err != nil {

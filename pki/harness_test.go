@@ -23,7 +23,7 @@ import (
 // the vault stage left it: address and CA as outputs, the root token in the
 // secret store.
 type harness struct {
-	t     *testing.T
+	t     testing.TB
 	vault *testcluster.Vault
 	env   *stages.Env
 	cfg   *config.Platform
@@ -31,7 +31,7 @@ type harness struct {
 	audit string
 }
 
-func newHarness(t *testing.T, cfgFile string) *harness {
+func newHarness(t testing.TB, cfgFile string) *harness {
 	t.Helper()
 	if testing.Short() {
 		t.Skip("starts a real Vault")
@@ -67,7 +67,7 @@ func newHarness(t *testing.T, cfgFile string) *harness {
 	return h
 }
 
-func loadConfig(t *testing.T, file string) *config.Platform {
+func loadConfig(t testing.TB, file string) *config.Platform {
 	t.Helper()
 	if file == "" {
 		cfg, diags := config.Parse("platform.hcl", []byte(`provider "local" {}`))

@@ -34,7 +34,7 @@ func caCert(t *testing.T, c *api.Client, mount string) string {
 	return str(s.Data, "certificate")
 }
 
-func issuerCount(t *testing.T, c *api.Client, mount string) (issuers, withKey int) {
+func issuerCount(t testing.TB, c *api.Client, mount string) (issuers, withKey int) {
 	t.Helper()
 	s, err := c.Logical().List(mount + "/issuers")
 	if err != nil || s == nil {
@@ -50,7 +50,7 @@ func issuerCount(t *testing.T, c *api.Client, mount string) (issuers, withKey in
 	return issuers, withKey
 }
 
-func keyCount(t *testing.T, c *api.Client, mount string) int {
+func keyCount(t testing.TB, c *api.Client, mount string) int {
 	t.Helper()
 	s, err := c.Logical().List(mount + "/keys")
 	if err != nil || s == nil {
