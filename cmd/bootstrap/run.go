@@ -180,7 +180,9 @@ func (g *globals) execute(command string, fn runFunc) error {
 		runner.Approve = func(plans []stages.StageResult) (bool, error) {
 			sink.Close()
 			sink = ui.New(ui.ModePlain, io.Discard, nil)
-			printPlans(g.stdout, plans)
+			w := red.Writer(g.stdout)
+			printPlans(w, plans)
+			w.Close()
 			ok, err := g.confirm("Apply these changes?")
 			if ok {
 				sink = ui.New(mode, out, names)
@@ -191,6 +193,13 @@ func (g *globals) execute(command string, fn runFunc) error {
 
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
+	// The first signal cancels the run, which stops cleanly; a second one
+	// kills at once (the run is crash-safe), so a stage stuck in a call that
+	// ignores its context cannot make bootstrap unkillable.
+	go func() {
+		<-ctx.Done()
+		stop()
+	}()
 	start := time.Now()
 	env.Emit(stages.Event{Type: stages.EventRunStart, Run: sess.RunID, Command: command, Stale: sess.Lock.Stale})
 	results, runErr := fn(ctx, runner, sel, sess)
