@@ -194,7 +194,7 @@ func TestRemoteStateAndCredentials(t *testing.T) {
 	if len(changes) != 0 {
 		t.Fatalf("plan: %v", changes)
 	}
-	r2.lockWaits = "1s"
+	r2.lockTimeout = "1s"
 	if _, err := r2.Apply(ctx); err == nil || !strings.Contains(err.Error(), "force-unlock") {
 		t.Fatalf("apply under someone else's lock: %v", err)
 	}

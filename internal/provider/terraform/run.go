@@ -163,7 +163,7 @@ func (r *Runner) Apply(ctx context.Context) (*inventory.Inventory, error) {
 	if err := r.init(ctx); err != nil {
 		return nil, err
 	}
-	if err := r.tf.Apply(ctx, tfexec.LockTimeout(r.lockWaits)); err != nil {
+	if err := r.tf.Apply(ctx, tfexec.LockTimeout(r.lockTimeout)); err != nil {
 		return nil, fmt.Errorf("terraform apply: %w", lockHint(err))
 	}
 	return r.Inventory(ctx)
@@ -216,7 +216,7 @@ func (r *Runner) Destroy(ctx context.Context) error {
 	if err := r.init(ctx); err != nil {
 		return err
 	}
-	if err := r.tf.Destroy(ctx, tfexec.LockTimeout(r.lockWaits)); err != nil {
+	if err := r.tf.Destroy(ctx, tfexec.LockTimeout(r.lockTimeout)); err != nil {
 		return fmt.Errorf("terraform destroy: %w", lockHint(err))
 	}
 	left, err := r.Resources(ctx)

@@ -1,5 +1,6 @@
 // Package terraform provisions machines with a Terraform (or OpenTofu)
-// module whose output bootstrap_inventory follows the inventory contract.
+// module whose output bootstrap_inventory follows the inventory contract
+// (terraform/README.md).
 //
 // The module is copied into a working directory under the state directory,
 // together with two generated files: the module's variables
@@ -7,6 +8,17 @@
 // (bootstrap_override.tf.json). Terraform's state stays in that directory
 // unless the configuration names another backend. Cloud credentials are
 // never written: Terraform and its providers read them from the environment.
+//
+// The provision stage uses it like this:
+//
+//	r, err := terraform.New(cfg.Provider.Terraform, cfg.Dir, e.Path("terraform"), e.Log)
+//	changes, err := r.Plan(ctx)  // bootstrap plan: read-only
+//	inv, err := r.Apply(ctx)     // bootstrap up: the inventory the module outputs
+//	inv, err = r.Inventory(ctx)  // the outputs again, without applying
+//	err = r.Destroy(ctx)         // bootstrap down: fails if anything is left
+//
+// and then waits for the machines with sshwait.Wait. A Runner is for one
+// goroutine at a time.
 package terraform
 
 import (
@@ -51,7 +63,7 @@ type Runner struct {
 	cfg       *config.TerraformProvider
 	log       io.Writer
 	initDone  bool
-	lockWaits string
+	lockTimeout string
 }
 
 // New prepares a runner for cfg. configDir resolves a relative module path
@@ -112,7 +124,7 @@ func New(cfg *config.TerraformProvider, configDir, workDir string, log io.Writer
 			return nil, fmt.Errorf("terraform provider: TF_LOG: %w", err)
 		}
 	}
-	return &Runner{tf: tf, bin: bin, module: module, dir: abs, cfg: cfg, log: log, lockWaits: "5m"}, nil
+	return &Runner{tf: tf, bin: bin, module: module, dir: abs, cfg: cfg, log: log, lockTimeout: "5m"}, nil
 }
 
 // Dir is the working directory Terraform runs in.

@@ -21,6 +21,7 @@ import (
 
 	"github.com/platform-bootstrap/bootstrap/internal/config"
 	"github.com/platform-bootstrap/bootstrap/internal/inventory"
+	"github.com/platform-bootstrap/bootstrap/internal/proc"
 	"github.com/platform-bootstrap/bootstrap/internal/sshwait"
 	"github.com/platform-bootstrap/bootstrap/internal/sshwait/sshdtest"
 	"github.com/platform-bootstrap/bootstrap/internal/testcluster"
@@ -501,5 +502,94 @@ func TestProvisionedNodesAnswerSSH(t *testing.T) {
 	slices.Sort(want)
 	if !slices.Equal(got, want) {
 		t.Fatalf("known_hosts:\n%s\nwant:\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
+	}
+}
+
+// TestApplyResumesAfterInterrupt stops an apply in the middle, gently
+// (the run is cancelled: Terraform gets SIGINT) and hard (every process of
+// the run is killed, as when the machine running bootstrap dies), and
+// checks the next apply finishes the job and converges.
+func TestApplyResumesAfterInterrupt(t *testing.T) {
+	for _, hard := range []bool{false, true} {
+		name := "cancel"
+		if hard {
+			name = "kill"
+		}
+		t.Run(name, func(t *testing.T) {
+			needTerraform(t)
+			marker := filepath.Join(t.TempDir(), "started")
+			cfg, configDir := testModule(t, "slow", map[string]cty.Value{
+				"marker":         cty.StringVal(marker),
+				"address_prefix": cty.StringVal(randomPrefix(t)),
+			})
+			workDir := t.TempDir()
+			r, _ := newRunner(t, cfg, configDir, workDir)
+			// Whatever the interrupted run leaves running (the provisioner's
+			// command) is stopped by pid; it runs in the working directory.
+			t.Cleanup(func() {
+				pids, _ := proc.Under(workDir)
+				for _, pid := range pids {
+					t.Errorf("process %d was left running by the interrupted apply", pid)
+					proc.Kill(context.Background(), pid)
+				}
+			})
+
+			ctx, cancel := context.WithCancel(ctxFor(t))
+			defer cancel()
+			done := make(chan error, 1)
+			go func() {
+				_, err := r.Apply(ctx)
+				done <- err
+			}()
+			for {
+				if _, err := os.Stat(marker); err == nil {
+					break
+				}
+				select {
+				case err := <-done:
+					t.Fatalf("apply ended before the slow resource started: %v", err)
+				case <-time.After(50 * time.Millisecond):
+				}
+			}
+			if hard {
+				pids, err := proc.Under(workDir)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if len(pids) == 0 {
+					t.Fatal("no terraform process found in the working directory")
+				}
+				for _, pid := range pids {
+					if err := proc.Kill(context.Background(), pid); err != nil {
+						t.Fatal(err)
+					}
+				}
+			} else {
+				cancel()
+			}
+			if err := <-done; err == nil {
+				t.Fatal("the interrupted apply reported success")
+			}
+
+			// The next run, as a new bootstrap process would do it.
+			r2, _ := newRunner(t, cfg, configDir, workDir)
+			inv, err := r2.Apply(ctxFor(t))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(inv.Nodes) != 2 {
+				t.Fatalf("inventory: %+v", inv.Nodes)
+			}
+			changes, err := r2.Plan(ctxFor(t))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(changes) != 0 {
+				t.Fatalf("plan after the resumed apply: %v", changes)
+			}
+			if err := r2.Destroy(ctxFor(t)); err != nil {
+				t.Fatal(err)
+			}
+		})
 	}
 }
