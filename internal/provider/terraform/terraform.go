@@ -56,13 +56,13 @@ const (
 
 // Runner drives one module in one working directory.
 type Runner struct {
-	tf        *tfexec.Terraform
-	bin       string
-	module    string // absolute path of the module's source
-	dir       string // working directory
-	cfg       *config.TerraformProvider
-	log       io.Writer
-	initDone  bool
+	tf          *tfexec.Terraform
+	bin         string
+	module      string // absolute path of the module's source
+	dir         string // working directory
+	cfg         *config.TerraformProvider
+	log         io.Writer
+	initDone    bool
 	lockTimeout string
 }
 
