@@ -340,9 +340,10 @@ func (c *child) waitFor(t *testing.T, prefix string) string {
 // wait reaps the child and returns its exit status and full output.
 func (c *child) wait(t *testing.T) (syscall.WaitStatus, []string) {
 	t.Helper()
-	c.cmd.Wait()
-	for range c.lines { // the output is complete once the reader is done
+	// Read to the end first: Wait closes the pipe, losing what is unread.
+	for range c.lines {
 	}
+	c.cmd.Wait()
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	return c.cmd.ProcessState.Sys().(syscall.WaitStatus), append([]string(nil), c.out...)

@@ -84,9 +84,10 @@ func (c *upChild) waitFor(t *testing.T, substr string) {
 }
 
 func (c *upChild) wait() syscall.WaitStatus {
-	c.cmd.Wait()
+	// Read to the end first: Wait closes the pipe, losing what is unread.
 	for range c.lines {
 	}
+	c.cmd.Wait()
 	return waitStatus(c.cmd)
 }
 
