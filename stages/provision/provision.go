@@ -268,6 +268,11 @@ func removeLocalNode(ctx context.Context, n inventory.Node) error {
 	if err := StopLocalNode(ctx, n); err != nil {
 		return err
 	}
+	// A Nomad client running as root mounts a tmpfs on each task's secrets/
+	// and private/ directory and leaves them when it stops.
+	if err := proc.UnmountUnder(n.Local.Root); err != nil {
+		return fmt.Errorf("remove node %s: %w", n.Name, err)
+	}
 	if err := os.RemoveAll(n.Local.Root); err != nil {
 		return fmt.Errorf("remove node %s: %w", n.Name, err)
 	}

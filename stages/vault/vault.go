@@ -21,6 +21,7 @@ import (
 	"github.com/platform-bootstrap/bootstrap/ansible"
 	"github.com/platform-bootstrap/bootstrap/internal/crashpoint"
 	"github.com/platform-bootstrap/bootstrap/internal/inventory"
+	"github.com/platform-bootstrap/bootstrap/pki"
 	"github.com/platform-bootstrap/bootstrap/stages"
 	"github.com/platform-bootstrap/bootstrap/stages/provision"
 )
@@ -134,6 +135,10 @@ func health(ctx context.Context, c *vaultapi.Client) (*vaultapi.HealthResponse, 
 	r.Params.Set("standbycode", "200")
 	r.Params.Set("perfstandbycode", "200")
 	r.Params.Set("drsecondarycode", "200")
+	// Vault 1.19+: a standby that lost touch with the active node (474),
+	// and a node removed from the raft cluster (530).
+	r.Params.Set("haunhealthycode", "200")
+	r.Params.Set("removedcode", "200")
 	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
 	resp, err := c.RawRequestWithContext(ctx, r)
@@ -500,31 +505,17 @@ func waitActive(ctx context.Context, e *stages.Env, nodes []inventory.Node) erro
 	}
 }
 
-// Token returns a token for the stages that configure Vault: the admin
-// identity's once the pki stage created it, else the root token.
-func Token(e *stages.Env) (string, error) {
-	if v, ok, err := e.Secrets.Get(stages.SecretVaultAdminToken); err != nil || ok {
-		return strings.TrimSpace(v), err
-	}
-	v, ok, err := e.Secrets.Get(stages.SecretVaultRootToken)
-	if err != nil {
-		return "", err
-	}
-	if !ok {
-		return "", errors.New("no vault token: the vault stage has not initialised Vault")
-	}
-	return strings.TrimSpace(v), nil
-}
-
 func raftPeers(ctx context.Context, e *stages.Env, hs []nodeHealth) (map[string]bool, error) {
-	tok, err := Token(e)
-	if err != nil {
-		return nil, err
-	}
 	var lastErr error
 	for _, h := range hs {
 		if !h.up() || h.health.Sealed {
 			continue
+		}
+		// The admin identity once the pki stage made it (logging in again
+		// when its token expired), the root token before.
+		tok, err := pki.Token(ctx, e, h.client)
+		if err != nil {
+			return nil, err
 		}
 		c, err := h.client.Clone()
 		if err != nil {

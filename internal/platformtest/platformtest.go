@@ -1,0 +1,248 @@
+// Package platformtest runs the real bootstrap binary against a local-provider
+// platform in a test's temporary directory, on its own loopback subnet, and
+// makes sure every process it started is gone when the test ends.
+package platformtest
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/platform-bootstrap/bootstrap/internal/proc"
+	"github.com/platform-bootstrap/bootstrap/internal/testcluster"
+)
+
+var (
+	buildOnce sync.Once
+	buildBin  string
+	buildErr  error
+)
+
+// Binary builds bootstrap once per test process and returns its path.
+func Binary(t testing.TB) string {
+	t.Helper()
+	buildOnce.Do(func() {
+		dir, err := os.MkdirTemp("", "bootstrap-bin-")
+		if err != nil {
+			buildErr = err
+			return
+		}
+		buildBin = filepath.Join(dir, "bootstrap")
+		cmd := exec.Command("go", "build", "-o", buildBin, "./cmd/bootstrap")
+		cmd.Dir = testcluster.RepoRoot()
+		if out, err := cmd.CombinedOutput(); err != nil {
+			buildErr = fmt.Errorf("go build: %v\n%s", err, out)
+		}
+	})
+	if buildErr != nil {
+		t.Fatal(buildErr)
+	}
+	return buildBin
+}
+
+// Platform is one local-provider platform under test.
+type Platform struct {
+	Dir    string // holds platform.hcl and .bootstrap
+	Config string
+	Bin    string
+	Subnet testcluster.Subnet
+	t      testing.TB
+}
+
+// New writes platform.hcl with a local provider on a fresh loopback subnet,
+// binaries from ./bin, and extra appended (more blocks), and registers a
+// cleanup that runs `down` and then stops anything still running under the
+// platform's directory.
+func New(t testing.TB, providerExtra, extra string) *Platform {
+	t.Helper()
+	for _, b := range []string{"vault", "consul", "nomad", "consul-template"} {
+		testcluster.Bin(t, b)
+	}
+	if _, err := exec.LookPath("ansible-playbook"); err != nil {
+		if os.Getenv("BOOTSTRAP_REQUIRE_TOOLS") == "1" {
+			t.Fatal("ansible-playbook not found: run make tools")
+		}
+		t.Skip("ansible-playbook not found: run make tools")
+	}
+	p := &Platform{Dir: t.TempDir(), Bin: Binary(t), Subnet: testcluster.NewSubnet(t), t: t}
+	p.Config = filepath.Join(p.Dir, "platform.hcl")
+	hcl := fmt.Sprintf("provider \"local\" {\n  subnet  = %q\n  bin_dir = %q\n%s}\n%s", p.Subnet.CIDR(), filepath.Join(testcluster.RepoRoot(), "bin"), providerExtra, extra)
+	if err := os.WriteFile(p.Config, []byte(hcl), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(p.cleanup)
+	return p
+}
+
+// StateDir is the platform's state directory.
+func (p *Platform) StateDir() string { return filepath.Join(p.Dir, ".bootstrap") }
+
+// Result is one run of the binary.
+type Result struct {
+	Stdout, Stderr string
+	Code           int
+}
+
+// Output is stdout and stderr together.
+func (r Result) Output() string { return r.Stdout + r.Stderr }
+
+// Run runs bootstrap with args (-c is added) and returns its output and exit
+// code. env adds variables.
+func (p *Platform) Run(args []string, env ...string) Result {
+	p.t.Helper()
+	return p.RunContext(context.Background(), args, env...)
+}
+
+// RunContext is Run with a context that kills the process when done.
+func (p *Platform) RunContext(ctx context.Context, args []string, env ...string) Result {
+	p.t.Helper()
+	cmd := exec.CommandContext(ctx, p.Bin, append(args, "-c", p.Config)...)
+	cmd.Dir = p.Dir
+	cmd.Env = append(os.Environ(), append([]string{"CI=true"}, env...)...)
+	var out, errb bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &errb
+	err := cmd.Run()
+	r := Result{Stdout: out.String(), Stderr: errb.String()}
+	var ee *exec.ExitError
+	switch {
+	case err == nil:
+	case errors.As(err, &ee):
+		r.Code = ee.ExitCode()
+	default:
+		p.t.Fatalf("run bootstrap %v: %v", args, err)
+	}
+	p.logOutputs(args, r)
+	return r
+}
+
+// outputs keeps every run's output so the cleanup can scan it for secrets.
+var outputs sync.Map // *Platform → *[]string
+
+func (p *Platform) logOutputs(args []string, r Result) {
+	v, _ := outputs.LoadOrStore(p, &[]string{})
+	list := v.(*[]string)
+	*list = append(*list, r.Output())
+	p.t.Logf("bootstrap %s: exit %d", strings.Join(args, " "), r.Code)
+}
+
+// Up runs `up --auto-approve` with args and fails the test unless it exits 0.
+func (p *Platform) Up(args ...string) Result {
+	p.t.Helper()
+	r := p.Run(append([]string{"up", "--auto-approve"}, args...))
+	if r.Code != 0 {
+		p.t.Fatalf("bootstrap up %v: exit %d\n%s", args, r.Code, tail(r.Output(), 60))
+	}
+	return r
+}
+
+// Env returns the variables of `bootstrap env --token who`.
+func (p *Platform) Env(who string) map[string]string {
+	p.t.Helper()
+	args := []string{"env"}
+	if who != "" {
+		args = append(args, "--token", who)
+	}
+	cmd := exec.Command(p.Bin, append(args, "-c", p.Config)...)
+	cmd.Dir = p.Dir
+	out, err := cmd.Output()
+	if err != nil {
+		p.t.Fatalf("bootstrap env: %v", err)
+	}
+	vars := map[string]string{}
+	for _, line := range strings.Split(strings.TrimSpace(string(out)), "\n") {
+		line = strings.TrimPrefix(line, "export ")
+		k, v, ok := strings.Cut(line, "=")
+		if ok {
+			vars[k] = strings.Trim(v, "'")
+		}
+	}
+	return vars
+}
+
+// Secrets returns every value in the platform's secret store.
+func (p *Platform) Secrets() []string {
+	p.t.Helper()
+	var out []string
+	filepath.WalkDir(filepath.Join(p.StateDir(), "secrets"), func(path string, d fs.DirEntry, err error) error {
+		if err != nil || d.IsDir() {
+			return nil
+		}
+		b, err := os.ReadFile(path)
+		if err == nil {
+			out = append(out, string(b))
+		}
+		return nil
+	})
+	return out
+}
+
+// AssertNoSecrets fails if any secret (or any line of a multi-line secret)
+// appears in texts, in the run logs or in the output of any run so far.
+func (p *Platform) AssertNoSecrets(texts ...string) {
+	p.t.Helper()
+	if v, ok := outputs.Load(p); ok {
+		texts = append(texts, *v.(*[]string)...)
+	}
+	logs, _ := filepath.Glob(filepath.Join(p.StateDir(), "logs", "*.log"))
+	for _, l := range logs {
+		b, err := os.ReadFile(l)
+		if err == nil {
+			texts = append(texts, string(b))
+		}
+	}
+	for _, s := range p.Secrets() {
+		for _, part := range append([]string{s}, strings.Split(s, "\n")...) {
+			part = strings.TrimSpace(part)
+			if len(part) < 16 || strings.HasPrefix(part, "-----") || strings.HasPrefix(part, "ssh-ed25519 ") {
+				continue
+			}
+			for _, txt := range texts {
+				if strings.Contains(txt, part) {
+					p.t.Errorf("a secret (%d chars, starting %q) appears in output or logs", len(part), part[:4])
+				}
+			}
+		}
+	}
+}
+
+// cleanup runs down and stops whatever is left, by pid.
+func (p *Platform) cleanup() {
+	if _, err := os.Stat(filepath.Join(p.StateDir(), "state.json")); err == nil {
+		ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+		r := p.RunContext(ctx, []string{"down", "--auto-approve"})
+		cancel()
+		if r.Code != 0 {
+			p.t.Errorf("cleanup: bootstrap down: exit %d\n%s", r.Code, tail(r.Output(), 30))
+		}
+	}
+	pids, _ := proc.Under(p.Dir)
+	for _, pid := range pids {
+		p.t.Errorf("cleanup: pid %d still runs under %s; stopping it", pid, p.Dir)
+		proc.Terminate(context.Background(), pid, 5*time.Second)
+	}
+	outputs.Delete(p)
+}
+
+// Tail returns the last n lines of s.
+func tail(s string, n int) string {
+	lines := strings.Split(strings.TrimRight(s, "\n"), "\n")
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	return strings.Join(lines, "\n")
+}
+
+// NodeLog returns the last lines of a node's service log, for failures.
+func (p *Platform) NodeLog(node, service string, n int) string {
+	b, _ := os.ReadFile(filepath.Join(p.StateDir(), "nodes", node, "logs", service+".log"))
+	return tail(string(b), n)
+}

@@ -1,0 +1,293 @@
+package vault_test
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/json"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/platform-bootstrap/bootstrap/internal/platformtest"
+	"github.com/platform-bootstrap/bootstrap/internal/proc"
+)
+
+// health asks a Vault node's sys/health over TLS with the bootstrap CA only.
+func health(t *testing.T, p *platformtest.Platform, ip string) map[string]any {
+	t.Helper()
+	ca, err := os.ReadFile(filepath.Join(p.StateDir(), "tls", "vault", "ca.pem"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	pool := x509.NewCertPool()
+	pool.AppendCertsFromPEM(ca)
+	c := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}}}
+	resp, err := c.Get("https://" + ip + ":8200/v1/sys/health?standbyok=true&uninitcode=200&sealedcode=200")
+	if err != nil {
+		t.Fatalf("vault health on %s: %v", ip, err)
+	}
+	defer resp.Body.Close()
+	var h map[string]any
+	if err := json.NewDecoder(resp.Body).Decode(&h); err != nil {
+		t.Fatal(err)
+	}
+	return h
+}
+
+func assertUnsealed(t *testing.T, p *platformtest.Platform, ip string) {
+	t.Helper()
+	h := health(t, p, ip)
+	if h["initialized"] != true || h["sealed"] != false {
+		t.Fatalf("vault on %s: initialized=%v sealed=%v, want true/false", ip, h["initialized"], h["sealed"])
+	}
+}
+
+// snapshot records the content of every file of the state directory that a
+// converged run must not touch (logs and run history grow on every run).
+func snapshot(t *testing.T, dir string) map[string]string {
+	t.Helper()
+	out := map[string]string{}
+	filepath.Walk(dir, func(path string, info os.FileInfo, err error) error {
+		if err != nil || info.IsDir() {
+			return nil
+		}
+		rel, _ := filepath.Rel(dir, path)
+		if strings.HasPrefix(rel, "logs/") || strings.HasPrefix(rel, "runs/") || rel == "lock" || strings.HasPrefix(rel, "nodes/") {
+			return nil
+		}
+		b, _ := os.ReadFile(path)
+		out[rel] = info.ModTime().String() + "\x00" + string(b)
+		return nil
+	})
+	return out
+}
+
+func TestVaultStage(t *testing.T) {
+	if testing.Short() {
+		t.Skip("brings up a platform")
+	}
+	p := platformtest.New(t, "", "vault {\n  key_shares = 3\n  key_threshold = 2\n}\n")
+	only := []string{"--only", "keys,provision,vault"}
+
+	p.Up(only...)
+	ip := p.Subnet.IP(1)
+	assertUnsealed(t, p, ip)
+
+	t.Run("second up changes nothing", func(t *testing.T) {
+		before := snapshot(t, p.StateDir())
+		r := p.Up(only...)
+		if !strings.Contains(r.Stdout, "vault      unchanged") {
+			t.Errorf("second up did not report vault unchanged:\n%s", r.Stdout)
+		}
+		after := snapshot(t, p.StateDir())
+		for k, v := range before {
+			if after[k] != v {
+				t.Errorf("second up rewrote %s", k)
+			}
+		}
+		if r := p.Run(append([]string{"plan"}, only...)); r.Code != 0 {
+			t.Errorf("plan after up: exit %d, want 0\n%s", r.Code, r.Output())
+		}
+	})
+
+	t.Run("restarted vault is unsealed by up", func(t *testing.T) {
+		pidfile := filepath.Join(p.StateDir(), "nodes", "server-1", "run", "vault.pid")
+		pid, err := proc.ReadPidFile(pidfile)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := proc.Terminate(context.Background(), pid, 10*time.Second); err != nil {
+			t.Fatal(err)
+		}
+		if r := p.Run(append([]string{"plan"}, only...)); r.Code != 4 || !strings.Contains(r.Stdout, "start vault on server-1") {
+			t.Errorf("plan with vault stopped: exit %d, want 4 and a start\n%s", r.Code, r.Stdout)
+		}
+		p.Up(only...)
+		assertUnsealed(t, p, ip)
+	})
+
+	t.Run("killed between unseal keys", func(t *testing.T) {
+		// A sealed Vault (restarted), and the run dies after the first key
+		// share: the next run resets the progress and unseals.
+		pid, _ := proc.ReadPidFile(filepath.Join(p.StateDir(), "nodes", "server-1", "run", "vault.pid"))
+		proc.Terminate(context.Background(), pid, 10*time.Second)
+		r := p.Run(append([]string{"up"}, only...), "BOOTSTRAP_CRASHPOINT=vault:between-unseal-keys")
+		if r.Code == 0 {
+			t.Fatalf("the crash point did not fire:\n%s", r.Output())
+		}
+		h := health(t, p, ip)
+		if h["sealed"] != true {
+			t.Fatalf("vault should still be sealed after the kill, health %v", h)
+		}
+		p.Up(only...)
+		assertUnsealed(t, p, ip)
+	})
+
+	t.Run("killed mid-Ansible", func(t *testing.T) {
+		// Change the role inputs (a new node certificate) and kill the run
+		// while Ansible works.
+		os.Remove(filepath.Join(p.StateDir(), "tls", "vault", "server-1.pem"))
+		old, _ := filepath.Glob(filepath.Join(p.StateDir(), "logs", "*-up.log"))
+		seen := map[string]bool{}
+		for _, l := range old {
+			seen[l] = true
+		}
+		ctx, cancel := context.WithCancel(context.Background())
+		go func() {
+			deadline := time.Now().Add(2 * time.Minute)
+			for time.Now().Before(deadline) {
+				logs, _ := filepath.Glob(filepath.Join(p.StateDir(), "logs", "*-up.log"))
+				for _, l := range logs {
+					if seen[l] {
+						continue
+					}
+					if b, _ := os.ReadFile(l); strings.Contains(string(b), "ansible: vault : Copy Vault's TLS CA") && strings.Contains(string(b), "issuing the Vault TLS certificate") {
+						cancel() // exec.CommandContext kills with SIGKILL
+						return
+					}
+				}
+				time.Sleep(50 * time.Millisecond)
+			}
+			cancel()
+		}()
+		r := p.RunContext(ctx, append([]string{"up"}, only...))
+		if r.Code == 0 {
+			t.Log("the run finished before it was killed; the re-run below still has to converge")
+		}
+		p.Up(only...)
+		assertUnsealed(t, p, ip)
+		if r := p.Run(append([]string{"plan"}, only...)); r.Code != 0 {
+			t.Errorf("plan after recovery: exit %d\n%s", r.Code, r.Output())
+		}
+	})
+
+	t.Run("status", func(t *testing.T) {
+		r := p.Run([]string{"status"})
+		if r.Code != 0 || !strings.Contains(r.Stdout, "vault") || !strings.Contains(r.Stdout, "active") {
+			t.Errorf("status: exit %d\n%s", r.Code, r.Output())
+		}
+	})
+
+	p.AssertNoSecrets()
+
+	t.Run("down leaves nothing", func(t *testing.T) {
+		r := p.Run([]string{"down", "--auto-approve"})
+		if r.Code != 0 {
+			t.Fatalf("down: exit %d\n%s", r.Code, r.Output())
+		}
+		if pids, _ := proc.Under(p.Dir); len(pids) > 0 {
+			t.Errorf("processes left after down: %v", pids)
+		}
+		for _, d := range []string{"nodes", "secrets", "tls", "state.json"} {
+			if _, err := os.Stat(filepath.Join(p.StateDir(), d)); err == nil {
+				t.Errorf("%s left after down", d)
+			}
+		}
+	})
+}
+
+// TestVaultKilledAfterInit kills the run between sys/init and storing the
+// keys: the next run finds the intent record, wipes the empty Vault and
+// initialises it once more — never two sets of keys, never a Vault whose
+// keys are lost.
+func TestVaultKilledAfterInit(t *testing.T) {
+	if testing.Short() {
+		t.Skip("brings up a platform")
+	}
+	p := platformtest.New(t, "  servers = 1\n  clients = 1\n", "")
+	only := []string{"--only", "keys,provision,vault"}
+	r := p.Run(append([]string{"up"}, only...), "BOOTSTRAP_CRASHPOINT=vault:after-init")
+	if r.Code == 0 {
+		t.Fatalf("the crash point did not fire:\n%s", r.Output())
+	}
+	if _, err := os.Stat(filepath.Join(p.StateDir(), "secrets", "vault", "init.json")); err == nil {
+		t.Fatal("keys were stored although the run died before storing them")
+	}
+	if h := health(t, p, p.Subnet.IP(1)); h["initialized"] != true {
+		t.Fatalf("vault should be initialised by the killed run: %v", h)
+	}
+	r = p.Up(only...)
+	if !strings.Contains(r.Output(), "wiping the empty Vault") {
+		t.Errorf("recovery not reported:\n%s", r.Output())
+	}
+	assertUnsealed(t, p, p.Subnet.IP(1))
+	// The stored keys are the ones that work: a restart unseals with them.
+	pid, _ := proc.ReadPidFile(filepath.Join(p.StateDir(), "nodes", "server-1", "run", "vault.pid"))
+	proc.Terminate(context.Background(), pid, 10*time.Second)
+	p.Up(only...)
+	assertUnsealed(t, p, p.Subnet.IP(1))
+	p.AssertNoSecrets()
+}
+
+// TestVaultRefusesSecondInit: keys exist but the Vault is new (its data was
+// wiped by hand) — bootstrap refuses to initialise over the old keys.
+func TestVaultRefusesSecondInit(t *testing.T) {
+	if testing.Short() {
+		t.Skip("brings up a platform")
+	}
+	p := platformtest.New(t, "  servers = 1\n  clients = 1\n", "")
+	only := []string{"--only", "keys,provision,vault"}
+	p.Up(only...)
+	node := filepath.Join(p.StateDir(), "nodes", "server-1")
+	pid, _ := proc.ReadPidFile(filepath.Join(node, "run", "vault.pid"))
+	proc.Terminate(context.Background(), pid, 10*time.Second)
+	if err := os.RemoveAll(filepath.Join(node, "data", "vault")); err != nil {
+		t.Fatal(err)
+	}
+	os.MkdirAll(filepath.Join(node, "data", "vault"), 0o700)
+	keys, _ := os.ReadFile(filepath.Join(p.StateDir(), "secrets", "vault", "init.json"))
+	r := p.Run(append([]string{"up"}, only...))
+	if r.Code != 1 || !strings.Contains(r.Output(), "never initialises over existing keys") {
+		t.Fatalf("up over a wiped vault: exit %d, want 1 and a refusal\n%s", r.Code, r.Output())
+	}
+	after, _ := os.ReadFile(filepath.Join(p.StateDir(), "secrets", "vault", "init.json"))
+	if string(after) != string(keys) {
+		t.Error("the stored keys changed")
+	}
+	if h := health(t, p, p.Subnet.IP(1)); h["initialized"] != false {
+		t.Errorf("vault was initialised: %v", h)
+	}
+}
+
+func TestVaultHA(t *testing.T) {
+	if testing.Short() {
+		t.Skip("brings up a platform")
+	}
+	p := platformtest.New(t, "  clients = 1\n", "vault {\n  ha = true\n}\n")
+	only := []string{"--only", "keys,provision,vault"}
+	p.Up(only...)
+	active := 0
+	for i := 1; i <= 3; i++ {
+		h := health(t, p, p.Subnet.IP(i))
+		if h["initialized"] != true || h["sealed"] != false {
+			t.Errorf("server-%d: %v", i, h)
+		}
+		if h["standby"] == false {
+			active++
+		}
+	}
+	if active != 1 {
+		t.Errorf("%d active vault nodes, want 1", active)
+	}
+	// Raft peers: the plan checks them (a missing voter is a change).
+	if r := p.Run(append([]string{"plan"}, only...)); r.Code != 0 {
+		t.Errorf("plan: exit %d\n%s", r.Code, r.Output())
+	}
+	r := p.Run([]string{"status"})
+	if strings.Count(r.Stdout, "standby") != 2 || strings.Count(r.Stdout, "active") != 1 {
+		t.Errorf("status should show one active and two standby vault nodes:\n%s", r.Stdout)
+	}
+	// Restart every node: up unseals all three again.
+	for i := 1; i <= 3; i++ {
+		pid, _ := proc.ReadPidFile(filepath.Join(p.StateDir(), "nodes", "server-"+string(rune('0'+i)), "run", "vault.pid"))
+		proc.Terminate(context.Background(), pid, 10*time.Second)
+	}
+	p.Up(only...)
+	for i := 1; i <= 3; i++ {
+		assertUnsealed(t, p, p.Subnet.IP(i))
+	}
+}
