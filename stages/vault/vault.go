@@ -10,7 +10,6 @@ import (
 	"errors"
 	"fmt"
 	"net"
-	"net/http"
 	"os"
 	"strconv"
 	"strings"
@@ -129,19 +128,16 @@ func probe(ctx context.Context, e *stages.Env, nodes []inventory.Node) []nodeHea
 // health reads sys/health without Vault's status-code games: every state
 // answers 200 so uninitialised and sealed nodes are reported, not errors.
 func health(ctx context.Context, c *vaultapi.Client) (*vaultapi.HealthResponse, error) {
-	r := c.NewRequest(http.MethodGet, "/v1/sys/health")
-	r.Params.Set("uninitcode", "200")
-	r.Params.Set("sealedcode", "200")
-	r.Params.Set("standbycode", "200")
-	r.Params.Set("perfstandbycode", "200")
-	r.Params.Set("drsecondarycode", "200")
-	// Vault 1.19+: a standby that lost touch with the active node (474),
-	// and a node removed from the raft cluster (530).
-	r.Params.Set("haunhealthycode", "200")
-	r.Params.Set("removedcode", "200")
+	params := map[string][]string{}
+	for _, p := range []string{"uninitcode", "sealedcode", "standbycode", "perfstandbycode", "drsecondarycode",
+		// Vault 1.19+: a standby that lost touch with the active node (474),
+		// and a node removed from the raft cluster (530).
+		"haunhealthycode", "removedcode"} {
+		params[p] = []string{"200"}
+	}
 	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
-	resp, err := c.RawRequestWithContext(ctx, r)
+	resp, err := c.Logical().ReadRawWithDataWithContext(ctx, "sys/health", params)
 	if err != nil {
 		return nil, err
 	}
