@@ -197,13 +197,66 @@ tf_provider() { # type module module-version version
     say "$name $version built in $((SECONDS - s))s"
     done_mark "$name" "$version"
   fi
-  mkdir -p "$bin/tf-mirror/registry.terraform.io/hashicorp"
-  ln -sfn "$dest/mirror/registry.terraform.io/hashicorp/$type" "$bin/tf-mirror/registry.terraform.io/hashicorp/$type"
+  tf_mirror_link hashicorp "$type" "$version" "$dest"
+}
+
+# tf_mirror_link NAMESPACE TYPE VERSION DEST: put a cached provider into
+# bin/tf-mirror. Terraform's filesystem mirror does not follow a linked
+# directory, so the directories are real and only the binary is a link.
+tf_mirror_link() {
+  local ns=$1 type=$2 version=$3 dest=$4
+  local rel=registry.terraform.io/$ns/$type/$version/linux_amd64 file=terraform-provider-${type}_v$version
+  # An older install.sh linked the whole directory.
+  [ -L "$bin/tf-mirror/registry.terraform.io/$ns/$type" ] && rm "$bin/tf-mirror/registry.terraform.io/$ns/$type"
+  mkdir -p "$bin/tf-mirror/$rel"
+  ln -sfn "$dest/mirror/$rel/$file" "$bin/tf-mirror/$rel/$file"
+}
+
+# hcloud from its builder module (go install refuses it: the proxy does not
+# list its versions).
+tf_provider_hcloud() {
+  local name=terraform-provider-hcloud version=$TF_PROVIDER_HCLOUD_VERSION
+  local dest=$cache/$name-$version
+  local plat=$dest/mirror/registry.terraform.io/hetznercloud/hcloud/$version/linux_amd64
+  if ! have "$name" "$version"; then
+    rm -rf "$dest"; mkdir -p "$plat"; : >"$cache/logs/$name.log"
+    local s=$SECONDS
+    say "$name $version: building (log: $cache/logs/$name.log)"
+    CGO_ENABLED=0 gobuild_module "$name" "$here/build/$name" github.com/hetznercloud/terraform-provider-hcloud "$plat/${name}_v$version"
+    say "$name $version built in $((SECONDS - s))s"
+    done_mark "$name" "$version"
+  fi
+  tf_mirror_link hetznercloud hcloud "$version" "$dest"
+}
+
+# digitalocean from the module zip (the proxy refuses its go.mod), checked
+# against the pinned sha256, built with its own go.sum.
+tf_provider_digitalocean() {
+  local name=terraform-provider-digitalocean version=$TF_PROVIDER_DIGITALOCEAN_VERSION
+  local dest=$cache/$name-$version
+  local plat=$dest/mirror/registry.terraform.io/digitalocean/digitalocean/$version/linux_amd64
+  if ! have "$name" "$version"; then
+    rm -rf "$dest"; mkdir -p "$plat" "$dest/src"; : >"$cache/logs/$name.log"
+    local s=$SECONDS proxy
+    proxy=$(go env GOPROXY); proxy=${proxy%%,*}
+    say "$name $version: building (log: $cache/logs/$name.log)"
+    run "$name" curl -fsSL -o "$dest/src.zip" "$proxy/github.com/digitalocean/terraform-provider-digitalocean/@v/v$version.zip"
+    echo "$TF_PROVIDER_DIGITALOCEAN_ZIP_SHA256  $dest/src.zip" | run "$name" sha256sum -c -
+    run "$name" python3 -m zipfile -e "$dest/src.zip" "$dest/src"
+    (cd "$dest/src/github.com/digitalocean/$name@v$version" && chmod -R u+w . &&
+      CGO_ENABLED=0 GOFLAGS="$GOFLAGS -mod=mod" run "$name" go build "${buildflags[@]}" -o "$plat/${name}_v$version" .)
+    rm -rf "$dest/src" "$dest/src.zip"
+    say "$name $version built in $((SECONDS - s))s"
+    done_mark "$name" "$version"
+  fi
+  tf_mirror_link digitalocean digitalocean "$version" "$dest"
 }
 
 t_tf-providers() {
   tf_provider local "$TF_PROVIDER_LOCAL_MODULE" "$TF_PROVIDER_LOCAL_MODULE_VERSION" "$TF_PROVIDER_LOCAL_VERSION"
   tf_provider tls "$TF_PROVIDER_TLS_MODULE" "$TF_PROVIDER_TLS_MODULE_VERSION" "$TF_PROVIDER_TLS_VERSION"
+  tf_provider_hcloud
+  tf_provider_digitalocean
 }
 
 # Debian packages. Alertmanager and node-exporter are unpacked, not installed:

@@ -34,9 +34,11 @@ for t in "${want[@]}"; do
   grafana) check grafana "Version" "$bin/grafana" -v ;;
   terraform) check terraform "Terraform v" "$bin/terraform" version ;;
   tf-providers)
-    for p in local/$TF_PROVIDER_LOCAL_VERSION tls/$TF_PROVIDER_TLS_VERSION; do
-      f=$(ls "$bin"/tf-mirror/registry.terraform.io/hashicorp/"$p"/linux_amd64/terraform-provider-* 2>/dev/null || true)
-      if [ -x "$f" ]; then printf '  %-16s %s\n' "tf-${p%%/*}" "${p#*/}"; else echo "  tf-${p%%/*} missing" >&2; fail=1; fi
+    for p in hashicorp/local/$TF_PROVIDER_LOCAL_VERSION hashicorp/tls/$TF_PROVIDER_TLS_VERSION \
+      hetznercloud/hcloud/$TF_PROVIDER_HCLOUD_VERSION digitalocean/digitalocean/$TF_PROVIDER_DIGITALOCEAN_VERSION; do
+      t=${p#*/}
+      f=$(ls "$bin"/tf-mirror/registry.terraform.io/"$p"/linux_amd64/terraform-provider-* 2>/dev/null || true)
+      if [ -x "$f" ]; then printf '  %-16s %s\n' "tf-${t%%/*}" "${t#*/}"; else echo "  tf-${t%%/*} missing" >&2; fail=1; fi
     done ;;
   debian)
     check alertmanager "alertmanager" "$bin/prometheus-alertmanager" --version

@@ -9,7 +9,7 @@
 # `go get`, not `go mod tidy`: tidy pulls the test dependencies of every
 # dependency (gigabytes).
 #
-# Usage: tools/build/regen.sh vault|consul|nomad|fabio|prometheus
+# Usage: tools/build/regen.sh vault|consul|nomad|fabio|prometheus|terraform-provider-hcloud
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 . "$here/../versions.env"
@@ -47,6 +47,12 @@ fabio)
   # fabio's checksum is not in the public sum database.
   GONOSUMDB=github.com/fabiolb/fabio GOFLAGS="$GOFLAGS -mod=mod" \
     go get -tool "github.com/fabiolb/fabio@v$FABIO_VERSION"
+  ;;
+terraform-provider-hcloud)
+  prep terraform-provider-hcloud
+  # hcloud's checksum is not in the public sum database.
+  GONOSUMDB=github.com/hetznercloud/terraform-provider-hcloud \
+    go get -tool "github.com/hetznercloud/terraform-provider-hcloud@v$TF_PROVIDER_HCLOUD_VERSION"
   ;;
 prometheus)
   prep prometheus

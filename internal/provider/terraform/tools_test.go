@@ -38,63 +38,16 @@ func needTerraform(t *testing.T, providers ...string) string {
 			missingTool(t, "provider %s is not in %s", p, mirror)
 		}
 	}
-	dir := t.TempDir()
-	real := filepath.Join(dir, "mirror")
-	if err := copyMirror(mirror, real); err != nil {
-		t.Fatal(err)
-	}
-	cli := filepath.Join(dir, "terraformrc")
+	cli := filepath.Join(t.TempDir(), "terraformrc")
 	conf := fmt.Sprintf(`provider_installation {
   filesystem_mirror {
     path = %q
   }
 }
-`, real)
+`, mirror)
 	if err := os.WriteFile(cli, []byte(conf), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	t.Setenv("TF_CLI_CONFIG_FILE", cli)
 	return tf
-}
-
-// copyMirror recreates a provider mirror as real directories with links to
-// the provider binaries: bin/tf-mirror links whole directories into the
-// tools cache, and Terraform's filesystem mirror does not follow a linked
-// directory.
-func copyMirror(src, dst string) error {
-	if _, err := os.Stat(src); err != nil {
-		return os.MkdirAll(dst, 0o755)
-	}
-	var walk func(src, dst string) error
-	walk = func(src, dst string) error {
-		entries, err := os.ReadDir(src)
-		if err != nil {
-			return err
-		}
-		if err := os.MkdirAll(dst, 0o755); err != nil {
-			return err
-		}
-		for _, e := range entries {
-			s := filepath.Join(src, e.Name())
-			fi, err := os.Stat(s) // follows links
-			if err != nil {
-				return err
-			}
-			if fi.IsDir() {
-				if err := walk(s, filepath.Join(dst, e.Name())); err != nil {
-					return err
-				}
-				continue
-			}
-			target, err := filepath.EvalSymlinks(s)
-			if err != nil {
-				return err
-			}
-			if err := os.Symlink(target, filepath.Join(dst, e.Name())); err != nil {
-				return err
-			}
-		}
-		return nil
-	}
-	return walk(src, dst)
 }
