@@ -35,6 +35,7 @@ import (
 	"slices"
 	"sort"
 	"strings"
+	"sync"
 
 	"github.com/hashicorp/terraform-exec/tfexec"
 	ctyjson "github.com/zclconf/go-cty/cty/json"
@@ -108,6 +109,8 @@ func New(cfg *config.TerraformProvider, configDir, workDir string, log io.Writer
 	if err != nil {
 		return nil, fmt.Errorf("terraform provider: %w", err)
 	}
+	// terraform-exec copies stdout and stderr from two goroutines.
+	log = &lockedWriter{w: log}
 	tf.SetStdout(log)
 	tf.SetStderr(log)
 	env, logLevel, logPath := environment(os.Environ(), abs, log)
@@ -387,6 +390,17 @@ func (r *Runner) init(ctx context.Context) error {
 	}
 	r.initDone = true
 	return nil
+}
+
+type lockedWriter struct {
+	mu sync.Mutex
+	w  io.Writer
+}
+
+func (l *lockedWriter) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.w.Write(p)
 }
 
 func sortedKeys[V any](m map[string]V) []string {
