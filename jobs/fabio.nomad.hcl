@@ -1,0 +1,221 @@
+# Fabio: the HTTP load balancer in front of every Consul service tagged
+# "urlprefix-/path" (the dissertation's section 5.2.3). A system job: one
+# instance per client, listening on the client's meta.node_address.
+#
+# Variables:
+#   datacenters     list(string)  datacenters to run in (default ["*"])
+#   driver          string        "docker" (image, default), "raw_exec" or "exec" (binary)
+#   image           string        container image for the docker driver
+#   binary          string        absolute path of fabio on the clients (raw_exec/exec)
+#   cpu, memory     number        MHz and MB reserved (default 200, 128)
+#   proxy_port      number        static HTTP proxy port (default 9999)
+#   ui_port         number        static UI/API port (default 9998)
+#   consul_addr     string        Consul HTTP API, scheme://host:port, reached from the
+#                                 client (default https://${meta.node_address}:8501:
+#                                 the client's own Consul agent)
+#   consul_ca_pem   string        PEM of the CA that signed Consul's HTTPS certificate
+#                                 (empty: the system roots; unused over http)
+#   use_vault       bool          read the Consul token from Vault (default true); false
+#                                 only for clusters without Consul ACLs
+#   vault_role      string        Vault JWT role for the task's workload identity ("" = default)
+#
+# Secrets: the Consul ACL token (service:read, node:read, key:read on
+# fabio/) is read from Vault at secret/data/general/fabio/consul, field
+# "token", and handed to Fabio in its environment, never in the job.
+
+variable "datacenters" {
+  type    = list(string)
+  default = ["*"]
+}
+
+variable "driver" {
+  type    = string
+  default = "docker"
+  validation {
+    condition     = contains(["docker", "raw_exec", "exec"], var.driver)
+    error_message = "The driver must be docker, raw_exec or exec."
+  }
+}
+
+variable "image" {
+  type    = string
+  default = "fabiolb/fabio:1.6.3"
+}
+
+variable "binary" {
+  type    = string
+  default = "/usr/local/bin/fabio"
+}
+
+variable "cpu" {
+  type    = number
+  default = 200
+}
+
+variable "memory" {
+  type    = number
+  default = 128
+}
+
+variable "proxy_port" {
+  type    = number
+  default = 9999
+}
+
+variable "ui_port" {
+  type    = number
+  default = 9998
+}
+
+variable "consul_addr" {
+  type    = string
+  default = ""
+}
+
+variable "consul_ca_pem" {
+  type    = string
+  default = ""
+}
+
+variable "use_vault" {
+  type    = bool
+  default = true
+}
+
+variable "vault_role" {
+  type    = string
+  default = ""
+}
+
+locals {
+  docker      = var.driver == "docker"
+  consul_addr = var.consul_addr != "" ? var.consul_addr : "https://${meta.node_address}:8501"
+  # Fabio reads every property from FABIO_<name with _ for .> as well; the
+  # properties file holds what is not secret.
+  properties = <<-EOT
+    proxy.addr = ${meta.node_address}:${var.proxy_port};proto=http,${meta.node_address}:{{ env "NOMAD_PORT_metrics" }};proto=prometheus
+    ui.addr = ${meta.node_address}:${var.ui_port}
+    ui.access = ro
+    registry.backend = consul
+    registry.consul.addr = ${local.consul_addr}
+    %{if var.consul_ca_pem != ""}registry.consul.tls.cafile = {{ env "NOMAD_TASK_DIR" }}/consul-ca.pem%{endif}
+    # Nomad registers the service with its checks; Fabio must not.
+    registry.consul.register.enabled = false
+    registry.consul.service.status = passing
+    metrics.target = prometheus
+    metrics.prometheus.subsystem = fabio
+    log.access.target =
+  EOT
+}
+
+job "fabio" {
+  namespace   = "general"
+  datacenters = var.datacenters
+  type        = "system"
+
+  group "fabio" {
+    network {
+      port "proxy" {
+        static = var.proxy_port
+      }
+      port "ui" {
+        static = var.ui_port
+      }
+      port "metrics" {}
+    }
+
+    service {
+      name     = "fabio"
+      port     = "ui"
+      address  = "${meta.node_address}"
+      provider = "consul"
+
+      check {
+        name     = "health"
+        type     = "http"
+        path     = "/health"
+        interval = "10s"
+        timeout  = "3s"
+      }
+    }
+
+    # Fabio's Prometheus listener is separate from the UI.
+    service {
+      name     = "fabio-metrics"
+      port     = "metrics"
+      address  = "${meta.node_address}"
+      provider = "consul"
+      tags     = ["prometheus"]
+
+      check {
+        name     = "metrics"
+        type     = "http"
+        path     = "/metrics"
+        interval = "10s"
+        timeout  = "3s"
+      }
+    }
+
+    task "fabio" {
+      driver = var.driver
+
+      dynamic "config" {
+        for_each = local.docker ? [1] : []
+        content {
+          image        = var.image
+          args         = ["-cfg", "/local/fabio.properties"]
+          network_mode = "host"
+        }
+      }
+
+      dynamic "config" {
+        for_each = local.docker ? [] : [1]
+        content {
+          command = var.binary
+          args    = ["-cfg", "${NOMAD_TASK_DIR}/fabio.properties"]
+        }
+      }
+
+      template {
+        data        = local.properties
+        destination = "local/fabio.properties"
+        change_mode = "restart"
+      }
+
+      dynamic "template" {
+        for_each = var.consul_ca_pem != "" ? [1] : []
+        content {
+          data          = var.consul_ca_pem
+          destination   = "local/consul-ca.pem"
+          change_mode   = "restart"
+          left_delimiter  = "[[nomad-template-unused"
+          right_delimiter = "nomad-template-unused]]"
+        }
+      }
+
+      dynamic "vault" {
+        for_each = var.use_vault ? [1] : []
+        content {
+          role = var.vault_role
+        }
+      }
+
+      dynamic "template" {
+        for_each = var.use_vault ? [1] : []
+        content {
+          data        = <<-EOT
+            FABIO_registry_consul_token={{ with secret "secret/data/general/fabio/consul" }}{{ .Data.data.token }}{{ end }}
+          EOT
+          destination = "secrets/fabio.env"
+          env         = true
+          change_mode = "restart"
+        }
+      }
+
+      resources {
+        cpu    = var.cpu
+        memory = var.memory
+      }
+    }
+  }
+}

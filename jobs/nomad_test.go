@@ -1,0 +1,243 @@
+package jobs
+
+import (
+	"context"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	nomadapi "github.com/hashicorp/nomad/api"
+
+	"github.com/platform-bootstrap/bootstrap/internal/testcluster"
+	"github.com/platform-bootstrap/bootstrap/monitoring"
+)
+
+// The two driver profiles every job must support.
+var profiles = []string{"docker", "raw_exec"}
+
+// jobVariables returns the variables the jobs stage would pass: the
+// monitoring artifacts rendered, binaries from ./bin for raw_exec.
+func jobVariables(t *testing.T, name, driver string, extra Variables) Variables {
+	t.Helper()
+	bin := filepath.Join(testcluster.RepoRoot(), "bin")
+	v := Variables{"driver": driver}
+	if driver != "docker" {
+		v["binary"] = filepath.Join(bin, map[string]string{
+			Fabio:        "fabio",
+			Prometheus:   "prometheus",
+			Grafana:      "grafana",
+			NodeExporter: "prometheus-node-exporter",
+			GitLabRunner: "gitlab-runner",
+		}[name])
+	}
+	switch name {
+	case Prometheus:
+		yml, err := monitoring.RenderPrometheus(monitoring.PrometheusConfig{
+			NomadServers: monitoring.Endpoint{Targets: []string{"127.0.1.1:4646"}, HTTP: monitoring.HTTPClient{TokenFile: PrometheusNomadTokenFile, CAFile: PrometheusCAFile("nomad")}},
+			Consul:       monitoring.Endpoint{Targets: []string{"127.0.1.1:8501"}, HTTP: monitoring.HTTPClient{TokenFile: PrometheusConsulTokenFile, CAFile: PrometheusCAFile("consul")}},
+			Vault:        monitoring.Endpoint{Targets: []string{"127.0.1.1:8200"}, HTTP: monitoring.HTTPClient{TokenFile: PrometheusVaultTokenFile, CAFile: PrometheusCAFile("vault")}},
+			ConsulSD:     monitoring.ConsulSD{Server: "127.0.1.4:8501", HTTP: monitoring.HTTPClient{TokenFile: PrometheusConsulTokenFile, CAFile: PrometheusCAFile("consul")}},
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		rules, err := monitoring.RenderRules(monitoring.RulesConfig{CertExpiry: monitoring.CertExpiryFor(24 * time.Hour)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		am, err := monitoring.RenderAlertmanager(monitoring.AlertmanagerConfig{WebhookURL: "https://hooks.example.com/x"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		v["prometheus_yml"] = string(yml)
+		v["rules"] = rules
+		v["alertmanager_yml"] = string(am)
+		v["ca_pems"] = map[string]string{"nomad": "-----BEGIN CERTIFICATE-----\n...\n", "consul": "x", "vault": "y"}
+		if driver != "docker" {
+			// Upstream Alertmanager: Debian's reads its templates from
+			// /usr/share/prometheus/alertmanager, which only its package installs.
+			v["alertmanager_binary"] = filepath.Join(bin, "alertmanager")
+		}
+	case Grafana:
+		v["datasources_yml"] = string(monitoring.GrafanaDatasources())
+		v["dashboards_yml"] = string(monitoring.GrafanaDashboardProvider())
+		v["dashboards"] = monitoring.Dashboards()
+		v["homepath"] = filepath.Join(bin, "grafana-home")
+	case GitLabRunner:
+		v["gitlab_url"] = "https://gitlab.example.com"
+	case Fabio:
+		v["consul_ca_pem"] = "-----BEGIN CERTIFICATE-----\n...\n"
+	}
+	for k, x := range extra {
+		v[k] = x
+	}
+	return v
+}
+
+// parse parses a job through the Nomad server, as the jobs stage does.
+func parse(t *testing.T, c *nomadapi.Client, name string, vars Variables) (*nomadapi.Job, error) {
+	t.Helper()
+	src, err := File(name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	enc, err := vars.Encode()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c.Jobs().ParseHCLOpts(&nomadapi.JobsParseRequest{JobHCL: src, Variables: enc, Canonicalize: true})
+}
+
+// TestJobsOnNomad runs every test that needs the real platform on one
+// shared environment.
+func TestJobsOnNomad(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts Consul, Vault and Nomad")
+	}
+	e := startEnv(t)
+	t.Run("validate and plan", func(t *testing.T) { testValidateAndPlan(t, e.nomad) })
+	t.Run("bad variables", func(t *testing.T) { testBadVariables(t, e.nomad) })
+	t.Run("run", func(t *testing.T) { testRun(t, e) })
+}
+
+// Every job, in both driver profiles, parses, validates and plans on a real
+// Nomad server: in the raw_exec profile every group can be placed.
+func testValidateAndPlan(t *testing.T, c *nomadapi.Client) {
+	for _, name := range Names() {
+		for _, driver := range profiles {
+			t.Run(name+"/"+driver, func(t *testing.T) {
+				vars := jobVariables(t, name, driver, nil)
+				job, err := parse(t, c, name, vars)
+				if err != nil {
+					t.Fatalf("parse: %v", err)
+				}
+				if *job.Namespace != Namespace || *job.ID != name {
+					t.Errorf("job %s in namespace %s", *job.ID, *job.Namespace)
+				}
+				resp, _, err := c.Jobs().Validate(job, nil)
+				if err != nil {
+					t.Fatalf("validate: %v", err)
+				}
+				if len(resp.ValidationErrors) > 0 || resp.Error != "" {
+					t.Fatalf("validate: %s %v", resp.Error, resp.ValidationErrors)
+				}
+				if resp.Warnings != "" {
+					t.Errorf("validate warnings: %s", resp.Warnings)
+				}
+				plan, _, err := c.Jobs().Plan(job, true, &nomadapi.WriteOptions{Namespace: Namespace})
+				if err != nil {
+					t.Fatalf("plan: %v", err)
+				}
+				if plan.Diff == nil || plan.Diff.Type != "Added" {
+					t.Errorf("plan diff: %+v", plan.Diff)
+				}
+				for group, f := range plan.FailedTGAllocs {
+					// The dev agent has no Docker engine: that, and only that,
+					// keeps the docker profile from being placed.
+					if driver == "docker" && f.ConstraintFiltered[`missing drivers`] > 0 {
+						continue
+					}
+					t.Errorf("group %s cannot be placed: %+v", group, f)
+				}
+				checkProfile(t, job, driver, vars)
+			})
+		}
+	}
+}
+
+// checkProfile checks what the profile must change in the parsed job, and
+// that the files passed as variables arrive byte for byte.
+func checkProfile(t *testing.T, job *nomadapi.Job, driver string, vars Variables) {
+	t.Helper()
+	for _, g := range job.TaskGroups {
+		for _, task := range g.Tasks {
+			if task.Driver != driver {
+				t.Errorf("task %s: driver %s", task.Name, task.Driver)
+			}
+			_, image := task.Config["image"]
+			_, command := task.Config["command"]
+			if image != (driver == "docker") || command == (driver == "docker") {
+				t.Errorf("task %s: config %v for %s", task.Name, task.Config, driver)
+			}
+			for _, tmpl := range task.Templates {
+				dest := *tmpl.DestPath
+				var want string
+				switch dest {
+				case "local/prometheus.yml":
+					want = vars["prometheus_yml"].(string)
+				case "local/alertmanager.yml":
+					want = vars["alertmanager_yml"].(string)
+				case "local/provisioning/datasources/platform.yml":
+					want = vars["datasources_yml"].(string)
+				default:
+					if d, ok := strings.CutPrefix(dest, "local/dashboards/"); ok {
+						want = string(vars["dashboards"].(map[string][]byte)[d])
+					} else if r, ok := strings.CutPrefix(dest, "local/rules/"); ok {
+						want = string(vars["rules"].(map[string][]byte)[r])
+					} else {
+						continue
+					}
+				}
+				if *tmpl.EmbeddedTmpl != want {
+					t.Errorf("task %s: %s differs from the variable it was given", task.Name, dest)
+				}
+				if *tmpl.LeftDelim != TemplateLeftDelim {
+					t.Errorf("task %s: %s is written with delimiter %q", task.Name, dest, *tmpl.LeftDelim)
+				}
+			}
+		}
+		for _, s := range g.Services {
+			if s.Address != "${meta.node_address}" {
+				t.Errorf("service %s registers address %q", s.Name, s.Address)
+			}
+			if len(s.Checks) == 0 {
+				t.Errorf("service %s has no check", s.Name)
+			}
+		}
+	}
+}
+
+// Bad variables are refused by the job's own validation, with its message.
+func testBadVariables(t *testing.T, c *nomadapi.Client) {
+	for _, tc := range []struct {
+		job  string
+		vars Variables
+		want string
+	}{
+		{NodeExporter, Variables{"driver": "podman"}, "The driver must be docker, raw_exec or exec."},
+		{GitLabRunner, Variables{"gitlab_url": "gitlab.example.com"}, "The gitlab_url must be an http(s) URL"},
+		{GitLabRunner, Variables{"gitlab_url": "https://gitlab.example.com", "executor": "kubernetes"}, "The executor must be docker or shell."},
+		{Prometheus, Variables{"alertmanager_yml": "x"}, `Unset variable "prometheus_yml"`},
+	} {
+		_, err := parse(t, c, tc.job, tc.vars)
+		if err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%s with %v: got %v, want %q", tc.job, tc.vars, err, tc.want)
+		}
+	}
+}
+
+func waitUntil(t *testing.T, timeout time.Duration, what string, check func() error) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	var err error
+	for {
+		if err = check(); err == nil {
+			return
+		}
+		select {
+		case <-ctx.Done():
+			t.Fatalf("waiting for %s: %v", what, err)
+		case <-time.After(250 * time.Millisecond):
+		}
+	}
+}
+
+func writeFile(t *testing.T, path, content string) {
+	t.Helper()
+	if err := os.WriteFile(path, []byte(content), 0o600); err != nil {
+		t.Fatal(err)
+	}
+}
