@@ -11,6 +11,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/platform-bootstrap/bootstrap/internal/testcluster"
 )
 
 // fullConfig uses every feature of the template: TLS with client
@@ -57,7 +59,7 @@ func checkConfig(t *testing.T, promtool string, yml []byte) string {
 }
 
 func TestPrometheusConfigPassesPromtool(t *testing.T) {
-	promtool := bin(t, "promtool")
+	promtool := testcluster.Bin(t, "promtool")
 	for name, c := range map[string]PrometheusConfig{
 		"full": fullConfig(),
 		// Only Consul discovery, over plain HTTP, no token: a cluster without
@@ -165,7 +167,7 @@ func TestPrometheusConfigQuotes(t *testing.T) {
 }
 
 func TestRulesPassPromtool(t *testing.T) {
-	promtool := bin(t, "promtool")
+	promtool := testcluster.Bin(t, "promtool")
 	dir := t.TempDir()
 	rules, err := RenderRules(RulesConfig{})
 	if err != nil {
@@ -246,7 +248,7 @@ func TestRulesThresholds(t *testing.T) {
 }
 
 func TestAlertmanagerConfigPassesAmtool(t *testing.T) {
-	amtool := bin(t, "amtool")
+	amtool := testcluster.Bin(t, "amtool")
 	for name, tc := range map[string]struct {
 		c    AlertmanagerConfig
 		want string
@@ -382,7 +384,7 @@ func TestDashboards(t *testing.T) {
 // Every PromQL expression of every dashboard parses: they go into a
 // rules file of recording rules, which promtool parses.
 func TestDashboardQueriesParse(t *testing.T) {
-	promtool := bin(t, "promtool")
+	promtool := testcluster.Bin(t, "promtool")
 	var b strings.Builder
 	b.WriteString("groups:\n  - name: dashboards\n    rules:\n")
 	n := 0
@@ -411,7 +413,7 @@ func TestDashboardQueriesParse(t *testing.T) {
 // promtool must fail on a broken expression, or the check above proves
 // nothing.
 func TestDashboardQueryCheckCatchesErrors(t *testing.T) {
-	promtool := bin(t, "promtool")
+	promtool := testcluster.Bin(t, "promtool")
 	p := filepath.Join(t.TempDir(), "bad.yml")
 	write(t, p, "groups:\n  - name: x\n    rules:\n      - record: x\n        expr: \"sum by (a (up)\"\n")
 	if out, err := exec.Command(promtool, "check", "rules", p).CombinedOutput(); err == nil {
@@ -457,22 +459,4 @@ func write(t *testing.T, path, content string) {
 	if err := os.WriteFile(path, []byte(content), 0o644); err != nil {
 		t.Fatal(err)
 	}
-}
-
-// bin returns ../bin/<name>, skipping the test when it is missing unless
-// BOOTSTRAP_REQUIRE_TOOLS=1.
-func bin(t *testing.T, name string) string {
-	t.Helper()
-	p, err := filepath.Abs(filepath.Join("..", "bin", name))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if fi, err := os.Stat(p); err == nil && fi.Mode().IsRegular() && fi.Mode()&0o111 != 0 {
-		return p
-	}
-	if os.Getenv("BOOTSTRAP_REQUIRE_TOOLS") == "1" {
-		t.Fatalf("%s is missing: run make tools", p)
-	}
-	t.Skipf("%s is missing: run make tools", p)
-	return ""
 }
