@@ -32,7 +32,7 @@ import (
 	"github.com/platform-bootstrap/bootstrap/internal/fsutil"
 )
 
-//go:embed ansible.cfg site.yml roles
+//go:embed ansible.cfg site.yml teardown.yml roles
 var files embed.FS
 
 // Extract writes the playbook tree to dir, rewriting only files that differ

@@ -108,6 +108,25 @@ func Converge(ctx context.Context, e *stages.Env, inv *inventory.Inventory, p Pl
 	return e.State.SetOutput(digestOutput(p.Tag), d)
 }
 
+// Teardown stops the platform's services on every node and removes what the
+// roles installed (teardown.yml).
+func Teardown(ctx context.Context, e *stages.Env, inv *inventory.Inventory) error {
+	dir := e.Path("ansible")
+	if err := Extract(dir); err != nil {
+		return err
+	}
+	invFile := filepath.Join(dir, "inventory-teardown.json")
+	b, err := json.MarshalIndent(BuildInventory(e, inv, nil), "", "  ")
+	if err != nil {
+		return err
+	}
+	if err := fsutil.WriteFile(invFile, b, 0o600); err != nil {
+		return err
+	}
+	r := &Runner{Dir: dir, InventoryFile: invFile, Log: e.Log, Progress: func(task string) { e.Step("ansible: %s", task) }}
+	return r.Run(ctx, "teardown.yml", nil, nil)
+}
+
 // BuildInventory turns the inventory contract into Ansible's: one host per
 // node with how to reach it, groups servers/clients/vault, and the versions
 // and settings every role reads.
@@ -160,16 +179,29 @@ func HostVars(e *stages.Env, n inventory.Node) map[string]any {
 		}
 		return v
 	}
+	v["ansible_connection"] = "ssh"
 	v["ansible_host"] = n.APIAddress()
 	v["ansible_user"] = n.SSH.User
 	v["ansible_port"] = n.SSH.Port
 	v["ansible_ssh_private_key_file"] = n.SSH.PrivateKeyFile
 	v["ansible_ssh_common_args"] = "-o UserKnownHostsFile=" + KnownHostsFile(e) + " -o StrictHostKeyChecking=yes"
+	v["ansible_python_interpreter"] = "/usr/bin/python3"
 	if n.SSH.User != "root" {
 		v["ansible_become"] = true
 	}
-	v["service_manager"] = "systemd"
-	v["install_method"] = "apt"
+	m := e.Config.Provider.Machines()
+	v["service_manager"] = m.ServiceManager
+	v["install_method"] = m.InstallMethod
+	if m.InstallMethod == "binary" {
+		dir := m.BinDir
+		if !filepath.IsAbs(dir) {
+			dir = filepath.Join(e.Config.Dir, dir)
+		}
+		v["bin_dir"] = dir
+	}
+	if m.ServiceManager == "process" {
+		v["node_root"] = m.NodeRoot + "/" + n.Name
+	}
 	return v
 }
 

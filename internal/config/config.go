@@ -76,6 +76,15 @@ type TerraformProvider struct {
 
 	ModuleRange     hcl.Range `hcl:"module,attr_value_range"`
 	SSHTimeoutRange hcl.Range `hcl:"ssh_timeout,attr_value_range"`
+
+	// How services are installed and run on the machines (see Machines).
+	ServiceManager string `hcl:"service_manager,optional"`
+	InstallMethod  string `hcl:"install_method,optional"`
+	MachineBinDir  string `hcl:"bin_dir,optional"`
+	NodeRoot       string `hcl:"node_root,optional"`
+
+	ServiceManagerRange hcl.Range `hcl:"service_manager,attr_value_range"`
+	InstallMethodRange  hcl.Range `hcl:"install_method,attr_value_range"`
 }
 
 // StaticProvider describes existing machines reached over SSH.
@@ -85,6 +94,15 @@ type StaticProvider struct {
 	Nodes     []StaticNode `hcl:"node,block"`
 
 	InventoryRange hcl.Range `hcl:"inventory,attr_value_range"`
+
+	// How services are installed and run on the machines (see Machines).
+	ServiceManager string `hcl:"service_manager,optional"`
+	InstallMethod  string `hcl:"install_method,optional"`
+	MachineBinDir  string `hcl:"bin_dir,optional"`
+	NodeRoot       string `hcl:"node_root,optional"`
+
+	ServiceManagerRange hcl.Range `hcl:"service_manager,attr_value_range"`
+	InstallMethodRange  hcl.Range `hcl:"install_method,attr_value_range"`
 }
 
 // StaticNode is one machine of a static inventory.
@@ -290,6 +308,45 @@ type GitLabRunner struct {
 	ExecutorRange   hcl.Range `hcl:"executor,attr_value_range"`
 	TokenRange      hcl.Range `hcl:"token,attr_value_range"`
 	ConcurrentRange hcl.Range `hcl:"concurrent,attr_value_range"`
+}
+
+// Machines says how bootstrap installs and runs services on machines it
+// reaches over SSH.
+type Machines struct {
+	// ServiceManager is "systemd" (units) or "process" (start-stop-daemon
+	// with pid files under NodeRoot/<node>, for machines without systemd).
+	ServiceManager string
+	// InstallMethod is "apt" (HashiCorp's repository, pinned versions) or
+	// "binary" (copied from BinDir on the machine running bootstrap:
+	// air-gapped installs).
+	InstallMethod string
+	BinDir        string
+	// NodeRoot holds the nodes' directory trees in process mode.
+	NodeRoot string
+}
+
+// Machines returns the machine settings of a static or terraform provider,
+// with defaults; nil for the local provider.
+func (p Provider) Machines() *Machines {
+	var m Machines
+	switch {
+	case p.Static != nil:
+		m = Machines{p.Static.ServiceManager, p.Static.InstallMethod, p.Static.MachineBinDir, p.Static.NodeRoot}
+	case p.Terraform != nil:
+		m = Machines{p.Terraform.ServiceManager, p.Terraform.InstallMethod, p.Terraform.MachineBinDir, p.Terraform.NodeRoot}
+	default:
+		return nil
+	}
+	if m.ServiceManager == "" {
+		m.ServiceManager = "systemd"
+	}
+	if m.InstallMethod == "" {
+		m.InstallMethod = "apt"
+	}
+	if m.NodeRoot == "" {
+		m.NodeRoot = "/var/lib/bootstrap"
+	}
+	return &m
 }
 
 // The platform namespace every platform job runs in.

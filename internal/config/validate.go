@@ -102,8 +102,22 @@ func (v *validator) local(l *LocalProvider) {
 	}
 }
 
+func (v *validator) machines(serviceManager, installMethod, binDir string, smRange, imRange hcl.Range) {
+	def := v.p.Provider.DefRange
+	if serviceManager != "" && serviceManager != "systemd" && serviceManager != "process" {
+		v.errorf(or(smRange, def), "Invalid service_manager", "service_manager = %q: use \"systemd\" or \"process\" (for machines without systemd).", serviceManager)
+	}
+	if installMethod != "" && installMethod != "apt" && installMethod != "binary" {
+		v.errorf(or(imRange, def), "Invalid install_method", "install_method = %q: use \"apt\" (HashiCorp's repository) or \"binary\" (copied from bin_dir).", installMethod)
+	}
+	if installMethod == "binary" && binDir == "" {
+		v.errorf(or(imRange, def), "Missing bin_dir", "install_method = \"binary\" copies vault, consul, nomad and consul-template from bin_dir; set bin_dir to the directory holding them.")
+	}
+}
+
 func (v *validator) static(s *StaticProvider) {
 	def := v.p.Provider.DefRange
+	v.machines(s.ServiceManager, s.InstallMethod, s.MachineBinDir, s.ServiceManagerRange, s.InstallMethodRange)
 	if (s.Inventory == "") == (len(s.Nodes) == 0) {
 		v.errorf(or(s.InventoryRange, def), "Static provider needs nodes",
 			"Give either inventory = \"inventory.json\" (the inventory contract) or one node \"name\" { ... } block per machine, not both.")
@@ -148,6 +162,7 @@ func (v *validator) static(s *StaticProvider) {
 }
 
 func (v *validator) terraform(t *TerraformProvider) {
+	v.machines(t.ServiceManager, t.InstallMethod, t.MachineBinDir, t.ServiceManagerRange, t.InstallMethodRange)
 	if t.Module == "" {
 		v.errorf(or(t.ModuleRange, v.p.Provider.DefRange), "Missing module", "Set module to a Terraform module directory, e.g. \"terraform/digitalocean\".")
 	}

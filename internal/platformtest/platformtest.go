@@ -56,6 +56,21 @@ type Platform struct {
 	Bin    string
 	Subnet testcluster.Subnet
 	t      testing.TB
+	runs   *runLog
+}
+
+// runLog keeps every run's output so AssertNoSecrets can scan it.
+type runLog struct {
+	mu      sync.Mutex
+	outputs []string
+}
+
+// T returns the platform bound to t, for use inside a subtest: failures go
+// to the subtest.
+func (p *Platform) T(t testing.TB) *Platform {
+	c := *p
+	c.t = t
+	return &c
 }
 
 // New writes platform.hcl with a local provider on a fresh loopback subnet,
@@ -63,6 +78,18 @@ type Platform struct {
 // cleanup that runs `down` and then stops anything still running under the
 // platform's directory.
 func New(t testing.TB, providerExtra, extra string) *Platform {
+	t.Helper()
+	p := Prepare(t)
+	p.WriteConfig(fmt.Sprintf("provider \"local\" {\n  subnet  = %q\n  bin_dir = %q\n%s}\n%s", p.Subnet.CIDR(), BinDir(), providerExtra, extra))
+	return p
+}
+
+// BinDir is the repository's bin directory (make tools).
+func BinDir() string { return filepath.Join(testcluster.RepoRoot(), "bin") }
+
+// Prepare gives a platform directory and subnet without a configuration;
+// write one with WriteConfig.
+func Prepare(t testing.TB) *Platform {
 	t.Helper()
 	for _, b := range []string{"vault", "consul", "nomad", "consul-template"} {
 		testcluster.Bin(t, b)
@@ -73,14 +100,18 @@ func New(t testing.TB, providerExtra, extra string) *Platform {
 		}
 		t.Skip("ansible-playbook not found: run make tools")
 	}
-	p := &Platform{Dir: t.TempDir(), Bin: Binary(t), Subnet: testcluster.NewSubnet(t), t: t}
+	p := &Platform{Dir: t.TempDir(), Bin: Binary(t), Subnet: testcluster.NewSubnet(t), t: t, runs: &runLog{}}
 	p.Config = filepath.Join(p.Dir, "platform.hcl")
-	hcl := fmt.Sprintf("provider \"local\" {\n  subnet  = %q\n  bin_dir = %q\n%s}\n%s", p.Subnet.CIDR(), filepath.Join(testcluster.RepoRoot(), "bin"), providerExtra, extra)
-	if err := os.WriteFile(p.Config, []byte(hcl), 0o600); err != nil {
-		t.Fatal(err)
-	}
 	t.Cleanup(p.cleanup)
 	return p
+}
+
+// WriteConfig writes platform.hcl.
+func (p *Platform) WriteConfig(hcl string) {
+	p.t.Helper()
+	if err := os.WriteFile(p.Config, []byte(hcl), 0o600); err != nil {
+		p.t.Fatal(err)
+	}
 }
 
 // StateDir is the platform's state directory.
@@ -124,13 +155,10 @@ func (p *Platform) RunContext(ctx context.Context, args []string, env ...string)
 	return r
 }
 
-// outputs keeps every run's output so the cleanup can scan it for secrets.
-var outputs sync.Map // *Platform → *[]string
-
 func (p *Platform) logOutputs(args []string, r Result) {
-	v, _ := outputs.LoadOrStore(p, &[]string{})
-	list := v.(*[]string)
-	*list = append(*list, r.Output())
+	p.runs.mu.Lock()
+	p.runs.outputs = append(p.runs.outputs, r.Output())
+	p.runs.mu.Unlock()
 	p.t.Logf("bootstrap %s: exit %d", strings.Join(args, " "), r.Code)
 }
 
@@ -189,9 +217,9 @@ func (p *Platform) Secrets() []string {
 // appears in texts, in the run logs or in the output of any run so far.
 func (p *Platform) AssertNoSecrets(texts ...string) {
 	p.t.Helper()
-	if v, ok := outputs.Load(p); ok {
-		texts = append(texts, *v.(*[]string)...)
-	}
+	p.runs.mu.Lock()
+	texts = append(texts, p.runs.outputs...)
+	p.runs.mu.Unlock()
 	logs, _ := filepath.Glob(filepath.Join(p.StateDir(), "logs", "*.log"))
 	for _, l := range logs {
 		b, err := os.ReadFile(l)
@@ -229,7 +257,6 @@ func (p *Platform) cleanup() {
 		p.t.Errorf("cleanup: pid %d still runs under %s; stopping it", pid, p.Dir)
 		proc.Terminate(context.Background(), pid, 5*time.Second)
 	}
-	outputs.Delete(p)
 }
 
 // Tail returns the last n lines of s.

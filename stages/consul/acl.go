@@ -120,6 +120,15 @@ func agentID(ctx context.Context, e *stages.Env, n inventory.Node, mgmt string) 
 	return id, nil
 }
 
+func isUp(as []agentState, node string) bool {
+	for _, a := range as {
+		if a.node.Name == node {
+			return a.up()
+		}
+	}
+	return false
+}
+
 func firstUp(as []agentState) (inventory.Node, bool) {
 	for _, a := range as {
 		if a.up() && a.node.Has(inventory.RoleServer) {
@@ -146,6 +155,24 @@ func isPermissionDenied(err error) bool {
 	return strings.Contains(s, "403") || strings.Contains(s, "ACL not found") || strings.Contains(s, "Permission denied")
 }
 
+// readSelf checks the client's token. Errors other than a refusal (no
+// leader yet, a server that just died) are retried for a while: the cluster
+// elects a new leader within seconds.
+func readSelf(ctx context.Context, c *consulapi.Client) error {
+	deadline := time.Now().Add(45 * time.Second)
+	for {
+		_, _, err := c.ACL().TokenReadSelf((&consulapi.QueryOptions{}).WithContext(ctx))
+		if err == nil || isPermissionDenied(err) || time.Now().After(deadline) {
+			return err
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(time.Second):
+		}
+	}
+}
+
 // planACL reads policies and tokens and lists what differs.
 func (s *Stage) planACL(ctx context.Context, e *stages.Env, d *deps, as []agentState) ([]stages.Change, error) {
 	mgmt, ok, err := e.Secrets.Get(stages.SecretConsulBootstrapToken)
@@ -168,7 +195,7 @@ func (s *Stage) planACL(ctx context.Context, e *stages.Env, d *deps, as []agentS
 		return nil, err
 	}
 	q := (&consulapi.QueryOptions{}).WithContext(ctx)
-	if _, _, err := c.ACL().TokenReadSelf(q); err != nil {
+	if err := readSelf(ctx, c); err != nil {
 		if isPermissionDenied(err) {
 			// Stored but not used yet: a run stopped between storing the
 			// secret and bootstrapping.
@@ -205,6 +232,9 @@ func (s *Stage) planACL(ctx context.Context, e *stages.Env, d *deps, as []agentS
 		}
 		if t.node != "" {
 			n, _ := d.inv.Node(t.node)
+			if !isUp(as, t.node) {
+				continue // "start consul on <node>" is already planned
+			}
 			id, err := agentID(ctx, e, n, mgmt)
 			if err != nil {
 				return nil, err
@@ -382,8 +412,12 @@ func bootstrapACL(ctx context.Context, e *stages.Env, servers []inventory.Node) 
 	}
 	q := (&consulapi.QueryOptions{}).WithContext(ctx)
 	if !created {
-		if _, _, err := c.ACL().TokenReadSelf(q); err == nil {
+		err := readSelf(ctx, c)
+		if err == nil {
 			return mgmt, nil
+		}
+		if !isPermissionDenied(err) {
+			return "", fmt.Errorf("consul: check the bootstrap token: %w", err)
 		}
 	}
 	crashpoint.Hit("consul:before-acl-bootstrap")

@@ -120,6 +120,27 @@ func sortedKeys(m map[string]string) []string {
 
 func norm(s string) string { return strings.Join(strings.Fields(s), " ") }
 
+func isPermissionDenied(err error) bool {
+	return err != nil && (strings.Contains(err.Error(), "403") || strings.Contains(err.Error(), "ACL token not found") || strings.Contains(err.Error(), "Permission denied"))
+}
+
+// readSelf checks the client's token, retrying errors other than a refusal
+// (no leader yet, a server that just died) while the cluster elects one.
+func readSelf(ctx context.Context, c *nomadapi.Client) error {
+	deadline := time.Now().Add(45 * time.Second)
+	for {
+		_, _, err := c.ACLTokens().Self((&nomadapi.QueryOptions{}).WithContext(ctx))
+		if err == nil || isPermissionDenied(err) || time.Now().After(deadline) {
+			return err
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(time.Second):
+		}
+	}
+}
+
 // bootstrapACL generates the management token's secret, stores it, and then
 // bootstraps with it: never a bootstrapped cluster whose token was lost.
 func bootstrapACL(ctx context.Context, e *stages.Env, server inventory.Node) (string, error) {
@@ -131,10 +152,13 @@ func bootstrapACL(ctx context.Context, e *stages.Env, server inventory.Node) (st
 	if err != nil {
 		return "", err
 	}
-	q := (&nomadapi.QueryOptions{}).WithContext(ctx)
 	if !created {
-		if _, _, err := c.ACLTokens().Self(q); err == nil {
+		err := readSelf(ctx, c)
+		if err == nil {
 			return mgmt, nil
+		}
+		if !isPermissionDenied(err) {
+			return "", fmt.Errorf("nomad: check the bootstrap token: %w", err)
 		}
 	}
 	crashpoint.Hit("nomad:before-acl-bootstrap")
@@ -146,7 +170,7 @@ func bootstrapACL(ctx context.Context, e *stages.Env, server inventory.Node) (st
 			break
 		}
 		if strings.Contains(err.Error(), "bootstrap already done") {
-			if _, _, err := c.ACLTokens().Self(q); err == nil {
+			if err := readSelf(ctx, c); err == nil {
 				break // an earlier run bootstrapped and stopped
 			}
 			return "", fmt.Errorf("%w: the stored token %s is not valid; reset the bootstrap (https://developer.hashicorp.com/nomad/docs/secure/acl/bootstrap#re-bootstrap-acl-system) and put the new management token there", ErrLockedOut, e.Secrets.Path(stages.SecretNomadBootstrapToken))
@@ -166,7 +190,7 @@ func bootstrapACL(ctx context.Context, e *stages.Env, server inventory.Node) (st
 
 // planACL lists differences in namespaces, policies, tokens, Vault KV copies
 // and Vault's JWT configuration.
-func planACL(ctx context.Context, e *stages.Env, d *deps) ([]stages.Change, error) {
+func planACL(ctx context.Context, e *stages.Env, d *deps, as []agentState) ([]stages.Change, error) {
 	all := []stages.Change{{Action: "bootstrap", Target: "nomad ACLs", Detail: "token generated and stored first"}}
 	for _, ns := range sortedKeys(namespaces(e.Config)) {
 		all = append(all, stages.Change{Action: "create", Target: "nomad namespace " + ns})
@@ -178,13 +202,23 @@ func planACL(ctx context.Context, e *stages.Env, d *deps) ([]stages.Change, erro
 	if !ok {
 		return all, nil
 	}
-	c, err := Client(e, d.inv.WithRole(inventory.RoleServer)[0], mgmt)
+	server := d.inv.WithRole(inventory.RoleServer)[0]
+	for _, a := range as {
+		if a.up() && a.node.Has(inventory.RoleServer) {
+			server = a.node
+			break
+		}
+	}
+	c, err := Client(e, server, mgmt)
 	if err != nil {
 		return nil, err
 	}
 	q := (&nomadapi.QueryOptions{}).WithContext(ctx)
-	if _, _, err := c.ACLTokens().Self(q); err != nil {
-		return all, nil // stored, not bootstrapped yet
+	if err := readSelf(ctx, c); err != nil {
+		if isPermissionDenied(err) {
+			return all, nil // stored, not bootstrapped yet
+		}
+		return nil, fmt.Errorf("nomad: check the bootstrap token: %w", err)
 	}
 	var out []stages.Change
 	nss, _, err := c.Namespaces().List(q)

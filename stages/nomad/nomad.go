@@ -177,7 +177,7 @@ func (s *Stage) Plan(ctx context.Context, e *stages.Env) ([]stages.Change, error
 	if leaderOf(as) == "" {
 		return append(out, stages.Change{Action: "bootstrap", Target: "nomad ACLs, namespaces, policies and tokens"}), nil
 	}
-	acl, err := planACL(ctx, e, d)
+	acl, err := planACL(ctx, e, d, as)
 	if err != nil {
 		return nil, err
 	}

@@ -15,6 +15,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/platform-bootstrap/bootstrap/ansible"
 	"github.com/platform-bootstrap/bootstrap/internal/config"
 	"github.com/platform-bootstrap/bootstrap/internal/inventory"
 	"github.com/platform-bootstrap/bootstrap/internal/proc"
@@ -197,6 +198,12 @@ func (s *Stage) Destroy(ctx context.Context, e *stages.Env) error {
 	inv, err := loadExisting(e)
 	if err != nil {
 		return err
+	}
+	if inv != nil && e.Config.Provider.Static != nil {
+		e.Step("stopping the platform's services on %d machine(s)", len(inv.Nodes))
+		if err := ansible.Teardown(ctx, e, inv); err != nil {
+			return err
+		}
 	}
 	var errs []error
 	if inv != nil {

@@ -78,6 +78,7 @@ func TestVaultStage(t *testing.T) {
 	assertUnsealed(t, p, ip)
 
 	t.Run("second up changes nothing", func(t *testing.T) {
+		p := p.T(t)
 		before := snapshot(t, p.StateDir())
 		r := p.Up(only...)
 		if !strings.Contains(r.Stdout, "vault      unchanged") {
@@ -95,6 +96,7 @@ func TestVaultStage(t *testing.T) {
 	})
 
 	t.Run("restarted vault is unsealed by up", func(t *testing.T) {
+		p := p.T(t)
 		pidfile := filepath.Join(p.StateDir(), "nodes", "server-1", "run", "vault.pid")
 		pid, err := proc.ReadPidFile(pidfile)
 		if err != nil {
@@ -111,6 +113,7 @@ func TestVaultStage(t *testing.T) {
 	})
 
 	t.Run("killed between unseal keys", func(t *testing.T) {
+		p := p.T(t)
 		// A sealed Vault (restarted), and the run dies after the first key
 		// share: the next run resets the progress and unseals.
 		pid, _ := proc.ReadPidFile(filepath.Join(p.StateDir(), "nodes", "server-1", "run", "vault.pid"))
@@ -128,6 +131,7 @@ func TestVaultStage(t *testing.T) {
 	})
 
 	t.Run("killed mid-Ansible", func(t *testing.T) {
+		p := p.T(t)
 		// Change the role inputs (a new node certificate) and kill the run
 		// while Ansible works.
 		os.Remove(filepath.Join(p.StateDir(), "tls", "vault", "server-1.pem"))
@@ -166,6 +170,7 @@ func TestVaultStage(t *testing.T) {
 	})
 
 	t.Run("status", func(t *testing.T) {
+		p := p.T(t)
 		r := p.Run([]string{"status"})
 		if r.Code != 0 || !strings.Contains(r.Stdout, "vault") || !strings.Contains(r.Stdout, "active") {
 			t.Errorf("status: exit %d\n%s", r.Code, r.Output())
@@ -175,6 +180,7 @@ func TestVaultStage(t *testing.T) {
 	p.AssertNoSecrets()
 
 	t.Run("down leaves nothing", func(t *testing.T) {
+		p := p.T(t)
 		r := p.Run([]string{"down", "--auto-approve"})
 		if r.Code != 0 {
 			t.Fatalf("down: exit %d\n%s", r.Code, r.Output())

@@ -1,0 +1,481 @@
+package platform_test
+
+import (
+	"bytes"
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	consulapi "github.com/hashicorp/consul/api"
+	nomadapi "github.com/hashicorp/nomad/api"
+	vaultapi "github.com/hashicorp/vault/api"
+
+	"github.com/platform-bootstrap/bootstrap/internal/platformtest"
+	"github.com/platform-bootstrap/bootstrap/internal/proc"
+	"github.com/platform-bootstrap/bootstrap/stages/consul"
+	"github.com/platform-bootstrap/bootstrap/stages/nomad"
+)
+
+// clusters is a platform brought up to the nomad stage, with the clients of
+// the identities a user has.
+type clusters struct {
+	p                     *platformtest.Platform
+	env                   map[string]string
+	consulMgmt, nomadMgmt string
+}
+
+func (c *clusters) consul(t *testing.T, token string) *consulapi.Client {
+	t.Helper()
+	cl, err := consul.NewClient(strings.TrimPrefix(c.env["CONSUL_HTTP_ADDR"], "https://"), c.env["CONSUL_CACERT"], token)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return cl
+}
+
+func (c *clusters) nomad(t *testing.T, token string) *nomadapi.Client {
+	t.Helper()
+	cl, err := nomad.NewClient(c.env["NOMAD_ADDR"], c.env["NOMAD_CACERT"], token)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return cl
+}
+
+func (c *clusters) vault(t *testing.T) *vaultapi.Client {
+	t.Helper()
+	cfg := vaultapi.DefaultConfig()
+	cfg.Address = c.env["VAULT_ADDR"]
+	if err := cfg.ConfigureTLS(&vaultapi.TLSConfig{CACert: c.env["VAULT_CACERT"]}); err != nil {
+		t.Fatal(err)
+	}
+	cl, err := vaultapi.NewClient(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cl.SetToken(c.env["VAULT_TOKEN"])
+	return cl
+}
+
+// upWithCrashes brings the platform up to the nomad stage, killing the run
+// at every crash point of the consul and nomad stages first — between
+// generating a bootstrap token and using it, right after using it, and after
+// creating a token before storing its secret — and checks each next run
+// converges without being locked out.
+func upWithCrashes(t *testing.T, p *platformtest.Platform) {
+	only := []string{"--only", "keys,provision,vault,pki,consul,nomad"}
+	for _, point := range []string{
+		"consul:before-acl-bootstrap", "consul:after-acl-bootstrap",
+		"nomad:before-acl-bootstrap", "nomad:after-acl-bootstrap", "nomad:after-token-create",
+	} {
+		r := p.Run(append([]string{"up"}, only...), "BOOTSTRAP_CRASHPOINT="+point)
+		if r.Code == 0 {
+			t.Fatalf("crash point %s did not fire:\n%s", point, r.Output())
+		}
+		t.Logf("killed at %s", point)
+	}
+	p.Up(only...)
+}
+
+func TestConsulAndNomad(t *testing.T) {
+	if testing.Short() {
+		t.Skip("brings up a platform")
+	}
+	// A short leaf TTL so the renewal of agent certificates happens within
+	// the test.
+	p := platformtest.New(t, "", "pki {\n  leaf_ttl = \"3m\"\n}\n")
+	upWithCrashes(t, p)
+	c := &clusters{p: p, env: p.Env("admin")}
+	c.consulMgmt = c.env["CONSUL_HTTP_TOKEN"]
+	c.nomadMgmt = c.env["NOMAD_TOKEN"]
+	ctx := context.Background()
+
+	t.Run("second up changes nothing", func(t *testing.T) {
+		p := p.T(t)
+		r := p.Up("--only", "keys,provision,vault,pki,consul,nomad")
+		for _, st := range []string{"keys", "provision", "vault", "pki", "consul", "nomad"} {
+			if !strings.Contains(r.Stdout, fmt.Sprintf("%-9s  unchanged", st)) {
+				t.Errorf("stage %s changed on the second up:\n%s", st, r.Stdout)
+			}
+		}
+	})
+
+	t.Run("three voters and a leader each", func(t *testing.T) {
+		cc := c.consul(t, c.consulMgmt)
+		raft, err := cc.Operator().RaftGetConfiguration(nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		voters, leaders := 0, 0
+		for _, s := range raft.Servers {
+			if s.Voter {
+				voters++
+			}
+			if s.Leader {
+				leaders++
+			}
+		}
+		if voters != 3 || leaders != 1 {
+			t.Errorf("consul raft: %d voters, %d leaders; want 3 and 1", voters, leaders)
+		}
+		nc := c.nomad(t, c.nomadMgmt)
+		nraft, err := nc.Operator().RaftGetConfiguration(nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		voters, leaders = 0, 0
+		for _, s := range nraft.Servers {
+			if s.Voter {
+				voters++
+			}
+			if s.Leader {
+				leaders++
+			}
+		}
+		if voters != 3 || leaders != 1 {
+			t.Errorf("nomad raft: %d voters, %d leaders; want 3 and 1", voters, leaders)
+		}
+		nodes, _, err := nc.Nodes().List(nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ready := 0
+		for _, n := range nodes {
+			if n.Status == "ready" {
+				ready++
+			}
+		}
+		if ready != 2 {
+			t.Errorf("%d ready nomad clients, want 2", ready)
+		}
+		members, err := cc.Agent().Members(false)
+		if err != nil {
+			t.Fatal(err)
+		}
+		alive := 0
+		for _, m := range members {
+			if m.Status == 1 {
+				alive++
+			}
+		}
+		if alive != 5 {
+			t.Errorf("%d alive consul members, want 5", alive)
+		}
+	})
+
+	t.Run("plain HTTP is off", func(t *testing.T) {
+		ip := p.Subnet.IP(1)
+		hc := &http.Client{Timeout: 5 * time.Second}
+		// Consul's plain HTTP port is closed.
+		if _, err := net.DialTimeout("tcp", ip+":8500", 2*time.Second); err == nil {
+			t.Error("consul listens on plain HTTP port 8500")
+		}
+		// Speaking HTTP to the TLS ports fails.
+		for _, u := range []string{"http://" + ip + ":8501/v1/status/leader", "http://" + ip + ":4646/v1/status/leader"} {
+			resp, err := hc.Get(u)
+			if err == nil {
+				body := new(bytes.Buffer)
+				body.ReadFrom(resp.Body)
+				resp.Body.Close()
+				if resp.StatusCode == 200 {
+					t.Errorf("%s answered plain HTTP with 200: %s", u, body)
+				}
+			}
+		}
+	})
+
+	t.Run("RPC needs a client certificate", func(t *testing.T) {
+		ip := p.Subnet.IP(1)
+		v := c.vault(t)
+		// The first byte of an RPC connection says what follows: TLS is 3
+		// for Consul (then 0, its RPC) and 4 for Nomad (then 1).
+		for _, rpc := range []struct {
+			name, addr, role, cn, caFile string
+			tlsByte, rpcByte             byte
+		}{
+			{"consul", ip + ":8300", "consul/inter-ca/issue/client-dc1", "client.dc1.consul", c.env["CONSUL_CACERT"], 0x03, 0x00},
+			{"nomad", ip + ":4647", "nomad/inter-ca/issue/client-global", "client.global.nomad", c.env["NOMAD_CACERT"], 0x04, 0x01},
+		} {
+			if err := rpcHandshake(rpc.addr, rpc.caFile, nil, rpc.tlsByte, rpc.rpcByte); err == nil {
+				t.Errorf("%s RPC accepted a TLS connection without a client certificate", rpc.name)
+			}
+			cert := issue(t, v, rpc.role, rpc.cn)
+			if err := rpcHandshake(rpc.addr, rpc.caFile, &cert, rpc.tlsByte, rpc.rpcByte); err != nil {
+				t.Errorf("%s RPC refused a client certificate from the platform's PKI: %v", rpc.name, err)
+			}
+		}
+	})
+
+	t.Run("anonymous requests are denied", func(t *testing.T) {
+		cc := c.consul(t, "")
+		if _, _, err := cc.ACL().TokenList(nil); err == nil {
+			t.Error("consul listed ACL tokens anonymously")
+		}
+		if _, err := cc.KV().Put(&consulapi.KVPair{Key: "x", Value: []byte("y")}, nil); err == nil {
+			t.Error("consul accepted an anonymous KV write")
+		}
+		if svcs, _, err := cc.Catalog().Services(nil); err == nil && len(svcs) > 0 {
+			t.Errorf("consul showed services anonymously: %v", svcs)
+		}
+		nc := c.nomad(t, "")
+		if _, _, err := nc.Jobs().List(nil); err == nil {
+			t.Error("nomad listed jobs anonymously")
+		}
+	})
+
+	t.Run("CI token deploys to dev only", func(t *testing.T) {
+		p := p.T(t)
+		ci := c.nomad(t, p.Env("ci")["NOMAD_TOKEN"])
+		job := sleeper("ci-check", "dev")
+		if _, _, err := ci.Jobs().PlanOpts(job, &nomadapi.PlanOptions{Diff: true}, nil); err != nil {
+			t.Errorf("CI token cannot plan in dev: %v", err)
+		}
+		if _, _, err := ci.Jobs().Register(job, nil); err != nil {
+			t.Fatalf("CI token cannot register in dev: %v", err)
+		}
+		waitRunning(t, c.nomad(t, c.nomadMgmt), "ci-check", "dev")
+		for _, ns := range []string{"general", "default"} {
+			if _, _, err := ci.Jobs().Register(sleeper("ci-check", ns), nil); err == nil {
+				t.Errorf("CI token registered a job in %s", ns)
+			}
+		}
+		if _, _, err := ci.ACLTokens().List(nil); err == nil {
+			t.Error("CI token listed ACL tokens")
+		}
+		if _, err := ci.ACLPolicies().Upsert(&nomadapi.ACLPolicy{Name: "escalate", Rules: `namespace "*" { policy = "write" }`}, nil); err == nil {
+			t.Error("CI token wrote an ACL policy")
+		}
+		if _, err := ci.Namespaces().Register(&nomadapi.Namespace{Name: "mine"}, nil); err == nil {
+			t.Error("CI token created a namespace")
+		}
+	})
+
+	t.Run("UI token reads and cannot submit", func(t *testing.T) {
+		p := p.T(t)
+		ui := c.nomad(t, p.Env("ui")["NOMAD_TOKEN"])
+		q := &nomadapi.QueryOptions{Namespace: "dev"}
+		jobs, _, err := ui.Jobs().List(q)
+		if err != nil || len(jobs) == 0 {
+			t.Errorf("UI token cannot list the dev jobs: %v (%d jobs)", err, len(jobs))
+		}
+		if _, _, err := ui.Jobs().Register(sleeper("ui-check", "dev"), nil); err == nil {
+			t.Error("UI token registered a job")
+		}
+		uiConsul := c.consul(t, p.Env("ui")["CONSUL_HTTP_TOKEN"])
+		if _, _, err := uiConsul.Catalog().Services(nil); err != nil {
+			t.Errorf("consul operator token cannot read services: %v", err)
+		}
+		if _, err := uiConsul.KV().Put(&consulapi.KVPair{Key: "x", Value: []byte("y")}, nil); err == nil {
+			t.Error("consul operator token wrote KV")
+		}
+	})
+
+	t.Run("a killed server leaves a leader and running jobs; up restarts it", func(t *testing.T) {
+		p := p.T(t)
+		nc := c.nomad(t, c.nomadMgmt)
+		leader, err := nc.Status().Leader()
+		if err != nil {
+			t.Fatal(err)
+		}
+		// Kill the Nomad leader and the Consul server on the same node.
+		host, _, _ := net.SplitHostPort(leader)
+		node := ""
+		for i := 1; i <= 3; i++ {
+			if p.Subnet.IP(i) == host {
+				node = fmt.Sprintf("server-%d", i)
+			}
+		}
+		for _, svc := range []string{"nomad", "consul"} {
+			pid, err := proc.ReadPidFile(filepath.Join(p.StateDir(), "nodes", node, "run", svc+".pid"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := proc.Kill(ctx, pid); err != nil {
+				t.Fatal(err)
+			}
+		}
+		// Ask a surviving server.
+		other := p.Subnet.IP(1)
+		if other == host {
+			other = p.Subnet.IP(2)
+		}
+		survivor, err := nomad.NewClient("https://"+other+":4646", c.env["NOMAD_CACERT"], c.nomadMgmt)
+		if err != nil {
+			t.Fatal(err)
+		}
+		deadline := time.Now().Add(60 * time.Second)
+		for {
+			l, err := survivor.Status().Leader()
+			if err == nil && l != "" && l != leader {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("no new nomad leader after killing %s: %v", leader, err)
+			}
+			time.Sleep(500 * time.Millisecond)
+		}
+		allocs, _, err := survivor.Jobs().Allocations("ci-check", false, &nomadapi.QueryOptions{Namespace: "dev"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		running := 0
+		for _, a := range allocs {
+			if a.ClientStatus == "running" {
+				running++
+			}
+		}
+		if running != 1 {
+			t.Errorf("%d running allocations of ci-check after the leader died, want 1", running)
+		}
+		r := p.Run([]string{"plan", "--only", "consul,nomad"})
+		if r.Code != 4 || !strings.Contains(r.Stdout, "start nomad on "+node) {
+			t.Errorf("plan with %s down: exit %d\n%s", node, r.Code, r.Stdout)
+		}
+		p.Up("--only", "consul,nomad")
+		raft, err := survivor.Operator().RaftGetConfiguration(nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(raft.Servers) != 3 {
+			t.Errorf("nomad raft has %d servers after the restart, want 3", len(raft.Servers))
+		}
+	})
+
+	t.Run("agent certificates renew", func(t *testing.T) {
+		// leaf_ttl is 3m: consul-template re-issues before expiry and the
+		// agents serve the new certificate after their reload.
+		first := servedSerial(t, p.Subnet.IP(4)+":8501", c.env["CONSUL_CACERT"])
+		firstNomad := servedSerial(t, p.Subnet.IP(4)+":4646", c.env["NOMAD_CACERT"])
+		deadline := time.Now().Add(4 * time.Minute)
+		for {
+			s := servedSerial(t, p.Subnet.IP(4)+":8501", c.env["CONSUL_CACERT"])
+			n := servedSerial(t, p.Subnet.IP(4)+":4646", c.env["NOMAD_CACERT"])
+			if s != first && n != firstNomad {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("certificates were not renewed within 4 minutes (consul %v, nomad %v)", s != first, n != firstNomad)
+			}
+			time.Sleep(5 * time.Second)
+		}
+		// Still serving, and the cluster still works through the renewed
+		// certificates.
+		if _, err := c.consul(t, c.consulMgmt).Status().Leader(); err != nil {
+			t.Errorf("consul after renewal: %v", err)
+		}
+		if _, _, err := c.nomad(t, c.nomadMgmt).Nodes().List(nil); err != nil {
+			t.Errorf("nomad after renewal: %v", err)
+		}
+	})
+
+	p.AssertNoSecrets()
+}
+
+// sleeper is a small raw_exec service job.
+func sleeper(id, ns string) *nomadapi.Job {
+	job := nomadapi.NewServiceJob(id, id, "global", 50)
+	job.Namespace = &ns
+	job.Datacenters = []string{"*"}
+	tg := nomadapi.NewTaskGroup("g", 1)
+	task := nomadapi.NewTask("t", "raw_exec").SetConfig("command", "/bin/sleep").SetConfig("args", []string{"600"})
+	task.Require(&nomadapi.Resources{CPU: ptr(20), MemoryMB: ptr(16)})
+	tg.AddTask(task)
+	job.AddTaskGroup(tg)
+	return job
+}
+
+func ptr[T any](v T) *T { return &v }
+
+func waitRunning(t *testing.T, c *nomadapi.Client, id, ns string) {
+	t.Helper()
+	deadline := time.Now().Add(90 * time.Second)
+	for time.Now().Before(deadline) {
+		allocs, _, err := c.Jobs().Allocations(id, false, &nomadapi.QueryOptions{Namespace: ns})
+		if err == nil {
+			for _, a := range allocs {
+				if a.ClientStatus == "running" {
+					return
+				}
+			}
+		}
+		time.Sleep(500 * time.Millisecond)
+	}
+	t.Fatalf("job %s/%s not running", ns, id)
+}
+
+// issue gets a client certificate from a Vault PKI role.
+func issue(t *testing.T, v *vaultapi.Client, role, cn string) tls.Certificate {
+	t.Helper()
+	s, err := v.Logical().Write(role, map[string]any{"common_name": cn, "ttl": "10m"})
+	if err != nil {
+		t.Fatalf("issue from %s: %v", role, err)
+	}
+	cert, err := tls.X509KeyPair([]byte(s.Data["certificate"].(string)), []byte(s.Data["private_key"].(string)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return cert
+}
+
+// rpcHandshake opens the agents' RPC port the way agents do: the TLS
+// protocol byte, then a TLS handshake verifying the server.
+func rpcHandshake(addr, caFile string, cert *tls.Certificate, tlsByte, rpcByte byte) error {
+	pool := x509.NewCertPool()
+	b, err := os.ReadFile(caFile)
+	if err != nil {
+		return err
+	}
+	pool.AppendCertsFromPEM(b)
+	raw, err := net.DialTimeout("tcp", addr, 5*time.Second)
+	if err != nil {
+		return err
+	}
+	defer raw.Close()
+	raw.SetDeadline(time.Now().Add(5 * time.Second))
+	if _, err := raw.Write([]byte{tlsByte}); err != nil {
+		return err
+	}
+	cfg := &tls.Config{RootCAs: pool, InsecureSkipVerify: true, MinVersion: tls.VersionTLS12}
+	if cert != nil {
+		cfg.Certificates = []tls.Certificate{*cert}
+	}
+	conn := tls.Client(raw, cfg)
+	if err := conn.Handshake(); err != nil {
+		return err
+	}
+	// With TLS 1.3 the server checks the client certificate after the
+	// client's handshake finished: the refusal arrives on the first read.
+	conn.Write([]byte{rpcByte})
+	one := make([]byte, 1)
+	conn.SetReadDeadline(time.Now().Add(time.Second))
+	_, err = conn.Read(one)
+	var ne net.Error
+	if err != nil && errors.As(err, &ne) && ne.Timeout() {
+		return nil // the server waits for more: the connection was accepted
+	}
+	return err
+}
+
+// servedSerial returns the serial of the certificate an agent serves.
+func servedSerial(t *testing.T, addr, caFile string) string {
+	t.Helper()
+	pool := x509.NewCertPool()
+	b, _ := os.ReadFile(caFile)
+	pool.AppendCertsFromPEM(b)
+	conn, err := tls.DialWithDialer(&net.Dialer{Timeout: 5 * time.Second}, "tcp", addr, &tls.Config{RootCAs: pool, ServerName: "localhost"})
+	if err != nil {
+		t.Fatalf("TLS to %s: %v", addr, err)
+	}
+	defer conn.Close()
+	c := conn.ConnectionState().PeerCertificates[0]
+	return c.SerialNumber.String()
+}
