@@ -273,6 +273,7 @@ t_debian() {
   local sudo=; [ "$(id -u)" = 0 ] || sudo=sudo
   local missing=()
   command -v ansible-playbook >/dev/null || missing+=(ansible)
+  command -v ansible-lint >/dev/null || missing+=(ansible-lint)
   command -v sshd >/dev/null || [ -x /usr/sbin/sshd ] || missing+=(openssh-server)
   command -v ssh >/dev/null || missing+=(openssh-client)
   if [ ${#missing[@]} -gt 0 ]; then

@@ -89,7 +89,7 @@ vault {
 	logs, _ := filepath.Glob(filepath.Join(p.StateDir(), "logs", "*-up.log"))
 	sawSSH := false
 	for _, l := range logs {
-		if b, _ := os.ReadFile(l); strings.Contains(string(b), "Copy vault to the machine") {
+		if b, _ := os.ReadFile(l); strings.Contains(string(b), "Copy the binary to the machine for vault") {
 			sawSSH = true
 		}
 	}
