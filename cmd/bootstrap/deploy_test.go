@@ -448,6 +448,86 @@ func TestDeploy(t *testing.T) {
 		}
 	})
 
+	t.Run("a job with auto_revert is rolled back by Nomad, once", func(t *testing.T) {
+		auto := func(script string) string {
+			j := strings.Replace(webJob("namespace = var.namespace", script), `job "web"`, `job "auto"`, 1)
+			return strings.Replace(j, "auto_revert       = false", "auto_revert       = true", 1)
+		}
+		good := writeJobFile(t, dir, "auto.nomad.hcl", auto(goodScript))
+		bad := writeJobFile(t, dir, "auto-bad.nomad.hcl", auto(badScript))
+		wantExit(t, runDeploy(t, dir, env, good, "--namespace", "prod", "--var", "namespace=prod"), exitOK)
+		r := runDeploy(t, dir, env, bad, "--namespace", "prod", "--var", "namespace=prod", "--timeout", "2m")
+		wantExit(t, r, exitFailure)
+		wantOutput(t, r, "rolling back to job version 0", "rolled back by Nomad's auto_revert", "not reverting again")
+		if strings.Contains(r.stdout, "reverting job") {
+			t.Error("deploy reverted a job Nomad had already rolled back")
+		}
+		j := dc.job(t, "prod", "auto")
+		if *j.Version != 2 {
+			t.Errorf("version %d, want 2 (0 good, 1 failed, 2 Nomad's rollback)", *j.Version)
+		}
+	})
+
+	t.Run("detach, then a second run follows to healthy", func(t *testing.T) {
+		v2 := writeJobFile(t, dir, "web-v2.nomad.hcl", webJob("namespace = var.namespace", goodScript+" # v2"))
+		before := *dc.job(t, "dev", "web").Version
+		r := runDeploy(t, dir, env, v2, "--namespace", "dev", "--detach")
+		wantExit(t, r, exitOK)
+		wantOutput(t, r, "registered: evaluation", "detached")
+		if strings.Contains(r.stdout, "following") {
+			t.Error("--detach followed the deployment")
+		}
+		if v := *dc.job(t, "dev", "web").Version; v != before+1 {
+			t.Errorf("version %d after --detach, want %d", v, before+1)
+		}
+		r = runDeploy(t, dir, env, v2, "--namespace", "dev")
+		wantExit(t, r, exitOK)
+		wantOutput(t, r, "plan: no changes")
+		j := dc.job(t, "dev", "web")
+		if *j.Version != before+1 || !*j.Stable {
+			t.Errorf("version %d stable %v, want %d stable", *j.Version, *j.Stable, before+1)
+		}
+	})
+
+	t.Run("batch job without a deployment", func(t *testing.T) {
+		batch := func(id, script string) string {
+			return fmt.Sprintf(`job %q {
+  namespace = "dev"
+  type      = "batch"
+  group "run" {
+    restart {
+      attempts = 0
+      mode     = "fail"
+    }
+    reschedule {
+      attempts  = 0
+      unlimited = false
+    }
+    task "run" {
+      driver = "raw_exec"
+      config {
+        command = "/bin/sh"
+        args    = ["-c", %q]
+      }
+      resources {
+        cpu    = 20
+        memory = 32
+      }
+    }
+  }
+}
+`, id, script)
+		}
+		ok := writeJobFile(t, dir, "batch-ok.nomad.hcl", batch("migrate", "echo migrated"))
+		r := runDeploy(t, dir, env, ok, "--timeout", "2m")
+		wantExit(t, r, exitOK)
+		wantOutput(t, r, "has no deployment", "every allocation is complete")
+		fail := writeJobFile(t, dir, "batch-fail.nomad.hcl", batch("broken-migrate", "echo 'no database' >&2; exit 3"))
+		r = runDeploy(t, dir, env, fail, "--timeout", "2m")
+		wantExit(t, r, exitFailure)
+		wantOutput(t, r, "FAILED: an allocation failed", "Exit Code: 3", "| no database", "no earlier stable version")
+	})
+
 	t.Run("guard rails refuse before any write", func(t *testing.T) {
 		noNS := writeJobFile(t, dir, "nons.nomad.hcl", strings.Replace(webJob("", goodScript), `job "web"`, `job "nons"`, 1))
 		general := writeJobFile(t, dir, "general.nomad.hcl", strings.Replace(webJob(`namespace = "general"`, goodScript), `job "web"`, `job "gen"`, 1))
