@@ -23,7 +23,9 @@ when it is not. It is what the GitLab CI template (ci/gitlab) runs.
 
 It needs no platform configuration or state: only NOMAD_ADDR, NOMAD_TOKEN
 (the CI deploy token) and NOMAD_CACERT, and NOMAD_CLIENT_CERT,
-NOMAD_CLIENT_KEY and NOMAD_TLS_SERVER_NAME when set.
+NOMAD_CLIENT_KEY and NOMAD_TLS_SERVER_NAME when set. The global flags
+(--config, --state-dir, --output, ...) do not apply: its output is always
+plain timestamped lines, for CI logs.
 
 Job variables: HCL2 variables from NOMAD_VAR_name, --var-file and --var
 (later wins), like the nomad CLI. Environment substitution, like envsubst
