@@ -11,8 +11,8 @@
 #   proxy_port      number        static HTTP proxy port (default 9999)
 #   ui_port         number        static UI/API port (default 9998)
 #   consul_addr     string        Consul HTTP API, scheme://host:port, reached from the
-#                                 client (default https://${meta.node_address}:8501:
-#                                 the client's own Consul agent)
+#                                 client (default https://<node_address>:8501: the
+#                                 client's own Consul agent)
 #   consul_ca_pem   string        PEM of the CA that signed Consul's HTTPS certificate
 #                                 (empty: the system roots; unused over http)
 #   use_vault       bool          read the Consul token from Vault (default true); false
@@ -89,12 +89,15 @@ variable "vault_role" {
 
 locals {
   docker      = var.driver == "docker"
-  consul_addr = var.consul_addr != "" ? var.consul_addr : "https://${meta.node_address}:8501"
+  # Nomad does not interpolate ${...} in template data: the node's address
+  # comes from consul-template, which sees node meta as meta.<key>.
+  node_address = "{{ env \"meta.node_address\" }}"
+  consul_addr  = var.consul_addr != "" ? var.consul_addr : "https://${local.node_address}:8501"
   # Fabio reads every property from FABIO_<name with _ for .> as well; the
   # properties file holds what is not secret.
   properties = <<-EOT
-    proxy.addr = ${meta.node_address}:${var.proxy_port};proto=http,${meta.node_address}:{{ env "NOMAD_PORT_metrics" }};proto=prometheus
-    ui.addr = ${meta.node_address}:${var.ui_port}
+    proxy.addr = ${local.node_address}:${var.proxy_port};proto=http,${local.node_address}:{{ env "NOMAD_PORT_metrics" }};proto=prometheus
+    ui.addr = ${local.node_address}:${var.ui_port}
     ui.access = ro
     registry.backend = consul
     registry.consul.addr = ${local.consul_addr}

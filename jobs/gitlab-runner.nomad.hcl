@@ -100,12 +100,14 @@ locals {
     "--config", "${NOMAD_SECRETS_DIR}/config.toml",
     "--working-directory", "${NOMAD_ALLOC_DIR}/data/builds",
   ]
-  # consul-template renders this; the token goes in as a TOML string.
+  # consul-template renders this (Nomad does not interpolate ${...} in
+  # template data: node meta is meta.<key> to consul-template); the token
+  # goes in as a TOML string.
   config_toml = <<-EOT
     concurrent = ${var.concurrent}
     check_interval = 3
     shutdown_timeout = 30
-    listen_address = "${meta.node_address}:{{ env "NOMAD_PORT_metrics" }}"
+    listen_address = "{{ env "meta.node_address" }}:{{ env "NOMAD_PORT_metrics" }}"
 
     [[runners]]
       name = "nomad-{{ env "node.unique.name" }}-{{ env "NOMAD_ALLOC_INDEX" }}"

@@ -3,7 +3,9 @@ package jobs
 import (
 	"context"
 	"os"
+	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -99,51 +101,78 @@ func TestJobsOnNomad(t *testing.T) {
 	e := startEnv(t)
 	t.Run("validate and plan", func(t *testing.T) { testValidateAndPlan(t, e.nomad) })
 	t.Run("bad variables", func(t *testing.T) { testBadVariables(t, e.nomad) })
+	t.Run("gitlab-runner config", func(t *testing.T) { testRunnerConfig(t, e) })
 	t.Run("run", func(t *testing.T) { testRun(t, e) })
 }
 
 // Every job, in both driver profiles, parses, validates and plans on a real
 // Nomad server: in the raw_exec profile every group can be placed.
 func testValidateAndPlan(t *testing.T, c *nomadapi.Client) {
+	type variant struct {
+		name, driver string
+		extra        Variables
+	}
+	var variants []variant
 	for _, name := range Names() {
 		for _, driver := range profiles {
-			t.Run(name+"/"+driver, func(t *testing.T) {
-				vars := jobVariables(t, name, driver, nil)
-				job, err := parse(t, c, name, vars)
-				if err != nil {
-					t.Fatalf("parse: %v", err)
-				}
-				if *job.Namespace != Namespace || *job.ID != name {
-					t.Errorf("job %s in namespace %s", *job.ID, *job.Namespace)
-				}
-				resp, _, err := c.Jobs().Validate(job, nil)
-				if err != nil {
-					t.Fatalf("validate: %v", err)
-				}
-				if len(resp.ValidationErrors) > 0 || resp.Error != "" {
-					t.Fatalf("validate: %s %v", resp.Error, resp.ValidationErrors)
-				}
-				if resp.Warnings != "" {
-					t.Errorf("validate warnings: %s", resp.Warnings)
-				}
-				plan, _, err := c.Jobs().Plan(job, true, &nomadapi.WriteOptions{Namespace: Namespace})
-				if err != nil {
-					t.Fatalf("plan: %v", err)
-				}
-				if plan.Diff == nil || plan.Diff.Type != "Added" {
-					t.Errorf("plan diff: %+v", plan.Diff)
-				}
-				for group, f := range plan.FailedTGAllocs {
-					// The dev agent has no Docker engine: that, and only that,
-					// keeps the docker profile from being placed.
-					if driver == "docker" && f.ConstraintFiltered[`missing drivers`] > 0 {
-						continue
-					}
-					t.Errorf("group %s cannot be placed: %+v", group, f)
-				}
-				checkProfile(t, job, driver, vars)
-			})
+			variants = append(variants, variant{name, driver, nil})
 		}
+	}
+	// Without Vault (clusters without ACLs, throwaway tests).
+	for _, name := range []string{Fabio, Prometheus, Grafana} {
+		variants = append(variants, variant{name, "raw_exec", Variables{"use_vault": false}})
+	}
+	for _, v := range variants {
+		name, driver := v.name, v.driver
+		suffix := ""
+		if v.extra != nil {
+			suffix = "/no-vault"
+		}
+		t.Run(name+"/"+driver+suffix, func(t *testing.T) {
+			vars := jobVariables(t, name, driver, v.extra)
+			job, err := parse(t, c, name, vars)
+			if err != nil {
+				t.Fatalf("parse: %v", err)
+			}
+			if *job.Namespace != Namespace || *job.ID != name {
+				t.Errorf("job %s in namespace %s", *job.ID, *job.Namespace)
+			}
+			resp, _, err := c.Jobs().Validate(job, nil)
+			if err != nil {
+				t.Fatalf("validate: %v", err)
+			}
+			if len(resp.ValidationErrors) > 0 || resp.Error != "" {
+				t.Fatalf("validate: %s %v", resp.Error, resp.ValidationErrors)
+			}
+			if resp.Warnings != "" {
+				t.Errorf("validate warnings: %s", resp.Warnings)
+			}
+			plan, _, err := c.Jobs().Plan(job, true, &nomadapi.WriteOptions{Namespace: Namespace})
+			if err != nil {
+				t.Fatalf("plan: %v", err)
+			}
+			if plan.Diff == nil || plan.Diff.Type != "Added" {
+				t.Errorf("plan diff: %+v", plan.Diff)
+			}
+			for group, f := range plan.FailedTGAllocs {
+				// The dev agent has no Docker engine: that, and only that,
+				// keeps the docker profile from being placed.
+				if driver == "docker" && len(f.ConstraintFiltered) == 1 && f.ConstraintFiltered[`missing drivers`] > 0 {
+					continue
+				}
+				t.Errorf("group %s cannot be placed: %+v", group, f)
+			}
+			checkProfile(t, job, driver, vars)
+			if v.extra != nil {
+				for _, g := range job.TaskGroups {
+					for _, task := range g.Tasks {
+						if task.Vault != nil || slices.ContainsFunc(task.Templates, func(tp *nomadapi.Template) bool { return strings.Contains(*tp.EmbeddedTmpl, "secret ") }) {
+							t.Errorf("task %s uses Vault with use_vault = false", task.Name)
+						}
+					}
+				}
+			}
+		})
 	}
 }
 
@@ -239,5 +268,56 @@ func writeFile(t *testing.T, path, content string) {
 	t.Helper()
 	if err := os.WriteFile(path, []byte(content), 0o600); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// The GitLab Runner cannot be built here (TOOLS-NOTES), so its job is not
+// run. Its config.toml template is rendered the way Nomad would: by the
+// real consul-template, against the real Vault, with the task's
+// environment (node meta appears to templates as meta.<key>); the token
+// comes from Vault and nothing is left unrendered.
+func testRunnerConfig(t *testing.T, e *env) {
+	ct := testcluster.Bin(t, "consul-template")
+	job, err := parse(t, e.nomad, GitLabRunner, jobVariables(t, GitLabRunner, "raw_exec", Variables{"concurrent": 4, "executor": "docker"}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	task := job.TaskGroups[0].Tasks[0]
+	if len(task.Templates) != 1 || *task.Templates[0].DestPath != "secrets/config.toml" {
+		t.Fatalf("templates: %+v", task.Templates)
+	}
+	const token = "glrt-test-1c9f"
+	if _, err := e.vault.Client.Logical().Write("secret/data/general/gitlab-runner/token", map[string]any{"data": map[string]any{"token": token}}); err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	in := filepath.Join(dir, "config.toml.tpl")
+	writeFile(t, in, *task.Templates[0].EmbeddedTmpl)
+	cmd := exec.Command(ct, "-once", "-dry", "-vault-renew-token=false",
+		"-vault-addr="+e.vault.Addr, "-vault-ssl-ca-cert="+e.vault.CACert,
+		"-template="+in+":"+filepath.Join(dir, "config.toml"))
+	cmd.Env = append(os.Environ(), "VAULT_TOKEN="+e.vault.Token,
+		"NOMAD_PORT_metrics=25001", "NOMAD_ALLOC_DIR=/alloc", "NOMAD_ALLOC_INDEX=0", "node.unique.name=client-1", "meta.node_address="+e.ip)
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		t.Fatalf("consul-template: %v\n%s", err, out)
+	}
+	got := string(out)
+	for _, want := range []string{
+		"concurrent = 4\n",
+		`listen_address = "` + e.ip + `:25001"`,
+		`name = "nomad-client-1-0"`,
+		`url = "https://gitlab.example.com"`,
+		`token = "` + token + `"`,
+		`executor = "docker"`,
+		`builds_dir = "/alloc/data/builds"`,
+		"[runners.docker]",
+	} {
+		if !strings.Contains(got, want) {
+			t.Errorf("config.toml lacks %q:\n%s", want, got)
+		}
+	}
+	if strings.Contains(got, "{{") || strings.Contains(got, "${") {
+		t.Errorf("config.toml has unrendered parts:\n%s", got)
 	}
 }

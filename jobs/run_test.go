@@ -1,6 +1,7 @@
 package jobs
 
 import (
+	"encoding/hex"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -12,6 +13,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -275,6 +277,73 @@ func testRun(t *testing.T, e *env) {
 	if grafana {
 		t.Run("grafana", func(t *testing.T) { checkGrafana(t, "http://"+e.ip+":9999/grafana") })
 	}
+
+	t.Run("tasks listen only on the node address", func(t *testing.T) {
+		ls := taskListeners(t, e.nomadDir)
+		// Every registered service is among them: the scan sees the tasks.
+		for s, addr := range addrs {
+			if !slices.ContainsFunc(ls, func(l listener) bool { return l.addr == addr }) {
+				t.Errorf("service %s at %s is not among the tasks' listeners %v", s, addr, ls)
+			}
+		}
+		for _, l := range ls {
+			if !strings.HasPrefix(l.addr, e.ip+":") {
+				t.Errorf("%s listens on %s, not on the node address %s", l.cmd, l.addr, e.ip)
+			}
+		}
+	})
+}
+
+type listener struct{ cmd, addr string }
+
+// taskListeners returns the TCP sockets listened on by the processes of
+// Nomad tasks: those whose NOMAD_ALLOC_DIR is under allocRoot.
+func taskListeners(t *testing.T, allocRoot string) []listener {
+	t.Helper()
+	inodes := map[string]string{} // socket inode -> command
+	pids, _ := filepath.Glob("/proc/[0-9]*")
+	for _, p := range pids {
+		env, err := os.ReadFile(filepath.Join(p, "environ"))
+		if err != nil || !strings.Contains(string(env), "\x00NOMAD_ALLOC_DIR="+allocRoot) && !strings.HasPrefix(string(env), "NOMAD_ALLOC_DIR="+allocRoot) {
+			continue
+		}
+		cmd, _ := os.ReadFile(filepath.Join(p, "cmdline"))
+		fds, _ := filepath.Glob(filepath.Join(p, "fd", "*"))
+		for _, fd := range fds {
+			if dst, err := os.Readlink(fd); err == nil && strings.HasPrefix(dst, "socket:[") {
+				inodes[strings.TrimSuffix(strings.TrimPrefix(dst, "socket:["), "]")] = strings.ReplaceAll(string(cmd), "\x00", " ")
+			}
+		}
+	}
+	var out []listener
+	for _, file := range []string{"/proc/net/tcp", "/proc/net/tcp6"} {
+		data, err := os.ReadFile(file)
+		if err != nil {
+			continue
+		}
+		for _, line := range strings.Split(string(data), "\n")[1:] {
+			f := strings.Fields(line)
+			if len(f) < 10 || f[3] != "0A" { // 0A: LISTEN
+				continue
+			}
+			if cmd, ok := inodes[f[9]]; ok {
+				out = append(out, listener{cmd: cmd, addr: procAddr(f[1])})
+			}
+		}
+	}
+	return out
+}
+
+// procAddr decodes an address of /proc/net/tcp{,6}: hex IP in host byte
+// order, hex port.
+func procAddr(s string) string {
+	host, port, _ := strings.Cut(s, ":")
+	b, _ := hex.DecodeString(host)
+	for i := 0; i+4 <= len(b); i += 4 {
+		b[i], b[i+1], b[i+2], b[i+3] = b[i+3], b[i+2], b[i+1], b[i]
+	}
+	p, _ := strconv.ParseUint(port, 16, 16)
+	return net.JoinHostPort(net.IP(b).String(), strconv.FormatUint(p, 10))
 }
 
 // checkGrafana logs in with the password Vault gave the job and checks the
