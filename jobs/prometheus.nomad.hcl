@@ -27,7 +27,11 @@
 #   use_vault            bool          read the Consul and Nomad tokens from Vault (default true)
 #   vault_role           string        Vault JWT role for the workload identity ("" = default)
 #   alertmanager_image, alertmanager_binary, alertmanager_cpu, alertmanager_memory
-#                                      the same for Alertmanager (default 100 MHz, 128 MB)
+#                                      the same for Alertmanager (default 100 MHz, 128 MB); the
+#                                      binary default is Debian's package, which reads its
+#                                      templates from /usr/share/prometheus/alertmanager and so
+#                                      only runs where the package is installed: elsewhere use
+#                                      an upstream build
 #   alertmanager_yml     string        alertmanager.yml (monitoring.RenderAlertmanager), required
 #
 # Secrets: secret/data/general/prometheus/tokens holds "consul" (agent:read,
