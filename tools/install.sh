@@ -138,6 +138,20 @@ t_prometheus() {
   link $name "$dest"
 }
 
+t_alertmanager() {
+  local name=alertmanager version=$ALERTMANAGER_VERSION dest=$cache/alertmanager-$ALERTMANAGER_VERSION
+  if have $name "$version"; then link $name "$dest"; return; fi
+  rm -rf "$dest"; mkdir -p "$dest/bin"; : >"$cache/logs/$name.log"
+  local s=$SECONDS
+  say "$name $version: building (log: $cache/logs/$name.log)"
+  local v="-X github.com/prometheus/common/version.Version=$version -X github.com/prometheus/common/version.Branch=HEAD -X github.com/prometheus/common/version.Revision=v$version"
+  (cd "$here/build/alertmanager" && CGO_ENABLED=0 run $name go build -trimpath "-ldflags=-s -w $v" \
+    -o "$dest/bin/alertmanager" github.com/prometheus/alertmanager/cmd/alertmanager)
+  say "$name $version built in $((SECONDS - s))s"
+  done_mark $name "$version"
+  link $name "$dest"
+}
+
 t_grafana() {
   local name=grafana version=$GRAFANA_VERSION dest=$cache/grafana-$GRAFANA_VERSION
   if have $name "$version"; then link $name "$dest"; ln -sfn "$dest/home" "$bin/grafana-home"; return; fi
@@ -301,7 +315,7 @@ t_debian() {
   say "node-exporter: $("$bin/prometheus-node-exporter" --version 2>&1 | head -1)"
 }
 
-all=(debian consul-template vault consul nomad prometheus fabio tf-providers terraform grafana)
+all=(debian consul-template vault consul nomad prometheus alertmanager fabio tf-providers terraform grafana)
 want=("$@"); [ ${#want[@]} -gt 0 ] || want=("${all[@]}")
 for t in "${want[@]}"; do
   declare -F "t_$t" >/dev/null || die "unknown tool $t (known: ${all[*]})"

@@ -19,7 +19,7 @@ check() { # label want cmd...
   fi
 }
 
-want=("$@"); [ ${#want[@]} -gt 0 ] || want=(debian consul-template vault consul nomad prometheus fabio tf-providers terraform grafana)
+want=("$@"); [ ${#want[@]} -gt 0 ] || want=(debian consul-template vault consul nomad prometheus alertmanager fabio tf-providers terraform grafana)
 echo "tools in $bin:"
 for t in "${want[@]}"; do
   case $t in
@@ -33,6 +33,7 @@ for t in "${want[@]}"; do
     check promtool "$PROMETHEUS_VERSION" "$bin/promtool" --version ;;
   # The module snapshot of Grafana 10.1.0-pre reports the version of its
   # package metadata.
+  alertmanager) check alertmanager "$ALERTMANAGER_VERSION" "$bin/alertmanager" --version ;;
   grafana) check grafana "grafana version" "$bin/grafana" -v ;;
   terraform) check terraform "Terraform v" env TF_CLI_CONFIG_FILE=/dev/null "$bin/terraform" version ;;
   tf-providers)

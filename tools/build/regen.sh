@@ -64,6 +64,10 @@ prometheus)
   go get -tool "github.com/prometheus/prometheus/cmd/prometheus@$PROMETHEUS_MODULE_VERSION" \
                "github.com/prometheus/prometheus/cmd/promtool@$PROMETHEUS_MODULE_VERSION"
   ;;
+alertmanager)
+  prep alertmanager
+  go get -tool "github.com/prometheus/alertmanager/cmd/alertmanager@v$ALERTMANAGER_VERSION"
+  ;;
 *) echo "unknown builder $1" >&2; exit 2 ;;
 esac
 echo "regenerated $here/$1"
