@@ -173,7 +173,7 @@ func TestFullConfig(t *testing.T) {
 		t.Errorf("monitoring = %+v", m)
 	}
 	g := p.GitLabRunner
-	if g == nil || g.URL != "https://gitlab.example.com" || g.Token != "glrt-from-the-environment" || g.Executor != "nomad" ||
+	if g == nil || g.URL != "https://gitlab.example.com" || g.Token != "glrt-from-the-environment" || g.Executor != "shell" ||
 		!reflect.DeepEqual(g.Tags, []string{"nomad", "linux"}) || g.Concurrent != 4 || g.Image != "alpine:3.21" {
 		t.Errorf("gitlab runner = %+v", g)
 	}

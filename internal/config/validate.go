@@ -386,7 +386,7 @@ func (v *validator) gitlab() {
 	if strings.TrimSpace(g.Token) == "" {
 		v.errorf(or(g.TokenRange, g.DefRange), "Empty token", "The runner token is empty; set token = env(\"GITLAB_RUNNER_TOKEN\") and export it.")
 	}
-	executors := []string{"docker", "nomad", "shell"}
+	executors := []string{"docker", "shell"}
 	if !slices.Contains(executors, g.Executor) {
 		v.errorf(or(g.ExecutorRange, g.DefRange), "Invalid executor", "executor = %q: use one of %s.", g.Executor, strings.Join(executors, ", "))
 	}

@@ -4,6 +4,7 @@ package platform
 import (
 	"github.com/platform-bootstrap/bootstrap/stages"
 	"github.com/platform-bootstrap/bootstrap/stages/consul"
+	"github.com/platform-bootstrap/bootstrap/stages/jobs"
 	"github.com/platform-bootstrap/bootstrap/stages/keys"
 	"github.com/platform-bootstrap/bootstrap/stages/nomad"
 	"github.com/platform-bootstrap/bootstrap/stages/pki"
@@ -20,7 +21,7 @@ func Stages() []stages.Stage {
 		pki.New(),
 		consul.New(),
 		nomad.New(),
-		stages.Placeholder("jobs"),
+		jobs.New(),
 		stages.Placeholder("verify"),
 	}
 }

@@ -105,7 +105,7 @@ monitoring {
 gitlab_runner {
   url        = "https://gitlab.example.com"
   token      = env("BOOTSTRAP_TEST_RUNNER_TOKEN")
-  executor   = "nomad"
+  executor   = "shell"
   tags       = ["nomad", "linux"]
   concurrent = 4
   image      = "alpine:3.21"

@@ -1,0 +1,469 @@
+// Package jobs is the stage that runs the platform's own services on Nomad,
+// in the general namespace: Fabio, Prometheus with Alertmanager, Grafana
+// with its dashboards, node-exporter and, when configured, a GitLab Runner.
+// Their secrets go to Vault KV, where the jobs read them through Nomad's
+// workload identity; a job is registered only when Nomad's plan shows a
+// difference, and the stage waits until it is healthy.
+package jobs
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"time"
+
+	nomadapi "github.com/hashicorp/nomad/api"
+	vaultapi "github.com/hashicorp/vault/api"
+
+	"github.com/platform-bootstrap/bootstrap/internal/config"
+	"github.com/platform-bootstrap/bootstrap/internal/inventory"
+	platformjobs "github.com/platform-bootstrap/bootstrap/jobs"
+	"github.com/platform-bootstrap/bootstrap/monitoring"
+	"github.com/platform-bootstrap/bootstrap/pki"
+	"github.com/platform-bootstrap/bootstrap/stages"
+	"github.com/platform-bootstrap/bootstrap/stages/consul"
+	"github.com/platform-bootstrap/bootstrap/stages/nomad"
+	"github.com/platform-bootstrap/bootstrap/stages/provision"
+)
+
+// Stage is the jobs stage.
+type Stage struct{}
+
+// New returns the jobs stage.
+func New() *Stage { return &Stage{} }
+
+// Name is "jobs".
+func (*Stage) Name() string { return "jobs" }
+
+// FabioPort and FabioUIPort are Fabio's static ports on every client.
+const (
+	FabioPort   = 9999
+	FabioUIPort = 9998
+)
+
+// platform is everything the stage needs from earlier stages.
+type platform struct {
+	cfg   *config.Platform
+	inv   *inventory.Inventory
+	nomad *nomadapi.Client
+	vault *vaultapi.Client
+	// secrets the jobs read from Vault KV: path under secret/ → fields.
+	kv map[string]map[string]string
+}
+
+func load(ctx context.Context, e *stages.Env) (*platform, error) {
+	inv, err := provision.Load(e)
+	if err != nil {
+		return nil, err
+	}
+	if e.State.Output(stages.OutNomadAddr) == "" {
+		return nil, stages.NotReadyf("nomad is not up yet")
+	}
+	get := func(name string) (string, error) {
+		v, ok, err := e.Secrets.Get(name)
+		if err != nil {
+			return "", err
+		}
+		if !ok {
+			return "", stages.NotReadyf("%s does not exist yet (consul and nomad stages)", name)
+		}
+		return strings.TrimSpace(v), nil
+	}
+	mgmt, err := get(stages.SecretNomadBootstrapToken)
+	if err != nil {
+		return nil, err
+	}
+	nc, err := nomad.NewClient(e.State.Output(stages.OutNomadAddr), e.State.Output(stages.OutNomadCACert), mgmt)
+	if err != nil {
+		return nil, err
+	}
+	vc, err := pki.NewClient(e.State.Output(stages.OutVaultAddr), e.State.Output(stages.OutVaultCACert))
+	if err != nil {
+		return nil, err
+	}
+	tok, err := pki.Token(ctx, e, vc)
+	if err != nil {
+		return nil, err
+	}
+	vc.SetToken(tok)
+	p := &platform{cfg: e.Config, inv: inv, nomad: nc, vault: vc, kv: map[string]map[string]string{}}
+	fabio, err := get(consul.SecretFabioToken)
+	if err != nil {
+		return nil, err
+	}
+	promConsul, err := get(consul.SecretPrometheusToken)
+	if err != nil {
+		return nil, err
+	}
+	promNomad, err := get(nomad.SecretPrometheusToken)
+	if err != nil {
+		return nil, err
+	}
+	p.kv["general/fabio/consul"] = map[string]string{"token": fabio}
+	p.kv["general/prometheus/tokens"] = map[string]string{"consul": promConsul, "nomad": promNomad}
+	if e.Config.Jobs.Grafana.Enabled {
+		pw, _, err := e.Secrets.GetOrCreate(stages.SecretGrafanaAdminPassword, password)
+		if err != nil {
+			return nil, err
+		}
+		p.kv["general/grafana/admin"] = map[string]string{"password": pw}
+	}
+	if r := e.Config.GitLabRunner; r != nil {
+		p.kv["general/gitlab-runner/token"] = map[string]string{"token": r.Token}
+	}
+	return p, nil
+}
+
+// driver resolves jobs.driver: "auto" runs local binaries with raw_exec on
+// the local provider and images with docker on machines.
+func driver(cfg *config.Platform) string {
+	if cfg.Jobs.Driver != "auto" {
+		return cfg.Jobs.Driver
+	}
+	if cfg.Provider.Local != nil {
+		return "raw_exec"
+	}
+	return "docker"
+}
+
+// binDir is where the clients find the binaries of the raw_exec profile.
+func binDir(p *platform) (string, error) {
+	for _, n := range p.inv.WithRole(inventory.RoleClient) {
+		if n.Local != nil {
+			return n.Local.BinDir, nil
+		}
+	}
+	if m := p.cfg.Provider.Machines(); m != nil && m.BinDir != "" {
+		return m.BinDir, nil
+	}
+	return "", fmt.Errorf("jobs.driver = %q runs local binaries, but the clients have no bin_dir: use driver = \"docker\" or set bin_dir", driver(p.cfg))
+}
+
+// spec is one platform job to run.
+type spec struct {
+	name string
+	vars platformjobs.Variables
+}
+
+// wanted returns the jobs the configuration enables, with their variables.
+func wanted(e *stages.Env, p *platform) ([]spec, error) {
+	cfg := p.cfg
+	drv := driver(cfg)
+	var bin string
+	if drv != "docker" {
+		var err error
+		if bin, err = binDir(p); err != nil {
+			return nil, err
+		}
+	}
+	base := func(j config.Job, binary, image string) platformjobs.Variables {
+		v := platformjobs.Variables{"driver": drv, "datacenters": []string{cfg.Datacenter}, "cpu": j.CPU, "memory": j.Memory}
+		if drv == "docker" {
+			if j.Image != "" {
+				v["image"] = j.Image
+			} else if image != "" {
+				v["image"] = image
+			}
+		} else {
+			v["binary"] = filepath.Join(bin, binary)
+		}
+		return v
+	}
+	consulCA, err := os.ReadFile(consul.CAFile(e))
+	if err != nil {
+		return nil, err
+	}
+	var out []spec
+	if j := cfg.Jobs.NodeExporter; j.Enabled {
+		out = append(out, spec{platformjobs.NodeExporter, base(j, "prometheus-node-exporter", "")})
+	}
+	if j := cfg.Jobs.Fabio; j.Enabled {
+		v := base(j, "fabio", "")
+		v["consul_ca_pem"] = string(consulCA)
+		v["proxy_port"] = FabioPort
+		v["ui_port"] = FabioUIPort
+		out = append(out, spec{platformjobs.Fabio, v})
+	}
+	if j := cfg.Jobs.Prometheus; j.Enabled {
+		v, err := prometheusVars(e, p, base(j, "prometheus", ""), bin)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, spec{platformjobs.Prometheus, v})
+	}
+	if j := cfg.Jobs.Grafana; j.Enabled {
+		v := base(j, "grafana", "")
+		v["count"] = j.Count
+		v["datasources_yml"] = string(monitoring.GrafanaDatasources())
+		v["dashboards_yml"] = string(monitoring.GrafanaDashboardProvider())
+		dash := monitoring.Dashboards()
+		if dir := cfg.Monitoring.DashboardsDir; dir != "" {
+			if !filepath.IsAbs(dir) {
+				dir = filepath.Join(cfg.Dir, dir)
+			}
+			own, err := monitoring.ReadDashboardsDir(dir)
+			if err != nil {
+				return nil, err
+			}
+			for k, b := range own {
+				dash[k] = b
+			}
+		}
+		v["dashboards"] = dash
+		v["scrape_interval"] = cfg.Monitoring.ScrapeInterval
+		if drv != "docker" {
+			home, err := filepath.EvalSymlinks(filepath.Join(bin, "grafana-home"))
+			if err != nil {
+				return nil, fmt.Errorf("grafana's home (%s/grafana-home, from make tools): %w", bin, err)
+			}
+			v["homepath"] = home
+		}
+		out = append(out, spec{platformjobs.Grafana, v})
+	}
+	if r := cfg.GitLabRunner; r != nil {
+		v := base(config.Job{CPU: 500, Memory: 512}, "gitlab-runner", "")
+		v["gitlab_url"] = r.URL
+		v["executor"] = r.Executor
+		v["concurrent"] = r.Concurrent
+		v["job_image"] = r.Image
+		out = append(out, spec{platformjobs.GitLabRunner, v})
+	}
+	return out, nil
+}
+
+// prometheusVars renders prometheus.yml, the rules and alertmanager.yml for
+// this platform's nodes.
+func prometheusVars(e *stages.Env, p *platform, v platformjobs.Variables, bin string) (platformjobs.Variables, error) {
+	cfg := p.cfg
+	hostports := func(nodes []inventory.Node, port int) []string {
+		var out []string
+		for _, n := range nodes {
+			out = append(out, net.JoinHostPort(n.Address(), fmt.Sprint(port)))
+		}
+		return out
+	}
+	servers := p.inv.WithRole(inventory.RoleServer)
+	clients := p.inv.WithRole(inventory.RoleClient)
+	nomadHTTP := monitoring.HTTPClient{TokenFile: platformjobs.PrometheusNomadTokenFile, CAFile: platformjobs.PrometheusCAFile("nomad")}
+	consulHTTP := monitoring.HTTPClient{TokenFile: platformjobs.PrometheusConsulTokenFile, CAFile: platformjobs.PrometheusCAFile("consul")}
+	yml, err := monitoring.RenderPrometheus(monitoring.PrometheusConfig{
+		ScrapeInterval: cfg.Monitoring.ScrapeInterval,
+		ExternalLabels: map[string]string{"platform": cfg.Name, "datacenter": cfg.Datacenter},
+		NomadServers:   monitoring.Endpoint{Targets: hostports(servers, nomad.HTTPPort), HTTP: nomadHTTP},
+		NomadClients:   monitoring.Endpoint{Targets: hostports(clients, nomad.HTTPPort), HTTP: nomadHTTP},
+		Consul:         monitoring.Endpoint{Targets: hostports(p.inv.Nodes, consul.HTTPSPort), HTTP: consulHTTP},
+		Vault: monitoring.Endpoint{Targets: hostports(p.inv.WithRole(inventory.RoleVault), 8200),
+			HTTP: monitoring.HTTPClient{TokenFile: platformjobs.PrometheusVaultTokenFile, CAFile: platformjobs.PrometheusCAFile("vault")}},
+		// Any agent serves the catalog; the servers are the stable ones.
+		ConsulSD: monitoring.ConsulSD{Server: net.JoinHostPort(servers[0].Address(), fmt.Sprint(consul.HTTPSPort)), Datacenter: cfg.Datacenter, HTTP: consulHTTP},
+	})
+	if err != nil {
+		return nil, fmt.Errorf("prometheus.yml: %w", err)
+	}
+	leaf, err := config.ParseDuration(cfg.PKI.LeafTTL)
+	if err != nil {
+		return nil, err
+	}
+	rules, err := monitoring.RenderRules(monitoring.RulesConfig{CertExpiry: monitoring.CertExpiryFor(leaf)})
+	if err != nil {
+		return nil, fmt.Errorf("alert rules: %w", err)
+	}
+	am, err := monitoring.RenderAlertmanager(monitoring.AlertmanagerConfig{WebhookURL: cfg.Monitoring.AlertWebhookURL})
+	if err != nil {
+		return nil, fmt.Errorf("alertmanager.yml: %w", err)
+	}
+	cas := map[string]string{}
+	for name, file := range map[string]string{"consul": consul.CAFile(e), "nomad": nomad.CAFile(e), "vault": e.State.Output(stages.OutVaultCACert)} {
+		b, err := os.ReadFile(file)
+		if err != nil {
+			return nil, err
+		}
+		cas[name] = string(b)
+	}
+	v["count"] = cfg.Jobs.Prometheus.Count
+	v["prometheus_yml"] = string(yml)
+	v["rules"] = rules
+	v["alertmanager_yml"] = string(am)
+	v["ca_pems"] = cas
+	v["retention"] = cfg.Monitoring.Retention
+	v["vault_role"] = prometheusRole
+	v["alertmanager_cpu"] = cfg.Jobs.Alertmanager.CPU
+	v["alertmanager_memory"] = cfg.Jobs.Alertmanager.Memory
+	if driver(cfg) != "docker" {
+		v["alertmanager_binary"] = filepath.Join(bin, "alertmanager")
+		// The TSDB outlives the allocation: a directory in the state
+		// directory, which every local client sees.
+		v["data_dir"] = e.Path("volumes", "prometheus")
+	}
+	return v, nil
+}
+
+// Plan compares every platform job, its secrets in Vault and Vault's role
+// for Prometheus with what exists.
+func (s *Stage) Plan(ctx context.Context, e *stages.Env) ([]stages.Change, error) {
+	p, err := load(ctx, e)
+	if err != nil {
+		return nil, err
+	}
+	specs, err := wanted(e, p)
+	if err != nil {
+		return nil, err
+	}
+	out, err := planVault(ctx, p)
+	if err != nil {
+		return nil, err
+	}
+	for _, sp := range specs {
+		c, err := planJob(ctx, p, sp)
+		if err != nil {
+			return nil, err
+		}
+		if c != nil {
+			out = append(out, *c)
+		}
+	}
+	stale, err := staleJobs(ctx, p, specs)
+	if err != nil {
+		return nil, err
+	}
+	for _, id := range stale {
+		out = append(out, stages.Change{Action: "stop", Target: "job " + id, Detail: "disabled in the configuration"})
+	}
+	if err := setOutputs(e, p); err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+// Apply writes the secrets and Vault role, registers the jobs that differ
+// and waits for each to be healthy.
+func (s *Stage) Apply(ctx context.Context, e *stages.Env) error {
+	p, err := load(ctx, e)
+	if err != nil {
+		return err
+	}
+	specs, err := wanted(e, p)
+	if err != nil {
+		return err
+	}
+	if err := applyVault(ctx, e, p); err != nil {
+		return err
+	}
+	for _, sp := range specs {
+		if err := applyJob(ctx, e, p, sp); err != nil {
+			return err
+		}
+	}
+	stale, err := staleJobs(ctx, p, specs)
+	if err != nil {
+		return err
+	}
+	for _, id := range stale {
+		e.Step("stopping job %s", id)
+		if err := stopJob(ctx, p, id); err != nil {
+			return err
+		}
+	}
+	return setOutputs(e, p)
+}
+
+// setOutputs records where users reach the services: through the first
+// client's Fabio.
+func setOutputs(e *stages.Env, p *platform) error {
+	clients := p.inv.WithRole(inventory.RoleClient)
+	if len(clients) == 0 || !p.cfg.Jobs.Fabio.Enabled {
+		return nil
+	}
+	fabio := "http://" + net.JoinHostPort(clients[0].APIAddress(), fmt.Sprint(FabioPort))
+	outs := map[string]string{
+		stages.OutFabioAddr:   fabio,
+		stages.OutFabioUIAddr: "http://" + net.JoinHostPort(clients[0].APIAddress(), fmt.Sprint(FabioUIPort)),
+	}
+	if p.cfg.Jobs.Prometheus.Enabled {
+		outs[stages.OutPrometheusAddr] = fabio + "/prometheus"
+		if p.cfg.Jobs.Alertmanager.Enabled {
+			outs[stages.OutAlertmanagerAddr] = fabio + "/alertmanager"
+		}
+	}
+	if p.cfg.Jobs.Grafana.Enabled {
+		outs[stages.OutGrafanaAddr] = fabio + "/grafana"
+	}
+	keys := make([]string, 0, len(outs))
+	for k := range outs {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	for _, k := range keys {
+		if err := e.State.SetOutput(k, outs[k]); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// Destroy stops every platform job (for down): their tasks must end before
+// the nodes are stopped, or raw_exec tasks would outlive their clients.
+func (s *Stage) Destroy(ctx context.Context, e *stages.Env) error {
+	if e.State.Output(stages.OutNomadAddr) == "" {
+		return nil
+	}
+	mgmt, ok, err := e.Secrets.Get(stages.SecretNomadBootstrapToken)
+	if err != nil || !ok {
+		return err
+	}
+	nc, err := nomad.NewClient(e.State.Output(stages.OutNomadAddr), e.State.Output(stages.OutNomadCACert), strings.TrimSpace(mgmt))
+	if err != nil {
+		return err
+	}
+	p := &platform{cfg: e.Config, nomad: nc}
+	jobs, _, err := nc.Jobs().List((&nomadapi.QueryOptions{Namespace: "*"}).WithContext(ctx))
+	if err != nil {
+		// A platform whose Nomad is already gone has nothing to stop.
+		e.Warnf("nomad does not answer (%v); jobs are not stopped one by one", err)
+		return nil
+	}
+	for _, j := range jobs {
+		if j.Status == "dead" {
+			continue
+		}
+		e.Step("stopping job %s/%s", j.Namespace, j.ID)
+		if err := stopJobIn(ctx, p, j.Namespace, j.ID); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func password() (string, error) {
+	b := make([]byte, 24)
+	if _, err := randRead(b); err != nil {
+		return "", err
+	}
+	const alphabet = "abcdefghijkmnopqrstuvwxyzABCDEFGHJKLMNPQRSTUVWXYZ23456789"
+	for i := range b {
+		b[i] = alphabet[int(b[i])%len(alphabet)]
+	}
+	return string(b), nil
+}
+
+// wait polls f every interval until it returns true, an error, or the
+// timeout passes.
+func wait(ctx context.Context, timeout time.Duration, f func() (bool, error)) error {
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	for {
+		done, err := f()
+		if err != nil || done {
+			return err
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(time.Second):
+		}
+	}
+}
