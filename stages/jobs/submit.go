@@ -22,7 +22,9 @@ var randRead = rand.Read
 // healthTimeout bounds the wait for one job to become healthy.
 const healthTimeout = 5 * time.Minute
 
-func general() *nomadapi.WriteOptions { return &nomadapi.WriteOptions{Namespace: platformjobs.Namespace} }
+func general() *nomadapi.WriteOptions {
+	return &nomadapi.WriteOptions{Namespace: platformjobs.Namespace}
+}
 
 // parse turns a job file and its variables into a job, through the
 // servers' own parser.
@@ -305,17 +307,18 @@ func stopJob(ctx context.Context, p *platform, id string) error {
 	return stopJobIn(ctx, p, platformjobs.Namespace, id)
 }
 
-// stopJobIn deregisters a job and waits until its allocations stopped.
+// stopJobIn stops a job, waits until its allocations stopped, and purges
+// it. (Purging at once would hide allocations that still run.)
 func stopJobIn(ctx context.Context, p *platform, ns, id string) error {
-	if _, _, err := p.nomad.Jobs().Deregister(id, true, (&nomadapi.WriteOptions{Namespace: ns}).WithContext(ctx)); err != nil {
+	w := (&nomadapi.WriteOptions{Namespace: ns}).WithContext(ctx)
+	if _, _, err := p.nomad.Jobs().Deregister(id, false, w); err != nil {
 		return fmt.Errorf("stop job %s/%s: %w", ns, id, err)
 	}
 	q := (&nomadapi.QueryOptions{Namespace: ns}).WithContext(ctx)
-	return wait(ctx, 2*time.Minute, func() (bool, error) {
+	err := wait(ctx, 2*time.Minute, func() (bool, error) {
 		allocs, _, err := p.nomad.Jobs().Allocations(id, true, q)
 		if err != nil {
-			// Purged: the job and its allocations are gone.
-			return strings.Contains(err.Error(), "404"), nil
+			return false, fmt.Errorf("job %s/%s: allocations: %w", ns, id, err)
 		}
 		for _, a := range allocs {
 			if a.ClientStatus == "running" || a.ClientStatus == "pending" {
@@ -324,6 +327,13 @@ func stopJobIn(ctx context.Context, p *platform, ns, id string) error {
 		}
 		return true, nil
 	})
+	if err != nil {
+		return fmt.Errorf("stop job %s/%s: %w", ns, id, err)
+	}
+	if _, _, err := p.nomad.Jobs().Deregister(id, true, w); err != nil {
+		return fmt.Errorf("purge job %s/%s: %w", ns, id, err)
+	}
+	return nil
 }
 
 // prometheusRole is the Vault JWT role the prometheus job logs in with: the

@@ -10,6 +10,7 @@ import (
 	"github.com/platform-bootstrap/bootstrap/stages/pki"
 	"github.com/platform-bootstrap/bootstrap/stages/provision"
 	"github.com/platform-bootstrap/bootstrap/stages/vault"
+	"github.com/platform-bootstrap/bootstrap/stages/verify"
 )
 
 // Stages returns the platform's stages, in order.
@@ -22,6 +23,6 @@ func Stages() []stages.Stage {
 		consul.New(),
 		nomad.New(),
 		jobs.New(),
-		stages.Placeholder("verify"),
+		verify.New(),
 	}
 }

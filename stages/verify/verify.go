@@ -1,0 +1,420 @@
+// Package verify is the last stage: the checks a user would make by hand
+// once the platform is up — Prometheus scrapes Nomad, Consul, Vault,
+// node-exporter and itself and discovers a newly deployed service, a query
+// for node CPU has a value per client, Grafana serves its dashboards through
+// a working datasource, Fabio routes, and the Nomad UI answers the read-only
+// token.
+//
+// Plan runs the read-only checks once, without waiting: a platform that
+// passes them and was verified before has nothing to do. Apply runs every
+// check with retries, plus the discovery of a short-lived probe service.
+package verify
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/base64"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	nomadapi "github.com/hashicorp/nomad/api"
+
+	"github.com/platform-bootstrap/bootstrap/internal/inventory"
+	"github.com/platform-bootstrap/bootstrap/stages"
+	"github.com/platform-bootstrap/bootstrap/stages/nomad"
+	"github.com/platform-bootstrap/bootstrap/stages/provision"
+)
+
+// Stage is the verify stage.
+type Stage struct{}
+
+// New returns the verify stage.
+func New() *Stage { return &Stage{} }
+
+// Name is "verify".
+func (*Stage) Name() string { return "verify" }
+
+type env struct {
+	e       *stages.Env
+	inv     *inventory.Inventory
+	http    *http.Client
+	prom    string // Prometheus through Fabio
+	grafana string
+	fabio   string
+	nomad   string
+	uiToken string
+	grafPW  string
+}
+
+func load(e *stages.Env) (*env, error) {
+	inv, err := provision.Load(e)
+	if err != nil {
+		return nil, err
+	}
+	out := e.State.Outputs()
+	v := &env{e: e, inv: inv, prom: out[stages.OutPrometheusAddr], grafana: out[stages.OutGrafanaAddr], fabio: out[stages.OutFabioAddr], nomad: out[stages.OutNomadAddr]}
+	if v.nomad == "" {
+		return nil, stages.NotReadyf("nomad is not up yet")
+	}
+	if v.fabio == "" && e.Config.Jobs.Fabio.Enabled {
+		return nil, stages.NotReadyf("the platform jobs are not running yet")
+	}
+	pool := x509.NewCertPool()
+	b, err := os.ReadFile(out[stages.OutNomadCACert])
+	if err != nil {
+		return nil, err
+	}
+	pool.AppendCertsFromPEM(b)
+	v.http = &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}}}
+	tok, ok, err := e.Secrets.Get(stages.SecretNomadUIToken)
+	if err != nil || !ok {
+		return nil, stages.NotReadyf("no nomad UI token yet")
+	}
+	v.uiToken = strings.TrimSpace(tok)
+	if e.Config.Jobs.Grafana.Enabled {
+		pw, ok, err := e.Secrets.Get(stages.SecretGrafanaAdminPassword)
+		if err != nil || !ok {
+			return nil, stages.NotReadyf("no grafana password yet")
+		}
+		v.grafPW = pw
+	}
+	return v, nil
+}
+
+// check is one thing a user would look at.
+type check struct {
+	name string
+	run  func(ctx context.Context, v *env) error
+}
+
+func (v *env) checks() []check {
+	cfg := v.e.Config
+	var cs []check
+	if cfg.Jobs.Prometheus.Enabled {
+		cs = append(cs,
+			check{"prometheus scrapes nomad, consul, vault, node-exporter and itself", checkTargets},
+			check{"a node CPU query returns a value per client", checkNodeCPU},
+		)
+	}
+	if cfg.Jobs.Grafana.Enabled {
+		cs = append(cs, check{"grafana serves the dashboards through a working datasource", checkGrafana})
+	}
+	if cfg.Jobs.Fabio.Enabled && cfg.Jobs.Prometheus.Enabled {
+		cs = append(cs, check{"fabio routes /prometheus", checkFabio})
+	}
+	cs = append(cs, check{"the nomad UI answers the read-only token", checkNomadUI})
+	return cs
+}
+
+const verifiedOutput = "verified"
+
+// Plan runs the read-only checks once. A failing check, or a platform never
+// verified, is a change: Apply runs every check with retries.
+func (s *Stage) Plan(ctx context.Context, e *stages.Env) ([]stages.Change, error) {
+	v, err := load(e)
+	if err != nil {
+		return nil, err
+	}
+	var out []stages.Change
+	for _, c := range v.checks() {
+		cctx, cancel := context.WithTimeout(ctx, 15*time.Second)
+		err := c.run(cctx, v)
+		cancel()
+		if err != nil {
+			out = append(out, stages.Change{Action: "check", Target: c.name, Detail: "failing: " + err.Error()})
+		}
+	}
+	if e.State.Output(verifiedOutput) == "" && len(out) == 0 {
+		out = append(out, stages.Change{Action: "check", Target: "the platform end to end", Detail: "never verified"})
+	}
+	return out, nil
+}
+
+// Apply runs every check until it passes or times out, and proves that a
+// newly deployed service tagged prometheus is discovered.
+func (s *Stage) Apply(ctx context.Context, e *stages.Env) error {
+	v, err := load(e)
+	if err != nil {
+		return err
+	}
+	checks := v.checks()
+	if e.Config.Jobs.Prometheus.Enabled {
+		checks = append(checks, check{"a new service tagged prometheus becomes a target within a minute", checkDiscovery})
+	}
+	var errs []error
+	for _, c := range checks {
+		e.Step("checking that %s", c.name)
+		if err := retry(ctx, 3*time.Minute, func(ctx context.Context) error { return c.run(ctx, v) }); err != nil {
+			errs = append(errs, fmt.Errorf("%s: %w", c.name, err))
+		}
+	}
+	if err := errors.Join(errs...); err != nil {
+		return err
+	}
+	for _, u := range []struct{ name, url string }{{"Prometheus", v.prom}, {"Grafana", v.grafana}, {"Fabio", v.fabio}, {"Nomad UI", v.nomad + "/ui/"}} {
+		if u.url != "" {
+			e.Step("%s: %s", u.name, u.url)
+		}
+	}
+	return e.State.SetOutput(verifiedOutput, time.Now().UTC().Format(time.RFC3339))
+}
+
+func retry(ctx context.Context, timeout time.Duration, f func(context.Context) error) error {
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	for {
+		cctx, c := context.WithTimeout(ctx, 15*time.Second)
+		err := f(cctx)
+		c()
+		if err == nil {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return err
+		case <-time.After(2 * time.Second):
+		}
+	}
+}
+
+// get fetches url and decodes JSON into out (when not nil).
+func (v *env) get(ctx context.Context, u string, header http.Header, out any) error {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u, nil)
+	if err != nil {
+		return err
+	}
+	for k, vs := range header {
+		req.Header[k] = vs
+	}
+	resp, err := v.http.Do(req)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(io.LimitReader(resp.Body, 8<<20))
+	if err != nil {
+		return err
+	}
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("GET %s: %s", u, resp.Status)
+	}
+	if out == nil {
+		return nil
+	}
+	if err := json.Unmarshal(body, out); err != nil {
+		return fmt.Errorf("GET %s: %w", u, err)
+	}
+	return nil
+}
+
+type target struct {
+	Labels    map[string]string `json:"labels"`
+	Health    string            `json:"health"`
+	LastError string            `json:"lastError"`
+}
+
+func (v *env) targets(ctx context.Context) ([]target, error) {
+	var resp struct {
+		Data struct {
+			ActiveTargets []target `json:"activeTargets"`
+		} `json:"data"`
+	}
+	if err := v.get(ctx, v.prom+"/api/v1/targets?state=active", nil, &resp); err != nil {
+		return nil, err
+	}
+	return resp.Data.ActiveTargets, nil
+}
+
+func checkTargets(ctx context.Context, v *env) error {
+	ts, err := v.targets(ctx)
+	if err != nil {
+		return err
+	}
+	want := map[string]int{"nomad-server": 0, "nomad-client": 0, "consul": 0, "vault": 0, "node-exporter": 0, "prometheus": 0}
+	var down []string
+	for _, t := range ts {
+		key := t.Labels["job"]
+		if key == "consul_sd_metrics" {
+			key = t.Labels["service"]
+		}
+		if _, ok := want[key]; !ok {
+			continue
+		}
+		if t.Health == "up" {
+			want[key]++
+		} else {
+			down = append(down, fmt.Sprintf("%s %s (%s)", key, t.Labels["instance"], t.LastError))
+		}
+	}
+	var missing []string
+	for k, n := range want {
+		if n == 0 {
+			missing = append(missing, k)
+		}
+	}
+	if len(missing) > 0 || len(down) > 0 {
+		return fmt.Errorf("no healthy target for %v; down: %v", missing, down)
+	}
+	return nil
+}
+
+func (v *env) query(ctx context.Context, q string) (int, error) {
+	var resp struct {
+		Data struct {
+			Result []json.RawMessage `json:"result"`
+		} `json:"data"`
+	}
+	if err := v.get(ctx, v.prom+"/api/v1/query?query="+url.QueryEscape(q), nil, &resp); err != nil {
+		return 0, err
+	}
+	return len(resp.Data.Result), nil
+}
+
+func checkNodeCPU(ctx context.Context, v *env) error {
+	n, err := v.query(ctx, `sum by (instance) (rate(node_cpu_seconds_total[2m]))`)
+	if err != nil {
+		return err
+	}
+	if want := len(v.inv.WithRole(inventory.RoleClient)); n < want {
+		return fmt.Errorf("node CPU has values for %d node(s), want %d", n, want)
+	}
+	return nil
+}
+
+func checkGrafana(ctx context.Context, v *env) error {
+	if err := v.get(ctx, v.grafana+"/api/health", nil, nil); err != nil {
+		return err
+	}
+	auth := http.Header{"Authorization": {"Basic " + basic("admin", v.grafPW)}}
+	var dashboards []struct {
+		Title string `json:"title"`
+	}
+	if err := v.get(ctx, v.grafana+"/api/search?type=dash-db", auth, &dashboards); err != nil {
+		return err
+	}
+	if len(dashboards) < 5 {
+		return fmt.Errorf("grafana has %d dashboards, want at least 5", len(dashboards))
+	}
+	var health struct {
+		Status  string `json:"status"`
+		Message string `json:"message"`
+	}
+	if err := v.get(ctx, v.grafana+"/api/datasources/uid/prometheus/health", auth, &health); err != nil {
+		return err
+	}
+	if health.Status != "OK" {
+		return fmt.Errorf("grafana's prometheus datasource: %s %s", health.Status, health.Message)
+	}
+	// A query through Grafana's datasource proxy returns data.
+	var res struct {
+		Data struct {
+			Result []json.RawMessage `json:"result"`
+		} `json:"data"`
+	}
+	if err := v.get(ctx, v.grafana+"/api/datasources/proxy/uid/prometheus/api/v1/query?query=up", auth, &res); err != nil {
+		return err
+	}
+	if len(res.Data.Result) == 0 {
+		return errors.New("a query through grafana's datasource returned no data")
+	}
+	return nil
+}
+
+func checkFabio(ctx context.Context, v *env) error {
+	return v.get(ctx, v.fabio+"/prometheus/-/ready", nil, nil)
+}
+
+func checkNomadUI(ctx context.Context, v *env) error {
+	if err := v.get(ctx, v.nomad+"/ui/", nil, nil); err != nil {
+		return err
+	}
+	// The UI's first call: the jobs the read-only token may see.
+	return v.get(ctx, v.nomad+"/v1/jobs?namespace=*", http.Header{"X-Nomad-Token": {v.uiToken}}, nil)
+}
+
+func basic(user, pw string) string {
+	return base64.StdEncoding.EncodeToString([]byte(user + ":" + pw))
+}
+
+// checkDiscovery deploys a small service tagged prometheus (a second
+// node-exporter on a dynamic port), waits until Prometheus scrapes it and
+// removes it again.
+func checkDiscovery(ctx context.Context, v *env) error {
+	mgmt, _, err := v.e.Secrets.Get(stages.SecretNomadBootstrapToken)
+	if err != nil {
+		return err
+	}
+	nc, err := nomad.NewClient(v.nomad, v.e.State.Output(stages.OutNomadCACert), strings.TrimSpace(mgmt))
+	if err != nil {
+		return err
+	}
+	job := probeJob(v)
+	w := (&nomadapi.WriteOptions{Namespace: *job.Namespace}).WithContext(ctx)
+	if _, _, err := nc.Jobs().Register(job, w); err != nil {
+		return fmt.Errorf("register the probe: %w", err)
+	}
+	defer nc.Jobs().Deregister(*job.ID, true, (&nomadapi.WriteOptions{Namespace: *job.Namespace}).WithContext(context.WithoutCancel(ctx)))
+	deadline := time.Now().Add(time.Minute)
+	for {
+		ts, err := v.targets(ctx)
+		if err == nil {
+			for _, t := range ts {
+				if t.Labels["service"] == probeService && t.Health == "up" {
+					return nil
+				}
+			}
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("the probe service %s was not a healthy target within a minute (last error: %v)", probeService, err)
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(2 * time.Second):
+		}
+	}
+}
+
+const probeService = "bootstrap-verify-probe"
+
+func probeJob(v *env) *nomadapi.Job {
+	ns := "general"
+	job := nomadapi.NewServiceJob(probeService, probeService, v.e.Config.Region, 50)
+	job.Namespace = &ns
+	job.Datacenters = []string{v.e.Config.Datacenter}
+	tg := nomadapi.NewTaskGroup("probe", 1)
+	tg.Networks = []*nomadapi.NetworkResource{{DynamicPorts: []nomadapi.Port{{Label: "http"}}}}
+	tg.Services = []*nomadapi.Service{{
+		Name:      probeService,
+		PortLabel: "http",
+		Address:   "${meta.node_address}",
+		Tags:      []string{"prometheus"},
+		Provider:  "consul",
+	}}
+	args := []string{"--web.listen-address=${meta.node_address}:${NOMAD_PORT_http}", "--no-collector.systemd"}
+	var task *nomadapi.Task
+	if v.e.Config.Provider.Local != nil || v.e.Config.Jobs.Driver == "raw_exec" || v.e.Config.Jobs.Driver == "exec" {
+		bin := v.inv.WithRole(inventory.RoleClient)[0].Local
+		dir := ""
+		if bin != nil {
+			dir = bin.BinDir
+		}
+		task = nomadapi.NewTask("probe", "raw_exec").SetConfig("command", filepath.Join(dir, "prometheus-node-exporter")).SetConfig("args", args)
+	} else {
+		task = nomadapi.NewTask("probe", "docker").SetConfig("image", "prom/node-exporter:v1.8.2").SetConfig("args", args).SetConfig("network_mode", "host")
+	}
+	cpu, mem := 50, 32
+	task.Require(&nomadapi.Resources{CPU: &cpu, MemoryMB: &mem})
+	tg.AddTask(task)
+	job.AddTaskGroup(tg)
+	return job
+}
