@@ -1,0 +1,197 @@
+package platform_test
+
+import (
+	"encoding/json"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	nomadapi "github.com/hashicorp/nomad/api"
+
+	"github.com/platform-bootstrap/bootstrap/internal/platformtest"
+	"github.com/platform-bootstrap/bootstrap/internal/proc"
+	"github.com/platform-bootstrap/bootstrap/stages"
+	"github.com/platform-bootstrap/bootstrap/stages/nomad"
+)
+
+// TestPlatform is `make up` on the local provider end to end: every stage
+// with the defaults, verify green, the URLs it prints answer, a second up
+// changes nothing, an application deploys into dev with the CI token over
+// TLS, and down leaves no process and no file behind.
+func TestPlatform(t *testing.T) {
+	if testing.Short() {
+		t.Skip("brings up a platform")
+	}
+	for _, b := range []string{"prometheus", "alertmanager", "prometheus-node-exporter", "fabio", "grafana"} {
+		if _, err := os.Stat(filepath.Join(platformtest.BinDir(), b)); err != nil && os.Getenv("BOOTSTRAP_REQUIRE_TOOLS") == "1" {
+			t.Fatalf("bin/%s is missing: run make tools", b)
+		} else if err != nil {
+			t.Skipf("bin/%s is missing: run make tools", b)
+		}
+	}
+	p := platformtest.New(t, "", "")
+	r := p.Up()
+	for _, st := range stages.Names {
+		if !strings.Contains(r.Stdout, st) {
+			t.Errorf("the summary does not list stage %s", st)
+		}
+	}
+	env := p.Env("admin")
+	for _, k := range []string{"VAULT_ADDR", "CONSUL_HTTP_ADDR", "NOMAD_ADDR", "PROMETHEUS_ADDR", "ALERTMANAGER_ADDR", "GRAFANA_ADDR", "FABIO_ADDR"} {
+		if env[k] == "" {
+			t.Errorf("bootstrap env does not export %s", k)
+		} else if !strings.Contains(r.Stdout, env[k]) {
+			t.Errorf("up does not print %s (%s)", k, env[k])
+		}
+	}
+
+	t.Run("the printed URLs answer", func(t *testing.T) {
+		hc := &http.Client{Timeout: 10 * time.Second}
+		for _, u := range []string{env["PROMETHEUS_ADDR"] + "/-/ready", env["ALERTMANAGER_ADDR"] + "/-/ready", env["GRAFANA_ADDR"] + "/api/health", env["FABIO_ADDR"] + "/prometheus/-/healthy"} {
+			resp, err := hc.Get(u)
+			if err != nil {
+				t.Errorf("%s: %v", u, err)
+				continue
+			}
+			resp.Body.Close()
+			if resp.StatusCode != 200 {
+				t.Errorf("%s: %s", u, resp.Status)
+			}
+		}
+	})
+
+	t.Run("second up changes nothing", func(t *testing.T) {
+		p := p.T(t)
+		r := p.Up()
+		if strings.Contains(r.Stdout, " changed ") {
+			t.Errorf("a stage changed on the second up:\n%s", r.Stdout)
+		}
+		if r := p.Run([]string{"plan"}); r.Code != 0 {
+			t.Errorf("plan after up: exit %d\n%s", r.Code, r.Output())
+		}
+	})
+
+	t.Run("grafana's password comes from vault", func(t *testing.T) {
+		pw, err := os.ReadFile(filepath.Join(p.StateDir(), "secrets", "grafana", "admin-password"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		nc, err := nomad.NewClient(env["NOMAD_ADDR"], env["NOMAD_CACERT"], env["NOMAD_TOKEN"])
+		if err != nil {
+			t.Fatal(err)
+		}
+		job, _, err := nc.Jobs().Info("grafana", &nomadapi.QueryOptions{Namespace: "general"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, _ := json.Marshal(job)
+		if strings.Contains(string(b), string(pw)) {
+			t.Error("grafana's admin password is in the job")
+		}
+		req, _ := http.NewRequest(http.MethodGet, env["GRAFANA_ADDR"]+"/api/user", nil)
+		req.SetBasicAuth("admin", string(pw))
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != 200 {
+			t.Errorf("grafana login with the password from vault: %s", resp.Status)
+		}
+	})
+
+	t.Run("deploy into dev with the CI token", func(t *testing.T) {
+		ci := p.Env("ci")
+		dir := t.TempDir()
+		job := filepath.Join(dir, "web.nomad.hcl")
+		os.WriteFile(job, []byte(`job "web" {
+  namespace   = "dev"
+  datacenters = ["*"]
+  group "web" {
+    network {
+      port "http" {}
+    }
+    service {
+      name     = "web"
+      port     = "http"
+      address  = "${meta.node_address}"
+      provider = "consul"
+      tags     = ["prometheus", "urlprefix-/web strip=/web"]
+      check {
+        type     = "http"
+        path     = "/"
+        interval = "5s"
+        timeout  = "2s"
+      }
+    }
+    task "web" {
+      driver = "raw_exec"
+      config {
+        command = "python3"
+        args    = ["-m", "http.server", "${NOMAD_PORT_http}", "--bind", "${meta.node_address}"]
+      }
+      env {
+        COMMIT = "${CI_COMMIT_SHORT_SHA}"
+      }
+      resources {
+        cpu    = 50
+        memory = 64
+      }
+    }
+  }
+}
+`), 0o600)
+		cmd := exec.Command(p.Bin, "deploy", job, "--timeout", "3m")
+		cmd.Env = append(os.Environ(), "NOMAD_ADDR="+ci["NOMAD_ADDR"], "NOMAD_CACERT="+ci["NOMAD_CACERT"], "NOMAD_TOKEN="+ci["NOMAD_TOKEN"], "CI_COMMIT_SHORT_SHA=abc1234", "CI=true")
+		out, err := cmd.CombinedOutput()
+		if err != nil {
+			t.Fatalf("deploy with the CI token over TLS: %v\n%s", err, out)
+		}
+		// Fabio routes the new service's urlprefix tag.
+		deadline := time.Now().Add(time.Minute)
+		for {
+			resp, err := http.Get(env["FABIO_ADDR"] + "/web/")
+			if err == nil {
+				resp.Body.Close()
+				if resp.StatusCode == 200 {
+					break
+				}
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("fabio does not route /web: %v", err)
+			}
+			time.Sleep(2 * time.Second)
+		}
+	})
+
+	t.Run("status", func(t *testing.T) {
+		r := p.Run([]string{"status"})
+		if r.Code != 0 || strings.Contains(r.Stdout, "!!") {
+			t.Errorf("status: exit %d\n%s", r.Code, r.Output())
+		}
+	})
+
+	p.AssertNoSecrets()
+
+	t.Run("down leaves nothing", func(t *testing.T) {
+		r := p.Run([]string{"down", "--auto-approve"})
+		if r.Code != 0 {
+			t.Fatalf("down: exit %d\n%s", r.Code, r.Output())
+		}
+		if pids, _ := proc.Under(p.Dir); len(pids) > 0 {
+			t.Errorf("processes left after down: %v", pids)
+		}
+		entries, _ := os.ReadDir(p.StateDir())
+		for _, e := range entries {
+			switch e.Name() {
+			case "logs", "runs", "lock":
+			default:
+				t.Errorf("%s left in the state directory after down", e.Name())
+			}
+		}
+	})
+}
