@@ -122,7 +122,7 @@ func (r *recorder) all() []stages.Event {
 
 // newEnv opens a state directory the way a run does (without the lock) and
 // returns an Env reporting to rec.
-func newEnv(t *testing.T, dir string, rec *recorder) *stages.Env {
+func newEnv(t testing.TB, dir string, rec *recorder) *stages.Env {
 	t.Helper()
 	store, err := secrets.Open(filepath.Join(dir, "secrets"), secrets.NewRedactor())
 	if err != nil {
