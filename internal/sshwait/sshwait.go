@@ -12,6 +12,7 @@ import (
 	"io"
 	"net"
 	"os"
+	"path/filepath"
 	"strconv"
 	"sync"
 	"time"
@@ -283,6 +284,9 @@ func (k *knownHosts) record(addr string, key ssh.PublicKey) error {
 		old = append(old, '\n')
 	}
 	line := knownhosts.Line([]string{knownhosts.Normalize(addr)}, key) + "\n"
+	if err := os.MkdirAll(filepath.Dir(k.path), 0o700); err != nil {
+		return fmt.Errorf("known_hosts: %w", err)
+	}
 	if err := fsutil.WriteFile(k.path, append(old, line...), 0o600); err != nil {
 		return fmt.Errorf("known_hosts: %w", err)
 	}
