@@ -8,6 +8,7 @@
 package secrets
 
 import (
+	"crypto/rand"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -151,4 +152,16 @@ func (s *Store) Values() ([]string, error) {
 		return nil
 	})
 	return out, err
+}
+
+// NewUUID returns a random (version 4) UUID, the form Consul and Nomad
+// expect for token secrets bootstrap chooses itself.
+func NewUUID() (string, error) {
+	b := make([]byte, 16)
+	if _, err := rand.Read(b); err != nil {
+		return "", err
+	}
+	b[6] = b[6]&0x0f | 0x40
+	b[8] = b[8]&0x3f | 0x80
+	return fmt.Sprintf("%x-%x-%x-%x-%x", b[0:4], b[4:6], b[6:8], b[8:10], b[10:]), nil
 }

@@ -2,9 +2,9 @@ package consul
 
 import (
 	"context"
-	"crypto/rand"
 	"errors"
 	"fmt"
+	"maps"
 	"slices"
 	"strings"
 	"time"
@@ -13,6 +13,7 @@ import (
 
 	"github.com/platform-bootstrap/bootstrap/internal/crashpoint"
 	"github.com/platform-bootstrap/bootstrap/internal/inventory"
+	"github.com/platform-bootstrap/bootstrap/internal/secrets"
 	"github.com/platform-bootstrap/bootstrap/pki"
 	"github.com/platform-bootstrap/bootstrap/stages"
 )
@@ -82,16 +83,6 @@ func wantTokens(inv *inventory.Inventory) []token {
 		ts = append(ts, token{name: "agent-" + n.Name, node: n.Name})
 	}
 	return ts
-}
-
-func newUUID() (string, error) {
-	b := make([]byte, 16)
-	if _, err := rand.Read(b); err != nil {
-		return "", err
-	}
-	b[6] = b[6]&0x0f | 0x40
-	b[8] = b[8]&0x3f | 0x80
-	return fmt.Sprintf("%x-%x-%x-%x-%x", b[0:4], b[4:6], b[6:8], b[8:10], b[10:]), nil
 }
 
 // agentTokenOutput records, per node, "<accessor>@<agent node ID>" of the
@@ -180,7 +171,7 @@ func (s *Stage) planACL(ctx context.Context, e *stages.Env, d *deps, as []agentS
 		return nil, err
 	}
 	all := []stages.Change{{Action: "bootstrap", Target: "consul ACLs", Detail: "token generated and stored first"}}
-	for _, name := range sortedKeys(policies) {
+	for _, name := range slices.Sorted(maps.Keys(policies)) {
 		all = append(all, stages.Change{Action: "create", Target: "consul policy " + name})
 	}
 	for _, t := range wantTokens(d.inv) {
@@ -208,7 +199,7 @@ func (s *Stage) planACL(ctx context.Context, e *stages.Env, d *deps, as []agentS
 	if err != nil {
 		return nil, err
 	}
-	for _, name := range sortedKeys(policies) {
+	for _, name := range slices.Sorted(maps.Keys(policies)) {
 		p, ok := have[name]
 		switch {
 		case !ok:
@@ -348,7 +339,7 @@ func (s *Stage) applyACL(ctx context.Context, e *stages.Env, d *deps) error {
 	if err != nil {
 		return err
 	}
-	for _, name := range sortedKeys(policies) {
+	for _, name := range slices.Sorted(maps.Keys(policies)) {
 		p, ok := have[name]
 		switch {
 		case !ok:
@@ -402,7 +393,7 @@ func (s *Stage) applyACL(ctx context.Context, e *stages.Env, d *deps) error {
 // succeeded but the token was never saved, and the cluster is locked out for
 // good). A later run that finds ACLs bootstrapped checks the stored token.
 func bootstrapACL(ctx context.Context, e *stages.Env, servers []inventory.Node) (string, error) {
-	mgmt, created, err := e.Secrets.GetOrCreate(stages.SecretConsulBootstrapToken, newUUID)
+	mgmt, created, err := e.Secrets.GetOrCreate(stages.SecretConsulBootstrapToken, secrets.NewUUID)
 	if err != nil {
 		return "", err
 	}
@@ -456,7 +447,7 @@ func ensureToken(ctx context.Context, e *stages.Env, c *consulapi.Client, have m
 	if err != nil {
 		return "", err
 	}
-	secret, _, err := e.Secrets.GetOrCreate(t.secretName(), newUUID)
+	secret, _, err := e.Secrets.GetOrCreate(t.secretName(), secrets.NewUUID)
 	if err != nil {
 		return "", err
 	}

@@ -13,7 +13,6 @@ import (
 	"net"
 	"net/http"
 	"os"
-	"sort"
 	"strings"
 	"time"
 
@@ -325,12 +324,3 @@ func (s *Stage) Status(ctx context.Context, e *stages.Env) ([]stages.StatusLine,
 // ErrLockedOut means the cluster's ACLs were bootstrapped with a token
 // bootstrap does not have.
 var ErrLockedOut = errors.New("consul ACLs were bootstrapped outside bootstrap")
-
-func sortedKeys[V any](m map[string]V) []string {
-	keys := make([]string, 0, len(m))
-	for k := range m {
-		keys = append(keys, k)
-	}
-	sort.Strings(keys)
-	return keys
-}

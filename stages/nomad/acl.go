@@ -2,8 +2,8 @@ package nomad
 
 import (
 	"context"
-	"crypto/rand"
 	"fmt"
+	"maps"
 	"os"
 	"slices"
 	"sort"
@@ -16,6 +16,7 @@ import (
 	"github.com/platform-bootstrap/bootstrap/internal/config"
 	"github.com/platform-bootstrap/bootstrap/internal/crashpoint"
 	"github.com/platform-bootstrap/bootstrap/internal/inventory"
+	"github.com/platform-bootstrap/bootstrap/internal/secrets"
 	"github.com/platform-bootstrap/bootstrap/pki"
 	"github.com/platform-bootstrap/bootstrap/stages"
 )
@@ -99,25 +100,6 @@ func namespaces(cfg *config.Platform) map[string]string {
 	return out
 }
 
-func newUUID() (string, error) {
-	b := make([]byte, 16)
-	if _, err := rand.Read(b); err != nil {
-		return "", err
-	}
-	b[6] = b[6]&0x0f | 0x40
-	b[8] = b[8]&0x3f | 0x80
-	return fmt.Sprintf("%x-%x-%x-%x-%x", b[0:4], b[4:6], b[6:8], b[8:10], b[10:]), nil
-}
-
-func sortedKeys(m map[string]string) []string {
-	keys := make([]string, 0, len(m))
-	for k := range m {
-		keys = append(keys, k)
-	}
-	sort.Strings(keys)
-	return keys
-}
-
 func norm(s string) string { return strings.Join(strings.Fields(s), " ") }
 
 func isPermissionDenied(err error) bool {
@@ -144,7 +126,7 @@ func readSelf(ctx context.Context, c *nomadapi.Client) error {
 // bootstrapACL generates the management token's secret, stores it, and then
 // bootstraps with it: never a bootstrapped cluster whose token was lost.
 func bootstrapACL(ctx context.Context, e *stages.Env, server inventory.Node) (string, error) {
-	mgmt, created, err := e.Secrets.GetOrCreate(stages.SecretNomadBootstrapToken, newUUID)
+	mgmt, created, err := e.Secrets.GetOrCreate(stages.SecretNomadBootstrapToken, secrets.NewUUID)
 	if err != nil {
 		return "", err
 	}
@@ -192,7 +174,7 @@ func bootstrapACL(ctx context.Context, e *stages.Env, server inventory.Node) (st
 // and Vault's JWT configuration.
 func planACL(ctx context.Context, e *stages.Env, d *deps, as []agentState) ([]stages.Change, error) {
 	all := []stages.Change{{Action: "bootstrap", Target: "nomad ACLs", Detail: "token generated and stored first"}}
-	for _, ns := range sortedKeys(namespaces(e.Config)) {
+	for _, ns := range slices.Sorted(maps.Keys(namespaces(e.Config))) {
 		all = append(all, stages.Change{Action: "create", Target: "nomad namespace " + ns})
 	}
 	mgmt, ok, err := e.Secrets.Get(stages.SecretNomadBootstrapToken)
@@ -230,7 +212,7 @@ func planACL(ctx context.Context, e *stages.Env, d *deps, as []agentState) ([]st
 		haveNS[ns.Name] = ns.Description
 	}
 	want := namespaces(e.Config)
-	for _, name := range sortedKeys(want) {
+	for _, name := range slices.Sorted(maps.Keys(want)) {
 		desc, ok := haveNS[name]
 		switch {
 		case !ok:
@@ -240,7 +222,7 @@ func planACL(ctx context.Context, e *stages.Env, d *deps, as []agentState) ([]st
 		}
 	}
 	pols := Policies(e.Config)
-	for _, name := range sortedKeys(pols) {
+	for _, name := range slices.Sorted(maps.Keys(pols)) {
 		p, _, err := c.ACLPolicies().Info(name, q)
 		switch {
 		case err != nil && strings.Contains(err.Error(), "404"):
@@ -344,7 +326,7 @@ func applyACL(ctx context.Context, e *stages.Env, d *deps, mgmt string) error {
 		haveNS[ns.Name] = ns.Description
 	}
 	want := namespaces(e.Config)
-	for _, name := range sortedKeys(want) {
+	for _, name := range slices.Sorted(maps.Keys(want)) {
 		if desc, ok := haveNS[name]; ok && desc == want[name] {
 			continue
 		}
@@ -354,7 +336,7 @@ func applyACL(ctx context.Context, e *stages.Env, d *deps, mgmt string) error {
 		}
 	}
 	pols := Policies(e.Config)
-	for _, name := range sortedKeys(pols) {
+	for _, name := range slices.Sorted(maps.Keys(pols)) {
 		p, _, err := c.ACLPolicies().Info(name, q)
 		if err == nil && norm(p.Rules) == norm(pols[name]) {
 			continue
