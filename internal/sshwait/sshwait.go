@@ -14,6 +14,7 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -144,7 +145,11 @@ func waitNode(ctx context.Context, n inventory.Node, signer ssh.Signer, kh *know
 		if errors.As(err, &changed) {
 			return err
 		}
-		last = err
+		// A refused key says more than a timeout of the attempt the
+		// deadline cut short: keep it for the error.
+		if last == nil || !isAuthError(last) || isAuthError(err) {
+			last = err
+		}
 		logf("ssh: %s (%s): attempt %d: %v", n.Name, addr, attempt, err)
 		select {
 		case <-ctx.Done():
@@ -153,6 +158,10 @@ func waitNode(ctx context.Context, n inventory.Node, signer ssh.Signer, kh *know
 		case <-time.After(opts.Interval):
 		}
 	}
+}
+
+func isAuthError(err error) bool {
+	return strings.Contains(err.Error(), "unable to authenticate")
 }
 
 // try makes one connection: TCP, handshake with the host key checked
