@@ -14,10 +14,12 @@ func BenchmarkPlatform(b *testing.B) {
 	p := platformtest.New(b, "", "")
 	start := time.Now()
 	p.Up()
-	b.ReportMetric(time.Since(start).Seconds(), "first-up-s")
+	firstUp := time.Since(start)
 	for b.Loop() {
 		p.Up()
 	}
+	// Custom metrics are reported after the loop, which resets them.
+	b.ReportMetric(firstUp.Seconds(), "first-up-s")
 	start = time.Now()
 	if r := p.Run([]string{"down", "--auto-approve"}); r.Code != 0 {
 		b.Fatalf("down: %s", r.Output())
