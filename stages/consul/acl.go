@@ -13,6 +13,7 @@ import (
 
 	"github.com/platform-bootstrap/bootstrap/internal/crashpoint"
 	"github.com/platform-bootstrap/bootstrap/internal/inventory"
+	"github.com/platform-bootstrap/bootstrap/internal/poll"
 	"github.com/platform-bootstrap/bootstrap/internal/secrets"
 	"github.com/platform-bootstrap/bootstrap/pki"
 	"github.com/platform-bootstrap/bootstrap/stages"
@@ -150,18 +151,10 @@ func isPermissionDenied(err error) bool {
 // leader yet, a server that just died) are retried for a while: the cluster
 // elects a new leader within seconds.
 func readSelf(ctx context.Context, c *consulapi.Client) error {
-	deadline := time.Now().Add(45 * time.Second)
-	for {
+	return poll.Retry(ctx, 45*time.Second, time.Second, func() error {
 		_, _, err := c.ACL().TokenReadSelf((&consulapi.QueryOptions{}).WithContext(ctx))
-		if err == nil || isPermissionDenied(err) || time.Now().After(deadline) {
-			return err
-		}
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-time.After(time.Second):
-		}
-	}
+		return err
+	}, isPermissionDenied)
 }
 
 // planACL reads policies and tokens and lists what differs.
@@ -401,7 +394,6 @@ func bootstrapACL(ctx context.Context, e *stages.Env, servers []inventory.Node) 
 	if err != nil {
 		return "", err
 	}
-	q := (&consulapi.QueryOptions{}).WithContext(ctx)
 	if !created {
 		err := readSelf(ctx, c)
 		if err == nil {
@@ -413,30 +405,26 @@ func bootstrapACL(ctx context.Context, e *stages.Env, servers []inventory.Node) 
 	}
 	crashpoint.Hit("consul:before-acl-bootstrap")
 	e.Step("bootstrapping consul ACLs")
-	deadline := time.Now().Add(time.Minute)
-	for {
+	// Right after a leader election the ACL system may not be ready yet.
+	err = poll.Retry(ctx, time.Minute, time.Second, func() error {
 		_, _, err := c.ACL().BootstrapWithToken(mgmt)
-		if err == nil {
-			break
-		}
-		if strings.Contains(err.Error(), "no longer allowed") || strings.Contains(err.Error(), "ACL bootstrap no longer allowed") {
-			if _, _, err := c.ACL().TokenReadSelf(q); err == nil {
-				break // bootstrapped by an earlier, interrupted run
-			}
+		return err
+	}, bootstrapDone)
+	if bootstrapDone(err) {
+		if readSelf(ctx, c) != nil {
 			return "", fmt.Errorf("%w: the stored token %s is not valid; reset the bootstrap (https://developer.hashicorp.com/consul/docs/secure/acl/reset) and put the new management token there", ErrLockedOut, e.Secrets.Path(stages.SecretConsulBootstrapToken))
 		}
-		// Right after a leader election the ACL system may not be ready.
-		if time.Now().After(deadline) {
-			return "", fmt.Errorf("consul ACL bootstrap: %w", err)
-		}
-		select {
-		case <-ctx.Done():
-			return "", ctx.Err()
-		case <-time.After(time.Second):
-		}
+		err = nil // bootstrapped by an earlier, interrupted run
+	}
+	if err != nil {
+		return "", fmt.Errorf("consul ACL bootstrap: %w", err)
 	}
 	crashpoint.Hit("consul:after-acl-bootstrap")
 	return mgmt, nil
+}
+
+func bootstrapDone(err error) bool {
+	return err != nil && strings.Contains(err.Error(), "no longer allowed")
 }
 
 // ensureToken creates or updates one token and returns its secret.

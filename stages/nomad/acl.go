@@ -16,6 +16,7 @@ import (
 	"github.com/platform-bootstrap/bootstrap/internal/config"
 	"github.com/platform-bootstrap/bootstrap/internal/crashpoint"
 	"github.com/platform-bootstrap/bootstrap/internal/inventory"
+	"github.com/platform-bootstrap/bootstrap/internal/poll"
 	"github.com/platform-bootstrap/bootstrap/internal/secrets"
 	"github.com/platform-bootstrap/bootstrap/pki"
 	"github.com/platform-bootstrap/bootstrap/stages"
@@ -109,18 +110,14 @@ func isPermissionDenied(err error) bool {
 // readSelf checks the client's token, retrying errors other than a refusal
 // (no leader yet, a server that just died) while the cluster elects one.
 func readSelf(ctx context.Context, c *nomadapi.Client) error {
-	deadline := time.Now().Add(45 * time.Second)
-	for {
+	return poll.Retry(ctx, 45*time.Second, time.Second, func() error {
 		_, _, err := c.ACLTokens().Self((&nomadapi.QueryOptions{}).WithContext(ctx))
-		if err == nil || isPermissionDenied(err) || time.Now().After(deadline) {
-			return err
-		}
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-time.After(time.Second):
-		}
-	}
+		return err
+	}, isPermissionDenied)
+}
+
+func bootstrapDone(err error) bool {
+	return err != nil && strings.Contains(err.Error(), "bootstrap already done")
 }
 
 // bootstrapACL generates the management token's secret, stores it, and then
@@ -145,26 +142,19 @@ func bootstrapACL(ctx context.Context, e *stages.Env, server inventory.Node) (st
 	}
 	crashpoint.Hit("nomad:before-acl-bootstrap")
 	e.Step("bootstrapping nomad ACLs")
-	deadline := time.Now().Add(time.Minute)
-	for {
+	// Right after a leader election the ACL system may not be ready yet.
+	err = poll.Retry(ctx, time.Minute, time.Second, func() error {
 		_, _, err := c.ACLTokens().BootstrapOpts(mgmt, (&nomadapi.WriteOptions{}).WithContext(ctx))
-		if err == nil {
-			break
-		}
-		if strings.Contains(err.Error(), "bootstrap already done") {
-			if err := readSelf(ctx, c); err == nil {
-				break // an earlier run bootstrapped and stopped
-			}
+		return err
+	}, bootstrapDone)
+	if bootstrapDone(err) {
+		if readSelf(ctx, c) != nil {
 			return "", fmt.Errorf("%w: the stored token %s is not valid; reset the bootstrap (https://developer.hashicorp.com/nomad/docs/secure/acl/bootstrap#re-bootstrap-acl-system) and put the new management token there", ErrLockedOut, e.Secrets.Path(stages.SecretNomadBootstrapToken))
 		}
-		if time.Now().After(deadline) {
-			return "", fmt.Errorf("nomad ACL bootstrap: %w", err)
-		}
-		select {
-		case <-ctx.Done():
-			return "", ctx.Err()
-		case <-time.After(time.Second):
-		}
+		err = nil // an earlier run bootstrapped and stopped
+	}
+	if err != nil {
+		return "", fmt.Errorf("nomad ACL bootstrap: %w", err)
 	}
 	crashpoint.Hit("nomad:after-acl-bootstrap")
 	return mgmt, nil
