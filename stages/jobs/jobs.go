@@ -8,6 +8,7 @@ package jobs
 
 import (
 	"context"
+	"crypto/rand"
 	"fmt"
 	"net"
 	"os"
@@ -440,7 +441,7 @@ func (s *Stage) Destroy(ctx context.Context, e *stages.Env) error {
 
 func password() (string, error) {
 	b := make([]byte, 24)
-	if _, err := randRead(b); err != nil {
+	if _, err := rand.Read(b); err != nil {
 		return "", err
 	}
 	const alphabet = "abcdefghijkmnopqrstuvwxyzABCDEFGHJKLMNPQRSTUVWXYZ23456789"

@@ -2,9 +2,9 @@ package jobs
 
 import (
 	"context"
-	"crypto/rand"
 	"errors"
 	"fmt"
+	"io"
 	"slices"
 	"sort"
 	"strings"
@@ -16,8 +16,6 @@ import (
 	"github.com/platform-bootstrap/bootstrap/pki"
 	"github.com/platform-bootstrap/bootstrap/stages"
 )
-
-var randRead = rand.Read
 
 // healthTimeout bounds the wait for one job to become healthy.
 const healthTimeout = 5 * time.Minute
@@ -252,18 +250,25 @@ func problems(ctx context.Context, p *platform, allocs []*nomadapi.AllocationLis
 }
 
 func logTail(ctx context.Context, p *platform, allocID, task string) string {
-	alloc, _, err := p.nomad.Allocations().Info(allocID, (&nomadapi.QueryOptions{Namespace: platformjobs.Namespace}).WithContext(ctx))
+	q := (&nomadapi.QueryOptions{Namespace: platformjobs.Namespace}).WithContext(ctx)
+	alloc, _, err := p.nomad.Allocations().Info(allocID, q)
 	if err != nil {
 		return ""
 	}
-	r, err := p.nomad.AllocFS().Cat(alloc, "alloc/logs/"+task+".stderr.0", (&nomadapi.QueryOptions{Namespace: platformjobs.Namespace}).WithContext(ctx))
+	path := "alloc/logs/" + task + ".stderr.0"
+	st, _, err := p.nomad.AllocFS().Stat(alloc, path, q)
+	if err != nil {
+		return ""
+	}
+	// Only the end of the log matters: read its last 64 KiB.
+	const window = 64 << 10
+	r, err := p.nomad.AllocFS().ReadAt(alloc, path, max(st.Size-window, 0), window, q)
 	if err != nil {
 		return ""
 	}
 	defer r.Close()
-	buf := make([]byte, 64<<10)
-	n, _ := readFull(r, buf)
-	lines := strings.Split(strings.TrimRight(string(buf[:n]), "\n"), "\n")
+	b, _ := io.ReadAll(r)
+	lines := strings.Split(strings.TrimRight(string(b), "\n"), "\n")
 	if len(lines) > 8 {
 		lines = lines[len(lines)-8:]
 	}
@@ -271,18 +276,6 @@ func logTail(ctx context.Context, p *platform, allocID, task string) string {
 		lines[i] = "      " + lines[i]
 	}
 	return strings.Join(lines, "\n")
-}
-
-func readFull(r interface{ Read([]byte) (int, error) }, buf []byte) (int, error) {
-	n := 0
-	for n < len(buf) {
-		m, err := r.Read(buf[n:])
-		n += m
-		if err != nil {
-			return n, err
-		}
-	}
-	return n, nil
 }
 
 // staleJobs are platform jobs that run but the configuration disables.
