@@ -71,19 +71,10 @@ func Converge(ctx context.Context, e *stages.Env, inv *inventory.Inventory, p Pl
 	if err != nil {
 		return err
 	}
-	dir := e.Path("ansible")
-	if err := Extract(dir); err != nil {
-		return err
-	}
-	invFile := filepath.Join(dir, "inventory-"+p.Tag+".json")
-	b, err := json.MarshalIndent(BuildInventory(e, inv, p.Vars), "", "  ")
+	r, err := prepare(e, inv, p.Tag, p.Vars)
 	if err != nil {
 		return err
 	}
-	if err := fsutil.WriteFile(invFile, b, 0o600); err != nil {
-		return err
-	}
-	var varsFiles []string
 	if len(p.Secrets) > 0 {
 		name := "ansible/" + p.Tag + "-vars.json"
 		sb, err := json.Marshal(p.Secrets)
@@ -93,14 +84,7 @@ func Converge(ctx context.Context, e *stages.Env, inv *inventory.Inventory, p Pl
 		if err := e.Secrets.Put(name, string(sb)); err != nil {
 			return err
 		}
-		varsFiles = append(varsFiles, e.Secrets.Path(name))
-	}
-	r := &Runner{
-		Dir:           dir,
-		InventoryFile: invFile,
-		VarsFiles:     varsFiles,
-		Log:           e.Log,
-		Progress:      func(task string) { e.Step("ansible: %s", task) },
+		r.VarsFiles = append(r.VarsFiles, e.Secrets.Path(name))
 	}
 	if err := r.Run(ctx, "site.yml", []string{p.Tag}, p.Hosts); err != nil {
 		return err
@@ -111,20 +95,34 @@ func Converge(ctx context.Context, e *stages.Env, inv *inventory.Inventory, p Pl
 // Teardown stops the platform's services on every node and removes what the
 // roles installed (teardown.yml).
 func Teardown(ctx context.Context, e *stages.Env, inv *inventory.Inventory) error {
-	dir := e.Path("ansible")
-	if err := Extract(dir); err != nil {
-		return err
-	}
-	invFile := filepath.Join(dir, "inventory-teardown.json")
-	b, err := json.MarshalIndent(BuildInventory(e, inv, nil), "", "  ")
+	r, err := prepare(e, inv, "teardown", nil)
 	if err != nil {
 		return err
 	}
-	if err := fsutil.WriteFile(invFile, b, 0o600); err != nil {
-		return err
-	}
-	r := &Runner{Dir: dir, InventoryFile: invFile, Log: e.Log, Progress: func(task string) { e.Step("ansible: %s", task) }}
 	return r.Run(ctx, "teardown.yml", nil, nil)
+}
+
+// prepare writes the playbooks and the inventory-<name>.json of a run to the
+// state directory and returns a runner that reports progress as steps.
+func prepare(e *stages.Env, inv *inventory.Inventory, name string, vars map[string]any) (*Runner, error) {
+	dir := e.Path("ansible")
+	if err := Extract(dir); err != nil {
+		return nil, err
+	}
+	invFile := filepath.Join(dir, "inventory-"+name+".json")
+	b, err := json.MarshalIndent(BuildInventory(e, inv, vars), "", "  ")
+	if err != nil {
+		return nil, err
+	}
+	if err := fsutil.WriteFile(invFile, b, 0o600); err != nil {
+		return nil, err
+	}
+	return &Runner{
+		Dir:           dir,
+		InventoryFile: invFile,
+		Log:           e.Log,
+		Progress:      func(task string) { e.Step("ansible: %s", task) },
+	}, nil
 }
 
 // BuildInventory turns the inventory contract into Ansible's: one host per

@@ -229,11 +229,11 @@ func (s *Stage) Destroy(ctx context.Context, e *stages.Env) error {
 	return e.State.DeleteOutputs(stages.OutInventory)
 }
 
-// StopLocalNode stops every process of a local node: first the services by
+// stopLocalNode stops every process of a local node: first the services by
 // their pid files (so they shut down cleanly), then anything still running
 // inside the node's tree — Nomad's raw_exec tasks and executors outlive the
 // client that started them.
-func StopLocalNode(ctx context.Context, n inventory.Node) error {
+func stopLocalNode(ctx context.Context, n inventory.Node) error {
 	var errs []error
 	pidfiles, _ := filepath.Glob(filepath.Join(n.Local.Root, "run", "*.pid"))
 	for _, pf := range pidfiles {
@@ -272,7 +272,7 @@ func StopService(ctx context.Context, n inventory.Node, name string) error {
 }
 
 func removeLocalNode(ctx context.Context, n inventory.Node) error {
-	if err := StopLocalNode(ctx, n); err != nil {
+	if err := stopLocalNode(ctx, n); err != nil {
 		return err
 	}
 	// A Nomad client running as root mounts a tmpfs on each task's secrets/
