@@ -199,6 +199,14 @@ func (r *Runner) Run(ctx context.Context, playbook string, tags, limit []string)
 		args = append(args, "--limit", strings.Join(limit, ","))
 	}
 	args = append(args, playbook)
+	// SSH connections are shared for the run (ControlPersist) and closed at
+	// its end, so no ssh master outlives bootstrap. A short directory: the
+	// sockets' paths must fit the 108 bytes of a Unix socket address.
+	cpDir, err := os.MkdirTemp("", "bootstrap-ssh-")
+	if err != nil {
+		return err
+	}
+	defer closeSSHMasters(cpDir)
 	cmd := exec.CommandContext(ctx, bin, args...)
 	cmd.Dir = r.Dir
 	cmd.Env = append(filteredEnv(),
@@ -209,6 +217,7 @@ func (r *Runner) Run(ctx context.Context, playbook string, tags, limit []string)
 		"ANSIBLE_HOST_KEY_CHECKING=True",
 		"ANSIBLE_LOCAL_TEMP="+filepath.Join(r.Dir, ".tmp"),
 		"ANSIBLE_REMOTE_TEMP=/tmp/.ansible-bootstrap",
+		"ANSIBLE_SSH_CONTROL_PATH_DIR="+cpDir,
 	)
 	// Let the playbook finish its current task on cancel rather than leave
 	// half-written files: SIGTERM first, SIGKILL after a grace period.
@@ -238,6 +247,17 @@ func (r *Runner) Run(ctx context.Context, playbook string, tags, limit []string)
 		err = errors.New("tasks failed")
 	}
 	return &Error{Failures: failures, Err: err}
+}
+
+// closeSSHMasters asks every ssh master with a control socket in dir to
+// exit, then removes dir.
+func closeSSHMasters(dir string) {
+	socks, _ := filepath.Glob(filepath.Join(dir, "*"))
+	for _, s := range socks {
+		// The host argument is required but unused with -O.
+		exec.Command("ssh", "-o", "ControlPath="+s, "-O", "exit", "bootstrap").Run()
+	}
+	os.RemoveAll(dir)
 }
 
 // event is the part of an ansible.posix.jsonl line we read.
