@@ -94,6 +94,9 @@ func load(e *stages.Env) (*env, error) {
 type check struct {
 	name string
 	run  func(ctx context.Context, v *env) error
+	// attempt bounds one run of the check; 15s when zero. Discovery needs
+	// longer: its clock must cover an allocation start and a scrape.
+	attempt time.Duration
 }
 
 func (v *env) checks() []check {
@@ -101,17 +104,17 @@ func (v *env) checks() []check {
 	var cs []check
 	if cfg.Jobs.Prometheus.Enabled {
 		cs = append(cs,
-			check{"prometheus scrapes nomad, consul, vault, node-exporter and itself", checkTargets},
-			check{"a node CPU query returns a value per client", checkNodeCPU},
+			check{name: "prometheus scrapes nomad, consul, vault, node-exporter and itself", run: checkTargets},
+			check{name: "a node CPU query returns a value per client", run: checkNodeCPU},
 		)
 	}
 	if cfg.Jobs.Grafana.Enabled {
-		cs = append(cs, check{"grafana serves the dashboards through a working datasource", checkGrafana})
+		cs = append(cs, check{name: "grafana serves the dashboards through a working datasource", run: checkGrafana})
 	}
 	if cfg.Jobs.Fabio.Enabled && cfg.Jobs.Prometheus.Enabled {
-		cs = append(cs, check{"fabio routes /prometheus", checkFabio})
+		cs = append(cs, check{name: "fabio routes /prometheus", run: checkFabio})
 	}
-	cs = append(cs, check{"the nomad UI answers the read-only token", checkNomadUI})
+	cs = append(cs, check{name: "the nomad UI answers the read-only token", run: checkNomadUI})
 	return cs
 }
 
@@ -148,12 +151,12 @@ func (s *Stage) Apply(ctx context.Context, e *stages.Env) error {
 	}
 	checks := v.checks()
 	if e.Config.Jobs.Prometheus.Enabled {
-		checks = append(checks, check{"a new service tagged prometheus becomes a target within a minute", checkDiscovery})
+		checks = append(checks, check{name: "a new service tagged prometheus becomes a target within a minute", run: checkDiscovery, attempt: 2 * time.Minute})
 	}
 	var errs []error
 	for _, c := range checks {
 		e.Step("checking that %s", c.name)
-		if err := retry(ctx, 3*time.Minute, func(ctx context.Context) error { return c.run(ctx, v) }); err != nil {
+		if err := retry(ctx, 3*time.Minute, c.attempt, func(ctx context.Context) error { return c.run(ctx, v) }); err != nil {
 			errs = append(errs, fmt.Errorf("%s: %w", c.name, err))
 		}
 	}
@@ -168,11 +171,16 @@ func (s *Stage) Apply(ctx context.Context, e *stages.Env) error {
 	return e.State.SetOutput(verifiedOutput, time.Now().UTC().Format(time.RFC3339))
 }
 
-func retry(ctx context.Context, timeout time.Duration, f func(context.Context) error) error {
+// retry runs f until it succeeds or timeout passes, each run bounded by
+// attempt (15s when zero).
+func retry(ctx context.Context, timeout, attempt time.Duration, f func(context.Context) error) error {
+	if attempt == 0 {
+		attempt = 15 * time.Second
+	}
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	for {
-		cctx, c := context.WithTimeout(ctx, 15*time.Second)
+		cctx, c := context.WithTimeout(ctx, attempt)
 		err := f(cctx)
 		c()
 		if err == nil {
@@ -363,22 +371,55 @@ func checkDiscovery(ctx context.Context, v *env) error {
 		return fmt.Errorf("register the probe: %w", err)
 	}
 	defer nc.Jobs().Deregister(*job.ID, true, (&nomadapi.WriteOptions{Namespace: *job.Namespace}).WithContext(context.WithoutCancel(ctx)))
-	deadline := time.Now().Add(time.Minute)
-	for {
-		ts, err := v.targets(ctx)
-		if err == nil {
-			for _, t := range ts {
-				if t.Labels["service"] == probeService && t.Health == "up" {
-					return nil
-				}
+
+	// The minute is Prometheus's: it starts once the probe runs, so a busy
+	// machine that is slow to start a process does not fail discovery.
+	q := (&nomadapi.QueryOptions{Namespace: *job.Namespace}).WithContext(ctx)
+	for running := false; !running; {
+		allocs, _, err := nc.Jobs().Allocations(*job.ID, false, q)
+		if err != nil {
+			return fmt.Errorf("the probe's allocations: %w", err)
+		}
+		for _, a := range allocs {
+			switch a.ClientStatus {
+			case nomadapi.AllocClientStatusRunning:
+				running = true
+			case nomadapi.AllocClientStatusFailed:
+				return fmt.Errorf("the probe allocation %s failed: %s", a.ID[:8], a.ClientDescription)
 			}
 		}
-		if time.Now().After(deadline) {
-			return fmt.Errorf("the probe service %s was not a healthy target within a minute (last error: %v)", probeService, err)
+		if running {
+			break
 		}
 		select {
 		case <-ctx.Done():
-			return ctx.Err()
+			return fmt.Errorf("the probe job never ran: %w", ctx.Err())
+		case <-time.After(time.Second):
+		}
+	}
+
+	deadline := time.Now().Add(time.Minute)
+	last := "not discovered"
+	for {
+		ts, err := v.targets(ctx)
+		if err != nil {
+			last = err.Error()
+		}
+		for _, t := range ts {
+			if t.Labels["service"] != probeService {
+				continue
+			}
+			if t.Health == "up" {
+				return nil
+			}
+			last = fmt.Sprintf("target %s is %s: %s", t.Labels["instance"], t.Health, t.LastError)
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("the probe service %s was not a healthy target within a minute of running (%s)", probeService, last)
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("the probe service %s: %w (%s)", probeService, ctx.Err(), last)
 		case <-time.After(2 * time.Second):
 		}
 	}
