@@ -10,9 +10,10 @@ fail=0
 check() { # label want cmd...
   local label=$1 want=$2; shift 2
   local got
-  got=$("$@" 2>&1 | head -n 3 | tr '\n' ' ') || true
+  got=$("$@" 2>&1 | head -n 3) || true
   if [[ "$got" == *"$want"* ]]; then
-    printf '  %-16s %s\n' "$label" "$want"
+    # What the binary says of itself, not what we asked for.
+    printf '  %-16s %.70s\n' "$label" "${got%%$'\n'*}"
   else
     printf '  %-16s MISMATCH: want %s, got: %s\n' "$label" "$want" "$got" >&2
     fail=1
