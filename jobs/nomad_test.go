@@ -40,7 +40,7 @@ func jobVariables(t *testing.T, name, driver string, extra Variables) Variables 
 			NomadServers: monitoring.Endpoint{Targets: []string{"127.0.1.1:4646"}, HTTP: monitoring.HTTPClient{TokenFile: PrometheusNomadTokenFile, CAFile: PrometheusCAFile("nomad")}},
 			Consul:       monitoring.Endpoint{Targets: []string{"127.0.1.1:8501"}, HTTP: monitoring.HTTPClient{TokenFile: PrometheusConsulTokenFile, CAFile: PrometheusCAFile("consul")}},
 			Vault:        monitoring.Endpoint{Targets: []string{"127.0.1.1:8200"}, HTTP: monitoring.HTTPClient{TokenFile: PrometheusVaultTokenFile, CAFile: PrometheusCAFile("vault")}},
-			ConsulSD:     monitoring.ConsulSD{Server: "127.0.1.4:8501", HTTP: monitoring.HTTPClient{TokenFile: PrometheusConsulTokenFile, CAFile: PrometheusCAFile("consul")}},
+			ConsulSD:     monitoring.ConsulSD{Servers: []string{"127.0.1.4:8501"}, HTTP: monitoring.HTTPClient{TokenFile: PrometheusConsulTokenFile, CAFile: PrometheusCAFile("consul")}},
 		})
 		if err != nil {
 			t.Fatal(err)

@@ -45,7 +45,7 @@ func testRun(t *testing.T, e *env) {
 		NomadServers:   monitoring.Endpoint{Targets: []string{e.ip + ":4646"}, Scheme: "http", HTTP: monitoring.HTTPClient{TokenFile: PrometheusNomadTokenFile}},
 		NomadClients:   monitoring.Endpoint{Targets: []string{e.ip + ":4646"}, Scheme: "http", HTTP: monitoring.HTTPClient{TokenFile: PrometheusNomadTokenFile}},
 		Vault:          monitoring.Endpoint{Targets: []string{vaultHostPort}, HTTP: monitoring.HTTPClient{TokenFile: PrometheusVaultTokenFile, CAFile: PrometheusCAFile("vault")}},
-		ConsulSD:       monitoring.ConsulSD{Server: consulHostPort, Scheme: "http", HTTP: monitoring.HTTPClient{TokenFile: PrometheusConsulTokenFile}},
+		ConsulSD:       monitoring.ConsulSD{Servers: []string{consulHostPort}, Scheme: "http", HTTP: monitoring.HTTPClient{TokenFile: PrometheusConsulTokenFile}},
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -162,20 +162,24 @@ func testRun(t *testing.T, e *env) {
 				t.Logf("vault target is %s: %s (the nomad-workloads policy does not grant sys/metrics)", tg.Health, tg.LastError)
 			}
 		}
-		// A query for node CPU returns a value for the node.
-		var res struct {
-			Data struct {
-				Result []struct {
-					Metric map[string]string `json:"metric"`
-				} `json:"result"`
-			} `json:"data"`
-		}
-		if err := getJSON(prom+"/api/v1/query?query="+url.QueryEscape(`sum by (instance) (rate(node_cpu_seconds_total[1m]))`), &res); err != nil {
-			t.Fatal(err)
-		}
-		if len(res.Data.Result) != 1 || res.Data.Result[0].Metric["instance"] != e.ip+":9100" {
-			t.Errorf("node CPU: %+v", res.Data.Result)
-		}
+		// A query for node CPU returns a value for the node once there are
+		// two samples to take a rate of.
+		waitUntil(t, 30*time.Second, "a node CPU value", func() error {
+			var res struct {
+				Data struct {
+					Result []struct {
+						Metric map[string]string `json:"metric"`
+					} `json:"result"`
+				} `json:"data"`
+			}
+			if err := getJSON(prom+"/api/v1/query?query="+url.QueryEscape(`sum by (instance) (rate(node_cpu_seconds_total[1m]))`), &res); err != nil {
+				return err
+			}
+			if len(res.Data.Result) != 1 || res.Data.Result[0].Metric["instance"] != e.ip+":9100" {
+				return fmt.Errorf("node CPU: %+v", res.Data.Result)
+			}
+			return nil
+		})
 		// Every rule file was loaded.
 		var rulesResp struct {
 			Data struct {

@@ -29,7 +29,7 @@ func fullConfig() PrometheusConfig {
 		}},
 		Vault:         Endpoint{Targets: []string{"127.0.1.1:8200"}, HTTP: HTTPClient{TokenFile: "../secrets/vault_token", CAFile: "ca/vault.pem"}},
 		NodeExporters: []string{"10.0.0.9:9100"},
-		ConsulSD:      ConsulSD{Server: "127.0.1.4:8501", Datacenter: "dc1", HTTP: HTTPClient{TokenFile: "../secrets/consul.token", CAFile: "ca/consul.pem"}},
+		ConsulSD:      ConsulSD{Servers: []string{"127.0.1.1:8501", "127.0.1.2:8501", "127.0.1.3:8501"}, Datacenter: "dc1", HTTP: HTTPClient{TokenFile: "../secrets/consul.token", CAFile: "ca/consul.pem"}},
 	}
 }
 
@@ -64,9 +64,9 @@ func TestPrometheusConfigPassesPromtool(t *testing.T) {
 		"full": fullConfig(),
 		// Only Consul discovery, over plain HTTP, no token: a cluster without
 		// TLS or ACLs, as in the tests that run the jobs.
-		"minimal": {ConsulSD: ConsulSD{Server: "127.0.0.1:8500", Scheme: "http"}},
+		"minimal": {ConsulSD: ConsulSD{Servers: []string{"127.0.0.1:8500"}, Scheme: "http"}},
 		"static alertmanagers": {
-			ConsulSD:      ConsulSD{Server: "127.0.0.1:8500", Scheme: "http"},
+			ConsulSD:      ConsulSD{Servers: []string{"127.0.0.1:8500"}, Scheme: "http"},
 			Alertmanagers: []string{"127.0.1.4:9093", "127.0.1.5:9093"},
 			NomadServers:  Endpoint{Targets: []string{"127.0.0.1:4646"}, Scheme: "http"},
 		},
@@ -120,7 +120,7 @@ func TestPrometheusConfigContent(t *testing.T) {
 	}
 	// Without targets a group is left out; without alertmanagers they are
 	// discovered.
-	yml, err = RenderPrometheus(PrometheusConfig{ConsulSD: ConsulSD{Server: "127.0.0.1:8500"}, Alertmanagers: []string{"127.0.0.1:9093"}})
+	yml, err = RenderPrometheus(PrometheusConfig{ConsulSD: ConsulSD{Servers: []string{"127.0.0.1:8500"}}, Alertmanagers: []string{"127.0.0.1:9093"}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -134,14 +134,14 @@ func TestPrometheusConfigErrors(t *testing.T) {
 		c    PrometheusConfig
 		want string
 	}{
-		"no consul":      {PrometheusConfig{}, "Consul server for service discovery is not set"},
-		"bad target":     {PrometheusConfig{ConsulSD: ConsulSD{Server: "c:8500"}, Vault: Endpoint{Targets: []string{"vault.example.com"}}}, `vault: target "vault.example.com" is not host:port`},
-		"bad interval":   {PrometheusConfig{ConsulSD: ConsulSD{Server: "c:8500"}, ScrapeInterval: "15"}, `scrape interval "15" is not a duration`},
-		"bad scheme":     {PrometheusConfig{ConsulSD: ConsulSD{Server: "c:8500", Scheme: "ftp"}}, `scheme "ftp"`},
-		"bad label":      {PrometheusConfig{ConsulSD: ConsulSD{Server: "c:8500"}, ExternalLabels: map[string]string{"a-b": "x"}}, `external label name "a-b"`},
-		"bad tag":        {PrometheusConfig{ConsulSD: ConsulSD{Server: "c:8500", Tag: "a b"}}, `service tag "a b"`},
-		"bad am prefix":  {PrometheusConfig{ConsulSD: ConsulSD{Server: "c:8500"}, AlertmanagerPathPrefix: "am"}, `must start with /`},
-		"bad am address": {PrometheusConfig{ConsulSD: ConsulSD{Server: "c:8500"}, Alertmanagers: []string{"http://am:9093/"}}, `alertmanagers: target`},
+		"no consul":      {PrometheusConfig{}, "no Consul server for service discovery"},
+		"bad target":     {PrometheusConfig{ConsulSD: ConsulSD{Servers: []string{"c:8500"}}, Vault: Endpoint{Targets: []string{"vault.example.com"}}}, `vault: target "vault.example.com" is not host:port`},
+		"bad interval":   {PrometheusConfig{ConsulSD: ConsulSD{Servers: []string{"c:8500"}}, ScrapeInterval: "15"}, `scrape interval "15" is not a duration`},
+		"bad scheme":     {PrometheusConfig{ConsulSD: ConsulSD{Servers: []string{"c:8500"}, Scheme: "ftp"}}, `scheme "ftp"`},
+		"bad label":      {PrometheusConfig{ConsulSD: ConsulSD{Servers: []string{"c:8500"}}, ExternalLabels: map[string]string{"a-b": "x"}}, `external label name "a-b"`},
+		"bad tag":        {PrometheusConfig{ConsulSD: ConsulSD{Servers: []string{"c:8500"}, Tag: "a b"}}, `service tag "a b"`},
+		"bad am prefix":  {PrometheusConfig{ConsulSD: ConsulSD{Servers: []string{"c:8500"}}, AlertmanagerPathPrefix: "am"}, `must start with /`},
+		"bad am address": {PrometheusConfig{ConsulSD: ConsulSD{Servers: []string{"c:8500"}}, Alertmanagers: []string{"http://am:9093/"}}, `alertmanagers: target`},
 	} {
 		t.Run(name, func(t *testing.T) {
 			_, err := RenderPrometheus(tc.c)
@@ -155,7 +155,7 @@ func TestPrometheusConfigErrors(t *testing.T) {
 // Values end up quoted: a hostile value cannot add YAML keys.
 func TestPrometheusConfigQuotes(t *testing.T) {
 	yml, err := RenderPrometheus(PrometheusConfig{
-		ConsulSD:       ConsulSD{Server: "127.0.0.1:8500", HTTP: HTTPClient{TokenFile: "x\"\n  evil: true"}},
+		ConsulSD:       ConsulSD{Servers: []string{"127.0.0.1:8500"}, HTTP: HTTPClient{TokenFile: "x\"\n  evil: true"}},
 		ExternalLabels: map[string]string{"a": "b\nc: d"},
 	})
 	if err != nil {

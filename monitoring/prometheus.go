@@ -39,7 +39,7 @@ type PrometheusConfig struct {
 	// registers its instances, so this is usually empty.
 	NodeExporters []string
 
-	// ConsulSD is the Consul agent Prometheus discovers services through.
+	// ConsulSD are the Consul agents Prometheus discovers services through.
 	ConsulSD ConsulSD
 
 	// Alertmanagers are static host:port targets; when empty, every healthy
@@ -71,9 +71,12 @@ type HTTPClient struct {
 	ServerName string
 }
 
-// ConsulSD is a Consul agent used for service discovery.
+// ConsulSD are the Consul agents used for service discovery.
 type ConsulSD struct {
-	Server     string // host:port (required)
+	// Servers are host:port of agents (at least one). Prometheus asks each,
+	// so discovery survives any of them being down; a target found through
+	// several is scraped once.
+	Servers    []string
 	Scheme     string // default https
 	Datacenter string
 	HTTP       HTTPClient
@@ -166,11 +169,10 @@ func (c PrometheusConfig) validate() error {
 		errs = append(errs, checkScheme(name, e.Scheme), checkHostPorts(name, e.Targets))
 	}
 	errs = append(errs, checkHostPorts("node exporters", c.NodeExporters), checkHostPorts("alertmanagers", c.Alertmanagers))
-	if c.ConsulSD.Server == "" {
-		errs = append(errs, errors.New("the Consul server for service discovery is not set"))
-	} else {
-		errs = append(errs, checkHostPorts("consul service discovery", []string{c.ConsulSD.Server}))
+	if len(c.ConsulSD.Servers) == 0 {
+		errs = append(errs, errors.New("no Consul server for service discovery is set"))
 	}
+	errs = append(errs, checkHostPorts("consul service discovery", c.ConsulSD.Servers))
 	errs = append(errs, checkScheme("consul service discovery", c.ConsulSD.Scheme))
 	if !tagRe.MatchString(c.ConsulSD.Tag) {
 		errs = append(errs, fmt.Errorf("service tag %q: use letters, digits, '.', '_' and '-'", c.ConsulSD.Tag))
@@ -236,9 +238,9 @@ func httpClientYAML(h HTTPClient, indent int) string {
 	return y.b.String()
 }
 
-func consulSDYAML(c ConsulSD, indent int) string {
+func consulSDYAML(c ConsulSD, server string, indent int) string {
 	y := &yamlLines{indent: indent}
-	y.line(0, "server", c.Server)
+	y.line(0, "server", server)
 	y.line(0, "scheme", c.Scheme)
 	if c.Datacenter != "" {
 		y.line(0, "datacenter", c.Datacenter)

@@ -260,7 +260,7 @@ func prometheusVars(e *stages.Env, p *platform, v platformjobs.Variables, bin st
 		Vault: monitoring.Endpoint{Targets: hostports(p.inv.WithRole(inventory.RoleVault), 8200),
 			HTTP: monitoring.HTTPClient{TokenFile: platformjobs.PrometheusVaultTokenFile, CAFile: platformjobs.PrometheusCAFile("vault")}},
 		// Any agent serves the catalog; the servers are the stable ones.
-		ConsulSD: monitoring.ConsulSD{Server: net.JoinHostPort(servers[0].Address(), fmt.Sprint(consul.HTTPSPort)), Datacenter: cfg.Datacenter, HTTP: consulHTTP},
+		ConsulSD: monitoring.ConsulSD{Servers: hostports(servers, consul.HTTPSPort), Datacenter: cfg.Datacenter, HTTP: consulHTTP},
 	})
 	if err != nil {
 		return nil, fmt.Errorf("prometheus.yml: %w", err)

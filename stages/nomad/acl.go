@@ -397,7 +397,7 @@ func ensureToken(ctx context.Context, e *stages.Env, c *nomadapi.Client, have ma
 }
 
 // Vault trusts the workload identities Nomad signs: the JWT auth mount the
-// pki stage enabled gets Nomad's JWKS URL and a role that maps a job's
+// pki stage enabled gets the servers' JWKS URLs and a role that maps a job's
 // namespace and id into the nomad-workloads policy (`nomad setup vault`).
 const (
 	jwtConfigPath = "auth/jwt-nomad/config"
@@ -409,9 +409,14 @@ func jwtWant(e *stages.Env, d *deps) (map[string]any, map[string]any, error) {
 	if err != nil {
 		return nil, nil, err
 	}
+	// Every server serves the same keys: Vault tries each, so workload
+	// logins survive any one server being down.
+	var pairs []any
+	for _, n := range d.inv.WithRole(inventory.RoleServer) {
+		pairs = append(pairs, map[string]any{"jwks_url": Addr(n) + "/.well-known/jwks.json", "jwks_ca_pem": string(ca)})
+	}
 	cfg := map[string]any{
-		"jwks_url":           Addr(d.inv.WithRole(inventory.RoleServer)[0]) + "/.well-known/jwks.json",
-		"jwks_ca_pem":        string(ca),
+		"jwks_pairs":         pairs,
 		"jwt_supported_algs": []string{"RS256", "EdDSA"},
 		"default_role":       "nomad-workloads",
 	}

@@ -12,6 +12,7 @@ import (
 	"net"
 	"os"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 
@@ -20,6 +21,7 @@ import (
 
 	"github.com/platform-bootstrap/bootstrap/ansible"
 	"github.com/platform-bootstrap/bootstrap/internal/inventory"
+	"github.com/platform-bootstrap/bootstrap/internal/poll"
 	"github.com/platform-bootstrap/bootstrap/pki"
 	"github.com/platform-bootstrap/bootstrap/stages"
 	"github.com/platform-bootstrap/bootstrap/stages/consul"
@@ -216,6 +218,9 @@ func (s *Stage) Apply(ctx context.Context, e *stages.Env) error {
 	if err != nil {
 		return err
 	}
+	if err := waitCaughtUp(ctx, e, d.inv, mgmt); err != nil {
+		return err
+	}
 	if err := applyACL(ctx, e, d, mgmt); err != nil {
 		return err
 	}
@@ -246,6 +251,54 @@ func waitLeader(ctx context.Context, e *stages.Env, inv *inventory.Inventory) er
 		case <-time.After(500 * time.Millisecond):
 		}
 	}
+}
+
+// waitCaughtUp waits until every server has applied what the cluster had
+// committed. A server that was just restarted answers, and votes, before it
+// has replayed the log written since its last snapshot: until then it
+// refuses newer ACL tokens with 403 on the endpoints it serves itself (job
+// parsing, agent calls), which the jobs stage and users hit.
+func waitCaughtUp(ctx context.Context, e *stages.Env, inv *inventory.Inventory, mgmt string) error {
+	servers := inv.WithRole(inventory.RoleServer)
+	var target uint64
+	lag := map[string]string{}
+	err := poll.Retry(ctx, 2*time.Minute, 500*time.Millisecond, func() error {
+		clear(lag)
+		applied := map[string]uint64{}
+		for _, n := range servers {
+			c, err := Client(e, n, mgmt)
+			if err != nil {
+				return err
+			}
+			self, err := c.Agent().Self()
+			if err != nil {
+				lag[n.Name] = err.Error()
+				continue
+			}
+			ai, _ := strconv.ParseUint(self.Stats["raft"]["applied_index"], 10, 64)
+			ci, _ := strconv.ParseUint(self.Stats["raft"]["commit_index"], 10, 64)
+			applied[n.Name] = ai
+			target = max(target, ci)
+		}
+		for name, ai := range applied {
+			if ai < target {
+				lag[name] = fmt.Sprintf("applied index %d of %d", ai, target)
+			}
+		}
+		if len(lag) > 0 {
+			return errors.New("behind")
+		}
+		return nil
+	}, func(error) bool { return false })
+	if err != nil {
+		var names []string
+		for name, why := range lag {
+			names = append(names, name+" ("+why+")")
+		}
+		slices.Sort(names)
+		return fmt.Errorf("nomad servers have not caught up with the cluster: %s; see %s", strings.Join(names, ", "), logHint(inv, servers[0].Name))
+	}
+	return nil
 }
 
 // waitClients waits until every client node is ready with a healthy task

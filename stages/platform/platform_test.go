@@ -1,7 +1,11 @@
 package platform_test
 
 import (
+	"context"
 	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
 	"net/http"
 	"os"
 	"os/exec"
@@ -60,6 +64,43 @@ func TestPlatform(t *testing.T) {
 			resp.Body.Close()
 			if resp.StatusCode != 200 {
 				t.Errorf("%s: %s", u, resp.Status)
+			}
+		}
+	})
+
+	t.Run("every service discovered once", func(t *testing.T) {
+		// Prometheus asks every Consul server for the services tagged
+		// prometheus; what several of them return is still one target.
+		resp, err := http.Get(env["PROMETHEUS_ADDR"] + "/api/v1/targets?state=active")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		var targets struct {
+			Data struct {
+				ActiveTargets []struct {
+					Labels    map[string]string `json:"labels"`
+					ScrapeURL string            `json:"scrapeUrl"`
+				} `json:"activeTargets"`
+			} `json:"data"`
+		}
+		if err := json.NewDecoder(resp.Body).Decode(&targets); err != nil {
+			t.Fatal(err)
+		}
+		seen := map[string]int{}
+		for _, tg := range targets.Data.ActiveTargets {
+			if tg.Labels["job"] == "consul_sd_metrics" {
+				seen[tg.ScrapeURL]++
+			}
+		}
+		// node-exporter on each client, prometheus, alertmanager, grafana,
+		// fabio's metrics on each client.
+		if len(seen) < 7 {
+			t.Errorf("%d services discovered, want at least 7: %v", len(seen), seen)
+		}
+		for u, n := range seen {
+			if n != 1 {
+				t.Errorf("%s is scraped %d times", u, n)
 			}
 		}
 	})
@@ -165,6 +206,111 @@ func TestPlatform(t *testing.T) {
 				t.Fatalf("fabio does not route /web: %v", err)
 			}
 			time.Sleep(2 * time.Second)
+		}
+	})
+
+	t.Run("with server-1 down, workloads still log in to vault and new services are discovered", func(t *testing.T) {
+		p := p.T(t)
+		// Vault's JWKS URLs and Prometheus's Consul servers listed server-1
+		// first: nothing may depend on it alone.
+		for _, svc := range []string{"nomad", "consul"} {
+			pid, err := proc.ReadPidFile(filepath.Join(p.StateDir(), "nodes", "server-1", "run", svc+".pid"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := proc.Kill(context.Background(), pid); err != nil {
+				t.Fatal(err)
+			}
+		}
+		nc, err := nomad.NewClient("https://"+p.Subnet.IP(2)+":4646", env["NOMAD_CACERT"], env["NOMAD_TOKEN"])
+		if err != nil {
+			t.Fatal(err)
+		}
+		general := &nomadapi.QueryOptions{Namespace: "general"}
+		waitFor := func(what string, f func() error) {
+			t.Helper()
+			deadline := time.Now().Add(2 * time.Minute)
+			for {
+				err := f()
+				if err == nil {
+					return
+				}
+				if time.Now().After(deadline) {
+					t.Fatalf("%s: %v", what, err)
+				}
+				time.Sleep(time.Second)
+			}
+		}
+		runningAllocs := func(job string, q *nomadapi.QueryOptions) ([]string, error) {
+			allocs, _, err := nc.Jobs().Allocations(job, false, q)
+			var ids []string
+			for _, a := range allocs {
+				if a.ClientStatus == nomadapi.AllocClientStatusRunning {
+					ids = append(ids, a.ID)
+				}
+			}
+			return ids, err
+		}
+		var old []string
+		waitFor("grafana's allocation through server-2", func() (err error) {
+			old, err = runningAllocs("grafana", general)
+			if err == nil && len(old) != 1 {
+				err = fmt.Errorf("%d running grafana allocations", len(old))
+			}
+			return err
+		})
+		// A replacement allocation logs in to Vault with a fresh workload
+		// identity before its template renders the admin password.
+		if _, err := nc.Allocations().Stop(&nomadapi.Allocation{ID: old[0], Namespace: "general"}, nil); err != nil {
+			t.Fatal(err)
+		}
+		waitFor("a new grafana allocation running", func() error {
+			ids, err := runningAllocs("grafana", general)
+			if err != nil {
+				return err
+			}
+			if len(ids) != 1 || ids[0] == old[0] {
+				return fmt.Errorf("running grafana allocations: %v", ids)
+			}
+			return nil
+		})
+
+		probe := nomadapi.NewServiceJob("discovery-probe", "discovery-probe", "global", 50)
+		dev := "dev"
+		probe.Namespace = &dev
+		probe.Datacenters = []string{"*"}
+		tg := nomadapi.NewTaskGroup("probe", 1)
+		tg.Networks = []*nomadapi.NetworkResource{{DynamicPorts: []nomadapi.Port{{Label: "http"}}}}
+		tg.Services = []*nomadapi.Service{{Name: "discovery-probe", PortLabel: "http", Address: "${meta.node_address}", Tags: []string{"prometheus"}, Provider: "consul"}}
+		task := nomadapi.NewTask("probe", "raw_exec").SetConfig("command", "sleep").SetConfig("args", []string{"600"})
+		cpu, mem := 20, 16
+		task.Require(&nomadapi.Resources{CPU: &cpu, MemoryMB: &mem})
+		tg.AddTask(task)
+		probe.AddTaskGroup(tg)
+		if _, _, err := nc.Jobs().Register(probe, &nomadapi.WriteOptions{Namespace: "dev"}); err != nil {
+			t.Fatal(err)
+		}
+		defer nc.Jobs().Deregister("discovery-probe", true, &nomadapi.WriteOptions{Namespace: "dev"})
+		waitFor("prometheus discovering discovery-probe", func() error {
+			resp, err := http.Get(env["PROMETHEUS_ADDR"] + "/api/v1/targets?state=active")
+			if err != nil {
+				return err
+			}
+			defer resp.Body.Close()
+			b, err := io.ReadAll(resp.Body)
+			if err != nil {
+				return err
+			}
+			if !strings.Contains(string(b), `"service":"discovery-probe"`) {
+				return errors.New("not a target yet")
+			}
+			return nil
+		})
+
+		// up restarts server-1; its JWKS and catalog serve again.
+		r := p.Up()
+		if !strings.Contains(r.Stdout, "server-1") {
+			t.Errorf("up did not restart server-1:\n%s", r.Stdout)
 		}
 	})
 
