@@ -34,20 +34,26 @@ var ErrNotApproved = errors.New("plan not approved; nothing was changed")
 // is reported as waiting.
 func (r *Runner) Plan(ctx context.Context, sel Selection) ([]StageResult, error) {
 	var results []StageResult
+	blocked := false
 	for _, st := range sel.Pick(r.Stages) {
 		if err := ctx.Err(); err != nil {
 			return results, err
 		}
-		res, err := r.plan(ctx, st)
+		res, err := r.plan(ctx, st, blocked)
 		results = append(results, res)
 		if err != nil {
 			return results, err
 		}
+		blocked = blocked || res.Outcome == OutcomePlanned || res.Outcome == OutcomeNotReady
 	}
 	return results, nil
 }
 
-func (r *Runner) plan(ctx context.Context, st Stage) (StageResult, error) {
+// plan plans one stage. blocked says an earlier stage has changes pending:
+// then a failing plan is reported as waiting for them, with its error, for
+// what it cannot reach may be exactly what they start (a Vault that is down
+// fails the pki stage's plan until the vault stage has started it).
+func (r *Runner) plan(ctx context.Context, st Stage, blocked bool) (StageResult, error) {
 	env := r.Env.ForStage(st.Name())
 	start := time.Now()
 	res := StageResult{Name: st.Name()}
@@ -60,7 +66,7 @@ func (r *Runner) plan(ctx context.Context, st Stage) (StageResult, error) {
 		res.Outcome = OutcomeNotImplemented
 		res.Error = env.redact(err.Error())
 		err = nil
-	case errors.Is(err, ErrNotReady):
+	case errors.Is(err, ErrNotReady), err != nil && blocked && ctx.Err() == nil:
 		res.Outcome = OutcomeNotReady
 		res.Error = env.redact(err.Error())
 		err = nil
@@ -114,7 +120,7 @@ func (r *Runner) approve(ctx context.Context, picked []Stage) (bool, error) {
 	var plans []StageResult
 	pending := false
 	for _, st := range picked {
-		res, err := r.plan(ctx, st)
+		res, err := r.plan(ctx, st, pending)
 		if err != nil {
 			return false, err
 		}

@@ -138,17 +138,31 @@ func TestPlanOutcomesAndNoWrites(t *testing.T) {
 	rec := &recorder{}
 	r := &stages.Runner{Stages: all, Env: newEnv(t, dir, rec)}
 
+	// After a stage with changes, a failing plan waits for them (what it
+	// cannot reach may be what they start), and planning goes on.
 	res, err := r.Plan(context.Background(), stages.Selection{})
-	stageError(t, err, "broken")
+	if err != nil {
+		t.Fatalf("plan with a failure after pending changes: %v", err)
+	}
 	want := map[string]string{
 		"done":    stages.OutcomeUnchanged,
 		"pending": stages.OutcomePlanned,
 		"waiting": stages.OutcomeNotReady,
 		"later":   stages.OutcomeNotImplemented,
-		"broken":  stages.OutcomeFailed,
+		"broken":  stages.OutcomeNotReady,
+		"never":   stages.OutcomePlanned,
 	}
 	if got := outcomes(res); !reflect.DeepEqual(got, want) {
 		t.Errorf("plan outcomes = %v, want %v", got, want)
+	}
+	if e := res[4].Error; !strings.Contains(e, "cannot reach vault") {
+		t.Errorf("the waiting stage's error is not shown: %q", e)
+	}
+	// With nothing pending before it, a failing plan is a failure.
+	failed, err := (&stages.Runner{Stages: []stages.Stage{done, broken, newToy("never")}, Env: newEnv(t, t.TempDir(), nil)}).Plan(context.Background(), stages.Selection{})
+	stageError(t, err, "broken")
+	if got := outcomes(failed); !reflect.DeepEqual(got, map[string]string{"done": stages.OutcomeUnchanged, "broken": stages.OutcomeFailed}) {
+		t.Errorf("plan outcomes = %v, want done unchanged and broken failed", got)
 	}
 	if len(res[1].Changes) != 1 || res[1].Changes[0].Target != "thing pending" {
 		t.Errorf("planned changes = %+v", res[1].Changes)
