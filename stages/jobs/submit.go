@@ -12,6 +12,7 @@ import (
 
 	nomadapi "github.com/hashicorp/nomad/api"
 
+	"github.com/platform-bootstrap/bootstrap/internal/crashpoint"
 	platformjobs "github.com/platform-bootstrap/bootstrap/jobs"
 	"github.com/platform-bootstrap/bootstrap/pki"
 	"github.com/platform-bootstrap/bootstrap/stages"
@@ -102,18 +103,34 @@ func planJob(ctx context.Context, p *platform, sp spec) (*stages.Change, error) 
 	if err != nil {
 		return nil, err
 	}
-	if !changed(resp) {
-		return nil, nil
+	target := "job " + platformjobs.Namespace + "/" + sp.name
+	if changed(resp) {
+		action := "update"
+		if resp.Diff.Type == "Added" {
+			action = "create"
+		}
+		return &stages.Change{Action: action, Target: target, Detail: describe(resp.Diff)}, nil
 	}
-	action := "update"
-	if resp.Diff.Type == "Added" {
-		action = "create"
+	// The job is what the configuration says; whether it runs is another
+	// question, asked of its allocations: a run killed while it waited for
+	// the job, or a reboot of the nodes, leaves a job that is registered but
+	// not (yet) healthy.
+	h, err := checkHealth(ctx, p, sp.name)
+	if err != nil {
+		return nil, err
 	}
-	return &stages.Change{Action: action, Target: "job " + platformjobs.Namespace + "/" + sp.name, Detail: describe(resp.Diff)}, nil
+	switch {
+	case h.failed:
+		return &stages.Change{Action: "restart", Target: target, Detail: h.status}, nil
+	case !h.healthy:
+		return &stages.Change{Action: "wait", Target: target, Detail: h.status}, nil
+	}
+	return nil, nil
 }
 
 // applyJob registers a job when its plan differs, with the plan's index as
-// the check index, and waits for it to be healthy.
+// the check index, re-places its failed allocations when it is unchanged
+// but failed, and waits for it to be healthy.
 func applyJob(ctx context.Context, e *stages.Env, p *platform, sp spec) error {
 	job, err := parse(ctx, p, sp)
 	if err != nil {
@@ -129,73 +146,170 @@ func applyJob(ctx context.Context, e *stages.Env, p *platform, sp spec) error {
 		if err != nil {
 			return fmt.Errorf("job %s: register: %w", sp.name, err)
 		}
+		crashpoint.Hit("jobs:after-register")
+	} else if h, err := checkHealth(ctx, p, sp.name); err != nil {
+		return err
+	} else if h.failed {
+		e.Step("restarting the failed job %s (%s)", sp.name, h.status)
+		if err := restart(ctx, p, job, h); err != nil {
+			return err
+		}
 	}
 	e.Step("waiting for job %s to be healthy", sp.name)
-	return waitHealthy(ctx, e, p, sp.name)
+	return waitHealthy(ctx, p, sp.name)
 }
 
-// waitHealthy waits until the job's current version runs healthy: its
-// deployment succeeded (service jobs) or an allocation runs on every
-// eligible client (system jobs).
-func waitHealthy(ctx context.Context, e *stages.Env, p *platform, id string) error {
+// restart brings a failed job back. Nomad never replaces a system job's
+// failed allocation, and places nothing more for a version whose deployment
+// failed; nothing of the job runs either way.
+func restart(ctx context.Context, p *platform, job *nomadapi.Job, h health) error {
+	if h.deploymentFailed {
+		// Only a new version deploys again: stop the job and register it
+		// anew (nomad job stop, then nomad job run).
+		if _, _, err := p.nomad.Jobs().Deregister(*job.ID, false, general().WithContext(ctx)); err != nil {
+			return fmt.Errorf("job %s: stop: %w", *job.ID, err)
+		}
+		if _, _, err := p.nomad.Jobs().Register(job, general().WithContext(ctx)); err != nil {
+			return fmt.Errorf("job %s: register: %w", *job.ID, err)
+		}
+	}
+	// A failed allocation waiting for a delayed reschedule still holds its
+	// place; a forced reschedule replaces it now.
+	return reschedule(ctx, p, *job.ID)
+}
+
+// reschedule forces an evaluation that replaces the job's failed
+// allocations (nomad job eval -force-reschedule) and waits until the
+// scheduler has placed them.
+func reschedule(ctx context.Context, p *platform, id string) error {
+	evalID, _, err := p.nomad.Jobs().EvaluateWithOpts(id, nomadapi.EvalOptions{ForceReschedule: true}, general().WithContext(ctx))
+	if err != nil {
+		return fmt.Errorf("job %s: force reschedule: %w", id, err)
+	}
 	q := (&nomadapi.QueryOptions{Namespace: platformjobs.Namespace}).WithContext(ctx)
-	var last string
-	err := wait(ctx, healthTimeout, func() (bool, error) {
-		job, _, err := p.nomad.Jobs().Info(id, q)
+	return wait(ctx, time.Minute, func() (bool, error) {
+		ev, _, err := p.nomad.Evaluations().Info(evalID, q)
 		if err != nil {
-			return false, fmt.Errorf("job %s: %w", id, err)
+			return false, fmt.Errorf("job %s: evaluation %s: %w", id, evalID, err)
 		}
-		allocs, _, err := p.nomad.Jobs().Allocations(id, false, q)
+		switch ev.Status {
+		case "complete":
+			return true, nil
+		case "failed", "canceled":
+			return false, fmt.Errorf("job %s: evaluation %s %s: %s", id, evalID, ev.Status, ev.StatusDescription)
+		}
+		return false, nil
+	})
+}
+
+// health is one look at a job's current version.
+type health struct {
+	healthy bool
+	// failed: a deployment or an allocation failed and too few run;
+	// waiting alone will not help.
+	failed bool
+	// deploymentFailed: what failed is the current version's deployment.
+	deploymentFailed bool
+	// status says what is missing, in one line.
+	status string
+	// current are the allocations of the current version meant to run.
+	current []*nomadapi.AllocationListStub
+}
+
+// checkHealth looks once at whether the job's current version runs
+// healthy: no deployment of it is in progress, and as many of its
+// allocations run (and are not marked unhealthy) as it wants — the count of
+// its groups, or one per eligible client for a system job. A deployment
+// that succeeded long ago proves nothing about allocations that died since.
+func checkHealth(ctx context.Context, p *platform, id string) (health, error) {
+	q := (&nomadapi.QueryOptions{Namespace: platformjobs.Namespace}).WithContext(ctx)
+	var h health
+	job, _, err := p.nomad.Jobs().Info(id, q)
+	if err != nil {
+		return h, fmt.Errorf("job %s: %w", id, err)
+	}
+	allocs, _, err := p.nomad.Jobs().Allocations(id, false, q)
+	if err != nil {
+		return h, fmt.Errorf("job %s: allocations: %w", id, err)
+	}
+	failedAlloc := false
+	running, starting := 0, 0
+	for _, a := range allocs {
+		if a.JobVersion != *job.Version || a.DesiredStatus != "run" {
+			continue
+		}
+		h.current = append(h.current, a)
+		switch {
+		case runsHealthy(a):
+			running++
+		case a.ClientStatus == "pending" || a.ClientStatus == "running":
+			starting++
+		case a.ClientStatus == "failed" && a.NextAllocation == "":
+			// A failed allocation that Nomad replaced is history.
+			failedAlloc = true
+		}
+	}
+	// Failed means nothing more is on its way: no allocation still starts.
+	failedAlloc = failedAlloc && starting == 0
+	want := 0
+	if *job.Type == "service" {
+		for _, tg := range job.TaskGroups {
+			want += *tg.Count
+		}
+		d, _, err := p.nomad.Jobs().LatestDeployment(id, q)
 		if err != nil {
-			return false, fmt.Errorf("job %s: allocations: %w", id, err)
+			return h, fmt.Errorf("job %s: deployment: %w", id, err)
 		}
-		var current []*nomadapi.AllocationListStub
-		for _, a := range allocs {
-			if a.JobVersion == *job.Version && a.DesiredStatus == "run" {
-				current = append(current, a)
-			}
-		}
-		if *job.Type == "service" {
-			d, _, err := p.nomad.Jobs().LatestDeployment(id, q)
-			if err != nil {
-				return false, fmt.Errorf("job %s: deployment: %w", id, err)
-			}
-			if d != nil && d.JobVersion == *job.Version {
-				switch d.Status {
-				case "successful":
-					return true, nil
-				case "failed", "cancelled":
-					return false, fmt.Errorf("job %s: deployment %s: %s%s", id, d.Status, d.StatusDescription, problems(ctx, p, current))
+		if d != nil && d.JobVersion == *job.Version {
+			switch d.Status {
+			case "running", "pending", "initializing", "blocked", "paused":
+				h.status = "deployment " + d.Status + ": " + d.StatusDescription
+				return h, nil
+			case "failed", "cancelled":
+				if running < want && starting == 0 {
+					h.failed, h.deploymentFailed = true, true
+					h.status = "deployment " + d.Status + ": " + d.StatusDescription
+					return h, nil
 				}
-				last = d.StatusDescription
-				return false, nil
 			}
 		}
-		want, err := eligibleClients(ctx, p)
+	} else {
+		if want, err = eligibleClients(ctx, p); err != nil {
+			return h, err
+		}
+	}
+	h.healthy = want > 0 && running >= want
+	if !h.healthy {
+		h.failed = failedAlloc
+		h.status = fmt.Sprintf("%d of %d allocations running", running, want)
+		if failedAlloc {
+			h.status += ", an allocation failed"
+		}
+	}
+	return h, nil
+}
+
+func runsHealthy(a *nomadapi.AllocationListStub) bool {
+	return a.ClientStatus == "running" && (a.DeploymentStatus == nil || a.DeploymentStatus.Healthy == nil || *a.DeploymentStatus.Healthy)
+}
+
+// waitHealthy waits until the job's current version runs healthy, and
+// fails at once when a deployment or an allocation of it failed.
+func waitHealthy(ctx context.Context, p *platform, id string) error {
+	var last health
+	err := wait(ctx, healthTimeout, func() (bool, error) {
+		h, err := checkHealth(ctx, p, id)
 		if err != nil {
 			return false, err
 		}
-		if *job.Type == "service" {
-			want = 0
-			for _, tg := range job.TaskGroups {
-				want += *tg.Count
-			}
+		last = h
+		if h.failed {
+			return false, fmt.Errorf("job %s: %s%s", id, h.status, problems(ctx, p, h.current))
 		}
-		running := 0
-		for _, a := range current {
-			if a.ClientStatus == "running" && (a.DeploymentStatus == nil || a.DeploymentStatus.Healthy == nil || *a.DeploymentStatus.Healthy) {
-				running++
-			}
-			if a.ClientStatus == "failed" {
-				return false, fmt.Errorf("job %s: an allocation failed%s", id, problems(ctx, p, current))
-			}
-		}
-		last = fmt.Sprintf("%d of %d allocations running", running, want)
-		return running >= want && want > 0, nil
+		return h.healthy, nil
 	})
 	if errors.Is(err, context.DeadlineExceeded) {
-		allocs, _, _ := p.nomad.Jobs().Allocations(id, false, q)
-		return fmt.Errorf("job %s is not healthy after %s (%s)%s", id, healthTimeout, last, problems(context.Background(), p, allocs))
+		return fmt.Errorf("job %s is not healthy after %s (%s)%s", id, healthTimeout, last.status, problems(context.Background(), p, last.current))
 	}
 	return err
 }
@@ -219,7 +333,7 @@ func eligibleClients(ctx context.Context, p *platform) (int, error) {
 func problems(ctx context.Context, p *platform, allocs []*nomadapi.AllocationListStub) string {
 	var b strings.Builder
 	for _, a := range allocs {
-		if a.ClientStatus == "running" && (a.DeploymentStatus == nil || a.DeploymentStatus.Healthy == nil || *a.DeploymentStatus.Healthy) {
+		if runsHealthy(a) {
 			continue
 		}
 		names := make([]string, 0, len(a.TaskStates))
