@@ -38,7 +38,19 @@ func TestPlatform(t *testing.T) {
 		}
 	}
 	p := platformtest.New(t, "", "")
+	// The first up is killed in the jobs stage, right after it registered
+	// the first job and before that job was healthy; the next up finishes
+	// the stage.
+	if r := p.Run([]string{"up", "--auto-approve"}, "BOOTSTRAP_CRASHPOINT=jobs:after-register"); r.Code == 0 {
+		t.Fatalf("the crash point jobs:after-register did not fire:\n%s", r.Output())
+	}
+	if r := p.Run([]string{"plan", "--only", "jobs"}); r.Code != 4 {
+		t.Errorf("plan of the jobs stage after the kill: exit %d, want 4\n%s", r.Code, r.Output())
+	}
 	r := p.Up()
+	if !strings.Contains(r.Stdout, fmt.Sprintf("%-9s  changed", "jobs")) {
+		t.Errorf("the up after the kill did not finish the jobs stage:\n%s", r.Stdout)
+	}
 	for _, st := range stages.Names {
 		if !strings.Contains(r.Stdout, st) {
 			t.Errorf("the summary does not list stage %s", st)
@@ -193,20 +205,7 @@ func TestPlatform(t *testing.T) {
 			t.Fatalf("deploy with the CI token over TLS: %v\n%s", err, out)
 		}
 		// Fabio routes the new service's urlprefix tag.
-		deadline := time.Now().Add(time.Minute)
-		for {
-			resp, err := http.Get(env["FABIO_ADDR"] + "/web/")
-			if err == nil {
-				resp.Body.Close()
-				if resp.StatusCode == 200 {
-					break
-				}
-			}
-			if time.Now().After(deadline) {
-				t.Fatalf("fabio does not route /web: %v", err)
-			}
-			time.Sleep(2 * time.Second)
-		}
+		eventually(t, time.Minute, "fabio routing /web", func() error { return get200(env["FABIO_ADDR"] + "/web/") })
 	})
 
 	t.Run("with server-1 down, workloads still log in to vault and new services are discovered", func(t *testing.T) {
@@ -229,17 +228,7 @@ func TestPlatform(t *testing.T) {
 		general := &nomadapi.QueryOptions{Namespace: "general"}
 		waitFor := func(what string, f func() error) {
 			t.Helper()
-			deadline := time.Now().Add(2 * time.Minute)
-			for {
-				err := f()
-				if err == nil {
-					return
-				}
-				if time.Now().After(deadline) {
-					t.Fatalf("%s: %v", what, err)
-				}
-				time.Sleep(time.Second)
-			}
+			eventually(t, 2*time.Minute, what, f)
 		}
 		runningAllocs := func(job string, q *nomadapi.QueryOptions) ([]string, error) {
 			allocs, _, err := nc.Jobs().Allocations(job, false, q)
@@ -314,6 +303,30 @@ func TestPlatform(t *testing.T) {
 		}
 	})
 
+	t.Run("after a reboot up brings everything back", func(t *testing.T) {
+		p := p.T(t)
+		// A laptop reboot, for the local provider: every process dies at
+		// once, pid files stay behind, Vault comes back sealed.
+		pids, err := proc.Under(p.Dir)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, pid := range pids {
+			if err := proc.Kill(context.Background(), pid); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if r := p.Run([]string{"plan"}); r.Code != 4 {
+			t.Errorf("plan after the reboot: exit %d, want 4\n%s", r.Code, r.Output())
+		}
+		p.Up()
+		// The application deployed before the reboot runs and is routed again.
+		eventually(t, 2*time.Minute, "the dev application back after the reboot", func() error { return get200(env["FABIO_ADDR"] + "/web/") })
+		if r := p.Run([]string{"plan"}); r.Code != 0 {
+			t.Errorf("plan after up: exit %d\n%s", r.Code, r.Output())
+		}
+	})
+
 	t.Run("status", func(t *testing.T) {
 		r := p.Run([]string{"status"})
 		if r.Code != 0 || strings.Contains(r.Stdout, "!!") {
@@ -340,4 +353,34 @@ func TestPlatform(t *testing.T) {
 			}
 		}
 	})
+}
+
+// eventually calls f every second until it returns nil, and fails the test
+// with f's last error when timeout passes first.
+func eventually(t *testing.T, timeout time.Duration, what string, f func() error) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for {
+		err := f()
+		if err == nil {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: %v", what, err)
+		}
+		time.Sleep(time.Second)
+	}
+}
+
+// get200 is nil when url answers 200 OK.
+func get200(url string) error {
+	resp, err := http.Get(url)
+	if err != nil {
+		return err
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return errors.New(resp.Status)
+	}
+	return nil
 }
