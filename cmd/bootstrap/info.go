@@ -81,7 +81,7 @@ func (g *globals) openReadOnly() (*stages.Env, error) {
 func newStatusCmd(g *globals) *cobra.Command {
 	return &cobra.Command{
 		Use:   "status",
-		Short: "Show each stage's progress and the live state of every node and service",
+		Short: "Show each stage's progress, every node's agents and every platform job's health",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			env, err := g.openReadOnly()

@@ -13,6 +13,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strings"
 	"time"
@@ -409,15 +410,8 @@ func setOutputs(e *stages.Env, p *platform) error {
 // Destroy stops every platform job (for down): their tasks must end before
 // the nodes are stopped, or raw_exec tasks would outlive their clients.
 func (s *Stage) Destroy(ctx context.Context, e *stages.Env) error {
-	if e.State.Output(stages.OutNomadAddr) == "" {
-		return nil
-	}
-	mgmt, ok, err := e.Secrets.Get(stages.SecretNomadBootstrapToken)
-	if err != nil || !ok {
-		return err
-	}
-	nc, err := nomad.NewClient(e.State.Output(stages.OutNomadAddr), e.State.Output(stages.OutNomadCACert), strings.TrimSpace(mgmt))
-	if err != nil {
+	nc, err := managementClient(e)
+	if nc == nil || err != nil {
 		return err
 	}
 	p := &platform{cfg: e.Config, nomad: nc}
@@ -437,6 +431,57 @@ func (s *Stage) Destroy(ctx context.Context, e *stages.Env) error {
 		}
 	}
 	return nil
+}
+
+// Status reports whether each platform job runs healthy.
+func (s *Stage) Status(ctx context.Context, e *stages.Env) ([]stages.StatusLine, error) {
+	nc, err := managementClient(e)
+	if nc == nil || err != nil {
+		return nil, err
+	}
+	p := &platform{cfg: e.Config, nomad: nc}
+	list, _, err := nc.Jobs().List((&nomadapi.QueryOptions{Namespace: platformjobs.Namespace}).WithContext(ctx))
+	if err != nil {
+		// The nomad stage's lines already say Nomad is down.
+		return nil, nil
+	}
+	var out []stages.StatusLine
+	for _, j := range list {
+		if !slices.Contains(platformjobs.Names(), j.ID) {
+			continue
+		}
+		l := stages.StatusLine{Component: "job", Node: j.ID, State: j.Status}
+		if j.Status != "dead" {
+			h, err := checkHealth(ctx, p, j.ID)
+			if err != nil {
+				return out, err
+			}
+			l.Detail, l.Healthy = h.status, h.healthy
+			switch {
+			case h.healthy:
+				l.State = "healthy"
+			case h.failed:
+				l.State = "failed"
+			default:
+				l.State = "starting"
+			}
+		}
+		out = append(out, l)
+	}
+	return out, nil
+}
+
+// managementClient is a Nomad client with the management token, or nil
+// before the nomad stage has run.
+func managementClient(e *stages.Env) (*nomadapi.Client, error) {
+	if e.State.Output(stages.OutNomadAddr) == "" {
+		return nil, nil
+	}
+	mgmt, ok, err := e.Secrets.Get(stages.SecretNomadBootstrapToken)
+	if err != nil || !ok {
+		return nil, err
+	}
+	return nomad.NewClient(e.State.Output(stages.OutNomadAddr), e.State.Output(stages.OutNomadCACert), strings.TrimSpace(mgmt))
 }
 
 func password() (string, error) {

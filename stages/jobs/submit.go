@@ -210,7 +210,8 @@ type health struct {
 	failed bool
 	// deploymentFailed: what failed is the current version's deployment.
 	deploymentFailed bool
-	// status says what is missing, in one line.
+	// status says in one line how many allocations run, or what is
+	// missing.
 	status string
 	// current are the allocations of the current version meant to run.
 	current []*nomadapi.AllocationListStub
@@ -279,12 +280,10 @@ func checkHealth(ctx context.Context, p *platform, id string) (health, error) {
 		}
 	}
 	h.healthy = want > 0 && running >= want
-	if !h.healthy {
-		h.failed = failedAlloc
-		h.status = fmt.Sprintf("%d of %d allocations running", running, want)
-		if failedAlloc {
-			h.status += ", an allocation failed"
-		}
+	h.status = fmt.Sprintf("%d of %d allocations running", running, want)
+	if !h.healthy && failedAlloc {
+		h.failed = true
+		h.status += ", an allocation failed"
 	}
 	return h, nil
 }

@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -331,6 +332,11 @@ func TestPlatform(t *testing.T) {
 		r := p.Run([]string{"status"})
 		if r.Code != 0 || strings.Contains(r.Stdout, "!!") {
 			t.Errorf("status: exit %d\n%s", r.Code, r.Output())
+		}
+		for _, job := range []string{"fabio", "grafana", "node-exporter", "prometheus"} {
+			if !regexp.MustCompile(`ok job +` + job + ` +healthy`).MatchString(r.Stdout) {
+				t.Errorf("status does not show job %s healthy:\n%s", job, r.Stdout)
+			}
 		}
 	})
 
