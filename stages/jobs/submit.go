@@ -129,8 +129,8 @@ func planJob(ctx context.Context, p *platform, sp spec) (*stages.Change, error) 
 }
 
 // applyJob registers a job when its plan differs, with the plan's index as
-// the check index, re-places its failed allocations when it is unchanged
-// but failed, and waits for it to be healthy.
+// the check index, restarts it when it is unchanged but failed, and waits
+// for it to be healthy.
 func applyJob(ctx context.Context, e *stages.Env, p *platform, sp spec) error {
 	job, err := parse(ctx, p, sp)
 	if err != nil {
