@@ -18,6 +18,7 @@ import (
 	nomadapi "github.com/hashicorp/nomad/api"
 
 	"github.com/platform-bootstrap/bootstrap/internal/platformtest"
+	"github.com/platform-bootstrap/bootstrap/internal/poll"
 	"github.com/platform-bootstrap/bootstrap/internal/proc"
 	"github.com/platform-bootstrap/bootstrap/stages"
 	"github.com/platform-bootstrap/bootstrap/stages/nomad"
@@ -365,16 +366,8 @@ func TestPlatform(t *testing.T) {
 // with f's last error when timeout passes first.
 func eventually(t *testing.T, timeout time.Duration, what string, f func() error) {
 	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for {
-		err := f()
-		if err == nil {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%s: %v", what, err)
-		}
-		time.Sleep(time.Second)
+	if err := poll.Retry(context.Background(), timeout, time.Second, f, func(error) bool { return false }); err != nil {
+		t.Fatalf("%s: %v", what, err)
 	}
 }
 
