@@ -149,6 +149,9 @@ type Runner struct {
 	Progress func(task string)
 	// Binary is ansible-playbook (default: found on PATH).
 	Binary string
+	// SSH says the hosts are machines reached over SSH rather than local
+	// nodes; it decides where their temporary files go (see Run).
+	SSH bool
 }
 
 // Failure is a failed task on a host.
@@ -207,6 +210,11 @@ func (r *Runner) Run(ctx context.Context, playbook string, tags, limit []string)
 		return err
 	}
 	defer closeSSHMasters(cpDir)
+	localTmp, remoteTmp, cleanup, err := r.tempDirs()
+	if err != nil {
+		return err
+	}
+	defer cleanup()
 	cmd := exec.CommandContext(ctx, bin, args...)
 	cmd.Dir = r.Dir
 	cmd.Env = append(filteredEnv(),
@@ -215,8 +223,8 @@ func (r *Runner) Run(ctx context.Context, playbook string, tags, limit []string)
 		"ANSIBLE_LOAD_CALLBACK_PLUGINS=1",
 		"ANSIBLE_NOCOLOR=1",
 		"ANSIBLE_HOST_KEY_CHECKING=True",
-		"ANSIBLE_LOCAL_TEMP="+filepath.Join(r.Dir, ".tmp"),
-		"ANSIBLE_REMOTE_TEMP=/tmp/.ansible-bootstrap",
+		"ANSIBLE_LOCAL_TEMP="+localTmp,
+		"ANSIBLE_REMOTE_TEMP="+remoteTmp,
 		"ANSIBLE_SSH_CONTROL_PATH_DIR="+cpDir,
 	)
 	// Let the playbook finish its current task on cancel rather than leave
@@ -247,6 +255,34 @@ func (r *Runner) Run(ctx context.Context, playbook string, tags, limit []string)
 		err = errors.New("tasks failed")
 	}
 	return &Error{Failures: failures, Err: err}
+}
+
+// tempDirs makes the run's private directories for Ansible's temporary
+// files, where the modules it runs are written: a fixed path in a shared
+// directory such as /tmp lets another user create it first and swap those
+// modules, which then run as the node's user (often root). On this machine
+// both the local and, for local nodes, the "remote" directory are new 0700
+// directories that cleanup removes. On machines reached over SSH the remote
+// one is a per-run directory under the remote user's ~/.ansible/tmp, which
+// Ansible keeps private (0700); the user's home, not /tmp.
+func (r *Runner) tempDirs() (local, remote string, cleanup func(), err error) {
+	// os.MkdirTemp picks a fresh name and creates it 0700.
+	dir, err := os.MkdirTemp("", "bootstrap-ansible-")
+	if err != nil {
+		return "", "", nil, fmt.Errorf("ansible temporary directory: %w", err)
+	}
+	cleanup = func() { os.RemoveAll(dir) }
+	local, remote = filepath.Join(dir, "local"), filepath.Join(dir, "remote")
+	for _, d := range []string{local, remote} {
+		if err := os.Mkdir(d, 0o700); err != nil {
+			cleanup()
+			return "", "", nil, fmt.Errorf("ansible temporary directory: %w", err)
+		}
+	}
+	if r.SSH {
+		remote = "~/.ansible/tmp/" + filepath.Base(dir)
+	}
+	return local, remote, cleanup, nil
 }
 
 // closeSSHMasters asks every ssh master with a control socket in dir to

@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"path/filepath"
+	"slices"
 	"sort"
 
 	"github.com/platform-bootstrap/bootstrap/internal/fsutil"
@@ -122,6 +123,7 @@ func prepare(e *stages.Env, inv *inventory.Inventory, name string, vars map[stri
 		InventoryFile: invFile,
 		Log:           e.Log,
 		Progress:      func(task string) { e.Step("ansible: %s", task) },
+		SSH:           slices.ContainsFunc(inv.Nodes, func(n inventory.Node) bool { return n.Local == nil }),
 	}, nil
 }
 

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"strings"
@@ -50,9 +51,7 @@ func Open(dir, command string, red *secrets.Redactor) (*Session, error) {
 		lock.Release()
 		return nil, err
 	}
-	// A run killed in the middle of an atomic write leaves its temporary
-	// file behind; holding the lock, no one else is writing.
-	if err := errors.Join(fsutil.RemoveTemps(dir), fsutil.RemoveTemps(filepath.Join(dir, "runs"))); err != nil {
+	if err := removeTemps(dir); err != nil {
 		return fail(err)
 	}
 	if s.State, err = LoadState(dir); err != nil {
@@ -72,6 +71,47 @@ func Open(dir, command string, red *secrets.Redactor) (*Session, error) {
 	}
 	s.logw = red.Writer(s.log)
 	return s, nil
+}
+
+// OpenReadOnly opens the state and the secret store of dir without taking
+// the lock, for commands that only read (status, env). Such a command may run
+// beside an `up`, so it deletes nothing: a temporary file in the directory may
+// be that run's atomic write in flight.
+func OpenReadOnly(dir string, red *secrets.Redactor) (*State, *secrets.Store, error) {
+	state, err := LoadState(dir)
+	if err != nil {
+		return nil, nil, err
+	}
+	store, err := secrets.Open(filepath.Join(dir, "secrets"), red)
+	if err != nil {
+		return nil, nil, err
+	}
+	return state, store, nil
+}
+
+// removeTemps removes the temporary files that runs killed in the middle of
+// an atomic write left in the state directory, the run history and the
+// secret store. Only the lock holder may call it: then no one else is
+// writing, so no temporary file is a write in flight.
+func removeTemps(dir string) error {
+	errs := []error{fsutil.RemoveTemps(dir), fsutil.RemoveTemps(filepath.Join(dir, "runs"))}
+	secretDir := filepath.Join(dir, "secrets")
+	err := filepath.WalkDir(secretDir, func(path string, d fs.DirEntry, err error) error {
+		if err != nil {
+			if path == secretDir && errors.Is(err, fs.ErrNotExist) {
+				return nil // no secrets yet
+			}
+			return err
+		}
+		if d.IsDir() {
+			errs = append(errs, fsutil.RemoveTemps(path))
+		}
+		return nil
+	})
+	if err != nil {
+		errs = append(errs, fmt.Errorf("clean %s: %w", secretDir, err))
+	}
+	return errors.Join(errs...)
 }
 
 // LogWriter is the run's log file, redacted line by line.

@@ -288,6 +288,70 @@ func TestSessionRemovesLeftoverTempFiles(t *testing.T) {
 	}
 }
 
+// status and env open the state directory without the lock while an `up`
+// may be in the middle of an atomic write: they must delete nothing. The
+// lock holder removes what killed writes left.
+func TestReadOnlyOpenKeepsTempsLockedOpenRemoves(t *testing.T) {
+	dir := t.TempDir()
+	red := secrets.NewRedactor()
+	st, err := stages.LoadState(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := st.SetOutput("vault_addr", "https://127.0.0.1:8200"); err != nil {
+		t.Fatal(err)
+	}
+	store, err := secrets.Open(filepath.Join(dir, "secrets"), red)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := store.Put("vault/root-token", "hvs.ReadOnlyOpenToken"); err != nil {
+		t.Fatal(err)
+	}
+	temps := []string{
+		filepath.Join(dir, ".state.json.tmp-123"),
+		filepath.Join(dir, "runs", ".20250101T000000.000Z-up.json.tmp-9"),
+		filepath.Join(dir, "secrets", ".gossip.tmp-7"),
+		filepath.Join(dir, "secrets", "vault", ".root-token.tmp-42"),
+	}
+	os.MkdirAll(filepath.Join(dir, "runs"), 0o700)
+	for _, f := range temps {
+		if err := os.WriteFile(f, []byte(`{"half`), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+
+	state, ro, err := stages.OpenReadOnly(dir, secrets.NewRedactor())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := state.Output("vault_addr"); got != "https://127.0.0.1:8200" {
+		t.Errorf("read-only state output = %q", got)
+	}
+	if v, ok, err := ro.Get("vault/root-token"); err != nil || !ok || v != "hvs.ReadOnlyOpenToken" {
+		t.Errorf("read-only store Get = %q, %v, %v", v, ok, err)
+	}
+	for _, f := range temps {
+		if _, err := os.Stat(f); err != nil {
+			t.Errorf("read-only open removed %s: %v", f, err)
+		}
+	}
+
+	s, err := stages.Open(dir, "up", red)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close(nil, nil)
+	for _, f := range temps {
+		if _, err := os.Stat(f); !os.IsNotExist(err) {
+			t.Errorf("%s survived the locked Open (%v)", f, err)
+		}
+	}
+	if v, ok, err := s.Secrets.Get("vault/root-token"); err != nil || !ok || v != "hvs.ReadOnlyOpenToken" {
+		t.Errorf("after the locked Open, Get = %q, %v, %v", v, ok, err)
+	}
+}
+
 func TestRunHistoryPruned(t *testing.T) {
 	dir := t.TempDir()
 	os.MkdirAll(filepath.Join(dir, "logs"), 0o700)

@@ -65,13 +65,11 @@ func (g *globals) openReadOnly() (*stages.Env, error) {
 	if _, err := os.Stat(filepath.Join(dir, stages.StateFile)); err != nil {
 		return nil, &exitError{code: exitFailure, err: fmt.Errorf("no platform state in %s: run `bootstrap up` first", dir)}
 	}
-	state, err := stages.LoadState(dir)
-	if err != nil {
-		return nil, &exitError{code: exitFailure, err: err}
-	}
 	red := secrets.NewRedactor()
 	red.Add(configSecrets(cfg)...)
-	store, err := secrets.Open(filepath.Join(dir, "secrets"), red)
+	// Without the lock an `up` may be writing beside us: nothing in the
+	// state directory is removed (only the lock holder cleans it up).
+	state, store, err := stages.OpenReadOnly(dir, red)
 	if err != nil {
 		return nil, &exitError{code: exitFailure, err: err}
 	}

@@ -6,7 +6,10 @@
 //	            "public_ip": "…", "private_ip": "…",
 //	            "ssh": {"user": "root", "port": 22, "private_key_file": "…"}}]}
 //
-// Unknown fields are ignored so providers can add their own.
+// Unknown fields are ignored so providers can add their own. The field
+// "local" is not part of the contract: only the local provider sets it, in
+// process, and an inventory that comes from outside (a file, Terraform's
+// output) is refused if it has one.
 package inventory
 
 import (
@@ -180,13 +183,69 @@ func (inv *Inventory) Validate(source string) error {
 	return errors.Join(errs...)
 }
 
-// Parse reads the contract from JSON, ignoring unknown fields, and fills in
-// SSH defaults (root, port 22).
+// LocalFieldError is returned when an inventory from outside bootstrap has
+// a node with a "local" field. That field makes bootstrap treat the node as
+// processes on this machine: `down` would stop every process under, and
+// remove, a directory the inventory chose.
+type LocalFieldError struct {
+	Source string // the file or output the inventory came from
+	Node   string // the node's name, or nodes[i]
+}
+
+func (e *LocalFieldError) Error() string {
+	return fmt.Sprintf("%s: %s: field \"local\" is not allowed in an inventory file or Terraform output; only the local provider describes local nodes (remove the field, or use provider \"local\")", e.Source, e.Node)
+}
+
+// externalNode decodes a node of an untrusted inventory. Its Local field
+// hides Node.Local (encoding/json fills the shallower field, whatever the
+// key's case), so a "local" key can only land here, where it is refused.
+type externalNode struct {
+	Node
+	Local json.RawMessage `json:"local"`
+}
+
+// Parse reads the contract from JSON that comes from outside bootstrap (an
+// inventory file, Terraform's output), ignoring unknown fields and refusing
+// "local" with a *LocalFieldError, and fills in SSH defaults (root, port 22).
 func Parse(b []byte, source string) (*Inventory, error) {
+	var ext struct {
+		Version int            `json:"version"`
+		Nodes   []externalNode `json:"nodes"`
+	}
+	if err := json.Unmarshal(b, &ext); err != nil {
+		return nil, notInventory(source, err)
+	}
+	inv := Inventory{Version: ext.Version}
+	for i, n := range ext.Nodes {
+		if n.Local != nil {
+			where := fmt.Sprintf("nodes[%d]", i)
+			if name := strings.TrimSpace(n.Name); name != "" {
+				where = fmt.Sprintf("node %q", name)
+			}
+			return nil, &LocalFieldError{Source: source, Node: where}
+		}
+		inv.Nodes = append(inv.Nodes, n.Node)
+	}
+	return finish(&inv, source)
+}
+
+// ParseSaved reads an inventory that Save wrote into the state directory.
+// Only bootstrap writes there, so "local" is kept: it is how the local
+// provider's nodes are recorded.
+func ParseSaved(b []byte, source string) (*Inventory, error) {
 	var inv Inventory
 	if err := json.Unmarshal(b, &inv); err != nil {
-		return nil, fmt.Errorf("%s: not an inventory (%v); see the inventory contract in README.md", source, err)
+		return nil, notInventory(source, err)
 	}
+	return finish(&inv, source)
+}
+
+func notInventory(source string, err error) error {
+	return fmt.Errorf("%s: not an inventory (%v); see the inventory contract in README.md", source, err)
+}
+
+// finish fills in the SSH defaults and validates.
+func finish(inv *Inventory, source string) (*Inventory, error) {
 	for i := range inv.Nodes {
 		n := &inv.Nodes[i]
 		if n.Local == nil {
@@ -202,10 +261,10 @@ func Parse(b []byte, source string) (*Inventory, error) {
 	if err := inv.Validate(source); err != nil {
 		return nil, err
 	}
-	return &inv, nil
+	return inv, nil
 }
 
-// Load reads an inventory file.
+// Load reads an inventory file from outside bootstrap (see Parse).
 func Load(path string) (*Inventory, error) {
 	b, err := os.ReadFile(path)
 	if err != nil {
@@ -214,7 +273,17 @@ func Load(path string) (*Inventory, error) {
 	return Parse(b, path)
 }
 
-// Save writes the inventory atomically.
+// LoadSaved reads an inventory file that Save wrote (see ParseSaved).
+func LoadSaved(path string) (*Inventory, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("read inventory: %w", err)
+	}
+	return ParseSaved(b, path)
+}
+
+// Save writes the inventory atomically, for LoadSaved; the file must be in
+// the state directory, which only bootstrap writes.
 func (inv *Inventory) Save(path string) error {
 	b, err := json.MarshalIndent(inv, "", "  ")
 	if err != nil {

@@ -39,8 +39,12 @@ func Open(dir string, red *Redactor) (*Store, error) {
 		if d.IsDir() {
 			return os.Chmod(path, 0o700)
 		}
-		if strings.HasPrefix(d.Name(), ".") { // a temp file left by a crash
-			return os.Remove(path)
+		if strings.HasPrefix(d.Name(), ".") {
+			// A temporary file of an atomic write: left by a crash, or
+			// a running `up`'s write in flight when a command that holds
+			// no lock (status, env) opens the store. Never removed here;
+			// the lock holder does that (stages.Open).
+			return nil
 		}
 		if err := os.Chmod(path, 0o600); err != nil {
 			return err

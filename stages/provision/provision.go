@@ -41,7 +41,9 @@ func Load(e *stages.Env) (*inventory.Inventory, error) {
 	if path == "" {
 		return nil, stages.NotReadyf("no inventory yet: the provision stage has not run")
 	}
-	inv, err := inventory.Load(path)
+	// The recorded copy is the stage's own, in the state directory, so the
+	// local provider's "local" fields are kept.
+	inv, err := inventory.LoadSaved(path)
 	if errors.Is(err, fs.ErrNotExist) {
 		return nil, stages.NotReadyf("inventory %s is missing: run `bootstrap up --only provision`", path)
 	}
@@ -98,7 +100,7 @@ func loadExisting(e *stages.Env) (*inventory.Inventory, error) {
 	if path == "" {
 		return nil, nil
 	}
-	inv, err := inventory.Load(path)
+	inv, err := inventory.LoadSaved(path)
 	if errors.Is(err, fs.ErrNotExist) {
 		return nil, nil
 	}
@@ -371,6 +373,8 @@ func staticInventory(cfg *config.Platform, e *stages.Env) (*inventory.Inventory,
 		if !filepath.IsAbs(path) {
 			path = filepath.Join(cfg.Dir, path)
 		}
+		// The user's file: inventory.Load refuses "local", which would let
+		// it choose what `down` stops and removes on this machine.
 		inv, err := inventory.Load(path)
 		if err != nil {
 			return nil, err

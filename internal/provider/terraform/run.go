@@ -192,7 +192,8 @@ func (r *Runner) missingOutput() error {
 }
 
 // parseOutput reads the output's value: the JSON document as a string (what
-// jsonencode gives) or the object itself.
+// jsonencode gives) or the object itself. A module is not trusted with this
+// machine: inventory.Parse refuses a node's "local" field.
 func (r *Runner) parseOutput(raw []byte, which string) (*inventory.Inventory, error) {
 	source := fmt.Sprintf("terraform output %s of module %s", OutputName, r.module)
 	if which != "" {

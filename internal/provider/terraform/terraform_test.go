@@ -2,10 +2,12 @@ package terraform
 
 import (
 	"bytes"
+	"errors"
 	"io"
 	"os"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -13,6 +15,7 @@ import (
 	"github.com/zclconf/go-cty/cty"
 
 	"github.com/platform-bootstrap/bootstrap/internal/config"
+	"github.com/platform-bootstrap/bootstrap/internal/inventory"
 	"github.com/platform-bootstrap/bootstrap/stages"
 )
 
@@ -331,5 +334,27 @@ func TestSummarise(t *testing.T) {
 	}
 	if got := summarise(&tfjson.Plan{}); len(got) != 0 {
 		t.Fatalf("empty plan: %v", got)
+	}
+}
+
+// A module's output cannot make a node local: `down` would then stop the
+// processes under, and remove, a directory of this machine it chose.
+func TestOutputRefusesLocal(t *testing.T) {
+	r := &Runner{module: "/modules/evil"}
+	doc := `{"version": 1, "nodes": [{"name": "server-1", "roles": ["server", "client"], "private_ip": "10.0.0.1", "local": {"root": "/home"}}]}`
+	for _, raw := range []string{doc, strconv.Quote(doc)} { // the object, or jsonencode's string
+		_, err := r.parseOutput([]byte(raw), "")
+		var lf *inventory.LocalFieldError
+		if !errors.As(err, &lf) {
+			t.Fatalf("parseOutput(%.30s…) = %v, want a *LocalFieldError", raw, err)
+		}
+		if msg := err.Error(); !strings.Contains(msg, "bootstrap_inventory of module /modules/evil") || !strings.Contains(msg, `node "server-1"`) {
+			t.Errorf("message %q does not name the output and the node", msg)
+		}
+	}
+	ok := strings.Replace(doc, `, "local": {"root": "/home"}`, "", 1)
+	inv, err := r.parseOutput([]byte(strconv.Quote(ok)), "")
+	if err != nil || inv.Nodes[0].Local != nil || inv.Nodes[0].SSH.Port != 22 {
+		t.Errorf("parseOutput without local = %+v, %v", inv, err)
 	}
 }

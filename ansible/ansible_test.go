@@ -1,0 +1,163 @@
+package ansible
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+
+	"github.com/platform-bootstrap/bootstrap/internal/config"
+	"github.com/platform-bootstrap/bootstrap/internal/inventory"
+	"github.com/platform-bootstrap/bootstrap/internal/secrets"
+	"github.com/platform-bootstrap/bootstrap/stages"
+)
+
+// fakeEnv makes the test binary act as ansible-playbook: it records its
+// arguments, its ANSIBLE_* environment and the temporary directories' modes
+// (they only exist while it runs) in the file the variable names.
+const fakeEnv = "BOOTSTRAP_TEST_FAKE_ANSIBLE_PLAYBOOK"
+
+type fakeRun struct {
+	Args  []string
+	Env   map[string]string
+	Modes map[string]string // directory → its mode, or the error of stat
+}
+
+func TestMain(m *testing.M) {
+	if out := os.Getenv(fakeEnv); out != "" {
+		os.Exit(fakePlaybook(out))
+	}
+	os.Exit(m.Run())
+}
+
+func fakePlaybook(out string) int {
+	run := fakeRun{Args: os.Args[1:], Env: map[string]string{}, Modes: map[string]string{}}
+	for _, kv := range os.Environ() {
+		if k, v, _ := strings.Cut(kv, "="); strings.HasPrefix(k, "ANSIBLE_") {
+			run.Env[k] = v
+		}
+	}
+	for _, k := range []string{"ANSIBLE_LOCAL_TEMP", "ANSIBLE_REMOTE_TEMP"} {
+		fi, err := os.Stat(run.Env[k])
+		if err != nil {
+			run.Modes[k] = err.Error()
+			continue
+		}
+		run.Modes[k] = fi.Mode().String()
+	}
+	b, _ := json.Marshal(run)
+	if err := os.WriteFile(out, b, 0o600); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	return 0
+}
+
+func runFake(t *testing.T, r *Runner) fakeRun {
+	t.Helper()
+	out := filepath.Join(t.TempDir(), "run.json")
+	t.Setenv(fakeEnv, out)
+	r.Binary = os.Args[0]
+	if err := r.Run(context.Background(), "site.yml", []string{"vault"}, []string{"server-1"}); err != nil {
+		t.Fatal(err)
+	}
+	b, err := os.ReadFile(out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var run fakeRun
+	if err := json.Unmarshal(b, &run); err != nil {
+		t.Fatal(err)
+	}
+	return run
+}
+
+// Ansible writes the modules it runs to its temporary directories; a fixed
+// path in a shared /tmp lets another user create it first and swap them.
+// Every run gets fresh private ones, removed when it ends.
+func TestRunPrivateTempDirs(t *testing.T) {
+	// A user's setting must not bring a shared directory back.
+	t.Setenv("ANSIBLE_REMOTE_TEMP", "/tmp/.ansible-shared")
+	t.Setenv("ANSIBLE_LOCAL_TEMP", "/tmp/.ansible-shared-local")
+	dir := t.TempDir()
+	r := &Runner{Dir: dir, InventoryFile: filepath.Join(dir, "inventory-vault.json"), VarsFiles: []string{"/s/vars.json"}}
+	first := runFake(t, r)
+
+	wantArgs := []string{"-i", r.InventoryFile, "-e", "@/s/vars.json", "--tags", "vault", "--limit", "server-1", "site.yml"}
+	if !slices.Equal(first.Args, wantArgs) {
+		t.Errorf("args = %q, want %q", first.Args, wantArgs)
+	}
+	local, remote := first.Env["ANSIBLE_LOCAL_TEMP"], first.Env["ANSIBLE_REMOTE_TEMP"]
+	for k, d := range map[string]string{"ANSIBLE_LOCAL_TEMP": local, "ANSIBLE_REMOTE_TEMP": remote} {
+		if !filepath.IsAbs(d) || strings.Contains(d, ".ansible-shared") {
+			t.Errorf("%s = %q, want a private absolute directory", k, d)
+		}
+		if m := first.Modes[k]; m != "drwx------" {
+			t.Errorf("%s %s during the run: %s, want drwx------", k, d, m)
+		}
+		if _, err := os.Stat(d); !os.IsNotExist(err) {
+			t.Errorf("%s %s outlived the run (%v)", k, d, err)
+		}
+	}
+	if local == remote {
+		t.Errorf("local and remote temporary directories are both %s", local)
+	}
+	if _, err := os.Stat(filepath.Dir(local)); !os.IsNotExist(err) {
+		t.Errorf("the run's temporary directory %s outlived it (%v)", filepath.Dir(local), err)
+	}
+
+	second := runFake(t, r)
+	if second.Env["ANSIBLE_LOCAL_TEMP"] == local || second.Env["ANSIBLE_REMOTE_TEMP"] == remote {
+		t.Errorf("two runs share a temporary directory: %v and %v", first.Env, second.Env)
+	}
+}
+
+// On machines reached over SSH the remote directory is on the machine: a
+// per-run one in the remote user's ~/.ansible/tmp (0700), never /tmp.
+func TestRunSSHRemoteTempInHome(t *testing.T) {
+	dir := t.TempDir()
+	r := &Runner{Dir: dir, InventoryFile: filepath.Join(dir, "inventory-vault.json"), SSH: true}
+	first := runFake(t, r)
+	remote := first.Env["ANSIBLE_REMOTE_TEMP"]
+	if !strings.HasPrefix(remote, "~/.ansible/tmp/bootstrap-ansible-") {
+		t.Errorf("ANSIBLE_REMOTE_TEMP = %q, want a per-run directory in ~/.ansible/tmp", remote)
+	}
+	if m := first.Modes["ANSIBLE_LOCAL_TEMP"]; m != "drwx------" {
+		t.Errorf("ANSIBLE_LOCAL_TEMP during the run: %s, want drwx------", m)
+	}
+	if second := runFake(t, r); second.Env["ANSIBLE_REMOTE_TEMP"] == remote {
+		t.Errorf("two runs share the remote directory %s", remote)
+	}
+}
+
+// prepare tells the runner whether the hosts are reached over SSH.
+func TestPrepareSSH(t *testing.T) {
+	stateDir := t.TempDir()
+	state, store, err := stages.OpenReadOnly(stateDir, secrets.NewRedactor())
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		provider config.Provider
+		node     inventory.Node
+		ssh      bool
+	}{
+		{config.Provider{Type: "local", Local: &config.LocalProvider{}},
+			inventory.Node{Name: "server-1", Roles: []string{"server"}, PrivateIP: "127.0.0.2", Local: &inventory.Local{Root: "/n", BinDir: "/b"}}, false},
+		{config.Provider{Type: "static", Static: &config.StaticProvider{}},
+			inventory.Node{Name: "server-1", Roles: []string{"server"}, PrivateIP: "10.0.0.1", SSH: inventory.SSH{User: "root", Port: 22}}, true},
+	} {
+		e := stages.NewEnv(&config.Platform{Dir: t.TempDir(), Provider: tc.provider}, stateDir, store, state, nil, nil)
+		r, err := prepare(e, &inventory.Inventory{Version: inventory.Version, Nodes: []inventory.Node{tc.node}}, "vault", nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if r.SSH != tc.ssh {
+			t.Errorf("%s provider: Runner.SSH = %v, want %v", tc.provider.Type, r.SSH, tc.ssh)
+		}
+	}
+}
