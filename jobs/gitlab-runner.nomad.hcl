@@ -133,6 +133,18 @@ job "gitlab-runner" {
   group "gitlab-runner" {
     count = var.count
 
+    # The docker executor starts the CI jobs' containers next to the
+    # runner, on the client's engine: its socket is a host volume (the
+    # clients refuse bind mounts in jobs).
+    dynamic "volume" {
+      for_each = local.docker && var.executor == "docker" ? ["docker-socket"] : []
+      labels   = [volume.value]
+      content {
+        type   = "host"
+        source = volume.value
+      }
+    }
+
     network {
       port "metrics" {}
     }
@@ -163,9 +175,14 @@ job "gitlab-runner" {
           image        = var.image
           args         = local.args
           network_mode = "host"
-          # The docker executor starts the CI jobs' containers next to the
-          # runner, on the client's engine.
-          volumes = var.executor == "docker" ? ["/var/run/docker.sock:/var/run/docker.sock"] : []
+        }
+      }
+
+      dynamic "volume_mount" {
+        for_each = local.docker && var.executor == "docker" ? ["docker-socket"] : []
+        content {
+          volume      = volume_mount.value
+          destination = "/var/run/docker.sock"
         }
       }
 

@@ -72,6 +72,19 @@ job "node-exporter" {
   type        = "system"
 
   group "node-exporter" {
+    # Docker: the host's root, read-only, through the clients' host volume
+    # (the clients refuse bind mounts in the job, and only the management
+    # token may mount a host volume).
+    dynamic "volume" {
+      for_each = local.docker ? ["host-root"] : []
+      labels   = [volume.value]
+      content {
+        type      = "host"
+        source    = volume.value
+        read_only = true
+      }
+    }
+
     network {
       port "http" {
         static = var.port
@@ -104,7 +117,16 @@ job "node-exporter" {
           args         = local.args
           network_mode = "host"
           pid_mode     = "host"
-          volumes      = ["/:/host:ro,rslave"]
+        }
+      }
+
+      dynamic "volume_mount" {
+        for_each = local.docker ? ["host-root"] : []
+        content {
+          volume           = volume_mount.value
+          destination      = "/host"
+          read_only        = true
+          propagation_mode = "host-to-task"
         }
       }
 

@@ -11,6 +11,10 @@ import (
 // the secret store, such as "vault/tokens/consul-template-server").
 func KVPath(name string) string { return KVMount + "/data/" + KVPrefix + "/" + name }
 
+// KVMetadataPath is the metadata path of KVPath(name): deleting it removes
+// every version of the copy.
+func KVMetadataPath(name string) string { return KVMount + "/metadata/" + KVPrefix + "/" + name }
+
 // KVDiffers reports whether the copy of secret name in Vault KV is missing
 // or holds another value. It only reads.
 func KVDiffers(ctx context.Context, c *api.Client, name, value string) (bool, error) {

@@ -48,7 +48,16 @@ const (
 	SecretConsulBootstrapToken = "consul/bootstrap-token"
 	SecretConsulOperatorToken  = "consul/tokens/operator-read"
 	SecretNomadBootstrapToken  = "nomad/bootstrap-token"
-	SecretNomadCIToken         = "nomad/tokens/ci-deploy"
-	SecretNomadUIToken         = "nomad/tokens/ui-read"
-	SecretGrafanaAdminPassword = "grafana/admin-password"
+	// SecretNomadDeployTokenPrefix + NAMESPACE is the CI deploy token of an
+	// application namespace (see SecretNomadDeployToken).
+	SecretNomadDeployTokenPrefix = "nomad/tokens/ci-"
+	SecretNomadUIToken           = "nomad/tokens/ui-read"
+	SecretGrafanaAdminPassword   = "grafana/admin-password"
 )
+
+// SecretNomadDeployToken is where the CI deploy token of one application
+// namespace is kept: each namespace has its own, so a token that leaks from
+// dev's pipelines cannot touch prod.
+func SecretNomadDeployToken(namespace string) string {
+	return SecretNomadDeployTokenPrefix + namespace
+}

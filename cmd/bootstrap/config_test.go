@@ -137,7 +137,7 @@ func TestUsageErrors(t *testing.T) {
 		{[]string{"up", "--no-such-flag"}, "Error: unknown flag: --no-such-flag\n"},
 		{[]string{"up", "extra"}, "Error: unknown command \"extra\" for \"bootstrap up\"\n"},
 		{[]string{"frobnicate"}, "Error: unknown command \"frobnicate\" for \"bootstrap\"\n"},
-		{[]string{"env", "--token", "root"}, `Error: --token "root": use admin, ci or ui` + "\n"},
+		{[]string{"env", "--token", "root"}, `Error: --token "root": use admin, ui or ci-NAMESPACE (e.g. ci-dev)` + "\n"},
 		{[]string{"up", "--state-dir"}, "Error: flag needs an argument: --state-dir\n"},
 	} {
 		state := filepath.Join(t.TempDir(), "state")

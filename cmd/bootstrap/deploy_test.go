@@ -36,7 +36,7 @@ import (
 const pythonBin = "/usr/bin/python3"
 
 // deployCluster is a Nomad cluster with the platform's namespaces and a CI
-// token whose policy is exactly the platform's ci-deploy policy.
+// token holding exactly the platform's deploy policies of dev and prod.
 type deployCluster struct {
 	nomad   *testcluster.Nomad
 	mgmt    *nomadapi.Client // management token: the test's own checks
@@ -60,14 +60,21 @@ func startDeployCluster(t *testing.T) *deployCluster {
 	}
 	cfg := config.Defaults()
 	cfg.Provider.Local = &config.LocalProvider{}
-	rules, ok := nomadstage.Policies(cfg)["ci-deploy"]
-	if !ok {
-		t.Fatal(`nomad.Policies has no "ci-deploy"`)
+	// The tests deploy to dev and prod with one token holding both
+	// namespaces' deploy policies, exactly as the nomad stage writes them.
+	var policies []string
+	for _, ns := range []string{"dev", "prod"} {
+		name := nomadstage.DeployPolicy(ns)
+		rules, ok := nomadstage.Policies(cfg)[name]
+		if !ok {
+			t.Fatalf("nomad.Policies has no %q", name)
+		}
+		if _, err := c.ACLPolicies().Upsert(&nomadapi.ACLPolicy{Name: name, Rules: rules}, nil); err != nil {
+			t.Fatalf("%s policy: %v", name, err)
+		}
+		policies = append(policies, name)
 	}
-	if _, err := c.ACLPolicies().Upsert(&nomadapi.ACLPolicy{Name: "ci-deploy", Rules: rules}, nil); err != nil {
-		t.Fatalf("ci-deploy policy: %v", err)
-	}
-	tok, _, err := c.ACLTokens().Create(&nomadapi.ACLToken{Name: "ci", Type: "client", Policies: []string{"ci-deploy"}}, nil)
+	tok, _, err := c.ACLTokens().Create(&nomadapi.ACLToken{Name: "ci", Type: "client", Policies: policies}, nil)
 	if err != nil {
 		t.Fatalf("CI token: %v", err)
 	}

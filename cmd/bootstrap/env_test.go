@@ -43,12 +43,13 @@ func platformState(t *testing.T, withAdminToken bool) string {
 		t.Fatal(err)
 	}
 	tokens := map[string]string{
-		stages.SecretVaultRootToken:       "hvs.root-token-value\n",
-		stages.SecretConsulBootstrapToken: "11111111-consul-bootstrap\n",
-		stages.SecretConsulOperatorToken:  "22222222-consul-operator",
-		stages.SecretNomadBootstrapToken:  "33333333-nomad-bootstrap\n",
-		stages.SecretNomadCIToken:         "44444444-nomad-ci",
-		stages.SecretNomadUIToken:         "55555555-nomad-ui",
+		stages.SecretVaultRootToken:           "hvs.root-token-value\n",
+		stages.SecretConsulBootstrapToken:     "11111111-consul-bootstrap\n",
+		stages.SecretConsulOperatorToken:      "22222222-consul-operator",
+		stages.SecretNomadBootstrapToken:      "33333333-nomad-bootstrap\n",
+		stages.SecretNomadDeployToken("dev"):  "44444444-nomad-ci-dev",
+		stages.SecretNomadDeployToken("prod"): "66666666-nomad-ci-prod",
+		stages.SecretNomadUIToken:             "55555555-nomad-ui",
 	}
 	if withAdminToken {
 		tokens[stages.SecretVaultAdminToken] = "hvs.admin-token-value\n"
@@ -88,20 +89,24 @@ func TestEnvCommand(t *testing.T) {
 	cfg := minimalConfig(t)
 	state := platformState(t, true)
 	for _, tc := range []struct {
-		token string
-		want  string
+		token  string
+		want   string
+		stderr string
 	}{
-		{"", baseExports},
-		{"admin", withLines("export CONSUL_HTTP_TOKEN='11111111-consul-bootstrap'", "export NOMAD_TOKEN='33333333-nomad-bootstrap'", "export VAULT_TOKEN='hvs.admin-token-value'")},
-		{"ci", withLines("export NOMAD_TOKEN='44444444-nomad-ci'")},
-		{"ui", withLines("export CONSUL_HTTP_TOKEN='22222222-consul-operator'", "export NOMAD_TOKEN='55555555-nomad-ui'")},
+		{"", baseExports, ""},
+		{"admin", withLines("export CONSUL_HTTP_TOKEN='11111111-consul-bootstrap'", "export NOMAD_TOKEN='33333333-nomad-bootstrap'", "export VAULT_TOKEN='hvs.admin-token-value'"), ""},
+		{"ci-dev", withLines("export NOMAD_TOKEN='44444444-nomad-ci-dev'"), ""},
+		{"ci-prod", withLines("export NOMAD_TOKEN='66666666-nomad-ci-prod'"), ""},
+		// The old name still works, for dev only, and says so.
+		{"ci", withLines("export NOMAD_TOKEN='44444444-nomad-ci-dev'"), "bootstrap env: --token ci is deprecated: it is --token ci-dev now; use ci-dev or ci-prod\n"},
+		{"ui", withLines("export CONSUL_HTTP_TOKEN='22222222-consul-operator'", "export NOMAD_TOKEN='55555555-nomad-ui'"), ""},
 	} {
 		args := []string{"env", "-c", cfg, "--state-dir", state}
 		if tc.token != "" {
 			args = append(args, "--token", tc.token)
 		}
 		r := runIn(t, filepath.Dir(cfg), nil, args...)
-		if r.code != exitOK || r.stdout != tc.want || r.stderr != "" {
+		if r.code != exitOK || r.stdout != tc.want || r.stderr != tc.stderr {
 			t.Errorf("env --token %q: exit %d, stderr %q, stdout:\n%s\nwant:\n%s", tc.token, r.code, r.stderr, r.stdout, tc.want)
 		}
 	}
@@ -130,11 +135,15 @@ func TestEnvAdminFallsBackToRootToken(t *testing.T) {
 func TestEnvErrors(t *testing.T) {
 	cfg := minimalConfig(t)
 	state := platformState(t, true)
-	for _, tok := range []string{"root", "ADMIN", "admin,ci"} {
+	for _, tok := range []string{"root", "ADMIN", "admin,ci", "ci-"} {
 		r := runIn(t, filepath.Dir(cfg), nil, "env", "-c", cfg, "--state-dir", state, "--token", tok)
-		if r.code != exitUsage || r.stdout != "" || r.stderr != `Error: --token "`+tok+`": use admin, ci or ui`+"\n" {
+		if r.code != exitUsage || r.stdout != "" || r.stderr != `Error: --token "`+tok+`": use admin, ui or ci-NAMESPACE (e.g. ci-dev)`+"\n" {
 			t.Errorf("--token %s: exit %d, %q, %q", tok, r.code, r.stdout, r.stderr)
 		}
+	}
+	r0 := runIn(t, filepath.Dir(cfg), nil, "env", "-c", cfg, "--state-dir", state, "--token", "ci-general")
+	if r0.code != exitUsage || r0.stderr != `Error: --token "ci-general": "general" is not a deploy namespace; deploy tokens: ci-dev, ci-prod`+"\n" {
+		t.Errorf("--token ci-general: exit %d, %q", r0.code, r0.stderr)
 	}
 	empty := filepath.Join(t.TempDir(), "none")
 	r := runIn(t, filepath.Dir(cfg), nil, "env", "-c", cfg, "--state-dir", empty)

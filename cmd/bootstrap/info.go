@@ -8,6 +8,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strings"
 	"text/tabwriter"
@@ -18,6 +19,7 @@ import (
 	"github.com/platform-bootstrap/bootstrap/internal/config"
 	"github.com/platform-bootstrap/bootstrap/internal/secrets"
 	"github.com/platform-bootstrap/bootstrap/stages"
+	"github.com/platform-bootstrap/bootstrap/stages/nomad"
 	"github.com/platform-bootstrap/bootstrap/stages/platform"
 	"github.com/platform-bootstrap/bootstrap/tools"
 )
@@ -28,12 +30,13 @@ func newValidateCmd(g *globals) *cobra.Command {
 		Short: "Check the configuration file (exit 0 valid, 2 invalid); changes nothing",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			cfg, _, _, err := g.loadConfig()
+			cfg, _, _, red, err := g.loadConfig()
 			if err != nil {
 				return err
 			}
-			fmt.Fprintf(g.stdout, "%s is valid: %s\n", g.config, describe(cfg.Provider))
-			return nil
+			w := red.Writer(g.stdout)
+			fmt.Fprintf(w, "%s is valid: %s\n", g.config, describe(cfg.Provider))
+			return w.Close()
 		},
 	}
 }
@@ -57,7 +60,7 @@ func newVersionCmd(g *globals) *cobra.Command {
 // openReadOnly opens the state and secrets of an existing state directory
 // without taking the lock, for commands that only read (status, env).
 func (g *globals) openReadOnly() (*stages.Env, error) {
-	cfg, _, _, err := g.loadConfig()
+	cfg, _, _, red, err := g.loadConfig()
 	if err != nil {
 		return nil, err
 	}
@@ -65,8 +68,6 @@ func (g *globals) openReadOnly() (*stages.Env, error) {
 	if _, err := os.Stat(filepath.Join(dir, stages.StateFile)); err != nil {
 		return nil, &exitError{code: exitFailure, err: fmt.Errorf("no platform state in %s: run `bootstrap up` first", dir)}
 	}
-	red := secrets.NewRedactor()
-	red.Add(configSecrets(cfg)...)
 	// Without the lock an `up` may be writing beside us: nothing in the
 	// state directory is removed (only the lock holder cleans it up).
 	state, store, err := stages.OpenReadOnly(dir, red)
@@ -135,7 +136,7 @@ func newStatusCmd(g *globals) *cobra.Command {
 				}
 				tw.Flush()
 			}
-			printURLs(w, env.State.Outputs(), env.Secrets.Dir())
+			printURLs(w, env.State.Outputs(), env.Secrets.Dir(), nomad.DeployNamespaces(env.Config))
 			if len(errs) > 0 {
 				return &exitError{code: exitFailure, err: errors.Join(errs...)}
 			}
@@ -151,12 +152,23 @@ func newEnvCmd(g *globals) *cobra.Command {
 		Short: `Print export lines for the official CLIs: eval "$(bootstrap env --token admin)"`,
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			if token != "" && token != "admin" && token != "ci" && token != "ui" {
-				return &exitError{code: exitUsage, err: fmt.Errorf("--token %q: use admin, ci or ui", token)}
+			ns, isCI := strings.CutPrefix(token, "ci-")
+			if token != "" && token != "admin" && token != "ui" && token != "ci" && (!isCI || ns == "") {
+				return &exitError{code: exitUsage, err: fmt.Errorf("--token %q: use admin, ui or ci-NAMESPACE (e.g. ci-dev)", token)}
 			}
 			env, err := g.openReadOnly()
 			if err != nil {
 				return err
+			}
+			deployNS := nomad.DeployNamespaces(env.Config)
+			if token == "ci" && len(deployNS) > 0 {
+				// One token for every namespace let dev's pipelines
+				// deploy to prod; ci now means the first namespace's.
+				fmt.Fprintf(g.stderr, "bootstrap env: --token ci is deprecated: it is --token ci-%s now; use ci-%s\n", deployNS[0], strings.Join(deployNS, " or ci-"))
+				token, ns, isCI = "ci-"+deployNS[0], deployNS[0], true
+			}
+			if isCI && !slices.Contains(deployNS, ns) {
+				return &exitError{code: exitUsage, err: fmt.Errorf("--token %q: %q is not a deploy namespace; deploy tokens: ci-%s", token, ns, strings.Join(deployNS, ", ci-"))}
 			}
 			vars, err := envVars(env.State.Outputs(), env.Secrets, token)
 			if err != nil {
@@ -166,12 +178,12 @@ func newEnvCmd(g *globals) *cobra.Command {
 			return nil
 		},
 	}
-	cmd.Flags().StringVar(&token, "token", "", "add the tokens of an identity: admin, ci (deploys to dev/prod) or ui (read-only)")
+	cmd.Flags().StringVar(&token, "token", "", "add the tokens of an identity: admin, ui (read-only) or ci-NAMESPACE (deploys to that namespace only, e.g. ci-dev)")
 	return cmd
 }
 
 // envVars maps outputs and, when asked, tokens to the variables the official
-// CLIs read.
+// CLIs read. token is admin, ui or ci-NAMESPACE.
 func envVars(out map[string]string, store *secrets.Store, token string) (map[string]string, error) {
 	vars := map[string]string{}
 	set := func(name, key string) {
@@ -192,8 +204,10 @@ func envVars(out map[string]string, store *secrets.Store, token string) (map[str
 
 	tokens := map[string][][2]string{
 		"admin": {{"VAULT_TOKEN", stages.SecretVaultAdminToken}, {"CONSUL_HTTP_TOKEN", stages.SecretConsulBootstrapToken}, {"NOMAD_TOKEN", stages.SecretNomadBootstrapToken}},
-		"ci":    {{"NOMAD_TOKEN", stages.SecretNomadCIToken}},
 		"ui":    {{"CONSUL_HTTP_TOKEN", stages.SecretConsulOperatorToken}, {"NOMAD_TOKEN", stages.SecretNomadUIToken}},
+	}
+	if ns, ok := strings.CutPrefix(token, "ci-"); ok {
+		tokens[token] = [][2]string{{"NOMAD_TOKEN", stages.SecretNomadDeployToken(ns)}}
 	}
 	for _, t := range tokens[token] {
 		v, ok, err := store.Get(t[1])

@@ -38,18 +38,23 @@ func quote(list []string) string {
 	return strings.Join(q, ", ")
 }
 
-// Policies returns the platform's Nomad ACL policies.
+// DeployNamespaces are the application namespaces that get a CI deploy token.
+func DeployNamespaces(cfg *config.Platform) []string {
+	if len(cfg.Nomad.DeployNamespaces) > 0 {
+		return cfg.Nomad.DeployNamespaces
+	}
+	return cfg.Nomad.Namespaces
+}
+
+// DeployPolicy is the name of the policy of namespace ns's CI deploy token.
+func DeployPolicy(ns string) string { return "ci-deploy-" + ns }
+
+// Policies returns the platform's Nomad ACL policies. Each deploy namespace
+// has its own policy and token. None of them grants host_volume or
+// anything outside its namespace: only the management token, which submits
+// the platform's jobs, may mount a host volume.
 func Policies(cfg *config.Platform) map[string]string {
-	deploy := cfg.Nomad.DeployNamespaces
-	if len(deploy) == 0 {
-		deploy = cfg.Nomad.Namespaces
-	}
-	var ci strings.Builder
-	for _, ns := range deploy {
-		fmt.Fprintf(&ci, "namespace %q {\n  capabilities = [%s]\n}\n", ns, quote(deployCapabilities))
-	}
-	return map[string]string{
-		"ci-deploy": ci.String(),
+	out := map[string]string{
 		"ui-read": `namespace "*" {
   policy = "read"
 }
@@ -77,6 +82,10 @@ namespace "*" {
 }
 `,
 	}
+	for _, ns := range DeployNamespaces(cfg) {
+		out[DeployPolicy(ns)] = fmt.Sprintf("namespace %q {\n  capabilities = [%s]\n}\n", ns, quote(deployCapabilities))
+	}
+	return out
 }
 
 type token struct {
@@ -86,17 +95,60 @@ type token struct {
 
 func (t token) displayName() string { return "bootstrap: " + t.name }
 
-var tokens = []token{
-	{"ci-deploy", stages.SecretNomadCIToken, []string{"ci-deploy"}},
-	{"ui-read", stages.SecretNomadUIToken, []string{"ui-read"}},
-	{"prometheus", SecretPrometheusToken, []string{"prometheus-metrics"}},
+// tokens are the client tokens bootstrap keeps: one deploy token per
+// application namespace, the UI's read-only token and Prometheus's.
+func tokens(cfg *config.Platform) []token {
+	out := []token{
+		{"ui-read", stages.SecretNomadUIToken, []string{"ui-read"}},
+		{"prometheus", SecretPrometheusToken, []string{"prometheus-metrics"}},
+	}
+	for _, ns := range DeployNamespaces(cfg) {
+		out = append(out, token{"ci-" + ns, stages.SecretNomadDeployToken(ns), []string{DeployPolicy(ns)}})
+	}
+	return out
 }
 
-// namespaces returns the wanted namespaces and their descriptions.
-func namespaces(cfg *config.Platform) map[string]string {
-	out := map[string]string{config.GeneralNamespace: "Platform jobs: ingress, monitoring, CI runners"}
+// AppDrivers are the task drivers an application namespace may use: those
+// that isolate a task from the host. docker runs it in a container without
+// host bind mounts (the clients disable them); exec runs it as nobody in a
+// chroot of its own allocation directory. raw_exec, which runs a task as the
+// client's user with the host's files, is left to "general".
+var AppDrivers = []string{"docker", "exec"}
+
+// namespaceSpec is what bootstrap sets on a namespace.
+type namespaceSpec struct {
+	description string
+	drivers     []string // enabled task drivers; nil: any
+}
+
+func (n namespaceSpec) api(name string) *nomadapi.Namespace {
+	ns := &nomadapi.Namespace{Name: name, Description: n.description}
+	if n.drivers != nil {
+		ns.Capabilities = &nomadapi.NamespaceCapabilities{EnabledTaskDrivers: n.drivers}
+	}
+	return ns
+}
+
+// differs says what about a live namespace is not as wanted ("" if nothing).
+func (n namespaceSpec) differs(have *nomadapi.Namespace) string {
+	if have.Description != n.description {
+		return "description"
+	}
+	var drivers []string
+	if have.Capabilities != nil {
+		drivers = have.Capabilities.EnabledTaskDrivers
+	}
+	if !slices.Equal(sorted(drivers), sorted(n.drivers)) {
+		return fmt.Sprintf("task drivers %v, want %v", drivers, n.drivers)
+	}
+	return ""
+}
+
+// namespaces returns the wanted namespaces.
+func namespaces(cfg *config.Platform) map[string]namespaceSpec {
+	out := map[string]namespaceSpec{config.GeneralNamespace: {description: "Platform jobs: ingress, monitoring, CI runners"}}
 	for _, ns := range cfg.Nomad.Namespaces {
-		out[ns] = "Applications (" + ns + ")"
+		out[ns] = namespaceSpec{description: "Applications (" + ns + ")", drivers: AppDrivers}
 	}
 	return out
 }
@@ -197,18 +249,17 @@ func planACL(ctx context.Context, e *stages.Env, d *deps, as []agentState) ([]st
 	if err != nil {
 		return nil, fmt.Errorf("nomad: list namespaces: %w", err)
 	}
-	haveNS := map[string]string{}
+	haveNS := map[string]*nomadapi.Namespace{}
 	for _, ns := range nss {
-		haveNS[ns.Name] = ns.Description
+		haveNS[ns.Name] = ns
 	}
 	want := namespaces(e.Config)
 	for _, name := range slices.Sorted(maps.Keys(want)) {
-		desc, ok := haveNS[name]
-		switch {
-		case !ok:
+		h, ok := haveNS[name]
+		if !ok {
 			out = append(out, stages.Change{Action: "create", Target: "nomad namespace " + name})
-		case desc != want[name]:
-			out = append(out, stages.Change{Action: "update", Target: "nomad namespace " + name, Detail: "description"})
+		} else if d := want[name].differs(h); d != "" {
+			out = append(out, stages.Change{Action: "update", Target: "nomad namespace " + name, Detail: d})
 		}
 	}
 	pols := Policies(e.Config)
@@ -231,7 +282,17 @@ func planACL(ctx context.Context, e *stages.Env, d *deps, as []agentState) ([]st
 	if err != nil {
 		return nil, err
 	}
-	for _, t := range tokens {
+	staleTokens, stalePolicies, err := stale(c, q, e.Config, have)
+	if err != nil {
+		return nil, err
+	}
+	for _, t := range staleTokens {
+		out = append(out, stages.Change{Action: "delete", Target: "nomad token " + strings.TrimPrefix(t.Name, "bootstrap: "), Detail: "no longer wanted: revoked"})
+	}
+	for _, name := range stalePolicies {
+		out = append(out, stages.Change{Action: "delete", Target: "nomad policy " + name, Detail: "no longer wanted"})
+	}
+	for _, t := range tokens(e.Config) {
 		h, ok := have[t.displayName()]
 		if !ok {
 			out = append(out, stages.Change{Action: "create", Target: "nomad token " + t.name})
@@ -264,6 +325,34 @@ func planACL(ctx context.Context, e *stages.Env, d *deps, as []agentState) ([]st
 		return nil, err
 	}
 	return append(out, jwt...), nil
+}
+
+// stale finds the tokens and policies bootstrap made that the configuration
+// no longer wants.
+func stale(c *nomadapi.Client, q *nomadapi.QueryOptions, cfg *config.Platform, have map[string]*nomadapi.ACLTokenListStub) ([]*nomadapi.ACLTokenListStub, []string, error) {
+	wantTok := map[string]bool{}
+	for _, t := range tokens(cfg) {
+		wantTok[t.displayName()] = true
+	}
+	var toks []*nomadapi.ACLTokenListStub
+	for _, name := range slices.Sorted(maps.Keys(have)) {
+		if !wantTok[name] {
+			toks = append(toks, have[name])
+		}
+	}
+	list, _, err := c.ACLPolicies().List(q)
+	if err != nil {
+		return nil, nil, fmt.Errorf("nomad: list policies: %w", err)
+	}
+	wantPol := Policies(cfg)
+	var pols []string
+	for _, p := range list {
+		if _, ok := wantPol[p.Name]; !ok && p.Description == "bootstrap" {
+			pols = append(pols, p.Name)
+		}
+	}
+	slices.Sort(pols)
+	return toks, pols, nil
 }
 
 func sorted(s []string) []string {
@@ -311,17 +400,17 @@ func applyACL(ctx context.Context, e *stages.Env, d *deps, mgmt string) error {
 	if err != nil {
 		return fmt.Errorf("nomad: list namespaces: %w", err)
 	}
-	haveNS := map[string]string{}
+	haveNS := map[string]*nomadapi.Namespace{}
 	for _, ns := range nss {
-		haveNS[ns.Name] = ns.Description
+		haveNS[ns.Name] = ns
 	}
 	want := namespaces(e.Config)
 	for _, name := range slices.Sorted(maps.Keys(want)) {
-		if desc, ok := haveNS[name]; ok && desc == want[name] {
+		if h, ok := haveNS[name]; ok && want[name].differs(h) == "" {
 			continue
 		}
 		e.Step("writing nomad namespace %s", name)
-		if _, err := c.Namespaces().Register(&nomadapi.Namespace{Name: name, Description: want[name]}, w); err != nil {
+		if _, err := c.Namespaces().Register(want[name].api(name), w); err != nil {
 			return fmt.Errorf("nomad: namespace %s: %w", name, err)
 		}
 	}
@@ -344,13 +433,40 @@ func applyACL(ctx context.Context, e *stages.Env, d *deps, mgmt string) error {
 	if err != nil {
 		return err
 	}
-	for _, t := range tokens {
+	for _, t := range tokens(e.Config) {
 		secret, err := ensureToken(ctx, e, c, have, t)
 		if err != nil {
 			return err
 		}
 		if err := pki.StoreKV(ctx, vc, t.secret, secret); err != nil {
 			return err
+		}
+	}
+	// Tokens bootstrap made and no longer wants (the single CI token of
+	// earlier versions, a namespace removed from the config) are revoked,
+	// with their copies, before their policies go.
+	staleTokens, stalePolicies, err := stale(c, q, e.Config, have)
+	if err != nil {
+		return err
+	}
+	for _, t := range staleTokens {
+		name := strings.TrimPrefix(t.Name, "bootstrap: ")
+		e.Step("revoking nomad token %s", name)
+		if _, err := c.ACLTokens().Delete(t.AccessorID, w); err != nil {
+			return fmt.Errorf("nomad: revoke token %s: %w", name, err)
+		}
+		secret := "nomad/tokens/" + name
+		if _, err := vc.Logical().DeleteWithContext(ctx, pki.KVMetadataPath(secret)); err != nil {
+			return fmt.Errorf("vault: delete %s: %w", pki.KVMetadataPath(secret), err)
+		}
+		if err := e.Secrets.Delete(secret); err != nil {
+			return err
+		}
+	}
+	for _, name := range stalePolicies {
+		e.Step("deleting nomad policy %s", name)
+		if _, err := c.ACLPolicies().Delete(name, w); err != nil {
+			return fmt.Errorf("nomad: delete policy %s: %w", name, err)
 		}
 	}
 	if err := pki.StoreKV(ctx, vc, stages.SecretNomadBootstrapToken, mgmt); err != nil {

@@ -234,7 +234,7 @@ func TestConsulAndNomad(t *testing.T) {
 
 	t.Run("CI token deploys to dev only", func(t *testing.T) {
 		p := p.T(t)
-		ci := c.nomad(t, p.Env("ci")["NOMAD_TOKEN"])
+		ci := c.nomad(t, p.Env("ci-dev")["NOMAD_TOKEN"])
 		job := sleeper("ci-check", "dev")
 		if _, _, err := ci.Jobs().PlanOpts(job, &nomadapi.PlanOptions{Diff: true}, nil); err != nil {
 			t.Errorf("CI token cannot plan in dev: %v", err)
@@ -243,9 +243,9 @@ func TestConsulAndNomad(t *testing.T) {
 			t.Fatalf("CI token cannot register in dev: %v", err)
 		}
 		waitRunning(t, c.nomad(t, c.nomadMgmt), "ci-check", "dev")
-		for _, ns := range []string{"general", "default"} {
+		for _, ns := range []string{"general", "default", "prod"} {
 			if _, _, err := ci.Jobs().Register(sleeper("ci-check", ns), nil); err == nil {
-				t.Errorf("CI token registered a job in %s", ns)
+				t.Errorf("dev's CI token registered a job in %s", ns)
 			}
 		}
 		if _, _, err := ci.ACLTokens().List(nil); err == nil {
@@ -380,13 +380,18 @@ func TestConsulAndNomad(t *testing.T) {
 	p.AssertNoSecrets()
 }
 
-// sleeper is a small raw_exec service job.
+// sleeper is a small service job: raw_exec in general, exec (the isolating
+// driver application namespaces may use) elsewhere.
 func sleeper(id, ns string) *nomadapi.Job {
 	job := nomadapi.NewServiceJob(id, id, "global", 50)
 	job.Namespace = &ns
 	job.Datacenters = []string{"*"}
 	tg := nomadapi.NewTaskGroup("g", 1)
-	task := nomadapi.NewTask("t", "raw_exec").SetConfig("command", "/bin/sleep").SetConfig("args", []string{"600"})
+	driver := "exec"
+	if ns == "general" {
+		driver = "raw_exec"
+	}
+	task := nomadapi.NewTask("t", driver).SetConfig("command", "/bin/sleep").SetConfig("args", []string{"600"})
 	task.Require(&nomadapi.Resources{CPU: ptr(20), MemoryMB: ptr(16)})
 	tg.AddTask(task)
 	job.AddTaskGroup(tg)
