@@ -29,10 +29,19 @@ plain timestamped lines, for CI logs.
 
 Job variables: HCL2 variables from NOMAD_VAR_name, --var-file and --var
 (later wins), like the nomad CLI. Environment substitution, like envsubst
-in a pipeline: ${NAME} is replaced by the environment variable NAME when
-NAME is upper case, set, and does not start with NOMAD_; anything else
-(${var.x}, ${attr.x}, ${NOMAD_PORT_http}, names not set) is left for HCL2
-and Nomad. Write $${NAME} to keep a literal ${NAME} for Nomad's runtime.
+in a pipeline but never of secrets: "${NAME}" inside a string is replaced
+by the environment variable NAME when NAME is one of GitLab's build
+identifiers (CI_COMMIT_SHA, CI_COMMIT_SHORT_SHA, CI_COMMIT_REF_SLUG,
+CI_REGISTRY_IMAGE, CI_ENVIRONMENT_NAME, CI_PIPELINE_ID, ...) or given with
+--env NAME, and is set. Names that look secret (TOKEN, PASSWORD, SECRET,
+KEY, JWT, ... in the name; CI_REGISTRY_USER, CI_REPOSITORY_URL) and NOMAD_
+names are never substituted, and --env refuses them. Values are escaped:
+the string holds exactly the value. ${NAME} outside a string (not in a
+comment) is an error. Anything else (${var.x}, ${attr.x},
+${NOMAD_PORT_http}, names not set or not allowed) is left for HCL2 and
+Nomad. Write $${NAME} to keep a literal ${NAME} for Nomad's runtime.
+Secrets of the environment (NOMAD_TOKEN, CI_JOB_TOKEN, ...) are removed
+from everything deploy prints.
 
 Guard rails, checked before anything is written: the job needs a namespace
 (in the file or --namespace; they must agree), never "general" (the
@@ -71,6 +80,7 @@ Exit codes: 0 healthy, or no changes; 1 failed (reverted unless
 	f := cmd.Flags()
 	f.StringArrayVar(&o.Vars, "var", nil, "job variable `NAME=VALUE` (repeatable)")
 	f.StringArrayVar(&o.VarFiles, "var-file", nil, "job variables `FILE`, HCL or JSON (repeatable)")
+	f.StringArrayVar(&o.EnvNames, "env", nil, "also substitute ${`NAME`} from the environment, besides the CI build identifiers (repeatable; secret-looking names are refused)")
 	f.StringVar(&o.Namespace, "namespace", "", "deploy into `NAMESPACE` (dev or prod): fills the job's, or must agree with it")
 	f.BoolVar(&o.Detach, "detach", false, "return once the job is registered")
 	f.DurationVar(&o.Timeout, "timeout", 10*time.Minute, "how long the deployment may take to become healthy")

@@ -19,6 +19,8 @@ import (
 	"time"
 
 	nomadapi "github.com/hashicorp/nomad/api"
+
+	"github.com/platform-bootstrap/bootstrap/internal/secrets"
 )
 
 // Options are the inputs of a deploy.
@@ -36,9 +38,13 @@ type Options struct {
 
 	// Env is the environment: NOMAD_* connection settings, NOMAD_VAR_*
 	// job variables and the ${NAME} substitutions (os.Environ() in the
-	// command).
+	// command). The values of its secret-looking variables (IsSecretName,
+	// NOMAD_TOKEN among them) never appear in Out or in Run's error.
 	Env []string
-	Out io.Writer
+	// EnvNames are substituted for ${NAME} besides BuildVars (--env).
+	// CheckEnvName refuses Nomad's and secret-looking names.
+	EnvNames []string
+	Out      io.Writer
 }
 
 // Result is what a deploy did.
@@ -110,8 +116,57 @@ func Run(ctx context.Context, opts Options) (Result, error) {
 	if opts.Out == nil {
 		opts.Out = io.Discard
 	}
-	d := &deployer{opts: opts, p: newPrinter(opts.Out)}
-	return d.run(ctx)
+	// Everything deploy prints — the diff, Nomad's errors, the failing
+	// allocations' logs — can echo a credential of the CI job: a task
+	// that logs its environment, a job that put a secret in its meta, a
+	// URL with a token in it. The CI log is readable by more people than
+	// the secrets, so they are removed on the way out.
+	red := secrets.NewRedactor()
+	red.Add(secretValues(opts.Env)...)
+	out := red.Writer(opts.Out)
+	d := &deployer{opts: opts, p: newPrinter(out)}
+	res, err := d.run(ctx)
+	// The printer ends every line with "\n", so nothing should be held
+	// back; a failure to write the log is not a failed deploy.
+	_ = out.Close()
+	return res, redactError(err, red)
+}
+
+// secretValues returns the values of env's secret-looking variables:
+// NOMAD_TOKEN, CI_JOB_TOKEN, CI_REGISTRY_PASSWORD, CI_REPOSITORY_URL (which
+// holds the job token) and any name IsSecretName matches.
+func secretValues(env []string) []string {
+	var out []string
+	for _, kv := range env {
+		if k, v, ok := strings.Cut(kv, "="); ok && v != "" && IsSecretName(k) {
+			out = append(out, v)
+		}
+	}
+	return out
+}
+
+// redactedError is an error whose text has the run's secrets removed;
+// errors.Is and errors.As still see what it wraps.
+type redactedError struct {
+	err error
+	r   *secrets.Redactor
+}
+
+func (e *redactedError) Error() string { return e.r.String(e.err.Error()) }
+func (e *redactedError) Unwrap() error { return e.err }
+
+// redactError redacts err's text, keeping an *InputError outermost so
+// that errors.As finds one whose text is redacted too.
+func redactError(err error, r *secrets.Redactor) error {
+	if err == nil {
+		return nil
+	}
+	re := &redactedError{err: err, r: r}
+	var ie *InputError
+	if errors.As(err, &ie) {
+		return &InputError{re}
+	}
+	return re
 }
 
 type deployer struct {
@@ -132,6 +187,11 @@ func (d *deployer) run(ctx context.Context) (Result, error) {
 
 	// Everything up to the plan only reads: a refusal leaves Nomad as it
 	// was.
+	for _, n := range o.EnvNames {
+		if err := CheckEnvName(n); err != nil {
+			return res, &InputError{err}
+		}
+	}
 	if o.Namespace != "" {
 		if err := checkNamespace(o.Namespace, "--namespace"); err != nil {
 			return res, &InputError{err}
@@ -141,12 +201,22 @@ func (d *deployer) run(ctx context.Context) (Result, error) {
 	if err != nil {
 		return res, badInput("%w", err)
 	}
-	src, sub := SubstituteEnv(src, o.Env)
-	if len(sub.Substituted) > 0 {
-		d.p.Printf("%s: substituted from the environment: %s", o.JobFile, strings.Join(sub.Substituted, ", "))
+	src, sub, err := SubstituteEnv(o.JobFile, src, o.Env, o.EnvNames)
+	if err != nil {
+		return res, &InputError{err}
 	}
-	if len(sub.Left) > 0 {
-		d.p.Printf("%s: left for Nomad's runtime interpolation (not set here): %s", o.JobFile, strings.Join(sub.Left, ", "))
+	for _, l := range []struct {
+		names []string
+		what  string
+	}{
+		{sub.Substituted, "substituted from the environment"},
+		{sub.Left, "left for Nomad's runtime interpolation (not set here)"},
+		{sub.NotAllowed, "left for Nomad's runtime interpolation (set here, but only CI build identifiers and --env names are substituted)"},
+		{sub.Secret, "left for Nomad's runtime interpolation (secret-looking names are never substituted)"},
+	} {
+		if len(l.names) > 0 {
+			d.p.Printf("%s: %s: %s", o.JobFile, l.what, strings.Join(l.names, ", "))
+		}
 	}
 	vars, err := RenderVariables(o.Env, o.VarFiles, o.Vars)
 	if err != nil {

@@ -25,11 +25,16 @@ func TestSubstituteEnv(t *testing.T) {
     nomad    = "${attr.kernel.name} ${meta.node_address} ${node.unique.id} ${env.HOME}"
     lower    = "${ci_commit}"
     dollar   = "$CI_COMMIT_SHORT_SHA"
+    other    = "${OTHER}"
+    token    = "${CI_JOB_TOKEN}"
   }
 }
 `
-	env := []string{"CI_COMMIT_SHORT_SHA=0a1b2c3", "CI_REGISTRY_IMAGE=registry.example/app", "EMPTY=", "NOMAD_ADDR=http://x", "NOMAD_ALLOC_DIR=/tmp", "ci_commit=nope", "HOME=/root"}
-	out, sub := SubstituteEnv([]byte(src), env)
+	env := []string{"CI_COMMIT_SHORT_SHA=0a1b2c3", "CI_REGISTRY_IMAGE=registry.example/app", "EMPTY=", "NOMAD_ADDR=http://x", "NOMAD_ALLOC_DIR=/tmp", "ci_commit=nope", "HOME=/root", "OTHER=x", "CI_JOB_TOKEN=glcbt-secret-secret"}
+	out, sub, err := SubstituteEnv("job.hcl", []byte(src), env, []string{"EMPTY"})
+	if err != nil {
+		t.Fatal(err)
+	}
 	want := strings.NewReplacer(
 		`"${CI_COMMIT_SHORT_SHA}"`, `"0a1b2c3"`,
 		`"${CI_REGISTRY_IMAGE}/web:${CI_COMMIT_SHORT_SHA}"`, `"registry.example/app/web:0a1b2c3"`,
@@ -43,6 +48,12 @@ func TestSubstituteEnv(t *testing.T) {
 	}
 	if !slices.Equal(sub.Left, []string{"NOMAD_ADDR", "NOMAD_ALLOC_DIR", "NOT_SET_HERE"}) {
 		t.Errorf("left %v", sub.Left)
+	}
+	if !slices.Equal(sub.NotAllowed, []string{"OTHER"}) {
+		t.Errorf("not allowed %v", sub.NotAllowed)
+	}
+	if !slices.Equal(sub.Secret, []string{"CI_JOB_TOKEN"}) {
+		t.Errorf("secret %v", sub.Secret)
 	}
 }
 

@@ -1,6 +1,7 @@
 package deploy
 
 import (
+	"bytes"
 	"fmt"
 	"maps"
 	"os"
@@ -8,6 +9,7 @@ import (
 	"regexp"
 	"slices"
 	"strings"
+	"unicode/utf8"
 
 	"github.com/hashicorp/hcl/v2"
 	"github.com/hashicorp/hcl/v2/hclsyntax"
@@ -20,53 +22,302 @@ import (
 // preceded by one more "$" (HCL's escape: "$${X}" is the literal "${X}").
 var envRef = regexp.MustCompile(`\$?\$\{([A-Z_][A-Z0-9_]*)\}`)
 
+// envName is what --env accepts: the names envRef can match.
+var envName = regexp.MustCompile(`^[A-Z_][A-Z0-9_]*$`)
+
+// BuildVars are the names substituted without --env: GitLab's predefined
+// variables that identify the build (commit, ref, pipeline, job, project,
+// registry, environment, server). None of them is a credential, and all of
+// them are already visible to anyone who can see the pipeline, so they may
+// end up in the job, which everyone with the UI's read token can read.
+var BuildVars = []string{
+	"CI_COMMIT_SHA", "CI_COMMIT_SHORT_SHA",
+	"CI_COMMIT_REF_NAME", "CI_COMMIT_REF_SLUG", "CI_COMMIT_BRANCH", "CI_COMMIT_TAG",
+	"CI_DEFAULT_BRANCH",
+	"CI_PIPELINE_ID", "CI_PIPELINE_IID", "CI_PIPELINE_URL",
+	"CI_JOB_ID", "CI_JOB_URL",
+	"CI_PROJECT_ID", "CI_PROJECT_NAME", "CI_PROJECT_NAMESPACE", "CI_PROJECT_PATH", "CI_PROJECT_PATH_SLUG", "CI_PROJECT_URL",
+	"CI_REGISTRY", "CI_REGISTRY_IMAGE",
+	"CI_ENVIRONMENT_NAME", "CI_ENVIRONMENT_SLUG",
+	"CI_SERVER_URL",
+}
+
+// secretWords mark a variable name as a credential's: its value is never
+// substituted (not even with --env) and is removed from deploy's output.
+// Matching is on the upper-cased name, so that NOMAD_VAR_db_password
+// counts too. It errs on the side of secrecy: a false match only costs an
+// --env refusal or a "<redacted>" in the log.
+var secretWords = []string{"TOKEN", "PASSWORD", "PASSWD", "PASSPHRASE", "SECRET", "KEY", "JWT", "PRIVATE", "CREDENTIAL"}
+
+// secretParts match a whole "_"-separated part of the name only: as
+// substrings they would catch CI_COMMIT_AUTHOR or BYPASS_CACHE.
+var secretParts = []string{"AUTH", "PASS", "PW"}
+
+// secretNames are GitLab's predefined variables that hold a credential or
+// half of one without saying so in their name: CI_REPOSITORY_URL embeds
+// the job token, the *_USER names pair with a password.
+var secretNames = []string{"CI_REPOSITORY_URL", "CI_REGISTRY_USER", "CI_DEPLOY_USER", "CI_DEPENDENCY_PROXY_USER"}
+
+// secretReason says why name looks like a credential's, or "" when it
+// does not.
+func secretReason(name string) string {
+	n := strings.ToUpper(name)
+	if slices.Contains(secretNames, n) {
+		return "it holds a credential or part of one"
+	}
+	for _, w := range secretWords {
+		if strings.Contains(n, w) {
+			return fmt.Sprintf("its name contains %q", w)
+		}
+	}
+	for _, p := range strings.Split(n, "_") {
+		if slices.Contains(secretParts, p) {
+			return fmt.Sprintf("its name contains %q", p)
+		}
+	}
+	return ""
+}
+
+// IsSecretName reports whether the environment variable name looks like a
+// credential's (CI_JOB_TOKEN, CI_REGISTRY_PASSWORD, AWS_SECRET_ACCESS_KEY,
+// …).
+func IsSecretName(name string) bool { return secretReason(name) != "" }
+
+// CheckEnvName checks a name given with --env. It refuses names ${NAME}
+// cannot refer to, Nomad's runtime variables, and credentials: a value
+// substituted into the job is stored in Nomad, where everyone with the UI's
+// read token can read it, and it is printed in the plan's diff.
+func CheckEnvName(name string) error {
+	switch {
+	case !envName.MatchString(name):
+		return fmt.Errorf("--env %q: want an upper-case NAME (A-Z, 0-9, _), as in ${NAME}", name)
+	case strings.HasPrefix(name, "NOMAD_"):
+		return fmt.Errorf("--env %s: names starting with NOMAD_ are Nomad's runtime variables and are never substituted", name)
+	}
+	if why := secretReason(name); why != "" {
+		return fmt.Errorf("--env %s: refused, it looks like a secret (%s): a substituted value is stored in the Nomad job, readable by everyone with the UI's read token, and printed in the plan's diff; give the task secrets at run time (Nomad Variables or Vault) instead", name, why)
+	}
+	return nil
+}
+
 // Substitution is what SubstituteEnv did.
 type Substitution struct {
 	Substituted []string // names replaced by their value, sorted
-	Left        []string // upper-case names not set here, left for Nomad, sorted
+	Left        []string // names not set here, or NOMAD_ names: left for Nomad, sorted
+	NotAllowed  []string // names set here but neither in BuildVars nor given with --env: left for Nomad, sorted
+	Secret      []string // secret-looking names: never substituted, left for Nomad, sorted
 }
 
 // SubstituteEnv replaces ${NAME} in a job file with the value of the
 // environment variable NAME, like `envsubst` in the dissertation's pipeline
 // (listing 5.7), so that job files written for that pipeline deploy
-// unchanged. The rule that lets it live next to HCL2 and Nomad's own
-// interpolation:
+// unchanged — but only for build identifiers (BuildVars) and the names
+// given with --env (names), never for every variable: a CI job's
+// environment holds credentials (CI_JOB_TOKEN, CI_REGISTRY_PASSWORD, the
+// project's secrets), and whatever is substituted is stored in the Nomad
+// job and printed in the plan. The rules that let it live next to HCL2 and
+// Nomad's own interpolation:
 //
 //   - only ${NAME} where NAME is upper case letters, digits and "_"
 //     (${var.x}, ${local.x}, ${attr.x}, ${meta.x}, ${node.x}, ${env.x} and
 //     ${NOMAD_PORT_http} all contain a "." or a lower-case letter and are
 //     never touched);
-//   - only when NAME is set in the environment (even to ""), like envsubst;
+//   - only when NAME is allowed and set in the environment (even to "");
 //     anything else stays for Nomad, which interpolates it at run time from
 //     the task's environment;
 //   - never NAME starting with NOMAD_: those are Nomad's runtime variables
 //     (NOMAD_ALLOC_DIR, NOMAD_TASK_NAME, …) even when this process has one
 //     set, e.g. NOMAD_ADDR;
+//   - never a secret-looking NAME (IsSecretName), whatever names says;
 //   - never "$${NAME}": that is HCL's escape for a literal "${NAME}" and is
 //     how a job asks for runtime interpolation of a name that the CI
-//     environment also has.
+//     environment also has;
+//   - only inside a string: a quoted string (an attribute's value or a
+//     block's label) or a heredoc. ${NAME} in a comment is left alone;
+//     anywhere else it would be spliced into HCL syntax, and it is an error
+//     naming file:line.
 //
-// Values are inserted verbatim, as envsubst does: use this for image tags,
-// commit hashes and registry paths; pass anything that may hold quotes or
-// newlines as an HCL2 variable (--var, NOMAD_VAR_x), which is typed and
-// needs no escaping.
-func SubstituteEnv(src []byte, env []string) ([]byte, Substitution) {
-	vals := envMap(env)
-	done, left := map[string]bool{}, map[string]bool{}
-	out := envRef.ReplaceAllFunc(src, func(m []byte) []byte {
-		if m[1] == '$' { // "$${NAME}": escaped
-			return m
+// Values are escaped so that the string means exactly the value: quotes,
+// backslashes, newlines, "${" and "%{" in a value are text, never HCL or
+// interpolation. The file keeps its line numbers, so the server's errors
+// point at the right line.
+func SubstituteEnv(file string, src []byte, env, names []string) ([]byte, Substitution, error) {
+	allowed := map[string]bool{}
+	for _, n := range BuildVars {
+		allowed[n] = true
+	}
+	for _, n := range names {
+		if err := CheckEnvName(n); err != nil {
+			return nil, Substitution{}, err
 		}
-		name := string(envRef.FindSubmatch(m)[1])
-		v, ok := vals[name]
-		if !ok || strings.HasPrefix(name, "NOMAD_") {
+		allowed[n] = true
+	}
+	vals := envMap(env)
+	refs, comments := scanTemplates(src)
+
+	var out []byte
+	var outside []string
+	done, left, notAllowed, secret := map[string]bool{}, map[string]bool{}, map[string]bool{}, map[string]bool{}
+	last := 0
+	for _, loc := range envRef.FindAllSubmatchIndex(src, -1) {
+		start, end := loc[0], loc[1]
+		name := string(src[loc[2]:loc[3]])
+		ctx, inString := refs[start]
+		switch {
+		case src[start+1] == '$': // "$${NAME}": escaped
+			continue
+		case inComment(comments, start):
+			continue
+		case !inString:
+			outside = append(outside, fmt.Sprintf("%s:%d: ${%s} is outside a quoted string", file, lineAt(src, start), name))
+			continue
+		case strings.HasPrefix(name, "NOMAD_"):
 			left[name] = true
-			return m
+			continue
+		case IsSecretName(name):
+			secret[name] = true
+			continue
+		}
+		v, set := vals[name]
+		switch {
+		case !set:
+			left[name] = true
+			continue
+		case !allowed[name]:
+			notAllowed[name] = true
+			continue
+		case !utf8.ValidString(v):
+			return nil, Substitution{}, fmt.Errorf("%s:%d: ${%s}: the value is not valid UTF-8, which an HCL string cannot hold", file, lineAt(src, start), name)
 		}
 		done[name] = true
-		return []byte(v)
-	})
-	return out, Substitution{Substituted: slices.Sorted(maps.Keys(done)), Left: slices.Sorted(maps.Keys(left))}
+		out = appendPiece(out, src[last:start])
+		if ctx == heredoc {
+			out = appendPiece(out, []byte(heredocValue(v)))
+		} else {
+			out = appendPiece(out, []byte(quotedValue(v)))
+		}
+		last = end
+	}
+	if len(outside) > 0 {
+		return nil, Substitution{}, fmt.Errorf("%s\n(only ${NAME} inside a string is substituted, so that a value can never become HCL syntax; quote it, or pass a number or a list as a job variable with --var)", strings.Join(outside, "\n"))
+	}
+	out = appendPiece(out, src[last:])
+	return out, Substitution{
+		Substituted: slices.Sorted(maps.Keys(done)),
+		Left:        slices.Sorted(maps.Keys(left)),
+		NotAllowed:  slices.Sorted(maps.Keys(notAllowed)),
+		Secret:      slices.Sorted(maps.Keys(secret)),
+	}, nil
+}
+
+// stringKind is the kind of string a ${NAME} is in.
+type stringKind int
+
+const (
+	quoted  stringKind = iota + 1 // "…": backslash escapes apply
+	heredoc                       // <<EOT … EOT: no escapes; a line can end it
+)
+
+// scanTemplates lexes src the way Nomad's parser does and returns where a
+// whole ${NAME} (no spaces, no "~" strip markers) is an interpolation, by
+// the byte offset of its "$", with the kind of string it is in; and the
+// byte ranges of comments.
+func scanTemplates(src []byte) (map[int]stringKind, [][2]int) {
+	// A broken file lexes as far as it can; the server reports its errors.
+	toks, _ := hclsyntax.LexConfig(src, "", hcl.InitialPos)
+	refs := map[int]stringKind{}
+	var comments [][2]int
+	var strs []stringKind // the strings open at a token, innermost last
+	for i, t := range toks {
+		switch t.Type {
+		case hclsyntax.TokenComment:
+			comments = append(comments, [2]int{t.Range.Start.Byte, t.Range.End.Byte})
+		case hclsyntax.TokenOQuote:
+			strs = append(strs, quoted)
+		case hclsyntax.TokenOHeredoc:
+			strs = append(strs, heredoc)
+		case hclsyntax.TokenCQuote, hclsyntax.TokenCHeredoc:
+			if len(strs) > 0 {
+				strs = strs[:len(strs)-1]
+			}
+		case hclsyntax.TokenTemplateInterp:
+			if len(strs) == 0 || i+2 >= len(toks) || string(t.Bytes) != "${" {
+				continue
+			}
+			id, end := toks[i+1], toks[i+2]
+			if id.Type == hclsyntax.TokenIdent && end.Type == hclsyntax.TokenTemplateSeqEnd && string(end.Bytes) == "}" &&
+				id.Range.Start.Byte == t.Range.End.Byte && end.Range.Start.Byte == id.Range.End.Byte {
+				refs[t.Range.Start.Byte] = strs[len(strs)-1]
+			}
+		}
+	}
+	return refs, comments
+}
+
+func inComment(comments [][2]int, off int) bool {
+	for _, c := range comments {
+		if off >= c[0] && off < c[1] {
+			return true
+		}
+	}
+	return false
+}
+
+// lineAt returns the 1-based line of the byte offset off.
+func lineAt(src []byte, off int) int {
+	return bytes.Count(src[:off], []byte("\n")) + 1
+}
+
+// quotedValue returns s escaped for the inside of a quoted HCL string: the
+// string then holds exactly s, whether it is a template (an attribute's
+// value) or a block's label, where templates are not allowed.
+func quotedValue(s string) string {
+	var b strings.Builder
+	for i, r := range s {
+		switch {
+		case r == '\\':
+			b.WriteString(`\\`)
+		case r == '"':
+			b.WriteString(`\"`)
+		case r == '\n':
+			b.WriteString(`\n`)
+		case r == '\r':
+			b.WriteString(`\r`)
+		case r == '\t':
+			b.WriteString(`\t`)
+		case r < 0x20 || r == 0x7f:
+			fmt.Fprintf(&b, `\u%04x`, r)
+		case (r == '$' || r == '%') && i+1 < len(s) && s[i+1] == '{':
+			// "$${" and "%%{" are HCL's escapes for a literal "${" and
+			// "%{".
+			b.WriteRune(r)
+			b.WriteRune(r)
+		default:
+			b.WriteRune(r)
+		}
+	}
+	return b.String()
+}
+
+// heredocValue returns s for the inside of a heredoc, which has no
+// backslash escapes and ends at a line holding its marker: as an
+// interpolation of a quoted string, ${"…"}, which keeps s on one line and
+// whose own quotes separate s from the text around it.
+func heredocValue(s string) string {
+	return `${"` + quotedValue(s) + `"}`
+}
+
+// appendPiece appends p to a job file being substituted. Where a value
+// meets the text around it, a "$" or "%" followed by "{" would start an
+// interpolation or a directive that neither of them has on its own (a
+// value ending in "$" before "{", a value starting with "{" after "%"):
+// doubling that "$" or "%" makes the pair HCL's escape for the literal
+// text instead.
+func appendPiece(out, p []byte) []byte {
+	if n := len(out); n > 0 && len(p) > 0 && p[0] == '{' && (out[n-1] == '$' || out[n-1] == '%') {
+		out = append(out, out[n-1])
+	}
+	return append(out, p...)
 }
 
 func envMap(env []string) map[string]string {
