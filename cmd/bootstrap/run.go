@@ -104,22 +104,32 @@ func (g *globals) confirm(question string) (bool, error) {
 }
 
 // loadConfig parses the configuration and the stage selection; any mistake
-// is a usage error and nothing has been touched yet.
-func (g *globals) loadConfig() (*config.Platform, stages.Selection, string, error) {
+// is a usage error and nothing has been touched yet. The redactor it returns
+// already knows the credentials in the environment and the secrets of the
+// configuration, so everything the command prints can go through it, the
+// diagnostics first.
+func (g *globals) loadConfig() (*config.Platform, stages.Selection, string, *secrets.Redactor, error) {
 	sel := stages.Selection{Only: g.only, From: g.from, Skip: g.skip}
 	if err := sel.Validate(); err != nil {
-		return nil, sel, "", err
+		return nil, sel, "", nil, err
 	}
 	mode, err := ui.Resolve(g.output, g.stdout)
 	if err != nil {
-		return nil, sel, "", &exitError{code: exitUsage, err: err}
+		return nil, sel, "", nil, &exitError{code: exitUsage, err: err}
 	}
+	red := secrets.NewRedactor()
+	red.Add(secrets.EnvCredentials()...)
 	cfg, diags := config.Load(g.config)
-	if diags.HasErrors() {
-		return nil, sel, "", diagError(g.stderr, diags)
+	if cfg != nil {
+		red.Add(configSecrets(cfg)...)
 	}
-	printDiags(g.stderr, diags) // warnings
-	return cfg, sel, mode, nil
+	w := red.Writer(g.stderr)
+	defer w.Close()
+	if diags.HasErrors() {
+		return nil, sel, "", nil, diagError(w, diags)
+	}
+	printDiags(w, diags) // warnings
+	return cfg, sel, mode, red, nil
 }
 
 func (g *globals) stateDirFor(cfg *config.Platform) string {
@@ -129,9 +139,10 @@ func (g *globals) stateDirFor(cfg *config.Platform) string {
 	return filepath.Join(cfg.Dir, ".bootstrap")
 }
 
-// configSecrets are secret values that come from the configuration itself.
+// configSecrets are secret values that come from the configuration itself:
+// what it reads with env() and file(), and a runner token written in it.
 func configSecrets(cfg *config.Platform) []string {
-	var out []string
+	out := append([]string{}, cfg.Secrets...)
 	if cfg.GitLabRunner != nil {
 		out = append(out, cfg.GitLabRunner.Token)
 	}
@@ -142,13 +153,11 @@ type runFunc func(ctx context.Context, r *stages.Runner, sel stages.Selection, s
 
 // execute runs one locked command: config, lock, stages, output, summary.
 func (g *globals) execute(command string, fn runFunc) error {
-	cfg, sel, mode, err := g.loadConfig()
+	cfg, sel, mode, red, err := g.loadConfig()
 	if err != nil {
 		return err
 	}
 	stateDir := g.stateDirFor(cfg)
-	red := secrets.NewRedactor()
-	red.Add(configSecrets(cfg)...)
 	sess, err := stages.Open(stateDir, command, red)
 	if err != nil {
 		var le *stages.LockedError

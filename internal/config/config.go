@@ -29,6 +29,11 @@ type Platform struct {
 	Jobs         Jobs
 	Monitoring   Monitoring
 	GitLabRunner *GitLabRunner
+
+	// Secrets are the values env() and file() returned. Whatever the file
+	// reads that way (tokens, passwords, keys) must never be printed: the
+	// commands register them with the redactor.
+	Secrets []string
 }
 
 // Provider says where the machines come from. Exactly one of the fields is set.

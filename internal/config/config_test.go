@@ -311,3 +311,103 @@ func TestVaultNodesHA(t *testing.T) {
 		t.Errorf("HA nodes with one server = %v", got)
 	}
 }
+
+// What env() and file() return is a secret: the platform lists it for the
+// redactor, in the order the file reads it.
+func TestSecretsRecorded(t *testing.T) {
+	t.Setenv("BOOTSTRAP_TEST_RUNNER_TOKEN", "glrt-from-the-environment")
+	p := load(t, "testdata/valid/full.hcl")
+	want := []string{"apps.internal", "glrt-from-the-environment"}
+	if !reflect.DeepEqual(p.Secrets, want) {
+		t.Errorf("Secrets = %q, want %q", p.Secrets, want)
+	}
+	if p := load(t, "testdata/valid/literal_token.hcl"); len(p.Secrets) != 0 {
+		t.Errorf("a file without env() or file(): Secrets = %q", p.Secrets)
+	}
+}
+
+// A diagnostic about a value read with env() or file() says what is wrong
+// without printing the value, however short, and the value is left out of
+// every other diagnostic too.
+func TestDiagnosticsHideSecrets(t *testing.T) {
+	dir := t.TempDir()
+	if err := os.WriteFile(filepath.Join(dir, "hook.txt"), []byte("hooks.example.com/s3cr3t-webhook-path\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		name, env, value, src string
+		want                  string // in the output
+	}{
+		{"short value", "BOOTSTRAP_TEST_HOOK", "ftp://x",
+			`monitoring { alert_webhook_url = env("BOOTSTRAP_TEST_HOOK") }`,
+			`Invalid alert_webhook_url; alert_webhook_url = "<redacted>": write an http:// or https:// URL.`},
+		{"in a template", "BOOTSTRAP_TEST_HOST", "gitlab.internal.example",
+			`gitlab_runner {
+  url   = "${env("BOOTSTRAP_TEST_HOST")}/ci"
+  token = env("BOOTSTRAP_TEST_HOST")
+}`,
+			`Invalid url; url = "<redacted>": write the GitLab instance URL`},
+		{"number", "BOOTSTRAP_TEST_SHARES", "11",
+			`vault { key_shares = env("BOOTSTRAP_TEST_SHARES") }`,
+			`Invalid key_shares; key_shares = <redacted>: Vault splits`},
+		{"in a list", "BOOTSTRAP_TEST_ROLE", "s3cr3t-role",
+			`provider "static" {
+  node "server-1" {
+    roles      = ["server", env("BOOTSTRAP_TEST_ROLE")]
+    private_ip = "10.0.0.1"
+  }
+}`,
+			`Unknown role; node "server-1": role "<redacted>" is not one of server, client, vault.`},
+		// The value shows up in a diagnostic about another attribute.
+		{"elsewhere", "BOOTSTRAP_TEST_NS", "team-s3cr3t-namespace",
+			`nomad {
+  namespaces        = ["dev", env("BOOTSTRAP_TEST_NS")]
+  deploy_namespaces = ["qa"]
+}`,
+			`Unknown deploy namespace; deploy namespace "qa" is not in namespaces ["dev" "<redacted>"]`},
+		{"file", "", "hooks.example.com/s3cr3t-webhook-path",
+			`monitoring { alert_webhook_url = file("hook.txt") }`,
+			`alert_webhook_url = "<redacted>": write an http:// or https:// URL.`},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if tc.env != "" {
+				t.Setenv(tc.env, tc.value)
+			}
+			src := tc.src
+			if !strings.HasPrefix(src, "provider") {
+				src = "provider \"local\" {}\n" + src
+			}
+			p, diags := config.Parse(filepath.Join(dir, "p.hcl"), []byte(src+"\n"))
+			if !diags.HasErrors() || p != nil {
+				t.Fatalf("accepted: %v", diags)
+			}
+			var b strings.Builder
+			config.WriteDiagnostics(&b, diags)
+			if strings.Contains(b.String(), tc.value) {
+				t.Errorf("the value %q was printed:\n%s", tc.value, b.String())
+			}
+			if !strings.Contains(b.String(), tc.want) {
+				t.Errorf("diagnostics:\n%s\nwant them to contain:\n%s", b.String(), tc.want)
+			}
+		})
+	}
+}
+
+// A literal value is not a secret: its diagnostic still shows it, even when
+// the same file reads other values with env().
+func TestDiagnosticsShowLiterals(t *testing.T) {
+	t.Setenv("BOOTSTRAP_TEST_RUNNER_TOKEN", "glrt-from-the-environment")
+	src := `provider "local" {}
+monitoring { alert_webhook_url = "hooks.example.com/alert" }
+gitlab_runner {
+  url   = "https://gitlab.example.com"
+  token = env("BOOTSTRAP_TEST_RUNNER_TOKEN")
+}
+`
+	_, diags := config.Parse("p.hcl", []byte(src))
+	var b strings.Builder
+	config.WriteDiagnostics(&b, diags)
+	if want := `alert_webhook_url = "hooks.example.com/alert": write`; !strings.Contains(b.String(), want) {
+		t.Errorf("diagnostics:\n%s\nwant %s", b.String(), want)
+	}
+}

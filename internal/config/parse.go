@@ -75,16 +75,18 @@ func Parse(filename string, src []byte) (*Platform, hcl.Diagnostics) {
 	p := Defaults()
 	p.Filename = filename
 	p.Dir = dir
-	ctx := evalContext(dir, filepath.Dir(filename))
+	in := &secretInputs{exprs: secretExprs(f.Body)}
+	ctx := evalContext(dir, filepath.Dir(filename), in)
 
 	diags = append(diags, decodeTop(f.Body, ctx, p)...)
 	if diags.HasErrors() {
-		return nil, dropFollowOns(diags)
+		return nil, in.scrub(dropFollowOns(diags))
 	}
-	diags = append(diags, validate(p)...)
+	diags = in.scrub(append(diags, validate(p, in)...))
 	if diags.HasErrors() {
 		return nil, diags
 	}
+	p.Secrets = in.values
 	return p, diags
 }
 
@@ -289,7 +291,8 @@ func decodeVars(a *hcl.Attribute, ctx *hcl.EvalContext) (map[string]cty.Value, h
 // evalContext offers env("NAME") and file("path") so secrets and
 // certificates never sit in the file itself. Relative paths are read from
 // dir; shown is the same directory as the user named it, for messages.
-func evalContext(dir, shown string) *hcl.EvalContext {
+// Every value the functions return is recorded in in.
+func evalContext(dir, shown string, in *secretInputs) *hcl.EvalContext {
 	return &hcl.EvalContext{
 		Functions: map[string]function.Function{
 			"env": function.New(&function.Spec{
@@ -301,6 +304,7 @@ func evalContext(dir, shown string) *hcl.EvalContext {
 					if !ok {
 						return cty.NilVal, fmt.Errorf("environment variable %s is not set; export it before running bootstrap", name)
 					}
+					in.values = append(in.values, v)
 					return cty.StringVal(v), nil
 				},
 			}),
@@ -320,11 +324,51 @@ func evalContext(dir, shown string) *hcl.EvalContext {
 						}
 						return cty.NilVal, fmt.Errorf("cannot read %s: %w", name, err)
 					}
+					in.values = append(in.values, string(b))
 					return cty.StringVal(string(b)), nil
 				},
 			}),
 		},
 	}
+}
+
+// secretInputs is what env() and file() returned while a file was
+// evaluated, and where the file calls them. Those values are the file's
+// secrets: they go to the redactor (Platform.Secrets) and are left out of
+// diagnostics.
+type secretInputs struct {
+	values []string
+	// exprs are the expressions of the attributes that call env() or
+	// file(), wholly or in part (url = "https://${env("HOST")}").
+	exprs []hcl.Range
+}
+
+// secretExprs returns the expressions of the attributes in body that call
+// env() or file().
+func secretExprs(body hcl.Body) []hcl.Range {
+	sb, ok := body.(*hclsyntax.Body)
+	if !ok {
+		return nil
+	}
+	var out []hcl.Range
+	hclsyntax.VisitAll(sb, func(n hclsyntax.Node) hcl.Diagnostics {
+		if a, ok := n.(*hclsyntax.Attribute); ok && callsSecretFunc(a.Expr) {
+			out = append(out, a.Expr.Range())
+		}
+		return nil
+	})
+	return out
+}
+
+func callsSecretFunc(e hclsyntax.Expression) bool {
+	found := false
+	hclsyntax.VisitAll(e, func(n hclsyntax.Node) hcl.Diagnostics {
+		if c, ok := n.(*hclsyntax.FunctionCallExpr); ok && (c.Name == "env" || c.Name == "file") {
+			found = true
+		}
+		return nil
+	})
+	return found
 }
 
 // literalSecret warns when a secret attribute is written into the file

@@ -30,11 +30,17 @@ const MaxLocalNodes = 32
 type validator struct {
 	diags hcl.Diagnostics
 	p     *Platform
+	in    *secretInputs
 }
 
 func (v *validator) errorf(rng hcl.Range, summary, format string, args ...any) {
 	if rng.Filename == "" {
 		rng = v.p.Provider.DefRange
+	}
+	if v.in.covers(rng) {
+		// The value comes from env() or file(): say what is wrong with it
+		// without printing it.
+		args = v.in.hide(args)
 	}
 	v.diags = append(v.diags, &hcl.Diagnostic{
 		Severity: hcl.DiagError,
@@ -52,8 +58,8 @@ func or(r, fallback hcl.Range) hcl.Range {
 	return r
 }
 
-func validate(p *Platform) hcl.Diagnostics {
-	v := &validator{p: p}
+func validate(p *Platform, in *secretInputs) hcl.Diagnostics {
+	v := &validator{p: p, in: in}
 	switch p.Provider.Type {
 	case "local":
 		v.local(p.Provider.Local)
