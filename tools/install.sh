@@ -73,26 +73,32 @@ gobuild_module() { # name dir pkg out [tags]
   (cd "$dir" && run "$name" go build "${buildflags[@]}" ${tags:+-tags "$tags"} -o "$out" "$pkg")
 }
 
-hashi() { # name version
-  local name=$1 version=$2 dest=$cache/$1-$2
-  if have "$name" "$version"; then link "$name" "$dest"; return; fi
+# hashi NAME VERSION [FLAVOUR CGO TAGS]: FLAVOUR names a build that differs
+# from the plain one (it is part of the cache key, so a changed recipe
+# rebuilds), CGO is CGO_ENABLED, TAGS the build tags.
+hashi() {
+  local name=$1 version=$2 flavour=${3:-} cgo=${4:-0} tags=${5:-}
+  local key=$version${flavour:+-$flavour} dest=$cache/$1-$2${3:+-$3}
+  if have "$name" "$key"; then link "$name" "$dest"; return; fi
   rm -rf "$dest"; mkdir -p "$dest/bin"; : >"$cache/logs/$name.log"
   local s=$SECONDS
   if releases_reachable && fetch_release "$name" "$version" "$dest/bin" >>"$cache/logs/$name.log" 2>&1; then
     say "$name $version downloaded in $((SECONDS - s))s"
   else
     say "$name $version: building from the Go module proxy (log: $cache/logs/$name.log)"
-    export CGO_ENABLED=0
-    gobuild_module "$name" "$here/build/$name" "github.com/hashicorp/$name" "$dest/bin/$name"
+    CGO_ENABLED=$cgo gobuild_module "$name" "$here/build/$name" "github.com/hashicorp/$name" "$dest/bin/$name" "$tags"
     say "$name $version built in $((SECONDS - s))s ($(du -h "$dest/bin/$name" | cut -f1))"
   fi
-  done_mark "$name" "$version"
+  done_mark "$name" "$key"
   link "$name" "$dest"
 }
 
 t_vault() { hashi vault "$VAULT_VERSION"; }
 t_consul() { hashi consul "$CONSUL_VERSION"; }
-t_nomad() { hashi nomad "$NOMAD_VERSION"; }
+# Nomad's exec driver (the isolating driver of the application namespaces
+# on the local provider) is only compiled in with cgo, as in the official
+# builds; the ui tag embeds the web UI the module ships prebuilt.
+t_nomad() { hashi nomad "$NOMAD_VERSION" cgo-ui 1 ui; }
 
 t_consul-template() {
   local name=consul-template version=$CONSUL_TEMPLATE_VERSION dest=$cache/consul-template-$CONSUL_TEMPLATE_VERSION
@@ -290,6 +296,9 @@ t_debian() {
   command -v ansible-lint >/dev/null || missing+=(ansible-lint)
   command -v sshd >/dev/null || [ -x /usr/sbin/sshd ] || missing+=(openssh-server)
   command -v ssh >/dev/null || missing+=(openssh-client)
+  # A static busybox: the tests' application jobs run its httpd with the
+  # exec driver, inside a chroot that holds no language runtime.
+  [ -x /bin/busybox ] || missing+=(busybox-static)
   if [ ${#missing[@]} -gt 0 ]; then
     say "apt-get install ${missing[*]}"
     apt_update

@@ -112,6 +112,10 @@ func attacks(t *testing.T, p *platformtest.Platform) {
 		})
 	}
 
+	t.Run("a template cannot read the platform's files", func(t *testing.T) {
+		templateAttack(t, p, client(tokens["dev"]), mgmt)
+	})
+
 	// An exec task in dev is the attacker's code running on a client: it
 	// must not see the platform's files, other allocations or the host's
 	// processes, and must not run as root.
@@ -175,6 +179,49 @@ func attacks(t *testing.T, p *platformtest.Platform) {
 		}
 		p.AssertNoSecrets(out)
 	})
+}
+
+// templateAttack asks Nomad to render a platform file into a dev task
+// through a template's source: the client's template sandbox must refuse.
+func templateAttack(t *testing.T, p *platformtest.Platform, ci, mgmt *nomadapi.Client) {
+	init := filepath.Join(p.StateDir(), "secrets", "vault", "init.json")
+	job := attackJob("attack-template", "dev", "exec", "sleep 600")
+	job.TaskGroups[0].Tasks[0].Templates = []*nomadapi.Template{{SourcePath: ptr(init), DestPath: ptr("local/stolen")}}
+	if _, _, err := ci.Jobs().Register(job, nil); err != nil {
+		t.Logf("refused at submit: %v", err)
+		return
+	}
+	defer mgmt.Jobs().Deregister(*job.ID, true, &nomadapi.WriteOptions{Namespace: "dev"})
+	q := &nomadapi.QueryOptions{Namespace: "dev"}
+	var status string
+	eventually(t, 2*time.Minute, "the template attack's allocation to settle", func() error {
+		allocs, _, err := mgmt.Jobs().Allocations(*job.ID, true, q)
+		if err != nil {
+			return err
+		}
+		for _, a := range allocs {
+			if a.ClientStatus == "running" || a.ClientStatus == "failed" {
+				status = a.ClientStatus
+				if status == "running" {
+					full, _, err := ci.Allocations().Info(a.ID, q)
+					if err != nil {
+						return err
+					}
+					if r, err := ci.AllocFS().Cat(full, "t/local/stolen", q); err == nil {
+						b, _ := io.ReadAll(r)
+						r.Close()
+						t.Errorf("the platform's init.json was rendered into a dev task (%d bytes)", len(b))
+						p.AssertNoSecrets(string(b))
+					}
+				}
+				return nil
+			}
+		}
+		return fmt.Errorf("no settled allocation yet")
+	})
+	if status != "failed" {
+		t.Errorf("the allocation whose template reads a platform file is %s, want failed", status)
+	}
 }
 
 // attackJob is a one-task job running script with /bin/sh under driver.

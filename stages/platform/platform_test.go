@@ -159,12 +159,16 @@ func TestPlatform(t *testing.T) {
 		}
 	})
 
-	t.Run("deploy into dev with the CI token", func(t *testing.T) {
-		ci := p.Env("ci")
-		dir := t.TempDir()
-		job := filepath.Join(dir, "web.nomad.hcl")
-		os.WriteFile(job, []byte(`job "web" {
-  namespace   = "dev"
+	t.Run("deploy into dev and prod with their own CI tokens", func(t *testing.T) {
+		for _, ns := range []string{"dev", "prod"} {
+			ci := p.Env("ci-" + ns)
+			dir := t.TempDir()
+			job := filepath.Join(dir, "web.nomad.hcl")
+			// exec: the isolating driver application namespaces may use
+			// without Docker; busybox is static, so the chroot needs nothing
+			// more.
+			os.WriteFile(job, []byte(`job "web" {
+  namespace   = "`+ns+`"
   datacenters = ["*"]
   group "web" {
     network {
@@ -175,7 +179,7 @@ func TestPlatform(t *testing.T) {
       port     = "http"
       address  = "${meta.node_address}"
       provider = "consul"
-      tags     = ["prometheus", "urlprefix-/web strip=/web"]
+      tags     = ["prometheus", "urlprefix-/`+ns+`/web strip=/`+ns+`/web"]
       check {
         type     = "http"
         path     = "/"
@@ -184,13 +188,14 @@ func TestPlatform(t *testing.T) {
       }
     }
     task "web" {
-      driver = "raw_exec"
+      driver = "exec"
       config {
-        command = "python3"
-        args    = ["-m", "http.server", "${NOMAD_PORT_http}", "--bind", "${meta.node_address}"]
+        command = "/bin/busybox"
+        args    = ["httpd", "-f", "-p", "${meta.node_address}:${NOMAD_PORT_http}", "-h", "${NOMAD_TASK_DIR}"]
       }
-      env {
-        COMMIT = "${CI_COMMIT_SHORT_SHA}"
+      template {
+        data        = "ok ${CI_COMMIT_SHORT_SHA}"
+        destination = "local/index.html"
       }
       resources {
         cpu    = 50
@@ -200,14 +205,19 @@ func TestPlatform(t *testing.T) {
   }
 }
 `), 0o600)
-		cmd := exec.Command(p.Bin, "deploy", job, "--timeout", "3m")
-		cmd.Env = append(os.Environ(), "NOMAD_ADDR="+ci["NOMAD_ADDR"], "NOMAD_CACERT="+ci["NOMAD_CACERT"], "NOMAD_TOKEN="+ci["NOMAD_TOKEN"], "CI_COMMIT_SHORT_SHA=abc1234", "CI=true")
-		out, err := cmd.CombinedOutput()
-		if err != nil {
-			t.Fatalf("deploy with the CI token over TLS: %v\n%s", err, out)
+			cmd := exec.Command(p.Bin, "deploy", job, "--timeout", "3m")
+			cmd.Env = append(os.Environ(), "NOMAD_ADDR="+ci["NOMAD_ADDR"], "NOMAD_CACERT="+ci["NOMAD_CACERT"], "NOMAD_TOKEN="+ci["NOMAD_TOKEN"], "CI_COMMIT_SHORT_SHA=abc1234", "CI=true")
+			out, err := cmd.CombinedOutput()
+			if err != nil {
+				t.Fatalf("deploy into %s with its CI token over TLS: %v\n%s", ns, err, out)
+			}
+			// Fabio routes the new service's urlprefix tag.
+			eventually(t, time.Minute, "fabio routing /"+ns+"/web", func() error { return get200(env["FABIO_ADDR"] + "/" + ns + "/web/") })
 		}
-		// Fabio routes the new service's urlprefix tag.
-		eventually(t, time.Minute, "fabio routing /web", func() error { return get200(env["FABIO_ADDR"] + "/web/") })
+	})
+
+	t.Run("attacks with an application token are refused", func(t *testing.T) {
+		attacks(t, p.T(t))
 	})
 
 	t.Run("with server-1 down, workloads still log in to vault and new services are discovered", func(t *testing.T) {
@@ -273,7 +283,7 @@ func TestPlatform(t *testing.T) {
 		tg := nomadapi.NewTaskGroup("probe", 1)
 		tg.Networks = []*nomadapi.NetworkResource{{DynamicPorts: []nomadapi.Port{{Label: "http"}}}}
 		tg.Services = []*nomadapi.Service{{Name: "discovery-probe", PortLabel: "http", Address: "${meta.node_address}", Tags: []string{"prometheus"}, Provider: "consul"}}
-		task := nomadapi.NewTask("probe", "raw_exec").SetConfig("command", "sleep").SetConfig("args", []string{"600"})
+		task := nomadapi.NewTask("probe", "exec").SetConfig("command", "/bin/sleep").SetConfig("args", []string{"600"})
 		cpu, mem := 20, 16
 		task.Require(&nomadapi.Resources{CPU: &cpu, MemoryMB: &mem})
 		tg.AddTask(task)
@@ -323,7 +333,7 @@ func TestPlatform(t *testing.T) {
 		}
 		p.Up()
 		// The application deployed before the reboot runs and is routed again.
-		eventually(t, 2*time.Minute, "the dev application back after the reboot", func() error { return get200(env["FABIO_ADDR"] + "/web/") })
+		eventually(t, 2*time.Minute, "the dev application back after the reboot", func() error { return get200(env["FABIO_ADDR"] + "/dev/web/") })
 		if r := p.Run([]string{"plan"}); r.Code != 0 {
 			t.Errorf("plan after up: exit %d\n%s", r.Code, r.Output())
 		}
