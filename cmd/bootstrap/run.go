@@ -18,9 +18,11 @@ import (
 	"golang.org/x/term"
 
 	"github.com/platform-bootstrap/bootstrap/internal/config"
+	"github.com/platform-bootstrap/bootstrap/internal/inventory"
 	"github.com/platform-bootstrap/bootstrap/internal/secrets"
 	"github.com/platform-bootstrap/bootstrap/internal/ui"
 	"github.com/platform-bootstrap/bootstrap/stages"
+	"github.com/platform-bootstrap/bootstrap/stages/nomad"
 	"github.com/platform-bootstrap/bootstrap/stages/platform"
 )
 
@@ -222,7 +224,7 @@ func (g *globals) execute(command string, fn runFunc) error {
 		lw.Close()
 	}
 	if mode != ui.ModeJSON {
-		printSummary(red.Writer(g.stdout), command, results, time.Since(start), sess, runErr)
+		printSummary(red.Writer(g.stdout), command, results, time.Since(start), sess, nomad.DeployNamespaces(cfg), runErr)
 	}
 	if err := sess.Close(results, runErr); err != nil {
 		runErr = errors.Join(runErr, err)
@@ -231,7 +233,14 @@ func (g *globals) execute(command string, fn runFunc) error {
 		if errors.Is(runErr, stages.ErrNotApproved) {
 			return &exitError{code: exitFailure, err: stages.ErrNotApproved}
 		}
-		return &exitError{code: exitFailure, err: errors.New(red.String(runErr.Error()))}
+		code := exitFailure
+		// An inventory that tries to set what only bootstrap may is bad
+		// input, like a bad configuration.
+		var local *inventory.LocalFieldError
+		if errors.As(runErr, &local) {
+			code = exitUsage
+		}
+		return &exitError{code: code, err: errors.New(red.String(runErr.Error()))}
 	}
 	return nil
 }
@@ -253,7 +262,7 @@ func printPlans(w io.Writer, plans []stages.StageResult) {
 	}
 }
 
-func printSummary(w *secrets.LineWriter, command string, results []stages.StageResult, took time.Duration, sess *stages.Session, runErr error) {
+func printSummary(w *secrets.LineWriter, command string, results []stages.StageResult, took time.Duration, sess *stages.Session, deployNS []string, runErr error) {
 	defer w.Close()
 	if len(results) > 0 {
 		fmt.Fprintln(w)
@@ -275,10 +284,10 @@ func printSummary(w *secrets.LineWriter, command string, results []stages.StageR
 		}
 		return
 	}
-	printURLs(w, sess.State.Outputs(), sess.Secrets.Dir())
+	printURLs(w, sess.State.Outputs(), sess.Secrets.Dir(), deployNS)
 }
 
-func printURLs(w io.Writer, out map[string]string, secretDir string) {
+func printURLs(w io.Writer, out map[string]string, secretDir string, deployNS []string) {
 	rows := []struct{ label, key, suffix string }{
 		{"Vault", stages.OutVaultAddr, ""},
 		{"Consul UI", stages.OutConsulAddr, "/ui/"},
@@ -305,9 +314,11 @@ func printURLs(w io.Writer, out map[string]string, secretDir string) {
 	fmt.Fprintf(w, "\n  Secrets (unseal keys, tokens) are in %s (0700).\n", secretDir)
 	fmt.Fprintln(w, `  Use the CLIs: eval "$(bootstrap env --token admin)"`)
 	if out[stages.OutNomadAddr] != "" {
-		fmt.Fprintf(w, "\n  GitLab CI/CD variables for deploys (bootstrap deploy):\n")
+		fmt.Fprintf(w, "\n  GitLab CI/CD variables for deploys (bootstrap deploy), NOMAD_TOKEN scoped to its environment:\n")
 		fmt.Fprintf(w, "    NOMAD_ADDR    %s\n", out[stages.OutNomadAddr])
 		fmt.Fprintf(w, "    NOMAD_CACERT  a file variable with the contents of %s\n", out[stages.OutNomadCACert])
-		fmt.Fprintf(w, "    NOMAD_TOKEN   masked, the contents of %s\n", filepath.Join(secretDir, stages.SecretNomadCIToken))
+		for _, ns := range deployNS {
+			fmt.Fprintf(w, "    NOMAD_TOKEN   environment %s: masked, protected, the contents of %s\n", ns, filepath.Join(secretDir, stages.SecretNomadDeployToken(ns)))
+		}
 	}
 }
