@@ -10,7 +10,7 @@ export GOTOOLCHAIN := local
 
 STATICCHECK_VERSION := v0.8.2
 
-.PHONY: build tools up down plan status test test-unit test-integration bench lint clean
+.PHONY: build tools up down env plan status test test-unit test-integration bench lint clean
 
 build: ## build bin/bootstrap
 	@mkdir -p bin
@@ -24,6 +24,9 @@ up: tools build ## bring up the platform of $(CONFIG) (default: local, on this m
 
 down: build ## stop and remove the platform of $(CONFIG)
 	bin/bootstrap down -c $(CONFIG) --auto-approve
+
+env: build ## export lines for the official CLIs: eval "$$(make -s env)"
+	@bin/bootstrap env -c $(CONFIG) --token admin
 
 plan: build
 	bin/bootstrap plan -c $(CONFIG)

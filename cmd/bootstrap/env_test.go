@@ -154,3 +154,16 @@ func TestEnvErrors(t *testing.T) {
 		t.Error("env created a state directory")
 	}
 }
+
+// The summary's CLI hint is a command the user can paste: the path bootstrap
+// was run by and a configuration that is not the default.
+func TestSelfCommand(t *testing.T) {
+	for _, tc := range []struct{ config, want string }{
+		{"platform.hcl", os.Args[0]},
+		{"lab dir/lab.hcl", os.Args[0] + ` -c 'lab dir/lab.hcl'`},
+	} {
+		if got := (&globals{config: tc.config}).self(); got != tc.want {
+			t.Errorf("config %q: %q, want %q", tc.config, got, tc.want)
+		}
+	}
+}

@@ -224,7 +224,7 @@ func (g *globals) execute(command string, fn runFunc) error {
 		lw.Close()
 	}
 	if mode != ui.ModeJSON {
-		printSummary(red.Writer(g.stdout), command, results, time.Since(start), sess, nomad.DeployNamespaces(cfg), runErr)
+		printSummary(red.Writer(g.stdout), command, results, time.Since(start), sess, nomad.DeployNamespaces(cfg), g.self(), runErr)
 	}
 	if err := sess.Close(results, runErr); err != nil {
 		runErr = errors.Join(runErr, err)
@@ -262,7 +262,7 @@ func printPlans(w io.Writer, plans []stages.StageResult) {
 	}
 }
 
-func printSummary(w *secrets.LineWriter, command string, results []stages.StageResult, took time.Duration, sess *stages.Session, deployNS []string, runErr error) {
+func printSummary(w *secrets.LineWriter, command string, results []stages.StageResult, took time.Duration, sess *stages.Session, deployNS []string, self string, runErr error) {
 	defer w.Close()
 	if len(results) > 0 {
 		fmt.Fprintln(w)
@@ -284,10 +284,24 @@ func printSummary(w *secrets.LineWriter, command string, results []stages.StageR
 		}
 		return
 	}
-	printURLs(w, sess.State.Outputs(), sess.Secrets.Dir(), deployNS)
+	printURLs(w, sess.State.Outputs(), sess.Secrets.Dir(), deployNS, self)
 }
 
-func printURLs(w io.Writer, out map[string]string, secretDir string, deployNS []string) {
+// self is this command as the user can paste it again: the path it was run
+// by (bin/bootstrap after make up, where bootstrap is not on PATH) and the
+// configuration when it is not the default.
+func (g *globals) self() string {
+	cmd := "bootstrap"
+	if strings.Contains(os.Args[0], "/") {
+		cmd = os.Args[0]
+	}
+	if g.config != "platform.hcl" {
+		cmd += " -c " + shellQuote(g.config)
+	}
+	return cmd
+}
+
+func printURLs(w io.Writer, out map[string]string, secretDir string, deployNS []string, self string) {
 	rows := []struct{ label, key, suffix string }{
 		{"Vault", stages.OutVaultAddr, ""},
 		{"Consul UI", stages.OutConsulAddr, "/ui/"},
@@ -312,7 +326,7 @@ func printURLs(w io.Writer, out map[string]string, secretDir string, deployNS []
 		return
 	}
 	fmt.Fprintf(w, "\n  Secrets (unseal keys, tokens) are in %s (0700).\n", secretDir)
-	fmt.Fprintln(w, `  Use the CLIs: eval "$(bootstrap env --token admin)"`)
+	fmt.Fprintf(w, "  Use the CLIs: eval \"$(%s env --token admin)\"\n", self)
 	if out[stages.OutNomadAddr] != "" {
 		fmt.Fprintf(w, "\n  GitLab CI/CD variables for deploys (bootstrap deploy), NOMAD_TOKEN scoped to its environment:\n")
 		fmt.Fprintf(w, "    NOMAD_ADDR    %s\n", out[stages.OutNomadAddr])
