@@ -319,6 +319,15 @@ func (v *validator) nomad() {
 		}
 		seen[ns] = true
 	}
+	// A namespace's services are named "<namespace>-…" (Consul enforces
+	// it), so "dev" could register "dev-x-web" if "dev-x" existed too.
+	for _, a := range n.Namespaces {
+		for _, b := range n.Namespaces {
+			if a != b && strings.HasPrefix(b, a+"-") {
+				v.errorf(or(n.NamespacesRange, def), "Overlapping namespaces", "namespace %q starts with %q: each namespace's services are named \"<namespace>-…\", so %q could take %q's service names; rename one.", b, a+"-", a, b)
+			}
+		}
+	}
 	for _, ns := range n.DeployNamespaces {
 		if !seen[ns] {
 			v.errorf(or(n.DeployNamespacesRange, def), "Unknown deploy namespace", "deploy namespace %q is not in namespaces %q; the CI token may only deploy to application namespaces.", ns, n.Namespaces)

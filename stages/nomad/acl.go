@@ -324,7 +324,11 @@ func planACL(ctx context.Context, e *stages.Env, d *deps, as []agentState) ([]st
 	if err != nil {
 		return nil, err
 	}
-	return append(out, jwt...), nil
+	wi, err := consulWI(ctx, e, d.inv, false)
+	if err != nil {
+		return nil, err
+	}
+	return append(append(out, jwt...), wi...), nil
 }
 
 // stale finds the tokens and policies bootstrap made that the configuration
@@ -472,7 +476,11 @@ func applyACL(ctx context.Context, e *stages.Env, d *deps, mgmt string) error {
 	if err := pki.StoreKV(ctx, vc, stages.SecretNomadBootstrapToken, mgmt); err != nil {
 		return err
 	}
-	return applyJWT(ctx, e, d, vc)
+	if err := applyJWT(ctx, e, d, vc); err != nil {
+		return err
+	}
+	_, err = consulWI(ctx, e, d.inv, true)
+	return err
 }
 
 // ensureToken creates a token, or finds it by name, and keeps its secret.

@@ -1,0 +1,5 @@
+provider "local" {}
+
+nomad {
+  namespaces = ["dev", "dev-eu"]
+}
