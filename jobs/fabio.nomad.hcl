@@ -2,6 +2,13 @@
 # "urlprefix-/path" (the dissertation's section 5.2.3). A system job: one
 # instance per client, listening on the client's meta.node_address.
 #
+# One Fabio per trust domain: group "fabio" routes the platform's services
+# (its Consul token cannot see the application namespaces' services), and
+# each application namespace gets a group "fabio-<namespace>" on a port of
+# its own whose token sees only "<namespace>-…" services. Consul decides
+# which names a namespace may register, so no application can take a
+# platform route or another namespace's.
+#
 # Variables:
 #   datacenters     list(string)  datacenters to run in (default ["*"])
 #   driver          string        "docker" (image, default), "raw_exec" or "exec" (binary)
@@ -10,6 +17,8 @@
 #   cpu, memory     number        MHz and MB reserved (default 200, 128)
 #   proxy_port      number        static HTTP proxy port (default 9999)
 #   ui_port         number        static UI/API port (default 9998)
+#   app_listeners   list(object({namespace=string, port=number}))  one Fabio per application
+#                                 namespace and the static port it proxies on (default [])
 #   consul_addr     string        Consul HTTP API, scheme://host:port, reached from the
 #                                 client (default https://<node_address>:8501: the
 #                                 client's own Consul agent)
@@ -19,9 +28,10 @@
 #                                 only for clusters without Consul ACLs
 #   vault_role      string        Vault JWT role for the task's workload identity ("" = default)
 #
-# Secrets: the Consul ACL token (service:read, node:read, key:read on
-# fabio/) is read from Vault at secret/data/general/fabio/consul, field
-# "token", and handed to Fabio in its environment, never in the job.
+# Secrets: the Consul ACL tokens are read from Vault at
+# secret/data/general/fabio/consul (the platform's Fabio) and
+# secret/data/general/fabio/consul-<namespace>, field "token", and handed to
+# Fabio in its environment, never in the job.
 
 variable "datacenters" {
   type    = list(string)
@@ -67,6 +77,11 @@ variable "ui_port" {
   default = 9998
 }
 
+variable "app_listeners" {
+  type    = list(object({ namespace = string, port = number }))
+  default = []
+}
+
 variable "consul_addr" {
   type    = string
   default = ""
@@ -88,16 +103,20 @@ variable "vault_role" {
 }
 
 locals {
-  docker      = var.driver == "docker"
+  docker = var.driver == "docker"
   # Nomad does not interpolate ${...} in template data: the node's address
   # comes from consul-template, which sees node meta as meta.<key>.
   node_address = "{{ env \"meta.node_address\" }}"
   consul_addr  = var.consul_addr != "" ? var.consul_addr : "https://${local.node_address}:8501"
   # Fabio reads every property from FABIO_<name with _ for .> as well; the
   # properties file holds what is not secret.
+  listeners = concat(
+    [{ name = "fabio", port = var.proxy_port, ui_port = var.ui_port, secret = "secret/data/general/fabio/consul" }],
+    [for l in var.app_listeners : { name = "fabio-${l.namespace}", port = l.port, ui_port = 0, secret = "secret/data/general/fabio/consul-${l.namespace}" }],
+  )
   properties = <<-EOT
-    proxy.addr = ${local.node_address}:${var.proxy_port};proto=http,${local.node_address}:{{ env "NOMAD_PORT_metrics" }};proto=prometheus
-    ui.addr = ${local.node_address}:${var.ui_port}
+    proxy.addr = ${local.node_address}:{{ env "NOMAD_PORT_proxy" }};proto=http,${local.node_address}:{{ env "NOMAD_PORT_metrics" }};proto=prometheus
+    ui.addr = ${local.node_address}:{{ env "NOMAD_PORT_ui" }}
     ui.access = ro
     registry.backend = consul
     registry.consul.addr = ${local.consul_addr}
@@ -116,108 +135,122 @@ job "fabio" {
   datacenters = var.datacenters
   type        = "system"
 
-  group "fabio" {
-    network {
-      port "proxy" {
-        static = var.proxy_port
+  dynamic "group" {
+    for_each = local.listeners
+    labels   = [group.value.name]
+    content {
+      network {
+        port "proxy" {
+          static = group.value.port
+        }
+        # The platform's Fabio UI has a fixed port; the others' are dynamic.
+        dynamic "port" {
+          for_each = group.value.ui_port > 0 ? [group.value.ui_port] : []
+          labels   = ["ui"]
+          content {
+            static = port.value
+          }
+        }
+        dynamic "port" {
+          for_each = group.value.ui_port > 0 ? [] : [1]
+          labels   = ["ui"]
+          content {}
+        }
+        port "metrics" {}
       }
-      port "ui" {
-        static = var.ui_port
-      }
-      port "metrics" {}
-    }
 
-    service {
-      name     = "fabio"
-      port     = "ui"
-      address  = "${meta.node_address}"
-      provider = "consul"
+      service {
+        name     = group.value.name
+        port     = "ui"
+        address  = "${meta.node_address}"
+        provider = "consul"
 
-      check {
-        name     = "health"
-        type     = "http"
-        path     = "/health"
-        interval = "10s"
-        timeout  = "3s"
-      }
-    }
-
-    # Fabio's Prometheus listener is separate from the UI.
-    service {
-      name     = "fabio-metrics"
-      port     = "metrics"
-      address  = "${meta.node_address}"
-      provider = "consul"
-      tags     = ["prometheus"]
-
-      check {
-        name     = "metrics"
-        type     = "http"
-        path     = "/metrics"
-        interval = "10s"
-        timeout  = "3s"
-      }
-    }
-
-    task "fabio" {
-      driver = var.driver
-
-      dynamic "config" {
-        for_each = local.docker ? [1] : []
-        content {
-          image        = var.image
-          args         = ["-cfg", "/local/fabio.properties"]
-          network_mode = "host"
+        check {
+          name     = "health"
+          type     = "http"
+          path     = "/health"
+          interval = "10s"
+          timeout  = "3s"
         }
       }
 
-      dynamic "config" {
-        for_each = local.docker ? [] : [1]
-        content {
-          command = var.binary
-          args    = ["-cfg", "${NOMAD_TASK_DIR}/fabio.properties"]
+      # Fabio's Prometheus listener is separate from the UI.
+      service {
+        name     = "fabio-metrics"
+        port     = "metrics"
+        address  = "${meta.node_address}"
+        provider = "consul"
+        tags     = ["prometheus"]
+
+        check {
+          name     = "metrics"
+          type     = "http"
+          path     = "/metrics"
+          interval = "10s"
+          timeout  = "3s"
         }
       }
 
-      template {
-        data        = local.properties
-        destination = "local/fabio.properties"
-        change_mode = "restart"
-      }
+      task "fabio" {
+        driver = var.driver
 
-      dynamic "template" {
-        for_each = var.consul_ca_pem != "" ? [1] : []
-        content {
-          data          = var.consul_ca_pem
-          destination   = "local/consul-ca.pem"
-          change_mode   = "restart"
-          left_delimiter  = "[[nomad-template-unused"
-          right_delimiter = "nomad-template-unused]]"
+        dynamic "config" {
+          for_each = local.docker ? [1] : []
+          content {
+            image        = var.image
+            args         = ["-cfg", "/local/fabio.properties"]
+            network_mode = "host"
+          }
         }
-      }
 
-      dynamic "vault" {
-        for_each = var.use_vault ? [1] : []
-        content {
-          role = var.vault_role
+        dynamic "config" {
+          for_each = local.docker ? [] : [1]
+          content {
+            command = var.binary
+            args    = ["-cfg", "${NOMAD_TASK_DIR}/fabio.properties"]
+          }
         }
-      }
 
-      dynamic "template" {
-        for_each = var.use_vault ? [1] : []
-        content {
-          data        = <<-EOT
-            FABIO_registry_consul_token={{ with secret "secret/data/general/fabio/consul" }}{{ .Data.data.token }}{{ end }}
-          EOT
-          destination = "secrets/fabio.env"
-          env         = true
+        template {
+          data        = local.properties
+          destination = "local/fabio.properties"
           change_mode = "restart"
         }
-      }
 
-      resources {
-        cpu    = var.cpu
-        memory = var.memory
+        dynamic "template" {
+          for_each = var.consul_ca_pem != "" ? [1] : []
+          content {
+            data            = var.consul_ca_pem
+            destination     = "local/consul-ca.pem"
+            change_mode     = "restart"
+            left_delimiter  = "[[nomad-template-unused"
+            right_delimiter = "nomad-template-unused]]"
+          }
+        }
+
+        dynamic "vault" {
+          for_each = var.use_vault ? [1] : []
+          content {
+            role = var.vault_role
+          }
+        }
+
+        dynamic "template" {
+          for_each = var.use_vault ? [1] : []
+          content {
+            data        = <<-EOT
+            FABIO_registry_consul_token={{ with secret "${group.value.secret}" }}{{ .Data.data.token }}{{ end }}
+          EOT
+            destination = "secrets/fabio.env"
+            env         = true
+            change_mode = "restart"
+          }
+        }
+
+        resources {
+          cpu    = var.cpu
+          memory = var.memory
+        }
       }
     }
   }

@@ -10,7 +10,8 @@ import (
 )
 
 // Variables are the HCL2 variables of a job. Values are string, bool, int,
-// float64, []string, map[string]string or map[string][]byte.
+// float64, []string, map[string]string, map[string][]byte or
+// []map[string]any (a list of objects).
 type Variables map[string]any
 
 // Encode writes the variables as the content of a variables file, which is
@@ -67,6 +68,20 @@ func ctyValue(x any) (cty.Value, error) {
 			m[k] = cty.StringVal(string(b))
 		}
 		return mapVal(m), nil
+	case []map[string]any:
+		l := make([]cty.Value, len(x))
+		for i, o := range x {
+			attrs := make(map[string]cty.Value, len(o))
+			for k, a := range o {
+				v, err := ctyValue(a)
+				if err != nil {
+					return cty.NilVal, fmt.Errorf("%s: %w", k, err)
+				}
+				attrs[k] = v
+			}
+			l[i] = cty.ObjectVal(attrs)
+		}
+		return cty.TupleVal(l), nil
 	}
 	return cty.NilVal, fmt.Errorf("unsupported type %T", x)
 }

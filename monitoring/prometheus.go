@@ -42,6 +42,12 @@ type PrometheusConfig struct {
 	// ConsulSD are the Consul agents Prometheus discovers services through.
 	ConsulSD ConsulSD
 
+	// AppNamespaces are the untrusted application namespaces: their
+	// services ("<namespace>-…") are only scraped on the address of the
+	// node that registered them, so an application cannot point the
+	// platform's Prometheus at any other host.
+	AppNamespaces []string
+
 	// Alertmanagers are static host:port targets; when empty, every healthy
 	// instance of the Consul service AlertmanagerService is used.
 	Alertmanagers          []string
@@ -260,6 +266,7 @@ func execute(name string, data any) ([]byte, error) {
 		"q":          quote,
 		"httpClient": httpClientYAML,
 		"consulSD":   consulSDYAML,
+		"join":       strings.Join,
 	}).ParseFS(files, name)
 	if err != nil {
 		return nil, err

@@ -61,3 +61,7 @@ const (
 func SecretNomadDeployToken(namespace string) string {
 	return SecretNomadDeployTokenPrefix + namespace
 }
+
+// OutFabioAppAddr is the address of the Fabio that serves application
+// namespace ns.
+func OutFabioAppAddr(ns string) string { return "fabio_" + ns + "_addr" }

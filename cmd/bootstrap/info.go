@@ -136,7 +136,7 @@ func newStatusCmd(g *globals) *cobra.Command {
 				}
 				tw.Flush()
 			}
-			printURLs(w, env.State.Outputs(), env.Secrets.Dir(), nomad.DeployNamespaces(env.Config), g.self())
+			printURLs(w, env.State.Outputs(), env.Secrets.Dir(), env.Config, g.self())
 			if len(errs) > 0 {
 				return &exitError{code: exitFailure, err: errors.Join(errs...)}
 			}

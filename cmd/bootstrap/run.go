@@ -224,7 +224,7 @@ func (g *globals) execute(command string, fn runFunc) error {
 		lw.Close()
 	}
 	if mode != ui.ModeJSON {
-		printSummary(red.Writer(g.stdout), command, results, time.Since(start), sess, nomad.DeployNamespaces(cfg), g.self(), runErr)
+		printSummary(red.Writer(g.stdout), command, results, time.Since(start), sess, cfg, g.self(), runErr)
 	}
 	if err := sess.Close(results, runErr); err != nil {
 		runErr = errors.Join(runErr, err)
@@ -262,7 +262,7 @@ func printPlans(w io.Writer, plans []stages.StageResult) {
 	}
 }
 
-func printSummary(w *secrets.LineWriter, command string, results []stages.StageResult, took time.Duration, sess *stages.Session, deployNS []string, self string, runErr error) {
+func printSummary(w *secrets.LineWriter, command string, results []stages.StageResult, took time.Duration, sess *stages.Session, cfg *config.Platform, self string, runErr error) {
 	defer w.Close()
 	if len(results) > 0 {
 		fmt.Fprintln(w)
@@ -284,7 +284,7 @@ func printSummary(w *secrets.LineWriter, command string, results []stages.StageR
 		}
 		return
 	}
-	printURLs(w, sess.State.Outputs(), sess.Secrets.Dir(), deployNS, self)
+	printURLs(w, sess.State.Outputs(), sess.Secrets.Dir(), cfg, self)
 }
 
 // self is this command as the user can paste it again: the path it was run
@@ -301,8 +301,10 @@ func (g *globals) self() string {
 	return cmd
 }
 
-func printURLs(w io.Writer, out map[string]string, secretDir string, deployNS []string, self string) {
-	rows := []struct{ label, key, suffix string }{
+func printURLs(w io.Writer, out map[string]string, secretDir string, cfg *config.Platform, self string) {
+	deployNS := nomad.DeployNamespaces(cfg)
+	type row struct{ label, key, suffix string }
+	rows := []row{
 		{"Vault", stages.OutVaultAddr, ""},
 		{"Consul UI", stages.OutConsulAddr, "/ui/"},
 		{"Nomad UI", stages.OutNomadAddr, "/ui/"},
@@ -311,6 +313,9 @@ func printURLs(w io.Writer, out map[string]string, secretDir string, deployNS []
 		{"Grafana", stages.OutGrafanaAddr, ""},
 		{"Fabio", stages.OutFabioAddr, ""},
 		{"Fabio UI", stages.OutFabioUIAddr, ""},
+	}
+	for _, ns := range cfg.Nomad.Namespaces {
+		rows = append(rows, row{"Apps (" + ns + ")", stages.OutFabioAppAddr(ns), ""})
 	}
 	any := false
 	for _, r := range rows {

@@ -240,6 +240,9 @@ func (d *deployer) run(ctx context.Context) (Result, error) {
 	}
 	ns := *job.Namespace
 	res.Namespace = ns
+	if err := checkServiceNames(job, ns); err != nil {
+		return res, &InputError{fmt.Errorf("%s: %w", o.JobFile, err)}
+	}
 	if !o.AllowLatest {
 		if err := checkImages(job); err != nil {
 			return res, &InputError{fmt.Errorf("%s: %w", o.JobFile, err)}

@@ -266,3 +266,23 @@ func TestClientNeedsAddress(t *testing.T) {
 		t.Errorf("address %q", c.Address())
 	}
 }
+
+func TestCheckServiceNames(t *testing.T) {
+	job := testJob(nil, "registry.example/web:1", nil)
+	job.TaskGroups[0].Services[0].Name = "dev-web"
+	if err := checkServiceNames(job, "dev"); err != nil {
+		t.Errorf("dev-web in dev: %v", err)
+	}
+	for _, bad := range []string{"web", "grafana", "prod-web", "devweb"} {
+		job.TaskGroups[0].Services[0].Name = bad
+		err := checkServiceNames(job, "dev")
+		if err == nil || !strings.Contains(err.Error(), `must start with "dev-"`) {
+			t.Errorf("service %q in dev: %v", bad, err)
+		}
+	}
+	// Nomad's own service catalog is per namespace already.
+	job.TaskGroups[0].Services[0].Provider = "nomad"
+	if err := checkServiceNames(job, "dev"); err != nil {
+		t.Errorf("a nomad-provider service: %v", err)
+	}
+}

@@ -50,6 +50,31 @@ func settleNamespace(job *nomadapi.Job, flag string) error {
 	}
 }
 
+// checkServiceNames refuses Consul services not named "<namespace>-…".
+// Consul enforces it (the platform's binding rules give a namespace's jobs
+// no other names): a job that breaks it would be accepted by Nomad and then
+// fail to start, so deploy says so before anything is written.
+func checkServiceNames(job *nomadapi.Job, ns string) error {
+	var errs []error
+	check := func(where string, services []*nomadapi.Service) {
+		for _, s := range services {
+			if s == nil || (s.Provider != "" && s.Provider != "consul") {
+				continue
+			}
+			if !strings.HasPrefix(s.Name, ns+"-") {
+				errs = append(errs, fmt.Errorf("%s: service %q: in namespace %s a service's name must start with %q (e.g. %q): the platform keeps each namespace's service names, and its routes, apart", where, s.Name, ns, ns+"-", ns+"-"+s.Name))
+			}
+		}
+	}
+	for _, tg := range job.TaskGroups {
+		check(fmt.Sprintf("group %q", name(tg.Name)), tg.Services)
+		for _, t := range tg.Tasks {
+			check(fmt.Sprintf("task %q of group %q", t.Name, name(tg.Name)), t.Services)
+		}
+	}
+	return errors.Join(errs...)
+}
+
 // checkImages refuses images that float: ":latest" and untagged ones
 // (which mean latest), so that what runs is what was built and planned.
 func checkImages(job *nomadapi.Job) error {

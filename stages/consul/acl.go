@@ -11,6 +11,7 @@ import (
 
 	consulapi "github.com/hashicorp/consul/api"
 
+	"github.com/platform-bootstrap/bootstrap/internal/config"
 	"github.com/platform-bootstrap/bootstrap/internal/crashpoint"
 	"github.com/platform-bootstrap/bootstrap/internal/inventory"
 	"github.com/platform-bootstrap/bootstrap/internal/poll"
@@ -19,25 +20,37 @@ import (
 	"github.com/platform-bootstrap/bootstrap/stages"
 )
 
-// Policies the platform needs, least privilege each.
-var policies = map[string]string{
-	// Nomad agents register their tasks' services and read the catalog.
-	"nomad-agent": `agent_prefix "" { policy = "read" }
+// policies returns the ACL policies the platform needs, least privilege
+// each.
+func policies(cfg *config.Platform) map[string]string {
+	// The platform's Fabio routes the platform's services only: the
+	// application namespaces' services ("<namespace>-…", which Consul's
+	// binding rules enforce) are hidden from it, so no application can
+	// claim /grafana or another platform route there.
+	var hide strings.Builder
+	for _, ns := range cfg.Nomad.Namespaces {
+		fmt.Fprintf(&hide, "service_prefix %q { policy = \"deny\" }\n", ns+"-")
+	}
+	out := map[string]string{
+		// Nomad agents register their own services and read the catalog.
+		// Jobs' services are registered with the token each service gets
+		// from its workload identity (see the nomad stage).
+		"nomad-agent": `agent_prefix "" { policy = "read" }
 node_prefix "" { policy = "read" }
 service_prefix "" { policy = "write" }
 `,
-	// Prometheus discovers services (consul_sd) and scrapes agent metrics.
-	"prometheus": `agent_prefix "" { policy = "read" }
+		// Prometheus discovers services (consul_sd) and scrapes agent metrics.
+		"prometheus": `agent_prefix "" { policy = "read" }
 node_prefix "" { policy = "read" }
 service_prefix "" { policy = "read" }
 `,
-	// Fabio builds its routes from the services' urlprefix- tags and health.
-	"fabio": `node_prefix "" { policy = "read" }
+		// Fabio builds its routes from the services' urlprefix- tags and health.
+		"fabio": `node_prefix "" { policy = "read" }
 service_prefix "" { policy = "read" }
 agent_prefix "" { policy = "read" }
-`,
-	// People looking at the Consul UI.
-	"operator-read": `operator = "read"
+` + hide.String(),
+		// People looking at the Consul UI.
+		"operator-read": `operator = "read"
 acl = "read"
 agent_prefix "" { policy = "read" }
 node_prefix "" { policy = "read" }
@@ -45,13 +58,30 @@ service_prefix "" { policy = "read" }
 key_prefix "" { policy = "read" }
 session_prefix "" { policy = "read" }
 `,
-	// DNS lookups of .consul names (the agents' dns token; HTTP requests
-	// without a token stay denied).
-	"dns": `node_prefix "" { policy = "read" }
+		// DNS lookups of .consul names (the agents' dns token; HTTP requests
+		// without a token stay denied).
+		"dns": `node_prefix "" { policy = "read" }
 service_prefix "" { policy = "read" }
 query_prefix "" { policy = "read" }
 `,
+	}
+	// Each application namespace has a Fabio of its own that sees only that
+	// namespace's services: routes cannot cross namespaces.
+	for _, ns := range cfg.Nomad.Namespaces {
+		out[FabioPolicy(ns)] = fmt.Sprintf(`node_prefix "" { policy = "read" }
+service_prefix %q { policy = "read" }
+agent_prefix "" { policy = "read" }
+`, ns+"-")
+	}
+	return out
 }
+
+// FabioPolicy is the policy of application namespace ns's Fabio.
+func FabioPolicy(ns string) string { return "fabio-" + ns }
+
+// SecretFabioNamespaceToken is where the Consul token of namespace ns's
+// Fabio is kept.
+func SecretFabioNamespaceToken(ns string) string { return "consul/tokens/" + FabioPolicy(ns) }
 
 // token is a Consul ACL token bootstrap owns. Its secret is generated and
 // stored before the token is created, so a run killed in between creates it
@@ -72,13 +102,16 @@ const (
 	SecretFabioToken      = "consul/tokens/fabio"
 )
 
-func wantTokens(inv *inventory.Inventory) []token {
+func wantTokens(cfg *config.Platform, inv *inventory.Inventory) []token {
 	ts := []token{
 		{name: "nomad-agent", policies: []string{"nomad-agent"}},
 		{name: "prometheus", policies: []string{"prometheus"}},
 		{name: "fabio", policies: []string{"fabio"}},
 		{name: "operator-read", policies: []string{"operator-read"}},
 		{name: "dns", policies: []string{"dns"}},
+	}
+	for _, ns := range cfg.Nomad.Namespaces {
+		ts = append(ts, token{name: FabioPolicy(ns), policies: []string{FabioPolicy(ns)}})
 	}
 	for _, n := range inv.Nodes {
 		ts = append(ts, token{name: "agent-" + n.Name, node: n.Name})
@@ -163,11 +196,12 @@ func (s *Stage) planACL(ctx context.Context, e *stages.Env, d *deps, as []agentS
 	if err != nil {
 		return nil, err
 	}
+	pols := policies(e.Config)
 	all := []stages.Change{{Action: "bootstrap", Target: "consul ACLs", Detail: "token generated and stored first"}}
-	for _, name := range slices.Sorted(maps.Keys(policies)) {
+	for _, name := range slices.Sorted(maps.Keys(pols)) {
 		all = append(all, stages.Change{Action: "create", Target: "consul policy " + name})
 	}
-	for _, t := range wantTokens(d.inv) {
+	for _, t := range wantTokens(e.Config, d.inv) {
 		all = append(all, stages.Change{Action: "create", Target: "consul token " + t.name})
 	}
 	if !ok {
@@ -192,12 +226,12 @@ func (s *Stage) planACL(ctx context.Context, e *stages.Env, d *deps, as []agentS
 	if err != nil {
 		return nil, err
 	}
-	for _, name := range slices.Sorted(maps.Keys(policies)) {
+	for _, name := range slices.Sorted(maps.Keys(pols)) {
 		p, ok := have[name]
 		switch {
 		case !ok:
 			out = append(out, stages.Change{Action: "create", Target: "consul policy " + name})
-		case normRules(p.Rules) != normRules(policies[name]):
+		case normRules(p.Rules) != normRules(pols[name]):
 			out = append(out, stages.Change{Action: "update", Target: "consul policy " + name, Detail: "rules differ"})
 		}
 	}
@@ -205,7 +239,7 @@ func (s *Stage) planACL(ctx context.Context, e *stages.Env, d *deps, as []agentS
 	if err != nil {
 		return nil, err
 	}
-	for _, t := range wantTokens(d.inv) {
+	for _, t := range wantTokens(e.Config, d.inv) {
 		diff, err := tokenDiff(e, c, q, toks, t)
 		if err != nil {
 			return nil, err
@@ -332,17 +366,18 @@ func (s *Stage) applyACL(ctx context.Context, e *stages.Env, d *deps) error {
 	if err != nil {
 		return err
 	}
-	for _, name := range slices.Sorted(maps.Keys(policies)) {
+	pols := policies(e.Config)
+	for _, name := range slices.Sorted(maps.Keys(pols)) {
 		p, ok := have[name]
 		switch {
 		case !ok:
 			e.Step("creating consul policy %s", name)
-			if _, _, err := c.ACL().PolicyCreate(&consulapi.ACLPolicy{Name: name, Description: "bootstrap", Rules: policies[name]}, w); err != nil {
+			if _, _, err := c.ACL().PolicyCreate(&consulapi.ACLPolicy{Name: name, Description: "bootstrap", Rules: pols[name]}, w); err != nil {
 				return fmt.Errorf("consul: create policy %s: %w", name, err)
 			}
-		case normRules(p.Rules) != normRules(policies[name]):
+		case normRules(p.Rules) != normRules(pols[name]):
 			e.Step("updating consul policy %s", name)
-			p.Rules = policies[name]
+			p.Rules = pols[name]
 			if _, _, err := c.ACL().PolicyUpdate(p, w); err != nil {
 				return fmt.Errorf("consul: update policy %s: %w", name, err)
 			}
@@ -361,7 +396,7 @@ func (s *Stage) applyACL(ctx context.Context, e *stages.Env, d *deps) error {
 		return err
 	}
 	vc.SetToken(vtok)
-	for _, t := range wantTokens(d.inv) {
+	for _, t := range wantTokens(e.Config, d.inv) {
 		secret, err := ensureToken(ctx, e, c, toks, t)
 		if err != nil {
 			return err

@@ -41,11 +41,17 @@ func New() *Stage { return &Stage{} }
 // Name is "jobs".
 func (*Stage) Name() string { return "jobs" }
 
-// FabioPort and FabioUIPort are Fabio's static ports on every client.
+// FabioPort and FabioUIPort are the platform Fabio's static ports on every
+// client.
 const (
 	FabioPort   = 9999
 	FabioUIPort = 9998
 )
+
+// FabioAppPort is the port of the Fabio of the i-th application namespace
+// (10001 for dev, 10002 for prod with the defaults): each namespace's
+// applications are served by a Fabio of their own.
+func FabioAppPort(i int) int { return 10001 + i }
 
 // platform is everything the stage needs from earlier stages.
 type platform struct {
@@ -106,6 +112,13 @@ func load(ctx context.Context, e *stages.Env) (*platform, error) {
 		return nil, err
 	}
 	p.kv["general/fabio/consul"] = map[string]string{"token": fabio}
+	for _, ns := range e.Config.Nomad.Namespaces {
+		tok, err := get(consul.SecretFabioNamespaceToken(ns))
+		if err != nil {
+			return nil, err
+		}
+		p.kv["general/fabio/consul-"+ns] = map[string]string{"token": tok}
+	}
 	p.kv["general/prometheus/tokens"] = map[string]string{"consul": promConsul, "nomad": promNomad}
 	if e.Config.Jobs.Grafana.Enabled {
 		pw, _, err := e.Secrets.GetOrCreate(stages.SecretGrafanaAdminPassword, password)
@@ -188,6 +201,11 @@ func wanted(e *stages.Env, p *platform) ([]spec, error) {
 		v["consul_ca_pem"] = string(consulCA)
 		v["proxy_port"] = FabioPort
 		v["ui_port"] = FabioUIPort
+		var apps []map[string]any
+		for i, ns := range cfg.Nomad.Namespaces {
+			apps = append(apps, map[string]any{"namespace": ns, "port": FabioAppPort(i)})
+		}
+		v["app_listeners"] = apps
 		out = append(out, spec{platformjobs.Fabio, v})
 	}
 	if j := cfg.Jobs.Prometheus; j.Enabled {
@@ -261,7 +279,8 @@ func prometheusVars(e *stages.Env, p *platform, v platformjobs.Variables, bin st
 		Vault: monitoring.Endpoint{Targets: hostports(p.inv.WithRole(inventory.RoleVault), 8200),
 			HTTP: monitoring.HTTPClient{TokenFile: platformjobs.PrometheusVaultTokenFile, CAFile: platformjobs.PrometheusCAFile("vault")}},
 		// Any agent serves the catalog; the servers are the stable ones.
-		ConsulSD: monitoring.ConsulSD{Servers: hostports(servers, consul.HTTPSPort), Datacenter: cfg.Datacenter, HTTP: consulHTTP},
+		ConsulSD:      monitoring.ConsulSD{Servers: hostports(servers, consul.HTTPSPort), Datacenter: cfg.Datacenter, HTTP: consulHTTP},
+		AppNamespaces: cfg.Nomad.Namespaces,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("prometheus.yml: %w", err)
@@ -393,6 +412,9 @@ func setOutputs(e *stages.Env, p *platform) error {
 	}
 	if p.cfg.Jobs.Grafana.Enabled {
 		outs[stages.OutGrafanaAddr] = fabio + "/grafana"
+	}
+	for i, ns := range p.cfg.Nomad.Namespaces {
+		outs[stages.OutFabioAppAddr(ns)] = "http://" + net.JoinHostPort(clients[0].APIAddress(), fmt.Sprint(FabioAppPort(i)))
 	}
 	keys := make([]string, 0, len(outs))
 	for k := range outs {

@@ -46,10 +46,14 @@ job "web" {
     }
 
     service {
-      name = "web"
+      # A namespace's services are named "<namespace>-…": Consul gives a
+      # job in dev no other names, so dev-web can never pass for prod's
+      # service or the platform's.
+      name = "${var.namespace}-web"
       port = "http"
       # prometheus: scraped by the platform's Prometheus at /metrics.
-      # urlprefix-/web: routed by Fabio at /web, which it strips.
+      # urlprefix-/web: routed at /web (which it strips) by the namespace's
+      # own Fabio (`bootstrap up` prints its address as "Apps (dev)").
       tags = ["prometheus", "urlprefix-/web strip=/web"]
 
       check {
