@@ -170,7 +170,7 @@ func newEnvCmd(g *globals) *cobra.Command {
 			if isCI && !slices.Contains(deployNS, ns) {
 				return &exitError{code: exitUsage, err: fmt.Errorf("--token %q: %q is not a deploy namespace; deploy tokens: ci-%s", token, ns, strings.Join(deployNS, ", ci-"))}
 			}
-			vars, err := envVars(env.State.Outputs(), env.Secrets, token)
+			vars, err := envVars(env.State.Outputs(), env.Secrets, token, env.Config.Nomad.Namespaces)
 			if err != nil {
 				return &exitError{code: exitFailure, err: err}
 			}
@@ -184,7 +184,7 @@ func newEnvCmd(g *globals) *cobra.Command {
 
 // envVars maps outputs and, when asked, tokens to the variables the official
 // CLIs read. token is admin, ui or ci-NAMESPACE.
-func envVars(out map[string]string, store *secrets.Store, token string) (map[string]string, error) {
+func envVars(out map[string]string, store *secrets.Store, token string, namespaces []string) (map[string]string, error) {
 	vars := map[string]string{}
 	set := func(name, key string) {
 		if v := out[key]; v != "" {
@@ -201,6 +201,10 @@ func envVars(out map[string]string, store *secrets.Store, token string) (map[str
 	set("ALERTMANAGER_ADDR", stages.OutAlertmanagerAddr)
 	set("GRAFANA_ADDR", stages.OutGrafanaAddr)
 	set("FABIO_ADDR", stages.OutFabioAddr)
+	for _, ns := range namespaces {
+		// FABIO_DEV_ADDR: where namespace dev's applications are served.
+		set("FABIO_"+strings.ToUpper(strings.ReplaceAll(ns, "-", "_"))+"_ADDR", stages.OutFabioAppAddr(ns))
+	}
 
 	tokens := map[string][][2]string{
 		"admin": {{"VAULT_TOKEN", stages.SecretVaultAdminToken}, {"CONSUL_HTTP_TOKEN", stages.SecretConsulBootstrapToken}, {"NOMAD_TOKEN", stages.SecretNomadBootstrapToken}},

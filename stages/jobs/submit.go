@@ -220,7 +220,7 @@ type health struct {
 // checkHealth looks once at whether the job's current version runs
 // healthy: no deployment of it is in progress, and as many of its
 // allocations run (and are not marked unhealthy) as it wants — the count of
-// its groups, or one per eligible client for a system job. A deployment
+// its groups, or each group on every eligible client for a system job. A deployment
 // that succeeded long ago proves nothing about allocations that died since.
 func checkHealth(ctx context.Context, p *platform, id string) (health, error) {
 	q := (&nomadapi.QueryOptions{Namespace: platformjobs.Namespace}).WithContext(ctx)
@@ -275,9 +275,12 @@ func checkHealth(ctx context.Context, p *platform, id string) (health, error) {
 			}
 		}
 	} else {
-		if want, err = eligibleClients(ctx, p); err != nil {
+		// A system job runs each of its groups on every eligible client.
+		clients, err := eligibleClients(ctx, p)
+		if err != nil {
 			return h, err
 		}
+		want = clients * len(job.TaskGroups)
 	}
 	h.healthy = want > 0 && running >= want
 	h.status = fmt.Sprintf("%d of %d allocations running", running, want)

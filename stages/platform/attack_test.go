@@ -1,8 +1,10 @@
 package platform_test
 
 import (
+	"encoding/json"
 	"fmt"
 	"io"
+	"net/http"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -11,6 +13,7 @@ import (
 	nomadapi "github.com/hashicorp/nomad/api"
 
 	"github.com/platform-bootstrap/bootstrap/internal/platformtest"
+	"github.com/platform-bootstrap/bootstrap/stages/consul"
 	"github.com/platform-bootstrap/bootstrap/stages/nomad"
 )
 
@@ -112,6 +115,13 @@ func attacks(t *testing.T, p *platformtest.Platform) {
 		})
 	}
 
+	t.Run("a platform service name is refused by Consul", func(t *testing.T) {
+		nameAttack(t, p, client(tokens["dev"]), mgmt)
+	})
+	t.Run("routes and scrape targets stay in their namespace", func(t *testing.T) {
+		routeAttack(t, p, client(tokens["dev"]), mgmt)
+	})
+
 	t.Run("a template cannot read the platform's files", func(t *testing.T) {
 		templateAttack(t, p, client(tokens["dev"]), mgmt)
 	})
@@ -178,6 +188,142 @@ func attacks(t *testing.T, p *platformtest.Platform) {
 			t.Errorf("the task did not run its script: %q", out)
 		}
 		p.AssertNoSecrets(out)
+	})
+}
+
+// nameAttack registers, from dev, a service named like the platform's
+// Grafana. Nomad accepts the job (it knows nothing of Consul's names), but
+// its allocation cannot log in to Consul for that name, so nothing is ever
+// registered under it.
+func nameAttack(t *testing.T, p *platformtest.Platform, ci, mgmt *nomadapi.Client) {
+	job := attackJob("attack-name", "dev", "exec", "sleep 600")
+	job.TaskGroups[0].Networks = []*nomadapi.NetworkResource{{DynamicPorts: []nomadapi.Port{{Label: "http"}}}}
+	job.TaskGroups[0].Services = []*nomadapi.Service{{Name: "grafana", PortLabel: "http", Address: "${meta.node_address}", Provider: "consul", Tags: []string{"urlprefix-/grafana"}}}
+	if _, _, err := ci.Jobs().Register(job, nil); err != nil {
+		t.Logf("refused at submit: %v", err)
+		return
+	}
+	defer mgmt.Jobs().Deregister(*job.ID, true, &nomadapi.WriteOptions{Namespace: "dev"})
+	q := &nomadapi.QueryOptions{Namespace: "dev"}
+	var allocs []*nomadapi.AllocationListStub
+	eventually(t, 2*time.Minute, "the name attack's allocation to fail", func() error {
+		var err error
+		allocs, _, err = mgmt.Jobs().Allocations(*job.ID, true, q)
+		if err != nil {
+			return err
+		}
+		for _, a := range allocs {
+			switch a.ClientStatus {
+			case "failed":
+				return nil
+			case "running":
+				return nil // checked below: its service must not be in Consul
+			}
+		}
+		return fmt.Errorf("no settled allocation yet")
+	})
+	admin := p.Env("admin")
+	cc, err := consul.NewClient(strings.TrimPrefix(admin["CONSUL_HTTP_ADDR"], "https://"), admin["CONSUL_CACERT"], admin["CONSUL_HTTP_TOKEN"])
+	if err != nil {
+		t.Fatal(err)
+	}
+	instances, _, err := cc.Catalog().Service("grafana", "", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, in := range instances {
+		for _, a := range allocs {
+			if strings.Contains(in.ServiceID, a.ID) {
+				t.Errorf("dev's job registered the Consul service grafana (%s)", in.ServiceID)
+			}
+		}
+	}
+	for _, a := range allocs {
+		if a.ClientStatus == "running" {
+			t.Errorf("the allocation with a service named grafana runs in dev")
+		}
+	}
+}
+
+// routeAttack runs, in dev, a web server that claims the platform's
+// /grafana route and prod's /web, and a service that points Prometheus at
+// an address that is not its node's. Each claim stays inside dev: the
+// platform's and prod's Fabio never route to it, and Prometheus drops the
+// foreign target.
+func routeAttack(t *testing.T, p *platformtest.Platform, ci, mgmt *nomadapi.Client) {
+	env := p.Env("admin")
+	job := attackJob("attack-routes", "dev", "exec", "")
+	tg := job.TaskGroups[0]
+	tg.RestartPolicy = nil
+	tg.ReschedulePolicy = nil
+	tg.Networks = []*nomadapi.NetworkResource{{DynamicPorts: []nomadapi.Port{{Label: "http"}}}}
+	tg.Services = []*nomadapi.Service{
+		{Name: "dev-evil", PortLabel: "http", Address: "${meta.node_address}", Provider: "consul",
+			Tags:   []string{"urlprefix-/grafana", "urlprefix-/web", "urlprefix-/evil"},
+			Checks: []nomadapi.ServiceCheck{{Type: "http", Path: "/", Interval: 2 * time.Second, Timeout: time.Second}}},
+		{Name: "dev-foreign-target", PortLabel: "http", Address: "127.0.0.1", Provider: "consul", Tags: []string{"prometheus"}},
+	}
+	task := tg.Tasks[0]
+	task.SetConfig("command", "/bin/busybox").SetConfig("args", []string{"httpd", "-f", "-p", "${meta.node_address}:${NOMAD_PORT_http}", "-h", "${NOMAD_TASK_DIR}"})
+	task.Templates = []*nomadapi.Template{{EmbeddedTmpl: ptr("EVIL"), DestPath: ptr("local/index.html")}}
+	for _, d := range []string{"grafana", "web", "evil"} {
+		task.Templates = append(task.Templates, &nomadapi.Template{EmbeddedTmpl: ptr("EVIL"), DestPath: ptr("local/" + d + "/index.html")})
+	}
+	if _, _, err := ci.Jobs().Register(job, nil); err != nil {
+		t.Fatalf("a dev-… service is dev's normal use: %v", err)
+	}
+	defer mgmt.Jobs().Deregister(*job.ID, true, &nomadapi.WriteOptions{Namespace: "dev"})
+	// dev's own Fabio routes the claims: the registration happened.
+	eventually(t, 2*time.Minute, "dev's fabio routing /evil", func() error { return get200(env["FABIO_DEV_ADDR"] + "/evil/") })
+	body := func(url string) string {
+		resp, err := http.Get(url)
+		if err != nil {
+			return err.Error()
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return string(b)
+	}
+	// Fabio balances a route over every instance, so ask several times.
+	for i := 0; i < 10; i++ {
+		if b := body(env["FABIO_ADDR"] + "/grafana/"); strings.Contains(b, "EVIL") {
+			t.Fatalf("the platform's /grafana served dev's page")
+		}
+		if b := body(env["FABIO_PROD_ADDR"] + "/web/"); strings.Contains(b, "EVIL") {
+			t.Fatalf("prod's /web served dev's page")
+		}
+	}
+	if err := get200(env["FABIO_ADDR"] + "/evil/"); err == nil {
+		t.Errorf("the platform's Fabio routes a dev service")
+	}
+	eventually(t, time.Minute, "prometheus to drop the foreign target", func() error {
+		resp, err := http.Get(env["PROMETHEUS_ADDR"] + "/api/v1/targets?state=any")
+		if err != nil {
+			return err
+		}
+		defer resp.Body.Close()
+		var r struct {
+			Data struct {
+				Active  []struct{ Labels map[string]string } `json:"activeTargets"`
+				Dropped []struct {
+					Labels map[string]string `json:"discoveredLabels"`
+				} `json:"droppedTargets"`
+			}
+		}
+		if err := json.NewDecoder(resp.Body).Decode(&r); err != nil {
+			return err
+		}
+		for _, a := range r.Data.Active {
+			if a.Labels["service"] == "dev-foreign-target" {
+				return fmt.Errorf("prometheus scrapes dev's service on an address that is not its node's")
+			}
+		}
+		for _, d := range r.Data.Dropped {
+			if d.Labels["__meta_consul_service"] == "dev-foreign-target" {
+				return nil
+			}
+		}
+		return fmt.Errorf("prometheus has not discovered dev-foreign-target yet")
 	})
 }
 

@@ -175,11 +175,11 @@ func TestPlatform(t *testing.T) {
       port "http" {}
     }
     service {
-      name     = "web"
+      name     = "`+ns+`-web"
       port     = "http"
       address  = "${meta.node_address}"
       provider = "consul"
-      tags     = ["prometheus", "urlprefix-/`+ns+`/web strip=/`+ns+`/web"]
+      tags     = ["prometheus", "urlprefix-/web strip=/web"]
       check {
         type     = "http"
         path     = "/"
@@ -211,8 +211,13 @@ func TestPlatform(t *testing.T) {
 			if err != nil {
 				t.Fatalf("deploy into %s with its CI token over TLS: %v\n%s", ns, err, out)
 			}
-			// Fabio routes the new service's urlprefix tag.
-			eventually(t, time.Minute, "fabio routing /"+ns+"/web", func() error { return get200(env["FABIO_ADDR"] + "/" + ns + "/web/") })
+			// The namespace's own Fabio routes the new service's urlprefix
+			// tag; the platform's Fabio does not.
+			fabio := env["FABIO_"+strings.ToUpper(ns)+"_ADDR"]
+			eventually(t, time.Minute, ns+"'s fabio routing /web", func() error { return get200(fabio + "/web/") })
+			if err := get200(env["FABIO_ADDR"] + "/web/"); err == nil {
+				t.Errorf("the platform's Fabio routes %s's application", ns)
+			}
 		}
 	})
 
@@ -282,7 +287,7 @@ func TestPlatform(t *testing.T) {
 		probe.Datacenters = []string{"*"}
 		tg := nomadapi.NewTaskGroup("probe", 1)
 		tg.Networks = []*nomadapi.NetworkResource{{DynamicPorts: []nomadapi.Port{{Label: "http"}}}}
-		tg.Services = []*nomadapi.Service{{Name: "discovery-probe", PortLabel: "http", Address: "${meta.node_address}", Tags: []string{"prometheus"}, Provider: "consul"}}
+		tg.Services = []*nomadapi.Service{{Name: "dev-discovery-probe", PortLabel: "http", Address: "${meta.node_address}", Tags: []string{"prometheus"}, Provider: "consul"}}
 		task := nomadapi.NewTask("probe", "exec").SetConfig("command", "/bin/sleep").SetConfig("args", []string{"600"})
 		cpu, mem := 20, 16
 		task.Require(&nomadapi.Resources{CPU: &cpu, MemoryMB: &mem})
@@ -302,7 +307,7 @@ func TestPlatform(t *testing.T) {
 			if err != nil {
 				return err
 			}
-			if !strings.Contains(string(b), `"service":"discovery-probe"`) {
+			if !strings.Contains(string(b), `"service":"dev-discovery-probe"`) {
 				return errors.New("not a target yet")
 			}
 			return nil
@@ -333,7 +338,7 @@ func TestPlatform(t *testing.T) {
 		}
 		p.Up()
 		// The application deployed before the reboot runs and is routed again.
-		eventually(t, 2*time.Minute, "the dev application back after the reboot", func() error { return get200(env["FABIO_ADDR"] + "/dev/web/") })
+		eventually(t, 2*time.Minute, "the dev application back after the reboot", func() error { return get200(env["FABIO_DEV_ADDR"] + "/web/") })
 		if r := p.Run([]string{"plan"}); r.Code != 0 {
 			t.Errorf("plan after up: exit %d\n%s", r.Code, r.Output())
 		}
