@@ -23,6 +23,7 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"time"
 
@@ -218,6 +219,10 @@ func (v *env) get(ctx context.Context, u string, header http.Header, out any) er
 	if out == nil {
 		return nil
 	}
+	if text, ok := out.(*string); ok {
+		*text = string(body)
+		return nil
+	}
 	if err := json.Unmarshal(body, out); err != nil {
 		return fmt.Errorf("GET %s: %w", u, err)
 	}
@@ -341,8 +346,24 @@ func checkFabio(ctx context.Context, v *env) error {
 	return v.get(ctx, v.fabio+"/prometheus/-/ready", nil, nil)
 }
 
+// nomadUIScript finds the Ember application's own script in the UI's page.
+var nomadUIScript = regexp.MustCompile(`src="(/ui/assets/nomad-ui-[0-9a-f]+\.js)"`)
+
 func checkNomadUI(ctx context.Context, v *env) error {
-	if err := v.get(ctx, v.nomad+"/ui/", nil, nil); err != nil {
+	// A binary built without the UI answers /ui/ with 200 too, with a page
+	// that says so: look for the application, and load its script.
+	var page string
+	if err := v.get(ctx, v.nomad+"/ui/", nil, &page); err != nil {
+		return err
+	}
+	if !strings.Contains(page, "nomad-ui/config/environment") {
+		return fmt.Errorf("GET %s/ui/: not the Nomad UI (a Nomad built without its web UI?): %.80q", v.nomad, page)
+	}
+	m := nomadUIScript.FindStringSubmatch(page)
+	if m == nil {
+		return fmt.Errorf("GET %s/ui/: the page loads no nomad-ui script", v.nomad)
+	}
+	if err := v.get(ctx, v.nomad+m[1], nil, nil); err != nil {
 		return err
 	}
 	// The UI's first call: the jobs the read-only token may see.
