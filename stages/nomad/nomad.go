@@ -7,9 +7,11 @@ package nomad
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"net"
+	"net/http"
 	"os"
 	"slices"
 	"strconv"
@@ -20,6 +22,7 @@ import (
 	vaultapi "github.com/hashicorp/vault/api"
 
 	"github.com/platform-bootstrap/bootstrap/ansible"
+	"github.com/platform-bootstrap/bootstrap/internal/apitls"
 	"github.com/platform-bootstrap/bootstrap/internal/inventory"
 	"github.com/platform-bootstrap/bootstrap/internal/poll"
 	"github.com/platform-bootstrap/bootstrap/pki"
@@ -48,14 +51,68 @@ func Addr(n inventory.Node) string {
 // CAFile is the chain that verifies every Nomad agent's certificate.
 func CAFile(e *stages.Env) string { return pki.CAFile(e.StateDir, "nomad") }
 
-// NewClient returns a Nomad API client for addr that trusts caFile and
-// carries exactly token (NOMAD_* variables of the environment are ignored).
+// OutTLSServerName records the name the servers' certificates carry
+// (server.<region>.nomad), for `bootstrap env` (NOMAD_TLS_SERVER_NAME).
+const OutTLSServerName = "nomad_tls_server_name"
+
+// ServerName is the name in the certificates of the Nomad servers of e's
+// region. Clients verify it rather than the address they dial: the PKI
+// issues any IP address to client nodes too, never this name.
+func ServerName(e *stages.Env) string { return apitls.NomadServerName(e.Config.Region) }
+
+// TLSName is the name n's agent must present: a server's name for server
+// nodes, the client agents' name (client.<region>.nomad) otherwise.
+func TLSName(e *stages.Env, n inventory.Node) string {
+	if n.Has(inventory.RoleServer) {
+		return ServerName(e)
+	}
+	return apitls.NomadClientName(e.Config.Region)
+}
+
+// NewClient returns a Nomad API client for a server's address that trusts
+// caFile and carries exactly token (NOMAD_* variables of the environment
+// are ignored). The certificate must name a Nomad server of any region, so
+// a client node's certificate is refused even when it carries the dialled
+// address; NewClientFor checks the exact name.
 func NewClient(addr, caFile, token string) (*nomadapi.Client, error) {
+	tc, err := apitls.Config(caFile, "")
+	if err != nil {
+		return nil, fmt.Errorf("nomad client for %s: %w", addr, err)
+	}
+	apitls.RequireServer(tc)
+	return newClient(addr, tc, token)
+}
+
+// NewClientFor returns a Nomad API client for addr that accepts only a
+// certificate valid for serverName (see ServerName and TLSName).
+func NewClientFor(addr, caFile, serverName, token string) (*nomadapi.Client, error) {
+	if serverName == "" {
+		return nil, fmt.Errorf("nomad client for %s: no TLS server name", addr)
+	}
+	tc, err := apitls.Config(caFile, serverName)
+	if err != nil {
+		return nil, fmt.Errorf("nomad client for %s: %w", addr, err)
+	}
+	return newClient(addr, tc, token)
+}
+
+func newClient(addr string, tc *tls.Config, token string) (*nomadapi.Client, error) {
+	// The HTTP client is built here because the api package's TLSConfig
+	// cannot require a server's name; with HttpClient set it is ignored.
+	// A transport with its own TLS configuration speaks HTTP/1, as the api
+	// package's own client does: its exec websockets need it.
+	tr := &http.Transport{
+		DialContext:         (&net.Dialer{Timeout: 30 * time.Second, KeepAlive: 30 * time.Second}).DialContext,
+		TLSClientConfig:     tc,
+		TLSHandshakeTimeout: 10 * time.Second,
+		MaxIdleConnsPerHost: 4,
+		IdleConnTimeout:     90 * time.Second,
+	}
 	c, err := nomadapi.NewClient(&nomadapi.Config{
-		Address:   addr,
-		SecretID:  token,
-		TLSConfig: &nomadapi.TLSConfig{CACert: caFile},
-		WaitTime:  5 * time.Second,
+		Address:    addr,
+		SecretID:   token,
+		HttpClient: &http.Client{Transport: tr},
+		WaitTime:   5 * time.Second,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("nomad client: %w", err)
@@ -66,9 +123,20 @@ func NewClient(addr, caFile, token string) (*nomadapi.Client, error) {
 	return c, nil
 }
 
-// Client returns an API client for one node.
+// Client returns an API client for one node, verifying the name of its
+// role (TLSName).
 func Client(e *stages.Env, n inventory.Node, token string) (*nomadapi.Client, error) {
-	return NewClient(Addr(n), CAFile(e), token)
+	return NewClientFor(Addr(n), CAFile(e), TLSName(e, n), token)
+}
+
+// ServerClient returns an API client for the server address the stage
+// recorded (OutNomadAddr), verifying ServerName.
+func ServerClient(e *stages.Env, token string) (*nomadapi.Client, error) {
+	addr := e.State.Output(stages.OutNomadAddr)
+	if addr == "" {
+		return nil, stages.NotReadyf("nomad is not up yet")
+	}
+	return NewClientFor(addr, CAFile(e), ServerName(e), token)
 }
 
 type deps struct {
@@ -94,10 +162,8 @@ func load(e *stages.Env) (*deps, error) {
 	}
 	secrets := map[string]string{}
 	for key, name := range map[string]string{
-		"nomad_gossip_key":             stages.SecretNomadGossipKey,
-		"consul_template_server_token": stages.SecretConsulTemplateServerToken,
-		"consul_template_client_token": stages.SecretConsulTemplateClientToken,
-		"nomad_consul_token":           consul.SecretNomadAgentToken,
+		"nomad_gossip_key":   stages.SecretNomadGossipKey,
+		"nomad_consul_token": consul.SecretNomadAgentToken,
 	} {
 		v, ok, err := e.Secrets.Get(name)
 		if err != nil {
@@ -108,6 +174,13 @@ func load(e *stages.Env) (*deps, error) {
 		}
 		secrets[key] = strings.TrimSpace(v)
 	}
+	// Each node's consul-template renews the nomad certificate with the
+	// node's own token, as it does the consul one.
+	tokens, err := consul.TemplateTokens(e, inv)
+	if err != nil {
+		return nil, err
+	}
+	secrets[consul.TemplateTokensVar] = tokens
 	vc, err := pki.NewClient(addr, e.State.Output(stages.OutVaultCACert))
 	if err != nil {
 		return nil, err
@@ -170,6 +243,9 @@ func (s *Stage) Plan(ctx context.Context, e *stages.Env) ([]stages.Change, error
 	if reason != "" {
 		out = append(out, stages.Change{Action: "install", Target: "nomad on every node", Detail: reason})
 	}
+	if e.State.Output(OutTLSServerName) != ServerName(e) {
+		out = append(out, stages.Change{Action: "record", Target: "output " + OutTLSServerName, Detail: ServerName(e)})
+	}
 	as := probe(e, d.inv)
 	for _, a := range as {
 		if !a.up() {
@@ -209,6 +285,9 @@ func (s *Stage) Apply(ctx context.Context, e *stages.Env) error {
 		return err
 	}
 	if err := e.State.SetOutput(stages.OutNomadCACert, CAFile(e)); err != nil {
+		return err
+	}
+	if err := e.State.SetOutput(OutTLSServerName, ServerName(e)); err != nil {
 		return err
 	}
 	if err := waitLeader(ctx, e, d.inv); err != nil {
@@ -327,6 +406,7 @@ func waitClients(ctx context.Context, e *stages.Env, inv *inventory.Inventory, m
 			}
 		}
 		if len(notReady) == 0 {
+			warnNoIsolation(e, nodes)
 			return nil
 		}
 		select {
@@ -335,6 +415,20 @@ func waitClients(ctx context.Context, e *stages.Env, inv *inventory.Inventory, m
 		case <-time.After(time.Second):
 		}
 	}
+}
+
+// warnNoIsolation says plainly when no client can run an application job:
+// application namespaces may only use isolating drivers, and a hole stays
+// closed even when that is inconvenient.
+func warnNoIsolation(e *stages.Env, nodes []*nomadapi.NodeListStub) {
+	for _, n := range nodes {
+		for _, name := range AppDrivers {
+			if d := n.Drivers[name]; d != nil && d.Detected && d.Healthy {
+				return
+			}
+		}
+	}
+	e.Warnf("no Nomad client has a healthy %s driver: application jobs (dev, prod) cannot run anywhere. The exec driver needs root and cgroups; or install a Docker engine on the clients (Debian: apt-get install docker.io)", strings.Join(AppDrivers, " or "))
 }
 
 func anyDriverHealthy(n *nomadapi.NodeListStub) bool {
