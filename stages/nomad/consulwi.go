@@ -6,7 +6,6 @@ import (
 	"maps"
 	"os"
 	"slices"
-	"strings"
 
 	consulapi "github.com/hashicorp/consul/api"
 
@@ -23,12 +22,6 @@ import (
 // application namespace only names that start with "<namespace>-": it can
 // never register a platform service, or another namespace's.
 const consulAuthMethod = "nomad-workloads"
-
-// ServiceName says whether a job in namespace ns may register a Consul
-// service called name.
-func ServiceName(ns, name string) bool {
-	return ns == config.GeneralNamespace || strings.HasPrefix(name, ns+"-")
-}
 
 func consulAuthMethodWant(e *stages.Env, inv *inventory.Inventory) (*consulapi.ACLAuthMethod, error) {
 	ca, err := os.ReadFile(CAFile(e))
