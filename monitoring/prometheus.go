@@ -28,11 +28,19 @@ type PrometheusConfig struct {
 	RuleFiles []string
 
 	// The HashiCorp agents, scraped over their HTTP APIs. A group with no
-	// targets is left out.
+	// targets is left out. Servers and clients present different names
+	// (server.<region>.nomad, client.<region>.nomad; likewise for Consul),
+	// so each group has its own HTTP.ServerName: verified instead of the
+	// target's address, it keeps a client node's certificate from passing
+	// for a server's.
 	NomadServers Endpoint
 	NomadClients Endpoint
-	Consul       Endpoint // servers and clients
-	Vault        Endpoint
+	// Consul holds the Consul servers, or every agent when ConsulClients
+	// is empty. The client agents' job is "consul-client", relabelled
+	// job="consul" so that rules and dashboards see every agent as before.
+	Consul        Endpoint
+	ConsulClients Endpoint
+	Vault         Endpoint
 
 	// NodeExporters are static host:port targets for nodes whose
 	// node-exporter is not registered in Consul; the node-exporter job
@@ -93,8 +101,10 @@ type ConsulSD struct {
 // endpoint is one static scrape job of the template.
 type endpoint struct {
 	Job, Path, Scheme string
-	Targets           []string
-	HTTP              HTTPClient
+	// JobLabel, when set, replaces Job as the series' job label.
+	JobLabel string
+	Targets  []string
+	HTTP     HTTPClient
 }
 
 var (
@@ -114,16 +124,17 @@ func RenderPrometheus(c PrometheusConfig) ([]byte, error) {
 		Endpoints []endpoint
 	}{PrometheusConfig: c}
 	for _, e := range []struct {
-		job, path string
-		ep        Endpoint
+		job, label, path string
+		ep               Endpoint
 	}{
-		{"nomad-server", "/v1/metrics", c.NomadServers},
-		{"nomad-client", "/v1/metrics", c.NomadClients},
-		{"consul", "/v1/agent/metrics", c.Consul},
-		{"vault", "/v1/sys/metrics", c.Vault},
+		{"nomad-server", "", "/v1/metrics", c.NomadServers},
+		{"nomad-client", "", "/v1/metrics", c.NomadClients},
+		{"consul", "", "/v1/agent/metrics", c.Consul},
+		{"consul-client", "consul", "/v1/agent/metrics", c.ConsulClients},
+		{"vault", "", "/v1/sys/metrics", c.Vault},
 	} {
 		if len(e.ep.Targets) > 0 {
-			data.Endpoints = append(data.Endpoints, endpoint{Job: e.job, Path: e.path, Scheme: e.ep.Scheme, Targets: e.ep.Targets, HTTP: e.ep.HTTP})
+			data.Endpoints = append(data.Endpoints, endpoint{Job: e.job, JobLabel: e.label, Path: e.path, Scheme: e.ep.Scheme, Targets: e.ep.Targets, HTTP: e.ep.HTTP})
 		}
 	}
 	return execute("prometheus.yml.tmpl", data)
@@ -139,7 +150,7 @@ func (c PrometheusConfig) withDefaults() PrometheusConfig {
 	if len(c.RuleFiles) == 0 {
 		c.RuleFiles = []string{"rules/*.yml"}
 	}
-	for _, e := range []*Endpoint{&c.NomadServers, &c.NomadClients, &c.Consul, &c.Vault} {
+	for _, e := range []*Endpoint{&c.NomadServers, &c.NomadClients, &c.Consul, &c.ConsulClients, &c.Vault} {
 		if e.Scheme == "" {
 			e.Scheme = "https"
 		}
@@ -171,9 +182,10 @@ func (c PrometheusConfig) validate() error {
 			errs = append(errs, fmt.Errorf("external label name %q: use letters, digits and _", k))
 		}
 	}
-	for name, e := range map[string]Endpoint{"nomad servers": c.NomadServers, "nomad clients": c.NomadClients, "consul": c.Consul, "vault": c.Vault} {
-		errs = append(errs, checkScheme(name, e.Scheme), checkHostPorts(name, e.Targets))
+	for name, e := range map[string]Endpoint{"nomad servers": c.NomadServers, "nomad clients": c.NomadClients, "consul": c.Consul, "consul clients": c.ConsulClients, "vault": c.Vault} {
+		errs = append(errs, checkScheme(name, e.Scheme), checkHostPorts(name, e.Targets), checkServerName(name, e.HTTP.ServerName))
 	}
+	errs = append(errs, checkServerName("consul service discovery", c.ConsulSD.HTTP.ServerName))
 	errs = append(errs, checkHostPorts("node exporters", c.NodeExporters), checkHostPorts("alertmanagers", c.Alertmanagers))
 	if len(c.ConsulSD.Servers) == 0 {
 		errs = append(errs, errors.New("no Consul server for service discovery is set"))
@@ -192,6 +204,16 @@ func (c PrometheusConfig) validate() error {
 func checkScheme(name, s string) error {
 	if s != "http" && s != "https" {
 		return fmt.Errorf("%s: scheme %q is neither http nor https", name, s)
+	}
+	return nil
+}
+
+// serverNameRe is a DNS name as the platform's certificates carry them.
+var serverNameRe = regexp.MustCompile(`^[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)*$`)
+
+func checkServerName(name, s string) error {
+	if s != "" && !serverNameRe.MatchString(s) {
+		return fmt.Errorf("%s: TLS server name %q is not a DNS name", name, s)
 	}
 	return nil
 }

@@ -223,8 +223,11 @@ func (h *harness) converged() {
 	}); err != nil {
 		h.t.Errorf("approle login with the stored secret id: %v", err)
 	}
-	for _, name := range []string{stages.SecretConsulTemplateServerToken, stages.SecretConsulTemplateClientToken} {
-		if _, err := h.tokenClient(h.secret(name)).Auth().Token().LookupSelf(); err != nil {
+	// Each node's token, looked up by the admin: a node's token is bound
+	// to the node's addresses.
+	for _, n := range testNodes(h.env.StateDir) {
+		name := ConsulTemplateTokenSecret(n.Name)
+		if _, err := c.Logical().ReadWithData("auth/token/lookup", map[string][]string{"token": {h.secret(name)}}); err != nil {
 			h.t.Errorf("%s: %v", name, err)
 		}
 	}

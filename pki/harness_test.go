@@ -64,6 +64,8 @@ func newHarness(t testing.TB, cfgFile string) *harness {
 	}
 	h.cfg = loadConfig(t, cfgFile)
 	h.env = stages.NewEnv(h.cfg, dir, store, state, nil, nil)
+	// The nodes that get consul-template tokens.
+	setInventory(t, h.env, testNodes(dir))
 	return h
 }
 

@@ -15,8 +15,12 @@ import (
 )
 
 // consul-template's tokens are periodic: valid as long as the daemon renews
-// them at least once a period, with no maximum lifetime.
-const consulTemplatePeriod = 24 * time.Hour
+// them at least once a period, with no maximum lifetime, so a platform
+// keeps issuing certificates unattended. The period bounds how long a token
+// outlives its renewer: three days let a node be down over a weekend and
+// come back; a token nobody renews (a node taken away, a copy that leaked)
+// dies within them. Each token is also bound to its node's addresses.
+const consulTemplatePeriod = 72 * time.Hour
 
 // adminTokenTTL bounds a stored admin token; bootstrap logs in again with the
 // stored password when it has expired.
@@ -52,59 +56,6 @@ func tokenValid(ctx context.Context, c *api.Client, tok, policy string) (bool, e
 	}
 	pols, _ := s.TokenPolicies()
 	return slices.Contains(pols, policy), nil
-}
-
-func (r *reconciler) consulTemplateTokens(ctx context.Context) error {
-	for _, t := range []struct{ policy, secret string }{
-		{PolicyConsulTemplateServer, stages.SecretConsulTemplateServerToken},
-		{PolicyConsulTemplateClient, stages.SecretConsulTemplateClientToken},
-	} {
-		role := t.policy
-		err := r.object(ctx, "token role", "auth/token/roles/"+role, true, []field{
-			{"allowed_policies", []string{t.policy}},
-			{"orphan", true},
-			{"renewable", true},
-			{"token_period", consulTemplatePeriod},
-			{"token_explicit_max_ttl", time.Duration(0)},
-		}, "periodic "+fmtDuration(consulTemplatePeriod)+", orphan, policy "+t.policy)
-		if err != nil {
-			return err
-		}
-		tok, ok, err := r.e.Secrets.Get(t.secret)
-		if err != nil {
-			return err
-		}
-		valid := false
-		if ok {
-			if valid, err = tokenValid(ctx, r.c, tok, t.policy); err != nil {
-				return err
-			}
-		}
-		if !valid {
-			err := r.change("create", "vault token "+role, "periodic "+fmtDuration(consulTemplatePeriod)+", policy "+t.policy, func() error {
-				s, err := r.c.Logical().WriteWithContext(ctx, "auth/token/create/"+role, map[string]any{
-					"policies":     []string{t.policy},
-					"display_name": role,
-				})
-				if err != nil {
-					return err
-				}
-				if s == nil || s.Auth == nil {
-					return errors.New("vault returned no token")
-				}
-				tok = s.Auth.ClientToken
-				crashpoint.Hit("pki/token-created")
-				return r.e.Secrets.Put(t.secret, tok)
-			})
-			if err != nil {
-				return err
-			}
-		}
-		if err := r.kv(ctx, t.secret, tok, valid || r.apply); err != nil {
-			return err
-		}
-	}
-	return nil
 }
 
 func (r *reconciler) appRoles(ctx context.Context) error {

@@ -191,66 +191,7 @@ func TestApply(t *testing.T) {
 		}
 	})
 
-	t.Run("consul-template tokens have only their rights", func(t *testing.T) {
-		dc, region := h.cfg.Datacenter, h.cfg.Region
-		client := h.tokenClient(h.secret(stages.SecretConsulTemplateClientToken))
-		server := h.tokenClient(h.secret(stages.SecretConsulTemplateServerToken))
-		for _, c := range []*api.Client{client, server} {
-			if _, err := issue(t, c, ConsulIntermediateMount, ConsulRole("client", dc), map[string]any{"common_name": "client." + dc + ".consul"}); err != nil {
-				t.Errorf("consul client cert: %v", err)
-			}
-			if _, err := issue(t, c, NomadIntermediateMount, NomadRole("client", region), map[string]any{"common_name": "client." + region + ".nomad"}); err != nil {
-				t.Errorf("nomad client cert: %v", err)
-			}
-			denied := map[string]error{}
-			_, denied["write policy"] = c.Logical().Write("sys/policies/acl/evil", map[string]any{"policy": `path "*" { capabilities = ["sudo"] }`})
-			_, denied["read kv"] = c.Logical().Read(KVPath(stages.SecretConsulTemplateServerToken))
-			_, denied["issue from an application CA"] = issue(t, c, "mdl-iaca/root-ca", "document-signer", map[string]any{"common_name": "Evil DS"})
-			_, denied["sign an intermediate"] = c.Logical().Write(ConsulRootMount+"/root/sign-intermediate", map[string]any{"csr": "x"})
-			_, denied["list mounts"] = c.Sys().ListMounts()
-			_, denied["create a token"] = c.Auth().Token().Create(&api.TokenCreateRequest{Policies: []string{PolicyAdmin}})
-			for what, err := range denied {
-				if !isDenied(err) {
-					t.Errorf("%s: want permission denied, got %v", what, err)
-				}
-			}
-		}
-		for _, x := range []struct{ mount, role, cn string }{
-			{ConsulIntermediateMount, ConsulRole("server", dc), "server." + dc + ".consul"},
-			{NomadIntermediateMount, NomadRole("server", region), "server." + region + ".nomad"},
-		} {
-			if _, err := issue(t, client, x.mount, x.role, map[string]any{"common_name": x.cn}); !isDenied(err) {
-				t.Errorf("client token issued from %s/%s: %v", x.mount, x.role, err)
-			}
-			if _, err := issue(t, server, x.mount, x.role, map[string]any{"common_name": x.cn}); err != nil {
-				t.Errorf("server token cannot issue from %s/%s: %v", x.mount, x.role, err)
-			}
-		}
-		// Periodic through its token role, so consul-template keeps it alive
-		// as long as it renews it within a period.
-		s, err := server.Auth().Token().LookupSelf()
-		if err != nil {
-			t.Fatal(err)
-		}
-		if str(s.Data, "role") != PolicyConsulTemplateServer || num(s.Data, "explicit_max_ttl") != 0 || !boolean(s.Data, "renewable") || !boolean(s.Data, "orphan") {
-			t.Errorf("server token: %v", s.Data)
-		}
-		renewed, err := server.Auth().Token().RenewSelf(0)
-		if err != nil {
-			t.Fatalf("renew: %v", err)
-		}
-		if renewed.Auth.LeaseDuration != int(consulTemplatePeriod.Seconds()) {
-			t.Errorf("renewed for %ds, want the period %s", renewed.Auth.LeaseDuration, consulTemplatePeriod)
-		}
-		// Copied to KV for the operator.
-		kv, err := admin.Logical().Read(KVPath(stages.SecretConsulTemplateClientToken))
-		if err != nil || kv == nil {
-			t.Fatalf("kv copy: %v", err)
-		}
-		if data, _ := kv.Data["data"].(map[string]any); str(data, "value") != client.Token() {
-			t.Error("the kv copy of the client token differs from the stored one")
-		}
-	})
+	// The consul-template tokens: TestConsulTemplateTokens.
 
 	t.Run("the approle issues only from its roles", func(t *testing.T) {
 		roleID := h.env.State.Output(stages.OutVaultAppRolePrefix + "django-backend_role_id")
@@ -307,33 +248,6 @@ func TestApply(t *testing.T) {
 			if !slices.Contains(caps, want) {
 				t.Errorf("admin on %s: %q, want %s", path, caps, want)
 			}
-		}
-	})
-
-	t.Run("a revoked consul-template token is replaced", func(t *testing.T) {
-		old := h.secret(stages.SecretConsulTemplateClientToken)
-		if err := admin.Auth().Token().RevokeOrphan(old); err != nil {
-			t.Fatal(err)
-		}
-		want := []stages.Change{
-			{Action: "create", Target: "vault token " + PolicyConsulTemplateClient, Detail: "periodic 24h, policy " + PolicyConsulTemplateClient},
-			{Action: "update", Target: "vault kv secret/bootstrap/" + stages.SecretConsulTemplateClientToken},
-		}
-		if p := h.plan(); !slices.Equal(p.Changes, want) {
-			t.Fatalf("plan:\n%s", changeList(p.Changes))
-		}
-		if a := h.apply(); !slices.Equal(a.Changes, want) {
-			t.Fatalf("apply:\n%s", changeList(a.Changes))
-		}
-		tok := h.secret(stages.SecretConsulTemplateClientToken)
-		if tok == old {
-			t.Fatal("the revoked token was kept")
-		}
-		if _, err := issue(t, h.tokenClient(tok), ConsulIntermediateMount, ConsulRole("client", h.cfg.Datacenter), map[string]any{"common_name": "client." + h.cfg.Datacenter + ".consul"}); err != nil {
-			t.Fatalf("the new token, made with the admin identity: %v", err)
-		}
-		if p := h.plan(); len(p.Changes) > 0 {
-			t.Fatalf("plan after apply:\n%s", changeList(p.Changes))
 		}
 	})
 

@@ -9,9 +9,13 @@ package deploy
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
+	"net"
+	"net/http"
+	"net/url"
 	"os"
 	"regexp"
 	"strconv"
@@ -20,6 +24,7 @@ import (
 
 	nomadapi "github.com/hashicorp/nomad/api"
 
+	"github.com/platform-bootstrap/bootstrap/internal/apitls"
 	"github.com/platform-bootstrap/bootstrap/internal/secrets"
 )
 
@@ -76,6 +81,13 @@ var ErrFailed = errors.New("deployment failed")
 // NOMAD_CACERT, NOMAD_CLIENT_CERT, NOMAD_CLIENT_KEY and
 // NOMAD_TLS_SERVER_NAME — and nothing else: no NOMAD_NAMESPACE or
 // NOMAD_REGION (the namespace is the job's), no NOMAD_SKIP_VERIFY.
+//
+// The server's certificate is verified against NOMAD_TLS_SERVER_NAME
+// (`bootstrap env` prints it: server.<region>.nomad). Without it, an
+// address that is an IP address must still be answered by a certificate
+// that names a Nomad server: the platform's PKI puts any IP address in a
+// client node's certificate too, so the address alone would let a client
+// node pose as the server and receive the deploy token.
 func Client(env []string) (*nomadapi.Client, error) {
 	e := envMap(env)
 	addr := e["NOMAD_ADDR"]
@@ -99,11 +111,45 @@ func Client(env []string) (*nomadapi.Client, error) {
 			}
 		}
 	}
+	hc, err := httpClient(addr, cfg.TLSConfig)
+	if err != nil {
+		return nil, badInput("nomad client for %s: %w", addr, err)
+	}
+	cfg.HttpClient = hc
 	c, err := nomadapi.NewClient(cfg)
 	if err != nil {
 		return nil, badInput("nomad client for %s: %w", addr, err)
 	}
 	return c, nil
+}
+
+// httpClient returns the HTTP client for Nomad at addr with tc applied; the
+// api package ignores its TLSConfig once it is given a client, and cannot
+// require a server's name by itself.
+func httpClient(addr string, tc *nomadapi.TLSConfig) (*http.Client, error) {
+	u, err := url.Parse(addr)
+	if err != nil {
+		return nil, fmt.Errorf("invalid address: %w", err)
+	}
+	tr := http.DefaultTransport.(*http.Transport).Clone()
+	tr.TLSClientConfig = &tls.Config{MinVersion: tls.VersionTLS12}
+	// HTTP/1, as the api package's own client: its exec websockets need it.
+	tr.ForceAttemptHTTP2 = false
+	hc := &http.Client{Transport: tr}
+	if err := nomadapi.ConfigureTLS(hc, tc); err != nil {
+		return nil, err
+	}
+	if u.Scheme == "https" && tc.TLSServerName == "" && net.ParseIP(u.Hostname()) != nil {
+		apitls.RequireServer(tr.TLSClientConfig)
+		verify := tr.TLSClientConfig.VerifyConnection
+		tr.TLSClientConfig.VerifyConnection = func(cs tls.ConnectionState) error {
+			if err := verify(cs); err != nil {
+				return fmt.Errorf("%w; set NOMAD_TLS_SERVER_NAME to the name the servers' certificates carry (`bootstrap env` prints it)", err)
+			}
+			return nil
+		}
+	}
+	return hc, nil
 }
 
 // Run deploys opts.JobFile. Errors are *InputError (nothing written),

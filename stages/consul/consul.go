@@ -7,7 +7,6 @@ package consul
 import (
 	"context"
 	"crypto/tls"
-	"crypto/x509"
 	"errors"
 	"fmt"
 	"net"
@@ -20,6 +19,7 @@ import (
 	vaultapi "github.com/hashicorp/vault/api"
 
 	"github.com/platform-bootstrap/bootstrap/ansible"
+	"github.com/platform-bootstrap/bootstrap/internal/apitls"
 	"github.com/platform-bootstrap/bootstrap/internal/inventory"
 	"github.com/platform-bootstrap/bootstrap/pki"
 	"github.com/platform-bootstrap/bootstrap/stages"
@@ -46,33 +46,97 @@ func Addr(n inventory.Node) string {
 // CAFile is the chain that verifies every Consul agent's certificate.
 func CAFile(e *stages.Env) string { return pki.CAFile(e.StateDir, "consul") }
 
-// Client returns a Consul API client for one agent.
-func Client(e *stages.Env, n inventory.Node, token string) (*consulapi.Client, error) {
-	return NewClient(Addr(n), CAFile(e), token)
+// OutTLSServerName records the name the servers' certificates carry
+// (server.<datacenter>.<domain>), for `bootstrap env`
+// (CONSUL_TLS_SERVER_NAME).
+const OutTLSServerName = "consul_tls_server_name"
+
+// ServerName is the name in the certificates of the Consul servers of e's
+// datacenter. Clients verify it rather than the address they dial: the PKI
+// issues any IP address to client nodes too, never this name.
+func ServerName(e *stages.Env) string {
+	return apitls.ConsulServerName(e.Config.Datacenter, e.Config.Consul.Domain)
 }
 
-// NewClient returns an HTTPS Consul client that trusts caFile. It does not
-// read CONSUL_* variables: bootstrap talks to its own cluster only.
+// TLSName is the name n's agent must present: a server's name for server
+// nodes, the client agents' name (client.<datacenter>.<domain>) otherwise.
+func TLSName(e *stages.Env, n inventory.Node) string {
+	if n.Has(inventory.RoleServer) {
+		return ServerName(e)
+	}
+	return apitls.ConsulClientName(e.Config.Datacenter, e.Config.Consul.Domain)
+}
+
+// Client returns a Consul API client for one agent, verifying the name of
+// its role (TLSName).
+func Client(e *stages.Env, n inventory.Node, token string) (*consulapi.Client, error) {
+	return NewClientFor(Addr(n), CAFile(e), TLSName(e, n), token)
+}
+
+// NewClient returns an HTTPS Consul client for a server's address (host:port)
+// that trusts caFile. The certificate must name a Consul server, so a client
+// node's certificate is refused even when it carries the dialled address;
+// NewClientFor checks the exact name. It does not read CONSUL_* variables:
+// bootstrap talks to its own cluster only.
 func NewClient(addr, caFile, token string) (*consulapi.Client, error) {
-	pem, err := os.ReadFile(caFile)
+	tc, err := apitls.Config(caFile, "")
 	if err != nil {
-		return nil, fmt.Errorf("consul CA: %w", err)
+		return nil, fmt.Errorf("consul client for %s: %w", addr, err)
 	}
-	pool := x509.NewCertPool()
-	if !pool.AppendCertsFromPEM(pem) {
-		return nil, fmt.Errorf("consul CA %s holds no certificate", caFile)
+	apitls.RequireServer(tc)
+	return newClient(addr, tc, token)
+}
+
+// NewClientFor returns an HTTPS Consul client for addr that accepts only a
+// certificate valid for serverName (see ServerName and TLSName).
+func NewClientFor(addr, caFile, serverName, token string) (*consulapi.Client, error) {
+	if serverName == "" {
+		return nil, fmt.Errorf("consul client for %s: no TLS server name", addr)
 	}
+	tc, err := apitls.Config(caFile, serverName)
+	if err != nil {
+		return nil, fmt.Errorf("consul client for %s: %w", addr, err)
+	}
+	return newClient(addr, tc, token)
+}
+
+func newClient(addr string, tc *tls.Config, token string) (*consulapi.Client, error) {
 	tr := &http.Transport{
-		TLSClientConfig:     &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12},
+		TLSClientConfig:     tc,
 		TLSHandshakeTimeout: 5 * time.Second,
 		DisableKeepAlives:   true,
 	}
-	return consulapi.NewClient(&consulapi.Config{
+	// The api package's own TLSConfig is not used: with HttpClient set it
+	// is ignored, and it cannot require a server's name.
+	c, err := consulapi.NewClient(&consulapi.Config{
 		Address:    addr,
 		Scheme:     "https",
 		Token:      token,
 		HttpClient: &http.Client{Transport: tr, Timeout: 15 * time.Second},
 	})
+	if err != nil {
+		return nil, fmt.Errorf("consul client for %s: %w", addr, err)
+	}
+	return c, nil
+}
+
+// TemplateTokensVar is the secret Ansible variable holding every node's
+// consul-template token: a JSON object, node name → token, from which the
+// consul_template role takes its node's own. The consul and nomad plays
+// both run that role.
+const TemplateTokensVar = "consul_template_tokens"
+
+// TemplateTokens returns the value of TemplateTokensVar for the nodes of
+// inv. The pki stage makes the tokens; until it has, it is not ready.
+func TemplateTokens(e *stages.Env, inv *inventory.Inventory) (string, error) {
+	tokens, missing, err := pki.TemplateTokensJSON(e, pki.ConsulTemplateNodes(inv))
+	if err != nil {
+		return "", err
+	}
+	if missing != "" {
+		return "", stages.NotReadyf("the consul-template token of node %s does not exist yet (pki stage)", missing)
+	}
+	return tokens, nil
 }
 
 type deps struct {
@@ -93,9 +157,7 @@ func load(ctx context.Context, e *stages.Env) (*deps, error) {
 	}
 	secrets := map[string]string{}
 	for key, name := range map[string]string{
-		"consul_gossip_key":            stages.SecretConsulGossipKey,
-		"consul_template_server_token": stages.SecretConsulTemplateServerToken,
-		"consul_template_client_token": stages.SecretConsulTemplateClientToken,
+		"consul_gossip_key": stages.SecretConsulGossipKey,
 	} {
 		v, ok, err := e.Secrets.Get(name)
 		if err != nil {
@@ -106,6 +168,11 @@ func load(ctx context.Context, e *stages.Env) (*deps, error) {
 		}
 		secrets[key] = strings.TrimSpace(v)
 	}
+	tokens, err := TemplateTokens(e, inv)
+	if err != nil {
+		return nil, err
+	}
+	secrets[TemplateTokensVar] = tokens
 	if _, err := os.Stat(CAFile(e)); err != nil {
 		return nil, stages.NotReadyf("the consul CA (%s) does not exist yet: the pki stage has not run", CAFile(e))
 	}
@@ -173,6 +240,9 @@ func (s *Stage) Plan(ctx context.Context, e *stages.Env) ([]stages.Change, error
 	if reason != "" {
 		out = append(out, stages.Change{Action: "install", Target: "consul on every node", Detail: reason})
 	}
+	if e.State.Output(OutTLSServerName) != ServerName(e) {
+		out = append(out, stages.Change{Action: "record", Target: "output " + OutTLSServerName, Detail: ServerName(e)})
+	}
 	as := probe(ctx, e, d.inv)
 	for _, a := range as {
 		if !a.up() {
@@ -218,6 +288,9 @@ func (s *Stage) Apply(ctx context.Context, e *stages.Env) error {
 		return err
 	}
 	if err := e.State.SetOutput(stages.OutConsulCACert, CAFile(e)); err != nil {
+		return err
+	}
+	if err := e.State.SetOutput(OutTLSServerName, ServerName(e)); err != nil {
 		return err
 	}
 	if err := waitLeader(ctx, e, d.inv); err != nil {

@@ -17,6 +17,7 @@ import (
 	"slices"
 	"time"
 
+	"github.com/platform-bootstrap/bootstrap/internal/apitls"
 	"github.com/platform-bootstrap/bootstrap/internal/fsutil"
 	"github.com/platform-bootstrap/bootstrap/internal/inventory"
 	"github.com/platform-bootstrap/bootstrap/stages"
@@ -39,9 +40,10 @@ const caKeySecret = "tls/vault-ca-key.pem"
 
 func keySecret(node string) string { return "tls/vault/" + node + "-key.pem" }
 
-// certSANs are the names a Vault node's certificate must carry.
+// certSANs are the names a Vault node's certificate must carry. Every one
+// carries apitls.VaultServerName, the name API clients verify.
 func certSANs(n inventory.Node) (dns []string, ips []net.IP) {
-	dns = []string{n.Name, "localhost", "vault.service.consul", "active.vault.service.consul", "standby.vault.service.consul"}
+	dns = []string{n.Name, "localhost", apitls.VaultServerName, "active." + apitls.VaultServerName, "standby." + apitls.VaultServerName}
 	ips = []net.IP{net.ParseIP("127.0.0.1")}
 	for _, a := range []string{n.PrivateIP, n.PublicIP} {
 		if ip := net.ParseIP(a); ip != nil && !slices.ContainsFunc(ips, ip.Equal) {
