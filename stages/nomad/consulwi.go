@@ -39,7 +39,7 @@ func consulAuthMethodWant(e *stages.Env, inv *inventory.Inventory) (*consulapi.A
 		Config: map[string]any{
 			"JWKSURL":          Addr(server) + "/.well-known/jwks.json",
 			"JWKSCACert":       string(ca),
-			"JWTSupportedAlgs": []any{"RS256", "EdDSA"},
+			"JWTSupportedAlgs": []any{"RS256"},
 			"BoundAudiences":   []any{"consul.io"},
 			"ClaimMappings": map[string]any{
 				"nomad_namespace": "nomad_namespace",
