@@ -247,15 +247,16 @@ func (h *harness) converged() {
 func TestKilledAtCrashPoints(t *testing.T) {
 	h := newHarness(t, mobileID)
 	points := []string{
-		"pki/root-generated",      // consul's root
-		"pki/intermediate-csr",    // consul's intermediate: key made, not signed
-		"pki/intermediate-signed", // the same key reused, signed, not imported
-		"pki/root-generated",      // nomad's root
-		"pki/intermediate-signed", // nomad's intermediate
-		"pki/token-created",       // a consul-template token Vault knows, the store does not
-		"pki/secret-id-stored",    // a secret id the store knows, Vault does not
-		"pki/admin-created",       // admin user without a token
-		"pki/root-revoked",        // revoked, not recorded
+		"pki/root-generated",       // consul's root
+		"pki/intermediate-csr",     // consul's intermediate: key made, not signed
+		"pki/intermediate-signed",  // the same key reused, signed, not imported
+		"pki/root-generated",       // nomad's root
+		"pki/intermediate-signed",  // nomad's intermediate
+		"pki/token-created",        // a consul-template token Vault knows, the store does not
+		"pki/secret-id-stored",     // a secret id the store knows, Vault does not
+		"pki/secret-id-registered", // Vault knows it, the state has no accessor
+		"pki/admin-created",        // admin user without a token
+		"pki/root-revoked",         // revoked, not recorded
 	}
 	for _, p := range points {
 		cmd := h.child(p)

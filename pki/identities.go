@@ -68,10 +68,13 @@ func (r *reconciler) appRoles(ctx context.Context) error {
 			{"token_ttl", a.TokenTTL},
 			{"token_max_ttl", a.TokenTTL},
 			{"bind_secret_id", true},
-			// The secret ID lives until it is replaced on purpose.
-			{"secret_id_ttl", time.Duration(0)},
+			// A secret ID that leaks is only good until it expires; bootstrap
+			// issues the next one long before (see secretID).
+			{"secret_id_ttl", a.SecretIDTTL},
+			// No use limit: an application logs in again whenever its token
+			// expires, and a used-up ID would lock it out mid-life.
 			{"secret_id_num_uses", 0},
-		}, "policy "+policy+", token ttl "+fmtDuration(a.TokenTTL))
+		}, "policy "+policy+", token ttl "+fmtDuration(a.TokenTTL)+", secret id ttl "+fmtDuration(a.SecretIDTTL))
 		if err != nil {
 			return err
 		}
@@ -95,62 +98,214 @@ func (r *reconciler) appRoles(ctx context.Context) error {
 		if err := r.output(stages.OutVaultAppRolePrefix+a.Name+"_role_id", str(s.Data, "role_id")); err != nil {
 			return err
 		}
-		if err := r.secretID(ctx, a.Name); err != nil {
+		if err := r.secretID(ctx, a); err != nil {
 			return err
 		}
 	}
 	return nil
 }
 
-// secretID makes sure the AppRole has the secret ID kept in the store. A new
-// ID is generated here and stored before Vault learns it, so a kill at any
-// point leaves no credential that only Vault knows; and an ID Vault no
-// longer has (destroyed because it leaked, say) is replaced by a new one,
-// never registered again.
-func (r *reconciler) secretID(ctx context.Context, name string) error {
-	path := "auth/" + AppRolePath + "/role/" + name
-	secretName := stages.SecretVaultAppRolePrefix + name + "/secret-id"
-	accessorKey := stages.OutVaultAppRolePrefix + name + "_secret_id_accessor"
-	id, ok, err := r.e.Secrets.Get(secretName)
+// now is the clock secret ID rotation goes by; tests move it forward.
+var now = time.Now
+
+// secretIDKeys names where one AppRole's secret ID is kept: the secret
+// store entry, and the state outputs of its accessor and expiry.
+type secretIDKeys struct {
+	path, secret, accessor, expires string
+}
+
+func secretIDKeysOf(name string) secretIDKeys {
+	return secretIDKeys{
+		path:     "auth/" + AppRolePath + "/role/" + name,
+		secret:   stages.SecretVaultAppRolePrefix + name + "/secret-id",
+		accessor: stages.OutVaultAppRolePrefix + name + "_secret_id_accessor",
+		expires:  stages.OutVaultAppRolePrefix + name + "_secret_id_expires",
+	}
+}
+
+// secretID makes sure the AppRole has the secret ID kept in the store, and
+// that it has at least half its life ahead. A new ID is generated here and
+// stored before Vault learns it, so a kill at any point leaves no
+// credential that only Vault knows; and an ID Vault no longer has
+// (destroyed because it leaked, say) is replaced by a new one, never
+// registered again.
+//
+// Whether the ID exists is asked of Vault (its accessor is listed); when it
+// expires is what Vault said when it was issued, recorded in the state:
+// Vault can tell only through a lookup, which is a write, and a converged
+// run writes nothing.
+func (r *reconciler) secretID(ctx context.Context, a AppRole) error {
+	k := secretIDKeysOf(a.Name)
+	target := "vault approle " + a.Name + " secret id"
+	id, ok, err := r.e.Secrets.Get(k.secret)
 	if err != nil {
 		return err
 	}
-	if acc := r.e.State.Output(accessorKey); ok && acc != "" {
+	listed := false
+	if acc := r.e.State.Output(k.accessor); ok && acc != "" {
 		// Listing accessors is a read; the secret-id lookup is a write.
-		s, err := r.c.Logical().ListWithContext(ctx, path+"/secret-id")
+		s, err := r.c.Logical().ListWithContext(ctx, k.path+"/secret-id")
 		if err != nil {
-			return fmt.Errorf("list secret ids of approle %s: %w", name, err)
+			return fmt.Errorf("list secret ids of approle %s: %w", a.Name, err)
 		}
-		if s != nil && slices.Contains(strs(s.Data, "keys"), acc) {
-			return r.kv(ctx, secretName, id, true)
-		}
+		listed = s != nil && slices.Contains(strs(s.Data, "keys"), acc)
 	}
-	err = r.change("create", "vault approle "+name+" secret id", "", func() error {
-		if ok {
-			// Registered by a run killed before it recorded the accessor?
-			s, err := r.c.Logical().WriteWithContext(ctx, path+"/secret-id/lookup", map[string]any{"secret_id": id})
-			if err != nil && !isNotFound(err) {
-				return err
-			}
-			if s != nil && s.Data != nil {
-				return r.e.State.SetOutput(accessorKey, str(s.Data, "secret_id_accessor"))
-			}
+	if listed {
+		reason := rotationDue(r.e.State.Output(k.expires), a.SecretIDTTL)
+		if reason == "" {
+			return r.kv(ctx, k.secret, id, true)
 		}
-		id = newSecretID()
-		if err := r.e.Secrets.Put(secretName, id); err != nil {
+		err = r.change("rotate", target, reason+"; the old one stays valid until it expires, one that never expires is destroyed", func() error {
+			id, err = r.issueSecretID(ctx, a, k)
 			return err
-		}
-		crashpoint.Hit("pki/secret-id-stored")
-		s, err := r.c.Logical().WriteWithContext(ctx, path+"/custom-secret-id", map[string]any{"secret_id": id})
-		if err != nil {
+		})
+	} else {
+		err = r.change("create", target, "", func() error {
+			if ok {
+				// Registered by a run killed before it recorded the
+				// accessor? Then keep it, unless it is due itself.
+				found, err := r.adoptSecretID(ctx, a, k, id)
+				if err != nil || found {
+					return err
+				}
+			}
+			id, err = r.issueSecretID(ctx, a, k)
 			return err
-		}
-		return r.e.State.SetOutput(accessorKey, str(s.Data, "secret_id_accessor"))
-	})
+		})
+	}
 	if err != nil {
 		return err
 	}
-	return r.kv(ctx, secretName, id, r.apply)
+	return r.kv(ctx, k.secret, id, r.apply)
+}
+
+// rotationDue says why a secret ID that expires at expires (RFC 3339, as
+// recorded) needs a successor under a TTL of ttl, or "" when it does not.
+func rotationDue(expires string, ttl time.Duration) string {
+	if expires == "" {
+		return "its expiry is not recorded (issued without one by an earlier bootstrap?)"
+	}
+	t, err := time.Parse(time.RFC3339, expires)
+	if err != nil {
+		return fmt.Sprintf("its recorded expiry %q is unreadable", expires)
+	}
+	left := t.Sub(now())
+	switch {
+	case left <= 0:
+		return "expired " + expires
+	case left < ttl/2:
+		return fmt.Sprintf("past half its %s life: expires %s", fmtDuration(ttl), expires)
+	case left > ttl+time.Minute:
+		// secret_id_ttl was shortened: the ID outlives what it now allows.
+		return fmt.Sprintf("expires %s, later than secret_id_ttl %s allows", expires, fmtDuration(ttl))
+	}
+	return ""
+}
+
+// adoptSecretID looks the stored secret ID up in Vault and, when Vault has
+// it and it is not due for rotation, records its accessor and expiry.
+func (r *reconciler) adoptSecretID(ctx context.Context, a AppRole, k secretIDKeys, id string) (bool, error) {
+	s, err := r.c.Logical().WriteWithContext(ctx, k.path+"/secret-id/lookup", map[string]any{"secret_id": id})
+	if err != nil && !isNotFound(err) {
+		return false, err
+	}
+	if s == nil || s.Data == nil {
+		return false, nil
+	}
+	expires := ""
+	if num(s.Data, "secret_id_ttl") > 0 {
+		expires = str(s.Data, "expiration_time")
+		if t, err := time.Parse(time.RFC3339Nano, expires); err == nil {
+			expires = t.UTC().Format(time.RFC3339)
+		}
+	}
+	if rotationDue(expires, a.SecretIDTTL) != "" {
+		return false, nil
+	}
+	// A run killed after registering an ID may not have got to retire an
+	// older one that never expires.
+	acc := str(s.Data, "secret_id_accessor")
+	if err := r.retireEternalSecretIDs(ctx, a.Name, k, acc); err != nil {
+		return false, err
+	}
+	if err := r.e.State.SetOutput(k.expires, expires); err != nil {
+		return false, err
+	}
+	return true, r.e.State.SetOutput(k.accessor, acc)
+}
+
+// issueSecretID makes a new secret ID: stored first, then registered with
+// Vault under the role's secret_id_ttl, then its accessor and expiry are
+// recorded. Secret IDs that never expire (from before the role had a TTL)
+// are destroyed; older ones with a TTL stay valid until they expire, so
+// whoever uses them has time to pick up the new one.
+func (r *reconciler) issueSecretID(ctx context.Context, a AppRole, k secretIDKeys) (string, error) {
+	// Forget the old ID's accessor before the store holds the new ID: a run
+	// killed in between must look the stored ID up, not trust the record
+	// of another one.
+	if err := r.e.State.DeleteOutputs(k.accessor, k.expires); err != nil {
+		return "", err
+	}
+	id := newSecretID()
+	if err := r.e.Secrets.Put(k.secret, id); err != nil {
+		return "", err
+	}
+	crashpoint.Hit("pki/secret-id-stored")
+	issued := now()
+	s, err := r.c.Logical().WriteWithContext(ctx, k.path+"/custom-secret-id", map[string]any{"secret_id": id})
+	if err != nil {
+		return "", err
+	}
+	if s == nil || s.Data == nil {
+		return "", errors.New("vault returned no secret id accessor")
+	}
+	acc := str(s.Data, "secret_id_accessor")
+	crashpoint.Hit("pki/secret-id-registered")
+	if err := r.retireEternalSecretIDs(ctx, a.Name, k, acc); err != nil {
+		return "", err
+	}
+	expires := ""
+	if ttl := num(s.Data, "secret_id_ttl"); ttl > 0 {
+		expires = issued.Add(time.Duration(ttl) * time.Second).UTC().Format(time.RFC3339)
+	}
+	// The expiry first: an accessor on record always has its expiry.
+	if err := r.e.State.SetOutput(k.expires, expires); err != nil {
+		return "", err
+	}
+	return id, r.e.State.SetOutput(k.accessor, acc)
+}
+
+// retireEternalSecretIDs destroys the role's secret IDs, other than keep,
+// that never expire: they date from before the role had a secret_id_ttl,
+// and a leaked one would work forever. Only an Apply that issues or adopts
+// an ID calls it, as each lookup is a write.
+func (r *reconciler) retireEternalSecretIDs(ctx context.Context, name string, k secretIDKeys, keep string) error {
+	s, err := r.c.Logical().ListWithContext(ctx, k.path+"/secret-id")
+	if err != nil {
+		return fmt.Errorf("list secret ids of approle %s: %w", name, err)
+	}
+	if s == nil {
+		return nil
+	}
+	for _, acc := range strs(s.Data, "keys") {
+		if acc == keep {
+			continue
+		}
+		l, err := r.c.Logical().WriteWithContext(ctx, k.path+"/secret-id-accessor/lookup", map[string]any{"secret_id_accessor": acc})
+		if isNotFound(err) || (err == nil && (l == nil || l.Data == nil)) {
+			continue // expired and tidied meanwhile
+		}
+		if err != nil {
+			return fmt.Errorf("look up a secret id of approle %s: %w", name, err)
+		}
+		if num(l.Data, "secret_id_ttl") > 0 {
+			continue
+		}
+		if _, err := r.c.Logical().WriteWithContext(ctx, k.path+"/secret-id-accessor/destroy", map[string]any{"secret_id_accessor": acc}); err != nil {
+			return fmt.Errorf("destroy a secret id of approle %s that never expires: %w", name, err)
+		}
+	}
+	return nil
 }
 
 // newSecretID returns 128 random bits as text.

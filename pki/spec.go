@@ -129,7 +129,14 @@ type AppRole struct {
 	Name     string
 	CAs      []string
 	TokenTTL time.Duration
+	// SecretIDTTL bounds the life of a secret ID; a run issues a new one
+	// once half of it has passed.
+	SecretIDTTL time.Duration
 }
+
+// DefaultSecretIDTTL is an AppRole's secret ID lifetime unless the
+// configuration sets secret_id_ttl: a month, renewed after two weeks.
+const DefaultSecretIDTTL = 720 * time.Hour
 
 // RootMount is the mount of the CA's root.
 func (c CA) RootMount() string { return c.Name + "/root-ca" }
@@ -280,9 +287,10 @@ func FromConfig(p *config.Platform, addr string) (Spec, error) {
 	}
 	for _, a := range k.AppRoles {
 		s.AppRoles = append(s.AppRoles, AppRole{
-			Name:     a.Name,
-			CAs:      a.CAs,
-			TokenTTL: dur(a.TokenTTL, time.Hour, "approle "+a.Name+" token_ttl"),
+			Name:        a.Name,
+			CAs:         a.CAs,
+			TokenTTL:    dur(a.TokenTTL, time.Hour, "approle "+a.Name+" token_ttl"),
+			SecretIDTTL: dur(a.SecretIDTTL, DefaultSecretIDTTL, "approle "+a.Name+" secret_id_ttl"),
 		})
 	}
 	if len(errs) > 0 {

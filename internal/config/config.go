@@ -141,11 +141,25 @@ type Vault struct {
 	Nodes        []string `hcl:"nodes,optional"`
 	KeyShares    int      `hcl:"key_shares,optional"`
 	KeyThreshold int      `hcl:"key_threshold,optional"`
+	// PGPKeys encrypts the unseal key shares at init, one public key per
+	// share, as `vault operator init -pgp-keys` does. Each value is the path
+	// of a key file (relative to this file) or the key itself, e.g.
+	// file("alice.asc"); ASCII-armored or base64. The secret store then
+	// holds only encrypted shares, and bootstrap can no longer unseal Vault
+	// on its own: the key holders do, with `vault operator unseal`.
+	PGPKeys []string `hcl:"pgp_keys,optional"`
+	// PGPKeysB64 are PGPKeys as sys/init takes them: each binary public key
+	// in base64. Validation fills it in.
+	PGPKeysB64 []string
 
 	NodesRange        hcl.Range `hcl:"nodes,attr_value_range"`
 	KeySharesRange    hcl.Range `hcl:"key_shares,attr_value_range"`
 	KeyThresholdRange hcl.Range `hcl:"key_threshold,attr_value_range"`
+	PGPKeysRange      hcl.Range `hcl:"pgp_keys,attr_value_range"`
 	DefRange          hcl.Range `hcl:",def_range"`
+	// pgpKeyElems are pgp_keys' elements as written, for diagnostics about
+	// one key.
+	pgpKeyElems []listElement
 }
 
 // PKI configures the certificate authorities in Vault.
@@ -224,10 +238,16 @@ type AppRole struct {
 	Name     string   `hcl:"name,label"`
 	CAs      []string `hcl:"cas"`
 	TokenTTL string   `hcl:"token_ttl,optional"`
+	// SecretIDTTL is how long the secret ID bootstrap issues is valid
+	// (default 720h). A run issues a new one once half of it has passed;
+	// the old one keeps working until it expires, so its users have the
+	// other half to pick up the new one.
+	SecretIDTTL string `hcl:"secret_id_ttl,optional"`
 
-	DefRange      hcl.Range `hcl:",def_range"`
-	CAsRange      hcl.Range `hcl:"cas,attr_value_range"`
-	TokenTTLRange hcl.Range `hcl:"token_ttl,attr_value_range"`
+	DefRange         hcl.Range `hcl:",def_range"`
+	CAsRange         hcl.Range `hcl:"cas,attr_value_range"`
+	TokenTTLRange    hcl.Range `hcl:"token_ttl,attr_value_range"`
+	SecretIDTTLRange hcl.Range `hcl:"secret_id_ttl,attr_value_range"`
 }
 
 // Consul configures the Consul cluster.

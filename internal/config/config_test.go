@@ -1,6 +1,7 @@
 package config_test
 
 import (
+	"encoding/base64"
 	"flag"
 	"os"
 	"path/filepath"
@@ -139,7 +140,7 @@ func TestFullConfig(t *testing.T) {
 	if any := ca.Roles[1]; any.Name != "any" || !any.AllowAnyName || any.Issuer != "" {
 		t.Errorf("role any = %+v", any)
 	}
-	if len(k.AppRoles) != 1 || k.AppRoles[0].Name != "web" || !reflect.DeepEqual(k.AppRoles[0].CAs, []string{"apps"}) || k.AppRoles[0].TokenTTL != "1h" {
+	if len(k.AppRoles) != 1 || k.AppRoles[0].Name != "web" || !reflect.DeepEqual(k.AppRoles[0].CAs, []string{"apps"}) || k.AppRoles[0].TokenTTL != "1h" || k.AppRoles[0].SecretIDTTL != "168h" {
 		t.Errorf("approles = %+v", k.AppRoles)
 	}
 	if c := p.Consul; c.Domain != "cluster.internal" || c.UI || c.DNS {
@@ -409,5 +410,58 @@ gitlab_runner {
 	config.WriteDiagnostics(&b, diags)
 	if want := `alert_webhook_url = "hooks.example.com/alert": write`; !strings.Contains(b.String(), want) {
 		t.Errorf("diagnostics:\n%s\nwant %s", b.String(), want)
+	}
+}
+
+// pgp_keys takes a key file's path or the key itself (file()), armored or
+// base64, and hands Vault each one as a base64 binary public key.
+func TestVaultPGPKeys(t *testing.T) {
+	p := load(t, "testdata/valid/pgp.hcl")
+	v := p.Vault
+	if len(v.PGPKeys) != 3 || len(v.PGPKeysB64) != 3 {
+		t.Fatalf("pgp keys: %d given, %d decoded", len(v.PGPKeys), len(v.PGPKeysB64))
+	}
+	bob, err := os.ReadFile("testdata/valid/pgp/bob.b64")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if v.PGPKeysB64[1] != strings.TrimSpace(string(bob)) {
+		t.Error("a base64 key was not passed on as it is")
+	}
+	// The armored key by path and by file() is the same key.
+	if v.PGPKeysB64[0] != v.PGPKeysB64[2] {
+		t.Error("alice.asc by path and by file() differ")
+	}
+	for i, k := range v.PGPKeysB64 {
+		raw, err := base64.StdEncoding.DecodeString(k)
+		// New-format packet, tag 6: a public key.
+		if err != nil || len(raw) < 100 || raw[0] != 0xc0|6 && raw[0]&0xfc != 0x80|6<<2 {
+			t.Errorf("key %d is not a base64 public key packet: %v", i, err)
+		}
+	}
+	if p := load(t, "testdata/valid/minimal.hcl"); len(p.Vault.PGPKeys) != 0 || len(p.Vault.PGPKeysB64) != 0 {
+		t.Errorf("pgp keys by default: %q", p.Vault.PGPKeys)
+	}
+}
+
+// A key whose armor was damaged in a copy is refused, not sent to Vault.
+func TestVaultPGPKeyChecksum(t *testing.T) {
+	dir := t.TempDir()
+	asc, err := os.ReadFile("testdata/valid/pgp/alice.asc")
+	if err != nil {
+		t.Fatal(err)
+	}
+	lines := strings.Split(string(asc), "\n")
+	// Flip one character of the first line of the key's body.
+	b := []byte(lines[2])
+	b[10] ^= 'A' ^ 'B'
+	lines[2] = string(b)
+	if err := os.WriteFile(filepath.Join(dir, "alice.asc"), []byte(strings.Join(lines, "\n")), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	src := "provider \"local\" {}\nvault {\n  key_shares = 1\n  key_threshold = 1\n  pgp_keys = [\"alice.asc\"]\n}\n"
+	_, diags := config.Parse(filepath.Join(dir, "platform.hcl"), []byte(src))
+	if !diags.HasErrors() || !strings.Contains(diags.Error(), "damaged") || diags[0].Subject.Start.Line != 5 {
+		t.Errorf("damaged key: %v", diags)
 	}
 }

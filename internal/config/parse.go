@@ -143,6 +143,7 @@ func decodeTop(body hcl.Body, ctx *hcl.EvalContext, p *Platform) hcl.Diagnostics
 		case "vault":
 			diags = append(diags, gohcl.DecodeBody(b.Body, ctx, &p.Vault)...)
 			p.Vault.DefRange = b.DefRange
+			p.Vault.pgpKeyElems = listElements(b.Body, "pgp_keys")
 		case "pki":
 			diags = append(diags, gohcl.DecodeBody(b.Body, ctx, &p.PKI)...)
 		case "consul":
@@ -369,6 +370,36 @@ func callsSecretFunc(e hclsyntax.Expression) bool {
 		return nil
 	})
 	return found
+}
+
+// listElements returns the elements of the list attribute name in body: each
+// one's place, and whether it calls env() or file(). nil when the attribute
+// is not written as a list.
+func listElements(body hcl.Body, name string) []listElement {
+	sb, ok := body.(*hclsyntax.Body)
+	if !ok {
+		return nil
+	}
+	attr, ok := sb.Attributes[name]
+	if !ok {
+		return nil
+	}
+	list, ok := attr.Expr.(*hclsyntax.TupleConsExpr)
+	if !ok {
+		return nil
+	}
+	out := make([]listElement, len(list.Exprs))
+	for i, e := range list.Exprs {
+		out[i] = listElement{Range: e.Range(), Read: callsSecretFunc(e)}
+	}
+	return out
+}
+
+// listElement is one element of a list attribute.
+type listElement struct {
+	Range hcl.Range
+	// Read is true when the element calls env() or file().
+	Read bool
 }
 
 // literalSecret warns when a secret attribute is written into the file

@@ -1,6 +1,7 @@
 package config
 
 import (
+	"errors"
 	"fmt"
 	"net"
 	"net/netip"
@@ -190,6 +191,7 @@ func (v *validator) vault() {
 		}
 		v.errorf(or(vc.KeyThresholdRange, def), "Invalid key_threshold", "key_threshold = %d%s must be between 1 and key_shares (%d)%s.", vc.KeyThreshold, what, vc.KeyShares, hint)
 	}
+	v.pgpKeys()
 	if vc.HA && len(vc.Nodes) > 0 && len(vc.Nodes)%2 == 0 {
 		v.errorf(vc.NodesRange, "Invalid number of Vault nodes", "ha = true with %d nodes: raft needs an odd number (3 or 5).", len(vc.Nodes))
 	}
@@ -207,6 +209,50 @@ func (v *validator) vault() {
 				v.errorf(vc.NodesRange, "Unknown Vault node", "%q is not a server of the local provider; its servers are server-1 … server-%d.", n, l.Servers)
 			}
 		}
+	}
+}
+
+// pgpKeys checks vault { pgp_keys } and fills in PGPKeysB64: one key per
+// unseal key share, each a PGP public key.
+func (v *validator) pgpKeys() {
+	vc := &v.p.Vault
+	if len(vc.PGPKeys) == 0 {
+		return
+	}
+	if len(vc.PGPKeys) != vc.KeyShares {
+		what := ""
+		if vc.KeySharesRange.Filename == "" {
+			what = " (the default)"
+		}
+		v.errorf(vc.PGPKeysRange, "Wrong number of pgp_keys",
+			"pgp_keys has %d key(s) but key_shares = %d%s: Vault encrypts each unseal key share to one key, so give one key per share or set key_shares = %d (and key_threshold to at most that).",
+			len(vc.PGPKeys), vc.KeyShares, what, len(vc.PGPKeys))
+	}
+	vc.PGPKeysB64 = nil
+	for i, value := range vc.PGPKeys {
+		rng, read := vc.PGPKeysRange, v.in.covers(vc.PGPKeysRange)
+		if i < len(vc.pgpKeyElems) {
+			rng, read = vc.pgpKeyElems[i].Range, vc.pgpKeyElems[i].Read
+		}
+		var key string
+		var err error
+		if read {
+			// Read with file() or env(): the value is the key, never a path.
+			var ok bool
+			key, ok, err = parsePGPKey([]byte(value))
+			if !ok {
+				err = errors.New("the value is not a PGP public key (ASCII-armored or base64); export one with `gpg --export --armor KEYID > FILE`")
+			}
+		} else {
+			key, err = pgpKey(value, v.p.Dir)
+		}
+		if err != nil {
+			// The message never holds the value itself: a key read with
+			// file() is recorded as a secret like anything file() reads.
+			v.errorf(rng, "Invalid PGP key", "pgp_keys[%d]: %s.", i, strings.TrimSuffix(err.Error(), "."))
+			continue
+		}
+		vc.PGPKeysB64 = append(vc.PGPKeysB64, key)
 	}
 }
 
@@ -291,6 +337,13 @@ func (v *validator) pki() {
 		}
 		if a.TokenTTL != "" {
 			v.ttl(a.TokenTTL, a.TokenTTLRange, "token_ttl")
+		}
+		if a.SecretIDTTL != "" {
+			// Rotated at half its life: the runs in between must come often
+			// enough, and a minute-long ID is a mistake, not a policy.
+			if d := v.ttl(a.SecretIDTTL, a.SecretIDTTLRange, "secret_id_ttl"); d > 0 && d < time.Hour {
+				v.errorf(a.SecretIDTTLRange, "secret_id_ttl too short", "secret_id_ttl = %q: bootstrap issues a new secret ID once half of it has passed, at its next run; use at least \"1h\" (default \"720h\").", a.SecretIDTTL)
+			}
 		}
 	}
 }

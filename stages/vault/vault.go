@@ -1,7 +1,13 @@
 // Package vault is the stage that runs Vault: Ansible installs and starts it
 // on the vault nodes with integrated raft storage behind TLS, then the stage
 // initialises it once, keeps the unseal keys and root token in the secret
-// store, unseals every node and, with ha = true, checks the raft cluster.
+// store, unseals every node, enables the file audit device and, with
+// ha = true, checks the raft cluster.
+//
+// With vault { pgp_keys }, the key shares are stored encrypted to those
+// keys and bootstrap cannot unseal Vault: after init and after every
+// restart the key holders unseal it with `vault operator unseal`, and the
+// stage stops with instructions until they have.
 package vault
 
 import (
@@ -39,11 +45,15 @@ func (*Stage) Name() string { return "vault" }
 
 // InitData is what sys/init returned, kept in the secret store.
 type InitData struct {
-	KeysB64   []string  `json:"keys_base64"`
-	RootToken string    `json:"root_token"`
-	Threshold int       `json:"threshold"`
-	Node      string    `json:"node"`
-	Time      time.Time `json:"time"`
+	// KeysB64 are the unseal key shares, base64. With PGPEncrypted each is
+	// instead a PGP message, base64, encrypted to the key of the same index
+	// in vault { pgp_keys }, holding the share in hex.
+	KeysB64      []string  `json:"keys_base64"`
+	PGPEncrypted bool      `json:"pgp_encrypted,omitempty"`
+	RootToken    string    `json:"root_token"`
+	Threshold    int       `json:"threshold"`
+	Node         string    `json:"node"`
+	Time         time.Time `json:"time"`
 }
 
 // The intent record is written (and so the store test-written) before
@@ -186,15 +196,26 @@ func (s *Stage) Plan(ctx context.Context, e *stages.Env) ([]stages.Change, error
 			anyInit = true
 		}
 	}
+	warnPGPMismatch(e, init)
+	unsealed := true
 	for i, h := range hs {
 		switch {
 		case !h.up():
 			out = append(out, stages.Change{Action: "start", Target: "vault on " + h.node.Name, Detail: "not answering: " + shortErr(h.err)})
 		case !anyInit && i == 0:
-			out = append(out, stages.Change{Action: "init", Target: "vault", Detail: fmt.Sprintf("on %s, %d key shares, threshold %d", h.node.Name, e.Config.Vault.KeyShares, e.Config.Vault.KeyThreshold)})
+			out = append(out, stages.Change{Action: "init", Target: "vault", Detail: initDetail(e, h.node)})
+		case h.health.Sealed && (init != nil && init.PGPEncrypted || init == nil && len(e.Config.Vault.PGPKeysB64) > 0):
+			out = append(out, stages.Change{Action: "unseal", Target: "vault on " + h.node.Name, Detail: "by hand, with `vault operator unseal`: the key shares are encrypted to vault { pgp_keys }; `bootstrap up` says how"})
 		case h.health.Sealed:
 			out = append(out, stages.Change{Action: "unseal", Target: "vault on " + h.node.Name})
 		}
+		unsealed = unsealed && h.up() && h.health.Initialized && !h.health.Sealed
+	}
+	if !anyInit && init == nil {
+		// Enabled right after the first unseal. A Vault that was
+		// initialised before but cannot be asked now (down, sealed) has
+		// it, or the plan says so once it can be asked.
+		out = append(out, stages.Change{Action: "enable", Target: auditTarget, Detail: auditDetail(auditOptions(e, nodes))})
 	}
 	if anyInit && init == nil {
 		if _, ok, _ := e.Secrets.Get(intentSecret); !ok {
@@ -202,7 +223,10 @@ func (s *Stage) Plan(ctx context.Context, e *stages.Env) ([]stages.Change, error
 		}
 		out = append(out, stages.Change{Action: "reset", Target: "vault", Detail: "a run died between sys/init and storing the keys; the empty Vault is wiped and initialised again"})
 	}
-	if len(nodes) > 1 && anyInit && init != nil && len(out) == 0 {
+	if !unsealed || init == nil || len(out) > 0 {
+		return out, nil
+	}
+	if len(nodes) > 1 {
 		peers, err := raftPeers(ctx, e, hs)
 		if err != nil {
 			return nil, err
@@ -213,7 +237,42 @@ func (s *Stage) Plan(ctx context.Context, e *stages.Env) ([]stages.Change, error
 			}
 		}
 	}
+	c, err := adminClient(ctx, e, hs)
+	if err != nil {
+		return nil, err
+	}
+	ch, err := auditChange(ctx, c, auditOptions(e, nodes))
+	if err != nil {
+		return nil, err
+	}
+	if ch != nil {
+		out = append(out, *ch)
+	}
 	return out, nil
+}
+
+func initDetail(e *stages.Env, n inventory.Node) string {
+	v := e.Config.Vault
+	d := fmt.Sprintf("on %s, %d key shares, threshold %d", n.Name, v.KeyShares, v.KeyThreshold)
+	if len(v.PGPKeysB64) > 0 {
+		d += ", each share encrypted to one of pgp_keys: bootstrap cannot unseal it, you do (`vault operator unseal`)"
+	}
+	return d
+}
+
+// warnPGPMismatch says when vault { pgp_keys } and the stored shares
+// disagree: the setting only takes effect when Vault is initialised.
+func warnPGPMismatch(e *stages.Env, init *InitData) {
+	if init == nil {
+		return
+	}
+	path := e.Secrets.Path(stages.SecretVaultInit)
+	switch want := len(e.Config.Vault.PGPKeysB64) > 0; {
+	case want && !init.PGPEncrypted:
+		e.Warnf("vault { pgp_keys } is set, but this Vault was initialised without it: the key shares in %s are not encrypted. pgp_keys applies at init only; to encrypt the shares, rekey Vault (`vault operator rekey -init -pgp-keys=...`), or start over with `bootstrap down`", path)
+	case !want && init.PGPEncrypted:
+		e.Warnf("the key shares in %s are encrypted to PGP keys (vault { pgp_keys } was set at init); bootstrap still cannot unseal Vault by itself", path)
+	}
 }
 
 func shortErr(err error) string {
@@ -274,6 +333,11 @@ func (s *Stage) Apply(ctx context.Context, e *stages.Env) error {
 			return err
 		}
 	}
+	if init.PGPEncrypted {
+		if err := manualUnseal(ctx, e, nodes, init); err != nil {
+			return err
+		}
+	}
 	// Unseal the node that was initialised first: the others join its raft
 	// cluster (retry_join) as they are unsealed.
 	for _, h := range hs {
@@ -285,9 +349,48 @@ func (s *Stage) Apply(ctx context.Context, e *stages.Env) error {
 		return err
 	}
 	if len(nodes) > 1 {
-		return waitPeers(ctx, e, nodes)
+		if err := waitPeers(ctx, e, nodes); err != nil {
+			return err
+		}
 	}
-	return nil
+	c, err := adminClient(ctx, e, probe(ctx, e, nodes))
+	if err != nil {
+		return err
+	}
+	return ensureAudit(ctx, e, c, auditOptions(e, nodes))
+}
+
+// manualUnseal returns an error that tells the key holders how to unseal
+// the nodes that are sealed, or nil when none is: with PGP-encrypted shares
+// only they can.
+func manualUnseal(ctx context.Context, e *stages.Env, nodes []inventory.Node, init *InitData) error {
+	var sealed []inventory.Node
+	for _, h := range probe(ctx, e, nodes) {
+		// A raft follower answers "not initialised" until it is unsealed
+		// and joins; it is sealed all the same.
+		if !h.up() || h.health.Sealed || !h.health.Initialized {
+			sealed = append(sealed, h.node)
+		}
+	}
+	if len(sealed) == 0 {
+		return nil
+	}
+	return errors.New(manualUnsealHelp(e, sealed, init))
+}
+
+// manualUnsealHelp explains how to unseal nodes whose key shares are
+// encrypted to PGP keys. It holds no secret: paths and addresses only.
+func manualUnsealHelp(e *stages.Env, sealed []inventory.Node, init *InitData) string {
+	path := e.Secrets.Path(stages.SecretVaultInit)
+	var b strings.Builder
+	fmt.Fprintf(&b, "vault is sealed on %s and bootstrap cannot unseal it: its %d key shares are encrypted to the PGP keys of vault { pgp_keys }.\n", strings.Join(inventory.Names(sealed), ", "), len(init.KeysB64))
+	b.WriteString("Unseal it by hand, then run bootstrap up again. The holder of pgp_keys[N] decrypts share N (N from 0) with\n")
+	fmt.Fprintf(&b, "    jq -r '.keys_base64[N]' %s | base64 -d | gpg -dq\n", path)
+	fmt.Fprintf(&b, "and %d of the holders enter their share at the prompt of `vault operator unseal` on each sealed node, in this order:\n", init.Threshold)
+	for _, n := range sealed {
+		fmt.Fprintf(&b, "    VAULT_ADDR=%s VAULT_CACERT=%s vault operator unseal\n", Addr(n), caCertPath(e))
+	}
+	return strings.TrimSuffix(b.String(), "\n")
 }
 
 // tlsStale reports whether a node's TLS files on disk differ from what the
@@ -360,12 +463,17 @@ func initVault(ctx context.Context, e *stages.Env, h nodeHealth) (*InitData, err
 	}
 	e.Step("initialising vault on %s", h.node.Name)
 	cfg := e.Config.Vault
-	resp, err := h.client.Sys().InitWithContext(ctx, &vaultapi.InitRequest{SecretShares: cfg.KeyShares, SecretThreshold: cfg.KeyThreshold})
+	resp, err := h.client.Sys().InitWithContext(ctx, &vaultapi.InitRequest{
+		SecretShares:    cfg.KeyShares,
+		SecretThreshold: cfg.KeyThreshold,
+		// Vault encrypts share i to key i; the plain shares never leave it.
+		PGPKeys: cfg.PGPKeysB64,
+	})
 	if err != nil {
 		return nil, fmt.Errorf("vault init on %s: %w", h.node.Name, err)
 	}
 	crashpoint.Hit("vault:after-init")
-	d := &InitData{KeysB64: resp.KeysB64, RootToken: resp.RootToken, Threshold: cfg.KeyThreshold, Node: h.node.Name, Time: time.Now().UTC()}
+	d := &InitData{KeysB64: resp.KeysB64, PGPEncrypted: len(cfg.PGPKeysB64) > 0, RootToken: resp.RootToken, Threshold: cfg.KeyThreshold, Node: h.node.Name, Time: time.Now().UTC()}
 	e.Secrets.Redactor().Add(append(append([]string{}, resp.KeysB64...), resp.Keys...)...)
 	e.Secrets.Redactor().Add(resp.RootToken)
 	b, err := json.MarshalIndent(d, "", "  ")
@@ -382,7 +490,11 @@ func initVault(ctx context.Context, e *stages.Env, h nodeHealth) (*InitData, err
 	if err := e.Secrets.Delete(intentSecret); err != nil {
 		return nil, err
 	}
-	e.Step("vault initialised; %d unseal key share(s) and the root token are in %s", len(d.KeysB64), e.Secrets.Dir())
+	if d.PGPEncrypted {
+		e.Step("vault initialised; its %d unseal key share(s), each encrypted to one of pgp_keys, and the root token are in %s", len(d.KeysB64), e.Secrets.Dir())
+	} else {
+		e.Step("vault initialised; %d unseal key share(s) and the root token are in %s", len(d.KeysB64), e.Secrets.Dir())
+	}
 	return d, nil
 }
 
@@ -455,6 +567,11 @@ func unseal(ctx context.Context, e *stages.Env, h nodeHealth, init *InitData) er
 }
 
 func submitKeys(ctx context.Context, c *vaultapi.Client, st *vaultapi.SealStatusResponse, init *InitData) error {
+	if init.PGPEncrypted {
+		// Never submit a PGP message as a key share: only its holder can
+		// decrypt it (Apply stops before this with instructions).
+		return errors.New("the key shares are encrypted to vault { pgp_keys }: unseal with `vault operator unseal`")
+	}
 	if st.Progress > 0 {
 		if _, err := c.Sys().ResetUnsealProcessWithContext(ctx); err != nil {
 			return fmt.Errorf("reset unseal progress: %w", err)
@@ -573,6 +690,7 @@ func (s *Stage) Status(ctx context.Context, e *stages.Env) ([]stages.StatusLine,
 	if err != nil {
 		return nil, nil
 	}
+	init, _ := LoadInit(e)
 	var out []stages.StatusLine
 	for _, h := range probe(ctx, e, nodes) {
 		l := stages.StatusLine{Component: "vault", Node: h.node.Name}
@@ -590,6 +708,9 @@ func (s *Stage) Status(ctx context.Context, e *stages.Env) ([]stages.StatusLine,
 		}
 		if h.up() {
 			l.Detail = "version " + h.health.Version
+			if h.health.Sealed && init != nil && init.PGPEncrypted {
+				l.Detail += "; key shares encrypted to pgp_keys: unseal with `vault operator unseal`"
+			}
 		}
 		out = append(out, l)
 	}

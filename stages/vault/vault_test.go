@@ -5,6 +5,7 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/json"
+	"fmt"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -66,6 +67,28 @@ func snapshot(t *testing.T, dir string) map[string]string {
 	return out
 }
 
+// assertAuditLog checks the node's Vault audit log, in its own directory,
+// mode 0600, and returns it.
+func assertAuditLog(t *testing.T, p *platformtest.Platform, node string) string {
+	t.Helper()
+	log := filepath.Join(p.StateDir(), "nodes", node, "logs", "vault", "audit.log")
+	fi, err := os.Stat(log)
+	if err != nil {
+		t.Fatalf("audit log of %s: %v", node, err)
+	}
+	if fi.Mode().Perm() != 0o600 {
+		t.Errorf("audit log mode %v, want 0600", fi.Mode().Perm())
+	}
+	b, err := os.ReadFile(log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(string(b), `"type":"request"`) {
+		t.Errorf("the audit log of %s records no request", node)
+	}
+	return string(b)
+}
+
 func TestVaultStage(t *testing.T) {
 	if testing.Short() {
 		t.Skip("brings up a platform")
@@ -93,6 +116,17 @@ func TestVaultStage(t *testing.T) {
 		if r := p.Run(append([]string{"plan"}, only...)); r.Code != 0 {
 			t.Errorf("plan after up: exit %d, want 0\n%s", r.Code, r.Output())
 		}
+	})
+
+	t.Run("every request is audited to the node's directory", func(t *testing.T) {
+		p := p.T(t)
+		b := assertAuditLog(t, p, "server-1")
+		// The second up's plan listed the audit devices: audited, too.
+		if !strings.Contains(b, `"path":"sys/audit"`) {
+			t.Error("the audit log lacks the stage's own requests")
+		}
+		// No secret of the store in clear (Vault HMACs them).
+		p.AssertNoSecrets(b)
 	})
 
 	t.Run("restarted vault is unsealed by up", func(t *testing.T) {
@@ -286,6 +320,13 @@ func TestVaultHA(t *testing.T) {
 	r := p.Run([]string{"status"})
 	if strings.Count(r.Stdout, "standby") != 2 || strings.Count(r.Stdout, "active") != 1 {
 		t.Errorf("status should show one active and two standby vault nodes:\n%s", r.Stdout)
+	}
+	// One audit setting for the cluster, one log per node: the active
+	// node's, in its own directory.
+	for i := 1; i <= 3; i++ {
+		if h := health(t, p, p.Subnet.IP(i)); h["standby"] == false {
+			p.AssertNoSecrets(assertAuditLog(t, p, fmt.Sprintf("server-%d", i)))
+		}
 	}
 	// Restart every node: up unseals all three again.
 	for i := 1; i <= 3; i++ {

@@ -56,8 +56,9 @@ pki {
   }
 
   approle "web" {
-    cas       = ["apps"]
-    token_ttl = "1h"
+    cas           = ["apps"]
+    token_ttl     = "1h"
+    secret_id_ttl = "168h"
   }
 }
 
