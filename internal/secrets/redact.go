@@ -178,14 +178,22 @@ func jsonStrings(v string) []string {
 				walk(e)
 			}
 		case map[string]any:
-			for _, e := range x {
-				walk(e)
+			for k, e := range x {
+				if !metadataKeys[k] {
+					walk(e)
+				}
 			}
 		}
 	}
 	walk(doc)
 	return out
 }
+
+// metadataKeys name the fields of bootstrap's secret files that describe a
+// secret rather than hold one (Vault's init.json records the node it was
+// initialised on and when): redacting "server-1" everywhere would hide
+// which node a message is about.
+var metadataKeys = map[string]bool{"node": true, "time": true, "pgp_encrypted": true}
 
 // prefixKey is the index key of a string of at least four bytes.
 func prefixKey(s string) uint32 {

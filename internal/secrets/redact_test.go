@@ -403,3 +403,13 @@ func TestEnvCredentials(t *testing.T) {
 		t.Errorf("%d credentials, want the 5 set", n)
 	}
 }
+
+// The metadata next to the secrets of a JSON secret file stays readable.
+func TestRedactorJSONMetadata(t *testing.T) {
+	r := secrets.NewRedactor()
+	r.Add(`{"keys_base64": ["c2VjcmV0LXNoYXJlLW9uZQ=="], "root_token": "hvs.rootrootroot", "node": "server-1", "time": "2026-12-03T19:00:00Z"}`)
+	got := r.String("vault on server-1 since 2026-12-03T19:00:00Z, root hvs.rootrootroot")
+	if !strings.Contains(got, "server-1") || !strings.Contains(got, "2026-12-03T19:00:00Z") || strings.Contains(got, "hvs.rootrootroot") {
+		t.Errorf("got %q", got)
+	}
+}
