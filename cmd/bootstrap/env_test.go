@@ -9,6 +9,8 @@ import (
 
 	"github.com/platform-bootstrap/bootstrap/internal/secrets"
 	"github.com/platform-bootstrap/bootstrap/stages"
+	"github.com/platform-bootstrap/bootstrap/stages/consul"
+	"github.com/platform-bootstrap/bootstrap/stages/nomad"
 )
 
 // platformState writes the state directory of a platform that is up: every
@@ -22,17 +24,20 @@ func platformState(t *testing.T, withAdminToken bool) string {
 		t.Fatal(err)
 	}
 	for k, v := range map[string]string{
-		stages.OutVaultAddr:        "https://127.0.1.1:8200",
-		stages.OutVaultCACert:      "/srv/it's here/vault-ca.pem", // a quote to escape
-		stages.OutConsulAddr:       "https://127.0.1.1:8501",
-		stages.OutConsulCACert:     "/srv/consul-ca.pem",
-		stages.OutNomadAddr:        "https://127.0.1.1:4646",
-		stages.OutNomadCACert:      "/srv/nomad-ca.pem",
-		stages.OutPrometheusAddr:   "http://127.0.1.4:9090",
-		stages.OutAlertmanagerAddr: "http://127.0.1.4:9093",
-		stages.OutGrafanaAddr:      "http://127.0.1.4:3000",
-		stages.OutFabioAddr:        "http://127.0.1.4:9999",
-		stages.OutFabioUIAddr:      "http://127.0.1.4:9998",
+		stages.OutVaultAddr:           "https://127.0.1.1:8200",
+		stages.OutVaultCACert:         "/srv/it's here/vault-ca.pem", // a quote to escape
+		stages.OutConsulAddr:          "https://127.0.1.1:8501",
+		stages.OutConsulCACert:        "/srv/consul-ca.pem",
+		stages.OutNomadAddr:           "https://127.0.1.1:4646",
+		stages.OutNomadCACert:         "/srv/nomad-ca.pem",
+		stages.OutPrometheusAddr:      "http://127.0.1.4:9090",
+		stages.OutAlertmanagerAddr:    "http://127.0.1.4:9093",
+		stages.OutGrafanaAddr:         "http://127.0.1.4:3000",
+		stages.OutFabioAddr:           "http://127.0.1.4:9999",
+		stages.OutFabioUIAddr:         "http://127.0.1.4:9998",
+		stages.OutFabioAppAddr("dev"): "http://127.0.1.4:10001",
+		nomad.OutTLSServerName:        "server.global.nomad",
+		consul.OutTLSServerName:       "server.dc1.consul",
 	} {
 		if err := st.SetOutput(k, v); err != nil {
 			t.Fatal(err)
@@ -65,13 +70,17 @@ func platformState(t *testing.T, withAdminToken bool) string {
 const baseExports = `export ALERTMANAGER_ADDR='http://127.0.1.4:9093'
 export CONSUL_CACERT='/srv/consul-ca.pem'
 export CONSUL_HTTP_ADDR='https://127.0.1.1:8501'
+export CONSUL_TLS_SERVER_NAME='server.dc1.consul'
 export FABIO_ADDR='http://127.0.1.4:9999'
+export FABIO_DEV_ADDR='http://127.0.1.4:10001'
 export GRAFANA_ADDR='http://127.0.1.4:3000'
 export NOMAD_ADDR='https://127.0.1.1:4646'
 export NOMAD_CACERT='/srv/nomad-ca.pem'
+export NOMAD_TLS_SERVER_NAME='server.global.nomad'
 export PROMETHEUS_ADDR='http://127.0.1.4:9090'
 export VAULT_ADDR='https://127.0.1.1:8200'
 export VAULT_CACERT='/srv/it'"'"'s here/vault-ca.pem'
+export VAULT_TLS_SERVER_NAME='vault.service.consul'
 `
 
 // withLines adds lines to baseExports, keeping the sorted order.

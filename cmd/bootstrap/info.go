@@ -16,9 +16,11 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/platform-bootstrap/bootstrap/internal/apitls"
 	"github.com/platform-bootstrap/bootstrap/internal/config"
 	"github.com/platform-bootstrap/bootstrap/internal/secrets"
 	"github.com/platform-bootstrap/bootstrap/stages"
+	"github.com/platform-bootstrap/bootstrap/stages/consul"
 	"github.com/platform-bootstrap/bootstrap/stages/nomad"
 	"github.com/platform-bootstrap/bootstrap/stages/platform"
 	"github.com/platform-bootstrap/bootstrap/tools"
@@ -201,6 +203,13 @@ func envVars(out map[string]string, store *secrets.Store, token string, namespac
 	set("ALERTMANAGER_ADDR", stages.OutAlertmanagerAddr)
 	set("GRAFANA_ADDR", stages.OutGrafanaAddr)
 	set("FABIO_ADDR", stages.OutFabioAddr)
+	// The CLIs dial an address and verify the name in the servers'
+	// certificates: a client node's certificate must not pass for a server.
+	set("NOMAD_TLS_SERVER_NAME", nomad.OutTLSServerName)
+	set("CONSUL_TLS_SERVER_NAME", consul.OutTLSServerName)
+	if vars["VAULT_ADDR"] != "" {
+		vars["VAULT_TLS_SERVER_NAME"] = apitls.VaultServerName
+	}
 	for _, ns := range namespaces {
 		// FABIO_DEV_ADDR: where namespace dev's applications are served.
 		set("FABIO_"+strings.ToUpper(strings.ReplaceAll(ns, "-", "_"))+"_ADDR", stages.OutFabioAppAddr(ns))

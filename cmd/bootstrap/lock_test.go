@@ -40,7 +40,7 @@ func TestLockHeldExits3(t *testing.T) {
 		t.Errorf("a refused run changed the state directory:\nbefore %v\nafter  %v", before, after)
 	}
 	// Reading commands do not need the lock.
-	if r := runIn(t, filepath.Dir(cfg), nil, "env", "-c", cfg, "--state-dir", state); r.code != exitOK || r.stdout != "export VAULT_ADDR='https://127.0.1.1:8200'\n" {
+	if r := runIn(t, filepath.Dir(cfg), nil, "env", "-c", cfg, "--state-dir", state); r.code != exitOK || r.stdout != "export VAULT_ADDR='https://127.0.1.1:8200'\nexport VAULT_TLS_SERVER_NAME='vault.service.consul'\n" {
 		t.Errorf("env while locked: exit %d, %q, %q", r.code, r.stdout, r.stderr)
 	}
 }
