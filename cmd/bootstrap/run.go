@@ -333,11 +333,11 @@ func printURLs(w io.Writer, out map[string]string, secretDir string, cfg *config
 	fmt.Fprintf(w, "\n  Secrets (unseal keys, tokens) are in %s (0700).\n", secretDir)
 	fmt.Fprintf(w, "  Use the CLIs: eval \"$(%s env --token admin)\"\n", self)
 	if out[stages.OutNomadAddr] != "" {
-		fmt.Fprintf(w, "\n  GitLab CI/CD variables for deploys (bootstrap deploy), NOMAD_TOKEN scoped to its environment:\n")
+		fmt.Fprintf(w, "\n  GitLab CI/CD variables for deploys (bootstrap deploy); each NOMAD_TOKEN scoped to its\n  environment, and protected where merge requests must not deploy (prod):\n")
 		fmt.Fprintf(w, "    NOMAD_ADDR    %s\n", out[stages.OutNomadAddr])
 		fmt.Fprintf(w, "    NOMAD_CACERT  a file variable with the contents of %s\n", out[stages.OutNomadCACert])
 		for _, ns := range deployNS {
-			fmt.Fprintf(w, "    NOMAD_TOKEN   environment %s: masked, protected, the contents of %s\n", ns, filepath.Join(secretDir, stages.SecretNomadDeployToken(ns)))
+			fmt.Fprintf(w, "    NOMAD_TOKEN   scope %-5s masked, the contents of %s\n", ns+":", filepath.Join(secretDir, stages.SecretNomadDeployToken(ns)))
 		}
 	}
 }

@@ -2,6 +2,7 @@ package nomad
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"maps"
 	"os"
@@ -64,6 +65,23 @@ func consulBindingRules(cfg *config.Platform) map[string]*consulapi.ACLBindingRu
 	return out
 }
 
+// consulServer returns a client of the first Consul server that answers:
+// the plan must not depend on any one server being up.
+func consulServer(ctx context.Context, e *stages.Env, inv *inventory.Inventory, mgmt string) (*consulapi.Client, error) {
+	var errs []error
+	for _, n := range inv.WithRole(inventory.RoleServer) {
+		c, err := consul.Client(e, n, mgmt)
+		if err == nil {
+			_, err = c.Status().LeaderWithQueryOptions((&consulapi.QueryOptions{}).WithContext(ctx))
+		}
+		if err == nil {
+			return c, nil
+		}
+		errs = append(errs, fmt.Errorf("%s: %w", n.Name, err))
+	}
+	return nil, fmt.Errorf("consul: no server answers: %w", errors.Join(errs...))
+}
+
 func authMethodDiffers(have, want *consulapi.ACLAuthMethod) bool {
 	if have == nil || have.Type != want.Type || have.DisplayName != want.DisplayName {
 		return true
@@ -83,7 +101,7 @@ func consulWI(ctx context.Context, e *stages.Env, inv *inventory.Inventory, appl
 	if err != nil || !ok {
 		return nil, fmt.Errorf("consul: the management token is not in the store (run the consul stage): %v", err)
 	}
-	c, err := consul.Client(e, inv.WithRole(inventory.RoleServer)[0], mgmt)
+	c, err := consulServer(ctx, e, inv, mgmt)
 	if err != nil {
 		return nil, err
 	}
