@@ -9,6 +9,8 @@ import (
 
 	"github.com/hashicorp/vault/api"
 
+	"github.com/platform-bootstrap/bootstrap/internal/apitls"
+
 	"github.com/platform-bootstrap/bootstrap/stages"
 )
 
@@ -26,7 +28,9 @@ func NewClient(addr, caFile string) (*api.Client, error) {
 		t.TLSClientConfig = &tls.Config{MinVersion: tls.VersionTLS12}
 	}
 	if caFile != "" {
-		if err := cfg.ConfigureTLS(&api.TLSConfig{CACert: caFile}); err != nil {
+		// Vault's certificates name vault.service.consul: verify that, not
+		// the address dialled.
+		if err := cfg.ConfigureTLS(&api.TLSConfig{CACert: caFile, TLSServerName: apitls.VaultServerName}); err != nil {
 			return nil, fmt.Errorf("vault client: CA %s: %w", caFile, err)
 		}
 	}

@@ -39,6 +39,9 @@ func StartVault(t testing.TB) *Vault {
 		"-dev-tls-cert-dir=" + certDir,
 		// The generated certificate names only localhost and 127.0.0.1.
 		"-dev-tls-san=" + ip,
+		// The name bootstrap's Vault clients verify (the vault stage's
+		// certificates carry it).
+		"-dev-tls-san=vault.service.consul",
 		"-dev-listen-address=" + ip + ":8200",
 		// Do not write ~/.vault-token.
 		"-dev-no-store-token",

@@ -21,6 +21,7 @@ import (
 	nomadapi "github.com/hashicorp/nomad/api"
 	vaultapi "github.com/hashicorp/vault/api"
 
+	"github.com/platform-bootstrap/bootstrap/internal/apitls"
 	"github.com/platform-bootstrap/bootstrap/internal/config"
 	"github.com/platform-bootstrap/bootstrap/internal/inventory"
 	platformjobs "github.com/platform-bootstrap/bootstrap/jobs"
@@ -85,7 +86,7 @@ func load(ctx context.Context, e *stages.Env) (*platform, error) {
 	if err != nil {
 		return nil, err
 	}
-	nc, err := nomad.NewClient(e.State.Output(stages.OutNomadAddr), e.State.Output(stages.OutNomadCACert), mgmt)
+	nc, err := nomad.ServerClient(e, mgmt)
 	if err != nil {
 		return nil, err
 	}
@@ -267,19 +268,34 @@ func prometheusVars(e *stages.Env, p *platform, v platformjobs.Variables, bin st
 		return out
 	}
 	servers := p.inv.WithRole(inventory.RoleServer)
-	clients := p.inv.WithRole(inventory.RoleClient)
-	nomadHTTP := monitoring.HTTPClient{TokenFile: platformjobs.PrometheusNomadTokenFile, CAFile: platformjobs.PrometheusCAFile("nomad")}
-	consulHTTP := monitoring.HTTPClient{TokenFile: platformjobs.PrometheusConsulTokenFile, CAFile: platformjobs.PrometheusCAFile("consul")}
+	// A node that is both server and client carries the server's
+	// certificate: it is scraped with the servers.
+	var clients []inventory.Node
+	for _, n := range p.inv.WithRole(inventory.RoleClient) {
+		if !n.Has(inventory.RoleServer) {
+			clients = append(clients, n)
+		}
+	}
+	// Each group verifies the name of its role, not the target's address
+	// (a client node's certificate may carry any address).
+	nomadHTTP := func(name string) monitoring.HTTPClient {
+		return monitoring.HTTPClient{TokenFile: platformjobs.PrometheusNomadTokenFile, CAFile: platformjobs.PrometheusCAFile("nomad"), ServerName: name}
+	}
+	consulHTTP := func(name string) monitoring.HTTPClient {
+		return monitoring.HTTPClient{TokenFile: platformjobs.PrometheusConsulTokenFile, CAFile: platformjobs.PrometheusCAFile("consul"), ServerName: name}
+	}
+	consulServers := consulHTTP(consul.ServerName(e))
 	yml, err := monitoring.RenderPrometheus(monitoring.PrometheusConfig{
 		ScrapeInterval: cfg.Monitoring.ScrapeInterval,
 		ExternalLabels: map[string]string{"platform": cfg.Name, "datacenter": cfg.Datacenter},
-		NomadServers:   monitoring.Endpoint{Targets: hostports(servers, nomad.HTTPPort), HTTP: nomadHTTP},
-		NomadClients:   monitoring.Endpoint{Targets: hostports(clients, nomad.HTTPPort), HTTP: nomadHTTP},
-		Consul:         monitoring.Endpoint{Targets: hostports(p.inv.Nodes, consul.HTTPSPort), HTTP: consulHTTP},
+		NomadServers:   monitoring.Endpoint{Targets: hostports(servers, nomad.HTTPPort), HTTP: nomadHTTP(nomad.ServerName(e))},
+		NomadClients:   monitoring.Endpoint{Targets: hostports(clients, nomad.HTTPPort), HTTP: nomadHTTP(apitls.NomadClientName(cfg.Region))},
+		Consul:         monitoring.Endpoint{Targets: hostports(servers, consul.HTTPSPort), HTTP: consulServers},
+		ConsulClients:  monitoring.Endpoint{Targets: hostports(clients, consul.HTTPSPort), HTTP: consulHTTP(apitls.ConsulClientName(cfg.Datacenter, cfg.Consul.Domain))},
 		Vault: monitoring.Endpoint{Targets: hostports(p.inv.WithRole(inventory.RoleVault), 8200),
-			HTTP: monitoring.HTTPClient{TokenFile: platformjobs.PrometheusVaultTokenFile, CAFile: platformjobs.PrometheusCAFile("vault")}},
+			HTTP: monitoring.HTTPClient{TokenFile: platformjobs.PrometheusVaultTokenFile, CAFile: platformjobs.PrometheusCAFile("vault"), ServerName: apitls.VaultServerName}},
 		// Any agent serves the catalog; the servers are the stable ones.
-		ConsulSD:      monitoring.ConsulSD{Servers: hostports(servers, consul.HTTPSPort), Datacenter: cfg.Datacenter, HTTP: consulHTTP},
+		ConsulSD:      monitoring.ConsulSD{Servers: hostports(servers, consul.HTTPSPort), Datacenter: cfg.Datacenter, HTTP: consulServers},
 		AppNamespaces: cfg.Nomad.Namespaces,
 	})
 	if err != nil {
@@ -503,7 +519,7 @@ func managementClient(e *stages.Env) (*nomadapi.Client, error) {
 	if err != nil || !ok {
 		return nil, err
 	}
-	return nomad.NewClient(e.State.Output(stages.OutNomadAddr), e.State.Output(stages.OutNomadCACert), strings.TrimSpace(mgmt))
+	return nomad.ServerClient(e, strings.TrimSpace(mgmt))
 }
 
 func password() (string, error) {

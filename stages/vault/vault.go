@@ -24,6 +24,7 @@ import (
 	vaultapi "github.com/hashicorp/vault/api"
 
 	"github.com/platform-bootstrap/bootstrap/ansible"
+	"github.com/platform-bootstrap/bootstrap/internal/apitls"
 	"github.com/platform-bootstrap/bootstrap/internal/crashpoint"
 	"github.com/platform-bootstrap/bootstrap/internal/inventory"
 	"github.com/platform-bootstrap/bootstrap/pki"
@@ -87,7 +88,7 @@ func Client(e *stages.Env, addr string) (*vaultapi.Client, error) {
 	cfg.Address = addr
 	cfg.Timeout = 15 * time.Second
 	cfg.MaxRetries = 0
-	if err := cfg.ConfigureTLS(&vaultapi.TLSConfig{CACert: caCertPath(e)}); err != nil {
+	if err := cfg.ConfigureTLS(&vaultapi.TLSConfig{CACert: caCertPath(e), TLSServerName: apitls.VaultServerName}); err != nil {
 		return nil, fmt.Errorf("vault TLS: %w", err)
 	}
 	c, err := vaultapi.NewClient(cfg)
