@@ -384,7 +384,9 @@ func TestDiagnosticsHideSecrets(t *testing.T) {
 			}
 			var b strings.Builder
 			config.WriteDiagnostics(&b, diags)
-			if strings.Contains(b.String(), tc.value) {
+			// The file's path is a random temporary directory that may
+			// hold the digits of a short value.
+			if strings.Contains(strings.ReplaceAll(b.String(), dir, "DIR"), tc.value) {
 				t.Errorf("the value %q was printed:\n%s", tc.value, b.String())
 			}
 			if !strings.Contains(b.String(), tc.want) {

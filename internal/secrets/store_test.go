@@ -16,6 +16,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/platform-bootstrap/bootstrap/internal/fsutil"
 	"github.com/platform-bootstrap/bootstrap/internal/secrets"
 )
 
@@ -244,7 +245,8 @@ func TestPutLeavesNoTemporaryFiles(t *testing.T) {
 }
 
 // A process killed in the middle of Put leaves the old value or the new
-// one, never a torn mix; the next Open removes its temporary file.
+// one, never a torn mix; its temporary file is what the lock holder's
+// clean-up (fsutil.RemoveTemps) removes.
 func TestPutSurvivesSIGKILL(t *testing.T) {
 	if testing.Short() {
 		t.Skip("spawns processes")
@@ -254,6 +256,9 @@ func TestPutSurvivesSIGKILL(t *testing.T) {
 	t.Logf("seed %d", seed)
 	rng := mrand.New(mrand.NewPCG(seed, 0))
 	last := -1
+	// Under load the helper may not reach its first Put before the kill:
+	// each round that found nothing yet waits longer.
+	var extra time.Duration
 	for round := range 15 {
 		cmd := exec.Command(os.Args[0], "-test.run=^$")
 		start := (round + 1) * 1000 // each round writes its own values
@@ -263,7 +268,7 @@ func TestPutSurvivesSIGKILL(t *testing.T) {
 		if err := cmd.Start(); err != nil {
 			t.Fatal(err)
 		}
-		time.Sleep(time.Duration(5+rng.IntN(40)) * time.Millisecond)
+		time.Sleep(time.Duration(5+rng.IntN(40))*time.Millisecond + extra)
 		cmd.Process.Signal(syscall.SIGKILL)
 		cmd.Wait()
 		if ws := cmd.ProcessState.Sys().(syscall.WaitStatus); !ws.Signaled() {
@@ -271,6 +276,7 @@ func TestPutSurvivesSIGKILL(t *testing.T) {
 		}
 		b, err := os.ReadFile(filepath.Join(dir, "vault", "init.json"))
 		if errors.Is(err, fs.ErrNotExist) && last < 0 {
+			extra += 50 * time.Millisecond
 			continue // killed before its first Put finished
 		}
 		if err != nil {
@@ -300,9 +306,12 @@ func TestPutSurvivesSIGKILL(t *testing.T) {
 		if _, err := secrets.Open(dir, secrets.NewRedactor()); err != nil {
 			t.Fatal(err)
 		}
+		if err := fsutil.RemoveTemps(filepath.Join(dir, "vault")); err != nil {
+			t.Fatal(err)
+		}
 		entries, _ := os.ReadDir(filepath.Join(dir, "vault"))
 		if len(entries) != 1 {
-			t.Fatalf("round %d: after Open the store holds %d files", round, len(entries))
+			t.Fatalf("round %d: after the clean-up the store holds %d files", round, len(entries))
 		}
 	}
 	if last < 0 {
