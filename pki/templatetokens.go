@@ -59,10 +59,11 @@ func ConsulTemplatePolicy(n inventory.Node) string {
 // ConsulTemplateCIDRs are the addresses n's token is bound to, each a single
 // host (/32, /128): the addresses n reaches Vault from. That is its private
 // address, or its public one when Vault is reached over the public
-// network. The local provider's nodes are loopback addresses of one
-// machine, and Linux sends from 127.0.0.1 to every loopback address
-// whatever address the sender is given, so their tokens also accept
-// 127.0.0.1: on one machine the binding can tell the machine only.
+// network. Nodes on loopback addresses (the local provider's, or a static
+// inventory of loopback machines) share one machine, and Linux sends from
+// 127.0.0.1 to every loopback address whatever address the sender is
+// given, so their tokens also accept 127.0.0.1: on one machine the binding
+// can tell the machine only.
 func ConsulTemplateCIDRs(n inventory.Node) []string {
 	var addrs []netip.Addr
 	add := func(s string) {
@@ -77,7 +78,7 @@ func ConsulTemplateCIDRs(n inventory.Node) []string {
 	}
 	add(n.PrivateIP)
 	add(n.PublicIP)
-	if n.Local != nil {
+	if n.Local != nil || slices.ContainsFunc(addrs, netip.Addr.IsLoopback) {
 		add("127.0.0.1")
 	}
 	out := make([]string, len(addrs))

@@ -52,6 +52,8 @@ func TestConsulTemplateCIDRs(t *testing.T) {
 	}{
 		{inventory.Node{PrivateIP: "127.0.1.4", Local: &inventory.Local{}}, []string{"127.0.0.1/32", "127.0.1.4/32"}},
 		{inventory.Node{PrivateIP: "10.0.0.5"}, []string{"10.0.0.5/32"}},
+		// A static inventory of loopback machines (the SSH tests) shares one host too.
+		{inventory.Node{PrivateIP: "127.58.116.1"}, []string{"127.0.0.1/32", "127.58.116.1/32"}},
 		{inventory.Node{PrivateIP: "10.0.0.5", PublicIP: "203.0.113.7"}, []string{"10.0.0.5/32", "203.0.113.7/32"}},
 		{inventory.Node{PrivateIP: "fd00::5", PublicIP: "fd00::5"}, []string{"fd00::5/128"}},
 	} {
