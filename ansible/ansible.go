@@ -231,6 +231,7 @@ func (r *Runner) Run(ctx context.Context, playbook string, tags, limit []string)
 	// half-written files: SIGTERM first, SIGKILL after a grace period.
 	cmd.Cancel = func() error { return cmd.Process.Signal(os.Interrupt) }
 	cmd.WaitDelay = 30 * time.Second
+	dieWithParent(cmd)
 	log := r.Log
 	if log == nil {
 		log = io.Discard
