@@ -6,17 +6,15 @@ import (
 	"io"
 	"net/http"
 	"os"
-	"path/filepath"
 	"strings"
 	"testing"
 
 	"github.com/platform-bootstrap/bootstrap/internal/apitls"
 	"github.com/platform-bootstrap/bootstrap/internal/apitls/apitlstest"
-	"github.com/platform-bootstrap/bootstrap/internal/config"
 	"github.com/platform-bootstrap/bootstrap/internal/inventory"
-	"github.com/platform-bootstrap/bootstrap/internal/secrets"
 	"github.com/platform-bootstrap/bootstrap/pki"
 	"github.com/platform-bootstrap/bootstrap/stages"
+	"github.com/platform-bootstrap/bootstrap/stages/stagestest"
 )
 
 // leader answers GET /v1/status/leader as a Consul agent does.
@@ -30,20 +28,8 @@ var leader = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 
 func testEnv(t *testing.T, hcl string) *stages.Env {
 	t.Helper()
-	cfg, diags := config.Parse("platform.hcl", []byte(hcl))
-	if diags.HasErrors() {
-		t.Fatal(diags)
-	}
 	dir := t.TempDir()
-	store, err := secrets.Open(filepath.Join(dir, "secrets"), secrets.NewRedactor())
-	if err != nil {
-		t.Fatal(err)
-	}
-	state, err := stages.LoadState(dir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return stages.NewEnv(cfg, dir, store, state, nil, nil)
+	return stagestest.Env(t, ".", dir, hcl, nil)
 }
 
 func TestTLSNames(t *testing.T) {

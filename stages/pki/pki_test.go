@@ -5,16 +5,14 @@ import (
 	"encoding/json"
 	"errors"
 	"os"
-	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
 
-	"github.com/platform-bootstrap/bootstrap/internal/config"
-	"github.com/platform-bootstrap/bootstrap/internal/secrets"
 	"github.com/platform-bootstrap/bootstrap/internal/testcluster"
 	vaultpki "github.com/platform-bootstrap/bootstrap/pki"
 	"github.com/platform-bootstrap/bootstrap/stages"
+	"github.com/platform-bootstrap/bootstrap/stages/stagestest"
 )
 
 type events struct {
@@ -30,20 +28,7 @@ func (e *events) Event(ev stages.Event) {
 
 func newEnv(t *testing.T, rep stages.Reporter) *stages.Env {
 	t.Helper()
-	cfg, diags := config.Parse("platform.hcl", []byte(`provider "local" {}`))
-	if diags.HasErrors() {
-		t.Fatal(diags)
-	}
-	dir := t.TempDir()
-	store, err := secrets.Open(filepath.Join(dir, "secrets"), secrets.NewRedactor())
-	if err != nil {
-		t.Fatal(err)
-	}
-	state, err := stages.LoadState(dir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return stages.NewEnv(cfg, dir, store, state, nil, rep)
+	return stagestest.Env(t, ".", t.TempDir(), `provider "local" {}`, rep)
 }
 
 func TestNotReadyWithoutVault(t *testing.T) {

@@ -23,13 +23,12 @@ import (
 	//lint:ignore SA1019 as above
 	"golang.org/x/crypto/openpgp/armor"
 
-	"github.com/platform-bootstrap/bootstrap/internal/config"
 	"github.com/platform-bootstrap/bootstrap/internal/inventory"
 	"github.com/platform-bootstrap/bootstrap/internal/platformtest"
 	"github.com/platform-bootstrap/bootstrap/internal/proc"
-	"github.com/platform-bootstrap/bootstrap/internal/secrets"
 	"github.com/platform-bootstrap/bootstrap/internal/testcluster"
 	"github.com/platform-bootstrap/bootstrap/stages"
+	"github.com/platform-bootstrap/bootstrap/stages/stagestest"
 )
 
 // rawVault is a real, uninitialised Vault server (not dev mode) on a
@@ -86,20 +85,7 @@ listener "tcp" {
 // testEnv is an Env over a fresh state directory with the configuration src.
 func testEnv(t *testing.T, dir, src string) *stages.Env {
 	t.Helper()
-	cfg, diags := config.Parse(filepath.Join(dir, "platform.hcl"), []byte(src))
-	if diags.HasErrors() {
-		t.Fatal(diags)
-	}
-	state := filepath.Join(dir, "state")
-	store, err := secrets.Open(filepath.Join(state, "secrets"), secrets.NewRedactor())
-	if err != nil {
-		t.Fatal(err)
-	}
-	st, err := stages.LoadState(state)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return stages.NewEnv(cfg, state, store, st, nil, nil)
+	return stagestest.Env(t, dir, filepath.Join(dir, "state"), src, nil)
 }
 
 // pgpKeyHolders makes one PGP key per share, as a key holder's gpg would,
