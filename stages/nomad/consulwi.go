@@ -2,13 +2,19 @@ package nomad
 
 import (
 	"context"
+	"crypto/rsa"
+	"crypto/x509"
+	"encoding/base64"
+	"encoding/pem"
 	"errors"
 	"fmt"
 	"maps"
-	"os"
+	"math/big"
 	"slices"
+	"strings"
 
 	consulapi "github.com/hashicorp/consul/api"
+	nomadapi "github.com/hashicorp/nomad/api"
 
 	"github.com/platform-bootstrap/bootstrap/internal/config"
 	"github.com/platform-bootstrap/bootstrap/internal/inventory"
@@ -24,31 +30,91 @@ import (
 // never register a platform service, or another namespace's.
 const consulAuthMethod = "nomad-workloads"
 
-func consulAuthMethodWant(e *stages.Env, inv *inventory.Inventory) (*consulapi.ACLAuthMethod, error) {
-	ca, err := os.ReadFile(CAFile(e))
+func consulAuthMethodWant(ctx context.Context, e *stages.Env, inv *inventory.Inventory) (*consulapi.ACLAuthMethod, []string, error) {
+	keys, kids, err := signingKeys(ctx, e, inv)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
-	// Consul takes one JWKS URL; it caches the keys, so logins go on while
-	// that server is down until Nomad rotates its signing key.
-	server := inv.WithRole(inventory.RoleServer)[0]
 	return &consulapi.ACLAuthMethod{
 		Name:        consulAuthMethod,
 		Type:        "jwt",
 		DisplayName: "Nomad workload identities",
 		Description: "bootstrap",
 		Config: map[string]any{
-			"JWKSURL":          Addr(server) + "/.well-known/jwks.json",
-			"JWKSCACert":       string(ca),
-			"JWTSupportedAlgs": []any{"RS256"},
-			"BoundAudiences":   []any{"consul.io"},
+			"JWTValidationPubKeys": keys,
+			"JWTSupportedAlgs":     []any{"RS256"},
+			"BoundAudiences":       []any{"consul.io"},
 			"ClaimMappings": map[string]any{
 				"nomad_namespace": "nomad_namespace",
 				"nomad_job_id":    "nomad_job_id",
 				"nomad_service":   "nomad_service",
 			},
 		},
-	}, nil
+	}, kids, nil
+}
+
+// jwk is the part of a JSON Web Key (RFC 7517) that Consul needs.
+type jwk struct{ Kid, Kty, N, E string }
+
+// pem returns the RSA public key k as PEM.
+func (k jwk) pem() (string, error) {
+	n, err1 := base64.RawURLEncoding.DecodeString(k.N)
+	e, err2 := base64.RawURLEncoding.DecodeString(k.E)
+	if err := errors.Join(err1, err2); err != nil {
+		return "", err
+	}
+	der, err := x509.MarshalPKIXPublicKey(&rsa.PublicKey{N: new(big.Int).SetBytes(n), E: int(new(big.Int).SetBytes(e).Int64())})
+	if err != nil {
+		return "", err
+	}
+	return string(pem.EncodeToMemory(&pem.Block{Type: "PUBLIC KEY", Bytes: der})), nil
+}
+
+// signingKeys returns Nomad's public signing keys as PEM, and their key
+// ids, from the first server that answers.
+//
+// Consul is given the keys themselves rather than a JWKS URL: it takes only
+// one URL, and the Consul leader fetches from it on its first login. With a
+// URL naming one server, a new leader elected while that server is down
+// could not log in any service identity, so no allocation could register a
+// service. The price is that Consul must learn each new Nomad key. Nomad
+// publishes the next key half its rotation period (15 of 30 days by
+// default) before signing with it; every plan compares the keys and every
+// up adds them, and status warns while Consul is missing one.
+func signingKeys(ctx context.Context, e *stages.Env, inv *inventory.Inventory) ([]any, []string, error) {
+	var set struct{ Keys []jwk }
+	var errs []error
+	for _, n := range inv.WithRole(inventory.RoleServer) {
+		c, err := Client(e, n, "")
+		if err == nil {
+			_, err = c.Raw().Query("/.well-known/jwks.json", &set, (&nomadapi.QueryOptions{}).WithContext(ctx))
+		}
+		if err == nil {
+			break
+		}
+		errs = append(errs, fmt.Errorf("%s: %w", n.Name, err))
+	}
+	if len(errs) == len(inv.WithRole(inventory.RoleServer)) {
+		return nil, nil, fmt.Errorf("nomad: read the signing keys (/.well-known/jwks.json): %w", errors.Join(errs...))
+	}
+	slices.SortFunc(set.Keys, func(a, b jwk) int { return strings.Compare(a.Kid, b.Kid) })
+	var keys []any
+	var kids []string
+	for _, k := range set.Keys {
+		if k.Kty != "RSA" {
+			continue // Consul refuses EdDSA
+		}
+		key, err := k.pem()
+		if err != nil {
+			return nil, nil, fmt.Errorf("nomad: signing key %s: %w", k.Kid, err)
+		}
+		keys = append(keys, key)
+		kids = append(kids, k.Kid)
+	}
+	if len(keys) == 0 {
+		return nil, nil, fmt.Errorf("nomad: no RS256 signing key in /.well-known/jwks.json")
+	}
+	return keys, kids, nil
 }
 
 // consulBindingRules are the wanted rules, by selector.
@@ -108,7 +174,7 @@ func consulWI(ctx context.Context, e *stages.Env, inv *inventory.Inventory, appl
 	q := (&consulapi.QueryOptions{}).WithContext(ctx)
 	w := (&consulapi.WriteOptions{}).WithContext(ctx)
 	var out []stages.Change
-	want, err := consulAuthMethodWant(e, inv)
+	want, kids, err := consulAuthMethodWant(ctx, e, inv)
 	if err != nil {
 		return nil, err
 	}
@@ -121,7 +187,7 @@ func consulWI(ctx context.Context, e *stages.Env, inv *inventory.Inventory, appl
 		if have == nil {
 			action = "create"
 		}
-		out = append(out, stages.Change{Action: action, Target: "consul auth method " + consulAuthMethod, Detail: "trust Nomad's service identities"})
+		out = append(out, stages.Change{Action: action, Target: "consul auth method " + consulAuthMethod, Detail: "trust Nomad's service identities, signed by key " + strings.Join(kids, ", ")})
 		if apply {
 			e.Step("writing consul auth method %s", consulAuthMethod)
 			if have == nil {
@@ -170,4 +236,45 @@ func consulWI(ctx context.Context, e *stages.Env, inv *inventory.Inventory, appl
 		}
 	}
 	return out, nil
+}
+
+// keysStatus says whether Consul trusts every key Nomad publishes, so that a
+// rotation that up has not yet followed shows before identities fail.
+func keysStatus(ctx context.Context, e *stages.Env, inv *inventory.Inventory) (stages.StatusLine, bool) {
+	l := stages.StatusLine{Component: "nomad", State: "signing keys"}
+	mgmt, ok, err := e.Secrets.Get(stages.SecretConsulBootstrapToken)
+	if err != nil || !ok {
+		return l, false
+	}
+	c, err := consulServer(ctx, e, inv, mgmt)
+	if err != nil {
+		return l, false
+	}
+	have, _, err := c.ACL().AuthMethodRead(consulAuthMethod, (&consulapi.QueryOptions{}).WithContext(ctx))
+	if err != nil || have == nil {
+		return l, false
+	}
+	keys, kids, err := signingKeys(ctx, e, inv)
+	if err != nil {
+		l.Detail = err.Error()
+		return l, true
+	}
+	trusted := map[string]bool{}
+	if list, ok := have.Config["JWTValidationPubKeys"].([]any); ok {
+		for _, k := range list {
+			trusted[fmt.Sprint(k)] = true
+		}
+	}
+	var missing []string
+	for i, k := range keys {
+		if !trusted[k.(string)] {
+			missing = append(missing, kids[i])
+		}
+	}
+	if len(missing) > 0 {
+		l.Detail = "consul does not trust key " + strings.Join(missing, ", ") + ": run up"
+		return l, true
+	}
+	l.Healthy, l.Detail = true, "consul trusts all "+fmt.Sprint(len(keys))
+	return l, true
 }

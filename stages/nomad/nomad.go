@@ -491,6 +491,11 @@ func (s *Stage) Status(ctx context.Context, e *stages.Env) ([]stages.StatusLine,
 		}
 		out = append(out, l)
 	}
+	if leader != "" {
+		if l, ok := keysStatus(ctx, e, inv); ok {
+			out = append(out, l)
+		}
+	}
 	return out, nil
 }
 

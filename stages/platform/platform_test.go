@@ -344,6 +344,30 @@ func TestPlatform(t *testing.T) {
 		}
 	})
 
+	t.Run("a new nomad signing key reaches consul through up", func(t *testing.T) {
+		p := p.T(t)
+		nc, err := nomad.NewClient(env["NOMAD_ADDR"], env["NOMAD_CACERT"], env["NOMAD_TOKEN"])
+		if err != nil {
+			t.Fatal(err)
+		}
+		// What Nomad's periodic rotation does half way through the period:
+		// the next key is published before anything is signed with it.
+		key, _, err := nc.Keyring().Rotate(&nomadapi.KeyringRotateOptions{PublishTime: time.Now().Add(time.Hour).UnixNano()}, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if r := p.Run([]string{"status"}); !strings.Contains(r.Stdout, "does not trust key "+key.KeyID) {
+			t.Errorf("status does not warn that consul lacks key %s:\n%s", key.KeyID, r.Output())
+		}
+		if r := p.Run([]string{"plan", "--only", "nomad"}); r.Code != 4 || !strings.Contains(r.Stdout, key.KeyID) {
+			t.Errorf("plan --only nomad: exit %d, want 4 and key %s\n%s", r.Code, key.KeyID, r.Output())
+		}
+		p.Up()
+		if r := p.Run([]string{"status"}); !strings.Contains(r.Stdout, "consul trusts all") {
+			t.Errorf("status after up:\n%s", r.Output())
+		}
+	})
+
 	t.Run("status", func(t *testing.T) {
 		r := p.Run([]string{"status"})
 		if r.Code != 0 || strings.Contains(r.Stdout, "!!") {
