@@ -11,6 +11,7 @@ import (
 	"strings"
 
 	"github.com/platform-bootstrap/bootstrap/internal/fsutil"
+	"github.com/platform-bootstrap/bootstrap/internal/reconcile"
 	"github.com/platform-bootstrap/bootstrap/stages"
 )
 
@@ -55,10 +56,10 @@ func (r *reconciler) caFiles(ctx context.Context) error {
 // file makes sure path holds content. Certificates are public: 0644.
 func (r *reconciler) file(path, rel, content, detail string) error {
 	old, err := os.ReadFile(path)
-	action := "update"
+	action := reconcile.Update
 	switch {
 	case errors.Is(err, fs.ErrNotExist):
-		action = "create"
+		action = reconcile.Create
 	case err != nil:
 		return err
 	case bytes.Equal(old, []byte(content)):

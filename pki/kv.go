@@ -5,6 +5,8 @@ import (
 	"fmt"
 
 	"github.com/hashicorp/vault/api"
+
+	"github.com/platform-bootstrap/bootstrap/internal/reconcile"
 )
 
 // KVPath is where StoreKV keeps the copy of a secret named name (a name of
@@ -60,9 +62,9 @@ func (r *reconciler) kv(ctx context.Context, name, value string, known bool) err
 	if err != nil && !isNotFound(err) {
 		return fmt.Errorf("read %s: %w", KVPath(name), err)
 	}
-	action := "update"
+	action := reconcile.Update
 	if s == nil || s.Data == nil {
-		action = "create"
+		action = reconcile.Create
 	} else if data, _ := s.Data["data"].(map[string]any); known && str(data, "value") == value {
 		return nil
 	}

@@ -8,6 +8,7 @@ import (
 
 	"github.com/hashicorp/vault/api"
 
+	"github.com/platform-bootstrap/bootstrap/internal/reconcile"
 	"github.com/platform-bootstrap/bootstrap/stages"
 )
 
@@ -51,19 +52,16 @@ type reconciler struct {
 }
 
 // change records a difference and, when applying, fixes it with do.
-func (r *reconciler) change(action, target, detail string, do func() error) error {
-	if r.apply && do != nil {
-		if err := do(); err != nil {
-			return fmt.Errorf("%s %s: %w", action, target, err)
-		}
-	}
-	r.res.Changes = append(r.res.Changes, stages.Change{Action: action, Target: target, Detail: detail})
-	return nil
+func (r *reconciler) change(action reconcile.Action, target, detail string, do func() error) error {
+	p := reconcile.Plan{Apply: r.apply}
+	err := p.Do(action, target, detail, do)
+	r.res.Changes = append(r.res.Changes, p.Changes...)
+	return err
 }
 
 // planned records a change that an earlier planned change makes necessary,
 // while planning only: Apply finds and fixes it in its own step.
-func (r *reconciler) planned(action, target, detail string) {
+func (r *reconciler) planned(action reconcile.Action, target, detail string) {
 	r.res.Changes = append(r.res.Changes, stages.Change{Action: action, Target: target, Detail: detail})
 }
 

@@ -30,7 +30,7 @@ func moveClock(t *testing.T, d time.Duration) {
 func targets(cs []stages.Change) []string {
 	var out []string
 	for _, c := range cs {
-		out = append(out, c.Action+" "+c.Target)
+		out = append(out, string(c.Action)+" "+c.Target)
 	}
 	return out
 }

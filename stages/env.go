@@ -2,6 +2,7 @@ package stages
 
 import (
 	"fmt"
+	"github.com/platform-bootstrap/bootstrap/internal/reconcile"
 	"io"
 	"path/filepath"
 	"time"
@@ -143,4 +144,10 @@ func redactChanges(red *secrets.Redactor, in []Change) []Change {
 		out[i] = Change{Action: c.Action, Target: red.String(c.Target), Detail: red.String(c.Detail)}
 	}
 	return out
+}
+
+// Plan returns a reconcile.Plan that applies when apply is set and shows
+// each change it makes as a step.
+func (e *Env) Plan(apply bool) *reconcile.Plan {
+	return &reconcile.Plan{Apply: apply, Before: func(c Change) { e.Step("%s", c) }}
 }

@@ -177,7 +177,7 @@ func PlainLine(e Event) string {
 	case EventPlan:
 		fmt.Fprintf(&b, "%s %d change(s):\n", prefix, len(e.Changes))
 		for _, c := range e.Changes {
-			fmt.Fprintf(&b, "%s   %s %s\n", prefix, planMark(c.Action), c)
+			fmt.Fprintf(&b, "%s   %s %s\n", prefix, c.Action.Mark(), c)
 		}
 	case EventStep, EventLog:
 		fmt.Fprintf(&b, "%s %s\n", prefix, e.Message)
@@ -199,17 +199,6 @@ func PlainLine(e Event) string {
 		fmt.Fprintf(&b, "%s %s %s\n", prefix, e.Type, e.Message)
 	}
 	return b.String()
-}
-
-func planMark(action string) string {
-	switch action {
-	case "create", "start", "generate", "bootstrap", "init", "install", "register", "join":
-		return "+"
-	case "delete", "destroy", "stop", "revoke":
-		return "-"
-	default:
-		return "~"
-	}
 }
 
 // Purge removes everything a platform left in the state directory — node

@@ -5,6 +5,8 @@
 package stages
 
 import (
+	"github.com/platform-bootstrap/bootstrap/internal/reconcile"
+
 	"context"
 	"errors"
 	"fmt"
@@ -47,19 +49,7 @@ type StatusLine struct {
 }
 
 // Change is one difference between the configuration and the live system.
-type Change struct {
-	Action string `json:"action"` // create, update, delete, start, ...
-	Target string `json:"target"` // what is changed, e.g. "vault mount consul/root-ca"
-	Detail string `json:"detail,omitempty"`
-}
-
-func (c Change) String() string {
-	s := c.Action + " " + c.Target
-	if c.Detail != "" {
-		s += " (" + c.Detail + ")"
-	}
-	return s
-}
+type Change = reconcile.Change
 
 // ErrNotReady is returned by Plan when the stage depends on an earlier stage
 // that has not been applied yet, so the live system cannot be asked.

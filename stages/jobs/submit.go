@@ -13,6 +13,7 @@ import (
 	nomadapi "github.com/hashicorp/nomad/api"
 
 	"github.com/platform-bootstrap/bootstrap/internal/crashpoint"
+	"github.com/platform-bootstrap/bootstrap/internal/reconcile"
 	platformjobs "github.com/platform-bootstrap/bootstrap/jobs"
 	"github.com/platform-bootstrap/bootstrap/pki"
 	"github.com/platform-bootstrap/bootstrap/stages"
@@ -105,9 +106,9 @@ func planJob(ctx context.Context, p *platform, sp spec) (*stages.Change, error) 
 	}
 	target := "job " + platformjobs.Namespace + "/" + sp.name
 	if changed(resp) {
-		action := "update"
+		action := reconcile.Update
 		if resp.Diff.Type == "Added" {
-			action = "create"
+			action = reconcile.Create
 		}
 		return &stages.Change{Action: action, Target: target, Detail: describe(resp.Diff)}, nil
 	}

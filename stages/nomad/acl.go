@@ -17,6 +17,7 @@ import (
 	"github.com/platform-bootstrap/bootstrap/internal/crashpoint"
 	"github.com/platform-bootstrap/bootstrap/internal/inventory"
 	"github.com/platform-bootstrap/bootstrap/internal/poll"
+	"github.com/platform-bootstrap/bootstrap/internal/reconcile"
 	"github.com/platform-bootstrap/bootstrap/internal/secrets"
 	"github.com/platform-bootstrap/bootstrap/pki"
 	"github.com/platform-bootstrap/bootstrap/stages"
@@ -324,11 +325,11 @@ func planACL(ctx context.Context, e *stages.Env, d *deps, as []agentState) ([]st
 	if err != nil {
 		return nil, err
 	}
-	wi, err := consulWI(ctx, e, d.inv, false)
-	if err != nil {
+	wi := &reconcile.Plan{}
+	if err := consulWI(ctx, e, d.inv, wi); err != nil {
 		return nil, err
 	}
-	return append(append(out, jwt...), wi...), nil
+	return append(append(out, jwt...), wi.Changes...), nil
 }
 
 // stale finds the tokens and policies bootstrap made that the configuration
@@ -479,8 +480,7 @@ func applyACL(ctx context.Context, e *stages.Env, d *deps, mgmt string) error {
 	if err := applyJWT(ctx, e, d, vc); err != nil {
 		return err
 	}
-	_, err = consulWI(ctx, e, d.inv, true)
-	return err
+	return consulWI(ctx, e, d.inv, e.Plan(true))
 }
 
 // ensureToken creates a token, or finds it by name, and keeps its secret.

@@ -18,6 +18,7 @@ import (
 
 	"github.com/platform-bootstrap/bootstrap/internal/config"
 	"github.com/platform-bootstrap/bootstrap/internal/inventory"
+	"github.com/platform-bootstrap/bootstrap/internal/reconcile"
 	"github.com/platform-bootstrap/bootstrap/stages"
 	"github.com/platform-bootstrap/bootstrap/stages/consul"
 )
@@ -160,51 +161,49 @@ func authMethodDiffers(have, want *consulapi.ACLAuthMethod) bool {
 	return false
 }
 
-// consulWI plans (apply=false) or converges (apply=true) Consul's trust in
-// Nomad's service identities.
-func consulWI(ctx context.Context, e *stages.Env, inv *inventory.Inventory, apply bool) ([]stages.Change, error) {
+// consulWI records in p, and makes when p applies, the changes that give
+// Consul trust in Nomad's service identities.
+func consulWI(ctx context.Context, e *stages.Env, inv *inventory.Inventory, p *reconcile.Plan) error {
 	mgmt, ok, err := e.Secrets.Get(stages.SecretConsulBootstrapToken)
 	if err != nil || !ok {
-		return nil, fmt.Errorf("consul: the management token is not in the store (run the consul stage): %v", err)
+		return fmt.Errorf("consul: the management token is not in the store (run the consul stage): %v", err)
 	}
 	c, err := consulServer(ctx, e, inv, mgmt)
 	if err != nil {
-		return nil, err
+		return err
 	}
 	q := (&consulapi.QueryOptions{}).WithContext(ctx)
 	w := (&consulapi.WriteOptions{}).WithContext(ctx)
-	var out []stages.Change
 	want, kids, err := consulAuthMethodWant(ctx, e, inv)
 	if err != nil {
-		return nil, err
+		return err
 	}
 	have, _, err := c.ACL().AuthMethodRead(consulAuthMethod, q)
 	if err != nil {
-		return nil, fmt.Errorf("consul: read auth method %s: %w", consulAuthMethod, err)
+		return fmt.Errorf("consul: read auth method %s: %w", consulAuthMethod, err)
 	}
-	if authMethodDiffers(have, want) {
-		action := "update"
-		if have == nil {
-			action = "create"
-		}
-		out = append(out, stages.Change{Action: action, Target: "consul auth method " + consulAuthMethod, Detail: "trust Nomad's service identities, signed by key " + strings.Join(kids, ", ")})
-		if apply {
-			e.Step("writing consul auth method %s", consulAuthMethod)
-			if have == nil {
-				_, _, err = c.ACL().AuthMethodCreate(want, w)
-			} else {
-				_, _, err = c.ACL().AuthMethodUpdate(want, w)
-			}
-			if err != nil {
-				return nil, fmt.Errorf("consul: write auth method %s: %w", consulAuthMethod, err)
-			}
-		}
+	target := "consul auth method " + consulAuthMethod
+	detail := "trust Nomad's service identities, signed by key " + strings.Join(kids, ", ")
+	switch {
+	case have == nil:
+		err = p.Do(reconcile.Create, target, detail, func() error {
+			_, _, err := c.ACL().AuthMethodCreate(want, w)
+			return err
+		})
+	case authMethodDiffers(have, want):
+		err = p.Do(reconcile.Update, target, detail, func() error {
+			_, _, err := c.ACL().AuthMethodUpdate(want, w)
+			return err
+		})
+	}
+	if err != nil {
+		return fmt.Errorf("consul: %w", err)
 	}
 	var rules []*consulapi.ACLBindingRule
-	if have != nil || apply {
+	if have != nil || p.Apply {
 		rules, _, err = c.ACL().BindingRuleList(consulAuthMethod, q)
 		if err != nil {
-			return nil, fmt.Errorf("consul: list binding rules: %w", err)
+			return fmt.Errorf("consul: list binding rules: %w", err)
 		}
 	}
 	wantRules := consulBindingRules(e.Config)
@@ -216,26 +215,25 @@ func consulWI(ctx context.Context, e *stages.Env, inv *inventory.Inventory, appl
 		}
 		// A rule bootstrap does not want would widen what a namespace may
 		// register: it goes.
-		out = append(out, stages.Change{Action: "delete", Target: "consul binding rule", Detail: r.Selector})
-		if apply {
-			if _, err := c.ACL().BindingRuleDelete(r.ID, w); err != nil {
-				return nil, fmt.Errorf("consul: delete binding rule %s: %w", r.ID, err)
-			}
+		if err := p.Do(reconcile.Delete, "consul binding rule", r.Selector, func() error {
+			_, err := c.ACL().BindingRuleDelete(r.ID, w)
+			return err
+		}); err != nil {
+			return fmt.Errorf("consul: %w", err)
 		}
 	}
 	for _, sel := range slices.Sorted(maps.Keys(wantRules)) {
 		if _, ok := haveRules[sel]; ok {
 			continue
 		}
-		out = append(out, stages.Change{Action: "create", Target: "consul binding rule", Detail: sel})
-		if apply {
-			e.Step("creating consul binding rule %s", sel)
-			if _, _, err := c.ACL().BindingRuleCreate(wantRules[sel], w); err != nil {
-				return nil, fmt.Errorf("consul: create binding rule %q: %w", sel, err)
-			}
+		if err := p.Do(reconcile.Create, "consul binding rule", sel, func() error {
+			_, _, err := c.ACL().BindingRuleCreate(wantRules[sel], w)
+			return err
+		}); err != nil {
+			return fmt.Errorf("consul: %w", err)
 		}
 	}
-	return out, nil
+	return nil
 }
 
 // keysStatus says whether Consul trusts every key Nomad publishes, so that a

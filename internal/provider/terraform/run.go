@@ -14,6 +14,7 @@ import (
 	tfjson "github.com/hashicorp/terraform-json"
 
 	"github.com/platform-bootstrap/bootstrap/internal/inventory"
+	"github.com/platform-bootstrap/bootstrap/internal/reconcile"
 	"github.com/platform-bootstrap/bootstrap/stages"
 )
 
@@ -83,7 +84,7 @@ func summarise(plan *tfjson.Plan) []stages.Change {
 		if rc.Change.Importing != nil {
 			detail = "import"
 		}
-		changes = append(changes, stages.Change{Action: action, Target: rc.Address, Detail: detail})
+		changes = append(changes, stages.Change{Action: reconcile.Action(action), Target: rc.Address, Detail: detail})
 	}
 	var outs []string
 	for name, oc := range plan.OutputChanges {
@@ -95,12 +96,12 @@ func summarise(plan *tfjson.Plan) []stages.Change {
 	sort.Strings(outs)
 	for _, name := range outs {
 		a := plan.OutputChanges[name].Actions
-		action := "update"
+		action := reconcile.Update
 		switch {
 		case a.Create():
-			action = "create"
+			action = reconcile.Create
 		case a.Delete():
-			action = "delete"
+			action = reconcile.Delete
 		}
 		changes = append(changes, stages.Change{Action: action, Target: "output " + name})
 	}

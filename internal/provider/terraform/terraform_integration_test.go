@@ -22,6 +22,7 @@ import (
 	"github.com/platform-bootstrap/bootstrap/internal/config"
 	"github.com/platform-bootstrap/bootstrap/internal/inventory"
 	"github.com/platform-bootstrap/bootstrap/internal/proc"
+	"github.com/platform-bootstrap/bootstrap/internal/reconcile"
 	"github.com/platform-bootstrap/bootstrap/internal/sshwait"
 	"github.com/platform-bootstrap/bootstrap/internal/sshwait/sshdtest"
 	"github.com/platform-bootstrap/bootstrap/internal/testcluster"
@@ -100,7 +101,7 @@ func localNodesVars(prefix, nodesDir string, servers, clients int) map[string]ct
 }
 
 // nodeChanges are the resource changes one local-nodes node makes.
-func nodeChanges(action string, names ...string) []stages.Change {
+func nodeChanges(action reconcile.Action, names ...string) []stages.Change {
 	var out []stages.Change
 	for _, n := range names {
 		for _, r := range []string{"local_file.node", "local_sensitive_file.host_key", "tls_private_key.host"} {
@@ -112,7 +113,7 @@ func nodeChanges(action string, names ...string) []stages.Change {
 
 func sortChanges(c []stages.Change) []stages.Change {
 	c = slices.Clone(c)
-	slices.SortFunc(c, func(a, b stages.Change) int { return strings.Compare(a.Action+" "+a.Target, b.Action+" "+b.Target) })
+	slices.SortFunc(c, func(a, b stages.Change) int { return strings.Compare(a.String(), b.String()) })
 	return c
 }
 
