@@ -150,15 +150,7 @@ func consulServer(ctx context.Context, e *stages.Env, inv *inventory.Inventory, 
 }
 
 func authMethodDiffers(have, want *consulapi.ACLAuthMethod) bool {
-	if have == nil || have.Type != want.Type || have.DisplayName != want.DisplayName {
-		return true
-	}
-	for k, w := range want.Config {
-		if fmt.Sprint(have.Config[k]) != fmt.Sprint(w) {
-			return true
-		}
-	}
-	return false
+	return have.Type != want.Type || have.DisplayName != want.DisplayName || len(reconcile.Differences(have.Config, want.Config)) > 0
 }
 
 // consulWI records in p, and makes when p applies, the changes that give
