@@ -4,6 +4,7 @@ package poll
 
 import (
 	"context"
+	"errors"
 	"time"
 )
 
@@ -23,4 +24,27 @@ func Retry(ctx context.Context, timeout, interval time.Duration, f func() error,
 		case <-time.After(interval):
 		}
 	}
+}
+
+// Never is the permanent of Retry that retries every error.
+func Never(error) bool { return false }
+
+// errNotYet is what Until's f reports to Retry while it is not done.
+var errNotYet = errors.New("not done yet")
+
+// Until calls f until it reports done, fails, or timeout passes; it waits
+// interval between calls. An error of f ends the wait at once: f decides
+// what is final. After the timeout Until returns context.DeadlineExceeded.
+func Until(ctx context.Context, timeout, interval time.Duration, f func() (done bool, err error)) error {
+	err := Retry(ctx, timeout, interval, func() error {
+		done, err := f()
+		if err == nil && !done {
+			return errNotYet
+		}
+		return err
+	}, func(err error) bool { return err != errNotYet })
+	if err == errNotYet {
+		return context.DeadlineExceeded
+	}
+	return err
 }

@@ -46,3 +46,21 @@ func TestRetry(t *testing.T) {
 		t.Errorf("a cancelled context ends the wait, got %v", err)
 	}
 }
+
+func TestUntil(t *testing.T) {
+	ctx := context.Background()
+	calls := 0
+	err := Until(ctx, time.Second, time.Millisecond, func() (bool, error) { calls++; return calls == 3, nil })
+	if err != nil || calls != 3 {
+		t.Errorf("done at the third call: err %v, %d calls", err, calls)
+	}
+	calls = 0
+	err = Until(ctx, time.Second, time.Millisecond, func() (bool, error) { calls++; return false, errFinal })
+	if !errors.Is(err, errFinal) || calls != 1 {
+		t.Errorf("an error ends the wait at once: err %v, %d calls", err, calls)
+	}
+	err = Until(ctx, 20*time.Millisecond, time.Millisecond, func() (bool, error) { return false, nil })
+	if !errors.Is(err, context.DeadlineExceeded) {
+		t.Errorf("after the timeout: %v, want context.DeadlineExceeded", err)
+	}
+}
