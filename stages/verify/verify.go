@@ -30,6 +30,7 @@ import (
 	nomadapi "github.com/hashicorp/nomad/api"
 
 	"github.com/platform-bootstrap/bootstrap/internal/inventory"
+	"github.com/platform-bootstrap/bootstrap/internal/poll"
 	"github.com/platform-bootstrap/bootstrap/stages"
 	"github.com/platform-bootstrap/bootstrap/stages/nomad"
 	"github.com/platform-bootstrap/bootstrap/stages/provision"
@@ -173,26 +174,16 @@ func (s *Stage) Apply(ctx context.Context, e *stages.Env) error {
 }
 
 // retry runs f until it succeeds or timeout passes, each run bounded by
-// attempt (15s when zero).
+// attempt (15s when 0), and returns its last error.
 func retry(ctx context.Context, timeout, attempt time.Duration, f func(context.Context) error) error {
 	if attempt == 0 {
 		attempt = 15 * time.Second
 	}
-	ctx, cancel := context.WithTimeout(ctx, timeout)
-	defer cancel()
-	for {
-		cctx, c := context.WithTimeout(ctx, attempt)
-		err := f(cctx)
-		c()
-		if err == nil {
-			return nil
-		}
-		select {
-		case <-ctx.Done():
-			return err
-		case <-time.After(2 * time.Second):
-		}
-	}
+	return poll.Retry(ctx, timeout, 2*time.Second, func() error {
+		ctx, cancel := context.WithTimeout(ctx, attempt)
+		defer cancel()
+		return f(ctx)
+	}, poll.Never)
 }
 
 // get fetches url and decodes JSON into out (when not nil).
