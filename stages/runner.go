@@ -62,10 +62,6 @@ func (r *Runner) plan(ctx context.Context, st Stage, blocked bool) (StageResult,
 	res.Duration = time.Since(start)
 	res.Changes = changes
 	switch {
-	case errors.Is(err, ErrNotImplemented):
-		res.Outcome = OutcomeNotImplemented
-		res.Error = env.redact(err.Error())
-		err = nil
 	case errors.Is(err, ErrNotReady), err != nil && blocked && ctx.Err() == nil:
 		res.Outcome = OutcomeNotReady
 		res.Error = env.redact(err.Error())
@@ -128,7 +124,7 @@ func (r *Runner) approve(ctx context.Context, picked []Stage) (bool, error) {
 		if res.Outcome != OutcomeUnchanged {
 			pending = true
 		}
-		if res.Outcome == OutcomeNotReady || res.Outcome == OutcomeNotImplemented {
+		if res.Outcome == OutcomeNotReady {
 			break
 		}
 	}
@@ -154,9 +150,6 @@ func (r *Runner) up(ctx context.Context, st Stage) (StageResult, error) {
 		res.Outcome = OutcomeFailed
 		if status == StatusInterrupted {
 			res.Outcome = OutcomeInterrupted
-		}
-		if errors.Is(err, ErrNotImplemented) {
-			res.Outcome = OutcomeNotImplemented
 		}
 		if e := state.SetStage(name, StageState{Status: status, Started: start, Finished: time.Now(), Error: res.Error, Changes: len(res.Changes)}); e != nil {
 			err = errors.Join(err, e)

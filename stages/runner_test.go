@@ -92,23 +92,7 @@ func TestUpFailsWhenApplyLeavesChanges(t *testing.T) {
 	}
 }
 
-func TestUpNotImplementedAndNotReady(t *testing.T) {
-	t.Run("not implemented", func(t *testing.T) {
-		dir := t.TempDir()
-		r := &stages.Runner{Stages: []stages.Stage{stages.Placeholder("p"), newToy("after")}, Env: newEnv(t, dir, nil)}
-		res, err := r.Up(context.Background(), stages.Selection{})
-		stageError(t, err, "p")
-		if !errors.Is(err, stages.ErrNotImplemented) {
-			t.Errorf("error %v does not wrap ErrNotImplemented", err)
-		}
-		if len(res) != 1 || res[0].Outcome != stages.OutcomeNotImplemented {
-			t.Errorf("results = %+v, want one not-implemented result", res)
-		}
-		state, _ := stages.LoadState(dir)
-		if st := state.Stage("p"); st.Status != stages.StatusFailed || st.Error != stages.ErrNotImplemented.Error() {
-			t.Errorf("state of p = %+v", st)
-		}
-	})
+func TestUpNotReady(t *testing.T) {
 	t.Run("not ready", func(t *testing.T) {
 		dir := t.TempDir()
 		st := newToy("pki")
@@ -134,7 +118,7 @@ func TestPlanOutcomesAndNoWrites(t *testing.T) {
 	done.converged = true
 	waiting.planErr = stages.NotReadyf("needs pending")
 	broken.planErr = errors.New("cannot reach vault")
-	all := []stages.Stage{done, pending, waiting, stages.Placeholder("later"), broken, newToy("never")}
+	all := []stages.Stage{done, pending, waiting, broken, newToy("never")}
 	rec := &recorder{}
 	r := &stages.Runner{Stages: all, Env: newEnv(t, dir, rec)}
 
@@ -148,14 +132,13 @@ func TestPlanOutcomesAndNoWrites(t *testing.T) {
 		"done":    stages.OutcomeUnchanged,
 		"pending": stages.OutcomePlanned,
 		"waiting": stages.OutcomeNotReady,
-		"later":   stages.OutcomeNotImplemented,
 		"broken":  stages.OutcomeNotReady,
 		"never":   stages.OutcomePlanned,
 	}
 	if got := outcomes(res); !reflect.DeepEqual(got, want) {
 		t.Errorf("plan outcomes = %v, want %v", got, want)
 	}
-	if e := res[4].Error; !strings.Contains(e, "cannot reach vault") {
+	if e := res[3].Error; !strings.Contains(e, "cannot reach vault") {
 		t.Errorf("the waiting stage's error is not shown: %q", e)
 	}
 	// With nothing pending before it, a failing plan is a failure.
@@ -413,12 +396,12 @@ func TestSelection(t *testing.T) {
 		if got := names(tc.sel.Pick(all)); !slices.Equal(got, tc.want) {
 			t.Errorf("%+v picks %v, want %v", tc.sel, got, tc.want)
 		}
-		if err := tc.sel.Validate(); err != nil {
+		if err := tc.sel.Validate(all); err != nil {
 			t.Errorf("%+v: Validate: %v", tc.sel, err)
 		}
 	}
 
-	list := strings.Join(stages.Names, ", ")
+	list := strings.Join(names(all), ", ")
 	for _, tc := range []struct {
 		sel  stages.Selection
 		want string
@@ -428,7 +411,7 @@ func TestSelection(t *testing.T) {
 		{stages.Selection{From: "start"}, `--from: unknown stage "start"; stages are ` + list},
 		{stages.Selection{Only: []string{"vault"}, From: "keys"}, "--only and --from cannot be combined; use --only with the full list"},
 	} {
-		err := tc.sel.Validate()
+		err := tc.sel.Validate(all)
 		var ue *stages.UsageError
 		if !errors.As(err, &ue) {
 			t.Errorf("%+v: Validate = %v, want a *UsageError", tc.sel, err)

@@ -6,15 +6,13 @@ package stages
 
 import (
 	"github.com/platform-bootstrap/bootstrap/internal/reconcile"
+	"slices"
 
 	"context"
 	"errors"
 	"fmt"
 	"strings"
 )
-
-// Names is the order stages run in.
-var Names = []string{"keys", "provision", "vault", "pki", "consul", "nomad", "jobs", "verify"}
 
 // Stage is one step of bringing the platform up.
 type Stage interface {
@@ -55,9 +53,6 @@ type Change = reconcile.Change
 // that has not been applied yet, so the live system cannot be asked.
 var ErrNotReady = errors.New("depends on earlier stages; planned once they are applied")
 
-// ErrNotImplemented marks a stage that a later version builds.
-var ErrNotImplemented = errors.New("not implemented yet")
-
 // NotReadyf wraps ErrNotReady with the reason.
 func NotReadyf(format string, args ...any) error {
 	return fmt.Errorf("%w: %s", ErrNotReady, fmt.Sprintf(format, args...))
@@ -75,15 +70,17 @@ type UsageError struct{ Msg string }
 
 func (e *UsageError) Error() string { return e.Msg }
 
-// Validate checks every named stage exists.
-func (s Selection) Validate() error {
+// Validate checks every named stage is one of all.
+func (s Selection) Validate(all []Stage) error {
+	var names []string
+	for _, st := range all {
+		names = append(names, st.Name())
+	}
 	check := func(flag, name string) error {
-		for _, n := range Names {
-			if n == name {
-				return nil
-			}
+		if slices.Contains(names, name) {
+			return nil
 		}
-		return &UsageError{Msg: fmt.Sprintf("%s: unknown stage %q; stages are %s", flag, name, strings.Join(Names, ", "))}
+		return &UsageError{Msg: fmt.Sprintf("%s: unknown stage %q; stages are %s", flag, name, strings.Join(names, ", "))}
 	}
 	for _, n := range s.Only {
 		if err := check("--only", n); err != nil {
@@ -129,16 +126,3 @@ func (s Selection) Pick(all []Stage) []Stage {
 	}
 	return out
 }
-
-// Placeholder stands in for a stage a later version builds; plan and up say
-// so plainly instead of pretending.
-type Placeholder string
-
-// Name is the stage's name.
-func (p Placeholder) Name() string { return string(p) }
-
-// Plan reports ErrNotImplemented.
-func (p Placeholder) Plan(context.Context, *Env) ([]Change, error) { return nil, ErrNotImplemented }
-
-// Apply reports ErrNotImplemented.
-func (p Placeholder) Apply(context.Context, *Env) error { return ErrNotImplemented }

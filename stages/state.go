@@ -186,14 +186,13 @@ type StageResult struct {
 
 // Outcomes of a stage in a run.
 const (
-	OutcomeUnchanged      = "unchanged"
-	OutcomeChanged        = "changed"
-	OutcomePlanned        = "planned" // plan only: changes pending
-	OutcomeFailed         = "failed"
-	OutcomeInterrupted    = "interrupted"
-	OutcomeNotImplemented = "not implemented"
-	OutcomeNotReady       = "waits for earlier stages"
-	OutcomeDestroyed      = "destroyed"
+	OutcomeUnchanged   = "unchanged"
+	OutcomeChanged     = "changed"
+	OutcomePlanned     = "planned" // plan only: changes pending
+	OutcomeFailed      = "failed"
+	OutcomeInterrupted = "interrupted"
+	OutcomeNotReady    = "waits for earlier stages"
+	OutcomeDestroyed   = "destroyed"
 )
 
 // keepRuns bounds the run history.

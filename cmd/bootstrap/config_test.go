@@ -7,7 +7,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/platform-bootstrap/bootstrap/stages"
+	"github.com/platform-bootstrap/bootstrap/stages/platform"
 )
 
 const corpus = "../../internal/config/testdata"
@@ -122,7 +122,7 @@ func TestMissingConfigFile(t *testing.T) {
 // Command-line mistakes exit 2 before anything is touched.
 func TestUsageErrors(t *testing.T) {
 	cfg := minimalConfig(t)
-	list := strings.Join(stages.Names, ", ")
+	list := strings.Join(platform.Names(), ", ")
 	for _, tc := range []struct {
 		args []string
 		want string // stderr

@@ -15,6 +15,7 @@ import (
 
 	"github.com/platform-bootstrap/bootstrap/internal/config"
 	"github.com/platform-bootstrap/bootstrap/stages"
+	"github.com/platform-bootstrap/bootstrap/stages/platform"
 )
 
 // Exit codes; scripts and CI depend on them.
@@ -124,7 +125,7 @@ Vault and its PKI, Consul and Nomad with mTLS and ACLs, and the platform jobs
 Every stage plans against the live system and applies only the difference:
 a second "up" changes nothing, and a killed run is finished by the next one.
 
-Stages: ` + strings.Join(stages.Names, ", ") + `
+Stages: ` + strings.Join(platform.Names(), ", ") + `
 
 Exit codes: 0 ok, 1 failure, 2 bad configuration or usage, 3 state locked by
 another run; plan: 0 no changes, 4 changes pending.`,

@@ -112,7 +112,7 @@ func (g *globals) confirm(question string) (bool, error) {
 // diagnostics first.
 func (g *globals) loadConfig() (*config.Platform, stages.Selection, string, *secrets.Redactor, error) {
 	sel := stages.Selection{Only: g.only, From: g.from, Skip: g.skip}
-	if err := sel.Validate(); err != nil {
+	if err := sel.Validate(platform.Stages()); err != nil {
 		return nil, sel, "", nil, err
 	}
 	mode, err := ui.Resolve(g.output, g.stdout)

@@ -210,7 +210,7 @@ func (m model) View() string {
 			fmt.Fprintf(&b, "  %s %s\n", dimStyle.Render("·"), dimStyle.Render(n))
 		case "running":
 			fmt.Fprintf(&b, "  %s %-10s %s  %s\n", m.spin.View(), n, time.Since(r.started).Round(time.Second), dimStyle.Render(r.step))
-		case stages.OutcomeFailed, stages.OutcomeInterrupted, stages.OutcomeNotImplemented:
+		case stages.OutcomeFailed, stages.OutcomeInterrupted:
 			fmt.Fprintf(&b, "  %s %-10s %s  %s\n", failStyle.Render("✗"), n, r.elapsed.Round(100*time.Millisecond), failStyle.Render(r.status+": "+r.err))
 		default:
 			detail := r.status

@@ -13,6 +13,15 @@ import (
 	"github.com/platform-bootstrap/bootstrap/stages/verify"
 )
 
+// Names returns the names of the stages, in order.
+func Names() []string {
+	var out []string
+	for _, st := range Stages() {
+		out = append(out, st.Name())
+	}
+	return out
+}
+
 // Stages returns the platform's stages, in order.
 func Stages() []stages.Stage {
 	return []stages.Stage{

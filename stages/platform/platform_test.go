@@ -20,8 +20,8 @@ import (
 	"github.com/platform-bootstrap/bootstrap/internal/platformtest"
 	"github.com/platform-bootstrap/bootstrap/internal/poll"
 	"github.com/platform-bootstrap/bootstrap/internal/proc"
-	"github.com/platform-bootstrap/bootstrap/stages"
 	"github.com/platform-bootstrap/bootstrap/stages/nomad"
+	"github.com/platform-bootstrap/bootstrap/stages/platform"
 )
 
 // TestPlatform is `make up` on the local provider end to end: every stage
@@ -53,7 +53,7 @@ func TestPlatform(t *testing.T) {
 	if !strings.Contains(r.Stdout, fmt.Sprintf("%-9s  changed", "jobs")) {
 		t.Errorf("the up after the kill did not finish the jobs stage:\n%s", r.Stdout)
 	}
-	for _, st := range stages.Names {
+	for _, st := range platform.Names() {
 		if !strings.Contains(r.Stdout, st) {
 			t.Errorf("the summary does not list stage %s", st)
 		}
