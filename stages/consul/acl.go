@@ -7,16 +7,14 @@ import (
 	"maps"
 	"slices"
 	"strings"
-	"time"
 
 	consulapi "github.com/hashicorp/consul/api"
 
+	"github.com/platform-bootstrap/bootstrap/internal/cluster"
 	"github.com/platform-bootstrap/bootstrap/internal/config"
-	"github.com/platform-bootstrap/bootstrap/internal/crashpoint"
 	"github.com/platform-bootstrap/bootstrap/internal/inventory"
-	"github.com/platform-bootstrap/bootstrap/internal/poll"
+	"github.com/platform-bootstrap/bootstrap/internal/reconcile"
 	"github.com/platform-bootstrap/bootstrap/internal/secrets"
-	"github.com/platform-bootstrap/bootstrap/pki"
 	"github.com/platform-bootstrap/bootstrap/stages"
 )
 
@@ -128,7 +126,7 @@ func agentTokenOutput(node string) string { return "consul_agent_token_" + node 
 func dnsTokenOutput(node string) string { return "consul_dns_token_" + node }
 
 // agentID returns the node ID of a node's Consul agent.
-func agentID(ctx context.Context, e *stages.Env, n inventory.Node, mgmt string) (string, error) {
+func agentID(e *stages.Env, n inventory.Node, mgmt string) (string, error) {
 	c, err := Client(e, n, mgmt)
 	if err != nil {
 		return "", err
@@ -137,35 +135,11 @@ func agentID(ctx context.Context, e *stages.Env, n inventory.Node, mgmt string) 
 	if err != nil {
 		return "", fmt.Errorf("consul: agent %s: %w", n.Name, err)
 	}
-	cfg, _ := self["Config"]
-	id, _ := cfg["NodeID"].(string)
+	id, _ := self["Config"]["NodeID"].(string)
 	if id == "" {
 		return "", fmt.Errorf("consul: agent %s reports no node ID", n.Name)
 	}
 	return id, nil
-}
-
-func isUp(as []agentState, node string) bool {
-	for _, a := range as {
-		if a.node.Name == node {
-			return a.up()
-		}
-	}
-	return false
-}
-
-func firstUp(as []agentState) (inventory.Node, bool) {
-	for _, a := range as {
-		if a.up() && a.node.Has(inventory.RoleServer) {
-			return a.node, true
-		}
-	}
-	for _, a := range as {
-		if a.up() {
-			return a.node, true
-		}
-	}
-	return inventory.Node{}, false
 }
 
 func isPermissionDenied(err error) bool {
@@ -180,111 +154,111 @@ func isPermissionDenied(err error) bool {
 	return strings.Contains(s, "403") || strings.Contains(s, "ACL not found") || strings.Contains(s, "Permission denied")
 }
 
-// readSelf checks the client's token. Errors other than a refusal (no
-// leader yet, a server that just died) are retried for a while: the cluster
-// elects a new leader within seconds.
-func readSelf(ctx context.Context, c *consulapi.Client) error {
-	return poll.Retry(ctx, 45*time.Second, time.Second, func() error {
-		_, _, err := c.ACL().TokenReadSelf((&consulapi.QueryOptions{}).WithContext(ctx))
-		return err
-	}, isPermissionDenied)
+func bootstrapDone(err error) bool {
+	return err != nil && strings.Contains(err.Error(), "no longer allowed")
 }
 
-// planACL reads policies and tokens and lists what differs.
-func (s *Stage) planACL(ctx context.Context, e *stages.Env, d *deps, as []agentState) ([]stages.Change, error) {
-	mgmt, ok, err := e.Secrets.Get(stages.SecretConsulBootstrapToken)
+// acl is Consul's ACL system seen with one token (cluster.ACL).
+type acl struct {
+	c     *consulapi.Client
+	token string
+}
+
+func (a acl) Self(ctx context.Context) error {
+	_, _, err := a.c.ACL().TokenReadSelf((&consulapi.QueryOptions{}).WithContext(ctx))
+	return err
+}
+
+func (a acl) Bootstrap(context.Context) error {
+	_, _, err := a.c.ACL().BootstrapWithToken(a.token)
+	return err
+}
+
+// convergeACL bootstraps the ACL system crash-safely and converges
+// policies, tokens, the agents' tokens and the Vault KV copies.
+func convergeACL(ctx context.Context, e *stages.Env, d *deps, as cluster.Agents, p *reconcile.Plan) error {
+	server := as.Server()
+	mgmt, ok, err := cluster.Bootstrap{
+		Name:   "consul",
+		Secret: stages.SecretConsulBootstrapToken,
+		Client: func(token string) (cluster.ACL, error) {
+			c, err := Client(e, server, token)
+			return acl{c, token}, err
+		},
+		Denied:    isPermissionDenied,
+		Done:      bootstrapDone,
+		LockedOut: ErrLockedOut,
+		ResetURL:  "https://developer.hashicorp.com/consul/docs/secure/acl/reset",
+	}.Run(ctx, e.Secrets, p)
 	if err != nil {
-		return nil, err
+		return err
 	}
 	pols := policies(e.Config)
-	all := []stages.Change{{Action: "bootstrap", Target: "consul ACLs", Detail: "token generated and stored first"}}
-	for _, name := range slices.Sorted(maps.Keys(pols)) {
-		all = append(all, stages.Change{Action: "create", Target: "consul policy " + name})
-	}
-	for _, t := range wantTokens(e.Config, d.inv) {
-		all = append(all, stages.Change{Action: "create", Target: "consul token " + t.name})
-	}
 	if !ok {
-		return all, nil
+		for _, name := range slices.Sorted(maps.Keys(pols)) {
+			p.Planned(reconcile.Create, "consul policy "+name, "")
+		}
+		for _, t := range wantTokens(e.Config, d.inv) {
+			p.Planned(reconcile.Create, "consul token "+t.name, "")
+		}
+		return nil
 	}
-	node, _ := firstUp(as)
-	c, err := Client(e, node, mgmt)
+	c, err := Client(e, server, mgmt)
 	if err != nil {
-		return nil, err
+		return err
 	}
 	q := (&consulapi.QueryOptions{}).WithContext(ctx)
-	if err := readSelf(ctx, c); err != nil {
-		if isPermissionDenied(err) {
-			// Stored but not used yet: a run stopped between storing the
-			// secret and bootstrapping.
-			return all, nil
-		}
-		return nil, fmt.Errorf("consul: check the bootstrap token: %w", err)
-	}
-	var out []stages.Change
+	w := (&consulapi.WriteOptions{}).WithContext(ctx)
 	have, err := readPolicies(c, q)
 	if err != nil {
-		return nil, err
+		return err
 	}
 	for _, name := range slices.Sorted(maps.Keys(pols)) {
-		p, ok := have[name]
+		h, exists := have[name]
 		switch {
-		case !ok:
-			out = append(out, stages.Change{Action: "create", Target: "consul policy " + name})
-		case normRules(p.Rules) != normRules(pols[name]):
-			out = append(out, stages.Change{Action: "update", Target: "consul policy " + name, Detail: "rules differ"})
+		case !exists:
+			err = p.Do(reconcile.Create, "consul policy "+name, "", func() error {
+				_, _, err := c.ACL().PolicyCreate(&consulapi.ACLPolicy{Name: name, Description: "bootstrap", Rules: pols[name]}, w)
+				return err
+			})
+		case normRules(h.Rules) != normRules(pols[name]):
+			err = p.Do(reconcile.Update, "consul policy "+name, "rules differ", func() error {
+				h.Rules = pols[name]
+				_, _, err := c.ACL().PolicyUpdate(h, w)
+				return err
+			})
+		}
+		if err != nil {
+			return fmt.Errorf("consul: %w", err)
 		}
 	}
 	toks, err := readTokens(c, q)
 	if err != nil {
-		return nil, err
+		return err
+	}
+	vc, err := cluster.Vault(ctx, e, d.vault)
+	if err != nil {
+		return err
 	}
 	for _, t := range wantTokens(e.Config, d.inv) {
-		diff, err := tokenDiff(e, c, q, toks, t)
+		secret, changed, err := ensureToken(e, c, w, p, toks, t)
 		if err != nil {
-			return nil, err
+			return err
 		}
-		if diff != nil {
-			out = append(out, *diff)
-			continue
+		if changed && !p.Apply {
+			continue // what depends on the token follows from its change
 		}
-		if t.node != "" {
-			n, _ := d.inv.Node(t.node)
-			if !isUp(as, t.node) {
-				continue // "start consul on <node>" is already planned
-			}
-			id, err := agentID(ctx, e, n, mgmt)
-			if err != nil {
-				return nil, err
-			}
-			if e.State.Output(agentTokenOutput(t.node)) != toks[t.description()].AccessorID+"@"+id {
-				out = append(out, stages.Change{Action: "update", Target: "consul agent token on " + t.node})
-			}
-			if e.State.Output(dnsTokenOutput(t.node)) != id {
-				out = append(out, stages.Change{Action: "update", Target: "consul DNS token on " + t.node})
+		// An agent that is down is started first (planned already).
+		if t.node != "" && as.IsUp(t.node) {
+			if err := agentTokens(ctx, e, p, d.inv, t, secret, mgmt, toks); err != nil {
+				return err
 			}
 		}
-		secret, _, _ := e.Secrets.Get(t.secretName())
-		if differs, err := kvDiffers(ctx, e, d, t.secretName(), secret); err != nil {
-			return nil, err
-		} else if differs {
-			out = append(out, stages.Change{Action: "update", Target: "vault kv " + pki.KVPath(t.secretName())})
+		if err := cluster.CopyToKV(ctx, p, vc, t.secretName(), secret); err != nil {
+			return err
 		}
 	}
-	return out, nil
-}
-
-func kvDiffers(ctx context.Context, e *stages.Env, d *deps, name, value string) (bool, error) {
-	tok, err := pki.Token(ctx, e, d.vault)
-	if err != nil {
-		return false, err
-	}
-	c, err := d.vault.Clone()
-	if err != nil {
-		return false, err
-	}
-	c.SetToken(tok)
-	return pki.KVDiffers(ctx, c, name, value)
+	return cluster.CopyToKV(ctx, p, vc, stages.SecretConsulBootstrapToken, mgmt)
 }
 
 func normRules(s string) string { return strings.Join(strings.Fields(s), " ") }
@@ -319,165 +293,26 @@ func readTokens(c *consulapi.Client, q *consulapi.QueryOptions) (map[string]*con
 	return out, nil
 }
 
-// tokenDiff compares one wanted token with the cluster's; nil when equal.
-func tokenDiff(e *stages.Env, c *consulapi.Client, q *consulapi.QueryOptions, have map[string]*consulapi.ACLTokenListEntry, t token) (*stages.Change, error) {
-	secret, ok, err := e.Secrets.Get(t.secretName())
-	if err != nil {
-		return nil, err
+// tokenFields are the fields of a token bootstrap compares.
+func tokenFields(pols []*consulapi.ACLTokenPolicyLink, nodes []*consulapi.ACLNodeIdentity) map[string]any {
+	var ps, ns []string
+	for _, p := range pols {
+		ps = append(ps, p.Name)
 	}
-	h, exists := have[t.description()]
-	if !exists || !ok {
-		return &stages.Change{Action: "create", Target: "consul token " + t.name}, nil
+	for _, n := range nodes {
+		ns = append(ns, n.NodeName)
 	}
-	if h.SecretID != secret {
-		return &stages.Change{Action: "replace", Target: "consul token " + t.name, Detail: "its secret differs from the stored one"}, nil
-	}
-	var pols []string
-	for _, p := range h.Policies {
-		pols = append(pols, p.Name)
-	}
-	slices.Sort(pols)
-	want := slices.Clone(t.policies)
-	slices.Sort(want)
-	if !slices.Equal(pols, want) {
-		return &stages.Change{Action: "update", Target: "consul token " + t.name, Detail: fmt.Sprintf("policies %v → %v", pols, want)}, nil
-	}
-	if t.node != "" && (len(h.NodeIdentities) != 1 || h.NodeIdentities[0].NodeName != t.node) {
-		return &stages.Change{Action: "update", Target: "consul token " + t.name, Detail: "node identity"}, nil
-	}
-	return nil, nil
+	return map[string]any{"policies": ps, "node_identities": ns}
 }
 
-// applyACL bootstraps the ACL system crash-safely and converges policies,
-// tokens, the agents' tokens and the Vault KV copies.
-func (s *Stage) applyACL(ctx context.Context, e *stages.Env, d *deps) error {
-	servers := d.inv.WithRole(inventory.RoleServer)
-	mgmt, err := bootstrapACL(ctx, e, servers)
+// ensureToken creates, replaces or updates one token, and returns its
+// secret and whether it changed.
+func ensureToken(e *stages.Env, c *consulapi.Client, w *consulapi.WriteOptions, p *reconcile.Plan, have map[string]*consulapi.ACLTokenListEntry, t token) (string, bool, error) {
+	secret, stored, err := e.Secrets.Get(t.secretName())
 	if err != nil {
-		return err
+		return "", false, err
 	}
-	c, err := Client(e, servers[0], mgmt)
-	if err != nil {
-		return err
-	}
-	q := (&consulapi.QueryOptions{}).WithContext(ctx)
-	w := (&consulapi.WriteOptions{}).WithContext(ctx)
-	have, err := readPolicies(c, q)
-	if err != nil {
-		return err
-	}
-	pols := policies(e.Config)
-	for _, name := range slices.Sorted(maps.Keys(pols)) {
-		p, ok := have[name]
-		switch {
-		case !ok:
-			e.Step("creating consul policy %s", name)
-			if _, _, err := c.ACL().PolicyCreate(&consulapi.ACLPolicy{Name: name, Description: "bootstrap", Rules: pols[name]}, w); err != nil {
-				return fmt.Errorf("consul: create policy %s: %w", name, err)
-			}
-		case normRules(p.Rules) != normRules(pols[name]):
-			e.Step("updating consul policy %s", name)
-			p.Rules = pols[name]
-			if _, _, err := c.ACL().PolicyUpdate(p, w); err != nil {
-				return fmt.Errorf("consul: update policy %s: %w", name, err)
-			}
-		}
-	}
-	toks, err := readTokens(c, q)
-	if err != nil {
-		return err
-	}
-	vtok, err := pki.Token(ctx, e, d.vault)
-	if err != nil {
-		return err
-	}
-	vc, err := d.vault.Clone()
-	if err != nil {
-		return err
-	}
-	vc.SetToken(vtok)
-	for _, t := range wantTokens(e.Config, d.inv) {
-		secret, err := ensureToken(ctx, e, c, toks, t)
-		if err != nil {
-			return err
-		}
-		if t.node != "" {
-			if err := setAgentToken(ctx, e, d.inv, t, secret, mgmt, toks); err != nil {
-				return err
-			}
-		}
-		if err := pki.StoreKV(ctx, vc, t.secretName(), secret); err != nil {
-			return err
-		}
-	}
-	if err := pki.StoreKV(ctx, vc, stages.SecretConsulBootstrapToken, mgmt); err != nil {
-		return err
-	}
-	return setDNSTokens(ctx, e, d.inv, mgmt)
-}
-
-// bootstrapACL generates the management token's secret, stores it, and only
-// then bootstraps the ACL system with it (consul-k8s' hole: bootstrap
-// succeeded but the token was never saved, and the cluster is locked out for
-// good). A later run that finds ACLs bootstrapped checks the stored token.
-func bootstrapACL(ctx context.Context, e *stages.Env, servers []inventory.Node) (string, error) {
-	mgmt, created, err := e.Secrets.GetOrCreate(stages.SecretConsulBootstrapToken, secrets.NewUUID)
-	if err != nil {
-		return "", err
-	}
-	c, err := Client(e, servers[0], mgmt)
-	if err != nil {
-		return "", err
-	}
-	if !created {
-		err := readSelf(ctx, c)
-		if err == nil {
-			return mgmt, nil
-		}
-		if !isPermissionDenied(err) {
-			return "", fmt.Errorf("consul: check the bootstrap token: %w", err)
-		}
-	}
-	crashpoint.Hit("consul:before-acl-bootstrap")
-	e.Step("bootstrapping consul ACLs")
-	// Right after a leader election the ACL system may not be ready yet.
-	err = poll.Retry(ctx, time.Minute, time.Second, func() error {
-		_, _, err := c.ACL().BootstrapWithToken(mgmt)
-		return err
-	}, bootstrapDone)
-	if bootstrapDone(err) {
-		if readSelf(ctx, c) != nil {
-			return "", fmt.Errorf("%w: the stored token %s is not valid; reset the bootstrap (https://developer.hashicorp.com/consul/docs/secure/acl/reset) and put the new management token there", ErrLockedOut, e.Secrets.Path(stages.SecretConsulBootstrapToken))
-		}
-		err = nil // bootstrapped by an earlier, interrupted run
-	}
-	if err != nil {
-		return "", fmt.Errorf("consul ACL bootstrap: %w", err)
-	}
-	crashpoint.Hit("consul:after-acl-bootstrap")
-	return mgmt, nil
-}
-
-func bootstrapDone(err error) bool {
-	return err != nil && strings.Contains(err.Error(), "no longer allowed")
-}
-
-// ensureToken creates or updates one token and returns its secret.
-func ensureToken(ctx context.Context, e *stages.Env, c *consulapi.Client, have map[string]*consulapi.ACLTokenListEntry, t token) (string, error) {
-	q := (&consulapi.QueryOptions{}).WithContext(ctx)
-	w := (&consulapi.WriteOptions{}).WithContext(ctx)
-	diff, err := tokenDiff(e, c, q, have, t)
-	if err != nil {
-		return "", err
-	}
-	secret, _, err := e.Secrets.GetOrCreate(t.secretName(), secrets.NewUUID)
-	if err != nil {
-		return "", err
-	}
-	if diff == nil {
-		return secret, nil
-	}
-	want := &consulapi.ACLToken{SecretID: secret, Description: t.description()}
+	want := &consulapi.ACLToken{Description: t.description()}
 	for _, p := range t.policies {
 		want.Policies = append(want.Policies, &consulapi.ACLTokenPolicyLink{Name: p})
 	}
@@ -485,79 +320,88 @@ func ensureToken(ctx context.Context, e *stages.Env, c *consulapi.Client, have m
 		want.NodeIdentities = []*consulapi.ACLNodeIdentity{{NodeName: t.node, Datacenter: e.Config.Datacenter}}
 	}
 	h, exists := have[t.description()]
-	switch {
-	case exists && h.SecretID != secret:
-		// Secrets cannot change; the token is replaced by one with the
-		// stored secret.
-		if _, err := c.ACL().TokenDelete(h.AccessorID, w); err != nil {
-			return "", fmt.Errorf("consul: delete token %s: %w", t.name, err)
+	// create stores the secret before it creates the token, so a run killed
+	// in between creates the same token next time. A secret cannot change:
+	// a token with another one is replaced.
+	create := func() error {
+		s, _, err := e.Secrets.GetOrCreate(t.secretName(), secrets.NewUUID)
+		if err != nil {
+			return err
 		}
-		exists = false
-		fallthrough
-	case !exists:
-		e.Step("creating consul token %s", t.name)
+		if exists {
+			if _, err := c.ACL().TokenDelete(h.AccessorID, w); err != nil {
+				return err
+			}
+		}
+		want.SecretID, secret = s, s
 		created, _, err := c.ACL().TokenCreate(want, w)
 		if err != nil {
-			return "", fmt.Errorf("consul: create token %s: %w", t.name, err)
+			return err
 		}
-		have[t.description()] = &consulapi.ACLTokenListEntry{AccessorID: created.AccessorID, SecretID: secret, Description: want.Description}
-	default:
-		e.Step("updating consul token %s", t.name)
-		want.AccessorID = h.AccessorID
-		if _, _, err := c.ACL().TokenUpdate(want, w); err != nil {
-			return "", fmt.Errorf("consul: update token %s: %w", t.name, err)
-		}
+		have[t.description()] = &consulapi.ACLTokenListEntry{AccessorID: created.AccessorID, SecretID: s, Description: want.Description}
+		return nil
 	}
-	return secret, nil
+	target := "consul token " + t.name
+	switch {
+	case !exists || !stored:
+		err = p.Do(reconcile.Create, target, "", create)
+	case h.SecretID != secret:
+		err = p.Do(reconcile.Replace, target, "its secret differs from the stored one", create)
+	default:
+		diff := reconcile.Differences(tokenFields(h.Policies, h.NodeIdentities), tokenFields(want.Policies, want.NodeIdentities))
+		if len(diff) == 0 {
+			return secret, false, nil
+		}
+		err = p.Do(reconcile.Update, target, strings.Join(diff, "; "), func() error {
+			want.SecretID, want.AccessorID = secret, h.AccessorID
+			_, _, err := c.ACL().TokenUpdate(want, w)
+			return err
+		})
+	}
+	if err != nil {
+		return "", false, fmt.Errorf("consul: %w", err)
+	}
+	return secret, true, nil
 }
 
-// setAgentToken hands a node's agent its token through the node's own API.
-// Agents persist it (enable_token_persistence), so this happens once.
-func setAgentToken(ctx context.Context, e *stages.Env, inv *inventory.Inventory, t token, secret, mgmt string, toks map[string]*consulapi.ACLTokenListEntry) error {
+// agentTokens hands a node's agent its own token and the DNS token through
+// the node's own API. Agents persist them (enable_token_persistence), so
+// this happens once per agent: a wiped agent comes back with a new node ID.
+func agentTokens(ctx context.Context, e *stages.Env, p *reconcile.Plan, inv *inventory.Inventory, t token, secret, mgmt string, toks map[string]*consulapi.ACLTokenListEntry) error {
 	n, _ := inv.Node(t.node)
-	id, err := agentID(ctx, e, n, mgmt)
+	id, err := agentID(e, n, mgmt)
 	if err != nil {
 		return err
-	}
-	mark := toks[t.description()].AccessorID + "@" + id
-	if e.State.Output(agentTokenOutput(t.node)) == mark {
-		return nil
 	}
 	c, err := Client(e, n, mgmt)
 	if err != nil {
 		return err
 	}
-	e.Step("setting the agent token of %s", t.node)
-	if _, err := c.Agent().UpdateAgentACLToken(secret, (&consulapi.WriteOptions{}).WithContext(ctx)); err != nil {
-		return fmt.Errorf("consul: set the agent token on %s: %w", t.node, err)
+	w := (&consulapi.WriteOptions{}).WithContext(ctx)
+	if mark := toks[t.description()].AccessorID + "@" + id; e.State.Output(agentTokenOutput(t.node)) != mark {
+		if err := p.Do(reconcile.Update, "consul agent token on "+t.node, "", func() error {
+			if _, err := c.Agent().UpdateAgentACLToken(secret, w); err != nil {
+				return err
+			}
+			return e.State.SetOutput(agentTokenOutput(t.node), mark)
+		}); err != nil {
+			return fmt.Errorf("consul: %w", err)
+		}
 	}
-	return e.State.SetOutput(agentTokenOutput(t.node), mark)
-}
-
-// setDNSTokens gives every agent the DNS token, for .consul lookups.
-func setDNSTokens(ctx context.Context, e *stages.Env, inv *inventory.Inventory, mgmt string) error {
-	secret, ok, err := e.Secrets.Get("consul/tokens/dns")
-	if err != nil || !ok {
-		return err
+	if e.State.Output(dnsTokenOutput(t.node)) == id {
+		return nil
 	}
-	for _, n := range inv.Nodes {
-		id, err := agentID(ctx, e, n, mgmt)
-		if err != nil {
+	if err := p.Do(reconcile.Update, "consul DNS token on "+t.node, "", func() error {
+		dns, ok, err := e.Secrets.Get("consul/tokens/dns")
+		if err != nil || !ok {
+			return fmt.Errorf("the DNS token is not in the store: %v", err)
+		}
+		if _, err := c.Agent().UpdateDNSToken(dns, w); err != nil {
 			return err
 		}
-		if e.State.Output(dnsTokenOutput(n.Name)) == id {
-			continue
-		}
-		c, err := Client(e, n, mgmt)
-		if err != nil {
-			return err
-		}
-		if _, err := c.Agent().UpdateDNSToken(secret, (&consulapi.WriteOptions{}).WithContext(ctx)); err != nil {
-			return fmt.Errorf("consul: set the DNS token on %s: %w", n.Name, err)
-		}
-		if err := e.State.SetOutput(dnsTokenOutput(n.Name), id); err != nil {
-			return err
-		}
+		return e.State.SetOutput(dnsTokenOutput(t.node), id)
+	}); err != nil {
+		return fmt.Errorf("consul: %w", err)
 	}
 	return nil
 }

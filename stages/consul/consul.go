@@ -6,7 +6,6 @@ package consul
 
 import (
 	"context"
-	"crypto/tls"
 	"errors"
 	"fmt"
 	"net"
@@ -20,7 +19,9 @@ import (
 
 	"github.com/platform-bootstrap/bootstrap/ansible"
 	"github.com/platform-bootstrap/bootstrap/internal/apitls"
+	"github.com/platform-bootstrap/bootstrap/internal/cluster"
 	"github.com/platform-bootstrap/bootstrap/internal/inventory"
+	"github.com/platform-bootstrap/bootstrap/internal/reconcile"
 	"github.com/platform-bootstrap/bootstrap/pki"
 	"github.com/platform-bootstrap/bootstrap/stages"
 	"github.com/platform-bootstrap/bootstrap/stages/provision"
@@ -79,12 +80,7 @@ func Client(e *stages.Env, n inventory.Node, token string) (*consulapi.Client, e
 // NewClientFor checks the exact name. It does not read CONSUL_* variables:
 // bootstrap talks to its own cluster only.
 func NewClient(addr, caFile, token string) (*consulapi.Client, error) {
-	tc, err := apitls.Config(caFile, "")
-	if err != nil {
-		return nil, fmt.Errorf("consul client for %s: %w", addr, err)
-	}
-	apitls.RequireServer(tc)
-	return newClient(addr, tc, token)
+	return newClient(addr, caFile, "", token)
 }
 
 // NewClientFor returns an HTTPS Consul client for addr that accepts only a
@@ -93,14 +89,14 @@ func NewClientFor(addr, caFile, serverName, token string) (*consulapi.Client, er
 	if serverName == "" {
 		return nil, fmt.Errorf("consul client for %s: no TLS server name", addr)
 	}
-	tc, err := apitls.Config(caFile, serverName)
+	return newClient(addr, caFile, serverName, token)
+}
+
+func newClient(addr, caFile, serverName, token string) (*consulapi.Client, error) {
+	tc, err := cluster.TLS(caFile, serverName)
 	if err != nil {
 		return nil, fmt.Errorf("consul client for %s: %w", addr, err)
 	}
-	return newClient(addr, tc, token)
-}
-
-func newClient(addr string, tc *tls.Config, token string) (*consulapi.Client, error) {
 	tr := &http.Transport{
 		TLSClientConfig:     tc,
 		TLSHandshakeTimeout: 5 * time.Second,
@@ -192,78 +188,34 @@ func load(ctx context.Context, e *stages.Env) (*deps, error) {
 	}, nil
 }
 
-// agentState is what one node's Consul agent says about itself.
-type agentState struct {
-	node   inventory.Node
-	leader string
-	err    error
-}
-
-func probe(ctx context.Context, e *stages.Env, inv *inventory.Inventory) []agentState {
-	out := make([]agentState, len(inv.Nodes))
-	for i, n := range inv.Nodes {
-		out[i].node = n
+// service asks each node's agent for the leader; status/leader answers
+// without a token.
+func service(e *stages.Env) cluster.Service {
+	return cluster.Service{Name: "consul", Leader: func(ctx context.Context, n inventory.Node) (string, error) {
 		c, err := Client(e, n, "")
 		if err != nil {
-			out[i].err = err
-			continue
+			return "", err
 		}
-		// status/leader answers without a token.
-		out[i].leader, out[i].err = c.Status().LeaderWithQueryOptions((&consulapi.QueryOptions{}).WithContext(ctx))
-	}
-	return out
-}
-
-func (a agentState) up() bool { return a.err == nil }
-
-func leaderOf(as []agentState) string {
-	for _, a := range as {
-		if a.up() && a.leader != "" {
-			return a.leader
-		}
-	}
-	return ""
+		return c.Status().LeaderWithQueryOptions((&consulapi.QueryOptions{}).WithContext(ctx))
+	}}
 }
 
 // Plan compares the Ansible inputs, asks every agent whether it answers and
 // the cluster for its ACL policies and tokens.
 func (s *Stage) Plan(ctx context.Context, e *stages.Env) ([]stages.Change, error) {
-	d, err := load(ctx, e)
-	if err != nil {
-		return nil, err
-	}
-	var out []stages.Change
-	reason, err := ansible.Pending(e, d.inv, d.play)
-	if err != nil {
-		return nil, err
-	}
-	if reason != "" {
-		out = append(out, stages.Change{Action: "install", Target: "consul on every node", Detail: reason})
-	}
-	if e.State.Output(OutTLSServerName) != ServerName(e) {
-		out = append(out, stages.Change{Action: "record", Target: "output " + OutTLSServerName, Detail: ServerName(e)})
-	}
-	as := probe(ctx, e, d.inv)
-	for _, a := range as {
-		if !a.up() {
-			out = append(out, stages.Change{Action: "start", Target: "consul on " + a.node.Name, Detail: "not answering"})
-		}
-	}
-	if leaderOf(as) == "" {
-		if len(out) == 0 {
-			out = append(out, stages.Change{Action: "wait", Target: "consul leader election"})
-		}
-		return append(out, stages.Change{Action: "bootstrap", Target: "consul ACLs, policies and tokens"}), nil
-	}
-	acl, err := s.planACL(ctx, e, d, as)
-	if err != nil {
-		return nil, err
-	}
-	return append(out, acl...), nil
+	p := e.Plan(false)
+	err := converge(ctx, e, p)
+	return p.Changes, err
 }
 
 // Apply converges the agents and the ACL system.
 func (s *Stage) Apply(ctx context.Context, e *stages.Env) error {
+	return converge(ctx, e, e.Plan(true))
+}
+
+// converge records in p, and makes when p applies, what the agents and the
+// ACL system lack.
+func converge(ctx context.Context, e *stages.Env, p *reconcile.Plan) error {
 	d, err := load(ctx, e)
 	if err != nil {
 		return err
@@ -272,67 +224,32 @@ func (s *Stage) Apply(ctx context.Context, e *stages.Env) error {
 	if err != nil {
 		return err
 	}
-	as := probe(ctx, e, d.inv)
-	down := false
-	for _, a := range as {
-		down = down || !a.up()
-	}
-	if reason != "" || down {
-		e.Step("installing consul-template and consul on %d node(s)", len(d.inv.Nodes))
-		if err := ansible.Converge(ctx, e, d.inv, d.play); err != nil {
-			return err
-		}
+	svc := service(e)
+	as := svc.Probe(ctx, d.inv.Nodes)
+	if err := svc.Converge(p, reason, as, func() error { return ansible.Converge(ctx, e, d.inv, d.play) }); err != nil {
+		return err
 	}
 	servers := d.inv.WithRole(inventory.RoleServer)
-	if err := e.State.SetOutput(stages.OutConsulAddr, "https://"+Addr(servers[0])); err != nil {
+	if err := cluster.RecordOutputs(p, e.State, map[string]string{
+		stages.OutConsulAddr:   "https://" + Addr(servers[0]),
+		stages.OutConsulCACert: CAFile(e),
+		OutTLSServerName:       ServerName(e),
+	}); err != nil {
 		return err
 	}
-	if err := e.State.SetOutput(stages.OutConsulCACert, CAFile(e)); err != nil {
-		return err
-	}
-	if err := e.State.SetOutput(OutTLSServerName, ServerName(e)); err != nil {
-		return err
-	}
-	if err := waitLeader(ctx, e, d.inv); err != nil {
-		return err
-	}
-	return s.applyACL(ctx, e, d)
-}
-
-// waitLeader waits until every agent answers and the servers agree on a
-// leader.
-func waitLeader(ctx context.Context, e *stages.Env, inv *inventory.Inventory) error {
-	e.Step("waiting for the consul leader")
-	ctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
-	defer cancel()
-	for {
-		as := probe(ctx, e, inv)
-		var down []string
-		for _, a := range as {
-			if !a.up() {
-				down = append(down, a.node.Name)
-			}
+	if p.Apply {
+		e.Step("waiting for the consul leader")
+		if as, err = svc.WaitLeader(ctx, d.inv); err != nil {
+			return err
 		}
-		if len(down) == 0 && leaderOf(as) != "" {
-			return nil
+	} else if as.Leader() == "" {
+		if len(p.Changes) == 0 {
+			p.Planned(reconcile.Wait, "consul leader election", "")
 		}
-		select {
-		case <-ctx.Done():
-			if len(down) > 0 {
-				return fmt.Errorf("consul does not answer on %s; see %s", strings.Join(down, ", "), logHint(inv, down[0]))
-			}
-			return fmt.Errorf("consul servers elected no leader; see %s", logHint(inv, inv.WithRole(inventory.RoleServer)[0].Name))
-		case <-time.After(500 * time.Millisecond):
-		}
+		p.Planned(reconcile.Bootstrap, "consul ACLs, policies and tokens", "")
+		return nil
 	}
-}
-
-func logHint(inv *inventory.Inventory, node string) string {
-	n, _ := inv.Node(node)
-	if n.Local != nil {
-		return n.Local.Root + "/logs/consul.log"
-	}
-	return "journalctl -u consul on " + node
+	return convergeACL(ctx, e, d, as, p)
 }
 
 // Status reports each agent, the leader and the raft voters.
@@ -346,16 +263,17 @@ func (s *Stage) Status(ctx context.Context, e *stages.Env) ([]stages.StatusLine,
 	}
 	tok, _, _ := e.Secrets.Get(stages.SecretConsulBootstrapToken)
 	var out []stages.StatusLine
-	as := probe(ctx, e, inv)
-	leader := leaderOf(as)
+	svc := service(e)
+	as := svc.Probe(ctx, inv.Nodes)
+	leader := as.Leader()
 	var members map[string]string
 	if leader != "" {
 		members = map[string]string{}
 		for _, a := range as {
-			if !a.up() {
+			if !a.Up() {
 				continue
 			}
-			c, err := Client(e, a.node, tok)
+			c, err := Client(e, a.Node, tok)
 			if err != nil {
 				continue
 			}
@@ -372,20 +290,8 @@ func (s *Stage) Status(ctx context.Context, e *stages.Env) ([]stages.StatusLine,
 		}
 	}
 	for _, a := range as {
-		l := stages.StatusLine{Component: "consul", Node: a.node.Name}
-		role := "client"
-		if a.node.Has(inventory.RoleServer) {
-			role = "server"
-		}
-		switch {
-		case !a.up():
-			l.State = "down"
-		case leader != "" && strings.HasPrefix(leader, a.node.Address()+":"):
-			l.State, l.Healthy = role+", leader", true
-		default:
-			l.State, l.Healthy = role, leader != ""
-		}
-		if st, ok := members[a.node.Name]; ok {
+		l := svc.Status(a, leader)
+		if st, ok := members[a.Node.Name]; ok {
 			l.Detail = "member " + st
 			l.Healthy = l.Healthy && st == "alive"
 		}

@@ -1,0 +1,201 @@
+// Package cluster is what the Consul and Nomad stages share: TLS for their
+// API clients, asking every node's agent who leads, waiting for a leader,
+// and the crash-safe ACL bootstrap.
+package cluster
+
+import (
+	"context"
+	"crypto/tls"
+	"fmt"
+	"maps"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/platform-bootstrap/bootstrap/internal/apitls"
+	"github.com/platform-bootstrap/bootstrap/internal/inventory"
+	"github.com/platform-bootstrap/bootstrap/internal/poll"
+	"github.com/platform-bootstrap/bootstrap/internal/reconcile"
+	"github.com/platform-bootstrap/bootstrap/stages"
+)
+
+// TLS returns the TLS configuration of an API client that trusts caFile and
+// accepts only a certificate valid for serverName, or, when serverName is
+// empty, one that names a server: a client node's certificate is refused
+// even when it carries the dialled address.
+func TLS(caFile, serverName string) (*tls.Config, error) {
+	tc, err := apitls.Config(caFile, serverName)
+	if err != nil {
+		return nil, err
+	}
+	if serverName == "" {
+		apitls.RequireServer(tc)
+	}
+	return tc, nil
+}
+
+// Service is one of the clustered services, Consul or Nomad.
+type Service struct {
+	Name string // "consul" or "nomad", as in messages and log files
+	// Leader asks the agent of node n which server leads. It needs no
+	// token.
+	Leader func(ctx context.Context, n inventory.Node) (string, error)
+}
+
+// Agent is what one node's agent said.
+type Agent struct {
+	Node   inventory.Node
+	Leader string
+	Err    error
+}
+
+// Up reports whether the agent answered.
+func (a Agent) Up() bool { return a.Err == nil }
+
+// Agents are the answers of every node, in inventory order.
+type Agents []Agent
+
+// Probe asks the agent of every node who leads.
+func (s Service) Probe(ctx context.Context, nodes []inventory.Node) Agents {
+	out := make(Agents, len(nodes))
+	for i, n := range nodes {
+		out[i].Node = n
+		out[i].Leader, out[i].Err = s.Leader(ctx, n)
+	}
+	return out
+}
+
+// Leader is the leader some agent that answered named, or "".
+func (as Agents) Leader() string {
+	for _, a := range as {
+		if a.Up() && a.Leader != "" {
+			return a.Leader
+		}
+	}
+	return ""
+}
+
+// Down names the nodes whose agent did not answer.
+func (as Agents) Down() []string {
+	var out []string
+	for _, a := range as {
+		if !a.Up() {
+			out = append(out, a.Node.Name)
+		}
+	}
+	return out
+}
+
+// IsUp reports whether node's agent answered.
+func (as Agents) IsUp(node string) bool {
+	for _, a := range as {
+		if a.Node.Name == node {
+			return a.Up()
+		}
+	}
+	return false
+}
+
+// Server returns the first server whose agent answered, or else the first
+// server: reads then do not depend on any one server being up.
+func (as Agents) Server() inventory.Node {
+	var first *inventory.Node
+	for _, a := range as {
+		if a.Node.Has(inventory.RoleServer) {
+			if a.Up() {
+				return a.Node
+			}
+			if first == nil {
+				first = &a.Node
+			}
+		}
+	}
+	if first == nil {
+		return inventory.Node{}
+	}
+	return *first
+}
+
+// Converge records installing the service when Ansible's inputs changed
+// (reason) and starting it on every node whose agent does not answer.
+// Applying runs the play, run, once for all of them.
+func (s Service) Converge(p *reconcile.Plan, reason string, as Agents, run func() error) error {
+	if reason != "" {
+		if err := p.Do(reconcile.Install, s.Name+" on every node", reason, run); err != nil {
+			return err
+		}
+		run = nil
+	}
+	for _, node := range as.Down() {
+		if err := p.Do(reconcile.Start, s.Name+" on "+node, "not answering", run); err != nil {
+			return err
+		}
+		run = nil
+	}
+	return nil
+}
+
+// WaitLeader waits until every agent of inv answers and the servers agree on
+// a leader, and returns the agents' answers.
+func (s Service) WaitLeader(ctx context.Context, inv *inventory.Inventory) (Agents, error) {
+	var as Agents
+	err := poll.Retry(ctx, 2*time.Minute, 500*time.Millisecond, func() error {
+		as = s.Probe(ctx, inv.Nodes)
+		if down := as.Down(); len(down) > 0 {
+			return fmt.Errorf("%s does not answer on %s; see %s", s.Name, strings.Join(down, ", "), s.LogHint(inv, down[0]))
+		}
+		if as.Leader() == "" {
+			return fmt.Errorf("%s servers elected no leader; see %s", s.Name, s.LogHint(inv, inv.WithRole(inventory.RoleServer)[0].Name))
+		}
+		return nil
+	}, func(error) bool { return false })
+	return as, err
+}
+
+// LogHint says where to read the log of the service on node.
+func (s Service) LogHint(inv *inventory.Inventory, node string) string {
+	if n, _ := inv.Node(node); n.Local != nil {
+		return n.Local.Root + "/logs/" + s.Name + ".log"
+	}
+	return "journalctl -u " + s.Name + " on " + node
+}
+
+// Status is the status line of one agent: its role, whether it leads, and
+// healthy when it answers and the cluster has a leader.
+func (s Service) Status(a Agent, leader string) stages.StatusLine {
+	l := stages.StatusLine{Component: s.Name, Node: a.Node.Name}
+	role := "client"
+	if a.Node.Has(inventory.RoleServer) {
+		role = "server"
+	}
+	switch {
+	case !a.Up():
+		l.State = "down"
+	case leader != "" && strings.HasPrefix(leader, a.Node.Address()+":"):
+		l.State, l.Healthy = role+", leader", true
+	default:
+		l.State, l.Healthy = role, leader != ""
+	}
+	return l
+}
+
+// Outputs are the outputs a stage records (*stages.State).
+type Outputs interface {
+	Output(key string) string
+	SetOutput(key, value string) error
+}
+
+// RecordOutputs records, and sets when p applies, each output in want that
+// differs from what s holds: where later stages and `bootstrap env` find
+// the cluster.
+func RecordOutputs(p *reconcile.Plan, s Outputs, want map[string]string) error {
+	for _, k := range slices.Sorted(maps.Keys(want)) {
+		if s.Output(k) == want[k] {
+			continue
+		}
+		if err := p.Do(reconcile.Record, "output "+k, want[k], func() error { return s.SetOutput(k, want[k]) }); err != nil {
+			return err
+		}
+	}
+	return nil
+}
