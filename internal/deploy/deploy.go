@@ -25,6 +25,7 @@ import (
 	nomadapi "github.com/hashicorp/nomad/api"
 
 	"github.com/platform-bootstrap/bootstrap/internal/apitls"
+	"github.com/platform-bootstrap/bootstrap/internal/nomadjob"
 	"github.com/platform-bootstrap/bootstrap/internal/secrets"
 )
 
@@ -316,19 +317,19 @@ func (d *deployer) run(ctx context.Context) (Result, error) {
 	}
 	d.p.Printf("validate: ok")
 
-	plan, _, err := d.nc.Jobs().PlanOpts(job, &nomadapi.PlanOptions{Diff: true}, wo)
+	plan, err := nomadjob.Plan(ctx, d.nc, job)
 	if err != nil {
 		return res, d.apiError("plan", err)
 	}
 	if plan.Warnings != "" {
 		d.p.Printf("plan: warnings: %s", plan.Warnings)
 	}
-	res.Changes = plan.Diff != nil && plan.Diff.Type != diffNone
+	res.Changes = nomadjob.Changed(plan)
 	if !res.Changes {
 		d.p.Printf("plan: no changes")
 		return d.unchanged(ctx, res)
 	}
-	d.p.Printf("plan:\n%s", FormatDiff(plan.Diff))
+	d.p.Printf("plan:\n%s", nomadjob.FormatDiff(plan.Diff))
 	for tg, m := range plan.FailedTGAllocs {
 		d.p.Printf("plan: warning: group %q would not be placed: %s", tg, placementFailure(m))
 	}
@@ -337,17 +338,17 @@ func (d *deployer) run(ctx context.Context) (Result, error) {
 		return res, nil
 	}
 
-	reg, _, err := d.nc.Jobs().RegisterOpts(job, &nomadapi.RegisterOptions{EnforceIndex: true, ModifyIndex: plan.JobModifyIndex}, wo)
+	reg, err := nomadjob.Register(ctx, d.nc, job, plan)
 	if err != nil {
-		if strings.Contains(err.Error(), "Enforcing job modify index") {
-			return res, fmt.Errorf("register: the job changed since the plan (someone else deployed it meanwhile); run again to plan against the new version: %w", err)
+		if errors.Is(err, nomadjob.ErrChanged) {
+			return res, fmt.Errorf("register: run again to plan against the new version: %w", err)
 		}
 		return res, d.apiError("register", err)
 	}
 	if reg.Warnings != "" {
 		d.p.Printf("register: warnings: %s", reg.Warnings)
 	}
-	d.p.Printf("registered: evaluation %s", short(reg.EvalID))
+	d.p.Printf("registered: evaluation %s", nomadjob.Short(reg.EvalID))
 	if o.Detach {
 		d.p.Printf("detached: follow it with `nomad job status -namespace=%s %s`", ns, res.JobID)
 		return res, nil
@@ -467,23 +468,16 @@ func (d *deployer) unchanged(ctx context.Context, res Result) (Result, error) {
 	}
 	switch dep.Status {
 	case nomadapi.DeploymentStatusRunning, nomadapi.DeploymentStatusPaused, nomadapi.DeploymentStatusPending:
-		d.p.Printf("job %q is at version %d, whose deployment %s is still %s: following it", res.JobID, res.Version, short(dep.ID), dep.Status)
+		d.p.Printf("job %q is at version %d, whose deployment %s is still %s: following it", res.JobID, res.Version, nomadjob.Short(dep.ID), dep.Status)
 		ctx, cancel := context.WithTimeout(ctx, d.opts.Timeout)
 		defer cancel()
 		f := &follower{d: d, jobID: res.JobID, ns: res.Namespace}
 		return f.watch(ctx, res, dep.ID, res.Version)
 	case nomadapi.DeploymentStatusFailed, nomadapi.DeploymentStatusCancelled:
-		return res, fmt.Errorf("%w: job %q is already at this version %d, whose deployment %s %s (%s); fix the job, or redeploy the last good one", ErrFailed, res.JobID, res.Version, short(dep.ID), dep.Status, dep.StatusDescription)
+		return res, fmt.Errorf("%w: job %q is already at this version %d, whose deployment %s %s (%s); fix the job, or redeploy the last good one", ErrFailed, res.JobID, res.Version, nomadjob.Short(dep.ID), dep.Status, dep.StatusDescription)
 	}
-	d.p.Printf("job %q is at version %d (deployment %s %s): nothing to do", res.JobID, res.Version, short(dep.ID), dep.Status)
+	d.p.Printf("job %q is at version %d (deployment %s %s): nothing to do", res.JobID, res.Version, nomadjob.Short(dep.ID), dep.Status)
 	return res, nil
-}
-
-func short(id string) string {
-	if len(id) > 8 {
-		return id[:8]
-	}
-	return id
 }
 
 // placementFailure summarises why the scheduler could not place a group.

@@ -206,48 +206,6 @@ func TestGuardRails(t *testing.T) {
 	}
 }
 
-func TestFormatDiff(t *testing.T) {
-	d := &nomadapi.JobDiff{
-		Type: "Edited", ID: "web",
-		Fields: []*nomadapi.FieldDiff{{Type: "Edited", Name: "Meta[commit]", Old: "a", New: "b"}, {Type: "None", Name: "Priority", Old: "50", New: "50"}},
-		TaskGroups: []*nomadapi.TaskGroupDiff{
-			{Type: "Edited", Name: "g", Updates: map[string]uint64{"canary": 1, "ignore": 1, "create": 0},
-				Tasks: []*nomadapi.TaskDiff{{Type: "Edited", Name: "t", Annotations: []string{"forces create/destroy update"},
-					Objects: []*nomadapi.ObjectDiff{{Type: "Edited", Name: "Config", Fields: []*nomadapi.FieldDiff{
-						{Type: "Added", Name: "args[1]", New: "x"}, {Type: "Deleted", Name: "args[2]", Old: "y"}}}}}}},
-			{Type: "Added", Name: "new", Updates: map[string]uint64{"create": 2},
-				Fields: []*nomadapi.FieldDiff{{Type: "Added", Name: "Count", New: "2"}},
-				Tasks:  []*nomadapi.TaskDiff{{Type: "Added", Name: "n", Fields: []*nomadapi.FieldDiff{{Type: "Added", Name: "Driver", New: "docker"}}}}},
-			{Type: "None", Name: "same"},
-		},
-	}
-	want := `+/- Job: "web"
-  +/- Meta[commit]: "a" => "b"
-+/- Task Group: "g" (1 canary, 1 ignore)
-  +/- Task: "t" (forces create/destroy update)
-    +/- Config {
-      + args[1]: "x"
-      - args[2]: "y"
-    }
-+ Task Group: "new" (2 create)
-  + Task: "n"`
-	if got := FormatDiff(d); got != want {
-		t.Errorf("got:\n%s\nwant:\n%s", got, want)
-	}
-	if got := FormatDiff(&nomadapi.JobDiff{Type: "None"}); got != "no changes" {
-		t.Errorf("no diff: %q", got)
-	}
-}
-
-func TestLastLines(t *testing.T) {
-	if got := lastLines([]byte("a\nb\nc\n"), 2); !slices.Equal(got, []string{"b", "c"}) {
-		t.Errorf("%q", got)
-	}
-	if got := lastLines([]byte("\n"), 2); got != nil {
-		t.Errorf("%q", got)
-	}
-}
-
 func TestClientNeedsAddress(t *testing.T) {
 	_, err := Client([]string{"NOMAD_TOKEN=x"})
 	var ie *InputError

@@ -1,7 +1,6 @@
 package deploy
 
 import (
-	"bytes"
 	"cmp"
 	"context"
 	"errors"
@@ -12,19 +11,13 @@ import (
 	"time"
 
 	nomadapi "github.com/hashicorp/nomad/api"
+
+	"github.com/platform-bootstrap/bootstrap/internal/nomadjob"
 )
 
-const (
-	// waitTime bounds each blocking query, so that progress is printed and
-	// the context is checked regularly.
-	waitTime = 5 * time.Second
-	// reportAllocs is how many failing allocations are shown in full.
-	reportAllocs = 3
-	// logLines is how much of each log a failure shows.
-	logLines = 20
-	// logBytes is how far back from the end of a log to read for them.
-	logBytes = 8 << 10
-)
+// waitTime bounds each blocking query, so that progress is printed and the
+// context is checked regularly.
+const waitTime = 5 * time.Second
 
 // follower follows what a registration (or a revert) set in motion.
 type follower struct {
@@ -91,16 +84,16 @@ func (f *follower) waitEval(ctx context.Context, id string) (*nomadapi.Evaluatio
 		ev, qm, err := f.d.nc.Evaluations().Info(id, q)
 		if err != nil {
 			if ctx.Err() != nil {
-				return nil, fmt.Errorf("timed out waiting for evaluation %s", short(id))
+				return nil, fmt.Errorf("timed out waiting for evaluation %s", nomadjob.Short(id))
 			}
-			return nil, fmt.Errorf("read evaluation %s: %w", short(id), err)
+			return nil, fmt.Errorf("read evaluation %s: %w", nomadjob.Short(id), err)
 		}
 		index = qm.LastIndex
 		switch ev.Status {
 		case "complete":
 			return ev, nil
 		case "failed", "canceled":
-			return nil, fmt.Errorf("evaluation %s %s: %s", short(id), ev.Status, ev.StatusDescription)
+			return nil, fmt.Errorf("evaluation %s %s: %s", nomadjob.Short(id), ev.Status, ev.StatusDescription)
 		}
 	}
 }
@@ -136,7 +129,7 @@ func (f *follower) versionAt(ctx context.Context, dep *nomadapi.Deployment) (uin
 
 // watch follows a deployment until it succeeds, fails or the context ends.
 func (f *follower) watch(ctx context.Context, res Result, depID string, version uint64) (Result, error) {
-	f.d.p.Printf("deployment %s of version %d: following (timeout %s)", short(depID), version, f.d.opts.Timeout)
+	f.d.p.Printf("deployment %s of version %d: following (timeout %s)", nomadjob.Short(depID), version, f.d.opts.Timeout)
 	var index uint64
 	for {
 		q := f.q(ctx)
@@ -154,14 +147,14 @@ func (f *follower) watch(ctx context.Context, res Result, depID string, version 
 		switch dep.Status {
 		case nomadapi.DeploymentStatusSuccessful:
 			res.Version = version
-			f.d.p.Printf("deployment %s: healthy: %s", short(depID), dep.StatusDescription)
+			f.d.p.Printf("deployment %s: healthy: %s", nomadjob.Short(depID), dep.StatusDescription)
 			return res, nil
 		case nomadapi.DeploymentStatusFailed, nomadapi.DeploymentStatusCancelled:
-			return f.stopped(ctx, res, dep, version, fmt.Errorf("deployment %s %s: %s", short(depID), dep.Status, dep.StatusDescription))
+			return f.stopped(ctx, res, dep, version, fmt.Errorf("deployment %s %s: %s", nomadjob.Short(depID), dep.Status, dep.StatusDescription))
 		}
 		if groups := awaitingPromotion(dep); len(groups) > 0 {
 			res.Version = version
-			f.d.p.Printf("deployment %s: the canaries of %s are healthy and wait for a manual promotion (the job has no auto_promote): `nomad deployment promote -namespace=%s %s`", short(depID), strings.Join(groups, ", "), f.ns, depID)
+			f.d.p.Printf("deployment %s: the canaries of %s are healthy and wait for a manual promotion (the job has no auto_promote): `nomad deployment promote -namespace=%s %s`", nomadjob.Short(depID), strings.Join(groups, ", "), f.ns, depID)
 			return res, nil
 		}
 	}
@@ -238,7 +231,7 @@ func (f *follower) printAllocStubs(allocs []*nomadapi.AllocationListStub) {
 		if a.DeploymentStatus != nil && a.DeploymentStatus.Canary {
 			canary = " canary"
 		}
-		f.d.p.Printf("allocation %s (group %q, version %d%s) on %s: %s", short(a.ID), a.TaskGroup, a.JobVersion, canary, a.NodeName, st)
+		f.d.p.Printf("allocation %s (group %q, version %d%s) on %s: %s", nomadjob.Short(a.ID), a.TaskGroup, a.JobVersion, canary, a.NodeName, st)
 	}
 }
 
@@ -295,7 +288,7 @@ func (f *follower) stopped(ctx context.Context, res Result, dep *nomadapi.Deploy
 	if f.d.interrupted() {
 		what := "the evaluation"
 		if dep != nil {
-			what = "deployment " + short(dep.ID)
+			what = "deployment " + nomadjob.Short(dep.ID)
 		}
 		f.d.p.Printf("interrupted: %s of version %d goes on in Nomad, untouched: `nomad job status -namespace=%s %s`", what, version, f.ns, f.jobID)
 		return res, fmt.Errorf("interrupted while following version %d of job %q", version, f.jobID)
@@ -321,11 +314,11 @@ func (f *follower) stopped(ctx context.Context, res Result, dep *nomadapi.Deploy
 		up, _, err := f.d.nc.Deployments().Fail(dep.ID, f.wo(ctx))
 		switch {
 		case err != nil:
-			f.d.p.Printf("marking deployment %s failed: %v", short(dep.ID), err)
+			f.d.p.Printf("marking deployment %s failed: %v", nomadjob.Short(dep.ID), err)
 		case up.RevertedJobVersion != nil:
-			f.d.p.Printf("deployment %s marked failed; Nomad reverts to version %d (the job's auto_revert)", short(dep.ID), *up.RevertedJobVersion)
+			f.d.p.Printf("deployment %s marked failed; Nomad reverts to version %d (the job's auto_revert)", nomadjob.Short(dep.ID), *up.RevertedJobVersion)
 		default:
-			f.d.p.Printf("deployment %s marked failed", short(dep.ID))
+			f.d.p.Printf("deployment %s marked failed", nomadjob.Short(dep.ID))
 		}
 	}
 
@@ -400,8 +393,8 @@ func (f *follower) lastStable(ctx context.Context, version uint64) (*uint64, err
 	return best, nil
 }
 
-// report prints why allocations failed: their task events and the end of
-// their logs.
+// report prints why the version's allocations failed: their task events,
+// checks and the end of their logs.
 func (f *follower) report(ctx context.Context, dep *nomadapi.Deployment, version uint64) {
 	var stubs []*nomadapi.AllocationListStub
 	var err error
@@ -416,7 +409,7 @@ func (f *follower) report(ctx context.Context, dep *nomadapi.Deployment, version
 	}
 	var bad []*nomadapi.AllocationListStub
 	for _, a := range stubs {
-		if a.JobVersion == version && notHealthy(a) {
+		if a.JobVersion == version && nomadjob.Unhealthy(a) {
 			bad = append(bad, a)
 		}
 	}
@@ -424,120 +417,7 @@ func (f *follower) report(ctx context.Context, dep *nomadapi.Deployment, version
 		f.d.p.Printf("every allocation of version %d that was placed is healthy: the scheduler could not place the others", version)
 		return
 	}
-	slices.SortFunc(bad, func(a, b *nomadapi.AllocationListStub) int { return cmp.Compare(b.ModifyIndex, a.ModifyIndex) })
-	if len(bad) > reportAllocs {
-		f.d.p.Printf("%d allocations failed; showing the last %d", len(bad), reportAllocs)
-		bad = bad[:reportAllocs]
+	for _, l := range nomadjob.Explain(ctx, f.d.nc, f.ns, bad) {
+		f.d.p.Printf("%s", l)
 	}
-	for _, a := range bad {
-		f.reportAlloc(ctx, a)
-	}
-}
-
-// notHealthy reports whether an allocation failed, was found unhealthy,
-// or never became healthy (still pending, or running with checks that do
-// not pass: what a timeout leaves).
-func notHealthy(a *nomadapi.AllocationListStub) bool {
-	switch a.ClientStatus {
-	case "failed", "lost":
-		return true
-	case "complete":
-		return false
-	}
-	ds := a.DeploymentStatus
-	return ds == nil || ds.Healthy == nil || !*ds.Healthy
-}
-
-func (f *follower) reportAlloc(ctx context.Context, a *nomadapi.AllocationListStub) {
-	f.d.p.Printf("allocation %s (group %q, version %d) on %s: %s %s", short(a.ID), a.TaskGroup, a.JobVersion, a.NodeName, a.ClientStatus, a.ClientDescription)
-	alloc, _, err := f.d.nc.Allocations().Info(a.ID, f.q(ctx))
-	if err != nil {
-		f.d.p.Printf("  reading allocation %s: %v", short(a.ID), err)
-		return
-	}
-	f.reportChecks(ctx, a.ID)
-	for _, task := range slices.Sorted(maps.Keys(alloc.TaskStates)) {
-		ts := alloc.TaskStates[task]
-		failed := ""
-		if ts.Failed {
-			failed = ", failed"
-		}
-		f.d.p.Printf("  task %q: %s%s, %d restart(s); events:", task, ts.State, failed, ts.Restarts)
-		for _, ev := range ts.Events {
-			msg := ev.DisplayMessage
-			if msg == "" {
-				msg = ev.Message
-			}
-			f.d.p.Printf("    %s %s: %s", time.Unix(0, ev.Time).UTC().Format(time.TimeOnly), ev.Type, msg)
-		}
-		for _, stream := range []string{"stderr", "stdout"} {
-			lines, err := f.tail(ctx, alloc, task, stream)
-			switch {
-			case err != nil:
-				f.d.p.Printf("  task %q %s: %v", task, stream, err)
-			case len(lines) == 0:
-				f.d.p.Printf("  task %q %s: (empty)", task, stream)
-			default:
-				f.d.p.Printf("  task %q %s, last %d line(s):", task, stream, len(lines))
-				for _, l := range lines {
-					f.d.p.Printf("    | %s", l)
-				}
-			}
-		}
-	}
-}
-
-// reportChecks prints the service checks Nomad runs itself (provider
-// "nomad") that do not pass. Consul's checks are Consul's: the CI token
-// cannot read them.
-func (f *follower) reportChecks(ctx context.Context, allocID string) {
-	checks, err := f.d.nc.Allocations().Checks(allocID, f.q(ctx))
-	if err != nil {
-		return
-	}
-	for _, id := range slices.Sorted(maps.Keys(checks)) {
-		c := checks[id]
-		if c.Status == "success" {
-			continue
-		}
-		out := strings.TrimSpace(c.Output)
-		f.d.p.Printf("  check %q of service %q: %s: %s", c.Check, c.Service, c.Status, out)
-	}
-}
-
-// tail returns the last lines of a task's log.
-func (f *follower) tail(ctx context.Context, alloc *nomadapi.Allocation, task, stream string) ([]string, error) {
-	cancel := make(chan struct{})
-	defer close(cancel)
-	frames, errs := f.d.nc.AllocFS().Logs(alloc, false, task, stream, "end", logBytes, cancel, f.q(ctx))
-	var buf bytes.Buffer
-	for {
-		select {
-		case fr, ok := <-frames:
-			if !ok {
-				b := buf.Bytes()
-				if len(b) >= logBytes { // started mid-line
-					_, b, _ = bytes.Cut(b, []byte("\n"))
-				}
-				return lastLines(b, logLines), nil
-			}
-			buf.Write(fr.Data)
-		case err := <-errs:
-			return nil, fmt.Errorf("reading the log: %w", err)
-		case <-ctx.Done():
-			return nil, ctx.Err()
-		}
-	}
-}
-
-func lastLines(b []byte, n int) []string {
-	s := strings.TrimRight(string(b), "\n")
-	if s == "" {
-		return nil
-	}
-	lines := strings.Split(s, "\n")
-	if len(lines) > n {
-		lines = lines[len(lines)-n:]
-	}
-	return lines
 }

@@ -1,4 +1,4 @@
-package deploy
+package nomadjob
 
 import (
 	"fmt"
@@ -16,6 +16,58 @@ const (
 	diffDeleted = "Deleted"
 	diffEdited  = "Edited"
 )
+
+// Changed reports whether a plan would change the job.
+func Changed(resp *nomadapi.JobPlanResponse) bool {
+	return resp.Diff != nil && resp.Diff.Type != diffNone
+}
+
+// Added reports whether a plan would create the job.
+func Added(resp *nomadapi.JobPlanResponse) bool {
+	return resp.Diff != nil && resp.Diff.Type == diffAdded
+}
+
+// Summary says in one line what a plan changes: "new job", or the changed
+// job fields and groups with their changed tasks ("group web (server)").
+func Summary(d *nomadapi.JobDiff) string {
+	switch {
+	case d == nil || d.Type == diffNone:
+		return "no changes"
+	case d.Type == diffAdded:
+		return "new job"
+	}
+	var parts []string
+	for _, f := range d.Fields {
+		if f.Type != diffNone {
+			parts = append(parts, f.Name)
+		}
+	}
+	for _, o := range d.Objects {
+		if o.Type != diffNone {
+			parts = append(parts, o.Name)
+		}
+	}
+	for _, g := range d.TaskGroups {
+		if g.Type == diffNone {
+			continue
+		}
+		var tasks []string
+		for _, t := range g.Tasks {
+			if t.Type != diffNone {
+				tasks = append(tasks, t.Name)
+			}
+		}
+		s := "group " + g.Name
+		if len(tasks) > 0 {
+			s += " (" + strings.Join(tasks, ", ") + ")"
+		}
+		parts = append(parts, s)
+	}
+	if len(parts) == 0 {
+		return strings.ToLower(d.Type)
+	}
+	return strings.Join(parts, "; ")
+}
 
 // FormatDiff renders a plan's job diff like `nomad job plan` does, without
 // colour: one line per changed field, "+" added, "-" deleted, "+/-" edited,
@@ -46,11 +98,7 @@ func FormatDiff(d *nomadapi.JobDiff) string {
 			if t.Type == diffNone {
 				continue
 			}
-			ann := ""
-			if len(t.Annotations) > 0 {
-				ann = " (" + strings.Join(t.Annotations, ", ") + ")"
-			}
-			fmt.Fprintf(&b, "  %s Task: %q%s\n", mark(t.Type), t.Name, ann)
+			fmt.Fprintf(&b, "  %s Task: %q%s\n", mark(t.Type), t.Name, annotations(t.Annotations))
 			if t.Type == diffEdited {
 				writeFields(&b, t.Fields, 2)
 				writeObjects(&b, t.Objects, 2)
@@ -74,11 +122,7 @@ func writeFields(b *strings.Builder, fields []*nomadapi.FieldDiff, depth int) {
 		default:
 			val = fmt.Sprintf("%q => %q", f.Old, f.New)
 		}
-		ann := ""
-		if len(f.Annotations) > 0 {
-			ann = " (" + strings.Join(f.Annotations, ", ") + ")"
-		}
-		fmt.Fprintf(b, "%s%s %s: %s%s\n", ind, mark(f.Type), f.Name, val, ann)
+		fmt.Fprintf(b, "%s%s %s: %s%s\n", ind, mark(f.Type), f.Name, val, annotations(f.Annotations))
 	}
 }
 
@@ -105,6 +149,13 @@ func mark(t string) string {
 		return "+/-"
 	}
 	return " "
+}
+
+func annotations(a []string) string {
+	if len(a) == 0 {
+		return ""
+	}
+	return " (" + strings.Join(a, ", ") + ")"
 }
 
 // updates renders a task group's scheduler annotations: "(1 create, 1
