@@ -253,7 +253,9 @@ type AppRole struct {
 // Consul configures the Consul cluster.
 type Consul struct {
 	Domain string `hcl:"domain,optional"`
-	UI     bool   `hcl:"ui,optional"`
+	// UI serves Consul's web UI on the servers (the consul role's
+	// ui_config); clients never serve it.
+	UI bool `hcl:"ui,optional"`
 	// DNS points the nodes' resolver at Consul for .consul names (real
 	// machines only: the local provider cannot change this machine's resolver).
 	DNS bool `hcl:"dns,optional"`
@@ -290,15 +292,21 @@ type Jobs struct {
 
 // Job holds the settings every platform job shares.
 type Job struct {
-	Enabled bool   `hcl:"enabled,optional"`
-	Image   string `hcl:"image,optional"`
-	Count   int    `hcl:"count,optional"`
-	CPU     int    `hcl:"cpu,optional"`
-	Memory  int    `hcl:"memory,optional"`
+	Enabled bool `hcl:"enabled,optional"`
+	// Image is the container image, used with the docker driver only.
+	Image string `hcl:"image,optional"`
+	// Count is the number of instances of a service job (prometheus,
+	// grafana); system jobs (fabio, node_exporter) run one per client and
+	// refuse it, and Alertmanager runs one instance.
+	Count  int `hcl:"count,optional"`
+	CPU    int `hcl:"cpu,optional"`
+	Memory int `hcl:"memory,optional"`
 
-	CountRange  hcl.Range `hcl:"count,attr_value_range"`
-	CPURange    hcl.Range `hcl:"cpu,attr_value_range"`
-	MemoryRange hcl.Range `hcl:"memory,attr_value_range"`
+	EnabledRange hcl.Range `hcl:"enabled,attr_value_range"`
+	ImageRange   hcl.Range `hcl:"image,attr_value_range"`
+	CountRange   hcl.Range `hcl:"count,attr_value_range"`
+	CPURange     hcl.Range `hcl:"cpu,attr_value_range"`
+	MemoryRange  hcl.Range `hcl:"memory,attr_value_range"`
 }
 
 // Monitoring configures Prometheus, Alertmanager and Grafana.
@@ -321,12 +329,17 @@ type GitLabRunner struct {
 	URL string `hcl:"url"`
 	// Token is the runner authentication token; write env("NAME") so it never
 	// sits in the file.
-	Token    string   `hcl:"token"`
-	Executor string   `hcl:"executor,optional"`
-	Tags     []string `hcl:"tags,optional"`
+	Token    string `hcl:"token"`
+	Executor string `hcl:"executor,optional"`
 	// Concurrent is how many CI jobs one runner runs at once.
 	Concurrent int    `hcl:"concurrent,optional"`
 	Image      string `hcl:"image,optional"`
+	// RemovedTags is the removed setting tags, decoded only so that a file
+	// still setting it is told why it went: a runner authentication token
+	// (glrt-…) carries the runner's tags, set in GitLab, and GitLab Runner
+	// has no tags setting in config.toml nor accepts --tag-list with such
+	// a token.
+	RemovedTags *hcl.Attribute `hcl:"tags,optional"`
 
 	DefRange        hcl.Range `hcl:",def_range"`
 	URLRange        hcl.Range `hcl:"url,attr_value_range"`

@@ -150,7 +150,7 @@ func TestFullConfig(t *testing.T) {
 		t.Errorf("nomad = %+v", n)
 	}
 	j := p.Jobs
-	if j.Driver != "raw_exec" {
+	if j.Driver != "docker" {
 		t.Errorf("driver = %q", j.Driver)
 	}
 	// A job block keeps the defaults of what it does not set.
@@ -160,12 +160,12 @@ func TestFullConfig(t *testing.T) {
 	}{
 		"fabio":         {j.Fabio, config.Job{Enabled: false, CPU: 100, Memory: 128}},
 		"prometheus":    {j.Prometheus, config.Job{Enabled: true, Image: "prom/prometheus:v3.5.0", Count: 2, CPU: 500, Memory: 1024}},
-		"alertmanager":  {j.Alertmanager, config.Job{Enabled: true, Count: 3, CPU: 100, Memory: 128}},
+		"alertmanager":  {j.Alertmanager, config.Job{Enabled: true, Image: "prom/alertmanager:v0.28.0", Count: 1, CPU: 100, Memory: 128}},
 		"grafana":       {j.Grafana, config.Job{Enabled: true, Count: 1, CPU: 200, Memory: 512}},
 		"node_exporter": {j.NodeExporter, config.Job{Enabled: true, CPU: 20, Memory: 64}},
 	} {
 		got := tc.got
-		got.CountRange, got.CPURange, got.MemoryRange = hcl.Range{}, hcl.Range{}, hcl.Range{}
+		got.EnabledRange, got.ImageRange, got.CountRange, got.CPURange, got.MemoryRange = hcl.Range{}, hcl.Range{}, hcl.Range{}, hcl.Range{}, hcl.Range{}
 		if !reflect.DeepEqual(got, tc.want) {
 			t.Errorf("job %s = %+v, want %+v", name, got, tc.want)
 		}
@@ -175,7 +175,7 @@ func TestFullConfig(t *testing.T) {
 	}
 	g := p.GitLabRunner
 	if g == nil || g.URL != "https://gitlab.example.com" || g.Token != "glrt-from-the-environment" || g.Executor != "shell" ||
-		!reflect.DeepEqual(g.Tags, []string{"nomad", "linux"}) || g.Concurrent != 4 || g.Image != "alpine:3.21" {
+		g.Concurrent != 4 || g.Image != "alpine:3.21" {
 		t.Errorf("gitlab runner = %+v", g)
 	}
 }
@@ -186,7 +186,7 @@ func TestGitLabRunnerDefaults(t *testing.T) {
 	if diags.HasErrors() {
 		t.Fatal(diags)
 	}
-	if g := p.GitLabRunner; g.Executor != "docker" || g.Concurrent != 2 || g.Image != "alpine:3.20" || len(g.Tags) != 0 {
+	if g := p.GitLabRunner; g.Executor != "docker" || g.Concurrent != 2 || g.Image != "alpine:3.20" || g.RemovedTags != nil {
 		t.Errorf("gitlab runner defaults = %+v", g)
 	}
 }

@@ -51,6 +51,12 @@ func (v *validator) errorf(rng hcl.Range, summary, format string, args ...any) {
 	})
 }
 
+// warnf reports a setting that is valid but has no effect here.
+func (v *validator) warnf(rng hcl.Range, summary, format string, args ...any) {
+	v.errorf(rng, summary, format, args...)
+	v.diags[len(v.diags)-1].Severity = hcl.DiagWarning
+}
+
 // or returns r, or fallback when r is unset (the attribute was not written).
 func or(r, fallback hcl.Range) hcl.Range {
 	if r.Filename == "" {
@@ -394,28 +400,44 @@ func (v *validator) jobs() {
 	if !slices.Contains(drivers, j.Driver) {
 		v.errorf(or(j.DriverRange, v.p.Provider.DefRange), "Invalid driver", "driver = %q: use one of %s.", j.Driver, strings.Join(drivers, ", "))
 	}
+	def := v.p.Provider.DefRange
+	docker := j.Driver == "docker" || j.Driver == "auto" && v.p.Provider.Local == nil
 	// In order, so that several mistakes are reported the same way each run.
 	for _, nj := range []struct {
 		name   string
 		job    Job
-		counts bool // system jobs run one per node; their count is ignored
+		system bool // one instance per client: no count
 	}{
-		{"fabio", j.Fabio, false}, {"prometheus", j.Prometheus, true}, {"alertmanager", j.Alertmanager, true},
-		{"grafana", j.Grafana, true}, {"node_exporter", j.NodeExporter, false},
+		{"fabio", j.Fabio, true}, {"prometheus", j.Prometheus, false}, {"alertmanager", j.Alertmanager, false},
+		{"grafana", j.Grafana, false}, {"node_exporter", j.NodeExporter, true},
 	} {
 		name, job := nj.name, nj.job
 		if !job.Enabled {
 			continue
 		}
-		if nj.counts && (job.Count < 1 || job.Count > 9) {
-			v.errorf(or(job.CountRange, v.p.Provider.DefRange), "Invalid count", "%s count = %d: use 1 to 9, or enabled = false to leave the job out.", name, job.Count)
+		switch {
+		case nj.system && job.CountRange.Filename != "":
+			v.errorf(job.CountRange, "count does not apply", "%s count = %d: %s is a system job and runs one instance on every client; remove count.", name, job.Count, name)
+		case name == "alertmanager" && job.Count != 1:
+			// Several Alertmanagers would not form a cluster (the job
+			// disables its gossip), and each would send every notification.
+			v.errorf(or(job.CountRange, def), "count does not apply", "alertmanager count = %d: Alertmanager runs one instance (several would each send every notification); remove count.", job.Count)
+		case !nj.system && (job.Count < 1 || job.Count > 9):
+			v.errorf(or(job.CountRange, def), "Invalid count", "%s count = %d: use 1 to 9, or enabled = false to leave the job out.", name, job.Count)
 		}
 		if job.CPU < 1 {
-			v.errorf(or(job.CPURange, v.p.Provider.DefRange), "Invalid cpu", "%s cpu = %d: give the job's CPU in MHz, at least 1.", name, job.CPU)
+			v.errorf(or(job.CPURange, def), "Invalid cpu", "%s cpu = %d: give the job's CPU in MHz, at least 1.", name, job.CPU)
 		}
 		if job.Memory < 1 {
-			v.errorf(or(job.MemoryRange, v.p.Provider.DefRange), "Invalid memory", "%s memory = %d: give the job's memory in MB, at least 1.", name, job.Memory)
+			v.errorf(or(job.MemoryRange, def), "Invalid memory", "%s memory = %d: give the job's memory in MB, at least 1.", name, job.Memory)
 		}
+		if job.ImageRange.Filename != "" && !docker {
+			v.warnf(job.ImageRange, "image has no effect", "%s image = %q: images are only used with driver = \"docker\"; the jobs run local binaries here (driver %q%s).", name, job.Image, j.Driver, map[bool]string{true: " on the local provider", false: ""}[j.Driver == "auto"])
+		}
+	}
+	// Alertmanager runs in the prometheus job.
+	if a := j.Alertmanager; !j.Prometheus.Enabled && a.Enabled && a.EnabledRange.Filename != "" {
+		v.errorf(a.EnabledRange, "Alertmanager needs Prometheus", "alertmanager enabled = true, but prometheus is disabled: Alertmanager runs in the prometheus job and receives only its alerts; enable prometheus or set alertmanager enabled = false.")
 	}
 }
 
@@ -435,6 +457,9 @@ func (v *validator) monitoring() {
 		if fi, err := os.Stat(d); err != nil || !fi.IsDir() {
 			v.errorf(m.DashboardsDirRange, "Invalid dashboards_dir", "dashboards_dir = %q is not a directory; give a directory of Grafana dashboard JSON files, relative to the configuration file.", m.DashboardsDir)
 		}
+	}
+	if m.AlertWebhookURL != "" && (!v.p.Jobs.Alertmanager.Enabled || !v.p.Jobs.Prometheus.Enabled) {
+		v.warnf(m.AlertWebhookURLRange, "alert_webhook_url has no effect", "alert_webhook_url is set, but Alertmanager is disabled (jobs { alertmanager { enabled = false } } or prometheus disabled): no notification is sent.")
 	}
 	if m.AlertWebhookURL != "" {
 		if u, err := url.Parse(m.AlertWebhookURL); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
@@ -457,6 +482,9 @@ func (v *validator) gitlab() {
 	executors := []string{"docker", "shell"}
 	if !slices.Contains(executors, g.Executor) {
 		v.errorf(or(g.ExecutorRange, g.DefRange), "Invalid executor", "executor = %q: use one of %s.", g.Executor, strings.Join(executors, ", "))
+	}
+	if a := g.RemovedTags; a != nil {
+		v.errorf(a.Range, "tags was removed", "gitlab_runner tags was removed: it never reached the runner. A runner authentication token (glrt-…) carries the runner's tags, which are set in GitLab where the runner is created (CI/CD > Runners); remove the line.")
 	}
 	if g.Concurrent < 1 {
 		v.errorf(or(g.ConcurrentRange, g.DefRange), "Invalid concurrent", "concurrent = %d: a runner runs at least one job at a time.", g.Concurrent)

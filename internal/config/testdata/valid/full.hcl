@@ -74,7 +74,7 @@ nomad {
 }
 
 jobs {
-  driver = "raw_exec"
+  driver = "docker"
 
   fabio {
     enabled = false
@@ -86,7 +86,7 @@ jobs {
     memory = 1024
   }
   alertmanager {
-    count = 3
+    image = "prom/alertmanager:v0.28.0"
   }
   grafana {
     memory = 512
@@ -107,7 +107,6 @@ gitlab_runner {
   url        = "https://gitlab.example.com"
   token      = env("BOOTSTRAP_TEST_RUNNER_TOKEN")
   executor   = "shell"
-  tags       = ["nomad", "linux"]
   concurrent = 4
   image      = "alpine:3.21"
 }

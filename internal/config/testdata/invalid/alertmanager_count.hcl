@@ -1,0 +1,7 @@
+provider "local" {}
+
+jobs {
+  alertmanager {
+    count = 2
+  }
+}

@@ -1,0 +1,10 @@
+provider "local" {}
+
+jobs {
+  prometheus {
+    enabled = false
+  }
+  alertmanager {
+    enabled = true
+  }
+}

@@ -1,0 +1,7 @@
+provider "local" {}
+
+gitlab_runner {
+  url   = "https://gitlab.example.com"
+  token = env("HOME")
+  tags  = ["nomad", "linux"]
+}

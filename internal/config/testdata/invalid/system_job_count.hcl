@@ -1,0 +1,10 @@
+provider "local" {}
+
+jobs {
+  fabio {
+    count = 3
+  }
+  node_exporter {
+    count = 2
+  }
+}
