@@ -11,6 +11,7 @@ import (
 	vaultapi "github.com/hashicorp/vault/api"
 
 	"github.com/platform-bootstrap/bootstrap/internal/inventory"
+	"github.com/platform-bootstrap/bootstrap/internal/reconcile"
 	"github.com/platform-bootstrap/bootstrap/pki"
 	"github.com/platform-bootstrap/bootstrap/stages"
 )
@@ -61,21 +62,34 @@ func auditOptions(e *stages.Env, nodes []inventory.Node) map[string]string {
 
 const auditTarget = "vault audit device " + auditDevice
 
-// auditChange returns the change the audit device needs, or nil. It only
-// reads.
-func auditChange(ctx context.Context, c *vaultapi.Client, want map[string]string) (*stages.Change, error) {
+// audit makes the audit device match want. A device with other options is
+// replaced: Vault cannot change an audit device in place.
+func audit(ctx context.Context, p *reconcile.Plan, c *vaultapi.Client, want map[string]string) error {
 	devs, err := c.Sys().ListAuditWithContext(ctx)
 	if err != nil {
-		return nil, fmt.Errorf("list vault audit devices: %w", err)
+		return fmt.Errorf("list vault audit devices: %w", err)
+	}
+	enable := func() error {
+		return c.Sys().EnableAuditWithOptionsWithContext(ctx, auditDevice, &vaultapi.EnableAuditOptions{
+			Type:        auditDevice,
+			Description: "bootstrap: every request, secrets HMAC'd",
+			Options:     want,
+		})
 	}
 	have, ok := devs[auditDevice+"/"]
-	if !ok {
-		return &stages.Change{Action: "enable", Target: auditTarget, Detail: auditDetail(want)}, nil
+	switch {
+	case !ok:
+		return p.Do(reconcile.Enable, auditTarget, auditDetail(want), enable)
+	case have.Type != auditDevice || !maps.Equal(have.Options, want):
+		detail := fmt.Sprintf("type %s, options %s → %s", have.Type, fmtOptions(have.Options), fmtOptions(want))
+		return p.Do(reconcile.Update, auditTarget, detail, func() error {
+			if err := c.Sys().DisableAuditWithContext(ctx, auditDevice); err != nil {
+				return fmt.Errorf("disable the old device: %w", err)
+			}
+			return enable()
+		})
 	}
-	if have.Type != auditDevice || !maps.Equal(have.Options, want) {
-		return &stages.Change{Action: "update", Target: auditTarget, Detail: fmt.Sprintf("type %s, options %s → %s", have.Type, fmtOptions(have.Options), fmtOptions(want))}, nil
-	}
-	return nil, nil
+	return nil
 }
 
 func auditDetail(want map[string]string) string {
@@ -88,30 +102,6 @@ func fmtOptions(o map[string]string) string {
 		parts = append(parts, k+"="+o[k])
 	}
 	return "{" + strings.Join(parts, " ") + "}"
-}
-
-// ensureAudit makes the audit device match want. A device with other
-// options is replaced: Vault cannot change an audit device in place.
-func ensureAudit(ctx context.Context, e *stages.Env, c *vaultapi.Client, want map[string]string) error {
-	ch, err := auditChange(ctx, c, want)
-	if err != nil || ch == nil {
-		return err
-	}
-	e.Step("%s %s", ch.Action, auditTarget)
-	if ch.Action == "update" {
-		if err := c.Sys().DisableAuditWithContext(ctx, auditDevice); err != nil {
-			return fmt.Errorf("disable the old %s: %w", auditTarget, err)
-		}
-	}
-	err = c.Sys().EnableAuditWithOptionsWithContext(ctx, auditDevice, &vaultapi.EnableAuditOptions{
-		Type:        auditDevice,
-		Description: "bootstrap: every request, secrets HMAC'd",
-		Options:     want,
-	})
-	if err != nil {
-		return fmt.Errorf("enable %s (%s): %w", auditTarget, want["file_path"], err)
-	}
-	return nil
 }
 
 // adminClient returns a client of an unsealed node carrying the admin token

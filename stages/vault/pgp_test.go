@@ -26,6 +26,7 @@ import (
 	"github.com/platform-bootstrap/bootstrap/internal/inventory"
 	"github.com/platform-bootstrap/bootstrap/internal/platformtest"
 	"github.com/platform-bootstrap/bootstrap/internal/proc"
+	"github.com/platform-bootstrap/bootstrap/internal/reconcile"
 	"github.com/platform-bootstrap/bootstrap/internal/testcluster"
 	"github.com/platform-bootstrap/bootstrap/stages"
 	"github.com/platform-bootstrap/bootstrap/stages/stagestest"
@@ -291,7 +292,7 @@ func TestAuditDevice(t *testing.T) {
 	if err != nil || ch == nil || ch.Action != "enable" || ch.Target != "vault audit device file" {
 		t.Fatalf("change on a Vault without audit: %v %v", ch, err)
 	}
-	if err := ensureAudit(ctx, e, c, want); err != nil {
+	if err := audit(ctx, e.Plan(true), c, want); err != nil {
 		t.Fatal(err)
 	}
 	if ch, err := auditChange(ctx, c, want); err != nil || ch != nil {
@@ -301,7 +302,7 @@ func TestAuditDevice(t *testing.T) {
 	if err != nil || len(devs) != 1 {
 		t.Fatalf("audit devices: %v %v", devs, err)
 	}
-	if err := ensureAudit(ctx, e, c, want); err != nil {
+	if err := audit(ctx, e.Plan(true), c, want); err != nil {
 		t.Fatal(err)
 	}
 
@@ -367,12 +368,21 @@ func TestAuditDevice(t *testing.T) {
 	if err != nil || ch == nil || ch.Action != "update" || !strings.Contains(ch.Detail, "log_raw=true") {
 		t.Fatalf("change with log_raw: %v %v", ch, err)
 	}
-	if err := ensureAudit(ctx, e, c, want); err != nil {
+	if err := audit(ctx, e.Plan(true), c, want); err != nil {
 		t.Fatal(err)
 	}
 	if ch, err := auditChange(ctx, c, want); err != nil || ch != nil {
 		t.Fatalf("change after the fix: %v %v", ch, err)
 	}
+}
+
+// auditChange is the change audit finds, or nil; it only reads.
+func auditChange(ctx context.Context, c *vaultapi.Client, want map[string]string) (*stages.Change, error) {
+	p := &reconcile.Plan{}
+	if err := audit(ctx, p, c, want); err != nil || len(p.Changes) == 0 {
+		return nil, err
+	}
+	return &p.Changes[0], nil
 }
 
 // TestVaultStagePGP runs the stage with vault { pgp_keys } on the local

@@ -20,6 +20,7 @@ import (
 	"github.com/platform-bootstrap/bootstrap/internal/apitls"
 	"github.com/platform-bootstrap/bootstrap/internal/fsutil"
 	"github.com/platform-bootstrap/bootstrap/internal/inventory"
+	"github.com/platform-bootstrap/bootstrap/internal/reconcile"
 	"github.com/platform-bootstrap/bootstrap/stages"
 )
 
@@ -53,22 +54,30 @@ func certSANs(n inventory.Node) (dns []string, ips []net.IP) {
 	return dns, ips
 }
 
-// tlsPlan lists the certificates that are missing, expiring, or lack a name.
-func tlsPlan(e *stages.Env, nodes []inventory.Node) ([]stages.Change, error) {
-	var out []stages.Change
-	ca, _, err := loadCA(e)
+// certificates makes the CA and the node certificates that are missing,
+// expiring, or lack a name.
+func certificates(e *stages.Env, p *reconcile.Plan, nodes []inventory.Node) error {
+	ca, caKey, err := loadCA(e)
 	if err != nil {
-		return nil, err
+		return err
 	}
 	if ca == nil {
-		out = append(out, stages.Change{Action: "create", Target: "vault bootstrap CA", Detail: caCertPath(e)})
+		err := p.Do(reconcile.Create, "vault bootstrap CA", caCertPath(e), func() (err error) {
+			ca, caKey, err = newCA(e)
+			return err
+		})
+		if err != nil {
+			return err
+		}
 	}
 	for _, n := range nodes {
 		if reason := certNeeds(e, ca, n); reason != "" {
-			out = append(out, stages.Change{Action: "create", Target: "vault TLS certificate for " + n.Name, Detail: reason})
+			if err := p.Do(reconcile.Create, "vault TLS certificate for "+n.Name, reason, func() error { return issueCert(e, ca, caKey, n) }); err != nil {
+				return err
+			}
 		}
 	}
-	return out, nil
+	return nil
 }
 
 func loadCA(e *stages.Env) (*x509.Certificate, *ecdsa.PrivateKey, error) {
@@ -130,79 +139,66 @@ func certNeeds(e *stages.Env, ca *x509.Certificate, n inventory.Node) string {
 	return ""
 }
 
-// ensureTLS creates the CA and node certificates that tlsPlan found missing.
-// The CA key is stored before the CA certificate, so a run killed between the
-// two regenerates a CA nobody trusts yet rather than losing its key.
-func ensureTLS(e *stages.Env, nodes []inventory.Node) error {
+// newCA makes the bootstrap CA. Its key is stored before its certificate,
+// so a run killed between the two makes a new CA nobody trusts yet rather
+// than losing the key of one in use.
+func newCA(e *stages.Env) (*x509.Certificate, *ecdsa.PrivateKey, error) {
 	if err := os.MkdirAll(filepath.Dir(caCertPath(e)), 0o700); err != nil {
-		return err
+		return nil, nil, err
 	}
-	ca, caKey, err := loadCA(e)
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return nil, nil, err
+	}
+	if err := e.Secrets.Put(caKeySecret, string(encodeKey(key))); err != nil {
+		return nil, nil, err
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber:          serial(),
+		Subject:               pkix.Name{CommonName: "bootstrap Vault CA (" + e.Config.Name + ")"},
+		NotBefore:             time.Now().Add(-time.Hour),
+		NotAfter:              time.Now().Add(caLifetime),
+		IsCA:                  true,
+		BasicConstraintsValid: true,
+		MaxPathLenZero:        true,
+		KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageCRLSign,
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		return nil, nil, err
+	}
+	if err := fsutil.WriteFile(caCertPath(e), pemCert(der), 0o644); err != nil {
+		return nil, nil, err
+	}
+	ca, err := x509.ParseCertificate(der)
+	return ca, key, err
+}
+
+// issueCert issues node n its certificate, its key stored first.
+func issueCert(e *stages.Env, ca *x509.Certificate, caKey *ecdsa.PrivateKey, n inventory.Node) error {
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
 		return err
 	}
-	if ca == nil {
-		e.Step("creating the Vault bootstrap CA")
-		if caKey, err = ecdsa.GenerateKey(elliptic.P256(), rand.Reader); err != nil {
-			return err
-		}
-		if err := e.Secrets.Put(caKeySecret, string(encodeKey(caKey))); err != nil {
-			return err
-		}
-		tmpl := &x509.Certificate{
-			SerialNumber:          serial(),
-			Subject:               pkix.Name{CommonName: "bootstrap Vault CA (" + e.Config.Name + ")"},
-			NotBefore:             time.Now().Add(-time.Hour),
-			NotAfter:              time.Now().Add(caLifetime),
-			IsCA:                  true,
-			BasicConstraintsValid: true,
-			MaxPathLenZero:        true,
-			KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageCRLSign,
-		}
-		der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &caKey.PublicKey, caKey)
-		if err != nil {
-			return err
-		}
-		if err := fsutil.WriteFile(caCertPath(e), pemCert(der), 0o644); err != nil {
-			return err
-		}
-		if ca, err = x509.ParseCertificate(der); err != nil {
-			return err
-		}
+	dns, ips := certSANs(n)
+	tmpl := &x509.Certificate{
+		SerialNumber: serial(),
+		Subject:      pkix.Name{CommonName: n.Name},
+		DNSNames:     dns,
+		IPAddresses:  ips,
+		NotBefore:    time.Now().Add(-time.Hour),
+		NotAfter:     time.Now().Add(certLifetime),
+		KeyUsage:     x509.KeyUsageDigitalSignature | x509.KeyUsageKeyEncipherment,
+		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth},
 	}
-	for _, n := range nodes {
-		reason := certNeeds(e, ca, n)
-		if reason == "" {
-			continue
-		}
-		e.Step("issuing the Vault TLS certificate for %s (%s)", n.Name, reason)
-		key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-		if err != nil {
-			return err
-		}
-		dns, ips := certSANs(n)
-		tmpl := &x509.Certificate{
-			SerialNumber: serial(),
-			Subject:      pkix.Name{CommonName: n.Name},
-			DNSNames:     dns,
-			IPAddresses:  ips,
-			NotBefore:    time.Now().Add(-time.Hour),
-			NotAfter:     time.Now().Add(certLifetime),
-			KeyUsage:     x509.KeyUsageDigitalSignature | x509.KeyUsageKeyEncipherment,
-			ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth},
-		}
-		der, err := x509.CreateCertificate(rand.Reader, tmpl, ca, &key.PublicKey, caKey)
-		if err != nil {
-			return err
-		}
-		if err := e.Secrets.Put(keySecret(n.Name), string(encodeKey(key))); err != nil {
-			return err
-		}
-		if err := fsutil.WriteFile(certPath(e, n.Name), pemCert(der), 0o644); err != nil {
-			return err
-		}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca, &key.PublicKey, caKey)
+	if err != nil {
+		return err
 	}
-	return nil
+	if err := e.Secrets.Put(keySecret(n.Name), string(encodeKey(key))); err != nil {
+		return err
+	}
+	return fsutil.WriteFile(certPath(e, n.Name), pemCert(der), 0o644)
 }
 
 func serial() *big.Int {

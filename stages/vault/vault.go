@@ -27,6 +27,8 @@ import (
 	"github.com/platform-bootstrap/bootstrap/internal/apitls"
 	"github.com/platform-bootstrap/bootstrap/internal/crashpoint"
 	"github.com/platform-bootstrap/bootstrap/internal/inventory"
+	"github.com/platform-bootstrap/bootstrap/internal/poll"
+	"github.com/platform-bootstrap/bootstrap/internal/reconcile"
 	"github.com/platform-bootstrap/bootstrap/pki"
 	"github.com/platform-bootstrap/bootstrap/stages"
 	"github.com/platform-bootstrap/bootstrap/stages/provision"
@@ -167,89 +169,147 @@ func (s *Stage) play(e *stages.Env, nodes []inventory.Node) ansible.Play {
 // Plan asks every Vault node for its health and compares the TLS files and
 // the Ansible inputs with what was last applied.
 func (s *Stage) Plan(ctx context.Context, e *stages.Env) ([]stages.Change, error) {
+	if init, err := LoadInit(e); err == nil {
+		warnPGPMismatch(e, init)
+	}
+	p := e.Plan(false)
+	if err := s.converge(ctx, e, p); err != nil {
+		return nil, err
+	}
+	return p.Changes, nil
+}
+
+// Apply converges the nodes, initialises Vault once and unseals every node.
+func (s *Stage) Apply(ctx context.Context, e *stages.Env) error {
+	return s.converge(ctx, e, e.Plan(true))
+}
+
+// converge decides what to change, for Plan and Apply alike; with p.Apply
+// it makes each change as it finds it. Every step is safe to repeat, so a
+// run killed anywhere is finished by the next.
+func (s *Stage) converge(ctx context.Context, e *stages.Env, p *reconcile.Plan) error {
 	inv, nodes, err := vaultNodes(e)
 	if err != nil {
-		return nil, err
+		return err
 	}
-	out, err := tlsPlan(e, nodes)
-	if err != nil {
-		return nil, err
+	if err := certificates(e, p, nodes); err != nil {
+		return err
 	}
-	tlsChanges := len(out) > 0
+	tlsChanged := len(p.Changes) > 0 || tlsStale(e, nodes)
 	reason, err := ansible.Pending(e, inv, s.play(e, nodes))
 	if err != nil {
-		return nil, err
-	}
-	if reason != "" {
-		out = append(out, stages.Change{Action: "install", Target: "vault on " + strings.Join(inventory.Names(nodes), ", "), Detail: reason})
-	}
-	if tlsChanges && reason == "" {
-		out = append(out, stages.Change{Action: "update", Target: "vault TLS files on the nodes"})
+		return err
 	}
 	hs := probe(ctx, e, nodes)
+	// One Ansible run installs, configures and starts Vault everywhere: the
+	// first change that needs it runs it, the others are made by that run.
+	play := func() error { return ansible.Converge(ctx, e, inv, s.play(e, nodes)) }
+	once := func() func() error { f := play; play = nil; return f }
+	switch {
+	case reason != "":
+		err = p.Do(reconcile.Install, "vault on "+strings.Join(inventory.Names(nodes), ", "), reason, once())
+	case tlsChanged:
+		err = p.Do(reconcile.Update, "vault TLS files on the nodes", "", once())
+	}
+	if err != nil {
+		return err
+	}
+	for _, h := range hs {
+		if !h.up() {
+			if err := p.Do(reconcile.Start, "vault on "+h.node.Name, "not answering: "+shortErr(h.err), once()); err != nil {
+				return err
+			}
+		}
+	}
+	if p.Apply {
+		if err := e.State.SetOutput(stages.OutVaultAddr, Addr(nodes[0])); err != nil {
+			return err
+		}
+		if err := e.State.SetOutput(stages.OutVaultCACert, caCertPath(e)); err != nil {
+			return err
+		}
+		if hs, err = waitUp(ctx, e, nodes); err != nil {
+			return err
+		}
+	}
+
 	init, err := LoadInit(e)
 	if err != nil {
-		return nil, err
+		return err
 	}
+	// A node that does not answer (only while planning) may be initialised
+	// or not: nothing is decided about it.
 	anyInit := false
 	for _, h := range hs {
-		if h.up() && h.health.Initialized {
-			anyInit = true
-		}
+		anyInit = anyInit || h.up() && h.health.Initialized
 	}
-	warnPGPMismatch(e, init)
-	unsealed := true
-	for i, h := range hs {
+	switch {
+	case anyInit && init == nil:
+		if _, ok, err := e.Secrets.Get(intentSecret); err != nil || !ok {
+			return fmt.Errorf("vault is already initialised but no keys are stored in %s: bootstrap does not adopt a Vault it did not initialise; put its init output (keys_base64, root_token) there as JSON to adopt it", e.Secrets.Path(stages.SecretVaultInit))
+		}
+		err = p.Do(reconcile.Reset, "vault", "a run died between sys/init and storing the keys; the empty Vault is wiped and initialised again", func() error {
+			if init, err = s.recoverLostInit(ctx, e, inv, nodes); err != nil {
+				return err
+			}
+			hs, err = waitUp(ctx, e, nodes)
+			return err
+		})
+	case !anyInit && hs[0].up():
+		// Initialised on the first node: the others join its raft cluster
+		// (retry_join) as they are unsealed.
+		err = p.Do(reconcile.Init, "vault", initDetail(e, hs[0].node), func() error {
+			init, err = initVault(ctx, e, hs[0])
+			return err
+		})
+	}
+	if err != nil {
+		return err
+	}
+	byHand := init != nil && init.PGPEncrypted || init == nil && len(e.Config.Vault.PGPKeysB64) > 0
+	ready := true
+	for _, h := range hs {
 		switch {
 		case !h.up():
-			out = append(out, stages.Change{Action: "start", Target: "vault on " + h.node.Name, Detail: "not answering: " + shortErr(h.err)})
-		case !anyInit && i == 0:
-			out = append(out, stages.Change{Action: "init", Target: "vault", Detail: initDetail(e, h.node)})
-		case h.health.Sealed && (init != nil && init.PGPEncrypted || init == nil && len(e.Config.Vault.PGPKeysB64) > 0):
-			out = append(out, stages.Change{Action: "unseal", Target: "vault on " + h.node.Name, Detail: "by hand, with `vault operator unseal`: the key shares are encrypted to vault { pgp_keys }; `bootstrap up` says how"})
+			ready = false
+		case h.health.Sealed && byHand:
+			err = p.Do(reconcile.Unseal, "vault on "+h.node.Name, "by hand, with `vault operator unseal`: the key shares are encrypted to vault { pgp_keys }; `bootstrap up` says how", func() error {
+				return manualUnseal(ctx, e, nodes, init)
+			})
 		case h.health.Sealed:
-			out = append(out, stages.Change{Action: "unseal", Target: "vault on " + h.node.Name})
+			err = p.Do(reconcile.Unseal, "vault on "+h.node.Name, "", func() error { return unseal(ctx, h, init) })
 		}
-		unsealed = unsealed && h.up() && h.health.Initialized && !h.health.Sealed
-	}
-	if !anyInit && init == nil {
-		// Enabled right after the first unseal. A Vault that was
-		// initialised before but cannot be asked now (down, sealed) has
-		// it, or the plan says so once it can be asked.
-		out = append(out, stages.Change{Action: "enable", Target: auditTarget, Detail: auditDetail(auditOptions(e, nodes))})
-	}
-	if anyInit && init == nil {
-		if _, ok, _ := e.Secrets.Get(intentSecret); !ok {
-			return nil, fmt.Errorf("vault is already initialised but no keys are stored in %s: bootstrap does not adopt a Vault it did not initialise; put its init output (keys_base64, root_token) there as JSON to adopt it", e.Secrets.Path(stages.SecretVaultInit))
+		if err != nil {
+			return err
 		}
-		out = append(out, stages.Change{Action: "reset", Target: "vault", Detail: "a run died between sys/init and storing the keys; the empty Vault is wiped and initialised again"})
+		ready = ready && h.up() && h.health.Initialized && !h.health.Sealed
 	}
-	if !unsealed || init == nil || len(out) > 0 {
-		return out, nil
+	if !p.Apply && (!ready || init == nil || len(p.Changes) > 0) {
+		// Vault cannot be asked for its raft peers and audit devices yet.
+		// The audit device is enabled right after the first unseal; a
+		// Vault initialised before has it, or the plan says so once it can
+		// be asked.
+		if !anyInit && init == nil {
+			p.Planned(reconcile.Enable, auditTarget, auditDetail(auditOptions(e, nodes)))
+		}
+		return nil
+	}
+	if p.Apply {
+		if err := waitActive(ctx, e, nodes); err != nil {
+			return err
+		}
+		hs = probe(ctx, e, nodes)
 	}
 	if len(nodes) > 1 {
-		peers, err := raftPeers(ctx, e, hs)
-		if err != nil {
-			return nil, err
-		}
-		for _, n := range nodes {
-			if !peers[n.Name] {
-				out = append(out, stages.Change{Action: "join", Target: n.Name + " to the vault raft cluster"})
-			}
+		if err := voters(ctx, e, p, nodes, hs); err != nil {
+			return err
 		}
 	}
 	c, err := adminClient(ctx, e, hs)
 	if err != nil {
-		return nil, err
+		return err
 	}
-	ch, err := auditChange(ctx, c, auditOptions(e, nodes))
-	if err != nil {
-		return nil, err
-	}
-	if ch != nil {
-		out = append(out, *ch)
-	}
-	return out, nil
+	return audit(ctx, p, c, auditOptions(e, nodes))
 }
 
 func initDetail(e *stages.Env, n inventory.Node) string {
@@ -282,83 +342,6 @@ func shortErr(err error) string {
 		s = s[i+2:]
 	}
 	return s
-}
-
-// Apply converges the nodes, initialises Vault once and unseals every node.
-func (s *Stage) Apply(ctx context.Context, e *stages.Env) error {
-	inv, nodes, err := vaultNodes(e)
-	if err != nil {
-		return err
-	}
-	if err := ensureTLS(e, nodes); err != nil {
-		return err
-	}
-	hs := probe(ctx, e, nodes)
-	reason, err := ansible.Pending(e, inv, s.play(e, nodes))
-	if err != nil {
-		return err
-	}
-	if reason != "" || anyDown(hs) || tlsStale(e, nodes) {
-		e.Step("installing and starting vault on %s", strings.Join(inventory.Names(nodes), ", "))
-		if err := ansible.Converge(ctx, e, inv, s.play(e, nodes)); err != nil {
-			return err
-		}
-	}
-	if err := e.State.SetOutput(stages.OutVaultAddr, Addr(nodes[0])); err != nil {
-		return err
-	}
-	if err := e.State.SetOutput(stages.OutVaultCACert, caCertPath(e)); err != nil {
-		return err
-	}
-	hs, err = waitUp(ctx, e, nodes)
-	if err != nil {
-		return err
-	}
-	init, err := LoadInit(e)
-	if err != nil {
-		return err
-	}
-	anyInit := false
-	for _, h := range hs {
-		anyInit = anyInit || h.health.Initialized
-	}
-	if anyInit && init == nil {
-		if init, err = s.recoverLostInit(ctx, e, inv, nodes); err != nil {
-			return err
-		}
-		if hs, err = waitUp(ctx, e, nodes); err != nil {
-			return err
-		}
-	} else if !anyInit {
-		if init, err = initVault(ctx, e, hs[0]); err != nil {
-			return err
-		}
-	}
-	if init.PGPEncrypted {
-		if err := manualUnseal(ctx, e, nodes, init); err != nil {
-			return err
-		}
-	}
-	// Unseal the node that was initialised first: the others join its raft
-	// cluster (retry_join) as they are unsealed.
-	for _, h := range hs {
-		if err := unseal(ctx, e, h, init); err != nil {
-			return err
-		}
-	}
-	if err := waitActive(ctx, e, nodes); err != nil {
-		return err
-	}
-	if len(nodes) > 1 {
-		if err := waitPeers(ctx, e, nodes); err != nil {
-			return err
-		}
-	}
-	c, err := adminClient(ctx, e, probe(ctx, e, nodes))
-	if err != nil {
-		return err
-	}
-	return ensureAudit(ctx, e, c, auditOptions(e, nodes))
 }
 
 // manualUnseal returns an error that tells the key holders how to unseal
@@ -395,7 +378,7 @@ func manualUnsealHelp(e *stages.Env, sealed []inventory.Node, init *InitData) st
 }
 
 // tlsStale reports whether a node's TLS files on disk differ from what the
-// vault role copied — i.e. ensureTLS issued new ones this run.
+// vault role copied: a run issued new ones and died before copying them.
 func tlsStale(e *stages.Env, nodes []inventory.Node) bool {
 	for _, n := range nodes {
 		if n.Local == nil {
@@ -410,35 +393,26 @@ func tlsStale(e *stages.Env, nodes []inventory.Node) bool {
 	return false
 }
 
-func anyDown(hs []nodeHealth) bool {
-	for _, h := range hs {
-		if !h.up() {
-			return true
-		}
-	}
-	return false
-}
-
+// waitUp waits until every node answers.
 func waitUp(ctx context.Context, e *stages.Env, nodes []inventory.Node) ([]nodeHealth, error) {
-	ctx, cancel := context.WithTimeout(ctx, 90*time.Second)
-	defer cancel()
-	for {
-		hs := probe(ctx, e, nodes)
+	var hs []nodeHealth
+	err := poll.Retry(ctx, 90*time.Second, 300*time.Millisecond, func() error {
+		hs = probe(ctx, e, nodes)
 		var down []string
 		for _, h := range hs {
 			if !h.up() {
 				down = append(down, fmt.Sprintf("%s (%s)", h.node.Name, shortErr(h.err)))
 			}
 		}
-		if len(down) == 0 {
-			return hs, nil
+		if len(down) > 0 {
+			return errors.New(strings.Join(down, ", "))
 		}
-		select {
-		case <-ctx.Done():
-			return nil, fmt.Errorf("vault does not answer on %s; see the node's log (e.g. %s): %w", strings.Join(down, ", "), logHint(nodes[0]), ctx.Err())
-		case <-time.After(300 * time.Millisecond):
-		}
+		return nil
+	}, poll.Never)
+	if err != nil {
+		return nil, fmt.Errorf("vault does not answer on %w; see the node's log (e.g. %s)", err, logHint(nodes[0]))
 	}
+	return hs, nil
 }
 
 func logHint(n inventory.Node) string {
@@ -462,7 +436,6 @@ func initVault(ctx context.Context, e *stages.Env, h nodeHealth) (*InitData, err
 	if err := e.Secrets.Put(intentSecret, string(intent)); err != nil {
 		return nil, fmt.Errorf("test-write the key store before init: %w", err)
 	}
-	e.Step("initialising vault on %s", h.node.Name)
 	cfg := e.Config.Vault
 	resp, err := h.client.Sys().InitWithContext(ctx, &vaultapi.InitRequest{
 		SecretShares:    cfg.KeyShares,
@@ -504,9 +477,6 @@ func initVault(ctx context.Context, e *stages.Env, h nodeHealth) (*InitData, err
 // its storage is wiped and it is initialised again. Only local nodes can be
 // wiped by bootstrap itself.
 func (s *Stage) recoverLostInit(ctx context.Context, e *stages.Env, inv *inventory.Inventory, nodes []inventory.Node) (*InitData, error) {
-	if _, ok, err := e.Secrets.Get(intentSecret); err != nil || !ok {
-		return nil, fmt.Errorf("vault is already initialised but no keys are stored in %s: bootstrap does not adopt a Vault it did not initialise", e.Secrets.Path(stages.SecretVaultInit))
-	}
 	for _, n := range nodes {
 		if n.Local == nil {
 			return nil, fmt.Errorf("a previous run initialised vault but died before storing the keys; on real machines stop vault on %s, remove its data directory /opt/vault, and run again", strings.Join(inventory.Names(nodes), ", "))
@@ -538,35 +508,22 @@ func (s *Stage) recoverLostInit(ctx context.Context, e *stages.Env, inv *invento
 // interrupted run is reset first, so every share is counted once. A raft
 // follower answers "not initialized" until its retry_join has fetched the
 // leader's challenge; it is asked again until it takes the keys.
-func unseal(ctx context.Context, e *stages.Env, h nodeHealth, init *InitData) error {
-	ctx, cancel := context.WithTimeout(ctx, 90*time.Second)
-	defer cancel()
-	announced := false
-	var lastErr error
-	for {
+func unseal(ctx context.Context, h nodeHealth, init *InitData) error {
+	err := poll.Retry(ctx, 90*time.Second, time.Second, func() error {
 		st, err := h.client.Sys().SealStatusWithContext(ctx)
-		if err == nil && !st.Sealed {
-			return nil
+		if err != nil || !st.Sealed {
+			return err
 		}
-		if err == nil {
-			if !announced {
-				e.Step("unsealing vault on %s", h.node.Name)
-				announced = true
-			}
-			err = submitKeys(ctx, h.client, st, init)
-		}
-		if err == nil {
-			continue
-		}
-		lastErr = err
-		select {
-		case <-ctx.Done():
-			return fmt.Errorf("vault on %s is still sealed: %v; see %s", h.node.Name, lastErr, logHint(h.node))
-		case <-time.After(time.Second):
-		}
+		return submitKeys(ctx, h.client, st, init)
+	}, poll.Never)
+	if err != nil {
+		return fmt.Errorf("vault on %s is still sealed: %w; see %s", h.node.Name, err, logHint(h.node))
 	}
+	return nil
 }
 
+// submitKeys unseals with the first threshold key shares, or says why the
+// node is still sealed.
 func submitKeys(ctx context.Context, c *vaultapi.Client, st *vaultapi.SealStatusResponse, init *InitData) error {
 	if init.PGPEncrypted {
 		// Never submit a PGP message as a key share: only its holder can
@@ -579,7 +536,7 @@ func submitKeys(ctx context.Context, c *vaultapi.Client, st *vaultapi.SealStatus
 		}
 	}
 	for i := 0; i < init.Threshold && i < len(init.KeysB64); i++ {
-		st, err := unsealKey(ctx, c, init.KeysB64[i])
+		st, err := c.Sys().UnsealWithOptionsWithContext(ctx, &vaultapi.UnsealOpts{Key: init.KeysB64[i]})
 		if err != nil {
 			return err
 		}
@@ -588,35 +545,58 @@ func submitKeys(ctx context.Context, c *vaultapi.Client, st *vaultapi.SealStatus
 			return nil
 		}
 	}
-	// A follower applies the keys while it joins; give it a moment.
-	select {
-	case <-ctx.Done():
-		return ctx.Err()
-	case <-time.After(500 * time.Millisecond):
-	}
-	return nil
-}
-
-func unsealKey(ctx context.Context, c *vaultapi.Client, key string) (*vaultapi.SealStatusResponse, error) {
-	return c.Sys().UnsealWithOptionsWithContext(ctx, &vaultapi.UnsealOpts{Key: key})
+	// A follower applies the keys while it joins: the caller asks again.
+	return errors.New("still sealed after the key shares, not yet joined")
 }
 
 // waitActive waits until the cluster has an active node.
 func waitActive(ctx context.Context, e *stages.Env, nodes []inventory.Node) error {
-	ctx, cancel := context.WithTimeout(ctx, 60*time.Second)
-	defer cancel()
-	for {
+	err := poll.Until(ctx, 60*time.Second, 300*time.Millisecond, func() (bool, error) {
 		for _, h := range probe(ctx, e, nodes) {
 			if h.up() && h.health.Initialized && !h.health.Sealed && !h.health.Standby {
-				return nil
+				return true, nil
 			}
 		}
-		select {
-		case <-ctx.Done():
-			return fmt.Errorf("vault has no active node after unsealing; see %s: %w", logHint(nodes[0]), ctx.Err())
-		case <-time.After(300 * time.Millisecond):
-		}
+		return false, nil
+	})
+	if err != nil {
+		return fmt.Errorf("vault has no active node after unsealing; see %s: %w", logHint(nodes[0]), err)
 	}
+	return nil
+}
+
+// voters checks that every node is a voter of the raft cluster. Nodes join
+// it by themselves (retry_join) once unsealed: applying waits until they
+// have.
+func voters(ctx context.Context, e *stages.Env, p *reconcile.Plan, nodes []inventory.Node, hs []nodeHealth) error {
+	missing := func(hs []nodeHealth) ([]string, error) {
+		peers, err := raftPeers(ctx, e, hs)
+		var out []string
+		for _, n := range nodes {
+			if err == nil && !peers[n.Name] {
+				out = append(out, n.Name)
+			}
+		}
+		return out, err
+	}
+	if !p.Apply {
+		names, err := missing(hs)
+		for _, n := range names {
+			p.Planned(reconcile.Join, n+" to the vault raft cluster", "")
+		}
+		return err
+	}
+	err := poll.Retry(ctx, 90*time.Second, time.Second, func() error {
+		names, err := missing(probe(ctx, e, nodes))
+		if err == nil && len(names) > 0 {
+			err = fmt.Errorf("not yet voters: %s", strings.Join(names, ", "))
+		}
+		return err
+	}, poll.Never)
+	if err != nil {
+		return fmt.Errorf("vault raft cluster incomplete: %w", err)
+	}
+	return nil
 }
 
 func raftPeers(ctx context.Context, e *stages.Env, hs []nodeHealth) (map[string]bool, error) {
@@ -658,31 +638,6 @@ func raftPeers(ctx context.Context, e *stages.Env, hs []nodeHealth) (map[string]
 		lastErr = errors.New("no unsealed vault node")
 	}
 	return nil, fmt.Errorf("read vault raft configuration: %w", lastErr)
-}
-
-func waitPeers(ctx context.Context, e *stages.Env, nodes []inventory.Node) error {
-	ctx, cancel := context.WithTimeout(ctx, 90*time.Second)
-	defer cancel()
-	for {
-		peers, err := raftPeers(ctx, e, probe(ctx, e, nodes))
-		if err == nil {
-			var missing []string
-			for _, n := range nodes {
-				if !peers[n.Name] {
-					missing = append(missing, n.Name)
-				}
-			}
-			if len(missing) == 0 {
-				return nil
-			}
-			err = fmt.Errorf("not yet voters: %s", strings.Join(missing, ", "))
-		}
-		select {
-		case <-ctx.Done():
-			return fmt.Errorf("vault raft cluster incomplete: %v", err)
-		case <-time.After(time.Second):
-		}
-	}
 }
 
 // Status reports each Vault node's state.

@@ -183,7 +183,7 @@ func TestVaultStage(t *testing.T) {
 					if seen[l] {
 						continue
 					}
-					if b, _ := os.ReadFile(l); strings.Contains(string(b), "ansible: vault : Copy Vault's TLS CA") && strings.Contains(string(b), "issuing the Vault TLS certificate") {
+					if b, _ := os.ReadFile(l); strings.Contains(string(b), "ansible: vault : Copy Vault's TLS CA") && strings.Contains(string(b), "create vault TLS certificate for server-1") {
 						cancel() // exec.CommandContext kills with SIGKILL
 						return
 					}
