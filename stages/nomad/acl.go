@@ -6,19 +6,16 @@ import (
 	"maps"
 	"os"
 	"slices"
-	"sort"
 	"strings"
-	"time"
 
 	nomadapi "github.com/hashicorp/nomad/api"
 	vaultapi "github.com/hashicorp/vault/api"
 
+	"github.com/platform-bootstrap/bootstrap/internal/cluster"
 	"github.com/platform-bootstrap/bootstrap/internal/config"
 	"github.com/platform-bootstrap/bootstrap/internal/crashpoint"
 	"github.com/platform-bootstrap/bootstrap/internal/inventory"
-	"github.com/platform-bootstrap/bootstrap/internal/poll"
 	"github.com/platform-bootstrap/bootstrap/internal/reconcile"
-	"github.com/platform-bootstrap/bootstrap/internal/secrets"
 	"github.com/platform-bootstrap/bootstrap/pki"
 	"github.com/platform-bootstrap/bootstrap/stages"
 )
@@ -132,17 +129,13 @@ func (n namespaceSpec) api(name string) *nomadapi.Namespace {
 
 // differs says what about a live namespace is not as wanted ("" if nothing).
 func (n namespaceSpec) differs(have *nomadapi.Namespace) string {
-	if have.Description != n.description {
-		return "description"
-	}
 	var drivers []string
 	if have.Capabilities != nil {
 		drivers = have.Capabilities.EnabledTaskDrivers
 	}
-	if !slices.Equal(sorted(drivers), sorted(n.drivers)) {
-		return fmt.Sprintf("task drivers %v, want %v", drivers, n.drivers)
-	}
-	return ""
+	return strings.Join(reconcile.Differences(
+		map[string]any{"description": have.Description, "task drivers": drivers},
+		map[string]any{"description": n.description, "task drivers": n.drivers}), "; ")
 }
 
 // namespaces returns the wanted namespaces.
@@ -160,210 +153,195 @@ func isPermissionDenied(err error) bool {
 	return err != nil && (strings.Contains(err.Error(), "403") || strings.Contains(err.Error(), "ACL token not found") || strings.Contains(err.Error(), "Permission denied"))
 }
 
-// readSelf checks the client's token, retrying errors other than a refusal
-// (no leader yet, a server that just died) while the cluster elects one.
-func readSelf(ctx context.Context, c *nomadapi.Client) error {
-	return poll.Retry(ctx, 45*time.Second, time.Second, func() error {
-		_, _, err := c.ACLTokens().Self((&nomadapi.QueryOptions{}).WithContext(ctx))
-		return err
-	}, isPermissionDenied)
-}
-
 func bootstrapDone(err error) bool {
 	return err != nil && strings.Contains(err.Error(), "bootstrap already done")
 }
 
-// bootstrapACL generates the management token's secret, stores it, and then
-// bootstraps with it: never a bootstrapped cluster whose token was lost.
-func bootstrapACL(ctx context.Context, e *stages.Env, server inventory.Node) (string, error) {
-	mgmt, created, err := e.Secrets.GetOrCreate(stages.SecretNomadBootstrapToken, secrets.NewUUID)
-	if err != nil {
-		return "", err
-	}
-	c, err := Client(e, server, mgmt)
-	if err != nil {
-		return "", err
-	}
-	if !created {
-		err := readSelf(ctx, c)
-		if err == nil {
-			return mgmt, nil
-		}
-		if !isPermissionDenied(err) {
-			return "", fmt.Errorf("nomad: check the bootstrap token: %w", err)
-		}
-	}
-	crashpoint.Hit("nomad:before-acl-bootstrap")
-	e.Step("bootstrapping nomad ACLs")
-	// Right after a leader election the ACL system may not be ready yet.
-	err = poll.Retry(ctx, time.Minute, time.Second, func() error {
-		_, _, err := c.ACLTokens().BootstrapOpts(mgmt, (&nomadapi.WriteOptions{}).WithContext(ctx))
-		return err
-	}, bootstrapDone)
-	if bootstrapDone(err) {
-		if readSelf(ctx, c) != nil {
-			return "", fmt.Errorf("%w: the stored token %s is not valid; reset the bootstrap (https://developer.hashicorp.com/nomad/docs/secure/acl/bootstrap#re-bootstrap-acl-system) and put the new management token there", ErrLockedOut, e.Secrets.Path(stages.SecretNomadBootstrapToken))
-		}
-		err = nil // an earlier run bootstrapped and stopped
-	}
-	if err != nil {
-		return "", fmt.Errorf("nomad ACL bootstrap: %w", err)
-	}
-	crashpoint.Hit("nomad:after-acl-bootstrap")
-	return mgmt, nil
+// acl is Nomad's ACL system seen with one token (cluster.ACL).
+type acl struct {
+	c     *nomadapi.Client
+	token string
 }
 
-// planACL lists differences in namespaces, policies, tokens, Vault KV copies
-// and Vault's JWT configuration.
-func planACL(ctx context.Context, e *stages.Env, d *deps, as []agentState) ([]stages.Change, error) {
-	all := []stages.Change{{Action: "bootstrap", Target: "nomad ACLs", Detail: "token generated and stored first"}}
-	for _, ns := range slices.Sorted(maps.Keys(namespaces(e.Config))) {
-		all = append(all, stages.Change{Action: "create", Target: "nomad namespace " + ns})
-	}
-	mgmt, ok, err := e.Secrets.Get(stages.SecretNomadBootstrapToken)
+func (a acl) Self(ctx context.Context) error {
+	_, _, err := a.c.ACLTokens().Self((&nomadapi.QueryOptions{}).WithContext(ctx))
+	return err
+}
+
+func (a acl) Bootstrap(ctx context.Context) error {
+	_, _, err := a.c.ACLTokens().BootstrapOpts(a.token, (&nomadapi.WriteOptions{}).WithContext(ctx))
+	return err
+}
+
+// convergeACL bootstraps the ACL system crash-safely and converges
+// namespaces, policies, tokens, their Vault KV copies, Vault's JWT trust
+// and Consul's trust in Nomad's service identities.
+func convergeACL(ctx context.Context, e *stages.Env, d *deps, as cluster.Agents, p *reconcile.Plan) error {
+	server := as.Server()
+	mgmt, ok, err := cluster.Bootstrap{
+		Name:   "nomad",
+		Secret: stages.SecretNomadBootstrapToken,
+		Client: func(token string) (cluster.ACL, error) {
+			c, err := Client(e, server, token)
+			return acl{c, token}, err
+		},
+		Denied:    isPermissionDenied,
+		Done:      bootstrapDone,
+		LockedOut: ErrLockedOut,
+		ResetURL:  "https://developer.hashicorp.com/nomad/docs/secure/acl/bootstrap#re-bootstrap-acl-system",
+	}.Run(ctx, e.Secrets, p)
 	if err != nil {
-		return nil, err
+		return err
 	}
 	if !ok {
-		return all, nil
+		for _, ns := range slices.Sorted(maps.Keys(namespaces(e.Config))) {
+			p.Planned(reconcile.Create, "nomad namespace "+ns, "")
+		}
+		return nil
 	}
-	server := d.inv.WithRole(inventory.RoleServer)[0]
-	for _, a := range as {
-		if a.up() && a.node.Has(inventory.RoleServer) {
-			server = a.node
-			break
+	if p.Apply {
+		if err := waitCaughtUp(ctx, e, d.inv, mgmt); err != nil {
+			return err
 		}
 	}
 	c, err := Client(e, server, mgmt)
 	if err != nil {
-		return nil, err
+		return err
 	}
 	q := (&nomadapi.QueryOptions{}).WithContext(ctx)
-	if err := readSelf(ctx, c); err != nil {
-		if isPermissionDenied(err) {
-			return all, nil // stored, not bootstrapped yet
-		}
-		return nil, fmt.Errorf("nomad: check the bootstrap token: %w", err)
-	}
-	var out []stages.Change
-	nss, _, err := c.Namespaces().List(q)
-	if err != nil {
-		return nil, fmt.Errorf("nomad: list namespaces: %w", err)
-	}
-	haveNS := map[string]*nomadapi.Namespace{}
-	for _, ns := range nss {
-		haveNS[ns.Name] = ns
-	}
-	want := namespaces(e.Config)
-	for _, name := range slices.Sorted(maps.Keys(want)) {
-		h, ok := haveNS[name]
-		if !ok {
-			out = append(out, stages.Change{Action: "create", Target: "nomad namespace " + name})
-		} else if d := want[name].differs(h); d != "" {
-			out = append(out, stages.Change{Action: "update", Target: "nomad namespace " + name, Detail: d})
-		}
+	w := (&nomadapi.WriteOptions{}).WithContext(ctx)
+	if err := convergeNamespaces(e, c, q, w, p); err != nil {
+		return err
 	}
 	pols := Policies(e.Config)
 	for _, name := range slices.Sorted(maps.Keys(pols)) {
-		p, _, err := c.ACLPolicies().Info(name, q)
+		upsert := func() error {
+			_, err := c.ACLPolicies().Upsert(&nomadapi.ACLPolicy{Name: name, Description: "bootstrap", Rules: pols[name]}, w)
+			return err
+		}
+		h, _, err := c.ACLPolicies().Info(name, q)
 		switch {
 		case err != nil && strings.Contains(err.Error(), "404"):
-			out = append(out, stages.Change{Action: "create", Target: "nomad policy " + name})
+			err = p.Do(reconcile.Create, "nomad policy "+name, "", upsert)
 		case err != nil:
-			return nil, fmt.Errorf("nomad: read policy %s: %w", name, err)
-		case norm(p.Rules) != norm(pols[name]):
-			out = append(out, stages.Change{Action: "update", Target: "nomad policy " + name, Detail: "rules differ"})
+			err = fmt.Errorf("read policy %s: %w", name, err)
+		case norm(h.Rules) != norm(pols[name]):
+			err = p.Do(reconcile.Update, "nomad policy "+name, "rules differ", upsert)
+		}
+		if err != nil {
+			return fmt.Errorf("nomad: %w", err)
 		}
 	}
 	have, err := listTokens(c, q)
 	if err != nil {
-		return nil, err
+		return err
 	}
-	vc, err := vaultClient(ctx, e, d)
+	vc, err := cluster.Vault(ctx, e, d.vault)
 	if err != nil {
-		return nil, err
-	}
-	staleTokens, stalePolicies, err := stale(c, q, e.Config, have)
-	if err != nil {
-		return nil, err
-	}
-	for _, t := range staleTokens {
-		out = append(out, stages.Change{Action: "delete", Target: "nomad token " + strings.TrimPrefix(t.Name, "bootstrap: "), Detail: "no longer wanted: revoked"})
-	}
-	for _, name := range stalePolicies {
-		out = append(out, stages.Change{Action: "delete", Target: "nomad policy " + name, Detail: "no longer wanted"})
+		return err
 	}
 	for _, t := range tokens(e.Config) {
-		h, ok := have[t.displayName()]
-		if !ok {
-			out = append(out, stages.Change{Action: "create", Target: "nomad token " + t.name})
-			continue
-		}
-		if !slices.Equal(sorted(h.Policies), sorted(t.policies)) {
-			out = append(out, stages.Change{Action: "update", Target: "nomad token " + t.name, Detail: "policies"})
-		}
-		secret, ok, err := e.Secrets.Get(t.secret)
+		secret, err := ensureToken(e, c, q, w, p, have, t)
 		if err != nil {
-			return nil, err
+			return err
 		}
-		if !ok {
-			out = append(out, stages.Change{Action: "store", Target: "nomad token " + t.name, Detail: "secret not in the store"})
-			continue
+		if secret == "" {
+			continue // planned: the token is yet to be made
 		}
-		if differs, err := pki.KVDiffers(ctx, vc, t.secret, secret); err != nil {
-			return nil, err
-		} else if differs {
-			out = append(out, stages.Change{Action: "update", Target: "vault kv " + pki.KVPath(t.secret)})
+		if err := cluster.CopyToKV(ctx, p, vc, t.secret, secret); err != nil {
+			return err
 		}
 	}
-	if differs, err := pki.KVDiffers(ctx, vc, stages.SecretNomadBootstrapToken, mgmt); err != nil {
-		return nil, err
-	} else if differs {
-		out = append(out, stages.Change{Action: "update", Target: "vault kv " + pki.KVPath(stages.SecretNomadBootstrapToken)})
+	if err := deleteStale(ctx, e, c, q, w, p, vc, have); err != nil {
+		return err
 	}
-	jwt, err := planJWT(ctx, e, d, vc)
-	if err != nil {
-		return nil, err
+	if err := cluster.CopyToKV(ctx, p, vc, stages.SecretNomadBootstrapToken, mgmt); err != nil {
+		return err
 	}
-	wi := &reconcile.Plan{}
-	if err := consulWI(ctx, e, d.inv, wi); err != nil {
-		return nil, err
+	if err := convergeJWT(ctx, e, d, vc, p); err != nil {
+		return err
 	}
-	return append(append(out, jwt...), wi.Changes...), nil
+	if err := consulWI(ctx, e, d.inv, p); err != nil {
+		return err
+	}
+	if p.Apply {
+		return waitClients(ctx, e, d.inv, mgmt)
+	}
+	return nil
 }
 
-// stale finds the tokens and policies bootstrap made that the configuration
-// no longer wants.
-func stale(c *nomadapi.Client, q *nomadapi.QueryOptions, cfg *config.Platform, have map[string]*nomadapi.ACLTokenListStub) ([]*nomadapi.ACLTokenListStub, []string, error) {
+func convergeNamespaces(e *stages.Env, c *nomadapi.Client, q *nomadapi.QueryOptions, w *nomadapi.WriteOptions, p *reconcile.Plan) error {
+	nss, _, err := c.Namespaces().List(q)
+	if err != nil {
+		return fmt.Errorf("nomad: list namespaces: %w", err)
+	}
+	have := map[string]*nomadapi.Namespace{}
+	for _, ns := range nss {
+		have[ns.Name] = ns
+	}
+	want := namespaces(e.Config)
+	for _, name := range slices.Sorted(maps.Keys(want)) {
+		register := func() error {
+			_, err := c.Namespaces().Register(want[name].api(name), w)
+			return err
+		}
+		h, ok := have[name]
+		if !ok {
+			err = p.Do(reconcile.Create, "nomad namespace "+name, "", register)
+		} else if diff := want[name].differs(h); diff != "" {
+			err = p.Do(reconcile.Update, "nomad namespace "+name, diff, register)
+		}
+		if err != nil {
+			return fmt.Errorf("nomad: %w", err)
+		}
+	}
+	return nil
+}
+
+// deleteStale revokes the tokens bootstrap made and the configuration no
+// longer wants (the single CI token of earlier versions, a namespace
+// removed from the config), with their copies, before their policies go.
+func deleteStale(ctx context.Context, e *stages.Env, c *nomadapi.Client, q *nomadapi.QueryOptions, w *nomadapi.WriteOptions, p *reconcile.Plan, vc *vaultapi.Client, have map[string]*nomadapi.ACLTokenListStub) error {
 	wantTok := map[string]bool{}
-	for _, t := range tokens(cfg) {
+	for _, t := range tokens(e.Config) {
 		wantTok[t.displayName()] = true
 	}
-	var toks []*nomadapi.ACLTokenListStub
-	for _, name := range slices.Sorted(maps.Keys(have)) {
-		if !wantTok[name] {
-			toks = append(toks, have[name])
+	for _, display := range slices.Sorted(maps.Keys(have)) {
+		if wantTok[display] {
+			continue
+		}
+		name := strings.TrimPrefix(display, "bootstrap: ")
+		secret := "nomad/tokens/" + name
+		if err := p.Do(reconcile.Delete, "nomad token "+name, "no longer wanted: revoked", func() error {
+			if _, err := c.ACLTokens().Delete(have[display].AccessorID, w); err != nil {
+				return err
+			}
+			if _, err := vc.Logical().DeleteWithContext(ctx, pki.KVMetadataPath(secret)); err != nil {
+				return fmt.Errorf("vault: delete %s: %w", pki.KVMetadataPath(secret), err)
+			}
+			return e.Secrets.Delete(secret)
+		}); err != nil {
+			return fmt.Errorf("nomad: %w", err)
 		}
 	}
 	list, _, err := c.ACLPolicies().List(q)
 	if err != nil {
-		return nil, nil, fmt.Errorf("nomad: list policies: %w", err)
+		return fmt.Errorf("nomad: list policies: %w", err)
 	}
-	wantPol := Policies(cfg)
-	var pols []string
-	for _, p := range list {
-		if _, ok := wantPol[p.Name]; !ok && p.Description == "bootstrap" {
-			pols = append(pols, p.Name)
+	slices.SortFunc(list, func(a, b *nomadapi.ACLPolicyListStub) int { return strings.Compare(a.Name, b.Name) })
+	wantPol := Policies(e.Config)
+	for _, pol := range list {
+		if _, ok := wantPol[pol.Name]; ok || pol.Description != "bootstrap" {
+			continue
+		}
+		if err := p.Do(reconcile.Delete, "nomad policy "+pol.Name, "no longer wanted", func() error {
+			_, err := c.ACLPolicies().Delete(pol.Name, w)
+			return err
+		}); err != nil {
+			return fmt.Errorf("nomad: %w", err)
 		}
 	}
-	slices.Sort(pols)
-	return toks, pols, nil
-}
-
-func sorted(s []string) []string {
-	c := slices.Clone(s)
-	slices.Sort(c)
-	return c
+	return nil
 }
 
 func listTokens(c *nomadapi.Client, q *nomadapi.QueryOptions) (map[string]*nomadapi.ACLTokenListStub, error) {
@@ -380,140 +358,48 @@ func listTokens(c *nomadapi.Client, q *nomadapi.QueryOptions) (map[string]*nomad
 	return out, nil
 }
 
-func vaultClient(ctx context.Context, e *stages.Env, d *deps) (*vaultapi.Client, error) {
-	tok, err := pki.Token(ctx, e, d.vault)
-	if err != nil {
-		return nil, err
-	}
-	c, err := d.vault.Clone()
-	if err != nil {
-		return nil, err
-	}
-	c.SetToken(tok)
-	return c, nil
-}
-
-// applyACL converges namespaces, policies, tokens and Vault's JWT trust.
-func applyACL(ctx context.Context, e *stages.Env, d *deps, mgmt string) error {
-	c, err := Client(e, d.inv.WithRole(inventory.RoleServer)[0], mgmt)
-	if err != nil {
-		return err
-	}
-	q := (&nomadapi.QueryOptions{}).WithContext(ctx)
-	w := (&nomadapi.WriteOptions{}).WithContext(ctx)
-	nss, _, err := c.Namespaces().List(q)
-	if err != nil {
-		return fmt.Errorf("nomad: list namespaces: %w", err)
-	}
-	haveNS := map[string]*nomadapi.Namespace{}
-	for _, ns := range nss {
-		haveNS[ns.Name] = ns
-	}
-	want := namespaces(e.Config)
-	for _, name := range slices.Sorted(maps.Keys(want)) {
-		if h, ok := haveNS[name]; ok && want[name].differs(h) == "" {
-			continue
-		}
-		e.Step("writing nomad namespace %s", name)
-		if _, err := c.Namespaces().Register(want[name].api(name), w); err != nil {
-			return fmt.Errorf("nomad: namespace %s: %w", name, err)
-		}
-	}
-	pols := Policies(e.Config)
-	for _, name := range slices.Sorted(maps.Keys(pols)) {
-		p, _, err := c.ACLPolicies().Info(name, q)
-		if err == nil && norm(p.Rules) == norm(pols[name]) {
-			continue
-		}
-		e.Step("writing nomad policy %s", name)
-		if _, err := c.ACLPolicies().Upsert(&nomadapi.ACLPolicy{Name: name, Description: "bootstrap", Rules: pols[name]}, w); err != nil {
-			return fmt.Errorf("nomad: policy %s: %w", name, err)
-		}
-	}
-	have, err := listTokens(c, q)
-	if err != nil {
-		return err
-	}
-	vc, err := vaultClient(ctx, e, d)
-	if err != nil {
-		return err
-	}
-	for _, t := range tokens(e.Config) {
-		secret, err := ensureToken(ctx, e, c, have, t)
-		if err != nil {
-			return err
-		}
-		if err := pki.StoreKV(ctx, vc, t.secret, secret); err != nil {
-			return err
-		}
-	}
-	// Tokens bootstrap made and no longer wants (the single CI token of
-	// earlier versions, a namespace removed from the config) are revoked,
-	// with their copies, before their policies go.
-	staleTokens, stalePolicies, err := stale(c, q, e.Config, have)
-	if err != nil {
-		return err
-	}
-	for _, t := range staleTokens {
-		name := strings.TrimPrefix(t.Name, "bootstrap: ")
-		e.Step("revoking nomad token %s", name)
-		if _, err := c.ACLTokens().Delete(t.AccessorID, w); err != nil {
-			return fmt.Errorf("nomad: revoke token %s: %w", name, err)
-		}
-		secret := "nomad/tokens/" + name
-		if _, err := vc.Logical().DeleteWithContext(ctx, pki.KVMetadataPath(secret)); err != nil {
-			return fmt.Errorf("vault: delete %s: %w", pki.KVMetadataPath(secret), err)
-		}
-		if err := e.Secrets.Delete(secret); err != nil {
-			return err
-		}
-	}
-	for _, name := range stalePolicies {
-		e.Step("deleting nomad policy %s", name)
-		if _, err := c.ACLPolicies().Delete(name, w); err != nil {
-			return fmt.Errorf("nomad: delete policy %s: %w", name, err)
-		}
-	}
-	if err := pki.StoreKV(ctx, vc, stages.SecretNomadBootstrapToken, mgmt); err != nil {
-		return err
-	}
-	if err := applyJWT(ctx, e, d, vc); err != nil {
-		return err
-	}
-	return consulWI(ctx, e, d.inv, e.Plan(true))
-}
-
-// ensureToken creates a token, or finds it by name, and keeps its secret.
-// Nomad chooses token secrets itself, so a run killed after creating one
-// finds it by name and reads the secret back with the management token.
-func ensureToken(ctx context.Context, e *stages.Env, c *nomadapi.Client, have map[string]*nomadapi.ACLTokenListStub, t token) (string, error) {
-	q := (&nomadapi.QueryOptions{}).WithContext(ctx)
-	w := (&nomadapi.WriteOptions{}).WithContext(ctx)
+// ensureToken creates a token, or finds it by name, keeps its secret and
+// returns it ("" while its creation is planned). Nomad chooses token
+// secrets itself, so a run killed after creating one finds it by name and
+// reads the secret back with the management token.
+func ensureToken(e *stages.Env, c *nomadapi.Client, q *nomadapi.QueryOptions, w *nomadapi.WriteOptions, p *reconcile.Plan, have map[string]*nomadapi.ACLTokenListStub, t token) (string, error) {
+	target := "nomad token " + t.name
 	h, ok := have[t.displayName()]
 	if !ok {
-		e.Step("creating nomad token %s", t.name)
-		created, _, err := c.ACLTokens().Create(&nomadapi.ACLToken{Name: t.displayName(), Type: "client", Policies: t.policies, Global: true}, w)
+		var secret string
+		err := p.Do(reconcile.Create, target, "", func() error {
+			created, _, err := c.ACLTokens().Create(&nomadapi.ACLToken{Name: t.displayName(), Type: "client", Policies: t.policies, Global: true}, w)
+			if err != nil {
+				return err
+			}
+			crashpoint.Hit("nomad:after-token-create")
+			secret = created.SecretID
+			return e.Secrets.Put(t.secret, secret)
+		})
 		if err != nil {
-			return "", fmt.Errorf("nomad: create token %s: %w", t.name, err)
+			return "", fmt.Errorf("nomad: %w", err)
 		}
-		crashpoint.Hit("nomad:after-token-create")
-		return created.SecretID, e.Secrets.Put(t.secret, created.SecretID)
+		return secret, nil
 	}
 	full, _, err := c.ACLTokens().Info(h.AccessorID, q)
 	if err != nil {
 		return "", fmt.Errorf("nomad: read token %s: %w", t.name, err)
 	}
-	if !slices.Equal(sorted(full.Policies), sorted(t.policies)) {
-		e.Step("updating nomad token %s", t.name)
-		full.Policies = t.policies
-		if _, _, err := c.ACLTokens().Update(full, w); err != nil {
-			return "", fmt.Errorf("nomad: update token %s: %w", t.name, err)
+	if diff := reconcile.Differences(map[string]any{"policies": full.Policies}, map[string]any{"policies": t.policies}); len(diff) > 0 {
+		if err := p.Do(reconcile.Update, target, strings.Join(diff, "; "), func() error {
+			full.Policies = t.policies
+			_, _, err := c.ACLTokens().Update(full, w)
+			return err
+		}); err != nil {
+			return "", fmt.Errorf("nomad: %w", err)
 		}
 	}
-	if stored, ok, err := e.Secrets.Get(t.secret); err != nil {
+	stored, ok, err := e.Secrets.Get(t.secret)
+	if err != nil {
 		return "", err
-	} else if !ok || stored != full.SecretID {
-		if err := e.Secrets.Put(t.secret, full.SecretID); err != nil {
+	}
+	if !ok || stored != full.SecretID {
+		if err := p.Do(reconcile.Store, target, "secret not in the store", func() error { return e.Secrets.Put(t.secret, full.SecretID) }); err != nil {
 			return "", err
 		}
 	}
@@ -561,89 +447,33 @@ func jwtWant(e *stages.Env, d *deps) (map[string]any, map[string]any, error) {
 	return cfg, role, nil
 }
 
-// jwtDiffers compares the fields bootstrap sets with what Vault returns.
-func jwtDiffers(have *vaultapi.Secret, want map[string]any) bool {
-	if have == nil || have.Data == nil {
-		return true
-	}
-	for k, w := range want {
-		h := have.Data[k]
-		if norm(fmt.Sprint(flatten(h))) != norm(fmt.Sprint(flatten(w))) {
-			return true
-		}
-	}
-	return false
-}
-
-// flatten renders values the way Vault returns them (lists as []any, numbers
-// as json.Number) comparable with what we send.
-func flatten(v any) any {
-	switch t := v.(type) {
-	case []string:
-		out := make([]any, len(t))
-		for i, s := range t {
-			out[i] = s
-		}
-		return out
-	case map[string]any:
-		keys := make([]string, 0, len(t))
-		for k := range t {
-			keys = append(keys, k)
-		}
-		sort.Strings(keys)
-		var b strings.Builder
-		for _, k := range keys {
-			fmt.Fprintf(&b, "%s=%v;", k, t[k])
-		}
-		return b.String()
-	case string:
-		return strings.TrimSpace(t)
-	}
-	return fmt.Sprint(v)
-}
-
-func planJWT(ctx context.Context, e *stages.Env, d *deps, vc *vaultapi.Client) ([]stages.Change, error) {
-	cfg, role, err := jwtWant(e, d)
-	if err != nil {
-		return nil, err
-	}
-	var out []stages.Change
-	have, err := vc.Logical().ReadWithContext(ctx, jwtConfigPath)
-	if err != nil {
-		return nil, fmt.Errorf("vault: read %s: %w", jwtConfigPath, err)
-	}
-	if jwtDiffers(have, cfg) {
-		out = append(out, stages.Change{Action: "update", Target: "vault " + jwtConfigPath, Detail: "trust Nomad's workload identities"})
-	}
-	have, err = vc.Logical().ReadWithContext(ctx, jwtRolePath)
-	if err != nil {
-		return nil, fmt.Errorf("vault: read %s: %w", jwtRolePath, err)
-	}
-	if jwtDiffers(have, role) {
-		out = append(out, stages.Change{Action: "update", Target: "vault " + jwtRolePath})
-	}
-	return out, nil
-}
-
-func applyJWT(ctx context.Context, e *stages.Env, d *deps, vc *vaultapi.Client) error {
+// convergeJWT writes Vault's JWT configuration and role where the fields
+// bootstrap sets differ.
+func convergeJWT(ctx context.Context, e *stages.Env, d *deps, vc *vaultapi.Client, p *reconcile.Plan) error {
 	cfg, role, err := jwtWant(e, d)
 	if err != nil {
 		return err
 	}
 	for _, w := range []struct {
-		path string
-		data map[string]any
-	}{{jwtConfigPath, cfg}, {jwtRolePath, role}} {
+		path, detail string
+		data         map[string]any
+	}{{jwtConfigPath, "trust Nomad's workload identities", cfg}, {jwtRolePath, "", role}} {
 		have, err := vc.Logical().ReadWithContext(ctx, w.path)
 		if err != nil {
 			return fmt.Errorf("vault: read %s: %w", w.path, err)
 		}
-		if !jwtDiffers(have, w.data) {
+		var fields map[string]any
+		if have != nil {
+			fields = have.Data
+		}
+		if len(reconcile.Differences(fields, w.data)) == 0 {
 			continue
 		}
-		e.Step("writing vault %s", w.path)
-		if _, err := vc.Logical().WriteWithContext(ctx, w.path, w.data); err != nil {
-			return fmt.Errorf("vault: write %s: %w", w.path, err)
+		if err := p.Do(reconcile.Update, "vault "+w.path, w.detail, func() error {
+			_, err := vc.Logical().WriteWithContext(ctx, w.path, w.data)
+			return err
+		}); err != nil {
+			return fmt.Errorf("vault: %w", err)
 		}
 	}
 	return nil

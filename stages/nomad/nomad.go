@@ -7,13 +7,11 @@ package nomad
 
 import (
 	"context"
-	"crypto/tls"
 	"errors"
 	"fmt"
 	"net"
 	"net/http"
 	"os"
-	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -23,8 +21,10 @@ import (
 
 	"github.com/platform-bootstrap/bootstrap/ansible"
 	"github.com/platform-bootstrap/bootstrap/internal/apitls"
+	"github.com/platform-bootstrap/bootstrap/internal/cluster"
 	"github.com/platform-bootstrap/bootstrap/internal/inventory"
 	"github.com/platform-bootstrap/bootstrap/internal/poll"
+	"github.com/platform-bootstrap/bootstrap/internal/reconcile"
 	"github.com/platform-bootstrap/bootstrap/pki"
 	"github.com/platform-bootstrap/bootstrap/stages"
 	"github.com/platform-bootstrap/bootstrap/stages/consul"
@@ -75,12 +75,7 @@ func TLSName(e *stages.Env, n inventory.Node) string {
 // a client node's certificate is refused even when it carries the dialled
 // address; NewClientFor checks the exact name.
 func NewClient(addr, caFile, token string) (*nomadapi.Client, error) {
-	tc, err := apitls.Config(caFile, "")
-	if err != nil {
-		return nil, fmt.Errorf("nomad client for %s: %w", addr, err)
-	}
-	apitls.RequireServer(tc)
-	return newClient(addr, tc, token)
+	return newClient(addr, caFile, "", token)
 }
 
 // NewClientFor returns a Nomad API client for addr that accepts only a
@@ -89,14 +84,14 @@ func NewClientFor(addr, caFile, serverName, token string) (*nomadapi.Client, err
 	if serverName == "" {
 		return nil, fmt.Errorf("nomad client for %s: no TLS server name", addr)
 	}
-	tc, err := apitls.Config(caFile, serverName)
+	return newClient(addr, caFile, serverName, token)
+}
+
+func newClient(addr, caFile, serverName, token string) (*nomadapi.Client, error) {
+	tc, err := cluster.TLS(caFile, serverName)
 	if err != nil {
 		return nil, fmt.Errorf("nomad client for %s: %w", addr, err)
 	}
-	return newClient(addr, tc, token)
-}
-
-func newClient(addr string, tc *tls.Config, token string) (*nomadapi.Client, error) {
 	// The HTTP client is built here because the api package's TLSConfig
 	// cannot require a server's name; with HttpClient set it is ignored.
 	// A transport with its own TLS configuration speaks HTTP/1, as the api
@@ -197,73 +192,33 @@ func load(e *stages.Env) (*deps, error) {
 	}, nil
 }
 
-type agentState struct {
-	node   inventory.Node
-	leader string
-	err    error
-}
-
-func (a agentState) up() bool { return a.err == nil }
-
-func probe(e *stages.Env, inv *inventory.Inventory) []agentState {
-	out := make([]agentState, len(inv.Nodes))
-	for i, n := range inv.Nodes {
-		out[i].node = n
+// service asks each node's agent for the leader; status/leader needs no
+// token.
+func service(e *stages.Env) cluster.Service {
+	return cluster.Service{Name: "nomad", Leader: func(ctx context.Context, n inventory.Node) (string, error) {
 		c, err := Client(e, n, "")
 		if err != nil {
-			out[i].err = err
-			continue
+			return "", err
 		}
-		// status/leader needs no token.
-		out[i].leader, out[i].err = c.Status().Leader()
-	}
-	return out
-}
-
-func leaderOf(as []agentState) string {
-	for _, a := range as {
-		if a.up() && a.leader != "" {
-			return a.leader
-		}
-	}
-	return ""
+		return c.Status().Leader()
+	}}
 }
 
 // Plan compares the Ansible inputs and asks every agent and the cluster.
 func (s *Stage) Plan(ctx context.Context, e *stages.Env) ([]stages.Change, error) {
-	d, err := load(e)
-	if err != nil {
-		return nil, err
-	}
-	var out []stages.Change
-	reason, err := ansible.Pending(e, d.inv, d.play)
-	if err != nil {
-		return nil, err
-	}
-	if reason != "" {
-		out = append(out, stages.Change{Action: "install", Target: "nomad on every node", Detail: reason})
-	}
-	if e.State.Output(OutTLSServerName) != ServerName(e) {
-		out = append(out, stages.Change{Action: "record", Target: "output " + OutTLSServerName, Detail: ServerName(e)})
-	}
-	as := probe(e, d.inv)
-	for _, a := range as {
-		if !a.up() {
-			out = append(out, stages.Change{Action: "start", Target: "nomad on " + a.node.Name, Detail: "not answering"})
-		}
-	}
-	if leaderOf(as) == "" {
-		return append(out, stages.Change{Action: "bootstrap", Target: "nomad ACLs, namespaces, policies and tokens"}), nil
-	}
-	acl, err := planACL(ctx, e, d, as)
-	if err != nil {
-		return nil, err
-	}
-	return append(out, acl...), nil
+	p := e.Plan(false)
+	err := converge(ctx, e, p)
+	return p.Changes, err
 }
 
 // Apply converges the agents, the ACL system and Vault's JWT trust.
 func (s *Stage) Apply(ctx context.Context, e *stages.Env) error {
+	return converge(ctx, e, e.Plan(true))
+}
+
+// converge records in p, and makes when p applies, what the agents, the ACL
+// system and Vault's trust in Nomad lack.
+func converge(ctx context.Context, e *stages.Env, p *reconcile.Plan) error {
 	d, err := load(e)
 	if err != nil {
 		return err
@@ -272,64 +227,32 @@ func (s *Stage) Apply(ctx context.Context, e *stages.Env) error {
 	if err != nil {
 		return err
 	}
-	as := probe(e, d.inv)
-	down := slices.ContainsFunc(as, func(a agentState) bool { return !a.up() })
-	if reason != "" || down {
-		e.Step("installing nomad on %d node(s)", len(d.inv.Nodes))
-		if err := ansible.Converge(ctx, e, d.inv, d.play); err != nil {
-			return err
-		}
+	svc := service(e)
+	as := svc.Probe(ctx, d.inv.Nodes)
+	if err := svc.Converge(p, reason, as, func() error { return ansible.Converge(ctx, e, d.inv, d.play) }); err != nil {
+		return err
 	}
 	servers := d.inv.WithRole(inventory.RoleServer)
-	if err := e.State.SetOutput(stages.OutNomadAddr, Addr(servers[0])); err != nil {
+	if err := cluster.RecordOutputs(p, e.State, map[string]string{
+		stages.OutNomadAddr:   Addr(servers[0]),
+		stages.OutNomadCACert: CAFile(e),
+		OutTLSServerName:      ServerName(e),
+	}); err != nil {
 		return err
 	}
-	if err := e.State.SetOutput(stages.OutNomadCACert, CAFile(e)); err != nil {
-		return err
-	}
-	if err := e.State.SetOutput(OutTLSServerName, ServerName(e)); err != nil {
-		return err
-	}
-	if err := waitLeader(ctx, e, d.inv); err != nil {
-		return err
-	}
-	mgmt, err := bootstrapACL(ctx, e, servers[0])
-	if err != nil {
-		return err
-	}
-	if err := waitCaughtUp(ctx, e, d.inv, mgmt); err != nil {
-		return err
-	}
-	if err := applyACL(ctx, e, d, mgmt); err != nil {
-		return err
-	}
-	return waitClients(ctx, e, d.inv, mgmt)
-}
-
-func waitLeader(ctx context.Context, e *stages.Env, inv *inventory.Inventory) error {
-	e.Step("waiting for the nomad leader")
-	ctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
-	defer cancel()
-	for {
-		as := probe(e, inv)
-		var down []string
-		for _, a := range as {
-			if !a.up() {
-				down = append(down, a.node.Name)
-			}
+	if p.Apply {
+		e.Step("waiting for the nomad leader")
+		if as, err = svc.WaitLeader(ctx, d.inv); err != nil {
+			return err
 		}
-		if len(down) == 0 && leaderOf(as) != "" {
-			return nil
+	} else if as.Leader() == "" {
+		if len(p.Changes) == 0 {
+			p.Planned(reconcile.Wait, "nomad leader election", "")
 		}
-		select {
-		case <-ctx.Done():
-			if len(down) > 0 {
-				return fmt.Errorf("nomad does not answer on %s; see %s", strings.Join(down, ", "), logHint(inv, down[0]))
-			}
-			return fmt.Errorf("nomad servers elected no leader; see %s", logHint(inv, inv.WithRole(inventory.RoleServer)[0].Name))
-		case <-time.After(500 * time.Millisecond):
-		}
+		p.Planned(reconcile.Bootstrap, "nomad ACLs, namespaces, policies and tokens", "")
+		return nil
 	}
+	return convergeACL(ctx, e, d, as, p)
 }
 
 // waitCaughtUp waits until every server has applied what the cluster had
@@ -340,9 +263,8 @@ func waitLeader(ctx context.Context, e *stages.Env, inv *inventory.Inventory) er
 func waitCaughtUp(ctx context.Context, e *stages.Env, inv *inventory.Inventory, mgmt string) error {
 	servers := inv.WithRole(inventory.RoleServer)
 	var target uint64
-	lag := map[string]string{}
 	err := poll.Retry(ctx, 2*time.Minute, 500*time.Millisecond, func() error {
-		clear(lag)
+		var behind []string
 		applied := map[string]uint64{}
 		for _, n := range servers {
 			c, err := Client(e, n, mgmt)
@@ -351,7 +273,7 @@ func waitCaughtUp(ctx context.Context, e *stages.Env, inv *inventory.Inventory, 
 			}
 			self, err := c.Agent().Self()
 			if err != nil {
-				lag[n.Name] = err.Error()
+				behind = append(behind, n.Name+" ("+err.Error()+")")
 				continue
 			}
 			ai, _ := strconv.ParseUint(self.Stats["raft"]["applied_index"], 10, 64)
@@ -359,62 +281,54 @@ func waitCaughtUp(ctx context.Context, e *stages.Env, inv *inventory.Inventory, 
 			applied[n.Name] = ai
 			target = max(target, ci)
 		}
-		for name, ai := range applied {
-			if ai < target {
-				lag[name] = fmt.Sprintf("applied index %d of %d", ai, target)
+		for _, n := range servers {
+			if ai, ok := applied[n.Name]; ok && ai < target {
+				behind = append(behind, fmt.Sprintf("%s (applied index %d of %d)", n.Name, ai, target))
 			}
 		}
-		if len(lag) > 0 {
-			return errors.New("behind")
+		if len(behind) > 0 {
+			return errors.New(strings.Join(behind, ", "))
 		}
 		return nil
-	}, func(error) bool { return false })
+	}, never)
 	if err != nil {
-		var names []string
-		for name, why := range lag {
-			names = append(names, name+" ("+why+")")
-		}
-		slices.Sort(names)
-		return fmt.Errorf("nomad servers have not caught up with the cluster: %s; see %s", strings.Join(names, ", "), logHint(inv, servers[0].Name))
+		return fmt.Errorf("nomad servers have not caught up with the cluster: %w; see %s", err, service(e).LogHint(inv, servers[0].Name))
 	}
 	return nil
 }
 
+func never(error) bool { return false }
+
 // waitClients waits until every client node is ready with a healthy task
 // driver.
 func waitClients(ctx context.Context, e *stages.Env, inv *inventory.Inventory, mgmt string) error {
-	clients := inv.WithRole(inventory.RoleClient)
 	c, err := Client(e, inv.WithRole(inventory.RoleServer)[0], mgmt)
 	if err != nil {
 		return err
 	}
-	ctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
-	defer cancel()
-	var notReady []string
-	for {
-		notReady = notReady[:0]
-		nodes, _, err := c.Nodes().List((&nomadapi.QueryOptions{}).WithContext(ctx))
+	var nodes []*nomadapi.NodeListStub
+	err = poll.Retry(ctx, 2*time.Minute, time.Second, func() error {
+		nodes, _, _ = c.Nodes().List((&nomadapi.QueryOptions{}).WithContext(ctx))
 		ready := map[string]bool{}
-		if err == nil {
-			for _, n := range nodes {
-				ready[n.Name] = n.Status == "ready" && n.SchedulingEligibility == "eligible" && anyDriverHealthy(n)
-			}
+		for _, n := range nodes {
+			ready[n.Name] = n.Status == "ready" && n.SchedulingEligibility == "eligible" && anyDriverHealthy(n)
 		}
-		for _, n := range clients {
+		var notReady []string
+		for _, n := range inv.WithRole(inventory.RoleClient) {
 			if !ready[n.Name] {
 				notReady = append(notReady, n.Name)
 			}
 		}
-		if len(notReady) == 0 {
-			warnNoIsolation(e, nodes)
-			return nil
+		if len(notReady) > 0 {
+			return fmt.Errorf("nomad clients not ready: %s; see %s", strings.Join(notReady, ", "), service(e).LogHint(inv, notReady[0]))
 		}
-		select {
-		case <-ctx.Done():
-			return fmt.Errorf("nomad clients not ready: %s; see %s", strings.Join(notReady, ", "), logHint(inv, notReady[0]))
-		case <-time.After(time.Second):
-		}
+		return nil
+	}, never)
+	if err != nil {
+		return err
 	}
+	warnNoIsolation(e, nodes)
+	return nil
 }
 
 // warnNoIsolation says plainly when no client can run an application job:
@@ -440,14 +354,6 @@ func anyDriverHealthy(n *nomadapi.NodeListStub) bool {
 	return false
 }
 
-func logHint(inv *inventory.Inventory, node string) string {
-	n, _ := inv.Node(node)
-	if n.Local != nil {
-		return n.Local.Root + "/logs/nomad.log"
-	}
-	return "journalctl -u nomad on " + node
-}
-
 // Status reports each agent, the leader and client readiness.
 func (s *Stage) Status(ctx context.Context, e *stages.Env) ([]stages.StatusLine, error) {
 	inv, err := provision.Load(e)
@@ -458,11 +364,12 @@ func (s *Stage) Status(ctx context.Context, e *stages.Env) ([]stages.StatusLine,
 		return nil, nil
 	}
 	tok, _, _ := e.Secrets.Get(stages.SecretNomadBootstrapToken)
-	as := probe(e, inv)
-	leader := leaderOf(as)
+	svc := service(e)
+	as := svc.Probe(ctx, inv.Nodes)
+	leader := as.Leader()
 	nodeStatus := map[string]string{}
 	if leader != "" && tok != "" {
-		if c, err := Client(e, inv.WithRole(inventory.RoleServer)[0], tok); err == nil {
+		if c, err := Client(e, as.Server(), tok); err == nil {
 			if nodes, _, err := c.Nodes().List((&nomadapi.QueryOptions{}).WithContext(ctx)); err == nil {
 				for _, n := range nodes {
 					nodeStatus[n.Name] = n.Status
@@ -472,20 +379,8 @@ func (s *Stage) Status(ctx context.Context, e *stages.Env) ([]stages.StatusLine,
 	}
 	var out []stages.StatusLine
 	for _, a := range as {
-		l := stages.StatusLine{Component: "nomad", Node: a.node.Name}
-		role := "client"
-		if a.node.Has(inventory.RoleServer) {
-			role = "server"
-		}
-		switch {
-		case !a.up():
-			l.State = "down"
-		case leader != "" && strings.HasPrefix(leader, a.node.Address()+":"):
-			l.State, l.Healthy = role+", leader", true
-		default:
-			l.State, l.Healthy = role, leader != ""
-		}
-		if st, ok := nodeStatus[a.node.Name]; ok && role == "client" {
+		l := svc.Status(a, leader)
+		if st, ok := nodeStatus[a.Node.Name]; ok && !a.Node.Has(inventory.RoleServer) {
 			l.Detail = "node " + st
 			l.Healthy = l.Healthy && st == "ready"
 		}
