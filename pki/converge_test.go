@@ -16,6 +16,7 @@ import (
 	"github.com/platform-bootstrap/bootstrap/internal/config"
 	"github.com/platform-bootstrap/bootstrap/internal/crashpoint"
 	"github.com/platform-bootstrap/bootstrap/internal/secrets"
+	"github.com/platform-bootstrap/bootstrap/internal/statedir"
 	"github.com/platform-bootstrap/bootstrap/stages"
 )
 
@@ -148,7 +149,7 @@ func openEnv(t testing.TB, dir string, cfg *config.Platform) *stages.Env {
 	if err != nil {
 		t.Fatal(err)
 	}
-	state, err := stages.LoadState(dir)
+	state, err := statedir.Load(dir)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -15,6 +15,7 @@ import (
 
 	"github.com/platform-bootstrap/bootstrap/internal/config"
 	"github.com/platform-bootstrap/bootstrap/internal/secrets"
+	"github.com/platform-bootstrap/bootstrap/internal/statedir"
 	"github.com/platform-bootstrap/bootstrap/internal/testcluster"
 	"github.com/platform-bootstrap/bootstrap/stages"
 )
@@ -52,7 +53,7 @@ func newHarness(t testing.TB, cfgFile string) *harness {
 	if err := store.Put(stages.SecretVaultRootToken, v.Token); err != nil {
 		t.Fatal(err)
 	}
-	state, err := stages.LoadState(dir)
+	state, err := statedir.Load(dir)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -23,6 +23,8 @@ import (
 	"time"
 
 	"github.com/platform-bootstrap/bootstrap/internal/secrets"
+	"github.com/platform-bootstrap/bootstrap/internal/statedir"
+	"github.com/platform-bootstrap/bootstrap/internal/ui"
 	"github.com/platform-bootstrap/bootstrap/stages"
 )
 
@@ -44,7 +46,7 @@ func helperMain(mode string) int {
 	dir, effects := os.Getenv("HELPER_STATE"), os.Getenv("HELPER_EFFECTS")
 	sleep, _ := time.ParseDuration(os.Getenv("HELPER_SLEEP"))
 	if mode == "hold" {
-		if _, err := stages.AcquireLock(dir, "hold"); err != nil {
+		if _, err := statedir.AcquireLock(dir, "hold"); err != nil {
 			fmt.Println("error", err)
 			return 1
 		}
@@ -59,7 +61,7 @@ func helperMain(mode string) int {
 	sess, err := stages.Open(dir, "up", secrets.NewRedactor())
 	if err != nil {
 		fmt.Println("error", err)
-		if errors.As(err, new(*stages.LockedError)) {
+		if errors.As(err, new(*statedir.LockedError)) {
 			return 3
 		}
 		return 1
@@ -71,8 +73,9 @@ func helperMain(mode string) int {
 		stale = sess.Lock.Stale.PID
 	}
 	fmt.Printf("locked %d stale %d\n", os.Getpid(), stale)
+	log := ui.NewLog(sess.LogWriter())
 	rep := stages.ReporterFunc(func(e stages.Event) {
-		sess.Event(e)
+		log.Event(e)
 		if e.Type == stages.EventStep {
 			fmt.Println("step", e.Stage, e.Message)
 		}
@@ -410,19 +413,19 @@ func takeSnapshot(t *testing.T, dir, effects string) snapshot {
 		}
 		s.Effects[e.Name()] = norm.Replace(string(b))
 	}
-	b, err := os.ReadFile(filepath.Join(dir, stages.StateFile))
+	b, err := os.ReadFile(filepath.Join(dir, statedir.StateFile))
 	if err != nil {
 		t.Fatal(err)
 	}
 	var raw struct {
-		Stages  map[string]stages.StageState
+		Stages  map[string]statedir.StageState
 		Outputs map[string]string
 	}
 	if err := json.Unmarshal(b, &raw); err != nil {
 		t.Fatal(err)
 	}
 	for n, st := range raw.Stages {
-		s.Stages[n] = st.Status + " " + st.Error
+		s.Stages[n] = string(st.Status) + " " + st.Error
 	}
 	for k, v := range raw.Outputs {
 		s.Outputs[k] = norm.Replace(v)
@@ -437,15 +440,15 @@ func takeSnapshot(t *testing.T, dir, effects string) snapshot {
 // run history parse, and a secret, if written, is whole.
 func checkParses(t *testing.T, dir string) {
 	t.Helper()
-	if b, err := os.ReadFile(filepath.Join(dir, stages.StateFile)); err == nil {
+	if b, err := os.ReadFile(filepath.Join(dir, statedir.StateFile)); err == nil {
 		if !json.Valid(b) {
 			t.Fatalf("state.json does not parse after SIGKILL:\n%s", b)
 		}
 	}
-	if _, err := stages.LoadState(dir); err != nil {
+	if _, err := statedir.Load(dir); err != nil {
 		t.Fatalf("after SIGKILL: %v", err)
 	}
-	if _, err := stages.LoadRuns(dir); err != nil {
+	if _, err := statedir.LoadRuns(dir); err != nil {
 		t.Fatalf("after SIGKILL: %v", err)
 	}
 	if b, err := os.ReadFile(filepath.Join(dir, "secrets", keySecret)); err == nil && len(b) != 64 {
@@ -495,18 +498,18 @@ func TestSIGKILLResume(t *testing.T) {
 		t.Fatalf("uninterrupted run left %+v; output:\n%s", want, strings.Join(out, "\n"))
 	}
 	for n, st := range want.Stages {
-		if st != stages.StatusDone+" " {
+		if st != statedir.StatusDone+" " {
 			t.Fatalf("uninterrupted run: stage %s is %q", n, st)
 		}
 	}
 	// Run again: converged, nothing written.
-	fi, _ := os.Stat(filepath.Join(dir, stages.StateFile))
+	fi, _ := os.Stat(filepath.Join(dir, statedir.StateFile))
 	out = runToEnd(t, dir, eff, sleep)
-	if fi2, _ := os.Stat(filepath.Join(dir, stages.StateFile)); !os.SameFile(fi, fi2) {
+	if fi2, _ := os.Stat(filepath.Join(dir, statedir.StateFile)); !os.SameFile(fi, fi2) {
 		t.Error("a converged run rewrote state.json")
 	}
 	for _, l := range out {
-		if strings.HasPrefix(l, "outcome ") && !strings.HasSuffix(l, " "+stages.OutcomeUnchanged) {
+		if strings.HasPrefix(l, "outcome ") && !strings.HasSuffix(l, " "+string(statedir.OutcomeUnchanged)) {
 			t.Errorf("second uninterrupted run: %s", l)
 		}
 	}
@@ -586,8 +589,8 @@ func TestSIGKILLReleasesLock(t *testing.T) {
 	}
 
 	// While it lives, the lock is refused and the holder named.
-	_, err := stages.AcquireLock(dir, "up")
-	var le *stages.LockedError
+	_, err := statedir.AcquireLock(dir, "up")
+	var le *statedir.LockedError
 	if !errors.As(err, &le) || le.Holder.PID != pid || le.Holder.Command != "hold" {
 		t.Fatalf("AcquireLock while held = %v, want *LockedError naming pid %d", err, pid)
 	}
@@ -597,7 +600,7 @@ func TestSIGKILLReleasesLock(t *testing.T) {
 
 	c.cmd.Process.Signal(syscall.SIGKILL)
 	c.wait(t)
-	l, err := stages.AcquireLock(dir, "up")
+	l, err := statedir.AcquireLock(dir, "up")
 	if err != nil {
 		t.Fatalf("lock after SIGKILL: %v", err)
 	}
@@ -622,26 +625,26 @@ func TestSignalInterruptsStage(t *testing.T) {
 			if ws.Signaled() || ws.ExitStatus() != 1 {
 				t.Fatalf("exit %v, want status 1; output:\n%s", ws, strings.Join(out, "\n"))
 			}
-			if !has(out, "outcome slow "+stages.OutcomeInterrupted) || !has(out, "closing") {
+			if !has(out, "outcome slow "+statedir.OutcomeInterrupted) || !has(out, "closing") {
 				t.Errorf("output:\n%s", strings.Join(out, "\n"))
 			}
-			state, err := stages.LoadState(dir)
+			state, err := statedir.Load(dir)
 			if err != nil {
 				t.Fatal(err)
 			}
-			if st := state.Stage("first"); st.Status != stages.StatusDone {
+			if st := state.Stage("first"); st.Status != statedir.StatusDone {
 				t.Errorf("stage first = %+v, want done", st)
 			}
-			if st := state.Stage("slow"); st.Status != stages.StatusInterrupted || !strings.Contains(st.Error, "interrupted") {
+			if st := state.Stage("slow"); st.Status != statedir.StatusInterrupted || !strings.Contains(st.Error, "interrupted") {
 				t.Errorf("stage slow = %+v, want interrupted", st)
 			}
-			runs, _ := stages.LoadRuns(dir)
+			runs, _ := statedir.LoadRuns(dir)
 			if len(runs) != 1 || runs[0].Outcome != "failed" || !strings.Contains(runs[0].Error, "interrupted") {
 				t.Errorf("run history = %+v", runs)
 			}
 			// Released, not abandoned: the next run starts at once and sees
 			// no stale holder.
-			l, err := stages.AcquireLock(dir, "up")
+			l, err := statedir.AcquireLock(dir, "up")
 			if err != nil {
 				t.Fatalf("lock after the interrupted run: %v", err)
 			}

@@ -2,42 +2,46 @@ package stages
 
 import (
 	"fmt"
-	"github.com/platform-bootstrap/bootstrap/internal/reconcile"
 	"io"
 	"path/filepath"
 	"time"
 
 	"github.com/platform-bootstrap/bootstrap/internal/config"
+	"github.com/platform-bootstrap/bootstrap/internal/reconcile"
 	"github.com/platform-bootstrap/bootstrap/internal/secrets"
+	"github.com/platform-bootstrap/bootstrap/internal/statedir"
 )
+
+// EventType says what an Event reports.
+type EventType string
 
 // Event types.
 const (
-	EventRunStart   = "run_start"
-	EventStageStart = "stage_start"
-	EventPlan       = "plan"
-	EventStep       = "step"
-	EventLog        = "log"
-	EventWarning    = "warning"
-	EventStageEnd   = "stage_end"
-	EventRunEnd     = "run_end"
+	EventRunStart   EventType = "run_start"
+	EventStageStart           = "stage_start"
+	EventPlan                 = "plan"
+	EventStep                 = "step"
+	EventLog                  = "log"
+	EventWarning              = "warning"
+	EventStageEnd             = "stage_end"
+	EventRunEnd               = "run_end"
 )
 
 // Event is one thing that happened in a run. Every output mode (live view,
 // plain lines, JSON) and the log file are built from events.
 type Event struct {
-	Time     time.Time     `json:"time"`
-	Type     string        `json:"type"`
-	Run      string        `json:"run,omitempty"`
-	Command  string        `json:"command,omitempty"`
-	Stage    string        `json:"stage,omitempty"`
-	Message  string        `json:"message,omitempty"`
-	Changes  []Change      `json:"changes,omitempty"`
-	Outcome  string        `json:"outcome,omitempty"`
-	Duration time.Duration `json:"duration_ns,omitempty"`
-	Error    string        `json:"error,omitempty"`
-	Stages   []StageResult `json:"stages,omitempty"` // run_end
-	Stale    *LockHolder   `json:"stale_lock,omitempty"`
+	Time     time.Time              `json:"time"`
+	Type     EventType              `json:"type"`
+	Run      string                 `json:"run,omitempty"`
+	Command  string                 `json:"command,omitempty"`
+	Stage    string                 `json:"stage,omitempty"`
+	Message  string                 `json:"message,omitempty"`
+	Changes  []Change               `json:"changes,omitempty"`
+	Outcome  statedir.Outcome       `json:"outcome,omitempty"`
+	Duration time.Duration          `json:"duration_ns,omitempty"`
+	Error    string                 `json:"error,omitempty"`
+	Stages   []statedir.StageResult `json:"stages,omitempty"` // run_end
+	Stale    *statedir.LockHolder   `json:"stale_lock,omitempty"`
 }
 
 // Reporter receives the events of a run.
@@ -57,7 +61,7 @@ type Env struct {
 	Config   *config.Platform
 	StateDir string
 	Secrets  *secrets.Store
-	State    *State
+	State    *statedir.State
 	// Log receives the full output of subprocesses (Ansible, Terraform),
 	// redacted; it ends up in the run's log file.
 	Log io.Writer
@@ -67,7 +71,7 @@ type Env struct {
 }
 
 // NewEnv builds an Env. reporter may be nil.
-func NewEnv(cfg *config.Platform, stateDir string, store *secrets.Store, state *State, log io.Writer, reporter Reporter) *Env {
+func NewEnv(cfg *config.Platform, stateDir string, store *secrets.Store, state *statedir.State, log io.Writer, reporter Reporter) *Env {
 	if log == nil {
 		log = io.Discard
 	}
@@ -100,7 +104,7 @@ func (e *Env) Emit(ev Event) {
 		ev.Message = red.String(ev.Message)
 		ev.Error = red.String(ev.Error)
 		ev.Changes = redactChanges(red, ev.Changes)
-		stagesCopy := make([]StageResult, len(ev.Stages))
+		stagesCopy := make([]statedir.StageResult, len(ev.Stages))
 		for i, st := range ev.Stages {
 			st.Error = red.String(st.Error)
 			st.Changes = redactChanges(red, st.Changes)

@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"time"
+
+	"github.com/platform-bootstrap/bootstrap/internal/statedir"
 )
 
 // Runner runs an ordered list of stages against one state directory. The
@@ -14,7 +16,7 @@ type Runner struct {
 	Env    *Env
 	// Approve is asked once before the first change of an `up`, with every
 	// plan that could be made up front. Nil approves automatically.
-	Approve func(plans []StageResult) (bool, error)
+	Approve func(plans []statedir.StageResult) (bool, error)
 }
 
 // StageError says which stage failed.
@@ -32,8 +34,8 @@ var ErrNotApproved = errors.New("plan not approved; nothing was changed")
 // Plan asks every selected stage what it would change, without changing
 // anything. A stage whose plan depends on an earlier stage's pending changes
 // is reported as waiting.
-func (r *Runner) Plan(ctx context.Context, sel Selection) ([]StageResult, error) {
-	var results []StageResult
+func (r *Runner) Plan(ctx context.Context, sel Selection) ([]statedir.StageResult, error) {
+	var results []statedir.StageResult
 	blocked := false
 	for _, st := range sel.Pick(r.Stages) {
 		if err := ctx.Err(); err != nil {
@@ -44,7 +46,7 @@ func (r *Runner) Plan(ctx context.Context, sel Selection) ([]StageResult, error)
 		if err != nil {
 			return results, err
 		}
-		blocked = blocked || res.Outcome == OutcomePlanned || res.Outcome == OutcomeNotReady
+		blocked = blocked || res.Outcome == statedir.OutcomePlanned || res.Outcome == statedir.OutcomeNotReady
 	}
 	return results, nil
 }
@@ -53,30 +55,30 @@ func (r *Runner) Plan(ctx context.Context, sel Selection) ([]StageResult, error)
 // then a failing plan is reported as waiting for them, with its error, for
 // what it cannot reach may be exactly what they start (a Vault that is down
 // fails the pki stage's plan until the vault stage has started it).
-func (r *Runner) plan(ctx context.Context, st Stage, blocked bool) (StageResult, error) {
+func (r *Runner) plan(ctx context.Context, st Stage, blocked bool) (statedir.StageResult, error) {
 	env := r.Env.ForStage(st.Name())
 	start := time.Now()
-	res := StageResult{Name: st.Name()}
+	res := statedir.StageResult{Name: st.Name()}
 	env.Emit(Event{Type: EventStageStart, Message: "planning"})
 	changes, err := st.Plan(ctx, env)
 	res.Duration = time.Since(start)
 	res.Changes = changes
 	switch {
 	case errors.Is(err, ErrNotReady), err != nil && blocked && ctx.Err() == nil:
-		res.Outcome = OutcomeNotReady
+		res.Outcome = statedir.OutcomeNotReady
 		res.Error = env.redact(err.Error())
 		err = nil
 	case err != nil:
-		res.Outcome = OutcomeFailed
+		res.Outcome = statedir.OutcomeFailed
 		if ctx.Err() != nil {
-			res.Outcome = OutcomeInterrupted
+			res.Outcome = statedir.OutcomeInterrupted
 		}
 		res.Error = env.redact(err.Error())
 		err = &StageError{Stage: st.Name(), Err: err}
 	case len(changes) > 0:
-		res.Outcome = OutcomePlanned
+		res.Outcome = statedir.OutcomePlanned
 	default:
-		res.Outcome = OutcomeUnchanged
+		res.Outcome = statedir.OutcomeUnchanged
 	}
 	if len(changes) > 0 {
 		env.Emit(Event{Type: EventPlan, Changes: changes})
@@ -88,7 +90,7 @@ func (r *Runner) plan(ctx context.Context, st Stage, blocked bool) (StageResult,
 // Up converges every selected stage in order: plan, and apply when the plan
 // is not empty. Finished stages are re-planned, so drift is repaired and a
 // killed run continues where it stopped.
-func (r *Runner) Up(ctx context.Context, sel Selection) ([]StageResult, error) {
+func (r *Runner) Up(ctx context.Context, sel Selection) ([]statedir.StageResult, error) {
 	picked := sel.Pick(r.Stages)
 	if r.Approve != nil {
 		ok, err := r.approve(ctx, picked)
@@ -99,7 +101,7 @@ func (r *Runner) Up(ctx context.Context, sel Selection) ([]StageResult, error) {
 			return nil, ErrNotApproved
 		}
 	}
-	var results []StageResult
+	var results []statedir.StageResult
 	for _, st := range picked {
 		res, err := r.up(ctx, st)
 		results = append(results, res)
@@ -113,7 +115,7 @@ func (r *Runner) Up(ctx context.Context, sel Selection) ([]StageResult, error) {
 // approve plans as far as possible and asks once. It returns true at once
 // when nothing would change.
 func (r *Runner) approve(ctx context.Context, picked []Stage) (bool, error) {
-	var plans []StageResult
+	var plans []statedir.StageResult
 	pending := false
 	for _, st := range picked {
 		res, err := r.plan(ctx, st, pending)
@@ -121,10 +123,10 @@ func (r *Runner) approve(ctx context.Context, picked []Stage) (bool, error) {
 			return false, err
 		}
 		plans = append(plans, res)
-		if res.Outcome != OutcomeUnchanged {
+		if res.Outcome != statedir.OutcomeUnchanged {
 			pending = true
 		}
-		if res.Outcome == OutcomeNotReady {
+		if res.Outcome == statedir.OutcomeNotReady {
 			break
 		}
 	}
@@ -134,34 +136,34 @@ func (r *Runner) approve(ctx context.Context, picked []Stage) (bool, error) {
 	return r.Approve(plans)
 }
 
-func (r *Runner) up(ctx context.Context, st Stage) (StageResult, error) {
+func (r *Runner) up(ctx context.Context, st Stage) (statedir.StageResult, error) {
 	name := st.Name()
 	env := r.Env.ForStage(name)
 	state := r.Env.State
 	start := time.Now()
-	res := StageResult{Name: name}
+	res := statedir.StageResult{Name: name}
 	env.Emit(Event{Type: EventStageStart})
 
-	fail := func(status string, err error) (StageResult, error) {
+	fail := func(status statedir.Status, err error) (statedir.StageResult, error) {
 		res.Duration = time.Since(start)
 		// The error is recorded in state.json and the run history, which
 		// must never hold a secret.
 		res.Error = env.redact(err.Error())
-		res.Outcome = OutcomeFailed
-		if status == StatusInterrupted {
-			res.Outcome = OutcomeInterrupted
+		res.Outcome = statedir.OutcomeFailed
+		if status == statedir.StatusInterrupted {
+			res.Outcome = statedir.OutcomeInterrupted
 		}
-		if e := state.SetStage(name, StageState{Status: status, Started: start, Finished: time.Now(), Error: res.Error, Changes: len(res.Changes)}); e != nil {
+		if e := state.SetStage(name, statedir.StageState{Status: status, Started: start, Finished: time.Now(), Error: res.Error, Changes: len(res.Changes)}); e != nil {
 			err = errors.Join(err, e)
 		}
 		env.Emit(Event{Type: EventStageEnd, Outcome: res.Outcome, Duration: res.Duration, Error: res.Error})
 		return res, &StageError{Stage: name, Err: err}
 	}
-	failure := func(err error) (StageResult, error) {
+	failure := func(err error) (statedir.StageResult, error) {
 		if ctx.Err() != nil {
-			return fail(StatusInterrupted, fmt.Errorf("interrupted: %w", err))
+			return fail(statedir.StatusInterrupted, fmt.Errorf("interrupted: %w", err))
 		}
-		return fail(StatusFailed, err)
+		return fail(statedir.StatusFailed, err)
 	}
 
 	// A signal that lands between two stages must stop the run before the
@@ -175,12 +177,12 @@ func (r *Runner) up(ctx context.Context, st Stage) (StageResult, error) {
 	}
 	res.Changes = changes
 	if len(changes) == 0 {
-		res.Outcome = OutcomeUnchanged
+		res.Outcome = statedir.OutcomeUnchanged
 		res.Duration = time.Since(start)
 		// A converged stage is only recorded when its record says otherwise:
 		// a second `up` writes nothing.
-		if prev := state.Stage(name); prev.Status != StatusDone {
-			if err := state.SetStage(name, StageState{Status: StatusDone, Started: start, Finished: time.Now()}); err != nil {
+		if prev := state.Stage(name); prev.Status != statedir.StatusDone {
+			if err := state.SetStage(name, statedir.StageState{Status: statedir.StatusDone, Started: start, Finished: time.Now()}); err != nil {
 				return failure(err)
 			}
 		}
@@ -189,7 +191,7 @@ func (r *Runner) up(ctx context.Context, st Stage) (StageResult, error) {
 	}
 
 	env.Emit(Event{Type: EventPlan, Changes: changes})
-	if err := state.SetStage(name, StageState{Status: StatusRunning, Started: start, Changes: len(changes)}); err != nil {
+	if err := state.SetStage(name, statedir.StageState{Status: statedir.StatusRunning, Started: start, Changes: len(changes)}); err != nil {
 		return failure(err)
 	}
 	if err := st.Apply(ctx, env); err != nil {
@@ -204,9 +206,9 @@ func (r *Runner) up(ctx context.Context, st Stage) (StageResult, error) {
 	if len(left) > 0 {
 		return failure(fmt.Errorf("still %d change(s) after apply, first: %s", len(left), left[0]))
 	}
-	res.Outcome = OutcomeChanged
+	res.Outcome = statedir.OutcomeChanged
 	res.Duration = time.Since(start)
-	if err := state.SetStage(name, StageState{Status: StatusDone, Started: start, Finished: time.Now(), Changes: len(changes)}); err != nil {
+	if err := state.SetStage(name, statedir.StageState{Status: statedir.StatusDone, Started: start, Finished: time.Now(), Changes: len(changes)}); err != nil {
 		return failure(err)
 	}
 	env.Emit(Event{Type: EventStageEnd, Outcome: res.Outcome, Duration: res.Duration, Changes: changes})
@@ -216,9 +218,9 @@ func (r *Runner) up(ctx context.Context, st Stage) (StageResult, error) {
 // Down destroys the selected stages in reverse order. Stages without a
 // Destroy have nothing of their own to remove (their work lives on machines
 // that an earlier stage tears down).
-func (r *Runner) Down(ctx context.Context, sel Selection) ([]StageResult, error) {
+func (r *Runner) Down(ctx context.Context, sel Selection) ([]statedir.StageResult, error) {
 	picked := sel.Pick(r.Stages)
-	var results []StageResult
+	var results []statedir.StageResult
 	for i := len(picked) - 1; i >= 0; i-- {
 		st := picked[i]
 		d, ok := st.(Destroyer)
@@ -232,11 +234,11 @@ func (r *Runner) Down(ctx context.Context, sel Selection) ([]StageResult, error)
 		if err == nil {
 			err = d.Destroy(ctx, env)
 		}
-		res := StageResult{Name: st.Name(), Outcome: OutcomeDestroyed, Duration: time.Since(start)}
+		res := statedir.StageResult{Name: st.Name(), Outcome: statedir.OutcomeDestroyed, Duration: time.Since(start)}
 		if err != nil {
-			res.Outcome = OutcomeFailed
+			res.Outcome = statedir.OutcomeFailed
 			if ctx.Err() != nil {
-				res.Outcome = OutcomeInterrupted
+				res.Outcome = statedir.OutcomeInterrupted
 			}
 			res.Error = env.redact(err.Error())
 		}
@@ -245,7 +247,7 @@ func (r *Runner) Down(ctx context.Context, sel Selection) ([]StageResult, error)
 		if err != nil {
 			return results, &StageError{Stage: st.Name(), Err: err}
 		}
-		if err := r.Env.State.SetStage(st.Name(), StageState{Status: StatusPending}); err != nil {
+		if err := r.Env.State.SetStage(st.Name(), statedir.StageState{Status: statedir.StatusPending}); err != nil {
 			return results, err
 		}
 	}

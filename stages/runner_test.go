@@ -12,6 +12,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/platform-bootstrap/bootstrap/internal/statedir"
 	"github.com/platform-bootstrap/bootstrap/stages"
 )
 
@@ -26,18 +27,18 @@ func TestUpResumesAtFailedStage(t *testing.T) {
 	if se.Err.Error() != "disk full" {
 		t.Errorf("StageError wraps %q, want the stage's error", se.Err)
 	}
-	want := map[string]string{"a": stages.OutcomeChanged, "b": stages.OutcomeChanged, "c": stages.OutcomeFailed}
+	want := map[string]statedir.Outcome{"a": statedir.OutcomeChanged, "b": statedir.OutcomeChanged, "c": statedir.OutcomeFailed}
 	if got := outcomes(res); !reflect.DeepEqual(got, want) {
 		t.Errorf("first run outcomes = %v, want %v", got, want)
 	}
 	if _, n := d.counts(); n != 0 {
 		t.Errorf("stage d applied %d times after c failed", n)
 	}
-	state, err := stages.LoadState(dir)
+	state, err := statedir.Load(dir)
 	if err != nil {
 		t.Fatal(err)
 	}
-	for name, status := range map[string]string{"a": stages.StatusDone, "b": stages.StatusDone, "c": stages.StatusFailed, "d": stages.StatusPending} {
+	for name, status := range map[string]statedir.Status{"a": statedir.StatusDone, "b": statedir.StatusDone, "c": statedir.StatusFailed, "d": statedir.StatusPending} {
 		if got := state.Stage(name); got.Status != status {
 			t.Errorf("state of %s after the failed run = %q, want %q", name, got.Status, status)
 		}
@@ -53,7 +54,7 @@ func TestUpResumesAtFailedStage(t *testing.T) {
 	if err != nil {
 		t.Fatalf("second run: %v", err)
 	}
-	want = map[string]string{"a": stages.OutcomeUnchanged, "b": stages.OutcomeUnchanged, "c": stages.OutcomeChanged, "d": stages.OutcomeChanged}
+	want = map[string]statedir.Outcome{"a": statedir.OutcomeUnchanged, "b": statedir.OutcomeUnchanged, "c": statedir.OutcomeChanged, "d": statedir.OutcomeChanged}
 	if got := outcomes(res); !reflect.DeepEqual(got, want) {
 		t.Errorf("second run outcomes = %v, want %v", got, want)
 	}
@@ -62,9 +63,9 @@ func TestUpResumesAtFailedStage(t *testing.T) {
 			t.Errorf("stage %s applied %d times in both runs, want %d", st.name, got, n)
 		}
 	}
-	state, _ = stages.LoadState(dir)
+	state, _ = statedir.Load(dir)
 	for _, name := range []string{"a", "b", "c", "d"} {
-		if got := state.Stage(name); got.Status != stages.StatusDone || got.Error != "" {
+		if got := state.Stage(name); got.Status != statedir.StatusDone || got.Error != "" {
 			t.Errorf("state of %s after the second run = %+v, want done without error", name, got)
 		}
 	}
@@ -80,14 +81,14 @@ func TestUpFailsWhenApplyLeavesChanges(t *testing.T) {
 	if !strings.Contains(err.Error(), "still 1 change(s) after apply, first: create thing a") {
 		t.Errorf("error = %q, want it to say what is left", err)
 	}
-	if got := outcomes(res); !reflect.DeepEqual(got, map[string]string{"a": stages.OutcomeFailed}) {
+	if got := outcomes(res); !reflect.DeepEqual(got, map[string]statedir.Outcome{"a": statedir.OutcomeFailed}) {
 		t.Errorf("outcomes = %v", got)
 	}
 	if _, n := b.counts(); n != 0 {
 		t.Error("the next stage ran after a stage that did not converge")
 	}
-	state, _ := stages.LoadState(dir)
-	if st := state.Stage("a"); st.Status != stages.StatusFailed || st.Changes != 1 {
+	state, _ := statedir.Load(dir)
+	if st := state.Stage("a"); st.Status != statedir.StatusFailed || st.Changes != 1 {
 		t.Errorf("state of a = %+v, want failed with 1 change", st)
 	}
 }
@@ -103,7 +104,7 @@ func TestUpNotReady(t *testing.T) {
 		if !errors.Is(err, stages.ErrNotReady) {
 			t.Errorf("error %v does not wrap ErrNotReady", err)
 		}
-		if len(res) != 1 || res[0].Outcome != stages.OutcomeFailed || !strings.Contains(res[0].Error, "vault is not initialised") {
+		if len(res) != 1 || res[0].Outcome != statedir.OutcomeFailed || !strings.Contains(res[0].Error, "vault is not initialised") {
 			t.Errorf("results = %+v", res)
 		}
 		if _, n := st.counts(); n != 0 {
@@ -128,12 +129,12 @@ func TestPlanOutcomesAndNoWrites(t *testing.T) {
 	if err != nil {
 		t.Fatalf("plan with a failure after pending changes: %v", err)
 	}
-	want := map[string]string{
-		"done":    stages.OutcomeUnchanged,
-		"pending": stages.OutcomePlanned,
-		"waiting": stages.OutcomeNotReady,
-		"broken":  stages.OutcomeNotReady,
-		"never":   stages.OutcomePlanned,
+	want := map[string]statedir.Outcome{
+		"done":    statedir.OutcomeUnchanged,
+		"pending": statedir.OutcomePlanned,
+		"waiting": statedir.OutcomeNotReady,
+		"broken":  statedir.OutcomeNotReady,
+		"never":   statedir.OutcomePlanned,
 	}
 	if got := outcomes(res); !reflect.DeepEqual(got, want) {
 		t.Errorf("plan outcomes = %v, want %v", got, want)
@@ -144,7 +145,7 @@ func TestPlanOutcomesAndNoWrites(t *testing.T) {
 	// With nothing pending before it, a failing plan is a failure.
 	failed, err := (&stages.Runner{Stages: []stages.Stage{done, broken, newToy("never")}, Env: newEnv(t, t.TempDir(), nil)}).Plan(context.Background(), stages.Selection{})
 	stageError(t, err, "broken")
-	if got := outcomes(failed); !reflect.DeepEqual(got, map[string]string{"done": stages.OutcomeUnchanged, "broken": stages.OutcomeFailed}) {
+	if got := outcomes(failed); !reflect.DeepEqual(got, map[string]statedir.Outcome{"done": statedir.OutcomeUnchanged, "broken": statedir.OutcomeFailed}) {
 		t.Errorf("plan outcomes = %v, want done unchanged and broken failed", got)
 	}
 	if len(res[1].Changes) != 1 || res[1].Changes[0].Target != "thing pending" {
@@ -155,7 +156,7 @@ func TestPlanOutcomesAndNoWrites(t *testing.T) {
 			t.Errorf("plan applied stage %s", st.name)
 		}
 	}
-	if entries, _ := os.ReadDir(dir); slices.ContainsFunc(entries, func(e os.DirEntry) bool { return e.Name() == stages.StateFile }) {
+	if entries, _ := os.ReadDir(dir); slices.ContainsFunc(entries, func(e os.DirEntry) bool { return e.Name() == statedir.StateFile }) {
 		t.Error("plan wrote the state file")
 	}
 	var planned bool
@@ -178,7 +179,7 @@ func TestSecondUpWritesNothing(t *testing.T) {
 	if _, err := r.Up(context.Background(), stages.Selection{}); err != nil {
 		t.Fatal(err)
 	}
-	path := filepath.Join(dir, stages.StateFile)
+	path := filepath.Join(dir, statedir.StateFile)
 	before, err := os.Stat(path)
 	if err != nil {
 		t.Fatal(err)
@@ -191,7 +192,7 @@ func TestSecondUpWritesNothing(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, s := range res {
-		if s.Outcome != stages.OutcomeUnchanged {
+		if s.Outcome != statedir.OutcomeUnchanged {
 			t.Errorf("stage %s: %s on the second run", s.Name, s.Outcome)
 		}
 	}
@@ -220,16 +221,16 @@ func TestConvergedStageRecordedOnce(t *testing.T) {
 	if _, err := r.Up(context.Background(), stages.Selection{}); err != nil {
 		t.Fatal(err)
 	}
-	state, _ := stages.LoadState(dir)
-	if st := state.Stage("a"); st.Status != stages.StatusDone || st.Changes != 0 {
+	state, _ := statedir.Load(dir)
+	if st := state.Stage("a"); st.Status != statedir.StatusDone || st.Changes != 0 {
 		t.Errorf("state of a = %+v, want done", st)
 	}
-	fi1, _ := os.Stat(filepath.Join(dir, stages.StateFile))
+	fi1, _ := os.Stat(filepath.Join(dir, statedir.StateFile))
 	r = &stages.Runner{Stages: stageList(a), Env: newEnv(t, dir, nil)}
 	if _, err := r.Up(context.Background(), stages.Selection{}); err != nil {
 		t.Fatal(err)
 	}
-	fi2, _ := os.Stat(filepath.Join(dir, stages.StateFile))
+	fi2, _ := os.Stat(filepath.Join(dir, statedir.StateFile))
 	if !os.SameFile(fi1, fi2) {
 		t.Error("state.json rewritten for an unchanged stage already recorded as done")
 	}
@@ -252,11 +253,11 @@ func TestUpInterrupted(t *testing.T) {
 	if !errors.Is(err, context.Canceled) || !strings.Contains(err.Error(), "interrupted") {
 		t.Errorf("error = %v, want an interruption wrapping context.Canceled", err)
 	}
-	if got := outcomes(res); got["slow"] != stages.OutcomeInterrupted || len(got) != 2 {
+	if got := outcomes(res); got["slow"] != statedir.OutcomeInterrupted || len(got) != 2 {
 		t.Errorf("outcomes = %v", got)
 	}
-	state, _ := stages.LoadState(dir)
-	if st := state.Stage("slow"); st.Status != stages.StatusInterrupted {
+	state, _ := statedir.Load(dir)
+	if st := state.Stage("slow"); st.Status != statedir.StatusInterrupted {
 		t.Errorf("state of slow = %+v, want interrupted", st)
 	}
 	if _, n := c.counts(); n != 0 {
@@ -277,8 +278,8 @@ func TestUpCancelledBeforeStage(t *testing.T) {
 	if _, n := a.counts(); n != 0 {
 		t.Error("a stage was applied after the run was cancelled")
 	}
-	state, _ := stages.LoadState(dir)
-	if st := state.Stage("a"); st.Status != stages.StatusInterrupted {
+	state, _ := statedir.Load(dir)
+	if st := state.Stage("a"); st.Status != statedir.StatusInterrupted {
 		t.Errorf("state of a = %+v, want interrupted", st)
 	}
 }
@@ -288,21 +289,21 @@ func TestUpApproval(t *testing.T) {
 		dir := t.TempDir()
 		a, b := newToy("a"), newToy("b")
 		b.planErr = stages.NotReadyf("needs a")
-		var asked [][]stages.StageResult
+		var asked [][]statedir.StageResult
 		r := &stages.Runner{Stages: stageList(a, b, newToy("c")), Env: newEnv(t, dir, nil),
-			Approve: func(p []stages.StageResult) (bool, error) { asked = append(asked, p); return false, nil }}
+			Approve: func(p []statedir.StageResult) (bool, error) { asked = append(asked, p); return false, nil }}
 		_, err := r.Up(context.Background(), stages.Selection{})
 		if !errors.Is(err, stages.ErrNotApproved) {
 			t.Fatalf("error = %v, want ErrNotApproved", err)
 		}
 		// Planning stops at the first stage that cannot be planned yet.
-		if len(asked) != 1 || len(asked[0]) != 2 || asked[0][0].Outcome != stages.OutcomePlanned || asked[0][1].Outcome != stages.OutcomeNotReady {
+		if len(asked) != 1 || len(asked[0]) != 2 || asked[0][0].Outcome != statedir.OutcomePlanned || asked[0][1].Outcome != statedir.OutcomeNotReady {
 			t.Errorf("approval asked with %+v", asked)
 		}
 		if _, n := a.counts(); n != 0 {
 			t.Error("a declined plan was applied")
 		}
-		if _, err := os.Stat(filepath.Join(dir, stages.StateFile)); !os.IsNotExist(err) {
+		if _, err := os.Stat(filepath.Join(dir, statedir.StateFile)); !os.IsNotExist(err) {
 			t.Error("a declined run wrote the state file")
 		}
 	})
@@ -310,7 +311,7 @@ func TestUpApproval(t *testing.T) {
 		a := newToy("a")
 		calls := 0
 		r := &stages.Runner{Stages: stageList(a), Env: newEnv(t, t.TempDir(), nil),
-			Approve: func([]stages.StageResult) (bool, error) { calls++; return true, nil }}
+			Approve: func([]statedir.StageResult) (bool, error) { calls++; return true, nil }}
 		if _, err := r.Up(context.Background(), stages.Selection{}); err != nil {
 			t.Fatal(err)
 		}
@@ -350,11 +351,11 @@ func TestDownReverseOrder(t *testing.T) {
 	if want := []string{"d", "a"}; !slices.Equal(order, want) {
 		t.Errorf("destroy order = %v, want %v", order, want)
 	}
-	if len(res) != 2 || res[0].Name != "d" || res[1].Name != "a" || res[0].Outcome != stages.OutcomeDestroyed {
+	if len(res) != 2 || res[0].Name != "d" || res[1].Name != "a" || res[0].Outcome != statedir.OutcomeDestroyed {
 		t.Errorf("down results = %+v", res)
 	}
-	state, _ := stages.LoadState(dir)
-	for name, status := range map[string]string{"a": stages.StatusPending, "b": stages.StatusDone, "c": stages.StatusDone, "d": stages.StatusPending} {
+	state, _ := statedir.Load(dir)
+	for name, status := range map[string]statedir.Status{"a": statedir.StatusPending, "b": statedir.StatusDone, "c": statedir.StatusDone, "d": statedir.StatusPending} {
 		if got := state.Stage(name).Status; got != status {
 			t.Errorf("after down, %s is %q, want %q", name, got, status)
 		}
@@ -446,11 +447,11 @@ func TestStageErrorsRedacted(t *testing.T) {
 	planRes, _ := r.Plan(context.Background(), stages.Selection{})
 	res = append(res, planRes...)
 
-	state, _ := os.ReadFile(filepath.Join(dir, stages.StateFile))
+	state, _ := os.ReadFile(filepath.Join(dir, statedir.StateFile))
 	if bytes.Contains(state, []byte(secret)) {
 		t.Errorf("state.json holds the secret:\n%s", state)
 	}
-	loaded, err := stages.LoadState(dir)
+	loaded, err := statedir.Load(dir)
 	if err != nil {
 		t.Fatal(err)
 	}

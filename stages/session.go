@@ -13,14 +13,15 @@ import (
 
 	"github.com/platform-bootstrap/bootstrap/internal/fsutil"
 	"github.com/platform-bootstrap/bootstrap/internal/secrets"
+	"github.com/platform-bootstrap/bootstrap/internal/statedir"
 )
 
 // Session is one locked run against a state directory: the lock, the state,
 // the secret store and the run's log file and history record.
 type Session struct {
 	Dir     string
-	Lock    *Lock
-	State   *State
+	Lock    *statedir.Lock
+	State   *statedir.State
 	Secrets *secrets.Store
 	RunID   string
 	LogPath string
@@ -33,7 +34,7 @@ type Session struct {
 }
 
 // Open creates the state directory if needed (0700), takes its lock, and
-// opens the state, the secret store and a new log file. A LockedError means
+// opens the state, the secret store and a new log file. A statedir.LockedError means
 // another run holds the directory.
 func Open(dir, command string, red *secrets.Redactor) (*Session, error) {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
@@ -42,7 +43,7 @@ func Open(dir, command string, red *secrets.Redactor) (*Session, error) {
 	if err := os.Chmod(dir, 0o700); err != nil {
 		return nil, fmt.Errorf("state directory: %w", err)
 	}
-	lock, err := AcquireLock(dir, command)
+	lock, err := statedir.AcquireLock(dir, command)
 	if err != nil {
 		return nil, err
 	}
@@ -54,7 +55,7 @@ func Open(dir, command string, red *secrets.Redactor) (*Session, error) {
 	if err := removeTemps(dir); err != nil {
 		return fail(err)
 	}
-	if s.State, err = LoadState(dir); err != nil {
+	if s.State, err = statedir.Load(dir); err != nil {
 		return fail(err)
 	}
 	if s.Secrets, err = secrets.Open(filepath.Join(dir, "secrets"), red); err != nil {
@@ -77,8 +78,8 @@ func Open(dir, command string, red *secrets.Redactor) (*Session, error) {
 // the lock, for commands that only read (status, env). Such a command may run
 // beside an `up`, so it deletes nothing: a temporary file in the directory may
 // be that run's atomic write in flight.
-func OpenReadOnly(dir string, red *secrets.Redactor) (*State, *secrets.Store, error) {
-	state, err := LoadState(dir)
+func OpenReadOnly(dir string, red *secrets.Redactor) (*statedir.State, *secrets.Store, error) {
+	state, err := statedir.Load(dir)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -117,20 +118,13 @@ func removeTemps(dir string) error {
 // LogWriter is the run's log file, redacted line by line.
 func (s *Session) LogWriter() io.Writer { return s.logw }
 
-// Event writes an event to the log file as a plain line.
-func (s *Session) Event(e Event) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	io.WriteString(s.logw, PlainLine(e))
-}
-
 // Close records the run in the history, closes the log and releases the lock.
-func (s *Session) Close(results []StageResult, runErr error) error {
+func (s *Session) Close(results []statedir.StageResult, runErr error) error {
 	outcome := "ok"
 	if runErr != nil {
 		outcome = "failed"
 	}
-	rec := RunRecord{
+	rec := statedir.RunRecord{
 		ID: s.RunID, Command: s.command, Started: s.started, Finished: time.Now().UTC(),
 		Outcome: outcome, Stages: results, LogFile: s.LogPath,
 	}
@@ -140,65 +134,17 @@ func (s *Session) Close(results []StageResult, runErr error) error {
 	}
 	// The history outlives the run; it must not keep a secret a stage put
 	// in an error or a change.
-	rec.Stages = make([]StageResult, len(results))
+	rec.Stages = make([]statedir.StageResult, len(results))
 	for i, r := range results {
 		r.Error = red.String(r.Error)
 		r.Changes = redactChanges(red, r.Changes)
 		rec.Stages[i] = r
 	}
-	err := SaveRun(s.Dir, rec)
+	err := statedir.SaveRun(s.Dir, rec)
 	s.mu.Lock()
 	err = errors.Join(err, s.logw.Close(), s.log.Close())
 	s.mu.Unlock()
 	return errors.Join(err, s.Lock.Release())
-}
-
-// PlainLine renders an event as one timestamped line (with the plan's changes
-// on the following lines), the format of CI output and of the log file.
-func PlainLine(e Event) string {
-	var b strings.Builder
-	ts := e.Time.UTC().Format("2006-01-02T15:04:05Z")
-	prefix := ts
-	if e.Stage != "" {
-		prefix += " [" + e.Stage + "]"
-	}
-	switch e.Type {
-	case EventRunStart:
-		fmt.Fprintf(&b, "%s %s: run %s\n", prefix, e.Command, e.Run)
-		if e.Stale != nil {
-			fmt.Fprintf(&b, "%s warning: the previous run (%s) ended without releasing the lock; taking it over\n", prefix, e.Stale)
-		}
-	case EventStageStart:
-		msg := e.Message
-		if msg == "" {
-			msg = "started"
-		}
-		fmt.Fprintf(&b, "%s %s\n", prefix, msg)
-	case EventPlan:
-		fmt.Fprintf(&b, "%s %d change(s):\n", prefix, len(e.Changes))
-		for _, c := range e.Changes {
-			fmt.Fprintf(&b, "%s   %s %s\n", prefix, c.Action.Mark(), c)
-		}
-	case EventStep, EventLog:
-		fmt.Fprintf(&b, "%s %s\n", prefix, e.Message)
-	case EventWarning:
-		fmt.Fprintf(&b, "%s warning: %s\n", prefix, e.Message)
-	case EventStageEnd:
-		fmt.Fprintf(&b, "%s %s in %s", prefix, e.Outcome, e.Duration.Round(10*time.Millisecond))
-		if e.Error != "" {
-			fmt.Fprintf(&b, ": %s", e.Error)
-		}
-		b.WriteString("\n")
-	case EventRunEnd:
-		fmt.Fprintf(&b, "%s %s finished in %s", prefix, e.Command, e.Duration.Round(10*time.Millisecond))
-		if e.Error != "" {
-			fmt.Fprintf(&b, " with error: %s", e.Error)
-		}
-		b.WriteString("\n")
-	default:
-		fmt.Fprintf(&b, "%s %s %s\n", prefix, e.Type, e.Message)
-	}
-	return b.String()
 }
 
 // Purge removes everything a platform left in the state directory — node
@@ -214,7 +160,7 @@ func (s *Session) Purge() error {
 	var errs []error
 	for _, ent := range entries {
 		switch ent.Name() {
-		case "logs", "runs", LockFile:
+		case "logs", "runs", statedir.LockFile:
 			continue
 		}
 		errs = append(errs, os.RemoveAll(filepath.Join(s.Dir, ent.Name())))

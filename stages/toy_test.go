@@ -8,6 +8,7 @@ import (
 	"testing"
 
 	"github.com/platform-bootstrap/bootstrap/internal/secrets"
+	"github.com/platform-bootstrap/bootstrap/internal/statedir"
 	"github.com/platform-bootstrap/bootstrap/stages"
 )
 
@@ -128,7 +129,7 @@ func newEnv(t testing.TB, dir string, rec *recorder) *stages.Env {
 	if err != nil {
 		t.Fatal(err)
 	}
-	state, err := stages.LoadState(dir)
+	state, err := statedir.Load(dir)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -147,8 +148,8 @@ func stageList(ts ...*toy) []stages.Stage {
 	return out
 }
 
-func outcomes(res []stages.StageResult) map[string]string {
-	m := map[string]string{}
+func outcomes(res []statedir.StageResult) map[string]statedir.Outcome {
+	m := map[string]statedir.Outcome{}
 	for _, r := range res {
 		m[r.Name] = r.Outcome
 	}

@@ -8,6 +8,7 @@ import (
 	"testing"
 
 	"github.com/platform-bootstrap/bootstrap/internal/secrets"
+	"github.com/platform-bootstrap/bootstrap/internal/statedir"
 	"github.com/platform-bootstrap/bootstrap/stages"
 	"github.com/platform-bootstrap/bootstrap/stages/consul"
 	"github.com/platform-bootstrap/bootstrap/stages/nomad"
@@ -19,7 +20,7 @@ func platformState(t *testing.T, withAdminToken bool) string {
 	t.Helper()
 	dir := filepath.Join(t.TempDir(), "state")
 	os.MkdirAll(dir, 0o700)
-	st, err := stages.LoadState(dir)
+	st, err := statedir.Load(dir)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -19,6 +19,7 @@ import (
 	"github.com/platform-bootstrap/bootstrap/internal/apitls"
 	"github.com/platform-bootstrap/bootstrap/internal/config"
 	"github.com/platform-bootstrap/bootstrap/internal/secrets"
+	"github.com/platform-bootstrap/bootstrap/internal/statedir"
 	"github.com/platform-bootstrap/bootstrap/stages"
 	"github.com/platform-bootstrap/bootstrap/stages/consul"
 	"github.com/platform-bootstrap/bootstrap/stages/nomad"
@@ -67,7 +68,7 @@ func (g *globals) openReadOnly() (*stages.Env, error) {
 		return nil, err
 	}
 	dir := g.stateDirFor(cfg)
-	if _, err := os.Stat(filepath.Join(dir, stages.StateFile)); err != nil {
+	if _, err := os.Stat(filepath.Join(dir, statedir.StateFile)); err != nil {
 		return nil, &exitError{code: exitFailure, err: fmt.Errorf("no platform state in %s: run `bootstrap up` first", dir)}
 	}
 	// Without the lock an `up` may be writing beside us: nothing in the
@@ -93,7 +94,7 @@ func newStatusCmd(g *globals) *cobra.Command {
 			defer cancel()
 			type stageRow struct {
 				Name string `json:"name"`
-				stages.StageState
+				statedir.StageState
 			}
 			var rows []stageRow
 			var lines []stages.StatusLine

@@ -13,6 +13,7 @@ import (
 	"syscall"
 	"testing"
 
+	"github.com/platform-bootstrap/bootstrap/internal/statedir"
 	"github.com/platform-bootstrap/bootstrap/stages"
 )
 
@@ -21,7 +22,7 @@ import (
 func TestLockHeldExits3(t *testing.T) {
 	cfg := minimalConfig(t)
 	state := populatedStateDir(t)
-	l, err := stages.AcquireLock(state, "up")
+	l, err := statedir.AcquireLock(state, "up")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -86,7 +87,7 @@ func TestStaleLockWarning(t *testing.T) {
 	if !re.MatchString(r.stdout) {
 		t.Errorf("plain output lacks the stale-lock warning for pid %d:\n%s", pid, r.stdout)
 	}
-	runs, err := stages.LoadRuns(state)
+	runs, err := statedir.LoadRuns(state)
 	if err != nil || len(runs) != 1 {
 		t.Fatalf("runs = %v, %v", runs, err)
 	}
@@ -104,8 +105,8 @@ func TestStaleLockWarning(t *testing.T) {
 	r = runIn(t, filepath.Dir(cfg), nil, "plan", "-c", cfg, "--state-dir", state, "--output", "json")
 	first, _, _ := strings.Cut(r.stdout, "\n")
 	var ev struct {
-		Type  string             `json:"type"`
-		Stale *stages.LockHolder `json:"stale_lock"`
+		Type  string               `json:"type"`
+		Stale *statedir.LockHolder `json:"stale_lock"`
 	}
 	if err := json.Unmarshal([]byte(first), &ev); err != nil || ev.Type != stages.EventRunStart || ev.Stale == nil || ev.Stale.PID != pid || ev.Stale.Host != host || ev.Stale.Command != "hold" {
 		t.Errorf("first JSON event %s (%v), want run_start with stale_lock pid %d", first, err, pid)

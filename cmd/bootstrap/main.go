@@ -14,6 +14,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/platform-bootstrap/bootstrap/internal/config"
+	"github.com/platform-bootstrap/bootstrap/internal/statedir"
 	"github.com/platform-bootstrap/bootstrap/stages"
 	"github.com/platform-bootstrap/bootstrap/stages/platform"
 )
@@ -71,7 +72,7 @@ func exitCode(err error, stderr io.Writer) int {
 		}
 		return ee.code
 	}
-	var le *stages.LockedError
+	var le *statedir.LockedError
 	if errors.As(err, &le) {
 		fmt.Fprintln(stderr, "Error:", err)
 		return exitLocked

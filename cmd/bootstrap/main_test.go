@@ -16,6 +16,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/platform-bootstrap/bootstrap/internal/statedir"
 	"github.com/platform-bootstrap/bootstrap/stages"
 )
 
@@ -141,9 +142,9 @@ func populatedStateDir(t *testing.T) string {
 	t.Helper()
 	dir := filepath.Join(t.TempDir(), "state")
 	os.MkdirAll(filepath.Join(dir, "secrets", "vault"), 0o700)
-	os.WriteFile(filepath.Join(dir, stages.StateFile), []byte(`{"version":1,"stages":{"keys":{"status":"done","changes":3}},"outputs":{"vault_addr":"https://127.0.1.1:8200"}}`+"\n"), 0o600)
+	os.WriteFile(filepath.Join(dir, statedir.StateFile), []byte(`{"version":1,"stages":{"keys":{"status":"done","changes":3}},"outputs":{"vault_addr":"https://127.0.1.1:8200"}}`+"\n"), 0o600)
 	os.WriteFile(filepath.Join(dir, "secrets", "vault", "root-token"), []byte("hvs.populated-root-token"), 0o600)
-	os.WriteFile(filepath.Join(dir, stages.LockFile), nil, 0o600)
+	os.WriteFile(filepath.Join(dir, statedir.LockFile), nil, 0o600)
 	return dir
 }
 
@@ -154,7 +155,7 @@ func cliHelper(mode string) int {
 	if mode == "hold" { // take the lock and wait to be killed
 		dir := os.Getenv("HELPER_STATE")
 		os.MkdirAll(dir, 0o700)
-		if _, err := stages.AcquireLock(dir, "hold"); err != nil {
+		if _, err := statedir.AcquireLock(dir, "hold"); err != nil {
 			fmt.Println(err)
 			return 1
 		}
@@ -167,7 +168,7 @@ func cliHelper(mode string) int {
 		config: os.Getenv("HELPER_CONFIG"), stateDir: os.Getenv("HELPER_STATE"),
 		output: "plain", autoApprove: true,
 	}
-	err := g.execute("up", func(ctx context.Context, r *stages.Runner, sel stages.Selection, _ *stages.Session) ([]stages.StageResult, error) {
+	err := g.execute("up", func(ctx context.Context, r *stages.Runner, sel stages.Selection, _ *stages.Session) ([]statedir.StageResult, error) {
 		r.Stages = []stages.Stage{outputStage("first"), slowStage{stubborn: mode == "stubborn"}}
 		return r.Up(ctx, sel)
 	})

@@ -13,6 +13,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/platform-bootstrap/bootstrap/internal/statedir"
 	"github.com/platform-bootstrap/bootstrap/stages"
 )
 
@@ -95,7 +96,7 @@ func execute(t *testing.T, output, cfg, state string, all ...stages.Stage) (stri
 	defer stdout.Close()
 	defer stderr.Close()
 	g := &globals{stdin: os.Stdin, stdout: stdout, stderr: stderr, config: cfg, stateDir: state, output: output, autoApprove: true}
-	err := g.execute("up", func(ctx context.Context, r *stages.Runner, sel stages.Selection, _ *stages.Session) ([]stages.StageResult, error) {
+	err := g.execute("up", func(ctx context.Context, r *stages.Runner, sel stages.Selection, _ *stages.Session) ([]statedir.StageResult, error) {
 		r.Stages = all
 		return r.Up(ctx, sel)
 	})

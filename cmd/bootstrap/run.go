@@ -20,6 +20,7 @@ import (
 	"github.com/platform-bootstrap/bootstrap/internal/config"
 	"github.com/platform-bootstrap/bootstrap/internal/inventory"
 	"github.com/platform-bootstrap/bootstrap/internal/secrets"
+	"github.com/platform-bootstrap/bootstrap/internal/statedir"
 	"github.com/platform-bootstrap/bootstrap/internal/ui"
 	"github.com/platform-bootstrap/bootstrap/stages"
 	"github.com/platform-bootstrap/bootstrap/stages/nomad"
@@ -32,7 +33,7 @@ func newUpCmd(g *globals) *cobra.Command {
 		Short: "Bring the platform up, or finish and repair it (converges; safe to re-run)",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			return g.execute("up", func(ctx context.Context, r *stages.Runner, sel stages.Selection, sess *stages.Session) ([]stages.StageResult, error) {
+			return g.execute("up", func(ctx context.Context, r *stages.Runner, sel stages.Selection, sess *stages.Session) ([]statedir.StageResult, error) {
 				return r.Up(ctx, sel)
 			})
 		},
@@ -47,10 +48,10 @@ func newPlanCmd(g *globals) *cobra.Command {
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			g.autoApprove = true
 			var pending bool
-			err := g.execute("plan", func(ctx context.Context, r *stages.Runner, sel stages.Selection, sess *stages.Session) ([]stages.StageResult, error) {
+			err := g.execute("plan", func(ctx context.Context, r *stages.Runner, sel stages.Selection, sess *stages.Session) ([]statedir.StageResult, error) {
 				res, err := r.Plan(ctx, sel)
 				for _, s := range res {
-					if s.Outcome != stages.OutcomeUnchanged {
+					if s.Outcome != statedir.OutcomeUnchanged {
 						pending = true
 					}
 				}
@@ -70,7 +71,7 @@ func newDownCmd(g *globals) *cobra.Command {
 		Short: "Stop and remove everything the platform runs and provisioned",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			return g.execute("down", func(ctx context.Context, r *stages.Runner, sel stages.Selection, sess *stages.Session) ([]stages.StageResult, error) {
+			return g.execute("down", func(ctx context.Context, r *stages.Runner, sel stages.Selection, sess *stages.Session) ([]statedir.StageResult, error) {
 				if g.interactive() {
 					ok, err := g.confirm("This stops every node and destroys the platform, its data and its secrets. Continue?")
 					if err != nil || !ok {
@@ -151,7 +152,7 @@ func configSecrets(cfg *config.Platform) []string {
 	return out
 }
 
-type runFunc func(ctx context.Context, r *stages.Runner, sel stages.Selection, sess *stages.Session) ([]stages.StageResult, error)
+type runFunc func(ctx context.Context, r *stages.Runner, sel stages.Selection, sess *stages.Session) ([]statedir.StageResult, error)
 
 // execute runs one locked command: config, lock, stages, output, summary.
 func (g *globals) execute(command string, fn runFunc) error {
@@ -162,7 +163,7 @@ func (g *globals) execute(command string, fn runFunc) error {
 	stateDir := g.stateDirFor(cfg)
 	sess, err := stages.Open(stateDir, command, red)
 	if err != nil {
-		var le *stages.LockedError
+		var le *statedir.LockedError
 		if errors.As(err, &le) {
 			return &exitError{code: exitLocked, err: err}
 		}
@@ -181,18 +182,19 @@ func (g *globals) execute(command string, fn runFunc) error {
 		names = append(names, s.Name())
 	}
 	sink := ui.New(mode, out, names)
+	logSink := ui.NewLog(sess.LogWriter())
 	reporter := stages.ReporterFunc(func(e stages.Event) {
 		sink.Event(e)
-		sess.Event(e)
+		logSink.Event(e)
 	})
 	env := stages.NewEnv(cfg, stateDir, sess.Secrets, sess.State, sess.LogWriter(), reporter)
 	runner := &stages.Runner{Stages: all, Env: env}
 	if command == "up" && g.interactive() {
-		runner.Approve = func(plans []stages.StageResult) (bool, error) {
+		runner.Approve = func(plans []statedir.StageResult) (bool, error) {
 			sink.Close()
 			sink = ui.New(ui.ModePlain, io.Discard, nil)
 			w := red.Writer(g.stdout)
-			printPlans(w, plans)
+			ui.Plans(w, plans)
 			w.Close()
 			ok, err := g.confirm("Apply these changes?")
 			if ok {
@@ -245,34 +247,9 @@ func (g *globals) execute(command string, fn runFunc) error {
 	return nil
 }
 
-func printPlans(w io.Writer, plans []stages.StageResult) {
-	fmt.Fprintln(w, "bootstrap will make these changes:")
-	for _, p := range plans {
-		switch p.Outcome {
-		case stages.OutcomeUnchanged:
-			fmt.Fprintf(w, "  %s: no changes\n", p.Name)
-		case stages.OutcomePlanned:
-			fmt.Fprintf(w, "  %s:\n", p.Name)
-			for _, c := range p.Changes {
-				fmt.Fprintf(w, "      %s\n", c)
-			}
-		default:
-			fmt.Fprintf(w, "  %s: %s\n", p.Name, p.Error)
-		}
-	}
-}
-
-func printSummary(w *secrets.LineWriter, command string, results []stages.StageResult, took time.Duration, sess *stages.Session, cfg *config.Platform, self string, runErr error) {
+func printSummary(w *secrets.LineWriter, command string, results []statedir.StageResult, took time.Duration, sess *stages.Session, cfg *config.Platform, self string, runErr error) {
 	defer w.Close()
-	if len(results) > 0 {
-		fmt.Fprintln(w)
-		tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
-		fmt.Fprintln(tw, "STAGE\tOUTCOME\tDURATION\tCHANGES")
-		for _, r := range results {
-			fmt.Fprintf(tw, "%s\t%s\t%s\t%d\n", r.Name, r.Outcome, r.Duration.Round(10*time.Millisecond), len(r.Changes))
-		}
-		tw.Flush()
-	}
+	ui.Results(w, results)
 	status := "Finished"
 	if runErr != nil {
 		status = "Failed"

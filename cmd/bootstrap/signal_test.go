@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/platform-bootstrap/bootstrap/internal/statedir"
 	"github.com/platform-bootstrap/bootstrap/stages"
 )
 
@@ -118,17 +119,17 @@ func TestSignalInterruptsUp(t *testing.T) {
 			if !strings.Contains(out, "[slow] interrupted in") || !strings.Contains(out, "Fix the cause and run `bootstrap up` again") {
 				t.Errorf("stdout:\n%s", out)
 			}
-			st, err := stages.LoadState(state)
+			st, err := statedir.Load(state)
 			if err != nil {
 				t.Fatal(err)
 			}
-			if s := st.Stage("first"); s.Status != stages.StatusDone {
+			if s := st.Stage("first"); s.Status != statedir.StatusDone {
 				t.Errorf("first = %+v", s)
 			}
-			if s := st.Stage("slow"); s.Status != stages.StatusInterrupted || s.Error != "interrupted: context canceled" {
+			if s := st.Stage("slow"); s.Status != statedir.StatusInterrupted || s.Error != "interrupted: context canceled" {
 				t.Errorf("slow = %+v, want interrupted", s)
 			}
-			runs, _ := stages.LoadRuns(state)
+			runs, _ := statedir.LoadRuns(state)
 			if len(runs) != 1 || runs[0].Outcome != "failed" {
 				t.Errorf("runs = %+v", runs)
 			}
@@ -175,7 +176,7 @@ loop:
 	if !ws.Signaled() || ws.Signal() != syscall.SIGTERM {
 		t.Fatalf("exit %v, want killed by SIGTERM", ws)
 	}
-	l, err := stages.AcquireLock(state, "up")
+	l, err := statedir.AcquireLock(state, "up")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -183,8 +184,8 @@ loop:
 	if l.Stale == nil || l.Stale.PID != c.cmd.Process.Pid {
 		t.Errorf("Stale = %+v, want the killed run %d", l.Stale, c.cmd.Process.Pid)
 	}
-	st, _ := stages.LoadState(state)
-	if s := st.Stage("slow"); s.Status != stages.StatusRunning {
+	st, _ := statedir.Load(state)
+	if s := st.Stage("slow"); s.Status != statedir.StatusRunning {
 		t.Errorf("slow = %+v, want still running (the process died inside it)", s)
 	}
 }

@@ -16,6 +16,7 @@ import (
 	"github.com/charmbracelet/lipgloss"
 	"golang.org/x/term"
 
+	"github.com/platform-bootstrap/bootstrap/internal/statedir"
 	"github.com/platform-bootstrap/bootstrap/stages"
 )
 
@@ -62,22 +63,6 @@ func New(mode string, w io.Writer, stageNames []string) Sink {
 	}
 }
 
-type plainSink struct {
-	mu sync.Mutex
-	w  io.Writer
-}
-
-func (p *plainSink) Event(e stages.Event) {
-	if e.Type == stages.EventLog {
-		return // detail goes to the log file
-	}
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	io.WriteString(p.w, stages.PlainLine(e))
-}
-
-func (p *plainSink) Close() {}
-
 type jsonSink struct {
 	mu  sync.Mutex
 	enc *json.Encoder
@@ -102,7 +87,7 @@ func newLive(w io.Writer, names []string) *live {
 	m := model{spin: spinner.New(spinner.WithSpinner(spinner.Dot)), rows: map[string]*row{}}
 	for _, n := range names {
 		m.order = append(m.order, n)
-		m.rows[n] = &row{status: "pending"}
+		m.rows[n] = &row{status: waiting}
 	}
 	l := &live{done: make(chan struct{})}
 	l.prog = tea.NewProgram(m, tea.WithOutput(w), tea.WithInput(nil), tea.WithoutSignalHandler())
@@ -150,8 +135,14 @@ func (l *live) Close() {
 
 type quit struct{}
 
+// A row waits, then runs, then shows the stage's outcome.
+const (
+	waiting statedir.Outcome = "pending"
+	running statedir.Outcome = "running"
+)
+
 type row struct {
-	status  string
+	status  statedir.Outcome
 	started time.Time
 	elapsed time.Duration
 	step    string
@@ -185,13 +176,13 @@ func (m model) Update(msg tea.Msg) (tea.Model, tea.Cmd) {
 	case stages.Event:
 		r := m.rows[msg.Stage]
 		if r == nil && msg.Stage != "" {
-			r = &row{status: "pending"}
+			r = &row{status: waiting}
 			m.rows[msg.Stage] = r
 			m.order = append(m.order, msg.Stage)
 		}
 		switch msg.Type {
 		case stages.EventStageStart:
-			r.status, r.started, r.step = "running", msg.Time, msg.Message
+			r.status, r.started, r.step = running, msg.Time, msg.Message
 		case stages.EventStep:
 			r.step = msg.Message
 		case stages.EventStageEnd:
@@ -205,19 +196,27 @@ func (m model) View() string {
 	var b strings.Builder
 	for _, n := range m.order {
 		r := m.rows[n]
+		elapsed := r.elapsed.Round(100 * time.Millisecond)
 		switch r.status {
-		case "pending":
+		case waiting:
 			fmt.Fprintf(&b, "  %s %s\n", dimStyle.Render("·"), dimStyle.Render(n))
-		case "running":
+		case running:
 			fmt.Fprintf(&b, "  %s %-10s %s  %s\n", m.spin.View(), n, time.Since(r.started).Round(time.Second), dimStyle.Render(r.step))
-		case stages.OutcomeFailed, stages.OutcomeInterrupted:
-			fmt.Fprintf(&b, "  %s %-10s %s  %s\n", failStyle.Render("✗"), n, r.elapsed.Round(100*time.Millisecond), failStyle.Render(r.status+": "+r.err))
+		case statedir.OutcomeFailed, statedir.OutcomeInterrupted:
+			fmt.Fprintf(&b, "  %s %-10s %s  %s\n", failStyle.Render("✗"), n, elapsed, failStyle.Render(string(r.status)+": "+r.err))
+		case statedir.OutcomeNotReady:
+			// Not run: it waits for earlier stages, so no check mark.
+			fmt.Fprintf(&b, "  %s %-10s %s\n", warnStyle.Render("…"), n, dimStyle.Render(string(r.status)))
+		case statedir.OutcomePlanned:
+			fmt.Fprintf(&b, "  %s %-10s %s  %s\n", warnStyle.Render("~"), n, elapsed, warnStyle.Render(fmt.Sprintf("%d change(s) planned", r.changes)))
+		case statedir.OutcomeUnchanged:
+			fmt.Fprintf(&b, "  %s %-10s %s  %s\n", dimStyle.Render("="), n, elapsed, dimStyle.Render(string(r.status)))
 		default:
-			detail := r.status
+			detail := string(r.status)
 			if r.changes > 0 {
 				detail = fmt.Sprintf("%s, %d change(s)", r.status, r.changes)
 			}
-			fmt.Fprintf(&b, "  %s %-10s %s  %s\n", okStyle.Render("✓"), n, r.elapsed.Round(100*time.Millisecond), dimStyle.Render(detail))
+			fmt.Fprintf(&b, "  %s %-10s %s  %s\n", okStyle.Render("✓"), n, elapsed, dimStyle.Render(detail))
 		}
 	}
 	return b.String()

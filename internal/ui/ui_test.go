@@ -13,6 +13,7 @@ import (
 
 	"github.com/charmbracelet/bubbles/spinner"
 
+	"github.com/platform-bootstrap/bootstrap/internal/statedir"
 	"github.com/platform-bootstrap/bootstrap/stages"
 )
 
@@ -41,17 +42,17 @@ func TestResolve(t *testing.T) {
 func events() []stages.Event {
 	ts := time.Date(2025, 5, 6, 7, 8, 9, 0, time.UTC)
 	return []stages.Event{
-		{Time: ts, Type: stages.EventRunStart, Command: "up", Run: "r1", Stale: &stages.LockHolder{PID: 7, Host: "h", Started: ts, Command: "up"}},
+		{Time: ts, Type: stages.EventRunStart, Command: "up", Run: "r1", Stale: &statedir.LockHolder{PID: 7, Host: "h", Started: ts, Command: "up"}},
 		{Time: ts, Type: stages.EventStageStart, Stage: "keys"},
 		{Time: ts, Type: stages.EventPlan, Stage: "keys", Changes: []stages.Change{{Action: "generate", Target: "ssh key"}, {Action: "generate", Target: "gossip key"}}},
 		{Time: ts, Type: stages.EventStep, Stage: "keys", Message: "writing keys"},
 		{Time: ts, Type: stages.EventLog, Stage: "keys", Message: "detail for the log only"},
 		{Time: ts, Type: stages.EventWarning, Stage: "keys", Message: "entropy low"},
-		{Time: ts, Type: stages.EventStageEnd, Stage: "keys", Outcome: stages.OutcomeChanged, Duration: time.Second, Changes: []stages.Change{{Action: "generate", Target: "ssh key"}}},
+		{Time: ts, Type: stages.EventStageEnd, Stage: "keys", Outcome: statedir.OutcomeChanged, Duration: time.Second, Changes: []stages.Change{{Action: "generate", Target: "ssh key"}}},
 		{Time: ts, Type: stages.EventStageStart, Stage: "vault"},
-		{Time: ts, Type: stages.EventStageEnd, Stage: "vault", Outcome: stages.OutcomeFailed, Duration: 2 * time.Second, Error: "vault sealed"},
+		{Time: ts, Type: stages.EventStageEnd, Stage: "vault", Outcome: statedir.OutcomeFailed, Duration: 2 * time.Second, Error: "vault sealed"},
 		{Time: ts, Type: stages.EventRunEnd, Command: "up", Duration: 3 * time.Second, Error: "stage vault: vault sealed",
-			Stages: []stages.StageResult{{Name: "keys", Outcome: stages.OutcomeChanged}, {Name: "vault", Outcome: stages.OutcomeFailed}}},
+			Stages: []statedir.StageResult{{Name: "keys", Outcome: statedir.OutcomeChanged}, {Name: "vault", Outcome: statedir.OutcomeFailed}}},
 	}
 }
 
@@ -102,7 +103,7 @@ func TestJSONSink(t *testing.T) {
 		if err := json.Unmarshal([]byte(l), &m); err != nil {
 			t.Fatalf("line %d is not JSON: %v\n%s", i, err, l)
 		}
-		if m["type"] != in[i].Type || m["time"] != "2025-05-06T07:08:09Z" {
+		if m["type"] != string(in[i].Type) || m["time"] != "2025-05-06T07:08:09Z" {
 			t.Errorf("line %d: type %v time %v", i, m["type"], m["time"])
 		}
 		var back stages.Event
@@ -188,5 +189,28 @@ func TestLiveSinkStartsAndStops(t *testing.T) {
 	}
 	if !slices.IsSorted(at) {
 		t.Errorf("lines out of order (%v):\n%q", at, out)
+	}
+}
+
+func TestPlainLine(t *testing.T) {
+	ts := time.Date(2025, 3, 4, 5, 6, 7, 0, time.UTC)
+	holder := &statedir.LockHolder{PID: 42, Host: "ci", Started: ts, Command: "up"}
+	for _, tc := range []struct {
+		e    stages.Event
+		want string
+	}{
+		{stages.Event{Time: ts, Type: stages.EventRunStart, Command: "up", Run: "r1"}, "2025-03-04T05:06:07Z up: run r1\n"},
+		{stages.Event{Time: ts, Type: stages.EventRunStart, Command: "up", Run: "r1", Stale: holder},
+			"2025-03-04T05:06:07Z up: run r1\n2025-03-04T05:06:07Z warning: the previous run (pid 42 on ci (up, started 2025-03-04T05:06:07Z)) ended without releasing the lock; taking it over\n"},
+		{stages.Event{Time: ts, Type: stages.EventStageStart, Stage: "vault"}, "2025-03-04T05:06:07Z [vault] started\n"},
+		{stages.Event{Time: ts, Type: stages.EventPlan, Stage: "pki", Changes: []stages.Change{{Action: "create", Target: "mount consul/root-ca"}, {Action: "update", Target: "role", Detail: "ttl"}, {Action: "delete", Target: "old"}}},
+			"2025-03-04T05:06:07Z [pki] 3 change(s):\n2025-03-04T05:06:07Z [pki]   + create mount consul/root-ca\n2025-03-04T05:06:07Z [pki]   ~ update role (ttl)\n2025-03-04T05:06:07Z [pki]   - delete old\n"},
+		{stages.Event{Time: ts, Type: stages.EventWarning, Stage: "nomad", Message: "slow"}, "2025-03-04T05:06:07Z [nomad] warning: slow\n"},
+		{stages.Event{Time: ts, Type: stages.EventStageEnd, Stage: "vault", Outcome: statedir.OutcomeFailed, Duration: 1234 * time.Millisecond, Error: "boom"}, "2025-03-04T05:06:07Z [vault] failed in 1.23s: boom\n"},
+		{stages.Event{Time: ts, Type: stages.EventRunEnd, Command: "up", Duration: 2 * time.Second}, "2025-03-04T05:06:07Z up finished in 2s\n"},
+	} {
+		if got := PlainLine(tc.e); got != tc.want {
+			t.Errorf("PlainLine(%s) =\n%q\nwant\n%q", tc.e.Type, got, tc.want)
+		}
 	}
 }

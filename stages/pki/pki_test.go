@@ -9,6 +9,7 @@ import (
 	"sync"
 	"testing"
 
+	"github.com/platform-bootstrap/bootstrap/internal/statedir"
 	"github.com/platform-bootstrap/bootstrap/internal/testcluster"
 	vaultpki "github.com/platform-bootstrap/bootstrap/pki"
 	"github.com/platform-bootstrap/bootstrap/stages"
@@ -65,14 +66,14 @@ func TestUpTwice(t *testing.T) {
 	if err != nil {
 		t.Fatalf("first up: %v", err)
 	}
-	if res[0].Outcome != stages.OutcomeChanged || len(res[0].Changes) == 0 {
+	if res[0].Outcome != statedir.OutcomeChanged || len(res[0].Changes) == 0 {
 		t.Fatalf("first up: %+v", res[0])
 	}
 	res, err = r.Up(ctx, stages.Selection{})
 	if err != nil {
 		t.Fatalf("second up: %v", err)
 	}
-	if res[0].Outcome != stages.OutcomeUnchanged {
+	if res[0].Outcome != statedir.OutcomeUnchanged {
 		t.Fatalf("second up: %s with changes %v", res[0].Outcome, res[0].Changes)
 	}
 

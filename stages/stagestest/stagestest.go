@@ -7,6 +7,7 @@ import (
 
 	"github.com/platform-bootstrap/bootstrap/internal/config"
 	"github.com/platform-bootstrap/bootstrap/internal/secrets"
+	"github.com/platform-bootstrap/bootstrap/internal/statedir"
 	"github.com/platform-bootstrap/bootstrap/stages"
 )
 
@@ -22,7 +23,7 @@ func Env(t testing.TB, dir, state, src string, rep stages.Reporter) *stages.Env 
 	if err != nil {
 		t.Fatal(err)
 	}
-	st, err := stages.LoadState(state)
+	st, err := statedir.Load(state)
 	if err != nil {
 		t.Fatal(err)
 	}
