@@ -10,6 +10,7 @@ import (
 
 	nomadapi "github.com/hashicorp/nomad/api"
 
+	"github.com/platform-bootstrap/bootstrap/internal/nomadjob"
 	"github.com/platform-bootstrap/bootstrap/internal/testcluster"
 	platformjobs "github.com/platform-bootstrap/bootstrap/jobs"
 )
@@ -76,11 +77,11 @@ func TestHealth(t *testing.T) {
 			if !strings.Contains(err.Error(), "no flag") {
 				t.Errorf("the error does not show the task's stderr: %v", err)
 			}
-			h, err := checkHealth(ctx, p, id)
+			h, err := nomadjob.Check(ctx, n.Client, platformjobs.Namespace, id)
 			if err != nil {
 				t.Fatal(err)
 			}
-			if h.healthy || !h.failed {
+			if h.Healthy || !h.Failed {
 				t.Fatalf("health of a failed job: %+v", h)
 			}
 
@@ -99,7 +100,7 @@ func TestHealth(t *testing.T) {
 			if err := waitHealthy(ctx, p, id); err != nil {
 				t.Fatal(err)
 			}
-			if h, err := checkHealth(ctx, p, id); err != nil || !h.healthy {
+			if h, err := nomadjob.Check(ctx, n.Client, platformjobs.Namespace, id); err != nil || !h.Healthy {
 				t.Fatalf("health after restart: %+v, %v", h, err)
 			}
 

@@ -16,7 +16,6 @@ import (
 	"slices"
 	"sort"
 	"strings"
-	"time"
 
 	nomadapi "github.com/hashicorp/nomad/api"
 	vaultapi "github.com/hashicorp/vault/api"
@@ -24,6 +23,8 @@ import (
 	"github.com/platform-bootstrap/bootstrap/internal/apitls"
 	"github.com/platform-bootstrap/bootstrap/internal/config"
 	"github.com/platform-bootstrap/bootstrap/internal/inventory"
+	"github.com/platform-bootstrap/bootstrap/internal/nomadjob"
+	"github.com/platform-bootstrap/bootstrap/internal/reconcile"
 	platformjobs "github.com/platform-bootstrap/bootstrap/jobs"
 	"github.com/platform-bootstrap/bootstrap/monitoring"
 	"github.com/platform-bootstrap/bootstrap/pki"
@@ -342,43 +343,22 @@ func prometheusVars(e *stages.Env, p *platform, v platformjobs.Variables, bin st
 // Plan compares every platform job, its secrets in Vault and Vault's role
 // for Prometheus with what exists.
 func (s *Stage) Plan(ctx context.Context, e *stages.Env) ([]stages.Change, error) {
-	p, err := load(ctx, e)
-	if err != nil {
+	pl := e.Plan(false)
+	if err := converge(ctx, e, pl); err != nil {
 		return nil, err
 	}
-	specs, err := wanted(e, p)
-	if err != nil {
-		return nil, err
-	}
-	out, err := planVault(ctx, p)
-	if err != nil {
-		return nil, err
-	}
-	for _, sp := range specs {
-		c, err := planJob(ctx, p, sp)
-		if err != nil {
-			return nil, err
-		}
-		if c != nil {
-			out = append(out, *c)
-		}
-	}
-	stale, err := staleJobs(ctx, p, specs)
-	if err != nil {
-		return nil, err
-	}
-	for _, id := range stale {
-		out = append(out, stages.Change{Action: "stop", Target: "job " + id, Detail: "disabled in the configuration"})
-	}
-	if err := setOutputs(e, p); err != nil {
-		return nil, err
-	}
-	return out, nil
+	return pl.Changes, nil
 }
 
 // Apply writes the secrets and Vault role, registers the jobs that differ
 // and waits for each to be healthy.
 func (s *Stage) Apply(ctx context.Context, e *stages.Env) error {
+	return converge(ctx, e, e.Plan(true))
+}
+
+// converge is Plan and Apply: one code path finds what differs and, when
+// pl applies, changes it.
+func converge(ctx context.Context, e *stages.Env, pl *reconcile.Plan) error {
 	p, err := load(ctx, e)
 	if err != nil {
 		return err
@@ -387,11 +367,11 @@ func (s *Stage) Apply(ctx context.Context, e *stages.Env) error {
 	if err != nil {
 		return err
 	}
-	if err := applyVault(ctx, e, p); err != nil {
+	if err := convergeVault(ctx, p, pl); err != nil {
 		return err
 	}
 	for _, sp := range specs {
-		if err := applyJob(ctx, e, p, sp); err != nil {
+		if err := convergeJob(ctx, e, p, pl, sp); err != nil {
 			return err
 		}
 	}
@@ -400,8 +380,7 @@ func (s *Stage) Apply(ctx context.Context, e *stages.Env) error {
 		return err
 	}
 	for _, id := range stale {
-		e.Step("stopping job %s", id)
-		if err := stopJob(ctx, p, id); err != nil {
+		if err := pl.Do(reconcile.Stop, "job "+id, "disabled in the configuration", func() error { return stopJob(ctx, p, id) }); err != nil {
 			return err
 		}
 	}
@@ -477,7 +456,6 @@ func (s *Stage) Status(ctx context.Context, e *stages.Env) ([]stages.StatusLine,
 	if nc == nil || err != nil {
 		return nil, err
 	}
-	p := &platform{cfg: e.Config, nomad: nc}
 	list, _, err := nc.Jobs().List((&nomadapi.QueryOptions{Namespace: platformjobs.Namespace}).WithContext(ctx))
 	if err != nil {
 		// The nomad stage's lines already say Nomad is down.
@@ -490,15 +468,15 @@ func (s *Stage) Status(ctx context.Context, e *stages.Env) ([]stages.StatusLine,
 		}
 		l := stages.StatusLine{Component: "job", Node: j.ID, State: j.Status}
 		if j.Status != "dead" {
-			h, err := checkHealth(ctx, p, j.ID)
+			h, err := nomadjob.Check(ctx, nc, platformjobs.Namespace, j.ID)
 			if err != nil {
 				return out, err
 			}
-			l.Detail, l.Healthy = h.status, h.healthy
+			l.Detail, l.Healthy = h.Status, h.Healthy
 			switch {
-			case h.healthy:
+			case h.Healthy:
 				l.State = "healthy"
-			case h.failed:
+			case h.Failed:
 				l.State = "failed"
 			default:
 				l.State = "starting"
@@ -532,22 +510,4 @@ func password() (string, error) {
 		b[i] = alphabet[int(b[i])%len(alphabet)]
 	}
 	return string(b), nil
-}
-
-// wait polls f every interval until it returns true, an error, or the
-// timeout passes.
-func wait(ctx context.Context, timeout time.Duration, f func() (bool, error)) error {
-	ctx, cancel := context.WithTimeout(ctx, timeout)
-	defer cancel()
-	for {
-		done, err := f()
-		if err != nil || done {
-			return err
-		}
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-time.After(time.Second):
-		}
-	}
 }
