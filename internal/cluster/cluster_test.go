@@ -1,0 +1,210 @@
+package cluster
+
+import (
+	"context"
+	"errors"
+	"slices"
+	"strings"
+	"testing"
+
+	"github.com/platform-bootstrap/bootstrap/internal/inventory"
+	"github.com/platform-bootstrap/bootstrap/internal/reconcile"
+)
+
+var (
+	errDenied = errors.New("403 denied")
+	errDone   = errors.New("bootstrap already done")
+	errLocked = errors.New("locked out")
+)
+
+// fakeACL is an ACL system that accepts one management token once
+// bootstrapped.
+type fakeACL struct {
+	mgmt       string // "" until bootstrapped
+	bootstraps int
+	store      *fakeStore
+}
+
+type fakeClient struct {
+	sys   *fakeACL
+	token string
+}
+
+func (c fakeClient) Self(context.Context) error {
+	if c.sys.mgmt == "" || c.sys.mgmt != c.token {
+		return errDenied
+	}
+	return nil
+}
+
+func (c fakeClient) Bootstrap(context.Context) error {
+	if c.sys.mgmt != "" {
+		return errDone
+	}
+	// The token must be stored before it is used.
+	if v, ok, _ := c.sys.store.Get("mgmt"); !ok || v != c.token {
+		return errors.New("bootstrapped with a token that is not stored")
+	}
+	c.sys.mgmt = c.token
+	c.sys.bootstraps++
+	return nil
+}
+
+type fakeStore map[string]string
+
+func (s *fakeStore) Get(name string) (string, bool, error) {
+	v, ok := (*s)[name]
+	return v, ok, nil
+}
+
+func (s *fakeStore) GetOrCreate(name string, gen func() (string, error)) (string, bool, error) {
+	if v, ok := (*s)[name]; ok {
+		return v, false, nil
+	}
+	v, err := gen()
+	(*s)[name] = v
+	return v, true, err
+}
+
+func (s *fakeStore) Path(name string) string { return "/secrets/" + name }
+
+func bootstrap(sys *fakeACL) Bootstrap {
+	return Bootstrap{
+		Name:      "toy",
+		Secret:    "mgmt",
+		Client:    func(token string) (ACL, error) { return fakeClient{sys, token}, nil },
+		Denied:    func(err error) bool { return errors.Is(err, errDenied) },
+		Done:      func(err error) bool { return errors.Is(err, errDone) },
+		LockedOut: errLocked,
+		ResetURL:  "https://example.com/reset",
+	}
+}
+
+func TestBootstrapPlansThenApplies(t *testing.T) {
+	store := &fakeStore{}
+	sys := &fakeACL{store: store}
+	b := bootstrap(sys)
+	ctx := context.Background()
+
+	p := &reconcile.Plan{}
+	if _, ok, err := b.Run(ctx, store, p); err != nil || ok || len(p.Changes) != 1 || p.Changes[0].Action != reconcile.Bootstrap {
+		t.Fatalf("plan: ok %v, err %v, changes %v", ok, err, p.Changes)
+	}
+	if len(*store) != 0 || sys.bootstraps != 0 {
+		t.Fatal("planning stored a token or bootstrapped")
+	}
+
+	p = &reconcile.Plan{Apply: true}
+	mgmt, ok, err := b.Run(ctx, store, p)
+	if err != nil || !ok || mgmt == "" || sys.mgmt != mgmt || len(p.Changes) != 1 {
+		t.Fatalf("apply: mgmt %q, ok %v, err %v, changes %v", mgmt, ok, err, p.Changes)
+	}
+
+	// Converged: neither plan nor apply changes anything.
+	for _, apply := range []bool{false, true} {
+		p = &reconcile.Plan{Apply: apply}
+		again, ok, err := b.Run(ctx, store, p)
+		if err != nil || !ok || again != mgmt || len(p.Changes) != 0 || sys.bootstraps != 1 {
+			t.Errorf("apply=%v on a bootstrapped system: ok %v, err %v, changes %v, %d bootstraps", apply, ok, err, p.Changes, sys.bootstraps)
+		}
+	}
+}
+
+// A run killed after storing the token and before bootstrapping leaves a
+// stored token the system refuses: the next run bootstraps with it.
+func TestBootstrapAfterCrashBeforeUse(t *testing.T) {
+	store := &fakeStore{"mgmt": "kept"}
+	sys := &fakeACL{store: store}
+	p := &reconcile.Plan{}
+	if _, ok, err := bootstrap(sys).Run(context.Background(), store, p); err != nil || ok || len(p.Changes) != 1 {
+		t.Fatalf("plan: ok %v, err %v, changes %v", ok, err, p.Changes)
+	}
+	mgmt, ok, err := bootstrap(sys).Run(context.Background(), store, &reconcile.Plan{Apply: true})
+	if err != nil || !ok || mgmt != "kept" || sys.mgmt != "kept" {
+		t.Fatalf("apply: mgmt %q, ok %v, err %v; system token %q", mgmt, ok, err, sys.mgmt)
+	}
+}
+
+// A system bootstrapped with a token bootstrap does not have is reported,
+// with where the token belongs, and nothing is overwritten.
+func TestBootstrapLockedOut(t *testing.T) {
+	store := &fakeStore{}
+	sys := &fakeACL{store: store, mgmt: "someone else's"}
+	_, _, err := bootstrap(sys).Run(context.Background(), store, &reconcile.Plan{Apply: true})
+	if !errors.Is(err, errLocked) || !strings.Contains(err.Error(), "/secrets/mgmt") {
+		t.Fatalf("err = %v, want locked out naming the secret", err)
+	}
+	if sys.mgmt != "someone else's" {
+		t.Error("the system's token changed")
+	}
+}
+
+func node(name string, roles ...string) inventory.Node {
+	return inventory.Node{Name: name, Roles: roles, PrivateIP: "10.0.0." + name[len(name)-1:]}
+}
+
+func TestAgents(t *testing.T) {
+	nodes := []inventory.Node{node("s1", inventory.RoleServer), node("s2", inventory.RoleServer), node("c3", inventory.RoleClient)}
+	down := map[string]bool{"s1": true}
+	svc := Service{Name: "toy", Leader: func(_ context.Context, n inventory.Node) (string, error) {
+		if down[n.Name] {
+			return "", errors.New("connection refused")
+		}
+		return "10.0.0.2:4647", nil
+	}}
+	as := svc.Probe(context.Background(), nodes)
+	if got := as.Down(); !slices.Equal(got, []string{"s1"}) {
+		t.Errorf("Down = %v", got)
+	}
+	if as.Leader() != "10.0.0.2:4647" || as.IsUp("s1") || !as.IsUp("c3") {
+		t.Errorf("leader %q, s1 up %v, c3 up %v", as.Leader(), as.IsUp("s1"), as.IsUp("c3"))
+	}
+	if s := as.Server(); s.Name != "s2" {
+		t.Errorf("Server = %s, want the first server that answers", s.Name)
+	}
+	if l := svc.Status(as[1], as.Leader()); l.State != "server, leader" || !l.Healthy {
+		t.Errorf("s2: %+v", l)
+	}
+	if l := svc.Status(as[0], as.Leader()); l.State != "down" || l.Healthy {
+		t.Errorf("s1: %+v", l)
+	}
+
+	// Installing is planned once for the changed inputs and the node that
+	// is down; applying runs the play once.
+	runs := 0
+	run := func() error { runs++; return nil }
+	p := &reconcile.Plan{}
+	if err := svc.Converge(p, "inputs changed", as, run); err != nil || len(p.Changes) != 2 || runs != 0 {
+		t.Errorf("plan: err %v, changes %v, %d runs", err, p.Changes, runs)
+	}
+	p = &reconcile.Plan{Apply: true}
+	if err := svc.Converge(p, "", as, run); err != nil || len(p.Changes) != 1 || runs != 1 {
+		t.Errorf("apply: err %v, changes %v, %d runs", err, p.Changes, runs)
+	}
+
+	down["s1"] = false
+	inv := &inventory.Inventory{Nodes: nodes}
+	as, err := svc.WaitLeader(context.Background(), inv)
+	if err != nil || len(as.Down()) != 0 {
+		t.Errorf("WaitLeader: %v, down %v", err, as.Down())
+	}
+}
+
+type outputs map[string]string
+
+func (o outputs) Output(k string) string      { return o[k] }
+func (o outputs) SetOutput(k, v string) error { o[k] = v; return nil }
+
+func TestRecordOutputs(t *testing.T) {
+	o := outputs{"a": "1"}
+	want := map[string]string{"a": "1", "b": "2"}
+	p := &reconcile.Plan{}
+	if err := RecordOutputs(p, o, want); err != nil || len(p.Changes) != 1 || len(o) != 1 {
+		t.Fatalf("plan: err %v, changes %v, outputs %v", err, p.Changes, o)
+	}
+	p.Apply = true
+	p.Changes = nil
+	if err := RecordOutputs(p, o, want); err != nil || o["b"] != "2" {
+		t.Fatalf("apply: err %v, outputs %v", err, o)
+	}
+}
