@@ -69,9 +69,9 @@ func (r *reconciler) ca(ctx context.Context, ca CA) error {
 // urls sets the CRL and issuing-certificate URLs written into certificates.
 func (r *reconciler) urls(ctx context.Context, mount string) error {
 	base := strings.TrimSuffix(r.spec.Addr, "/") + "/v1/" + mount
-	want := map[string][]string{
-		"issuing_certificates":    {base + "/ca"},
-		"crl_distribution_points": {base + "/crl"},
+	want := fields{
+		"issuing_certificates":    []string{base + "/ca"},
+		"crl_distribution_points": []string{base + "/crl"},
 	}
 	var got map[string]any
 	if r.mounted(mount) {
@@ -83,21 +83,12 @@ func (r *reconciler) urls(ctx context.Context, mount string) error {
 			got = s.Data
 		}
 	}
-	var diffs []string
-	for _, k := range []string{"issuing_certificates", "crl_distribution_points"} {
-		if g := strs(got, k); !slices.Equal(g, want[k]) {
-			diffs = append(diffs, fmt.Sprintf("%s %s", k, strings.Join(want[k], ",")))
-		}
-	}
+	diffs := differences(got, want)
 	if len(diffs) == 0 {
 		return nil
 	}
-	return r.change("update", "vault pki urls "+mount, strings.Join(diffs, "; "), func() error {
-		data := map[string]any{}
-		for k, v := range want {
-			data[k] = v
-		}
-		_, err := r.c.Logical().WriteWithContext(ctx, mount+"/config/urls", data)
+	return r.change("update", "vault pki urls "+mount, strings.Join(diffs, ", "), func() error {
+		_, err := r.c.Logical().WriteWithContext(ctx, mount+"/config/urls", writeData(want))
 		return err
 	})
 }

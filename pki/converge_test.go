@@ -28,7 +28,7 @@ func TestOneTTLChange(t *testing.T) {
 
 	role := findRole(t, h.cfg, "mdl-iaca", "document-signer")
 	role.TTL = "4380h"
-	want := stages.Change{Action: "update", Target: "vault role mdl-iaca/root-ca/roles/document-signer", Detail: "ttl 8760h → 4380h, max_ttl 8760h → 4380h"}
+	want := stages.Change{Action: "update", Target: "vault role mdl-iaca/root-ca/roles/document-signer", Detail: "max_ttl 8760h → 4380h, ttl 8760h → 4380h"}
 	plan := h.plan()
 	if !slices.Equal(plan.Changes, []stages.Change{want}) {
 		t.Fatalf("plan after changing one ttl:\n%s", changeList(plan.Changes))

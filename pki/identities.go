@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strings"
 	"time"
 
 	"github.com/hashicorp/vault/api"
@@ -63,17 +64,17 @@ func (r *reconciler) appRoles(ctx context.Context) error {
 	for _, a := range r.spec.AppRoles {
 		path := "auth/" + AppRolePath + "/role/" + a.Name
 		policy := AppRolePolicy(a.Name)
-		err := r.object(ctx, "approle", path, mounted, []field{
-			{"token_policies", []string{policy}},
-			{"token_ttl", a.TokenTTL},
-			{"token_max_ttl", a.TokenTTL},
-			{"bind_secret_id", true},
+		err := r.object(ctx, "approle", path, mounted, fields{
+			"token_policies": []string{policy},
+			"token_ttl":      a.TokenTTL,
+			"token_max_ttl":  a.TokenTTL,
+			"bind_secret_id": true,
 			// A secret ID that leaks is only good until it expires; bootstrap
 			// issues the next one long before (see secretID).
-			{"secret_id_ttl", a.SecretIDTTL},
+			"secret_id_ttl": a.SecretIDTTL,
 			// No use limit: an application logs in again whenever its token
 			// expires, and a used-up ID would lock it out mid-life.
-			{"secret_id_num_uses", 0},
+			"secret_id_num_uses": 0,
 		}, "policy "+policy+", token ttl "+fmtDuration(a.TokenTTL)+", secret id ttl "+fmtDuration(a.SecretIDTTL))
 		if err != nil {
 			return err
@@ -315,10 +316,10 @@ func newSecretID() string {
 
 func (r *reconciler) adminUser(ctx context.Context) error {
 	path := "auth/" + UserpassPath + "/users/" + AdminUser
-	want := []field{
-		{"token_policies", []string{PolicyAdmin}},
-		{"token_ttl", adminTokenTTL},
-		{"token_max_ttl", adminTokenTTL},
+	want := fields{
+		"token_policies": []string{PolicyAdmin},
+		"token_ttl":      adminTokenTTL,
+		"token_max_ttl":  adminTokenTTL,
 	}
 	pw, havePW, err := r.e.Secrets.Get(stages.SecretVaultAdminPassword)
 	if err != nil {
@@ -352,8 +353,8 @@ func (r *reconciler) adminUser(ctx context.Context) error {
 			return err
 		})
 	} else {
-		if diffs := diffFields(got.Data, want); len(diffs) > 0 {
-			err = r.change("update", target, fmt.Sprint(diffs), func() error {
+		if diffs := differences(got.Data, want); len(diffs) > 0 {
+			err = r.change("update", target, strings.Join(diffs, ", "), func() error {
 				_, err := r.c.Logical().WriteWithContext(ctx, path, writeData(want))
 				return err
 			})

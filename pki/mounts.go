@@ -6,6 +6,8 @@ import (
 	"time"
 
 	"github.com/hashicorp/vault/api"
+
+	"github.com/platform-bootstrap/bootstrap/internal/poll"
 )
 
 // secretMount makes sure a secret engine of type typ is mounted at path with
@@ -58,19 +60,14 @@ func (r *reconciler) kvMount(ctx context.Context) error {
 	}
 	// A new KV v2 engine refuses requests while it sets up its versioned
 	// storage, briefly; later steps write to it.
-	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-	defer cancel()
-	for {
+	err = poll.Retry(ctx, 30*time.Second, 200*time.Millisecond, func() error {
 		_, err := r.c.Logical().ReadWithContext(ctx, KVMount+"/config")
-		if err == nil || !hasError(err, "non-versioned") {
-			return err
-		}
-		select {
-		case <-ctx.Done():
-			return fmt.Errorf("wait for the new %s engine: %w", KVMount, err)
-		case <-time.After(200 * time.Millisecond):
-		}
+		return err
+	}, func(err error) bool { return !hasError(err, "non-versioned") })
+	if err != nil {
+		return fmt.Errorf("wait for the new %s engine: %w", KVMount, err)
 	}
+	return nil
 }
 
 // authMount makes sure an auth method of type typ is enabled at path.

@@ -3,69 +3,56 @@ package pki
 import (
 	"context"
 	"fmt"
-	"slices"
 	"strconv"
 	"strings"
 	"time"
 
 	"github.com/hashicorp/vault/api"
+
+	"github.com/platform-bootstrap/bootstrap/internal/reconcile"
 )
 
-// field is one setting bootstrap manages on a Vault object: the value it
-// writes and how to read the live value back for comparison.
-type field struct {
-	name string
-	want any // bool, int, string, []string or time.Duration
-}
+// fields are the settings bootstrap manages on a Vault object, by name:
+// bool, int, string, []string or time.Duration values.
+type fields map[string]any
 
-// fields compares the live object with the wanted fields and returns one
-// "name old → new" entry per difference. A nil object (missing) yields no
-// differences: the caller creates it.
-func diffFields(got map[string]any, want []field) []string {
-	var diffs []string
-	for _, f := range want {
-		if d, ok := diffField(got, f); !ok {
-			diffs = append(diffs, d)
+// differences compares the live object with the wanted fields and returns
+// one "name have → want" entry per difference. The live values are read as
+// the wanted type, as Vault may return them in another: durations as
+// seconds (compared and shown as "24h"), an empty list or false as nothing.
+func differences(have map[string]any, want fields) []string {
+	h, w := map[string]any{}, map[string]any{}
+	for k, v := range want {
+		switch v := v.(type) {
+		case time.Duration:
+			h[k], w[k] = fmtDuration(time.Duration(num(have, k))*time.Second), fmtDuration(v)
+		case []string:
+			h[k], w[k] = strs(have, k), v
+		case bool:
+			h[k], w[k] = boolean(have, k), v
+		case int:
+			h[k], w[k] = num(have, k), v
+		default:
+			h[k], w[k] = have[k], v
 		}
 	}
-	return diffs
-}
-
-func diffField(got map[string]any, f field) (string, bool) {
-	switch w := f.want.(type) {
-	case bool:
-		g := boolean(got, f.name)
-		return fmt.Sprintf("%s %t → %t", f.name, g, w), g == w
-	case int:
-		g := int(num(got, f.name))
-		return fmt.Sprintf("%s %d → %d", f.name, g, w), g == w
-	case string:
-		g := str(got, f.name)
-		return fmt.Sprintf("%s %q → %q", f.name, g, w), g == w
-	case time.Duration:
-		g := time.Duration(num(got, f.name)) * time.Second
-		return fmt.Sprintf("%s %s → %s", f.name, fmtDuration(g), fmtDuration(w)), g == w
-	case []string:
-		g := strs(got, f.name)
-		return fmt.Sprintf("%s [%s] → [%s]", f.name, strings.Join(g, ","), strings.Join(w, ",")), slices.Equal(g, w) || (len(g) == 0 && len(w) == 0)
-	}
-	panic(fmt.Sprintf("pki: field %s has unsupported type %T", f.name, f.want))
+	return reconcile.Differences(h, w)
 }
 
 // writeData turns fields into a request body.
-func writeData(fs []field) map[string]any {
+func writeData(fs fields) map[string]any {
 	data := map[string]any{}
-	for _, f := range fs {
-		switch w := f.want.(type) {
+	for k, v := range fs {
+		switch w := v.(type) {
 		case time.Duration:
-			data[f.name] = seconds(w)
+			data[k] = seconds(w)
 		case []string:
 			if w == nil {
 				w = []string{}
 			}
-			data[f.name] = w
+			data[k] = w
 		default:
-			data[f.name] = w
+			data[k] = w
 		}
 	}
 	return data
@@ -74,7 +61,7 @@ func writeData(fs []field) map[string]any {
 // object makes sure the Vault object at path has the wanted fields. parent
 // says whether the engine the path lives in exists: while planning, a
 // missing engine means a missing object, so nothing under it is read.
-func (r *reconciler) object(ctx context.Context, kind, path string, parent bool, want []field, createDetail string) error {
+func (r *reconciler) object(ctx context.Context, kind, path string, parent bool, want fields, createDetail string) error {
 	target := "vault " + kind + " " + path
 	var got *api.Secret
 	if parent {
@@ -91,39 +78,39 @@ func (r *reconciler) object(ctx context.Context, kind, path string, parent bool,
 	if got == nil || got.Data == nil {
 		return r.change("create", target, createDetail, write)
 	}
-	diffs := diffFields(got.Data, want)
+	diffs := differences(got.Data, want)
 	if len(diffs) == 0 {
 		return nil
 	}
 	return r.change("update", target, strings.Join(diffs, ", "), write)
 }
 
-func roleFields(role Role) []field {
+func roleFields(role Role) fields {
 	keyUsage := role.KeyUsage
 	if len(keyUsage) == 0 {
 		keyUsage = defaultKeyUsage
 	}
-	return []field{
-		{"allowed_domains", role.AllowedDomains},
-		{"allow_subdomains", role.AllowSubdomains},
-		{"allow_bare_domains", role.AllowBareDomains},
-		{"allow_any_name", role.AllowAnyName},
-		{"allow_ip_sans", role.AllowIPSANs},
+	return fields{
+		"allowed_domains":    role.AllowedDomains,
+		"allow_subdomains":   role.AllowSubdomains,
+		"allow_bare_domains": role.AllowBareDomains,
+		"allow_any_name":     role.AllowAnyName,
+		"allow_ip_sans":      role.AllowIPSANs,
 		// localhost is allowed only where allowed_domains lists it, so a
 		// leaf of one role can never be issued for another role's names.
-		{"allow_localhost", false},
-		{"allow_glob_domains", false},
+		"allow_localhost":    false,
+		"allow_glob_domains": false,
 		// Names that are not host names (an mDL reader's "Org A Reader")
 		// need allow_any_name; everything else must be a valid host name.
-		{"enforce_hostnames", !role.AllowAnyName},
-		{"server_flag", role.ServerFlag},
-		{"client_flag", role.ClientFlag},
-		{"key_usage", keyUsage},
-		{"ext_key_usage", role.ExtKeyUsage},
-		{"key_type", role.KeyType},
-		{"key_bits", role.KeyBits},
-		{"ttl", role.TTL},
-		{"max_ttl", role.MaxTTL},
+		"enforce_hostnames": !role.AllowAnyName,
+		"server_flag":       role.ServerFlag,
+		"client_flag":       role.ClientFlag,
+		"key_usage":         keyUsage,
+		"ext_key_usage":     role.ExtKeyUsage,
+		"key_type":          role.KeyType,
+		"key_bits":          role.KeyBits,
+		"ttl":               role.TTL,
+		"max_ttl":           role.MaxTTL,
 	}
 }
 

@@ -96,20 +96,24 @@ func TestPolicies(t *testing.T) {
 	}
 }
 
-func TestDiffFields(t *testing.T) {
+func TestDifferences(t *testing.T) {
 	var got map[string]any
 	dec := json.NewDecoder(strings.NewReader(`{"ttl": 86400, "key_bits": 256, "allowed_domains": ["a", "b"], "server_flag": true, "key_type": "ec", "ext_key_usage": []}`))
 	dec.UseNumber() // as the Vault client decodes
 	if err := dec.Decode(&got); err != nil {
 		t.Fatal(err)
 	}
-	same := []field{{"ttl", 24 * time.Hour}, {"key_bits", 256}, {"allowed_domains", []string{"a", "b"}}, {"server_flag", true}, {"key_type", "ec"}, {"ext_key_usage", []string(nil)}}
-	if d := diffFields(got, same); len(d) > 0 {
+	same := fields{"ttl": 24 * time.Hour, "key_bits": 256, "allowed_domains": []string{"a", "b"}, "server_flag": true, "key_type": "ec", "ext_key_usage": []string(nil)}
+	if d := differences(got, same); len(d) > 0 {
 		t.Errorf("equal fields differ: %q", d)
 	}
-	changed := []field{{"ttl", 48 * time.Hour}, {"allowed_domains", []string{"b", "a"}}, {"client_flag", true}}
-	want := []string{"ttl 24h → 48h", "allowed_domains [a,b] → [b,a]", "client_flag false → true"}
-	if d := diffFields(got, changed); !slices.Equal(d, want) {
+	// Lists are sets: Vault keeps them in any order.
+	if d := differences(got, fields{"allowed_domains": []string{"b", "a"}}); len(d) > 0 {
+		t.Errorf("a reordered list differs: %q", d)
+	}
+	changed := fields{"ttl": 48 * time.Hour, "allowed_domains": []string{"a", "c"}, "client_flag": true, "key_type": "rsa"}
+	want := []string{"allowed_domains [a,b] → [a,c]", "client_flag false → true", "key_type ec → rsa", "ttl 24h → 48h"}
+	if d := differences(got, changed); !slices.Equal(d, want) {
 		t.Errorf("diffs %q, want %q", d, want)
 	}
 }

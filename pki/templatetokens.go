@@ -207,12 +207,12 @@ func (r *reconciler) nodeTemplateToken(ctx context.Context, n inventory.Node) er
 // other object.
 func (r *reconciler) templateTokenRole(ctx context.Context, role, policy string, cidrs []string, desc string) error {
 	path := "auth/token/roles/" + role
-	want := []field{
-		{"allowed_policies", []string{policy}},
-		{"orphan", true},
-		{"renewable", true},
-		{"token_period", consulTemplatePeriod},
-		{"token_explicit_max_ttl", time.Duration(0)},
+	want := fields{
+		"allowed_policies":       []string{policy},
+		"orphan":                 true,
+		"renewable":              true,
+		"token_period":           consulTemplatePeriod,
+		"token_explicit_max_ttl": time.Duration(0),
 	}
 	got, err := r.c.Logical().ReadWithContext(ctx, path)
 	if err != nil && !isNotFound(err) {
@@ -228,7 +228,7 @@ func (r *reconciler) templateTokenRole(ctx context.Context, role, policy string,
 	if got == nil || got.Data == nil {
 		return r.change("create", target, desc, write)
 	}
-	diffs := diffFields(got.Data, want)
+	diffs := differences(got.Data, want)
 	if g := strs(got.Data, "token_bound_cidrs"); !sameCIDRs(g, cidrs) {
 		diffs = append(diffs, fmt.Sprintf("token_bound_cidrs [%s] → [%s]", strings.Join(g, ","), strings.Join(cidrs, ",")))
 	}
