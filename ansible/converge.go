@@ -152,6 +152,7 @@ func BuildInventory(e *stages.Env, inv *inventory.Inventory, extra map[string]an
 	ai.Vars["datacenter"] = cfg.Datacenter
 	ai.Vars["region"] = cfg.Region
 	ai.Vars["consul_domain"] = cfg.Consul.Domain
+	ai.Vars["consul_ui"] = cfg.Consul.UI
 	ai.Vars["bootstrap_tls_dir"] = e.Path("tls")
 	ai.Vars["bootstrap_secret_dir"] = e.Secrets.Dir()
 	for k, val := range extra {

@@ -467,3 +467,19 @@ func TestVaultPGPKeyChecksum(t *testing.T) {
 		t.Errorf("damaged key: %v", diags)
 	}
 }
+
+// A setting that is valid but has no effect in this configuration is
+// accepted with a warning that names its place and says why.
+func TestIneffectiveSettingsWarn(t *testing.T) {
+	for _, tc := range []struct{ src, want string }{
+		{"provider \"local\" {}\njobs {\n  grafana {\n    image = \"grafana/grafana:x\"\n  }\n}\n",
+			`p.hcl:4,13-32: image has no effect; grafana image = "grafana/grafana:x": images are only used with driver = "docker"; the jobs run local binaries here (driver "auto" on the local provider).`},
+		{"provider \"local\" {}\njobs {\n  alertmanager {\n    enabled = false\n  }\n}\nmonitoring {\n  alert_webhook_url = \"https://hooks.example.com/x\"\n}\n",
+			`p.hcl:8,23-52: alert_webhook_url has no effect;`},
+	} {
+		p, diags := config.Parse("p.hcl", []byte(tc.src))
+		if p == nil || diags.HasErrors() || len(diags) != 1 || diags[0].Severity != hcl.DiagWarning || !strings.HasPrefix(diags[0].Error(), tc.want) {
+			t.Errorf("diagnostics %v, want one warning %s", diags, tc.want)
+		}
+	}
+}
