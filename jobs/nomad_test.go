@@ -2,6 +2,7 @@ package jobs
 
 import (
 	"context"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -102,6 +103,7 @@ func TestJobsOnNomad(t *testing.T) {
 	t.Run("validate and plan", func(t *testing.T) { testValidateAndPlan(t, e.nomad) })
 	t.Run("bad variables", func(t *testing.T) { testBadVariables(t, e.nomad) })
 	t.Run("gitlab-runner config", func(t *testing.T) { testRunnerConfig(t, e) })
+	t.Run("settings change the job", func(t *testing.T) { testSettingsChangeJob(t, e.nomad) })
 	t.Run("run", func(t *testing.T) { testRun(t, e) })
 }
 
@@ -319,5 +321,90 @@ func testRunnerConfig(t *testing.T, e *env) {
 	}
 	if strings.Contains(got, "{{") || strings.Contains(got, "${") {
 		t.Errorf("config.toml has unrendered parts:\n%s", got)
+	}
+}
+
+// The variables the jobs stage sets from platform.hcl change the job Nomad
+// runs (stages/jobs.TestEverySettingChangesTheJobs checks that each setting
+// reaches its variable): the parsed job differs from the default one in the
+// group, task and field the setting names.
+func testSettingsChangeJob(t *testing.T, c *nomadapi.Client) {
+	group := func(job *nomadapi.Job, name string) *nomadapi.TaskGroup {
+		for _, g := range job.TaskGroups {
+			if *g.Name == name {
+				return g
+			}
+		}
+		return nil
+	}
+	task := func(job *nomadapi.Job, name string) *nomadapi.Task {
+		for _, g := range job.TaskGroups {
+			for _, tk := range g.Tasks {
+				if tk.Name == name {
+					return tk
+				}
+			}
+		}
+		return nil
+	}
+	// describe is the part of the job a setting changes, as text.
+	type describe func(job *nomadapi.Job) string
+	count := func(g string) describe {
+		return func(job *nomadapi.Job) string {
+			if tg := group(job, g); tg != nil {
+				return fmt.Sprint(*tg.Count)
+			}
+			return "no group " + g
+		}
+	}
+	image := func(name string) describe {
+		return func(job *nomadapi.Job) string { return fmt.Sprint(task(job, name).Config["image"]) }
+	}
+	resources := func(name string) describe {
+		return func(job *nomadapi.Job) string {
+			r := task(job, name).Resources
+			return fmt.Sprintf("cpu %d memory %d", *r.CPU, *r.MemoryMB)
+		}
+	}
+	config := func(name string) describe {
+		return func(job *nomadapi.Job) string { return *task(job, name).Templates[0].EmbeddedTmpl }
+	}
+	for _, tc := range []struct {
+		job  string
+		vars Variables
+		what describe
+		want string
+	}{
+		{Prometheus, Variables{"alertmanager_enabled": false}, count("alertmanager"), "no group alertmanager"},
+		{Prometheus, Variables{"alertmanager_image": "prom/alertmanager:x"}, image("alertmanager"), "prom/alertmanager:x"},
+		{Prometheus, Variables{"alertmanager_cpu": 7, "alertmanager_memory": 77}, resources("alertmanager"), "cpu 7 memory 77"},
+		{Prometheus, Variables{"count": 2}, count("prometheus"), "2"},
+		{Prometheus, Variables{"image": "prom/prometheus:x"}, image("prometheus"), "prom/prometheus:x"},
+		{Prometheus, Variables{"cpu": 7, "memory": 77}, resources("prometheus"), "cpu 7 memory 77"},
+		{Grafana, Variables{"count": 2}, count("grafana"), "2"},
+		{Grafana, Variables{"image": "grafana/grafana:x"}, image("grafana"), "grafana/grafana:x"},
+		{Grafana, Variables{"cpu": 7, "memory": 77}, resources("grafana"), "cpu 7 memory 77"},
+		{Fabio, Variables{"image": "fabiolb/fabio:x"}, image("fabio"), "fabiolb/fabio:x"},
+		{Fabio, Variables{"cpu": 7, "memory": 77}, resources("fabio"), "cpu 7 memory 77"},
+		{NodeExporter, Variables{"image": "prom/node-exporter:x"}, image("node-exporter"), "prom/node-exporter:x"},
+		{NodeExporter, Variables{"cpu": 7, "memory": 77}, resources("node-exporter"), "cpu 7 memory 77"},
+		{GitLabRunner, Variables{"job_image": "debian:12"}, config("gitlab-runner"), `image = "debian:12"`},
+		{GitLabRunner, Variables{"concurrent": 5}, config("gitlab-runner"), "concurrent = 5\n"},
+		{GitLabRunner, Variables{"executor": "shell"}, config("gitlab-runner"), `executor = "shell"`},
+	} {
+		t.Run(fmt.Sprintf("%s/%v", tc.job, tc.vars), func(t *testing.T) {
+			def, err := parse(t, c, tc.job, jobVariables(t, tc.job, "docker", nil))
+			if err != nil {
+				t.Fatal(err)
+			}
+			job, err := parse(t, c, tc.job, jobVariables(t, tc.job, "docker", tc.vars))
+			if err != nil {
+				t.Fatal(err)
+			}
+			before, after := tc.what(def), tc.what(job)
+			if !strings.Contains(after, tc.want) || strings.Contains(before, tc.want) {
+				t.Errorf("got %q (default %q), want %q", after, before, tc.want)
+			}
+		})
 	}
 }

@@ -26,6 +26,7 @@
 #   resend_delay         string        --rules.alert.resend-delay (default "1m")
 #   use_vault            bool          read the Consul and Nomad tokens from Vault (default true)
 #   vault_role           string        Vault JWT role for the workload identity ("" = default)
+#   alertmanager_enabled bool          run the alertmanager group (default true)
 #   alertmanager_image, alertmanager_binary, alertmanager_cpu, alertmanager_memory
 #                                      the same for Alertmanager (default 100 MHz, 128 MB); the
 #                                      binary default is Debian's package, which reads its
@@ -130,6 +131,11 @@ variable "use_vault" {
 variable "vault_role" {
   type    = string
   default = ""
+}
+
+variable "alertmanager_enabled" {
+  type    = bool
+  default = true
 }
 
 variable "alertmanager_image" {
@@ -337,63 +343,70 @@ job "prometheus" {
     }
   }
 
-  group "alertmanager" {
-    network {
-      port "http" {}
-    }
-
-    service {
-      name     = "alertmanager"
-      port     = "http"
-      address  = "${meta.node_address}"
-      provider = "consul"
-      tags     = ["prometheus", "urlprefix-${local.am_route_prefix}"]
-      meta {
-        metrics_path = "${local.am_route_prefix}/metrics"
+  # Only when enabled: a disabled Alertmanager leaves no group behind
+  # (Nomad stops its allocation), and Prometheus finds no instance of the
+  # Consul service "alertmanager" to send alerts to.
+  dynamic "group" {
+    for_each = var.alertmanager_enabled ? ["alertmanager"] : []
+    labels   = [group.value]
+    content {
+      network {
+        port "http" {}
       }
 
-      check {
-        name     = "ready"
-        type     = "http"
-        path     = "${local.am_route_prefix}/-/ready"
-        interval = "10s"
-        timeout  = "3s"
-      }
-    }
+      service {
+        name     = "alertmanager"
+        port     = "http"
+        address  = "${meta.node_address}"
+        provider = "consul"
+        tags     = ["prometheus", "urlprefix-${local.am_route_prefix}"]
+        meta {
+          metrics_path = "${local.am_route_prefix}/metrics"
+        }
 
-    task "alertmanager" {
-      driver = var.driver
-
-      dynamic "config" {
-        for_each = local.docker ? [1] : []
-        content {
-          image        = var.alertmanager_image
-          args         = local.am_args
-          network_mode = "host"
+        check {
+          name     = "ready"
+          type     = "http"
+          path     = "${local.am_route_prefix}/-/ready"
+          interval = "10s"
+          timeout  = "3s"
         }
       }
 
-      dynamic "config" {
-        for_each = local.docker ? [] : [1]
-        content {
-          command = var.alertmanager_binary
-          args    = local.am_args
+      task "alertmanager" {
+        driver = var.driver
+
+        dynamic "config" {
+          for_each = local.docker ? [1] : []
+          content {
+            image        = var.alertmanager_image
+            args         = local.am_args
+            network_mode = "host"
+          }
         }
-      }
 
-      template {
-        data            = var.alertmanager_yml
-        destination     = "local/alertmanager.yml"
-        left_delimiter  = local.ldelim
-        right_delimiter = local.rdelim
-        uid             = local.file_uid
-        change_mode     = "signal"
-        change_signal   = "SIGHUP"
-      }
+        dynamic "config" {
+          for_each = local.docker ? [] : [1]
+          content {
+            command = var.alertmanager_binary
+            args    = local.am_args
+          }
+        }
 
-      resources {
-        cpu    = var.alertmanager_cpu
-        memory = var.alertmanager_memory
+        template {
+          data            = var.alertmanager_yml
+          destination     = "local/alertmanager.yml"
+          left_delimiter  = local.ldelim
+          right_delimiter = local.rdelim
+          uid             = local.file_uid
+          change_mode     = "signal"
+          change_signal   = "SIGHUP"
+        }
+
+        resources {
+          cpu    = var.alertmanager_cpu
+          memory = var.alertmanager_memory
+        }
       }
     }
   }
