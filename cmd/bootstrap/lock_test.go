@@ -105,7 +105,7 @@ func TestStaleLockWarning(t *testing.T) {
 	r = runIn(t, filepath.Dir(cfg), nil, "plan", "-c", cfg, "--state-dir", state, "--output", "json")
 	first, _, _ := strings.Cut(r.stdout, "\n")
 	var ev struct {
-		Type  string               `json:"type"`
+		Type  stages.EventType     `json:"type"`
 		Stale *statedir.LockHolder `json:"stale_lock"`
 	}
 	if err := json.Unmarshal([]byte(first), &ev); err != nil || ev.Type != stages.EventRunStart || ev.Stale == nil || ev.Stale.PID != pid || ev.Stale.Host != host || ev.Stale.Command != "hold" {

@@ -11,7 +11,6 @@ import (
 	"path/filepath"
 	"strings"
 	"syscall"
-	"text/tabwriter"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -283,13 +282,16 @@ func printURLs(w io.Writer, out map[string]string, secretDir string, cfg *config
 	type row struct{ label, key, suffix string }
 	rows := []row{
 		{"Vault", stages.OutVaultAddr, ""},
-		{"Consul UI", stages.OutConsulAddr, "/ui/"},
+		{"Consul", stages.OutConsulAddr, ""},
 		{"Nomad UI", stages.OutNomadAddr, "/ui/"},
 		{"Prometheus", stages.OutPrometheusAddr, ""},
 		{"Alertmanager", stages.OutAlertmanagerAddr, ""},
 		{"Grafana", stages.OutGrafanaAddr, ""},
 		{"Fabio", stages.OutFabioAddr, ""},
 		{"Fabio UI", stages.OutFabioUIAddr, ""},
+	}
+	if cfg.Consul.UI {
+		rows[1] = row{"Consul UI", stages.OutConsulAddr, "/ui/"}
 	}
 	for _, ns := range cfg.Nomad.Namespaces {
 		rows = append(rows, row{"Apps (" + ns + ")", stages.OutFabioAppAddr(ns), ""})

@@ -14,7 +14,6 @@ import (
 	"time"
 
 	"github.com/platform-bootstrap/bootstrap/internal/statedir"
-	"github.com/platform-bootstrap/bootstrap/stages"
 )
 
 // upChild is `bootstrap up` with toy stages in a child process.

@@ -329,8 +329,13 @@ func prometheusVars(e *stages.Env, p *platform, v platformjobs.Variables, bin st
 	v["ca_pems"] = cas
 	v["retention"] = cfg.Monitoring.Retention
 	v["vault_role"] = prometheusRole
-	v["alertmanager_cpu"] = cfg.Jobs.Alertmanager.CPU
-	v["alertmanager_memory"] = cfg.Jobs.Alertmanager.Memory
+	amJob := cfg.Jobs.Alertmanager
+	v["alertmanager_enabled"] = amJob.Enabled
+	v["alertmanager_cpu"] = amJob.CPU
+	v["alertmanager_memory"] = amJob.Memory
+	if driver(cfg) == "docker" && amJob.Image != "" {
+		v["alertmanager_image"] = amJob.Image
+	}
 	if driver(cfg) != "docker" {
 		v["alertmanager_binary"] = filepath.Join(bin, "alertmanager")
 		// The TSDB outlives the allocation: a directory in the state
@@ -388,11 +393,16 @@ func converge(ctx context.Context, e *stages.Env, pl *reconcile.Plan) error {
 }
 
 // setOutputs records where users reach the services: through the first
-// client's Fabio.
+// client's Fabio. The addresses of services the configuration disables are
+// removed, so that a disabled service is not shown as reachable.
 func setOutputs(e *stages.Env, p *platform) error {
+	gone := []string{stages.OutFabioAddr, stages.OutFabioUIAddr, stages.OutPrometheusAddr, stages.OutAlertmanagerAddr, stages.OutGrafanaAddr}
+	for _, ns := range p.cfg.Nomad.Namespaces {
+		gone = append(gone, stages.OutFabioAppAddr(ns))
+	}
 	clients := p.inv.WithRole(inventory.RoleClient)
 	if len(clients) == 0 || !p.cfg.Jobs.Fabio.Enabled {
-		return nil
+		return e.State.DeleteOutputs(gone...)
 	}
 	fabio := "http://" + net.JoinHostPort(clients[0].APIAddress(), fmt.Sprint(FabioPort))
 	outs := map[string]string{
@@ -421,7 +431,8 @@ func setOutputs(e *stages.Env, p *platform) error {
 			return err
 		}
 	}
-	return nil
+	gone = slices.DeleteFunc(gone, func(k string) bool { _, ok := outs[k]; return ok })
+	return e.State.DeleteOutputs(gone...)
 }
 
 // Destroy stops every platform job (for down): their tasks must end before
