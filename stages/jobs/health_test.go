@@ -29,9 +29,11 @@ func sleeper(id, typ, flag string) *nomadapi.Job {
 	attempts, mode := 0, "fail"
 	tg.RestartPolicy = &nomadapi.RestartPolicy{Attempts: &attempts, Mode: &mode}
 	if typ == "service" {
-		// The deployment fails within seconds, and Nomad's own rescheduling
-		// waits longer than the test.
-		minHealthy, healthy, progress := time.Second, 3*time.Second, 5*time.Second
+		// The deployment fails as soon as the task does (no restarts), and
+		// Nomad's own rescheduling waits longer than the test. The healthy
+		// deadline leaves a loaded machine time to start the restarted
+		// allocation (one took 2 s, past a 3 s deadline).
+		minHealthy, healthy, progress := time.Second, 30*time.Second, 40*time.Second
 		tg.Update = &nomadapi.UpdateStrategy{MinHealthyTime: &minHealthy, HealthyDeadline: &healthy, ProgressDeadline: &progress}
 		delay := time.Hour
 		tg.ReschedulePolicy = &nomadapi.ReschedulePolicy{Delay: &delay}
