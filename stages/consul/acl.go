@@ -313,8 +313,8 @@ func ensureToken(e *stages.Env, c *consulapi.Client, w *consulapi.WriteOptions, 
 		return "", false, err
 	}
 	want := &consulapi.ACLToken{Description: t.description()}
-	for _, p := range t.policies {
-		want.Policies = append(want.Policies, &consulapi.ACLTokenPolicyLink{Name: p})
+	for _, pol := range t.policies {
+		want.Policies = append(want.Policies, &consulapi.ACLTokenPolicyLink{Name: pol})
 	}
 	if t.node != "" {
 		want.NodeIdentities = []*consulapi.ACLNodeIdentity{{NodeName: t.node, Datacenter: e.Config.Datacenter}}
