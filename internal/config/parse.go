@@ -6,6 +6,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 
 	"github.com/hashicorp/hcl/v2"
@@ -78,11 +79,12 @@ func Parse(filename string, src []byte) (*Platform, hcl.Diagnostics) {
 	in := &secretInputs{exprs: secretExprs(f.Body)}
 	ctx := evalContext(dir, filepath.Dir(filename), in)
 
-	diags = append(diags, decodeTop(f.Body, ctx, p)...)
-	if diags.HasErrors() {
-		return nil, in.scrub(dropFollowOns(diags))
-	}
-	diags = in.scrub(append(diags, validate(p, in)...))
+	// The value checks run on what did decode, so a file with a wrong type
+	// and an even server count shows both at once, not one per run. A
+	// setting that failed to decode keeps its default, which the checks
+	// accept.
+	diags = dropFollowOns(append(diags, decodeTop(f.Body, ctx, p)...))
+	diags = in.scrub(append(diags, besides(diags, validate(p, in))...))
 	if diags.HasErrors() {
 		return nil, diags
 	}
@@ -261,6 +263,25 @@ func dropFollowOns(diags hcl.Diagnostics) hcl.Diagnostics {
 		out = append(out, d)
 	}
 	return out
+}
+
+// besides drops the value checks that land on a line a decode error
+// already points at: what failed to decode keeps its default and would
+// only be reported twice.
+func besides(decode, checks hcl.Diagnostics) hcl.Diagnostics {
+	var out hcl.Diagnostics
+	for _, c := range checks {
+		if c.Subject == nil || !slices.ContainsFunc(decode, func(d *hcl.Diagnostic) bool {
+			return d.Severity == hcl.DiagError && d.Subject != nil && sameLines(*d.Subject, *c.Subject)
+		}) {
+			out = append(out, c)
+		}
+	}
+	return out
+}
+
+func sameLines(a, b hcl.Range) bool {
+	return a.Filename == b.Filename && a.Start.Line <= b.End.Line && b.Start.Line <= a.End.Line
 }
 
 func isFollowOn(d *hcl.Diagnostic) bool {
