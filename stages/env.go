@@ -155,3 +155,12 @@ func redactChanges(red *secrets.Redactor, in []Change) []Change {
 func (e *Env) Plan(apply bool) *reconcile.Plan {
 	return &reconcile.Plan{Apply: apply, Before: func(c Change) { e.Step("%s", c) }}
 }
+
+// Note returns a note the stage keeps for itself (see statedir.State.Note).
+func (e *Env) Note(key string) string { return e.State.Note(e.stage, key) }
+
+// SetNote records a note of the stage; it writes only when it changes.
+func (e *Env) SetNote(key, value string) error { return e.State.SetNote(e.stage, key, value) }
+
+// DeleteNotes removes notes of the stage.
+func (e *Env) DeleteNotes(keys ...string) error { return e.State.DeleteNotes(e.stage, keys...) }

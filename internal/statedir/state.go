@@ -11,6 +11,7 @@ import (
 	"maps"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"time"
 
@@ -47,6 +48,9 @@ type stateFile struct {
 	// addresses, file paths, accessors — never secret values (those live in
 	// the secret store).
 	Outputs map[string]string `json:"outputs"`
+	// Notes are what a stage keeps for itself between runs (markers,
+	// accessors, expiry times), by stage name. No other stage reads them.
+	Notes map[string]map[string]string `json:"notes,omitempty"`
 }
 
 // State is the progress file of a state directory. Whether something exists
@@ -84,7 +88,50 @@ func Load(dir string) (*State, error) {
 	if s.data.Outputs == nil {
 		s.data.Outputs = map[string]string{}
 	}
+	if s.data.Notes == nil {
+		s.data.Notes = map[string]map[string]string{}
+	}
+	s.moveLegacyNotes()
 	return s, nil
+}
+
+// legacyNotes are the notes earlier versions kept among the outputs, by
+// stage: an output whose key has one of the prefixes and suffixes becomes
+// that stage's note of the same key, so an upgraded platform neither
+// re-records them (a new AppRole secret ID, say) nor shows them as
+// outputs.
+var legacyNotes = []struct{ stage, prefix, suffix string }{
+	{"consul", "consul_agent_token_", ""},
+	{"consul", "consul_dns_token_", ""},
+	{"pki", "vault_approle_", "_secret_id_accessor"},
+	{"pki", "vault_approle_", "_secret_id_expires"},
+	{"pki", "vault_root_token_revoked", ""},
+	{"verify", "verified", ""},
+}
+
+// moveLegacyNotes moves legacy notes in memory; the next save writes them.
+func (s *State) moveLegacyNotes() {
+	for k, v := range s.data.Outputs {
+		for _, l := range legacyNotes {
+			if strings.HasPrefix(k, l.prefix) && strings.HasSuffix(k, l.suffix) {
+				if _, ok := s.data.Notes[l.stage][k]; !ok {
+					s.note(l.stage)[k] = v
+				}
+				delete(s.data.Outputs, k)
+				break
+			}
+		}
+	}
+}
+
+// note returns stage's notes, creating the map.
+func (s *State) note(stage string) map[string]string {
+	m := s.data.Notes[stage]
+	if m == nil {
+		m = map[string]string{}
+		s.data.Notes[stage] = m
+	}
+	return m
 }
 
 func (s *State) saveLocked() error {
@@ -158,11 +205,50 @@ func (s *State) DeleteOutputs(keys ...string) error {
 	return s.saveLocked()
 }
 
-// Reset forgets every stage's progress and output (after `down`).
+// Note returns a note stage keeps for itself, or "".
+func (s *State) Note(stage, key string) string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.data.Notes[stage][key]
+}
+
+// SetNote records a note of stage and saves the state if it changed.
+func (s *State) SetNote(stage, key, value string) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if old, ok := s.data.Notes[stage][key]; ok && old == value {
+		return nil
+	}
+	s.note(stage)[key] = value
+	return s.saveLocked()
+}
+
+// DeleteNotes removes notes of stage and saves the state if any existed.
+func (s *State) DeleteNotes(stage string, keys ...string) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	changed := false
+	for _, k := range keys {
+		if _, ok := s.data.Notes[stage][k]; ok {
+			delete(s.data.Notes[stage], k)
+			changed = true
+		}
+	}
+	if len(s.data.Notes[stage]) == 0 {
+		delete(s.data.Notes, stage)
+	}
+	if !changed {
+		return nil
+	}
+	return s.saveLocked()
+}
+
+// Reset forgets every stage's progress, output and note (after `down`).
 func (s *State) Reset() error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.data.Stages = map[string]*StageState{}
 	s.data.Outputs = map[string]string{}
+	s.data.Notes = map[string]map[string]string{}
 	return s.saveLocked()
 }

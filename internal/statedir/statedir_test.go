@@ -80,6 +80,63 @@ func TestStateRoundTrip(t *testing.T) {
 	}
 }
 
+// Notes are per stage, apart from the outputs, written only when they
+// change, and gone after Reset. Notes an older bootstrap kept among the
+// outputs are moved to their stage.
+func TestNotes(t *testing.T) {
+	dir := t.TempDir()
+	legacy := `{"version": 1, "outputs": {"vault_addr": "https://a", "verified": "2025-01-01T00:00:00Z",
+		"vault_approle_web_role_id": "r", "vault_approle_web_secret_id_accessor": "acc",
+		"consul_agent_token_server-1": "acc@id"}}`
+	if err := os.WriteFile(filepath.Join(dir, StateFile), []byte(legacy), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	s, err := Load(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, want := s.Outputs(), map[string]string{"vault_addr": "https://a", "vault_approle_web_role_id": "r"}; fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Errorf("outputs after loading an old state = %v, want %v", got, want)
+	}
+	for _, n := range [][3]string{{"verify", "verified", "2025-01-01T00:00:00Z"}, {"pki", "vault_approle_web_secret_id_accessor", "acc"}, {"consul", "consul_agent_token_server-1", "acc@id"}} {
+		if got := s.Note(n[0], n[1]); got != n[2] {
+			t.Errorf("note %s/%s = %q, want %q", n[0], n[1], got, n[2])
+		}
+	}
+	if s.Note("pki", "verified") != "" {
+		t.Error("a note of one stage is visible to another")
+	}
+	if err := s.SetNote("verify", "verified", "later"); err != nil {
+		t.Fatal(err)
+	}
+	fi, _ := os.Stat(filepath.Join(dir, StateFile))
+	if err := s.SetNote("verify", "verified", "later"); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.DeleteNotes("verify", "never-set"); err != nil {
+		t.Fatal(err)
+	}
+	if fi2, _ := os.Stat(filepath.Join(dir, StateFile)); !os.SameFile(fi, fi2) {
+		t.Error("an unchanged note or a no-op delete rewrote state.json")
+	}
+	s2, _ := Load(dir)
+	if s2.Note("verify", "verified") != "later" || s2.Output("verified") != "" {
+		t.Errorf("reloaded note = %q, output %q", s2.Note("verify", "verified"), s2.Output("verified"))
+	}
+	if err := s2.DeleteNotes("pki", "vault_approle_web_secret_id_accessor"); err != nil {
+		t.Fatal(err)
+	}
+	if s2.Note("pki", "vault_approle_web_secret_id_accessor") != "" {
+		t.Error("DeleteNotes kept the note")
+	}
+	if err := s2.Reset(); err != nil {
+		t.Fatal(err)
+	}
+	if s3, _ := Load(dir); s3.Note("consul", "consul_agent_token_server-1") != "" {
+		t.Error("Reset kept a note")
+	}
+}
+
 func TestStateCorruptOrNewer(t *testing.T) {
 	for _, tc := range []struct{ content, want string }{
 		{`{"version": 1, "stages": {`, "is corrupt"},
