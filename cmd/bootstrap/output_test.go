@@ -40,7 +40,7 @@ func checkJSONLines(t *testing.T, out string) []map[string]any {
 		}
 		events = append(events, m)
 	}
-	if len(events) < 2 || events[0]["type"] != stages.EventRunStart || events[len(events)-1]["type"] != stages.EventRunEnd {
+	if len(events) < 2 || events[0]["type"] != string(stages.EventRunStart) || events[len(events)-1]["type"] != string(stages.EventRunEnd) {
 		t.Errorf("events do not run from run_start to run_end:\n%s", out)
 	}
 	return events
@@ -167,7 +167,7 @@ func TestSecretsNeverPrinted(t *testing.T) {
 				events := checkJSONLines(t, stdout)
 				var warned bool
 				for _, e := range events {
-					if e["type"] == stages.EventWarning && e["message"] == "the token is <redacted>" {
+					if e["type"] == string(stages.EventWarning) && e["message"] == "the token is <redacted>" {
 						warned = true
 					}
 				}
