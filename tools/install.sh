@@ -299,6 +299,8 @@ t_debian() {
   # A static busybox: the tests' application jobs run its httpd with the
   # exec driver, inside a chroot that holds no language runtime.
   [ -x /bin/busybox ] || missing+=(busybox-static)
+  # The live view is tested on a real terminal: a tmux pane.
+  command -v tmux >/dev/null || missing+=(tmux)
   if [ ${#missing[@]} -gt 0 ]; then
     say "apt-get install ${missing[*]}"
     apt_update

@@ -115,7 +115,7 @@ func aboveList(e stages.Event) (string, bool) {
 		var b strings.Builder
 		fmt.Fprintf(&b, "%s: %d change(s)", e.Stage, len(e.Changes))
 		for _, c := range e.Changes {
-			fmt.Fprintf(&b, "\n    %s", c)
+			fmt.Fprintf(&b, "\n    %s", ChangeLine(c))
 		}
 		return b.String(), true
 	case stages.EventWarning:

@@ -180,7 +180,7 @@ func TestLiveSinkStartsAndStops(t *testing.T) {
 	// those sent just before Close.
 	out := b.String()
 	var at []int
-	for _, want := range []string{"the previous run (pid 7 on h", "keys: 2 change(s)\r\n    generate ssh key\r\n    generate gossip key", "warning: entropy low"} {
+	for _, want := range []string{"the previous run (pid 7 on h", "keys: 2 change(s)\r\n    + generate ssh key\r\n    + generate gossip key", "warning: entropy low"} {
 		i := strings.Index(out, want)
 		if i < 0 {
 			t.Fatalf("live output lacks %q:\n%q", want, out)
