@@ -235,7 +235,7 @@ func (h *harness) converged() {
 	if _, err := h.tokenClient(h.vault.Token).Auth().Token().LookupSelf(); !isDenied(err) {
 		h.t.Errorf("root token not revoked: %v", err)
 	}
-	if h.env.State.Output(stages.OutVaultRootTokenRevoked) != "true" {
+	if h.env.Note(noteRootTokenRevoked) != "true" {
 		h.t.Error("root token revocation not recorded")
 	}
 }

@@ -15,13 +15,6 @@ import (
 	"github.com/platform-bootstrap/bootstrap/stages"
 )
 
-// CAFile is where the certificate chain of CA name is written in the state
-// directory: its root followed by its intermediates, what a client needs to
-// verify certificates issued by any of them.
-func CAFile(stateDir, name string) string {
-	return filepath.Join(stateDir, "tls", name+"-ca.pem")
-}
-
 func (r *reconciler) caFiles(ctx context.Context) error {
 	for _, ca := range r.spec.AllCAs() {
 		var chain []string
@@ -33,7 +26,7 @@ func (r *reconciler) caFiles(ctx context.Context) error {
 			}
 			chain = append(chain, c)
 		}
-		path := CAFile(r.e.StateDir, ca.Name)
+		path := r.e.CAFile(ca.Name)
 		rel, _ := filepath.Rel(r.e.StateDir, path)
 		if !known {
 			if r.apply {

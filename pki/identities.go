@@ -37,6 +37,9 @@ func (r *reconciler) output(key, value string) error {
 	})
 }
 
+// noteRootTokenRevoked is "true" once the stage revoked the root token.
+const noteRootTokenRevoked = "vault_root_token_revoked"
+
 // tokenValid reports whether tok is a live token carrying policy. It uses
 // lookup-self, a read, so checking tokens writes nothing.
 func tokenValid(ctx context.Context, c *api.Client, tok, policy string) (bool, error) {
@@ -110,7 +113,7 @@ func (r *reconciler) appRoles(ctx context.Context) error {
 var now = time.Now
 
 // secretIDKeys names where one AppRole's secret ID is kept: the secret
-// store entry, and the state outputs of its accessor and expiry.
+// store entry, and the stage's notes of its accessor and expiry.
 type secretIDKeys struct {
 	path, secret, accessor, expires string
 }
@@ -119,8 +122,8 @@ func secretIDKeysOf(name string) secretIDKeys {
 	return secretIDKeys{
 		path:     "auth/" + AppRolePath + "/role/" + name,
 		secret:   stages.SecretVaultAppRolePrefix + name + "/secret-id",
-		accessor: stages.OutVaultAppRolePrefix + name + "_secret_id_accessor",
-		expires:  stages.OutVaultAppRolePrefix + name + "_secret_id_expires",
+		accessor: "vault_approle_" + name + "_secret_id_accessor",
+		expires:  "vault_approle_" + name + "_secret_id_expires",
 	}
 }
 
@@ -143,7 +146,7 @@ func (r *reconciler) secretID(ctx context.Context, a AppRole) error {
 		return err
 	}
 	listed := false
-	if acc := r.e.State.Output(k.accessor); ok && acc != "" {
+	if acc := r.e.Note(k.accessor); ok && acc != "" {
 		// Listing accessors is a read; the secret-id lookup is a write.
 		s, err := r.c.Logical().ListWithContext(ctx, k.path+"/secret-id")
 		if err != nil {
@@ -152,7 +155,7 @@ func (r *reconciler) secretID(ctx context.Context, a AppRole) error {
 		listed = s != nil && slices.Contains(strs(s.Data, "keys"), acc)
 	}
 	if listed {
-		reason := rotationDue(r.e.State.Output(k.expires), a.SecretIDTTL)
+		reason := rotationDue(r.e.Note(k.expires), a.SecretIDTTL)
 		if reason == "" {
 			return r.kv(ctx, k.secret, id, true)
 		}
@@ -229,10 +232,10 @@ func (r *reconciler) adoptSecretID(ctx context.Context, a AppRole, k secretIDKey
 	if err := r.retireEternalSecretIDs(ctx, a.Name, k, acc); err != nil {
 		return false, err
 	}
-	if err := r.e.State.SetOutput(k.expires, expires); err != nil {
+	if err := r.e.SetNote(k.expires, expires); err != nil {
 		return false, err
 	}
-	return true, r.e.State.SetOutput(k.accessor, acc)
+	return true, r.e.SetNote(k.accessor, acc)
 }
 
 // issueSecretID makes a new secret ID: stored first, then registered with
@@ -244,7 +247,7 @@ func (r *reconciler) issueSecretID(ctx context.Context, a AppRole, k secretIDKey
 	// Forget the old ID's accessor before the store holds the new ID: a run
 	// killed in between must look the stored ID up, not trust the record
 	// of another one.
-	if err := r.e.State.DeleteOutputs(k.accessor, k.expires); err != nil {
+	if err := r.e.DeleteNotes(k.accessor, k.expires); err != nil {
 		return "", err
 	}
 	id := newSecretID()
@@ -270,10 +273,10 @@ func (r *reconciler) issueSecretID(ctx context.Context, a AppRole, k secretIDKey
 		expires = issued.Add(time.Duration(ttl) * time.Second).UTC().Format(time.RFC3339)
 	}
 	// The expiry first: an accessor on record always has its expiry.
-	if err := r.e.State.SetOutput(k.expires, expires); err != nil {
+	if err := r.e.SetNote(k.expires, expires); err != nil {
 		return "", err
 	}
-	return id, r.e.State.SetOutput(k.accessor, acc)
+	return id, r.e.SetNote(k.accessor, acc)
 }
 
 // retireEternalSecretIDs destroys the role's secret IDs, other than keep,
@@ -452,7 +455,12 @@ func (r *reconciler) rootToken(ctx context.Context) error {
 	}
 	if !valid {
 		// Revoked by a run killed before it could record so, or by hand.
-		return r.output(stages.OutVaultRootTokenRevoked, "true")
+		if r.e.Note(noteRootTokenRevoked) == "true" {
+			return nil
+		}
+		return r.change("record", "note "+noteRootTokenRevoked, "", func() error {
+			return r.e.SetNote(noteRootTokenRevoked, "true")
+		})
 	}
 	return r.change("delete", "vault root token", "the admin identity replaces it; pki.RegenerateRoot makes a new one from the unseal keys", func() error {
 		admin, ok, err := r.e.Secrets.Get(stages.SecretVaultAdminToken)
@@ -474,6 +482,6 @@ func (r *reconciler) rootToken(ctx context.Context) error {
 			return err
 		}
 		crashpoint.Hit("pki/root-revoked")
-		return r.e.State.SetOutput(stages.OutVaultRootTokenRevoked, "true")
+		return r.e.SetNote(noteRootTokenRevoked, "true")
 	})
 }

@@ -172,7 +172,7 @@ func TestApply(t *testing.T) {
 		for _, name := range []string{"consul", "nomad"} {
 			key := map[string]string{"consul": stages.OutConsulCACert, "nomad": stages.OutNomadCACert}[name]
 			file := h.env.State.Output(key)
-			if file != CAFile(h.env.StateDir, name) {
+			if file != h.env.CAFile(name) {
 				t.Errorf("output %s = %q", key, file)
 			}
 			opensslVerify(t, "-CAfile", file, dir+"/"+map[string]string{"consul": ConsulRole("server", dc), "nomad": NomadRole("server", region)}[name]+".pem")
@@ -255,7 +255,7 @@ func TestApply(t *testing.T) {
 		secretName := stages.SecretVaultAppRolePrefix + "django-backend/secret-id"
 		old := h.secret(secretName)
 		if _, err := admin.Logical().Write("auth/approle/role/django-backend/secret-id-accessor/destroy", map[string]any{
-			"secret_id_accessor": h.env.State.Output(stages.OutVaultAppRolePrefix + "django-backend_secret_id_accessor"),
+			"secret_id_accessor": h.env.Note("vault_approle_django-backend_secret_id_accessor"),
 		}); err != nil {
 			t.Fatal(err)
 		}
@@ -314,7 +314,7 @@ func TestApply(t *testing.T) {
 	})
 
 	t.Run("the root token is revoked and can be regenerated", func(t *testing.T) {
-		if h.env.State.Output(stages.OutVaultRootTokenRevoked) != "true" {
+		if h.env.Note(noteRootTokenRevoked) != "true" {
 			t.Fatal("revocation not recorded")
 		}
 		if _, err := h.tokenClient(h.vault.Token).Auth().Token().LookupSelf(); !isDenied(err) {

@@ -13,8 +13,8 @@ import (
 const (
 	approleName  = "django-backend"
 	secretIDName = stages.SecretVaultAppRolePrefix + approleName + "/secret-id"
-	accessorKey  = stages.OutVaultAppRolePrefix + approleName + "_secret_id_accessor"
-	expiresKey   = stages.OutVaultAppRolePrefix + approleName + "_secret_id_expires"
+	accessorKey  = "vault_approle_" + approleName + "_secret_id_accessor"
+	expiresKey   = "vault_approle_" + approleName + "_secret_id_expires"
 	approlePath  = "auth/approle/role/" + approleName
 )
 
@@ -63,7 +63,7 @@ func TestSecretIDRotation(t *testing.T) {
 	if got := num(role.Data, "secret_id_num_uses"); got != 0 {
 		t.Errorf("role secret_id_num_uses = %d, want 0 (unlimited)", got)
 	}
-	expires, err := time.Parse(time.RFC3339, h.env.State.Output(expiresKey))
+	expires, err := time.Parse(time.RFC3339, h.env.Note(expiresKey))
 	if err != nil {
 		t.Fatalf("expiry output: %v", err)
 	}
@@ -147,10 +147,10 @@ func TestSecretIDRotation(t *testing.T) {
 		if err := h.env.Secrets.Put(secretIDName, eternal); err != nil {
 			t.Fatal(err)
 		}
-		if err := h.env.State.SetOutput(accessorKey, str(s.Data, "secret_id_accessor")); err != nil {
+		if err := h.env.SetNote(accessorKey, str(s.Data, "secret_id_accessor")); err != nil {
 			t.Fatal(err)
 		}
-		if err := h.env.State.DeleteOutputs(expiresKey); err != nil {
+		if err := h.env.DeleteNotes(expiresKey); err != nil {
 			t.Fatal(err)
 		}
 		want := append([]string{"update vault approle " + approlePath}, rotation...)
@@ -181,7 +181,7 @@ func TestSecretIDRotation(t *testing.T) {
 			t.Fatalf("plan:\n%s", changeList(p.Changes))
 		}
 		h.apply()
-		expires, err := time.Parse(time.RFC3339, h.env.State.Output(expiresKey))
+		expires, err := time.Parse(time.RFC3339, h.env.Note(expiresKey))
 		if err != nil || time.Until(expires) > 24*time.Hour {
 			t.Errorf("expiry %v (%v), want within 24h", expires, err)
 		}
@@ -193,7 +193,7 @@ func TestSecretIDRotation(t *testing.T) {
 	t.Run("a rotation killed anywhere is finished by the next run", func(t *testing.T) {
 		// Due by the record; the children run with the real clock.
 		soon := time.Now().Add(time.Hour).UTC().Format(time.RFC3339)
-		if err := h.env.State.SetOutput(expiresKey, soon); err != nil {
+		if err := h.env.SetNote(expiresKey, soon); err != nil {
 			t.Fatal(err)
 		}
 		old := h.secret(secretIDName)

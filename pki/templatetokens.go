@@ -387,3 +387,22 @@ func TemplateTokensJSON(e *stages.Env, nodes []inventory.Node) (tokens, missing 
 	}
 	return string(b), "", nil
 }
+
+// TemplateTokensVar is the secret Ansible variable holding every node's
+// consul-template token: a JSON object, node name → token, from which the
+// consul_template role takes its node's own. The consul and nomad plays
+// both run that role.
+const TemplateTokensVar = "consul_template_tokens"
+
+// TemplateTokens returns the value of TemplateTokensVar for the nodes of
+// inv. The pki stage makes the tokens; until it has, it is not ready.
+func TemplateTokens(e *stages.Env, inv *inventory.Inventory) (string, error) {
+	tokens, missing, err := TemplateTokensJSON(e, ConsulTemplateNodes(inv))
+	if err != nil {
+		return "", err
+	}
+	if missing != "" {
+		return "", stages.NotReadyf("the consul-template token of node %s does not exist yet (pki stage)", missing)
+	}
+	return tokens, nil
+}

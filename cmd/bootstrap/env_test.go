@@ -10,8 +10,6 @@ import (
 	"github.com/platform-bootstrap/bootstrap/internal/secrets"
 	"github.com/platform-bootstrap/bootstrap/internal/statedir"
 	"github.com/platform-bootstrap/bootstrap/stages"
-	"github.com/platform-bootstrap/bootstrap/stages/consul"
-	"github.com/platform-bootstrap/bootstrap/stages/nomad"
 )
 
 // platformState writes the state directory of a platform that is up: every
@@ -37,8 +35,8 @@ func platformState(t *testing.T, withAdminToken bool) string {
 		stages.OutFabioAddr:           "http://127.0.1.4:9999",
 		stages.OutFabioUIAddr:         "http://127.0.1.4:9998",
 		stages.OutFabioAppAddr("dev"): "http://127.0.1.4:10001",
-		nomad.OutTLSServerName:        "server.global.nomad",
-		consul.OutTLSServerName:       "server.dc1.consul",
+		stages.OutNomadTLSServerName:  "server.global.nomad",
+		stages.OutConsulTLSServerName: "server.dc1.consul",
 	} {
 		if err := st.SetOutput(k, v); err != nil {
 			t.Fatal(err)

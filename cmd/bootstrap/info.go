@@ -21,8 +21,6 @@ import (
 	"github.com/platform-bootstrap/bootstrap/internal/secrets"
 	"github.com/platform-bootstrap/bootstrap/internal/statedir"
 	"github.com/platform-bootstrap/bootstrap/stages"
-	"github.com/platform-bootstrap/bootstrap/stages/consul"
-	"github.com/platform-bootstrap/bootstrap/stages/nomad"
 	"github.com/platform-bootstrap/bootstrap/stages/platform"
 	"github.com/platform-bootstrap/bootstrap/tools"
 )
@@ -55,6 +53,9 @@ func newVersionCmd(g *globals) *cobra.Command {
 			for _, k := range []string{"VAULT", "CONSUL", "NOMAD", "CONSUL_TEMPLATE", "FABIO", "PROMETHEUS", "GRAFANA"} {
 				fmt.Fprintf(g.stdout, "  %-16s %s\n", strings.ToLower(strings.ReplaceAll(k, "_", "-")), v[k+"_VERSION"])
 			}
+			// What a user sees in the Consul UI's footer would otherwise
+			// look like a wrong build.
+			fmt.Fprintln(g.stdout, "The Consul web UI is the one its Go module ships, which calls itself 1.19.0-dev.")
 			return nil
 		},
 	}
@@ -163,7 +164,7 @@ func newEnvCmd(g *globals) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			deployNS := nomad.DeployNamespaces(env.Config)
+			deployNS := stages.DeployNamespaces(env.Config)
 			if token == "ci" && len(deployNS) > 0 {
 				// One token for every namespace let dev's pipelines
 				// deploy to prod; ci now means the first namespace's.
@@ -206,8 +207,8 @@ func envVars(out map[string]string, store *secrets.Store, token string, namespac
 	set("FABIO_ADDR", stages.OutFabioAddr)
 	// The CLIs dial an address and verify the name in the servers'
 	// certificates: a client node's certificate must not pass for a server.
-	set("NOMAD_TLS_SERVER_NAME", nomad.OutTLSServerName)
-	set("CONSUL_TLS_SERVER_NAME", consul.OutTLSServerName)
+	set("NOMAD_TLS_SERVER_NAME", stages.OutNomadTLSServerName)
+	set("CONSUL_TLS_SERVER_NAME", stages.OutConsulTLSServerName)
 	if vars["VAULT_ADDR"] != "" {
 		vars["VAULT_TLS_SERVER_NAME"] = apitls.VaultServerName
 	}

@@ -22,7 +22,6 @@ import (
 	"github.com/platform-bootstrap/bootstrap/internal/statedir"
 	"github.com/platform-bootstrap/bootstrap/internal/ui"
 	"github.com/platform-bootstrap/bootstrap/stages"
-	"github.com/platform-bootstrap/bootstrap/stages/nomad"
 	"github.com/platform-bootstrap/bootstrap/stages/platform"
 )
 
@@ -278,7 +277,7 @@ func (g *globals) self() string {
 }
 
 func printURLs(w io.Writer, out map[string]string, secretDir string, cfg *config.Platform, self string) {
-	deployNS := nomad.DeployNamespaces(cfg)
+	deployNS := stages.DeployNamespaces(cfg)
 	type row struct{ label, key, suffix string }
 	rows := []row{
 		{"Vault", stages.OutVaultAddr, ""},

@@ -66,20 +66,13 @@ query_prefix "" { policy = "read" }
 	// Each application namespace has a Fabio of its own that sees only that
 	// namespace's services: routes cannot cross namespaces.
 	for _, ns := range cfg.Nomad.Namespaces {
-		out[FabioPolicy(ns)] = fmt.Sprintf(`node_prefix "" { policy = "read" }
+		out[stages.ConsulFabioPolicy(ns)] = fmt.Sprintf(`node_prefix "" { policy = "read" }
 service_prefix %q { policy = "read" }
 agent_prefix "" { policy = "read" }
 `, ns+"-")
 	}
 	return out
 }
-
-// FabioPolicy is the policy of application namespace ns's Fabio.
-func FabioPolicy(ns string) string { return "fabio-" + ns }
-
-// SecretFabioNamespaceToken is where the Consul token of namespace ns's
-// Fabio is kept.
-func SecretFabioNamespaceToken(ns string) string { return "consul/tokens/" + FabioPolicy(ns) }
 
 // token is a Consul ACL token bootstrap owns. Its secret is generated and
 // stored before the token is created, so a run killed in between creates it
@@ -93,13 +86,6 @@ type token struct {
 func (t token) description() string { return "bootstrap: " + t.name }
 func (t token) secretName() string  { return "consul/tokens/" + t.name }
 
-// Token secret names other stages read.
-const (
-	SecretNomadAgentToken = "consul/tokens/nomad-agent"
-	SecretPrometheusToken = "consul/tokens/prometheus"
-	SecretFabioToken      = "consul/tokens/fabio"
-)
-
 func wantTokens(cfg *config.Platform, inv *inventory.Inventory) []token {
 	ts := []token{
 		{name: "nomad-agent", policies: []string{"nomad-agent"}},
@@ -109,7 +95,7 @@ func wantTokens(cfg *config.Platform, inv *inventory.Inventory) []token {
 		{name: "dns", policies: []string{"dns"}},
 	}
 	for _, ns := range cfg.Nomad.Namespaces {
-		ts = append(ts, token{name: FabioPolicy(ns), policies: []string{FabioPolicy(ns)}})
+		ts = append(ts, token{name: stages.ConsulFabioPolicy(ns), policies: []string{stages.ConsulFabioPolicy(ns)}})
 	}
 	for _, n := range inv.Nodes {
 		ts = append(ts, token{name: "agent-" + n.Name, node: n.Name})
@@ -117,17 +103,17 @@ func wantTokens(cfg *config.Platform, inv *inventory.Inventory) []token {
 	return ts
 }
 
-// agentTokenOutput records, per node, "<accessor>@<agent node ID>" of the
+// agentTokenNote records, per node, "<accessor>@<agent node ID>" of the
 // agent token the stage set on that agent: agents do not report which token
 // they hold, but a wiped agent comes back with a new node ID.
-func agentTokenOutput(node string) string { return "consul_agent_token_" + node }
+func agentTokenNote(node string) string { return "consul_agent_token_" + node }
 
-// dnsTokenOutput records the node ID of an agent that has the DNS token.
-func dnsTokenOutput(node string) string { return "consul_dns_token_" + node }
+// dnsTokenNote records the node ID of an agent that has the DNS token.
+func dnsTokenNote(node string) string { return "consul_dns_token_" + node }
 
 // agentID returns the node ID of a node's Consul agent.
 func agentID(e *stages.Env, n inventory.Node, mgmt string) (string, error) {
-	c, err := Client(e, n, mgmt)
+	c, err := cluster.ConsulAgent(e, n, mgmt)
 	if err != nil {
 		return "", err
 	}
@@ -182,7 +168,7 @@ func convergeACL(ctx context.Context, e *stages.Env, d *deps, as cluster.Agents,
 		Name:   "consul",
 		Secret: stages.SecretConsulBootstrapToken,
 		Client: func(token string) (cluster.ACL, error) {
-			c, err := Client(e, server, token)
+			c, err := cluster.ConsulAgent(e, server, token)
 			return acl{c, token}, err
 		},
 		Denied:    isPermissionDenied,
@@ -203,7 +189,7 @@ func convergeACL(ctx context.Context, e *stages.Env, d *deps, as cluster.Agents,
 		}
 		return nil
 	}
-	c, err := Client(e, server, mgmt)
+	c, err := cluster.ConsulAgent(e, server, mgmt)
 	if err != nil {
 		return err
 	}
@@ -373,22 +359,22 @@ func agentTokens(ctx context.Context, e *stages.Env, p *reconcile.Plan, inv *inv
 	if err != nil {
 		return err
 	}
-	c, err := Client(e, n, mgmt)
+	c, err := cluster.ConsulAgent(e, n, mgmt)
 	if err != nil {
 		return err
 	}
 	w := (&consulapi.WriteOptions{}).WithContext(ctx)
-	if mark := toks[t.description()].AccessorID + "@" + id; e.State.Output(agentTokenOutput(t.node)) != mark {
+	if mark := toks[t.description()].AccessorID + "@" + id; e.Note(agentTokenNote(t.node)) != mark {
 		if err := p.Do(reconcile.Update, "consul agent token on "+t.node, "", func() error {
 			if _, err := c.Agent().UpdateAgentACLToken(secret, w); err != nil {
 				return err
 			}
-			return e.State.SetOutput(agentTokenOutput(t.node), mark)
+			return e.SetNote(agentTokenNote(t.node), mark)
 		}); err != nil {
 			return fmt.Errorf("consul: %w", err)
 		}
 	}
-	if e.State.Output(dnsTokenOutput(t.node)) == id {
+	if e.Note(dnsTokenNote(t.node)) == id {
 		return nil
 	}
 	if err := p.Do(reconcile.Update, "consul DNS token on "+t.node, "", func() error {
@@ -399,7 +385,7 @@ func agentTokens(ctx context.Context, e *stages.Env, p *reconcile.Plan, inv *inv
 		if _, err := c.Agent().UpdateDNSToken(dns, w); err != nil {
 			return err
 		}
-		return e.State.SetOutput(dnsTokenOutput(t.node), id)
+		return e.SetNote(dnsTokenNote(t.node), id)
 	}); err != nil {
 		return fmt.Errorf("consul: %w", err)
 	}

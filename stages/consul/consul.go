@@ -8,27 +8,19 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"net"
-	"net/http"
 	"os"
 	"strings"
-	"time"
 
 	consulapi "github.com/hashicorp/consul/api"
 	vaultapi "github.com/hashicorp/vault/api"
 
 	"github.com/platform-bootstrap/bootstrap/ansible"
-	"github.com/platform-bootstrap/bootstrap/internal/apitls"
 	"github.com/platform-bootstrap/bootstrap/internal/cluster"
 	"github.com/platform-bootstrap/bootstrap/internal/inventory"
 	"github.com/platform-bootstrap/bootstrap/internal/reconcile"
 	"github.com/platform-bootstrap/bootstrap/pki"
 	"github.com/platform-bootstrap/bootstrap/stages"
-	"github.com/platform-bootstrap/bootstrap/stages/provision"
 )
-
-// HTTPSPort is Consul's API port on every node; plain HTTP is off.
-const HTTPSPort = 8501
 
 // Stage is the consul stage.
 type Stage struct{}
@@ -39,100 +31,21 @@ func New() *Stage { return &Stage{} }
 // Name is "consul".
 func (*Stage) Name() string { return "consul" }
 
-// Addr is the HTTPS address of a node's Consul agent.
-func Addr(n inventory.Node) string {
-	return net.JoinHostPort(n.APIAddress(), fmt.Sprint(HTTPSPort))
-}
-
-// CAFile is the chain that verifies every Consul agent's certificate.
-func CAFile(e *stages.Env) string { return pki.CAFile(e.StateDir, "consul") }
-
-// OutTLSServerName records the name the servers' certificates carry
-// (server.<datacenter>.<domain>), for `bootstrap env`
-// (CONSUL_TLS_SERVER_NAME).
-const OutTLSServerName = "consul_tls_server_name"
-
-// ServerName is the name in the certificates of the Consul servers of e's
-// datacenter. Clients verify it rather than the address they dial: the PKI
-// issues any IP address to client nodes too, never this name.
-func ServerName(e *stages.Env) string {
-	return apitls.ConsulServerName(e.Config.Datacenter, e.Config.Consul.Domain)
-}
-
-// TLSName is the name n's agent must present: a server's name for server
-// nodes, the client agents' name (client.<datacenter>.<domain>) otherwise.
-func TLSName(e *stages.Env, n inventory.Node) string {
-	if n.Has(inventory.RoleServer) {
-		return ServerName(e)
-	}
-	return apitls.ConsulClientName(e.Config.Datacenter, e.Config.Consul.Domain)
-}
-
-// Client returns a Consul API client for one agent, verifying the name of
-// its role (TLSName).
-func Client(e *stages.Env, n inventory.Node, token string) (*consulapi.Client, error) {
-	return NewClientFor(Addr(n), CAFile(e), TLSName(e, n), token)
-}
-
-// NewClient returns an HTTPS Consul client for a server's address (host:port)
-// that trusts caFile. The certificate must name a Consul server, so a client
-// node's certificate is refused even when it carries the dialled address;
-// NewClientFor checks the exact name. It does not read CONSUL_* variables:
-// bootstrap talks to its own cluster only.
+// NewClient returns an HTTPS Consul client for a server's address
+// (host:port) that trusts caFile. The certificate must name a Consul
+// server, so a client node's certificate is refused even when it carries
+// the dialled address; NewClientFor checks the exact name.
 func NewClient(addr, caFile, token string) (*consulapi.Client, error) {
-	return newClient(addr, caFile, "", token)
+	return cluster.ConsulClient(addr, caFile, "", token)
 }
 
 // NewClientFor returns an HTTPS Consul client for addr that accepts only a
-// certificate valid for serverName (see ServerName and TLSName).
+// certificate valid for serverName (see Env.ConsulTLSName).
 func NewClientFor(addr, caFile, serverName, token string) (*consulapi.Client, error) {
 	if serverName == "" {
 		return nil, fmt.Errorf("consul client for %s: no TLS server name", addr)
 	}
-	return newClient(addr, caFile, serverName, token)
-}
-
-func newClient(addr, caFile, serverName, token string) (*consulapi.Client, error) {
-	tc, err := cluster.TLS(caFile, serverName)
-	if err != nil {
-		return nil, fmt.Errorf("consul client for %s: %w", addr, err)
-	}
-	tr := &http.Transport{
-		TLSClientConfig:     tc,
-		TLSHandshakeTimeout: 5 * time.Second,
-		DisableKeepAlives:   true,
-	}
-	// The api package's own TLSConfig is not used: with HttpClient set it
-	// is ignored, and it cannot require a server's name.
-	c, err := consulapi.NewClient(&consulapi.Config{
-		Address:    addr,
-		Scheme:     "https",
-		Token:      token,
-		HttpClient: &http.Client{Transport: tr, Timeout: 15 * time.Second},
-	})
-	if err != nil {
-		return nil, fmt.Errorf("consul client for %s: %w", addr, err)
-	}
-	return c, nil
-}
-
-// TemplateTokensVar is the secret Ansible variable holding every node's
-// consul-template token: a JSON object, node name → token, from which the
-// consul_template role takes its node's own. The consul and nomad plays
-// both run that role.
-const TemplateTokensVar = "consul_template_tokens"
-
-// TemplateTokens returns the value of TemplateTokensVar for the nodes of
-// inv. The pki stage makes the tokens; until it has, it is not ready.
-func TemplateTokens(e *stages.Env, inv *inventory.Inventory) (string, error) {
-	tokens, missing, err := pki.TemplateTokensJSON(e, pki.ConsulTemplateNodes(inv))
-	if err != nil {
-		return "", err
-	}
-	if missing != "" {
-		return "", stages.NotReadyf("the consul-template token of node %s does not exist yet (pki stage)", missing)
-	}
-	return tokens, nil
+	return cluster.ConsulClient(addr, caFile, serverName, token)
 }
 
 type deps struct {
@@ -143,7 +56,7 @@ type deps struct {
 
 // load gathers what the stage needs from earlier stages.
 func load(ctx context.Context, e *stages.Env) (*deps, error) {
-	inv, err := provision.Load(e)
+	inv, err := e.Inventory()
 	if err != nil {
 		return nil, err
 	}
@@ -164,13 +77,13 @@ func load(ctx context.Context, e *stages.Env) (*deps, error) {
 		}
 		secrets[key] = strings.TrimSpace(v)
 	}
-	tokens, err := TemplateTokens(e, inv)
+	tokens, err := pki.TemplateTokens(e, inv)
 	if err != nil {
 		return nil, err
 	}
-	secrets[TemplateTokensVar] = tokens
-	if _, err := os.Stat(CAFile(e)); err != nil {
-		return nil, stages.NotReadyf("the consul CA (%s) does not exist yet: the pki stage has not run", CAFile(e))
+	secrets[pki.TemplateTokensVar] = tokens
+	if _, err := os.Stat(e.CAFile("consul")); err != nil {
+		return nil, stages.NotReadyf("the consul CA (%s) does not exist yet: the pki stage has not run", e.CAFile("consul"))
 	}
 	vc, err := pki.NewClient(addr, e.State.Output(stages.OutVaultCACert))
 	if err != nil {
@@ -192,7 +105,7 @@ func load(ctx context.Context, e *stages.Env) (*deps, error) {
 // without a token.
 func service(e *stages.Env) cluster.Service {
 	return cluster.Service{Name: "consul", Leader: func(ctx context.Context, n inventory.Node) (string, error) {
-		c, err := Client(e, n, "")
+		c, err := cluster.ConsulAgent(e, n, "")
 		if err != nil {
 			return "", err
 		}
@@ -231,9 +144,9 @@ func converge(ctx context.Context, e *stages.Env, p *reconcile.Plan) error {
 	}
 	servers := d.inv.WithRole(inventory.RoleServer)
 	if err := cluster.RecordOutputs(p, e.State, map[string]string{
-		stages.OutConsulAddr:   "https://" + Addr(servers[0]),
-		stages.OutConsulCACert: CAFile(e),
-		OutTLSServerName:       ServerName(e),
+		stages.OutConsulAddr:          "https://" + stages.ConsulAddr(servers[0]),
+		stages.OutConsulCACert:        e.CAFile("consul"),
+		stages.OutConsulTLSServerName: e.ConsulServerName(),
 	}); err != nil {
 		return err
 	}
@@ -254,11 +167,11 @@ func converge(ctx context.Context, e *stages.Env, p *reconcile.Plan) error {
 
 // Status reports each agent, the leader and the raft voters.
 func (s *Stage) Status(ctx context.Context, e *stages.Env) ([]stages.StatusLine, error) {
-	inv, err := provision.Load(e)
+	inv, err := e.Inventory()
 	if err != nil {
 		return nil, nil
 	}
-	if _, err := os.Stat(CAFile(e)); err != nil {
+	if _, err := os.Stat(e.CAFile("consul")); err != nil {
 		return nil, nil
 	}
 	tok, _, _ := e.Secrets.Get(stages.SecretConsulBootstrapToken)
@@ -273,7 +186,7 @@ func (s *Stage) Status(ctx context.Context, e *stages.Env) ([]stages.StatusLine,
 			if !a.Up() {
 				continue
 			}
-			c, err := Client(e, a.Node, tok)
+			c, err := cluster.ConsulAgent(e, a.Node, tok)
 			if err != nil {
 				continue
 			}

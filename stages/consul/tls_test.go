@@ -36,16 +36,16 @@ func TestTLSNames(t *testing.T) {
 	e := testEnv(t, "datacenter = \"ams3\"\nprovider \"local\" {}\nconsul {\n  domain = \"corp.example\"\n}\n")
 	server := inventory.Node{Name: "server-1", Roles: []string{"server", "vault"}}
 	client := inventory.Node{Name: "client-1", Roles: []string{"client"}}
-	if got := ServerName(e); got != "server.ams3.corp.example" {
+	if got := e.ConsulServerName(); got != "server.ams3.corp.example" {
 		t.Errorf("ServerName = %q", got)
 	}
-	if got := TLSName(e, server); got != "server.ams3.corp.example" {
+	if got := e.ConsulTLSName(server); got != "server.ams3.corp.example" {
 		t.Errorf("TLSName(server) = %q", got)
 	}
-	if got := TLSName(e, client); got != "client.ams3.corp.example" {
+	if got := e.ConsulTLSName(client); got != "client.ams3.corp.example" {
 		t.Errorf("TLSName(client) = %q", got)
 	}
-	if got := ServerName(testEnv(t, `provider "local" {}`)); got != "server.dc1.consul" {
+	if got := testEnv(t, `provider "local" {}`).ConsulServerName(); got != "server.dc1.consul" {
 		t.Errorf("defaults: ServerName = %q", got)
 	}
 }
@@ -70,8 +70,8 @@ func TestTLSNamesMatchPKI(t *testing.T) {
 	server := inventory.Node{Roles: []string{"server"}}
 	client := inventory.Node{Roles: []string{"client"}}
 	for role, n := range map[string]inventory.Node{pki.ConsulRole("server", "dc1"): server, pki.ConsulRole("client", "dc1"): client} {
-		if !strings.Contains(strings.Join(domains[role], " "), TLSName(e, n)) {
-			t.Errorf("role %s issues %q, not %s", role, domains[role], TLSName(e, n))
+		if !strings.Contains(strings.Join(domains[role], " "), e.ConsulTLSName(n)) {
+			t.Errorf("role %s issues %q, not %s", role, domains[role], e.ConsulTLSName(n))
 		}
 	}
 	for _, d := range domains[pki.ConsulRole("client", "dc1")] {
@@ -141,13 +141,13 @@ func TestTemplateTokens(t *testing.T) {
 	if err := e.Secrets.Put(pki.ConsulTemplateTokenSecret("server-1"), "hvs.server\n"); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := TemplateTokens(e, inv); !errors.Is(err, stages.ErrNotReady) || !strings.Contains(err.Error(), "client-1") {
+	if _, err := pki.TemplateTokens(e, inv); !errors.Is(err, stages.ErrNotReady) || !strings.Contains(err.Error(), "client-1") {
 		t.Fatalf("a node without its token: %v", err)
 	}
 	if err := e.Secrets.Put(pki.ConsulTemplateTokenSecret("client-1"), "hvs.client"); err != nil {
 		t.Fatal(err)
 	}
-	s, err := TemplateTokens(e, inv)
+	s, err := pki.TemplateTokens(e, inv)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -158,7 +158,7 @@ func TestTemplateTokens(t *testing.T) {
 	if len(got) != 2 || got["server-1"] != "hvs.server" || got["client-1"] != "hvs.client" {
 		t.Errorf("tokens: %v", got)
 	}
-	if again, _ := TemplateTokens(e, inv); again != s {
+	if again, _ := pki.TemplateTokens(e, inv); again != s {
 		t.Error("the same tokens gave another text (the Ansible digest would change)")
 	}
 }

@@ -21,6 +21,7 @@ import (
 	vaultapi "github.com/hashicorp/vault/api"
 
 	"github.com/platform-bootstrap/bootstrap/internal/apitls"
+	"github.com/platform-bootstrap/bootstrap/internal/cluster"
 	"github.com/platform-bootstrap/bootstrap/internal/config"
 	"github.com/platform-bootstrap/bootstrap/internal/inventory"
 	"github.com/platform-bootstrap/bootstrap/internal/nomadjob"
@@ -29,9 +30,6 @@ import (
 	"github.com/platform-bootstrap/bootstrap/monitoring"
 	"github.com/platform-bootstrap/bootstrap/pki"
 	"github.com/platform-bootstrap/bootstrap/stages"
-	"github.com/platform-bootstrap/bootstrap/stages/consul"
-	"github.com/platform-bootstrap/bootstrap/stages/nomad"
-	"github.com/platform-bootstrap/bootstrap/stages/provision"
 )
 
 // Stage is the jobs stage.
@@ -66,7 +64,7 @@ type platform struct {
 }
 
 func load(ctx context.Context, e *stages.Env) (*platform, error) {
-	inv, err := provision.Load(e)
+	inv, err := e.Inventory()
 	if err != nil {
 		return nil, err
 	}
@@ -87,7 +85,7 @@ func load(ctx context.Context, e *stages.Env) (*platform, error) {
 	if err != nil {
 		return nil, err
 	}
-	nc, err := nomad.ServerClient(e, mgmt)
+	nc, err := cluster.NomadServer(e, mgmt)
 	if err != nil {
 		return nil, err
 	}
@@ -101,21 +99,21 @@ func load(ctx context.Context, e *stages.Env) (*platform, error) {
 	}
 	vc.SetToken(tok)
 	p := &platform{cfg: e.Config, inv: inv, nomad: nc, vault: vc, kv: map[string]map[string]string{}}
-	fabio, err := get(consul.SecretFabioToken)
+	fabio, err := get(stages.SecretConsulFabioToken)
 	if err != nil {
 		return nil, err
 	}
-	promConsul, err := get(consul.SecretPrometheusToken)
+	promConsul, err := get(stages.SecretConsulPrometheusToken)
 	if err != nil {
 		return nil, err
 	}
-	promNomad, err := get(nomad.SecretPrometheusToken)
+	promNomad, err := get(stages.SecretNomadPrometheusToken)
 	if err != nil {
 		return nil, err
 	}
 	p.kv["general/fabio/consul"] = map[string]string{"token": fabio}
 	for _, ns := range e.Config.Nomad.Namespaces {
-		tok, err := get(consul.SecretFabioNamespaceToken(ns))
+		tok, err := get(stages.SecretConsulFabioNamespaceToken(ns))
 		if err != nil {
 			return nil, err
 		}
@@ -190,7 +188,7 @@ func wanted(e *stages.Env, p *platform) ([]spec, error) {
 		}
 		return v
 	}
-	consulCA, err := os.ReadFile(consul.CAFile(e))
+	consulCA, err := os.ReadFile(e.CAFile("consul"))
 	if err != nil {
 		return nil, err
 	}
@@ -285,18 +283,18 @@ func prometheusVars(e *stages.Env, p *platform, v platformjobs.Variables, bin st
 	consulHTTP := func(name string) monitoring.HTTPClient {
 		return monitoring.HTTPClient{TokenFile: platformjobs.PrometheusConsulTokenFile, CAFile: platformjobs.PrometheusCAFile("consul"), ServerName: name}
 	}
-	consulServers := consulHTTP(consul.ServerName(e))
+	consulServers := consulHTTP(e.ConsulServerName())
 	yml, err := monitoring.RenderPrometheus(monitoring.PrometheusConfig{
 		ScrapeInterval: cfg.Monitoring.ScrapeInterval,
 		ExternalLabels: map[string]string{"platform": cfg.Name, "datacenter": cfg.Datacenter},
-		NomadServers:   monitoring.Endpoint{Targets: hostports(servers, nomad.HTTPPort), HTTP: nomadHTTP(nomad.ServerName(e))},
-		NomadClients:   monitoring.Endpoint{Targets: hostports(clients, nomad.HTTPPort), HTTP: nomadHTTP(apitls.NomadClientName(cfg.Region))},
-		Consul:         monitoring.Endpoint{Targets: hostports(servers, consul.HTTPSPort), HTTP: consulServers},
-		ConsulClients:  monitoring.Endpoint{Targets: hostports(clients, consul.HTTPSPort), HTTP: consulHTTP(apitls.ConsulClientName(cfg.Datacenter, cfg.Consul.Domain))},
+		NomadServers:   monitoring.Endpoint{Targets: hostports(servers, stages.NomadHTTPPort), HTTP: nomadHTTP(e.NomadServerName())},
+		NomadClients:   monitoring.Endpoint{Targets: hostports(clients, stages.NomadHTTPPort), HTTP: nomadHTTP(apitls.NomadClientName(cfg.Region))},
+		Consul:         monitoring.Endpoint{Targets: hostports(servers, stages.ConsulHTTPSPort), HTTP: consulServers},
+		ConsulClients:  monitoring.Endpoint{Targets: hostports(clients, stages.ConsulHTTPSPort), HTTP: consulHTTP(apitls.ConsulClientName(cfg.Datacenter, cfg.Consul.Domain))},
 		Vault: monitoring.Endpoint{Targets: hostports(p.inv.WithRole(inventory.RoleVault), 8200),
 			HTTP: monitoring.HTTPClient{TokenFile: platformjobs.PrometheusVaultTokenFile, CAFile: platformjobs.PrometheusCAFile("vault"), ServerName: apitls.VaultServerName}},
 		// Any agent serves the catalog; the servers are the stable ones.
-		ConsulSD:      monitoring.ConsulSD{Servers: hostports(servers, consul.HTTPSPort), Datacenter: cfg.Datacenter, HTTP: consulServers},
+		ConsulSD:      monitoring.ConsulSD{Servers: hostports(servers, stages.ConsulHTTPSPort), Datacenter: cfg.Datacenter, HTTP: consulServers},
 		AppNamespaces: cfg.Nomad.Namespaces,
 	})
 	if err != nil {
@@ -315,7 +313,7 @@ func prometheusVars(e *stages.Env, p *platform, v platformjobs.Variables, bin st
 		return nil, fmt.Errorf("alertmanager.yml: %w", err)
 	}
 	cas := map[string]string{}
-	for name, file := range map[string]string{"consul": consul.CAFile(e), "nomad": nomad.CAFile(e), "vault": e.State.Output(stages.OutVaultCACert)} {
+	for name, file := range map[string]string{"consul": e.CAFile("consul"), "nomad": e.CAFile("nomad"), "vault": e.State.Output(stages.OutVaultCACert)} {
 		b, err := os.ReadFile(file)
 		if err != nil {
 			return nil, err
@@ -508,7 +506,7 @@ func managementClient(e *stages.Env) (*nomadapi.Client, error) {
 	if err != nil || !ok {
 		return nil, err
 	}
-	return nomad.ServerClient(e, strings.TrimSpace(mgmt))
+	return cluster.NomadServer(e, strings.TrimSpace(mgmt))
 }
 
 func password() (string, error) {

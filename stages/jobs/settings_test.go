@@ -11,7 +11,6 @@ import (
 	"github.com/platform-bootstrap/bootstrap/internal/inventory"
 	platformjobs "github.com/platform-bootstrap/bootstrap/jobs"
 	"github.com/platform-bootstrap/bootstrap/monitoring"
-	"github.com/platform-bootstrap/bootstrap/pki"
 	"github.com/platform-bootstrap/bootstrap/stages"
 	"github.com/platform-bootstrap/bootstrap/stages/stagestest"
 )
@@ -33,7 +32,7 @@ func wantedFor(t *testing.T, src string) map[string]platformjobs.Variables {
 	}
 	state := filepath.Join(dir, "state")
 	e := stagestest.Env(t, dir, state, src, nil)
-	for _, ca := range []string{pki.CAFile(state, "consul"), pki.CAFile(state, "nomad"), filepath.Join(state, "vault-ca.pem")} {
+	for _, ca := range []string{e.CAFile("consul"), e.CAFile("nomad"), filepath.Join(state, "vault-ca.pem")} {
 		if err := os.MkdirAll(filepath.Dir(ca), 0o700); err != nil {
 			t.Fatal(err)
 		}

@@ -20,9 +20,6 @@ import (
 	"github.com/platform-bootstrap/bootstrap/stages"
 )
 
-// SecretPrometheusToken is the token Prometheus scrapes Nomad's metrics with.
-const SecretPrometheusToken = "nomad/tokens/prometheus"
-
 // deployCapabilities is what the CI deploy token may do in its namespaces:
 // validate, plan, register, revert and follow jobs — no exec into
 // allocations, no node or ACL access.
@@ -34,14 +31,6 @@ func quote(list []string) string {
 		q[i] = fmt.Sprintf("%q", s)
 	}
 	return strings.Join(q, ", ")
-}
-
-// DeployNamespaces are the application namespaces that get a CI deploy token.
-func DeployNamespaces(cfg *config.Platform) []string {
-	if len(cfg.Nomad.DeployNamespaces) > 0 {
-		return cfg.Nomad.DeployNamespaces
-	}
-	return cfg.Nomad.Namespaces
 }
 
 // DeployPolicy is the name of the policy of namespace ns's CI deploy token.
@@ -80,7 +69,7 @@ namespace "*" {
 }
 `,
 	}
-	for _, ns := range DeployNamespaces(cfg) {
+	for _, ns := range stages.DeployNamespaces(cfg) {
 		out[DeployPolicy(ns)] = fmt.Sprintf("namespace %q {\n  capabilities = [%s]\n}\n", ns, quote(deployCapabilities))
 	}
 	return out
@@ -98,9 +87,9 @@ func (t token) displayName() string { return "bootstrap: " + t.name }
 func tokens(cfg *config.Platform) []token {
 	out := []token{
 		{"ui-read", stages.SecretNomadUIToken, []string{"ui-read"}},
-		{"prometheus", SecretPrometheusToken, []string{"prometheus-metrics"}},
+		{"prometheus", stages.SecretNomadPrometheusToken, []string{"prometheus-metrics"}},
 	}
-	for _, ns := range DeployNamespaces(cfg) {
+	for _, ns := range stages.DeployNamespaces(cfg) {
 		out = append(out, token{"ci-" + ns, stages.SecretNomadDeployToken(ns), []string{DeployPolicy(ns)}})
 	}
 	return out
@@ -182,7 +171,7 @@ func convergeACL(ctx context.Context, e *stages.Env, d *deps, as cluster.Agents,
 		Name:   "nomad",
 		Secret: stages.SecretNomadBootstrapToken,
 		Client: func(token string) (cluster.ACL, error) {
-			c, err := Client(e, server, token)
+			c, err := cluster.NomadAgent(e, server, token)
 			return acl{c, token}, err
 		},
 		Denied:    isPermissionDenied,
@@ -204,7 +193,7 @@ func convergeACL(ctx context.Context, e *stages.Env, d *deps, as cluster.Agents,
 			return err
 		}
 	}
-	c, err := Client(e, server, mgmt)
+	c, err := cluster.NomadAgent(e, server, mgmt)
 	if err != nil {
 		return err
 	}
@@ -415,7 +404,7 @@ const (
 )
 
 func jwtWant(e *stages.Env, d *deps) (map[string]any, map[string]any, error) {
-	ca, err := os.ReadFile(CAFile(e))
+	ca, err := os.ReadFile(e.CAFile("nomad"))
 	if err != nil {
 		return nil, nil, err
 	}
@@ -423,7 +412,7 @@ func jwtWant(e *stages.Env, d *deps) (map[string]any, map[string]any, error) {
 	// logins survive any one server being down.
 	var pairs []any
 	for _, n := range d.inv.WithRole(inventory.RoleServer) {
-		pairs = append(pairs, map[string]any{"jwks_url": Addr(n) + "/.well-known/jwks.json", "jwks_ca_pem": string(ca)})
+		pairs = append(pairs, map[string]any{"jwks_url": stages.NomadAddr(n) + "/.well-known/jwks.json", "jwks_ca_pem": string(ca)})
 	}
 	cfg := map[string]any{
 		"jwks_pairs":         pairs,

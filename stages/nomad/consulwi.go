@@ -16,11 +16,11 @@ import (
 	consulapi "github.com/hashicorp/consul/api"
 	nomadapi "github.com/hashicorp/nomad/api"
 
+	"github.com/platform-bootstrap/bootstrap/internal/cluster"
 	"github.com/platform-bootstrap/bootstrap/internal/config"
 	"github.com/platform-bootstrap/bootstrap/internal/inventory"
 	"github.com/platform-bootstrap/bootstrap/internal/reconcile"
 	"github.com/platform-bootstrap/bootstrap/stages"
-	"github.com/platform-bootstrap/bootstrap/stages/consul"
 )
 
 // Consul trusts the identities Nomad signs for services: Nomad clients log
@@ -86,7 +86,7 @@ func signingKeys(ctx context.Context, e *stages.Env, inv *inventory.Inventory) (
 	var set struct{ Keys []jwk }
 	var errs []error
 	for _, n := range inv.WithRole(inventory.RoleServer) {
-		c, err := Client(e, n, "")
+		c, err := cluster.NomadAgent(e, n, "")
 		if err == nil {
 			_, err = c.Raw().Query("/.well-known/jwks.json", &set, (&nomadapi.QueryOptions{}).WithContext(ctx))
 		}
@@ -137,7 +137,7 @@ func consulBindingRules(cfg *config.Platform) map[string]*consulapi.ACLBindingRu
 func consulServer(ctx context.Context, e *stages.Env, inv *inventory.Inventory, mgmt string) (*consulapi.Client, error) {
 	var errs []error
 	for _, n := range inv.WithRole(inventory.RoleServer) {
-		c, err := consul.Client(e, n, mgmt)
+		c, err := cluster.ConsulAgent(e, n, mgmt)
 		if err == nil {
 			_, err = c.Status().LeaderWithQueryOptions((&consulapi.QueryOptions{}).WithContext(ctx))
 		}

@@ -9,8 +9,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"net"
-	"net/http"
 	"os"
 	"strconv"
 	"strings"
@@ -20,19 +18,13 @@ import (
 	vaultapi "github.com/hashicorp/vault/api"
 
 	"github.com/platform-bootstrap/bootstrap/ansible"
-	"github.com/platform-bootstrap/bootstrap/internal/apitls"
 	"github.com/platform-bootstrap/bootstrap/internal/cluster"
 	"github.com/platform-bootstrap/bootstrap/internal/inventory"
 	"github.com/platform-bootstrap/bootstrap/internal/poll"
 	"github.com/platform-bootstrap/bootstrap/internal/reconcile"
 	"github.com/platform-bootstrap/bootstrap/pki"
 	"github.com/platform-bootstrap/bootstrap/stages"
-	"github.com/platform-bootstrap/bootstrap/stages/consul"
-	"github.com/platform-bootstrap/bootstrap/stages/provision"
 )
-
-// HTTPPort is Nomad's API port (HTTPS) on every node.
-const HTTPPort = 4646
 
 // Stage is the nomad stage.
 type Stage struct{}
@@ -43,95 +35,22 @@ func New() *Stage { return &Stage{} }
 // Name is "nomad".
 func (*Stage) Name() string { return "nomad" }
 
-// Addr is the HTTPS URL of a node's Nomad agent.
-func Addr(n inventory.Node) string {
-	return "https://" + net.JoinHostPort(n.APIAddress(), fmt.Sprint(HTTPPort))
-}
-
-// CAFile is the chain that verifies every Nomad agent's certificate.
-func CAFile(e *stages.Env) string { return pki.CAFile(e.StateDir, "nomad") }
-
-// OutTLSServerName records the name the servers' certificates carry
-// (server.<region>.nomad), for `bootstrap env` (NOMAD_TLS_SERVER_NAME).
-const OutTLSServerName = "nomad_tls_server_name"
-
-// ServerName is the name in the certificates of the Nomad servers of e's
-// region. Clients verify it rather than the address they dial: the PKI
-// issues any IP address to client nodes too, never this name.
-func ServerName(e *stages.Env) string { return apitls.NomadServerName(e.Config.Region) }
-
-// TLSName is the name n's agent must present: a server's name for server
-// nodes, the client agents' name (client.<region>.nomad) otherwise.
-func TLSName(e *stages.Env, n inventory.Node) string {
-	if n.Has(inventory.RoleServer) {
-		return ServerName(e)
-	}
-	return apitls.NomadClientName(e.Config.Region)
-}
-
 // NewClient returns a Nomad API client for a server's address that trusts
 // caFile and carries exactly token (NOMAD_* variables of the environment
 // are ignored). The certificate must name a Nomad server of any region, so
 // a client node's certificate is refused even when it carries the dialled
 // address; NewClientFor checks the exact name.
 func NewClient(addr, caFile, token string) (*nomadapi.Client, error) {
-	return newClient(addr, caFile, "", token)
+	return cluster.NomadClient(addr, caFile, "", token)
 }
 
 // NewClientFor returns a Nomad API client for addr that accepts only a
-// certificate valid for serverName (see ServerName and TLSName).
+// certificate valid for serverName (see Env.NomadTLSName).
 func NewClientFor(addr, caFile, serverName, token string) (*nomadapi.Client, error) {
 	if serverName == "" {
 		return nil, fmt.Errorf("nomad client for %s: no TLS server name", addr)
 	}
-	return newClient(addr, caFile, serverName, token)
-}
-
-func newClient(addr, caFile, serverName, token string) (*nomadapi.Client, error) {
-	tc, err := cluster.TLS(caFile, serverName)
-	if err != nil {
-		return nil, fmt.Errorf("nomad client for %s: %w", addr, err)
-	}
-	// The HTTP client is built here because the api package's TLSConfig
-	// cannot require a server's name; with HttpClient set it is ignored.
-	// A transport with its own TLS configuration speaks HTTP/1, as the api
-	// package's own client does: its exec websockets need it.
-	tr := &http.Transport{
-		DialContext:         (&net.Dialer{Timeout: 30 * time.Second, KeepAlive: 30 * time.Second}).DialContext,
-		TLSClientConfig:     tc,
-		TLSHandshakeTimeout: 10 * time.Second,
-		MaxIdleConnsPerHost: 4,
-		IdleConnTimeout:     90 * time.Second,
-	}
-	c, err := nomadapi.NewClient(&nomadapi.Config{
-		Address:    addr,
-		SecretID:   token,
-		HttpClient: &http.Client{Transport: tr},
-		WaitTime:   5 * time.Second,
-	})
-	if err != nil {
-		return nil, fmt.Errorf("nomad client: %w", err)
-	}
-	c.SetSecretID(token)
-	c.SetNamespace("")
-	c.SetRegion("")
-	return c, nil
-}
-
-// Client returns an API client for one node, verifying the name of its
-// role (TLSName).
-func Client(e *stages.Env, n inventory.Node, token string) (*nomadapi.Client, error) {
-	return NewClientFor(Addr(n), CAFile(e), TLSName(e, n), token)
-}
-
-// ServerClient returns an API client for the server address the stage
-// recorded (OutNomadAddr), verifying ServerName.
-func ServerClient(e *stages.Env, token string) (*nomadapi.Client, error) {
-	addr := e.State.Output(stages.OutNomadAddr)
-	if addr == "" {
-		return nil, stages.NotReadyf("nomad is not up yet")
-	}
-	return NewClientFor(addr, CAFile(e), ServerName(e), token)
+	return cluster.NomadClient(addr, caFile, serverName, token)
 }
 
 type deps struct {
@@ -141,7 +60,7 @@ type deps struct {
 }
 
 func load(e *stages.Env) (*deps, error) {
-	inv, err := provision.Load(e)
+	inv, err := e.Inventory()
 	if err != nil {
 		return nil, err
 	}
@@ -152,13 +71,13 @@ func load(e *stages.Env) (*deps, error) {
 	if e.State.Output(stages.OutConsulAddr) == "" {
 		return nil, stages.NotReadyf("consul is not up yet")
 	}
-	if _, err := os.Stat(CAFile(e)); err != nil {
-		return nil, stages.NotReadyf("the nomad CA (%s) does not exist yet: the pki stage has not run", CAFile(e))
+	if _, err := os.Stat(e.CAFile("nomad")); err != nil {
+		return nil, stages.NotReadyf("the nomad CA (%s) does not exist yet: the pki stage has not run", e.CAFile("nomad"))
 	}
 	secrets := map[string]string{}
 	for key, name := range map[string]string{
 		"nomad_gossip_key":   stages.SecretNomadGossipKey,
-		"nomad_consul_token": consul.SecretNomadAgentToken,
+		"nomad_consul_token": stages.SecretConsulNomadAgentToken,
 	} {
 		v, ok, err := e.Secrets.Get(name)
 		if err != nil {
@@ -171,11 +90,11 @@ func load(e *stages.Env) (*deps, error) {
 	}
 	// Each node's consul-template renews the nomad certificate with the
 	// node's own token, as it does the consul one.
-	tokens, err := consul.TemplateTokens(e, inv)
+	tokens, err := pki.TemplateTokens(e, inv)
 	if err != nil {
 		return nil, err
 	}
-	secrets[consul.TemplateTokensVar] = tokens
+	secrets[pki.TemplateTokensVar] = tokens
 	vc, err := pki.NewClient(addr, e.State.Output(stages.OutVaultCACert))
 	if err != nil {
 		return nil, err
@@ -196,7 +115,7 @@ func load(e *stages.Env) (*deps, error) {
 // token.
 func service(e *stages.Env) cluster.Service {
 	return cluster.Service{Name: "nomad", Leader: func(ctx context.Context, n inventory.Node) (string, error) {
-		c, err := Client(e, n, "")
+		c, err := cluster.NomadAgent(e, n, "")
 		if err != nil {
 			return "", err
 		}
@@ -234,9 +153,9 @@ func converge(ctx context.Context, e *stages.Env, p *reconcile.Plan) error {
 	}
 	servers := d.inv.WithRole(inventory.RoleServer)
 	if err := cluster.RecordOutputs(p, e.State, map[string]string{
-		stages.OutNomadAddr:   Addr(servers[0]),
-		stages.OutNomadCACert: CAFile(e),
-		OutTLSServerName:      ServerName(e),
+		stages.OutNomadAddr:          stages.NomadAddr(servers[0]),
+		stages.OutNomadCACert:        e.CAFile("nomad"),
+		stages.OutNomadTLSServerName: e.NomadServerName(),
 	}); err != nil {
 		return err
 	}
@@ -267,7 +186,7 @@ func waitCaughtUp(ctx context.Context, e *stages.Env, inv *inventory.Inventory, 
 		var behind []string
 		applied := map[string]uint64{}
 		for _, n := range servers {
-			c, err := Client(e, n, mgmt)
+			c, err := cluster.NomadAgent(e, n, mgmt)
 			if err != nil {
 				return err
 			}
@@ -302,7 +221,7 @@ func never(error) bool { return false }
 // waitClients waits until every client node is ready with a healthy task
 // driver.
 func waitClients(ctx context.Context, e *stages.Env, inv *inventory.Inventory, mgmt string) error {
-	c, err := Client(e, inv.WithRole(inventory.RoleServer)[0], mgmt)
+	c, err := cluster.NomadAgent(e, inv.WithRole(inventory.RoleServer)[0], mgmt)
 	if err != nil {
 		return err
 	}
@@ -356,11 +275,11 @@ func anyDriverHealthy(n *nomadapi.NodeListStub) bool {
 
 // Status reports each agent, the leader and client readiness.
 func (s *Stage) Status(ctx context.Context, e *stages.Env) ([]stages.StatusLine, error) {
-	inv, err := provision.Load(e)
+	inv, err := e.Inventory()
 	if err != nil {
 		return nil, nil
 	}
-	if _, err := os.Stat(CAFile(e)); err != nil {
+	if _, err := os.Stat(e.CAFile("nomad")); err != nil {
 		return nil, nil
 	}
 	tok, _, _ := e.Secrets.Get(stages.SecretNomadBootstrapToken)
@@ -369,7 +288,7 @@ func (s *Stage) Status(ctx context.Context, e *stages.Env) ([]stages.StatusLine,
 	leader := as.Leader()
 	nodeStatus := map[string]string{}
 	if leader != "" && tok != "" {
-		if c, err := Client(e, as.Server(), tok); err == nil {
+		if c, err := cluster.NomadAgent(e, as.Server(), tok); err == nil {
 			if nodes, _, err := c.Nodes().List((&nomadapi.QueryOptions{}).WithContext(ctx)); err == nil {
 				for _, n := range nodes {
 					nodeStatus[n.Name] = n.Status

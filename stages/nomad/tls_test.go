@@ -9,6 +9,7 @@ import (
 
 	"github.com/platform-bootstrap/bootstrap/internal/apitls"
 	"github.com/platform-bootstrap/bootstrap/internal/apitls/apitlstest"
+	"github.com/platform-bootstrap/bootstrap/internal/cluster"
 	"github.com/platform-bootstrap/bootstrap/internal/inventory"
 	"github.com/platform-bootstrap/bootstrap/stages"
 	"github.com/platform-bootstrap/bootstrap/stages/stagestest"
@@ -33,16 +34,16 @@ func TestTLSNames(t *testing.T) {
 	e := testEnv(t, "region = \"eu-west\"\nprovider \"local\" {}\n")
 	server := inventory.Node{Name: "server-1", Roles: []string{"server", "vault"}}
 	client := inventory.Node{Name: "client-1", Roles: []string{"client"}}
-	if got := ServerName(e); got != "server.eu-west.nomad" {
+	if got := e.NomadServerName(); got != "server.eu-west.nomad" {
 		t.Errorf("ServerName = %q", got)
 	}
-	if got := TLSName(e, server); got != "server.eu-west.nomad" {
+	if got := e.NomadTLSName(server); got != "server.eu-west.nomad" {
 		t.Errorf("TLSName(server) = %q", got)
 	}
-	if got := TLSName(e, client); got != "client.eu-west.nomad" {
+	if got := e.NomadTLSName(client); got != "client.eu-west.nomad" {
 		t.Errorf("TLSName(client) = %q", got)
 	}
-	if got := ServerName(testEnv(t, `provider "local" {}`)); got != "server.global.nomad" {
+	if got := testEnv(t, `provider "local" {}`).NomadServerName(); got != "server.global.nomad" {
 		t.Errorf("default region: ServerName = %q", got)
 	}
 }
@@ -105,7 +106,7 @@ func TestClientVerifiesServerName(t *testing.T) {
 
 func TestServerClient(t *testing.T) {
 	e := testEnv(t, `provider "local" {}`)
-	if _, err := ServerClient(e, ""); !errors.Is(err, stages.ErrNotReady) {
+	if _, err := cluster.NomadServer(e, ""); !errors.Is(err, stages.ErrNotReady) {
 		t.Fatalf("before the stage ran: %v", err)
 	}
 }

@@ -70,7 +70,7 @@ func TestRecordedLocalInventoryLoads(t *testing.T) {
 	if err := e.State.SetOutput(stages.OutInventory, provision.InventoryPath(e)); err != nil {
 		t.Fatal(err)
 	}
-	got, err := provision.Load(e)
+	got, err := e.Inventory()
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -34,22 +34,6 @@ func (*Stage) Name() string { return "provision" }
 // InventoryPath is where the stage keeps the inventory.
 func InventoryPath(e *stages.Env) string { return e.Path("inventory.json") }
 
-// Load returns the inventory the provision stage recorded, or an error that
-// tells the user to run it.
-func Load(e *stages.Env) (*inventory.Inventory, error) {
-	path := e.State.Output(stages.OutInventory)
-	if path == "" {
-		return nil, stages.NotReadyf("no inventory yet: the provision stage has not run")
-	}
-	// The recorded copy is the stage's own, in the state directory, so the
-	// local provider's "local" fields are kept.
-	inv, err := inventory.LoadSaved(path)
-	if errors.Is(err, fs.ErrNotExist) {
-		return nil, stages.NotReadyf("inventory %s is missing: run `bootstrap up --only provision`", path)
-	}
-	return inv, err
-}
-
 // desired builds the inventory the configuration asks for. Terraform's comes
 // from its outputs, so it is only known after apply.
 func desired(e *stages.Env) (*inventory.Inventory, error) {
@@ -255,22 +239,6 @@ func stopLocalNode(ctx context.Context, n inventory.Node) error {
 		return fmt.Errorf("stop node %s: %w", n.Name, err)
 	}
 	return nil
-}
-
-// StopService stops one service of a local node by its pid file.
-func StopService(ctx context.Context, n inventory.Node, name string) error {
-	pf := filepath.Join(n.Local.Root, "run", name+".pid")
-	pid, err := proc.ReadPidFile(pf)
-	if errors.Is(err, fs.ErrNotExist) {
-		return nil
-	}
-	if err != nil {
-		return err
-	}
-	if err := proc.Terminate(ctx, pid, 20*time.Second); err != nil {
-		return fmt.Errorf("stop %s on %s: %w", name, n.Name, err)
-	}
-	return os.Remove(pf)
 }
 
 func removeLocalNode(ctx context.Context, n inventory.Node) error {

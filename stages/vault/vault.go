@@ -25,13 +25,13 @@ import (
 
 	"github.com/platform-bootstrap/bootstrap/ansible"
 	"github.com/platform-bootstrap/bootstrap/internal/apitls"
+	"github.com/platform-bootstrap/bootstrap/internal/cluster"
 	"github.com/platform-bootstrap/bootstrap/internal/crashpoint"
 	"github.com/platform-bootstrap/bootstrap/internal/inventory"
 	"github.com/platform-bootstrap/bootstrap/internal/poll"
 	"github.com/platform-bootstrap/bootstrap/internal/reconcile"
 	"github.com/platform-bootstrap/bootstrap/pki"
 	"github.com/platform-bootstrap/bootstrap/stages"
-	"github.com/platform-bootstrap/bootstrap/stages/provision"
 )
 
 // Port is Vault's API port on every node.
@@ -112,7 +112,7 @@ type nodeHealth struct {
 func (h nodeHealth) up() bool { return h.err == nil }
 
 func vaultNodes(e *stages.Env) (*inventory.Inventory, []inventory.Node, error) {
-	inv, err := provision.Load(e)
+	inv, err := e.Inventory()
 	if err != nil {
 		return nil, nil, err
 	}
@@ -484,7 +484,7 @@ func (s *Stage) recoverLostInit(ctx context.Context, e *stages.Env, inv *invento
 	}
 	e.Warnf("a previous run initialised vault but died before storing its keys; wiping the empty Vault and initialising it again")
 	for _, n := range nodes {
-		if err := provision.StopService(ctx, n, "vault"); err != nil {
+		if err := cluster.StopLocal(ctx, n, "vault"); err != nil {
 			return nil, err
 		}
 		if err := os.RemoveAll(n.Local.Root + "/data/vault"); err != nil {

@@ -29,11 +29,10 @@ import (
 
 	nomadapi "github.com/hashicorp/nomad/api"
 
+	"github.com/platform-bootstrap/bootstrap/internal/cluster"
 	"github.com/platform-bootstrap/bootstrap/internal/inventory"
 	"github.com/platform-bootstrap/bootstrap/internal/poll"
 	"github.com/platform-bootstrap/bootstrap/stages"
-	"github.com/platform-bootstrap/bootstrap/stages/nomad"
-	"github.com/platform-bootstrap/bootstrap/stages/provision"
 )
 
 // Stage is the verify stage.
@@ -58,7 +57,7 @@ type env struct {
 }
 
 func load(e *stages.Env) (*env, error) {
-	inv, err := provision.Load(e)
+	inv, err := e.Inventory()
 	if err != nil {
 		return nil, err
 	}
@@ -120,7 +119,8 @@ func (v *env) checks() []check {
 	return cs
 }
 
-const verifiedOutput = "verified"
+// verifiedNote records when the platform last passed every check.
+const verifiedNote = "verified"
 
 // Plan runs the read-only checks once. A failing check, or a platform never
 // verified, is a change: Apply runs every check with retries.
@@ -138,7 +138,7 @@ func (s *Stage) Plan(ctx context.Context, e *stages.Env) ([]stages.Change, error
 			out = append(out, stages.Change{Action: "check", Target: c.name, Detail: "failing: " + err.Error()})
 		}
 	}
-	if e.State.Output(verifiedOutput) == "" && len(out) == 0 {
+	if e.Note(verifiedNote) == "" && len(out) == 0 {
 		out = append(out, stages.Change{Action: "check", Target: "the platform end to end", Detail: "never verified"})
 	}
 	return out, nil
@@ -170,7 +170,7 @@ func (s *Stage) Apply(ctx context.Context, e *stages.Env) error {
 			e.Step("%s: %s", u.name, u.url)
 		}
 	}
-	return e.State.SetOutput(verifiedOutput, time.Now().UTC().Format(time.RFC3339))
+	return e.SetNote(verifiedNote, time.Now().UTC().Format(time.RFC3339))
 }
 
 // retry runs f until it succeeds or timeout passes, each run bounded by
@@ -373,7 +373,7 @@ func checkDiscovery(ctx context.Context, v *env) error {
 	if err != nil {
 		return err
 	}
-	nc, err := nomad.NewClient(v.nomad, v.e.State.Output(stages.OutNomadCACert), strings.TrimSpace(mgmt))
+	nc, err := cluster.NomadClient(v.nomad, v.e.State.Output(stages.OutNomadCACert), "", strings.TrimSpace(mgmt))
 	if err != nil {
 		return err
 	}

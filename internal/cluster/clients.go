@@ -1,0 +1,99 @@
+package cluster
+
+import (
+	"fmt"
+	"net"
+	"net/http"
+	"time"
+
+	consulapi "github.com/hashicorp/consul/api"
+	nomadapi "github.com/hashicorp/nomad/api"
+
+	"github.com/platform-bootstrap/bootstrap/internal/inventory"
+	"github.com/platform-bootstrap/bootstrap/stages"
+)
+
+// ConsulClient returns an HTTPS Consul client for addr (host:port) that
+// trusts caFile and accepts only a certificate valid for serverName, or,
+// when serverName is empty, any Consul server's (see TLS). It does not read
+// CONSUL_* variables: bootstrap talks to its own cluster only.
+func ConsulClient(addr, caFile, serverName, token string) (*consulapi.Client, error) {
+	tc, err := TLS(caFile, serverName)
+	if err != nil {
+		return nil, fmt.Errorf("consul client for %s: %w", addr, err)
+	}
+	tr := &http.Transport{
+		TLSClientConfig:     tc,
+		TLSHandshakeTimeout: 5 * time.Second,
+		DisableKeepAlives:   true,
+	}
+	// The api package's own TLSConfig is not used: with HttpClient set it
+	// is ignored, and it cannot require a server's name.
+	c, err := consulapi.NewClient(&consulapi.Config{
+		Address:    addr,
+		Scheme:     "https",
+		Token:      token,
+		HttpClient: &http.Client{Transport: tr, Timeout: 15 * time.Second},
+	})
+	if err != nil {
+		return nil, fmt.Errorf("consul client for %s: %w", addr, err)
+	}
+	return c, nil
+}
+
+// ConsulAgent returns a Consul client for node n's agent, verifying the
+// name of its role.
+func ConsulAgent(e *stages.Env, n inventory.Node, token string) (*consulapi.Client, error) {
+	return ConsulClient(stages.ConsulAddr(n), e.CAFile("consul"), e.ConsulTLSName(n), token)
+}
+
+// NomadClient returns a Nomad API client for addr that trusts caFile,
+// accepts only a certificate valid for serverName, or, when serverName is
+// empty, any Nomad server's (see TLS), and carries exactly token (NOMAD_*
+// variables of the environment are ignored).
+func NomadClient(addr, caFile, serverName, token string) (*nomadapi.Client, error) {
+	tc, err := TLS(caFile, serverName)
+	if err != nil {
+		return nil, fmt.Errorf("nomad client for %s: %w", addr, err)
+	}
+	// The HTTP client is built here because the api package's TLSConfig
+	// cannot require a server's name; with HttpClient set it is ignored.
+	// A transport with its own TLS configuration speaks HTTP/1, as the api
+	// package's own client does: its exec websockets need it.
+	tr := &http.Transport{
+		DialContext:         (&net.Dialer{Timeout: 30 * time.Second, KeepAlive: 30 * time.Second}).DialContext,
+		TLSClientConfig:     tc,
+		TLSHandshakeTimeout: 10 * time.Second,
+		MaxIdleConnsPerHost: 4,
+		IdleConnTimeout:     90 * time.Second,
+	}
+	c, err := nomadapi.NewClient(&nomadapi.Config{
+		Address:    addr,
+		SecretID:   token,
+		HttpClient: &http.Client{Transport: tr},
+		WaitTime:   5 * time.Second,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("nomad client: %w", err)
+	}
+	c.SetSecretID(token)
+	c.SetNamespace("")
+	c.SetRegion("")
+	return c, nil
+}
+
+// NomadAgent returns a Nomad client for node n's agent, verifying the name
+// of its role.
+func NomadAgent(e *stages.Env, n inventory.Node, token string) (*nomadapi.Client, error) {
+	return NomadClient(stages.NomadAddr(n), e.CAFile("nomad"), e.NomadTLSName(n), token)
+}
+
+// NomadServer returns a Nomad client for the server address the nomad
+// stage recorded (OutNomadAddr), verifying the servers' name.
+func NomadServer(e *stages.Env, token string) (*nomadapi.Client, error) {
+	addr := e.State.Output(stages.OutNomadAddr)
+	if addr == "" {
+		return nil, stages.NotReadyf("nomad is not up yet")
+	}
+	return NomadClient(addr, e.CAFile("nomad"), e.NomadServerName(), token)
+}
