@@ -159,7 +159,8 @@ t_alertmanager() {
 }
 
 t_grafana() {
-  local name=grafana version=$GRAFANA_VERSION dest=$cache/grafana-$GRAFANA_VERSION
+  # "-stamped": built with its version in the binary (it said 9.2.0 before).
+  local name=grafana version=$GRAFANA_VERSION-stamped dest=$cache/grafana-$GRAFANA_VERSION-stamped
   if have $name "$version"; then link $name "$dest"; ln -sfn "$dest/home" "$bin/grafana-home"; return; fi
   rm -rf "$dest"; mkdir -p "$dest/bin"; : >"$cache/logs/$name.log"
   local s=$SECONDS
@@ -173,7 +174,10 @@ t_grafana() {
   chmod -R u+w "$dest/home"
   (cd "$dest/home" && GOBIN=$dest/wire run $name go install github.com/google/wire/cmd/wire@"$WIRE_VERSION")
   (cd "$dest/home" && run $name "$dest/wire/wire" gen -tags oss ./pkg/server)
-  (cd "$dest/home" && CGO_ENABLED=1 run $name go build -trimpath -ldflags=-s -tags oss -o "$dest/bin/grafana" ./pkg/cmd/grafana)
+  # Grafana's own build stamps these; without them it reports the 9.2.0 in
+  # its source. The commit is the one the module's pseudo-version names.
+  local ld="-s -X main.version=$GRAFANA_VERSION -X main.commit=${GRAFANA_MODULE_VERSION##*-} -X main.buildBranch=main"
+  (cd "$dest/home" && CGO_ENABLED=1 run $name go build -trimpath -ldflags="$ld" -tags oss -o "$dest/bin/grafana" ./pkg/cmd/grafana)
   rm -rf "$dest/wire"
   say "$name $version built in $((SECONDS - s))s"
   done_mark $name "$version"
