@@ -68,7 +68,7 @@ const StateFile = "state.json"
 // Load reads dir/state.json, or returns an empty state if there is none.
 func Load(dir string) (*State, error) {
 	s := &State{path: filepath.Join(dir, StateFile)}
-	s.data = stateFile{Version: stateVersion, Stages: map[string]*StageState{}, Outputs: map[string]string{}}
+	s.data = stateFile{Version: stateVersion, Stages: map[string]*StageState{}, Outputs: map[string]string{}, Notes: map[string]map[string]string{}}
 	b, err := os.ReadFile(s.path)
 	if errors.Is(err, fs.ErrNotExist) {
 		return s, nil

@@ -29,6 +29,9 @@ func TestStateRoundTrip(t *testing.T) {
 	if err := s.SetOutput("vault_addr", "https://127.0.1.1:8200"); err != nil {
 		t.Fatal(err)
 	}
+	if err := s.SetNote("vault", "n", "v"); err != nil {
+		t.Fatal(err)
+	}
 	fi, err := os.Stat(filepath.Join(dir, StateFile))
 	if err != nil {
 		t.Fatal(err)
