@@ -3,7 +3,7 @@ package testcluster
 import (
 	"context"
 	"fmt"
-	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 
@@ -37,23 +37,19 @@ type Consul struct {
 // token so that it may register itself.
 func StartConsul(t testing.TB, opts ConsulOptions) *Consul {
 	t.Helper()
-	bin := Bin(t, "consul")
 	if opts.Servers <= 0 {
 		opts.Servers = 3
 	}
 	opts.Clients = max(opts.Clients, 0)
+	a := newAgents(t, "consul", "8500", "-config-file=")
 	sn := subnetOr(t, opts.Subnet)
-	c := &Consul{Subnet: sn, Dir: tempRoot(t, "consul")}
 
 	var join []string
 	for i := 1; i <= opts.Servers; i++ {
 		join = append(join, fmt.Sprintf("%q", sn.IP(i)))
 	}
 	agent := func(name, ip, extra string) *Proc {
-		dir := filepath.Join(c.Dir, name)
-		data := filepath.Join(dir, "data")
-		cfg := filepath.Join(dir, "agent.hcl")
-		writeConfig(t, cfg, fmt.Sprintf(`node_name = %q
+		return a.start(name, ip, fmt.Sprintf(`node_name = %q
 datacenter = "dc1"
 data_dir = %q
 bind_addr = %q
@@ -67,10 +63,7 @@ log_level = "INFO"
 leave_on_terminate = false
 performance { raft_multiplier = 1 }
 %s
-`, name, data, ip, ip, ip, strings.Join(join, ", "), extra))
-		c.DataDirs = append(c.DataDirs, data)
-		c.HTTPAddrs = append(c.HTTPAddrs, "http://"+ip+":8500")
-		return Start(t, name, bin, []string{"agent", "-config-file=" + cfg}, dir)
+`, name, a.dataDir(name), ip, ip, ip, strings.Join(join, ", "), extra))
 	}
 	acl := ""
 	if opts.ACL {
@@ -81,111 +74,55 @@ performance { raft_multiplier = 1 }
 }`
 	}
 
-	ctx, cancel := context.WithTimeout(context.Background(), startTimeout)
-	defer cancel()
 	for i := 1; i <= opts.Servers; i++ {
-		c.Servers = append(c.Servers, agent(fmt.Sprintf("consul-s%d", i), sn.IP(i),
+		a.servers = append(a.servers, agent(fmt.Sprintf("consul-s%d", i), sn.IP(i),
 			fmt.Sprintf("server = true\nbootstrap_expect = %d\n%s", opts.Servers, acl)))
 	}
-	clients := make([]*consulapi.Client, opts.Servers)
-	for i := range clients {
-		clients[i] = consulClient(t, c.HTTPAddrs[i], "")
-	}
-	c.Client = clients[0]
+	clients := clientsFor(t, a.httpAddrs, consulClient, "")
+	a.waitLeader(consulLeader(clients))
 
-	var leader string
-	err := waitFor(ctx, "consul: wait for a leader all servers agree on", func(ctx context.Context) error {
-		if err := exited(c.Servers...); err != nil {
-			return err
-		}
-		leader = ""
-		for i, cl := range clients {
-			l, err := cl.Status().LeaderWithQueryOptions((&consulapi.QueryOptions{}).WithContext(ctx))
-			if err != nil {
-				return fmt.Errorf("%s: %w", c.Servers[i].Name, err)
-			}
-			if l == "" || (leader != "" && l != leader) {
-				return fmt.Errorf("%s: leader %q, others %q", c.Servers[i].Name, l, leader)
-			}
-			leader = l
-		}
-		return nil
-	})
-	if err != nil {
-		fatal(t, c.Servers, "testcluster: %v", err)
-	}
-
-	clientACL := ""
+	var token, clientACL string
 	if opts.ACL {
-		err := waitFor(ctx, "consul: ACL bootstrap", func(ctx context.Context) error {
-			tok, _, err := c.Client.ACL().Bootstrap()
+		token = a.bootstrapACL("no longer allowed", func(context.Context) (string, error) {
+			tok, _, err := clients[0].ACL().Bootstrap()
 			if err != nil {
-				if strings.Contains(err.Error(), "no longer allowed") {
-					return permanent{err}
-				}
-				return err
+				return "", err
 			}
-			c.Token = tok.SecretID
-			return nil
+			return tok.SecretID, nil
 		})
-		if err != nil {
-			fatal(t, c.Servers, "testcluster: %v", err)
-		}
-		for i := range clients {
-			clients[i] = consulClient(t, c.HTTPAddrs[i], c.Token)
-			c.Servers[i].Redact(c.Token)
-		}
-		c.Client = clients[0]
+		clients = clientsFor(t, a.httpAddrs, consulClient, token)
 		// Servers register their own node with the agent token; without
 		// one, default_policy = "deny" blocks it. A follower knows the
 		// new token only once it has replicated it: retry.
 		for i, cl := range clients {
-			err := waitFor(ctx, "consul: set the agent token of "+c.Servers[i].Name, func(ctx context.Context) error {
-				_, err := cl.Agent().UpdateAgentACLToken(c.Token, (&consulapi.WriteOptions{}).WithContext(ctx))
+			a.wait("set the agent token of "+a.servers[i].Name, a.servers, func(ctx context.Context) error {
+				_, err := cl.Agent().UpdateAgentACLToken(token, (&consulapi.WriteOptions{}).WithContext(ctx))
 				return err
 			})
-			if err != nil {
-				fatal(t, c.Servers, "testcluster: %v", err)
-			}
 		}
 		clientACL = fmt.Sprintf(`acl {
   enabled = true
   default_policy = "deny"
   enable_token_persistence = true
   tokens { agent = %q }
-}`, c.Token)
+}`, token)
 	}
 
 	for j := 1; j <= opts.Clients; j++ {
 		p := agent(fmt.Sprintf("consul-c%d", j), sn.IP(opts.Servers+j), clientACL)
-		p.Redact(c.Token)
-		c.Clients = append(c.Clients, p)
+		p.Redact(token)
+		a.clients = append(a.clients, p)
 	}
-
-	all := append(append([]*Proc(nil), c.Servers...), c.Clients...)
-	err = waitFor(ctx, "consul: wait for every agent in the catalog", func(ctx context.Context) error {
-		if err := exited(all...); err != nil {
-			return err
-		}
-		nodes, _, err := c.Client.Catalog().Nodes((&consulapi.QueryOptions{}).WithContext(ctx))
-		if err != nil {
-			return err
-		}
+	a.waitListed("in the catalog", slices.Concat(a.servers, a.clients), func(ctx context.Context) (map[string]bool, error) {
+		nodes, _, err := clients[0].Catalog().Nodes((&consulapi.QueryOptions{}).WithContext(ctx))
 		have := map[string]bool{}
 		for _, n := range nodes {
 			have[n.Node] = true
 		}
-		for _, p := range all {
-			if !have[p.Name] {
-				return fmt.Errorf("%s is not in the catalog yet", p.Name)
-			}
-		}
-		return nil
+		return have, err
 	})
-	if err != nil {
-		fatal(t, all, "testcluster: %v", err)
-	}
-	return c
+	return &Consul{Servers: a.servers, Clients: a.clients, HTTPAddrs: a.httpAddrs, Token: token,
+		Client: clients[0], Subnet: sn, DataDirs: a.dataDirs, Dir: a.dir}
 }
 
 // Leader returns the raft address (IP:8300) of the current leader, as
@@ -193,32 +130,14 @@ performance { raft_multiplier = 1 }
 // election in progress to end.
 func (c *Consul) Leader(t testing.TB) string {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), startTimeout)
-	defer cancel()
-	clients := make([]*consulapi.Client, len(c.Servers))
-	for i := range clients {
-		clients[i] = consulClient(t, c.HTTPAddrs[i], c.Token)
+	return anyLeader(t, "consul", c.Servers, consulLeader(clientsFor(t, c.HTTPAddrs[:len(c.Servers)], consulClient, c.Token)))
+}
+
+// consulLeader asks clients[i] for the leader.
+func consulLeader(clients []*consulapi.Client) func(context.Context, int) (string, error) {
+	return func(ctx context.Context, i int) (string, error) {
+		return clients[i].Status().LeaderWithQueryOptions((&consulapi.QueryOptions{}).WithContext(ctx))
 	}
-	var leader string
-	err := waitFor(ctx, "consul: wait for a leader", func(ctx context.Context) error {
-		var errs []string
-		for i, p := range c.Servers {
-			if !p.Running() {
-				continue
-			}
-			l, err := clients[i].Status().LeaderWithQueryOptions((&consulapi.QueryOptions{}).WithContext(ctx))
-			if err == nil && l != "" {
-				leader = l
-				return nil
-			}
-			errs = append(errs, fmt.Sprintf("%s: %q %v", p.Name, l, err))
-		}
-		return fmt.Errorf("no running server knows a leader: %s", strings.Join(errs, "; "))
-	})
-	if err != nil {
-		fatal(t, c.Servers, "testcluster: %v", err)
-	}
-	return leader
 }
 
 // consulClient returns a client for one agent.

@@ -56,7 +56,6 @@ const cloudFingerprinters = "env_aws,env_gce,env_azure,env_digitalocean"
 // which outlive their client) is terminated by pid.
 func StartNomad(t testing.TB, opts NomadOptions) *Nomad {
 	t.Helper()
-	bin := Bin(t, "nomad")
 	if opts.Servers <= 0 {
 		opts.Servers = 3
 	}
@@ -66,11 +65,11 @@ func StartNomad(t testing.TB, opts NomadOptions) *Nomad {
 	case opts.Clients < 0:
 		opts.Clients = 0
 	}
+	a := newAgents(t, "nomad", "4646", "-config=")
 	if opts.Subnet == nil && opts.Consul != nil {
 		opts.Subnet = &opts.Consul.Subnet
 	}
 	sn := subnetOr(t, opts.Subnet)
-	n := &Nomad{Subnet: sn, Dir: tempRoot(t, "nomad")}
 
 	var serverRPC, serverSerf []string
 	for i := 1; i <= opts.Servers; i++ {
@@ -102,10 +101,7 @@ func StartNomad(t testing.TB, opts NomadOptions) *Nomad {
 		return s + fmt.Sprintf("consul {\n  address = %q\n  token = %q\n}\n", addr, opts.Consul.Token)
 	}
 	agent := func(name, ip, role string) *Proc {
-		dir := filepath.Join(n.Dir, name)
-		data := filepath.Join(dir, "data")
-		cfg := filepath.Join(dir, "agent.hcl")
-		writeConfig(t, cfg, fmt.Sprintf(`name = %q
+		p := a.start(name, ip, fmt.Sprintf(`name = %q
 datacenter = "dc1"
 data_dir = %q
 bind_addr = %q
@@ -116,10 +112,7 @@ advertise {
 }
 disable_update_check = true
 log_level = "INFO"
-%s%s`, name, data, ip, ip, ip, ip, role, common(ip)))
-		n.DataDirs = append(n.DataDirs, data)
-		n.HTTPAddrs = append(n.HTTPAddrs, "http://"+ip+":4646")
-		p := Start(t, name, bin, []string{"agent", "-config=" + cfg}, dir)
+%s%s`, name, a.dataDir(name), ip, ip, ip, ip, role, common(ip)))
 		if opts.Consul != nil {
 			p.Redact(opts.Consul.Token)
 		}
@@ -127,7 +120,7 @@ log_level = "INFO"
 	}
 
 	for i := 1; i <= opts.Servers; i++ {
-		n.Servers = append(n.Servers, agent(fmt.Sprintf("nomad-s%d", i), sn.IP(i), fmt.Sprintf(`server {
+		a.servers = append(a.servers, agent(fmt.Sprintf("nomad-s%d", i), sn.IP(i), fmt.Sprintf(`server {
   enabled = true
   bootstrap_expect = %d
   server_join {
@@ -137,77 +130,38 @@ log_level = "INFO"
 }
 `, opts.Servers, strings.Join(serverSerf, ", "))))
 	}
-	servers := make([]*nomadapi.Client, opts.Servers)
-	for i := range servers {
-		servers[i] = nomadClient(t, n.HTTPAddrs[i], "")
-	}
-	n.Client = servers[0]
+	servers := clientsFor(t, a.httpAddrs, nomadClient, "")
+	a.waitLeader(func(ctx context.Context, i int) (string, error) { return nomadLeader(ctx, servers[i]) })
 
-	ctx, cancel := context.WithTimeout(context.Background(), startTimeout)
-	defer cancel()
-	err := waitFor(ctx, "nomad: wait for a leader all servers agree on", func(ctx context.Context) error {
-		if err := exited(n.Servers...); err != nil {
-			return err
-		}
-		leader := ""
-		for i, cl := range servers {
-			l, err := nomadLeader(ctx, cl)
-			if err != nil {
-				return fmt.Errorf("%s: %w", n.Servers[i].Name, err)
-			}
-			if l == "" || (leader != "" && l != leader) {
-				return fmt.Errorf("%s: leader %q, others %q", n.Servers[i].Name, l, leader)
-			}
-			leader = l
-		}
-		return nil
-	})
-	if err != nil {
-		fatal(t, n.Servers, "testcluster: %v", err)
-	}
-
+	var token string
 	if opts.ACL {
-		err := waitFor(ctx, "nomad: ACL bootstrap", func(ctx context.Context) error {
+		token = a.bootstrapACL("bootstrap already done", func(ctx context.Context) (string, error) {
 			tok, _, err := servers[0].ACLTokens().Bootstrap((&nomadapi.WriteOptions{}).WithContext(ctx))
 			if err != nil {
-				if strings.Contains(err.Error(), "bootstrap already done") {
-					return permanent{err}
-				}
-				return err
+				return "", err
 			}
-			n.Token = tok.SecretID
-			return nil
+			return tok.SecretID, nil
 		})
-		if err != nil {
-			fatal(t, n.Servers, "testcluster: %v", err)
-		}
-		for i, p := range n.Servers {
-			p.Redact(n.Token)
-			servers[i].SetSecretID(n.Token)
+		for _, cl := range servers {
+			cl.SetSecretID(token)
 		}
 	}
 
 	// A client that registers before the new leader has made its root key
 	// is refused ("keyring has not been initialized yet") and only retries
 	// after up to 30 s: start the clients once every server has the key.
-	err = waitFor(ctx, "nomad: wait for the root key on every server", func(ctx context.Context) error {
-		if err := exited(n.Servers...); err != nil {
-			return err
-		}
+	a.wait("wait for the root key on every server", a.servers, func(ctx context.Context) error {
 		for i, cl := range servers {
 			keys, _, err := cl.Keyring().List((&nomadapi.QueryOptions{AllowStale: true}).WithContext(ctx))
 			if err != nil {
-				return fmt.Errorf("%s: %w", n.Servers[i].Name, err)
+				return fmt.Errorf("%s: %w", a.servers[i].Name, err)
 			}
 			if !slices.ContainsFunc(keys, func(k *nomadapi.RootKeyMeta) bool { return k.State == nomadapi.RootKeyStateActive }) {
-				return fmt.Errorf("%s: no active root key yet", n.Servers[i].Name)
+				return fmt.Errorf("%s: no active root key yet", a.servers[i].Name)
 			}
 		}
 		return nil
 	})
-	if err != nil {
-		fatal(t, n.Servers, "testcluster: %v", err)
-	}
 
 	for j := 1; j <= opts.Clients; j++ {
 		name := fmt.Sprintf("nomad-c%d", j)
@@ -215,7 +169,7 @@ log_level = "INFO"
 		lo, hi := portBlock(t)
 		// Registered before the client starts, so it runs after the
 		// client has been stopped.
-		dir := filepath.Join(n.Dir, name)
+		dir := filepath.Join(a.dir, name)
 		t.Cleanup(func() { stopLeftovers(t, dir) })
 		p := agent(name, ip, fmt.Sprintf(`client {
   enabled = true
@@ -238,39 +192,25 @@ plugin "raw_exec" {
   }
 }
 `, strings.Join(serverRPC, ", "), lo, hi, cloudFingerprinters, ip))
-		p.Redact(n.Token)
-		n.Clients = append(n.Clients, p)
+		p.Redact(token)
+		a.clients = append(a.clients, p)
 	}
-	if opts.Clients == 0 {
-		return n
-	}
-	n.Client = nomadClient(t, n.HTTPAddrs[opts.Servers], n.Token)
-	all := append(append([]*Proc(nil), n.Servers...), n.Clients...)
-	err = waitFor(ctx, "nomad: wait for every client ready with raw_exec", func(ctx context.Context) error {
-		if err := exited(all...); err != nil {
-			return err
-		}
-		nodes, _, err := n.Client.Nodes().List((&nomadapi.QueryOptions{}).WithContext(ctx))
-		if err != nil {
-			return err
-		}
-		ready := map[string]bool{}
-		for _, node := range nodes {
-			if d := node.Drivers["raw_exec"]; node.Status == nomadapi.NodeStatusReady && d != nil && d.Healthy {
-				ready[node.Name] = true
+	client := servers[0]
+	if opts.Clients > 0 {
+		client = nomadClient(t, a.httpAddrs[opts.Servers], token)
+		a.waitListed("ready with a healthy raw_exec driver", a.clients, func(ctx context.Context) (map[string]bool, error) {
+			nodes, _, err := client.Nodes().List((&nomadapi.QueryOptions{}).WithContext(ctx))
+			ready := map[string]bool{}
+			for _, node := range nodes {
+				if d := node.Drivers["raw_exec"]; node.Status == nomadapi.NodeStatusReady && d != nil && d.Healthy {
+					ready[node.Name] = true
+				}
 			}
-		}
-		for _, p := range n.Clients {
-			if !ready[p.Name] {
-				return fmt.Errorf("%s is not ready with a healthy raw_exec driver yet", p.Name)
-			}
-		}
-		return nil
-	})
-	if err != nil {
-		fatal(t, all, "testcluster: %v", err)
+			return ready, err
+		})
 	}
-	return n
+	return &Nomad{Servers: a.servers, Clients: a.clients, HTTPAddrs: a.httpAddrs, Token: token,
+		Client: client, Subnet: sn, DataDirs: a.dataDirs, Dir: a.dir}
 }
 
 // Leader returns the RPC address (IP:4647) of the current leader, as
@@ -278,32 +218,8 @@ plugin "raw_exec" {
 // election in progress to end.
 func (n *Nomad) Leader(t testing.TB) string {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), startTimeout)
-	defer cancel()
-	clients := make([]*nomadapi.Client, len(n.Servers))
-	for i := range clients {
-		clients[i] = nomadClient(t, n.HTTPAddrs[i], n.Token)
-	}
-	var leader string
-	err := waitFor(ctx, "nomad: wait for a leader", func(ctx context.Context) error {
-		var errs []string
-		for i, p := range n.Servers {
-			if !p.Running() {
-				continue
-			}
-			l, err := nomadLeader(ctx, clients[i])
-			if err == nil && l != "" {
-				leader = l
-				return nil
-			}
-			errs = append(errs, fmt.Sprintf("%s: %q %v", p.Name, l, err))
-		}
-		return fmt.Errorf("no running server knows a leader: %s", strings.Join(errs, "; "))
-	})
-	if err != nil {
-		fatal(t, n.Servers, "testcluster: %v", err)
-	}
-	return leader
+	servers := clientsFor(t, n.HTTPAddrs[:len(n.Servers)], nomadClient, n.Token)
+	return anyLeader(t, "nomad", n.Servers, func(ctx context.Context, i int) (string, error) { return nomadLeader(ctx, servers[i]) })
 }
 
 // nomadLeader is Status().Leader() with a context.

@@ -31,7 +31,7 @@ import (
 )
 
 const (
-	// startTimeout bounds every wait of a Start* function.
+	// startTimeout bounds each wait of a Start* function.
 	startTimeout = 90 * time.Second
 	// pollEvery is how often waits poll the servers.
 	pollEvery = 150 * time.Millisecond
@@ -261,6 +261,24 @@ func waitFor(ctx context.Context, what string, check func(context.Context) error
 			return fmt.Errorf("%s: %w (last error: %v)", what, ctx.Err(), last)
 		case <-tick.C:
 		}
+	}
+}
+
+// mustWait is waitFor, bounded by startTimeout, that gives up as soon as one
+// of procs exits (waiting longer would only hide the crash) and then fails
+// the test with their log tails.
+func mustWait(t testing.TB, what string, procs []*Proc, check func(context.Context) error) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), startTimeout)
+	defer cancel()
+	err := waitFor(ctx, what, func(ctx context.Context) error {
+		if err := exited(procs...); err != nil {
+			return err
+		}
+		return check(ctx)
+	})
+	if err != nil {
+		fatal(t, procs, "testcluster: %v", err)
 	}
 }
 

@@ -58,12 +58,7 @@ func StartVault(t testing.TB) *Vault {
 		Dir:    root,
 	}
 
-	ctx, cancel := context.WithTimeout(context.Background(), startTimeout)
-	defer cancel()
-	err := waitFor(ctx, "vault: wait for sys/health", func(ctx context.Context) error {
-		if err := exited(p); err != nil {
-			return err
-		}
+	mustWait(t, "vault: wait for sys/health", []*Proc{p}, func(ctx context.Context) error {
 		if v.Client == nil {
 			c, err := vaultClient(v.Addr, v.CACert, token)
 			if err != nil {
@@ -80,9 +75,6 @@ func StartVault(t testing.TB) *Vault {
 		}
 		return nil
 	})
-	if err != nil {
-		fatal(t, []*Proc{p}, "testcluster: %v", err)
-	}
 	return v
 }
 
