@@ -162,7 +162,7 @@ func TestUsageErrors(t *testing.T) {
 
 func TestVersion(t *testing.T) {
 	r := runIn(t, t.TempDir(), nil, "version")
-	if r.code != exitOK || !strings.HasPrefix(r.stdout, "bootstrap dev\n") || !strings.Contains(r.stdout, "  vault ") || r.stderr != "" {
+	if r.code != exitOK || !strings.HasPrefix(r.stdout, "bootstrap dev\n") || !strings.Contains(r.stdout, "  vault ") || !strings.Contains(r.stdout, "calls itself 1.19.0-dev") || r.stderr != "" {
 		t.Errorf("version: exit %d, %q, %q", r.code, r.stdout, r.stderr)
 	}
 }
