@@ -387,32 +387,27 @@ func checkDiscovery(ctx context.Context, v *env) error {
 	// The minute is Prometheus's: it starts once the probe runs, so a busy
 	// machine that is slow to start a process does not fail discovery.
 	q := (&nomadapi.QueryOptions{Namespace: *job.Namespace}).WithContext(ctx)
-	for running := false; !running; {
+	err = poll.Until(ctx, 5*time.Minute, time.Second, func() (bool, error) {
 		allocs, _, err := nc.Jobs().Allocations(*job.ID, false, q)
 		if err != nil {
-			return fmt.Errorf("the probe's allocations: %w", err)
+			return false, fmt.Errorf("the probe's allocations: %w", err)
 		}
 		for _, a := range allocs {
 			switch a.ClientStatus {
 			case nomadapi.AllocClientStatusRunning:
-				running = true
+				return true, nil
 			case nomadapi.AllocClientStatusFailed:
-				return fmt.Errorf("the probe allocation %s failed: %s", a.ID[:8], a.ClientDescription)
+				return false, fmt.Errorf("the probe allocation %s failed: %s", a.ID[:8], a.ClientDescription)
 			}
 		}
-		if running {
-			break
-		}
-		select {
-		case <-ctx.Done():
-			return fmt.Errorf("the probe job never ran: %w", ctx.Err())
-		case <-time.After(time.Second):
-		}
+		return false, nil
+	})
+	if err != nil {
+		return fmt.Errorf("the probe job never ran: %w", err)
 	}
 
-	deadline := time.Now().Add(time.Minute)
 	last := "not discovered"
-	for {
+	err = poll.Until(ctx, time.Minute, 2*time.Second, func() (bool, error) {
 		ts, err := v.targets(ctx)
 		if err != nil {
 			last = err.Error()
@@ -422,19 +417,19 @@ func checkDiscovery(ctx context.Context, v *env) error {
 				continue
 			}
 			if t.Health == "up" {
-				return nil
+				return true, nil
 			}
 			last = fmt.Sprintf("target %s is %s: %s", t.Labels["instance"], t.Health, t.LastError)
 		}
-		if time.Now().After(deadline) {
-			return fmt.Errorf("the probe service %s was not a healthy target within a minute of running (%s)", probeService, last)
-		}
-		select {
-		case <-ctx.Done():
-			return fmt.Errorf("the probe service %s: %w (%s)", probeService, ctx.Err(), last)
-		case <-time.After(2 * time.Second):
-		}
+		return false, nil
+	})
+	if errors.Is(err, context.DeadlineExceeded) && ctx.Err() == nil {
+		return fmt.Errorf("the probe service %s was not a healthy target within a minute of running (%s)", probeService, last)
 	}
+	if err != nil {
+		return fmt.Errorf("the probe service %s: %w (%s)", probeService, err, last)
+	}
+	return nil
 }
 
 const probeService = "bootstrap-verify-probe"
