@@ -33,7 +33,9 @@ type Play struct {
 	Secrets map[string]string
 }
 
-func digestOutput(tag string) string { return "ansible_" + tag + "_digest" }
+// digestNote is the stage's note of its play's digest: its own business,
+// not an output.
+func digestNote(tag string) string { return "ansible_" + tag + "_digest" }
 
 // Pending reports why the play must run ("" when its inputs are unchanged
 // since its last successful run). Callers also check that the services it
@@ -43,7 +45,7 @@ func Pending(e *stages.Env, inv *inventory.Inventory, p Play) (string, error) {
 	if err != nil {
 		return "", err
 	}
-	switch e.State.Output(digestOutput(p.Tag)) {
+	switch e.Note(digestNote(p.Tag)) {
 	case "":
 		return "first run", nil
 	case d:
@@ -90,7 +92,7 @@ func Converge(ctx context.Context, e *stages.Env, inv *inventory.Inventory, p Pl
 	if err := r.Run(ctx, "site.yml", []string{p.Tag}, p.Hosts); err != nil {
 		return err
 	}
-	return e.State.SetOutput(digestOutput(p.Tag), d)
+	return e.SetNote(digestNote(p.Tag), d)
 }
 
 // Teardown stops the platform's services on every node and removes what the

@@ -107,6 +107,9 @@ var legacyNotes = []struct{ stage, prefix, suffix string }{
 	{"pki", "vault_approle_", "_secret_id_expires"},
 	{"pki", "vault_root_token_revoked", ""},
 	{"verify", "verified", ""},
+	{"vault", "ansible_vault_digest", ""},
+	{"consul", "ansible_consul_digest", ""},
+	{"nomad", "ansible_nomad_digest", ""},
 }
 
 // moveLegacyNotes moves legacy notes in memory; the next save writes them.
