@@ -498,7 +498,7 @@ func TestSIGKILLResume(t *testing.T) {
 		t.Fatalf("uninterrupted run left %+v; output:\n%s", want, strings.Join(out, "\n"))
 	}
 	for n, st := range want.Stages {
-		if st != statedir.StatusDone+" " {
+		if st != string(statedir.StatusDone)+" " {
 			t.Fatalf("uninterrupted run: stage %s is %q", n, st)
 		}
 	}
@@ -625,7 +625,7 @@ func TestSignalInterruptsStage(t *testing.T) {
 			if ws.Signaled() || ws.ExitStatus() != 1 {
 				t.Fatalf("exit %v, want status 1; output:\n%s", ws, strings.Join(out, "\n"))
 			}
-			if !has(out, "outcome slow "+statedir.OutcomeInterrupted) || !has(out, "closing") {
+			if !has(out, "outcome slow "+string(statedir.OutcomeInterrupted)) || !has(out, "closing") {
 				t.Errorf("output:\n%s", strings.Join(out, "\n"))
 			}
 			state, err := statedir.Load(dir)

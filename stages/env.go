@@ -18,13 +18,13 @@ type EventType string
 // Event types.
 const (
 	EventRunStart   EventType = "run_start"
-	EventStageStart           = "stage_start"
-	EventPlan                 = "plan"
-	EventStep                 = "step"
-	EventLog                  = "log"
-	EventWarning              = "warning"
-	EventStageEnd             = "stage_end"
-	EventRunEnd               = "run_end"
+	EventStageStart EventType = "stage_start"
+	EventPlan       EventType = "plan"
+	EventStep       EventType = "step"
+	EventLog        EventType = "log"
+	EventWarning    EventType = "warning"
+	EventStageEnd   EventType = "stage_end"
+	EventRunEnd     EventType = "run_end"
 )
 
 // Event is one thing that happened in a run. Every output mode (live view,

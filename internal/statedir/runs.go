@@ -42,12 +42,12 @@ type Outcome string
 // Outcomes of a stage in a run.
 const (
 	OutcomeUnchanged   Outcome = "unchanged"
-	OutcomeChanged             = "changed"
-	OutcomePlanned             = "planned" // plan only: changes pending
-	OutcomeFailed              = "failed"
-	OutcomeInterrupted         = "interrupted"
-	OutcomeNotReady            = "waits for earlier stages"
-	OutcomeDestroyed           = "destroyed"
+	OutcomeChanged     Outcome = "changed"
+	OutcomePlanned     Outcome = "planned" // plan only: changes pending
+	OutcomeFailed      Outcome = "failed"
+	OutcomeInterrupted Outcome = "interrupted"
+	OutcomeNotReady    Outcome = "waits for earlier stages"
+	OutcomeDestroyed   Outcome = "destroyed"
 )
 
 // keepRuns bounds the run history.

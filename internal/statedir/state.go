@@ -24,10 +24,10 @@ type Status string
 // Stage statuses recorded in the state file.
 const (
 	StatusPending     Status = "pending"
-	StatusRunning            = "running"
-	StatusDone               = "done"
-	StatusFailed             = "failed"
-	StatusInterrupted        = "interrupted"
+	StatusRunning     Status = "running"
+	StatusDone        Status = "done"
+	StatusFailed      Status = "failed"
+	StatusInterrupted Status = "interrupted"
 )
 
 // StageState is the recorded progress of one stage.
