@@ -113,6 +113,51 @@ func TestUpNotReady(t *testing.T) {
 	})
 }
 
+// A waiting stage's known changes are shown by plan, and change nothing
+// about up: it fails on the stage as before, without applying.
+func TestNotReadyWithKnownChanges(t *testing.T) {
+	known := func() []stages.Change {
+		return []stages.Change{{Action: "install", Target: "vault on server-1"}, {Action: "init", Target: "vault", Detail: "3 shares"}}
+	}
+	newWaiting := func() *toy {
+		st := newToy("vault")
+		st.known, st.planErr = stages.WithKnown(nil, stages.NotReadyf("no inventory yet"), known)
+		return st
+	}
+	st := newWaiting()
+	if len(st.known) != 2 || st.known[0].Detail != stages.KnownDetail || st.known[1].Detail != "3 shares; "+stages.KnownDetail {
+		t.Errorf("WithKnown marked %+v", st.known)
+	}
+	if got, err := stages.WithKnown(nil, errors.New("connection refused"), known); got != nil || err == nil {
+		t.Errorf("WithKnown on an error other than ErrNotReady = %v, %v", got, err)
+	}
+	if got, _ := stages.WithKnown([]stages.Change{{Action: "start", Target: "x"}}, stages.NotReadyf("later"), known); len(got) != 1 || got[0].Target != "x" {
+		t.Errorf("WithKnown replaced the changes found: %v", got)
+	}
+
+	r := &stages.Runner{Stages: stageList(st), Env: newEnv(t, t.TempDir(), nil)}
+	res, err := r.Plan(context.Background(), stages.Selection{})
+	if err != nil || len(res) != 1 || res[0].Outcome != statedir.OutcomeNotReady || len(res[0].Changes) != 2 {
+		t.Errorf("plan = %+v, %v", res, err)
+	}
+
+	for _, approve := range []bool{false, true} {
+		st := newWaiting()
+		r := &stages.Runner{Stages: stageList(st), Env: newEnv(t, t.TempDir(), nil)}
+		if approve {
+			r.Approve = func([]statedir.StageResult) (bool, error) { return true, nil }
+		}
+		res, err := r.Up(context.Background(), stages.Selection{})
+		stageError(t, err, "vault")
+		if !errors.Is(err, stages.ErrNotReady) || len(res) != 1 || res[0].Outcome != statedir.OutcomeFailed {
+			t.Errorf("up (approval %v) = %+v, %v", approve, res, err)
+		}
+		if _, n := st.counts(); n != 0 {
+			t.Errorf("up (approval %v) applied a stage that is not ready", approve)
+		}
+	}
+}
+
 func TestPlanOutcomesAndNoWrites(t *testing.T) {
 	dir := t.TempDir()
 	done, pending, waiting, broken := newToy("done"), newToy("pending"), newToy("waiting"), newToy("broken")

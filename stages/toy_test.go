@@ -26,6 +26,9 @@ type toy struct {
 	// len(applyErrs) Apply calls, one each.
 	planErr   error
 	applyErrs []error
+	// known is returned by Plan with planErr: the changes a waiting stage
+	// knows from the configuration.
+	known []stages.Change
 	// sticky makes Apply "succeed" without converging: a buggy stage.
 	sticky bool
 	// block makes Apply wait for the context to end.
@@ -44,7 +47,7 @@ func (t *toy) Plan(context.Context, *stages.Env) ([]stages.Change, error) {
 	defer t.mu.Unlock()
 	t.plans++
 	if t.planErr != nil {
-		return nil, t.planErr
+		return t.known, t.planErr
 	}
 	if t.converged {
 		return nil, nil

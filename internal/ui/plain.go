@@ -98,6 +98,11 @@ func Plans(w io.Writer, plans []statedir.StageResult) {
 			}
 		default:
 			fmt.Fprintf(w, "  %s: %s\n", p.Name, p.Error)
+			// A waiting stage's changes are those it knows from the
+			// configuration (stages.KnownDetail).
+			for _, c := range p.Changes {
+				fmt.Fprintf(w, "      %s\n", ChangeLine(c))
+			}
 		}
 	}
 }

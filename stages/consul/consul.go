@@ -8,7 +8,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"os"
+	"slices"
 	"strings"
 
 	consulapi "github.com/hashicorp/consul/api"
@@ -118,7 +120,23 @@ func service(e *stages.Env) cluster.Service {
 func (s *Stage) Plan(ctx context.Context, e *stages.Env) ([]stages.Change, error) {
 	p := e.Plan(false)
 	err := converge(ctx, e, p)
-	return p.Changes, err
+	return stages.WithKnown(p.Changes, err, func() []stages.Change { return knownChanges(e) })
+}
+
+// knownChanges is what a first run does, as far as the configuration tells
+// before the nodes, Vault and the CA exist: shown while the stage waits.
+func knownChanges(e *stages.Env) []stages.Change {
+	out := []stages.Change{
+		{Action: reconcile.Install, Target: "consul on " + stages.PlannedNodes(e.Config, "")},
+		{Action: reconcile.Bootstrap, Target: "consul ACLs"},
+	}
+	for _, name := range slices.Sorted(maps.Keys(policies(e.Config))) {
+		out = append(out, stages.Change{Action: reconcile.Create, Target: "consul policy " + name})
+	}
+	for _, t := range wantTokens(e.Config, &inventory.Inventory{}) {
+		out = append(out, stages.Change{Action: reconcile.Create, Target: "consul token " + t.name})
+	}
+	return append(out, stages.Change{Action: reconcile.Create, Target: "consul agent tokens on " + stages.PlannedNodes(e.Config, "")})
 }
 
 // Apply converges the agents and the ACL system.

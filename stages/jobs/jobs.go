@@ -348,9 +348,26 @@ func prometheusVars(e *stages.Env, p *platform, v platformjobs.Variables, bin st
 func (s *Stage) Plan(ctx context.Context, e *stages.Env) ([]stages.Change, error) {
 	pl := e.Plan(false)
 	if err := converge(ctx, e, pl); err != nil {
-		return nil, err
+		return stages.WithKnown(nil, err, func() []stages.Change { return knownChanges(e.Config) })
 	}
 	return pl.Changes, nil
+}
+
+// knownChanges are the jobs a first run registers, as the configuration
+// enables them (the order of wanted): shown while the stage waits for Nomad.
+func knownChanges(cfg *config.Platform) []stages.Change {
+	var out []stages.Change
+	add := func(on bool, name string) {
+		if on {
+			out = append(out, stages.Change{Action: reconcile.Create, Target: "job " + platformjobs.Namespace + "/" + name})
+		}
+	}
+	add(cfg.Jobs.NodeExporter.Enabled, platformjobs.NodeExporter)
+	add(cfg.Jobs.Fabio.Enabled, platformjobs.Fabio)
+	add(cfg.Jobs.Prometheus.Enabled, platformjobs.Prometheus)
+	add(cfg.Jobs.Grafana.Enabled, platformjobs.Grafana)
+	add(cfg.GitLabRunner != nil, platformjobs.GitLabRunner)
+	return out
 }
 
 // Apply writes the secrets and Vault role, registers the jobs that differ

@@ -9,7 +9,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -127,7 +129,24 @@ func service(e *stages.Env) cluster.Service {
 func (s *Stage) Plan(ctx context.Context, e *stages.Env) ([]stages.Change, error) {
 	p := e.Plan(false)
 	err := converge(ctx, e, p)
-	return p.Changes, err
+	return stages.WithKnown(p.Changes, err, func() []stages.Change { return knownChanges(e) })
+}
+
+// knownChanges is what a first run does, as far as the configuration tells
+// before the nodes, Vault, the CA and Consul exist: shown while the stage
+// waits.
+func knownChanges(e *stages.Env) []stages.Change {
+	out := []stages.Change{
+		{Action: reconcile.Install, Target: "nomad on " + stages.PlannedNodes(e.Config, "")},
+		{Action: reconcile.Bootstrap, Target: "nomad ACLs"},
+	}
+	for _, ns := range slices.Sorted(maps.Keys(namespaces(e.Config))) {
+		out = append(out, stages.Change{Action: reconcile.Create, Target: "nomad namespace " + ns})
+	}
+	for _, t := range tokens(e.Config) {
+		out = append(out, stages.Change{Action: reconcile.Create, Target: "nomad token " + t.name})
+	}
+	return out
 }
 
 // Apply converges the agents, the ACL system and Vault's JWT trust.

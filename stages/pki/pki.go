@@ -11,6 +11,7 @@ import (
 
 	"github.com/hashicorp/vault/api"
 
+	"github.com/platform-bootstrap/bootstrap/internal/reconcile"
 	vaultpki "github.com/platform-bootstrap/bootstrap/pki"
 	"github.com/platform-bootstrap/bootstrap/stages"
 )
@@ -28,13 +29,40 @@ func (*Stage) Name() string { return "pki" }
 func (*Stage) Plan(ctx context.Context, e *stages.Env) ([]stages.Change, error) {
 	c, spec, err := connect(ctx, e)
 	if err != nil {
-		return nil, err
+		return stages.WithKnown(nil, err, func() []stages.Change { return knownChanges(e) })
 	}
 	res, err := vaultpki.Plan(ctx, c, e, spec)
 	for _, w := range res.Warnings {
 		e.Warnf("%s", w)
 	}
 	return res.Changes, err
+}
+
+// knownChanges is what a first run creates, as far as the configuration
+// tells before Vault is up: the CAs' mounts and roles, the KV mount and the
+// admin identity. Shown while the stage waits for the vault stage.
+func knownChanges(e *stages.Env) []stages.Change {
+	spec, err := vaultpki.FromConfig(e.Config, "")
+	if err != nil {
+		return nil
+	}
+	var out []stages.Change
+	for _, ca := range spec.AllCAs() {
+		for _, m := range ca.Mounts() {
+			out = append(out, stages.Change{Action: reconcile.Create, Target: "vault mount " + m, Detail: "pki"})
+		}
+		for _, r := range ca.Roles {
+			out = append(out, stages.Change{Action: reconcile.Create, Target: "vault role " + ca.RoleMount(r) + "/roles/" + r.Name})
+		}
+	}
+	out = append(out,
+		stages.Change{Action: reconcile.Create, Target: "vault mount " + vaultpki.KVMount, Detail: "kv"},
+		stages.Change{Action: reconcile.Create, Target: "vault user " + vaultpki.UserpassPath + "/" + vaultpki.AdminUser},
+	)
+	for _, a := range spec.AppRoles {
+		out = append(out, stages.Change{Action: reconcile.Create, Target: "vault approle " + a.Name + " secret id"})
+	}
+	return out
 }
 
 // Apply makes Vault's PKI match the configuration.

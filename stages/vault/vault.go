@@ -174,9 +174,23 @@ func (s *Stage) Plan(ctx context.Context, e *stages.Env) ([]stages.Change, error
 	}
 	p := e.Plan(false)
 	if err := s.converge(ctx, e, p); err != nil {
-		return nil, err
+		return stages.WithKnown(nil, err, func() []stages.Change { return knownChanges(e) })
 	}
 	return p.Changes, nil
+}
+
+// knownChanges is what a first run does, as far as the configuration tells
+// before the nodes exist: shown while the stage waits for provision.
+func knownChanges(e *stages.Env) []stages.Change {
+	nodes := stages.PlannedNodes(e.Config, inventory.RoleVault)
+	return []stages.Change{
+		{Action: reconcile.Create, Target: "vault bootstrap CA"},
+		{Action: reconcile.Create, Target: "vault TLS certificates for " + nodes},
+		{Action: reconcile.Install, Target: "vault on " + nodes},
+		{Action: reconcile.Init, Target: "vault"},
+		{Action: reconcile.Unseal, Target: "vault on " + nodes},
+		{Action: reconcile.Enable, Target: auditTarget},
+	}
 }
 
 // Apply converges the nodes, initialises Vault once and unseals every node.

@@ -32,6 +32,7 @@ import (
 	"github.com/platform-bootstrap/bootstrap/internal/cluster"
 	"github.com/platform-bootstrap/bootstrap/internal/inventory"
 	"github.com/platform-bootstrap/bootstrap/internal/poll"
+	"github.com/platform-bootstrap/bootstrap/internal/reconcile"
 	"github.com/platform-bootstrap/bootstrap/stages"
 )
 
@@ -127,7 +128,7 @@ const verifiedNote = "verified"
 func (s *Stage) Plan(ctx context.Context, e *stages.Env) ([]stages.Change, error) {
 	v, err := load(e)
 	if err != nil {
-		return nil, err
+		return stages.WithKnown(nil, err, func() []stages.Change { return knownChanges(e) })
 	}
 	var out []stages.Change
 	for _, c := range v.checks() {
@@ -142,6 +143,16 @@ func (s *Stage) Plan(ctx context.Context, e *stages.Env) ([]stages.Change, error
 		out = append(out, stages.Change{Action: "check", Target: "the platform end to end", Detail: "never verified"})
 	}
 	return out, nil
+}
+
+// knownChanges are the checks a first run makes: shown while the stage
+// waits for the platform.
+func knownChanges(e *stages.Env) []stages.Change {
+	var out []stages.Change
+	for _, c := range (&env{e: e}).checks() {
+		out = append(out, stages.Change{Action: reconcile.Check, Target: c.name})
+	}
+	return out
 }
 
 // Apply runs every check until it passes or times out, and proves that a
