@@ -310,6 +310,12 @@ func printURLs(w io.Writer, out map[string]string, secretDir string, cfg *config
 	}
 	fmt.Fprintf(w, "\n  Secrets (unseal keys, tokens) are in %s (0700).\n", secretDir)
 	fmt.Fprintf(w, "  Use the CLIs: eval \"$(%s env --token admin)\"\n", self)
+	if dir := filepath.Dir(strings.Fields(self)[0]); dir != "." {
+		// bootstrap is not on PATH (after make up it is bin/bootstrap).
+		if abs, err := filepath.Abs(dir); err == nil {
+			fmt.Fprintf(w, "  To type just bootstrap: export PATH=\"%s:$PATH\"\n", abs)
+		}
+	}
 	if out[stages.OutNomadAddr] != "" {
 		fmt.Fprintf(w, "\n  GitLab CI/CD variables for deploys (bootstrap deploy); each NOMAD_TOKEN scoped to its\n  environment, and protected where merge requests must not deploy (prod):\n")
 		fmt.Fprintf(w, "    NOMAD_ADDR    %s\n", out[stages.OutNomadAddr])
