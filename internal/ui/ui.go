@@ -202,8 +202,11 @@ func (m model) View() string {
 			fmt.Fprintf(&b, "  %s %s\n", dimStyle.Render("·"), dimStyle.Render(n))
 		case running:
 			fmt.Fprintf(&b, "  %s %-10s %s  %s\n", m.spin.View(), n, time.Since(r.started).Round(time.Second), dimStyle.Render(r.step))
-		case statedir.OutcomeFailed, statedir.OutcomeInterrupted:
+		case statedir.OutcomeFailed:
 			fmt.Fprintf(&b, "  %s %-10s %s  %s\n", failStyle.Render("✗"), n, elapsed, failStyle.Render(string(r.status)+": "+r.err))
+		case statedir.OutcomeInterrupted:
+			// Stopped by a signal, not broken: the next up resumes it.
+			fmt.Fprintf(&b, "  %s %-10s %s  %s\n", warnStyle.Render("!"), n, elapsed, warnStyle.Render(string(r.status)+": "+r.err))
 		case statedir.OutcomeNotReady:
 			// Not run: it waits for earlier stages, so no check mark.
 			fmt.Fprintf(&b, "  %s %-10s %s\n", warnStyle.Render("…"), n, dimStyle.Render(string(r.status)))

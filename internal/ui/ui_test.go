@@ -148,6 +148,11 @@ func TestLiveModel(t *testing.T) {
 	if view := cur.View(); !strings.Contains(view, "✗ vault") || !strings.Contains(view, "failed: vault sealed") {
 		t.Errorf("failed stage:\n%s", view)
 	}
+	next, _ = cur.Update(stages.Event{Type: stages.EventStageEnd, Stage: "pki", Outcome: statedir.OutcomeInterrupted, Error: "interrupted: signal"})
+	cur = next.(model)
+	if view := cur.View(); !strings.Contains(view, "! pki") || strings.Contains(view, "✗ pki") {
+		t.Errorf("an interrupted stage looks failed:\n%s", view)
+	}
 	// A stage the list did not know (e.g. from a plan) is added, not dropped.
 	next, _ = cur.Update(stages.Event{Type: stages.EventStageStart, Stage: "extra", Time: time.Now()})
 	cur = next.(model)
