@@ -29,7 +29,7 @@ func (r *reconciler) caFiles(ctx context.Context) error {
 		path := r.e.CAFile(ca.Name)
 		rel, _ := filepath.Rel(r.e.StateDir, path)
 		if !known {
-			if r.apply {
+			if r.plan.Apply {
 				return fmt.Errorf("CA %s: certificates unknown after apply", ca.Name)
 			}
 			r.planned("create", "file "+rel, "CA chain of "+ca.Name)

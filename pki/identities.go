@@ -83,14 +83,14 @@ func (r *reconciler) appRoles(ctx context.Context) error {
 			return err
 		}
 		var s *api.Secret
-		if mounted || r.apply {
+		if mounted || r.plan.Apply {
 			s, err = r.c.Logical().ReadWithContext(ctx, path+"/role-id")
 			if err != nil && !isNotFound(err) {
 				return fmt.Errorf("read role id of approle %s: %w", a.Name, err)
 			}
 		}
 		if s == nil {
-			if r.apply {
+			if r.plan.Apply {
 				return fmt.Errorf("approle %s has no role id after it was written", a.Name)
 			}
 			// The role is created first; its identifiers follow.
@@ -180,7 +180,7 @@ func (r *reconciler) secretID(ctx context.Context, a AppRole) error {
 	if err != nil {
 		return err
 	}
-	return r.kv(ctx, k.secret, id, r.apply)
+	return r.kv(ctx, k.secret, id, r.plan.Apply)
 }
 
 // rotationDue says why a secret ID that expires at expires (RFC 3339, as

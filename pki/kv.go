@@ -69,7 +69,7 @@ func (r *reconciler) kv(ctx context.Context, name, value string, known bool) err
 		return nil
 	}
 	if !known {
-		if r.apply {
+		if r.plan.Apply {
 			return fmt.Errorf("%s: value unknown", target)
 		}
 		r.planned(action, target, "")

@@ -55,7 +55,7 @@ func (r *reconciler) secretMount(ctx context.Context, path, typ, desc string, ma
 func (r *reconciler) kvMount(ctx context.Context) error {
 	created := !r.mounted(KVMount)
 	err := r.secretMount(ctx, KVMount, "kv", "application secrets and copies of bootstrap's tokens", 0, map[string]string{"version": "2"})
-	if err != nil || !created || !r.apply {
+	if err != nil || !created || !r.plan.Apply {
 		return err
 	}
 	// A new KV v2 engine refuses requests while it sets up its versioned

@@ -25,25 +25,25 @@ type Result struct {
 func Plan(ctx context.Context, c *api.Client, e *stages.Env, s Spec) (Result, error) {
 	r := &reconciler{c: c, e: e, spec: s}
 	err := r.run(ctx)
-	return r.res, err
+	return Result{Changes: r.plan.Changes, Warnings: r.warnings}, err
 }
 
 // Apply makes Vault match s and returns what it changed. It may be killed at
 // any point; running it again finishes the work without creating a second CA.
 func Apply(ctx context.Context, c *api.Client, e *stages.Env, s Spec) (Result, error) {
-	r := &reconciler{c: c, e: e, spec: s, apply: true}
+	r := &reconciler{c: c, e: e, spec: s, plan: reconcile.Plan{Apply: true}}
 	err := r.run(ctx)
-	return r.res, err
+	return Result{Changes: r.plan.Changes, Warnings: r.warnings}, err
 }
 
 // reconciler runs the same find → compare → change steps for Plan and
 // Apply, so the two can never disagree about what needs doing.
 type reconciler struct {
-	c     *api.Client
-	e     *stages.Env
-	spec  Spec
-	apply bool
-	res   Result
+	c        *api.Client
+	e        *stages.Env
+	spec     Spec
+	plan     reconcile.Plan
+	warnings []string
 
 	mounts map[string]*api.MountOutput
 	auths  map[string]*api.AuthMount
@@ -53,20 +53,17 @@ type reconciler struct {
 
 // change records a difference and, when applying, fixes it with do.
 func (r *reconciler) change(action reconcile.Action, target, detail string, do func() error) error {
-	p := reconcile.Plan{Apply: r.apply}
-	err := p.Do(action, target, detail, do)
-	r.res.Changes = append(r.res.Changes, p.Changes...)
-	return err
+	return r.plan.Do(action, target, detail, do)
 }
 
 // planned records a change that an earlier planned change makes necessary,
 // while planning only: Apply finds and fixes it in its own step.
 func (r *reconciler) planned(action reconcile.Action, target, detail string) {
-	r.res.Changes = append(r.res.Changes, stages.Change{Action: action, Target: target, Detail: detail})
+	r.plan.Changes = append(r.plan.Changes, stages.Change{Action: action, Target: target, Detail: detail})
 }
 
 func (r *reconciler) warnf(format string, args ...any) {
-	r.res.Warnings = append(r.res.Warnings, fmt.Sprintf(format, args...))
+	r.warnings = append(r.warnings, fmt.Sprintf(format, args...))
 }
 
 func (r *reconciler) run(ctx context.Context) error {

@@ -199,7 +199,7 @@ func (r *reconciler) nodeTemplateToken(ctx context.Context, n inventory.Node) er
 			return err
 		}
 	}
-	return r.kv(ctx, secret, tok, valid || r.apply)
+	return r.kv(ctx, secret, tok, valid || r.plan.Apply)
 }
 
 // templateTokenRole makes sure a node's token role exists as wanted. The

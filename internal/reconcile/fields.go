@@ -16,7 +16,7 @@ import (
 func Differences(have, want map[string]any) []string {
 	var out []string
 	for _, k := range slices.Sorted(maps.Keys(want)) {
-		h, w := Normal(have[k]), Normal(want[k])
+		h, w := normal(have[k]), normal(want[k])
 		if h != w {
 			out = append(out, fmt.Sprintf("%s %s → %s", k, show(h), show(w)))
 		}
@@ -31,9 +31,9 @@ func show(s string) string {
 	return s
 }
 
-// Normal renders a value as a string that is the same for every way the
+// normal renders a value as a string that is the same for every way the
 // Vault, Consul and Nomad APIs return an equal value.
-func Normal(v any) string {
+func normal(v any) string {
 	switch t := v.(type) {
 	case nil:
 		return ""
@@ -44,13 +44,13 @@ func Normal(v any) string {
 	case []any:
 		s := make([]string, len(t))
 		for i, x := range t {
-			s[i] = Normal(x)
+			s[i] = normal(x)
 		}
 		return set(s)
 	case map[string]any:
 		var b strings.Builder
 		for _, k := range slices.Sorted(maps.Keys(t)) {
-			fmt.Fprintf(&b, "%s=%s;", k, Normal(t[k]))
+			fmt.Fprintf(&b, "%s=%s;", k, normal(t[k]))
 		}
 		return b.String()
 	case map[string]string:

@@ -52,15 +52,6 @@ func (a Action) Mark() string {
 	}
 }
 
-// Destructive reports whether the action removes something.
-func (a Action) Destructive() bool {
-	switch a {
-	case Delete, Stop, Revoke, Replace, Reset:
-		return true
-	}
-	return false
-}
-
 // Change is one difference between the configuration and the live system.
 type Change struct {
 	Action Action `json:"action"`
@@ -110,6 +101,3 @@ func (p *Plan) Planned(a Action, target, detail string) {
 		p.Changes = append(p.Changes, Change{Action: a, Target: target, Detail: detail})
 	}
 }
-
-// Add records changes found by another plan of the same mode.
-func (p *Plan) Add(cs ...Change) { p.Changes = append(p.Changes, cs...) }
