@@ -42,8 +42,12 @@ test: tools build ## all tests: unit, integration against real servers, end to e
 test-unit: ## unit tests only (no servers)
 	$(GO) test -short -count=1 ./...
 
+# The floor against `bootstrap up` (tools/floor/bench: up, the floor, the
+# ratio, per stage, converged up, down, 1 vs 3 clients), then the Go
+# benchmarks; both into bench.txt.
 bench: tools build ## benchmarks; results in bench.txt
-	BOOTSTRAP_REQUIRE_TOOLS=1 $(GO) test -run '^$$' -bench . -benchmem -count=1 -timeout 30m ./... | tee bench.txt
+	set -o pipefail; $(GO) run ./tools/floor/bench -bin bin -bootstrap bin/bootstrap | tee bench.txt
+	set -o pipefail; BOOTSTRAP_REQUIRE_TOOLS=1 $(GO) test -run '^$$' -bench . -benchmem -count=1 -timeout 30m ./... | tee -a bench.txt
 
 lint: ## gofmt, go vet, staticcheck, ansible-lint
 	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || { gofmt -l $$(git ls-files '*.go'); echo "gofmt: run gofmt -w"; exit 1; }

@@ -1,0 +1,310 @@
+// Command bench measures `bootstrap up` against the floor (tools/floor) on
+// the same machine, back to back, and writes a report: the floor and up
+// with the ratio up/floor, up's per-stage times next to the floor's
+// phases, a converged up, down, and the same for 1 and 3 clients (how the
+// cost grows with nodes). It measures; it asserts nothing.
+//
+// Each platform runs in its own temporary directory on its own loopback
+// subnet (up: 127.0.8.0/24, the floor: 127.0.9.0/24), never on the
+// repository's .bootstrap; every platform is brought down before the next
+// starts, also when a run fails.
+//
+// Usage (make bench):
+//
+//	go run ./tools/floor/bench -bin bin -bootstrap bin/bootstrap [-clients 2,1,3]
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"os/signal"
+	"path/filepath"
+	"runtime"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+)
+
+func main() {
+	bin := flag.String("bin", "bin", "directory with vault, consul, nomad, ... (make tools)")
+	bootstrap := flag.String("bootstrap", "bin/bootstrap", "the bootstrap binary to measure")
+	clients := flag.String("clients", "2,1,3", "client counts to measure; the first is the main measurement (converged up and down too)")
+	flag.Parse()
+
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	var counts []int
+	for _, s := range strings.Split(*clients, ",") {
+		n, err := strconv.Atoi(strings.TrimSpace(s))
+		if err != nil || n < 1 {
+			fmt.Fprintf(os.Stderr, "bench: -clients: %q is not a count\n", s)
+			os.Exit(2)
+		}
+		counts = append(counts, n)
+	}
+	if err := run(ctx, os.Stdout, *bin, *bootstrap, counts); err != nil {
+		fmt.Fprintln(os.Stderr, "bench:", err)
+		os.Exit(1)
+	}
+}
+
+// result is one measurement of a platform size.
+type result struct {
+	clients          int
+	floor            time.Duration
+	floorPhases      []phase
+	up               time.Duration
+	stages           []phase
+	converged, down  time.Duration
+	floorErr, upErr  error
+	downErr, convErr error
+}
+
+type phase struct {
+	name string
+	d    time.Duration
+}
+
+func run(ctx context.Context, out io.Writer, binDir, bootstrap string, counts []int) error {
+	binDir, err := filepath.Abs(binDir)
+	if err != nil {
+		return err
+	}
+	if bootstrap, err = filepath.Abs(bootstrap); err != nil {
+		return err
+	}
+	tmp, err := os.MkdirTemp("", "bench-")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(tmp)
+	floor := filepath.Join(tmp, "floor")
+	if b, err := exec.CommandContext(ctx, "go", "build", "-o", floor, "./tools/floor").CombinedOutput(); err != nil {
+		return fmt.Errorf("build the floor: %v\n%s", err, b)
+	}
+
+	fmt.Fprintf(out, "# bootstrap up against the floor (tools/floor), %s\n", time.Now().UTC().Format(time.RFC3339))
+	fmt.Fprintf(out, "# machine: %d CPU(s); load before: %s\n", runtime.NumCPU(), uptime())
+	fmt.Fprintf(out, "# floor: the same binaries, TLS, ACLs, PKI calls (the project's pki package), tokens, secrets and\n")
+	fmt.Fprintf(out, "#   jobs, started by hand: no Ansible, no stage runner, independent steps at once (127.0.9.0/24);\n")
+	fmt.Fprintf(out, "#   it issues the agent certificates once instead of running consul-template.\n")
+	fmt.Fprintf(out, "# up: bin/bootstrap up on a fresh state directory, local provider (127.0.8.0/24).\n\n")
+
+	var results []result
+	for i, n := range counts {
+		r := measure(ctx, tmp, floor, binDir, bootstrap, n, i == 0)
+		results = append(results, r)
+		report(out, r, i == 0)
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+	}
+	if len(results) > 1 {
+		fmt.Fprintf(out, "\n## cost by number of clients (3 servers each)\n\n")
+		fmt.Fprintf(out, "%-8s %10s %10s %8s\n", "clients", "floor", "up", "up/floor")
+		for _, r := range results {
+			fmt.Fprintf(out, "%-8d %10s %10s %8s\n", r.clients, secs(r.floor, r.floorErr), secs(r.up, r.upErr), ratio(r))
+		}
+	}
+	fmt.Fprintf(out, "\n# load after: %s\n", uptime())
+	for _, r := range results {
+		for _, err := range []error{r.floorErr, r.upErr, r.convErr, r.downErr} {
+			if err != nil {
+				return fmt.Errorf("%d client(s): %w", r.clients, err)
+			}
+		}
+	}
+	return nil
+}
+
+// measure runs the floor, then up (and, when full, a converged up) and
+// down, for a platform with n clients.
+func measure(ctx context.Context, tmp, floor, binDir, bootstrap string, n int, full bool) (r result) {
+	r.clients = n
+	fmt.Fprintf(os.Stderr, "bench: floor, %d client(s)\n", n)
+	t := time.Now()
+	var fout bytes.Buffer
+	cmd := exec.CommandContext(ctx, floor, "-bin", binDir, "-clients", strconv.Itoa(n))
+	cmd.Stdout, cmd.Stderr = &fout, os.Stderr
+	cmd.Cancel = func() error { return cmd.Process.Signal(os.Interrupt) } // it cleans up after itself
+	cmd.WaitDelay = 2 * time.Minute
+	r.floorErr = cmd.Run()
+	r.floor = time.Since(t)
+	sc := bufio.NewScanner(&fout)
+	for sc.Scan() {
+		name, v, ok := strings.Cut(sc.Text(), "\t")
+		f, err := strconv.ParseFloat(v, 64)
+		if !ok || err != nil {
+			continue
+		}
+		d := time.Duration(f * float64(time.Second))
+		if name == "total" {
+			r.floor = d // without the floor's own setup and teardown
+			continue
+		}
+		r.floorPhases = append(r.floorPhases, phase{name, d})
+	}
+
+	dir := filepath.Join(tmp, fmt.Sprintf("up-%d", n))
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		r.upErr = err
+		return r
+	}
+	cfg := filepath.Join(dir, "platform.hcl")
+	if err := os.WriteFile(cfg, []byte(fmt.Sprintf("provider \"local\" {\n  clients = %d\n  subnet  = \"127.0.8.0/24\"\n  bin_dir = %q\n}\n", n, binDir)), 0o600); err != nil {
+		r.upErr = err
+		return r
+	}
+	bs := func(ctx context.Context, args ...string) (time.Duration, []byte, error) {
+		cmd := exec.CommandContext(ctx, bootstrap, append(args, "-c", cfg)...)
+		cmd.Dir = dir
+		cmd.Env = append(os.Environ(), "CI=true")
+		var b bytes.Buffer
+		cmd.Stdout, cmd.Stderr = &b, &b
+		cmd.Cancel = func() error { return cmd.Process.Signal(os.Interrupt) }
+		cmd.WaitDelay = 2 * time.Minute
+		t := time.Now()
+		err := cmd.Run()
+		if err != nil {
+			err = fmt.Errorf("bootstrap %s: %w\n%s", args[0], err, tail(b.String(), 30))
+		}
+		return time.Since(t), b.Bytes(), err
+	}
+	defer func() {
+		// Down always runs, with a context of its own: the platform must
+		// not outlive the bench.
+		fmt.Fprintf(os.Stderr, "bench: down, %d client(s)\n", n)
+		dctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+		defer cancel()
+		r.down, _, r.downErr = bs(dctx, "down", "--auto-approve")
+	}()
+	fmt.Fprintf(os.Stderr, "bench: up, %d client(s)\n", n)
+	r.up, _, r.upErr = bs(ctx, "up", "--auto-approve")
+	if _, b, err := bs(ctx, "history", "--output", "json"); err == nil {
+		r.stages = lastUpStages(b)
+	}
+	if full && r.upErr == nil {
+		fmt.Fprintf(os.Stderr, "bench: converged up, %d client(s)\n", n)
+		r.converged, _, r.convErr = bs(ctx, "up", "--auto-approve")
+	}
+	return r
+}
+
+// lastUpStages returns the stage durations of the newest `up` in the
+// output of `bootstrap history --output json`.
+func lastUpStages(b []byte) []phase {
+	var runs []struct {
+		Command string    `json:"command"`
+		Started time.Time `json:"started"`
+		Stages  []struct {
+			Name     string        `json:"name"`
+			Duration time.Duration `json:"duration_ns"`
+		} `json:"stages"`
+	}
+	if err := json.Unmarshal(b, &runs); err != nil {
+		return nil
+	}
+	var out []phase
+	var newest time.Time
+	for _, r := range runs {
+		if r.Command != "up" || r.Started.Before(newest) {
+			continue
+		}
+		newest, out = r.Started, nil
+		for _, s := range r.Stages {
+			out = append(out, phase{s.Name, s.Duration})
+		}
+	}
+	return out
+}
+
+func report(out io.Writer, r result, full bool) {
+	fmt.Fprintf(out, "## 3 servers + %d client(s)\n\n", r.clients)
+	fmt.Fprintf(out, "floor              %s\n", secs(r.floor, r.floorErr))
+	fmt.Fprintf(out, "up                 %s\n", secs(r.up, r.upErr))
+	fmt.Fprintf(out, "ratio up/floor     %s\n", ratio(r))
+	// The floor does not run the verify stage's end-to-end checks.
+	if v := stage(r.stages, "verify"); v > 0 && r.upErr == nil && r.floorErr == nil {
+		fmt.Fprintf(out, "up without verify  %.1fs (ratio %.2f)\n", (r.up - v).Seconds(), (r.up-v).Seconds()/r.floor.Seconds())
+	}
+	if full {
+		fmt.Fprintf(out, "converged up       %s\n", secs(r.converged, r.convErr))
+	}
+	fmt.Fprintf(out, "down               %s\n", secs(r.down, r.downErr))
+	fmt.Fprintf(out, "\n%-10s %10s %7s   %-8s %10s %7s\n", "up stage", "time", "share", "floor", "time", "share")
+	rows := max(len(r.stages), len(r.floorPhases))
+	for i := range rows {
+		left, right := strings.Repeat(" ", 29), ""
+		if i < len(r.stages) {
+			s := r.stages[i]
+			left = fmt.Sprintf("%-10s %9.2fs %6.1f%%", s.name, s.d.Seconds(), share(s.d, r.up))
+		}
+		if i < len(r.floorPhases) {
+			f := r.floorPhases[i]
+			right = fmt.Sprintf("%-8s %9.2fs %6.1f%%", f.name, f.d.Seconds(), share(f.d, r.floor))
+		}
+		fmt.Fprintf(out, "%s   %s\n", left, right)
+	}
+	for _, err := range []error{r.floorErr, r.upErr, r.convErr, r.downErr} {
+		if err != nil {
+			fmt.Fprintf(out, "error: %v\n", err)
+		}
+	}
+	fmt.Fprintln(out)
+}
+
+// stage is the duration of the stage called name, or 0.
+func stage(ps []phase, name string) time.Duration {
+	for _, p := range ps {
+		if p.name == name {
+			return p.d
+		}
+	}
+	return 0
+}
+
+func share(d, total time.Duration) float64 {
+	if total == 0 {
+		return 0
+	}
+	return 100 * d.Seconds() / total.Seconds()
+}
+
+func secs(d time.Duration, err error) string {
+	if err != nil {
+		return "failed"
+	}
+	return fmt.Sprintf("%.1fs", d.Seconds())
+}
+
+func ratio(r result) string {
+	if r.floorErr != nil || r.upErr != nil || r.floor == 0 {
+		return "-"
+	}
+	return fmt.Sprintf("%.2f", r.up.Seconds()/r.floor.Seconds())
+}
+
+// uptime is the load average line of uptime(1).
+func uptime() string {
+	b, err := exec.Command("uptime").Output()
+	if err != nil {
+		return "unknown"
+	}
+	return strings.TrimSpace(string(b))
+}
+
+func tail(s string, n int) string {
+	lines := strings.Split(strings.TrimRight(s, "\n"), "\n")
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	return strings.Join(lines, "\n")
+}
