@@ -129,18 +129,59 @@ t_fabio() {
   link $name "$dest"
 }
 
+# Node tools for the web UIs, installed once from npm into the cache.
+# node_tools NAME: prints the bin dir of the pinned pnpm (newer pnpm needs
+# Node 22); NAME is the tool whose log gets the output.
+node_tools() {
+  local dest=$cache/node-tools/pnpm-$PNPM_VERSION
+  if [ ! -f "$dest/.done" ]; then
+    rm -rf "$dest"; mkdir -p "$dest"
+    run "$1" npm install -g --no-fund --no-audit --prefix "$dest" "pnpm@$PNPM_VERSION"
+    date -u +%FT%TZ >"$dest/.done"
+  fi
+  echo "$dest/bin"
+}
+
+# modsrc MODULE@VERSION NAME: the module's directory in the module cache
+# (downloaded when missing; NAME is the tool whose log gets the output).
+modsrc() {
+  local dir
+  dir=$(go env GOMODCACHE)/${1%@*}@${1#*@}
+  [ -d "$dir" ] || { run "$2" go mod download "$1"; }
+  echo "$dir"
+}
+
+# Prometheus with its web UI (the mantine app; "builtinassets" embeds it)
+# built from a writable copy of the module source, the way upstream's
+# Makefile does: pnpm builds web/ui into web/ui/static, compress_assets.sh
+# writes web/ui/embed.go, and the Go build uses the module's own go.mod.
+# The cache key carries the hash of web/ui/pnpm-lock.yaml; the pnpm store
+# stays in the cache for the next build.
 t_prometheus() {
-  local name=prometheus version=$PROMETHEUS_VERSION dest=$cache/prometheus-$PROMETHEUS_VERSION
-  if have $name "$version"; then link $name "$dest"; return; fi
+  local name=prometheus version=$PROMETHEUS_VERSION src
+  src=$(modsrc "github.com/prometheus/prometheus@$PROMETHEUS_MODULE_VERSION" $name)
+  local ui
+  ui=$(cat "$src/web/ui/pnpm-lock.yaml" - <<<"pnpm-$PNPM_VERSION" | sha256sum | cut -c1-12)
+  local key=$version-ui-$ui dest=$cache/prometheus-$version-ui-$ui
+  if have $name "$key"; then link $name "$dest"; return; fi
   rm -rf "$dest"; mkdir -p "$dest/bin"; : >"$cache/logs/$name.log"
-  local s=$SECONDS
-  say "$name $version: building prometheus and promtool (log: $cache/logs/$name.log)"
+  local s=$SECONDS pnpmbin work=$cache/prometheus-work
+  say "$name $version: building the web UI, prometheus and promtool (log: $cache/logs/$name.log)"
+  pnpmbin=$(node_tools $name)
+  rm -rf "$work"; mkdir -p "$work"
+  cp -r "$src" "$work/src"; chmod -R u+w "$work/src"
+  (cd "$work/src/web/ui" && PATH=$pnpmbin:$PATH CI=true run $name pnpm install --frozen-lockfile \
+    --store-dir "$cache/node-tools/pnpm-store" --reporter=append-only)
+  (cd "$work/src/web/ui" && PATH=$pnpmbin:$PATH CI= run $name pnpm run build:mantine-ui)
+  (cd "$work/src" && run $name bash scripts/compress_assets.sh)
+  say "$name $version: web UI built in $((SECONDS - s))s"
   local v="-X github.com/prometheus/common/version.Version=$version -X github.com/prometheus/common/version.Branch=HEAD -X github.com/prometheus/common/version.Revision=v$version"
-  (cd "$here/build/prometheus" && CGO_ENABLED=0 run $name go build -trimpath "-ldflags=-s -w $v" \
-    -tags remove_all_sd,enable_consul_sd,enable_nomad_sd \
-    -o "$dest/bin/" github.com/prometheus/prometheus/cmd/prometheus github.com/prometheus/prometheus/cmd/promtool)
+  (cd "$work/src" && GOWORK=off CGO_ENABLED=0 run $name go build -trimpath "-ldflags=-s -w $v" \
+    -tags builtinassets,remove_all_sd,enable_consul_sd,enable_nomad_sd \
+    -o "$dest/bin/" ./cmd/prometheus ./cmd/promtool)
+  rm -rf "$work"
   say "$name $version built in $((SECONDS - s))s"
-  done_mark $name "$version"
+  done_mark $name "$key"
   link $name "$dest"
 }
 
@@ -305,12 +346,17 @@ t_debian() {
   [ -x /bin/busybox ] || missing+=(busybox-static)
   # The live view is tested on a real terminal: a tmux pane.
   command -v tmux >/dev/null || missing+=(tmux)
+  # Headless Chromium for the browser tests of the web UIs, with a font so
+  # that pages have text glyphs.
+  command -v chromium >/dev/null || missing+=(chromium)
+  dpkg-query -W -f='${Status}' fonts-liberation 2>/dev/null | grep -q 'ok installed' || missing+=(fonts-liberation)
   if [ ${#missing[@]} -gt 0 ]; then
     say "apt-get install ${missing[*]}"
     apt_update
     DEBIAN_FRONTEND=noninteractive run apt $sudo apt-get install -y -q --no-install-recommends "${missing[@]}"
   fi
   say "ansible: $(ansible-playbook --version | head -1)"
+  say "chromium: $(chromium --version 2>/dev/null | head -1)"
 
   local pkg
   for pkg in prometheus-alertmanager prometheus-node-exporter; do

@@ -20,6 +20,39 @@ check() { # label want cmd...
   fi
 }
 
+# freeport: a free TCP port on 127.0.0.1.
+freeport() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+
+# prometheus_ui: the binary has its web UI built in: started briefly on
+# 127.0.0.1, it serves the mantine app at /query (not "Error opening React
+# index.html") and the app's script bundle.
+prometheus_ui() {
+  local tmp port pid page js ok=
+  tmp=$(mktemp -d); port=$(freeport)
+  printf 'global:\n  scrape_interval: 1m\n' >"$tmp/prometheus.yml"
+  "$bin/prometheus" --config.file="$tmp/prometheus.yml" --storage.tsdb.path="$tmp/data" \
+    --web.listen-address="127.0.0.1:$port" >"$tmp/log" 2>&1 &
+  pid=$!
+  for _ in $(seq 100); do
+    curl -fs -o /dev/null "http://127.0.0.1:$port/-/ready" && break
+    sleep 0.1
+  done
+  page=$(curl -fsS "http://127.0.0.1:$port/query" 2>&1) || true
+  js=$(grep -o 'src="\./assets/index-[^"]*\.js"' <<<"$page" | head -n 1 | sed 's/^src="\.\///; s/"$//') || true
+  if [[ "$page" == *GLOBAL_AGENT_MODE* ]] && [ -n "$js" ] &&
+    [ "$(curl -fs -o /dev/null -w '%{size_download}' "http://127.0.0.1:$port/$js")" -gt 100000 ]; then
+    ok=1
+  fi
+  kill "$pid" 2>/dev/null; wait "$pid" 2>/dev/null || true
+  if [ -n "$ok" ]; then
+    printf '  %-16s %s\n' "prometheus-ui" "/query serves the web app ($js)"
+  else
+    printf '  %-16s MISSING: /query gave: %.200s\n' "prometheus-ui" "$page" >&2
+    fail=1
+  fi
+  rm -rf "$tmp"
+}
+
 want=("$@"); [ ${#want[@]} -gt 0 ] || want=(debian consul-template vault consul nomad prometheus alertmanager fabio tf-providers terraform grafana)
 echo "tools in $bin:"
 for t in "${want[@]}"; do
@@ -31,7 +64,8 @@ for t in "${want[@]}"; do
   fabio) check fabio "$FABIO_VERSION" "$bin/fabio" -v ;;
   prometheus)
     check prometheus "$PROMETHEUS_VERSION" "$bin/prometheus" --version
-    check promtool "$PROMETHEUS_VERSION" "$bin/promtool" --version ;;
+    check promtool "$PROMETHEUS_VERSION" "$bin/promtool" --version
+    prometheus_ui ;;
   # The module snapshot of Grafana 10.1.0-pre reports the version of its
   # package metadata.
   alertmanager) check alertmanager "$ALERTMANAGER_VERSION" "$bin/alertmanager" --version ;;
@@ -47,7 +81,9 @@ for t in "${want[@]}"; do
   debian)
     check alertmanager "alertmanager" "$bin/prometheus-alertmanager" --version
     check node-exporter "node_exporter" "$bin/prometheus-node-exporter" --version
-    check ansible "ansible-playbook" ansible-playbook --version ;;
+    check ansible "ansible-playbook" ansible-playbook --version
+    # (stderr: Debian's launcher warns about /dev/shm on some machines)
+    check chromium "Chromium" sh -c 'chromium --version 2>/dev/null' ;;
   esac
 done
 exit $fail
