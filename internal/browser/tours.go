@@ -1,0 +1,299 @@
+package browser
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"net/url"
+	"strings"
+	"time"
+)
+
+// Each tour below visits one UI as a person would after `up`: sign in with
+// the identity `up` made for it, open the pages that matter and check what
+// they render. Every tour leaves screenshots named after its pages, taken
+// also when a check fails: the failing page is the one worth seeing.
+
+
+// visit runs a tour in a fresh tab.
+func (b *Browser) visit(ctx context.Context, tour func(p *Page) error) error {
+	p, err := b.NewPage()
+	if err != nil {
+		return err
+	}
+	defer p.Close()
+	return tour(p)
+}
+
+// shot takes a screenshot; a check's error comes first. It has its own
+// time: the step before may have used up ctx's.
+func shot(ctx context.Context, p *Page, name string, err error) error {
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
+	defer cancel()
+	if _, serr := p.Screenshot(ctx, name); serr != nil && err == nil {
+		return serr
+	}
+	return err
+}
+
+// NomadUI signs in with token (the read-only UI token), checks the jobs
+// list shows every job of jobs (namespace → job IDs) and that a job's page
+// lists its allocations.
+func (b *Browser) NomadUI(ctx context.Context, addr, token string, jobs map[string][]string) error {
+	return b.visit(ctx, func(p *Page) error {
+		// A browser with no token is signed in as the anonymous token:
+		// sign out of it first.
+		err := p.Open(ctx, addr+"/ui/settings/tokens")
+		if err == nil {
+			err = p.WaitText(ctx, stepTimeout, "Sign")
+		}
+		if err == nil && strings.Contains(p.Text(ctx), "Sign Out") {
+			err = p.ClickText(ctx, "Sign Out")
+		}
+		if err == nil {
+			err = p.Type(ctx, "#token-input", token)
+		}
+		if err == nil {
+			err = p.ClickText(ctx, "Sign in with secret")
+		}
+		if err == nil {
+			err = p.WaitText(ctx, stepTimeout, "Token Authenticated!", "ui-read")
+		}
+		if err := shot(ctx, p, "nomad-signed-in", err); err != nil {
+			return fmt.Errorf("nomad UI sign-in: %w", err)
+		}
+		var all []string
+		for _, ids := range jobs {
+			all = append(all, ids...)
+		}
+		err = p.Open(ctx, addr+"/ui/jobs?namespace=*")
+		if err == nil {
+			err = p.WaitText(ctx, stepTimeout, all...)
+		}
+		if err := shot(ctx, p, "nomad-jobs", err); err != nil {
+			return fmt.Errorf("nomad UI jobs list: %w", err)
+		}
+		for ns, ids := range jobs {
+			if len(ids) == 0 {
+				continue
+			}
+			u := fmt.Sprintf("%s/ui/jobs/%s@%s/allocations", addr, url.PathEscape(ids[0]), url.PathEscape(ns))
+			err = p.Open(ctx, u)
+			if err == nil {
+				err = p.WaitFor(ctx, "a running allocation", `Array.from(document.querySelectorAll("table tbody tr")).some(r => /running/i.test(r.innerText))`, stepTimeout)
+			}
+			if err := shot(ctx, p, "nomad-job-"+ns+"-"+ids[0], err); err != nil {
+				return fmt.Errorf("nomad UI job %s in %s: %w", ids[0], ns, err)
+			}
+		}
+		return nil
+	})
+}
+
+// ConsulUI logs in with token and checks the services list shows services.
+func (b *Browser) ConsulUI(ctx context.Context, addr, token string, services []string) error {
+	return b.visit(ctx, func(p *Page) error {
+		err := p.Open(ctx, addr+"/ui/")
+		if err == nil {
+			err = p.ClickText(ctx, "Log in")
+		}
+		if err == nil {
+			err = p.Type(ctx, `input[name="auth[SecretID]"]`, token)
+		}
+		if err == nil {
+			err = p.Click(ctx, `form button[type="submit"]`)
+		}
+		if err == nil {
+			err = p.WaitText(ctx, stepTimeout, services...)
+		}
+		if err := shot(ctx, p, "consul-services", err); err != nil {
+			return fmt.Errorf("consul UI services: %w", err)
+		}
+		return nil
+	})
+}
+
+// GrafanaUI logs in as admin, then opens every dashboard the search lists:
+// each must render its panels with none in error. The panel titled
+// dataPanel must draw a series.
+func (b *Browser) GrafanaUI(ctx context.Context, addr, password, dataPanel string) error {
+	return b.visit(ctx, func(p *Page) error {
+		err := p.Open(ctx, addr+"/login")
+		if err == nil {
+			err = p.Type(ctx, `input[name="user"]`, "admin")
+		}
+		if err == nil {
+			err = p.Type(ctx, `input[name="password"]`, password)
+		}
+		if err == nil {
+			err = p.Click(ctx, `button[type="submit"]`)
+		}
+		if err == nil {
+			err = p.WaitFor(ctx, "the home page after login", `!location.pathname.startsWith("/login") && document.body.innerText.includes("Welcome to Grafana")`, stepTimeout)
+		}
+		if err := shot(ctx, p, "grafana-home", err); err != nil {
+			return fmt.Errorf("grafana login: %w", err)
+		}
+		// The dashboards as the signed-in browser sees them.
+		var dashboards []struct {
+			UID   string `json:"uid"`
+			Title string `json:"title"`
+			URL   string `json:"url"`
+		}
+		if err := p.EvalAsync(ctx, `fetch("/api/search?type=dash-db").then(r => r.json())`, &dashboards); err != nil {
+			return fmt.Errorf("grafana dashboards: %w", err)
+		}
+		if len(dashboards) == 0 {
+			return fmt.Errorf("grafana lists no dashboards")
+		}
+		drew := false
+		for _, d := range dashboards {
+			err := p.Open(ctx, addr+d.URL)
+			if err == nil {
+				err = p.WaitFor(ctx, "the dashboard's panels", `document.querySelectorAll("[data-viz-panel-key], .react-grid-item").length > 0`, stepTimeout)
+			}
+			if err == nil {
+				// Queries run once the panels are in view; give them until
+				// every loading bar is gone.
+				err = p.WaitFor(ctx, "the panels' queries", `document.querySelectorAll('[aria-label="Panel loading bar"]').length === 0`, stepTimeout)
+			}
+			if err == nil {
+				err = panelErrors(ctx, p)
+			}
+			if err == nil && dataPanel != "" {
+				ok, derr := panelDrawn(ctx, p, dataPanel)
+				if derr != nil {
+					err = derr
+				}
+				drew = drew || ok
+			}
+			if err := shot(ctx, p, "grafana-"+slug(d.Title), err); err != nil {
+				return fmt.Errorf("grafana dashboard %q: %w", d.Title, err)
+			}
+		}
+		if dataPanel != "" && !drew {
+			return fmt.Errorf("no dashboard has a panel %q with data", dataPanel)
+		}
+		return nil
+	})
+}
+
+// panelErrors fails when a panel shows an error or a plugin failed to load.
+func panelErrors(ctx context.Context, p *Page) error {
+	var errs []string
+	err := p.Eval(ctx, `Array.from(document.querySelectorAll(
+	  '[data-testid="data-testid Panel status error"], [aria-label="Panel status"], .panel-info-corner--error, [data-testid="data-testid Panel data error message"]'
+	)).map(e => {
+	  const panel = e.closest("[data-panelid], .react-grid-item");
+	  const title = panel && panel.querySelector("h2, h6, .panel-title");
+	  return (title ? title.innerText + ": " : "") + (e.getAttribute("aria-label") || e.innerText || "error");
+	})`, &errs)
+	if err != nil {
+		return err
+	}
+	var text string
+	p.Eval(ctx, `document.body.innerText`, &text)
+	for _, bad := range []string{"Panel plugin not found", "Failed to load", "Datasource named", "was not found"} {
+		if strings.Contains(text, bad) {
+			errs = append(errs, bad)
+		}
+	}
+	if len(errs) > 0 {
+		return fmt.Errorf("panels in error: %s", strings.Join(errs, "; "))
+	}
+	return nil
+}
+
+// panelDrawn tells whether the panel titled title is on the page, and then
+// that it drew a series: a legend entry and no "No data".
+func panelDrawn(ctx context.Context, p *Page, title string) (bool, error) {
+	q, _ := json.Marshal(title)
+	var res struct {
+		Found  bool `json:"found"`
+		NoData bool `json:"noData"`
+		Series int  `json:"series"`
+	}
+	err := p.Eval(ctx, fmt.Sprintf(`(() => {
+	  const t = Array.from(document.querySelectorAll("h2, h6")).find(h => h.innerText.trim() === %s);
+	  if (!t) return {found: false, noData: false, series: 0};
+	  const panel = t.closest("section, .react-grid-item");
+	  return {
+	    found: true,
+	    noData: panel.innerText.includes("No data"),
+	    series: panel.querySelectorAll("canvas").length && panel.querySelectorAll('[class*="LegendLabel"], [aria-label^="VizLegend series"], .u-series').length,
+	  };
+	})()`, q), &res)
+	if err != nil || !res.Found {
+		return false, err
+	}
+	if res.NoData || res.Series == 0 {
+		return false, fmt.Errorf("panel %q draws no data", title)
+	}
+	return true, nil
+}
+
+// PrometheusUI checks the targets page shows every scrape job with its
+// targets up, and that a query draws a graph.
+func (b *Browser) PrometheusUI(ctx context.Context, addr string, jobs []string) error {
+	return b.visit(ctx, func(p *Page) error {
+		err := p.Open(ctx, addr+"/targets")
+		if err == nil {
+			err = p.WaitText(ctx, stepTimeout, jobs...)
+		}
+		if err == nil {
+			err = p.WaitFor(ctx, "no target down", `!/\bDOWN\b/i.test(document.body.innerText.replace(/\d+ *\/ *\d+ *up/gi, "")) || document.body.innerText.includes("0 down")`, stepTimeout)
+		}
+		if err := shot(ctx, p, "prometheus-targets", err); err != nil {
+			return fmt.Errorf("prometheus UI targets: %w", err)
+		}
+		q := url.Values{"g0.expr": {"rate(node_cpu_seconds_total{mode!=\"idle\"}[1m])"}, "g0.tab": {"graph"}, "g0.range_input": {"15m"}}
+		err = p.Open(ctx, addr+"/query?"+q.Encode())
+		if err == nil {
+			err = p.WaitFor(ctx, "a graph", `document.querySelectorAll(".uplot canvas, canvas").length > 0`, stepTimeout)
+		}
+		if err := shot(ctx, p, "prometheus-graph", err); err != nil {
+			return fmt.Errorf("prometheus UI graph: %w", err)
+		}
+		return nil
+	})
+}
+
+// AlertmanagerUI checks Alertmanager's page renders its alert list.
+func (b *Browser) AlertmanagerUI(ctx context.Context, addr string) error {
+	return b.visit(ctx, func(p *Page) error {
+		err := p.Open(ctx, addr+"/#/alerts")
+		if err == nil {
+			err = p.WaitText(ctx, stepTimeout, "Alertmanager", "Silences")
+		}
+		if err := shot(ctx, p, "alertmanager", err); err != nil {
+			return fmt.Errorf("alertmanager UI: %w", err)
+		}
+		return nil
+	})
+}
+
+// FabioUI checks Fabio's routes page lists every route prefix.
+func (b *Browser) FabioUI(ctx context.Context, addr string, routes []string) error {
+	return b.visit(ctx, func(p *Page) error {
+		err := p.Open(ctx, addr+"/routes")
+		if err == nil {
+			err = p.WaitText(ctx, stepTimeout, routes...)
+		}
+		if err := shot(ctx, p, "fabio-routes", err); err != nil {
+			return fmt.Errorf("fabio UI routes: %w", err)
+		}
+		return nil
+	})
+}
+
+func slug(s string) string {
+	return strings.Trim(strings.Map(func(r rune) rune {
+		if r >= 'a' && r <= 'z' || r >= '0' && r <= '9' {
+			return r
+		}
+		if r >= 'A' && r <= 'Z' {
+			return r + 'a' - 'A'
+		}
+		return '-'
+	}, s), "-")
+}
