@@ -205,6 +205,7 @@ func envVars(out map[string]string, store *secrets.Store, token string, namespac
 	set("ALERTMANAGER_ADDR", stages.OutAlertmanagerAddr)
 	set("GRAFANA_ADDR", stages.OutGrafanaAddr)
 	set("FABIO_ADDR", stages.OutFabioAddr)
+	set("FABIO_UI_ADDR", stages.OutFabioUIAddr)
 	// The CLIs dial an address and verify the name in the servers'
 	// certificates: a client node's certificate must not pass for a server.
 	set("NOMAD_TLS_SERVER_NAME", stages.OutNomadTLSServerName)

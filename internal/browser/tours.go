@@ -14,7 +14,6 @@ import (
 // they render. Every tour leaves screenshots named after its pages, taken
 // also when a check fails: the failing page is the one worth seeing.
 
-
 // visit runs a tour in a fresh tab.
 func (b *Browser) visit(ctx context.Context, tour func(p *Page) error) error {
 	p, err := b.NewPage()
@@ -241,7 +240,11 @@ func (b *Browser) PrometheusUI(ctx context.Context, addr string, jobs []string) 
 			err = p.WaitText(ctx, stepTimeout, jobs...)
 		}
 		if err == nil {
-			err = p.WaitFor(ctx, "no target down", `!/\bDOWN\b/i.test(document.body.innerText.replace(/\d+ *\/ *\d+ *up/gi, "")) || document.body.innerText.includes("0 down")`, stepTimeout)
+			// Each pool's header reads "N / M up": every target up is N == M.
+			err = p.WaitFor(ctx, "every target up", `(() => {
+			  const m = Array.from(document.body.innerText.matchAll(/(\d+) \/ (\d+) up/g));
+			  return m.length >= `+fmt.Sprint(len(jobs))+` && m.every(x => x[1] === x[2] && x[2] !== "0");
+			})()`, stepTimeout)
 		}
 		if err := shot(ctx, p, "prometheus-targets", err); err != nil {
 			return fmt.Errorf("prometheus UI targets: %w", err)
@@ -249,7 +252,10 @@ func (b *Browser) PrometheusUI(ctx context.Context, addr string, jobs []string) 
 		q := url.Values{"g0.expr": {"rate(node_cpu_seconds_total{mode!=\"idle\"}[1m])"}, "g0.tab": {"graph"}, "g0.range_input": {"15m"}}
 		err = p.Open(ctx, addr+"/query?"+q.Encode())
 		if err == nil {
-			err = p.WaitFor(ctx, "a graph", `document.querySelectorAll(".uplot canvas, canvas").length > 0`, stepTimeout)
+			err = p.WaitFor(ctx, "a graph", `document.querySelectorAll(".uplot canvas").length > 0`, stepTimeout)
+		}
+		if err == nil && strings.Contains(p.Text(ctx), "Error") {
+			err = fmt.Errorf("the query page shows an error: %s", excerpt(p.Text(ctx)))
 		}
 		if err := shot(ctx, p, "prometheus-graph", err); err != nil {
 			return fmt.Errorf("prometheus UI graph: %w", err)

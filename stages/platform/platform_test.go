@@ -221,6 +221,10 @@ func TestPlatform(t *testing.T) {
 		}
 	})
 
+	t.Run("the web UIs render in a browser", func(t *testing.T) {
+		webUIs(t, p.T(t), "web")
+	})
+
 	t.Run("attacks with an application token are refused", func(t *testing.T) {
 		attacks(t, p.T(t))
 	})

@@ -2,8 +2,9 @@
 // once the platform is up — Prometheus scrapes Nomad, Consul, Vault,
 // node-exporter and itself and discovers a newly deployed service, a query
 // for node CPU has a value per client, Grafana serves its dashboards through
-// a working datasource, Fabio routes, and the Nomad UI answers the read-only
-// token.
+// a working datasource, Fabio routes, the Nomad UI answers the read-only
+// token, and the Consul, Prometheus and Grafana UIs are the real
+// applications, not the page a binary built without them serves.
 //
 // Plan runs the read-only checks once, without waiting: a platform that
 // passes them and was verified before has nothing to do. Apply runs every
@@ -53,6 +54,7 @@ type env struct {
 	grafana string
 	fabio   string
 	nomad   string
+	consul  string
 	uiToken string
 	grafPW  string
 }
@@ -63,7 +65,7 @@ func load(e *stages.Env) (*env, error) {
 		return nil, err
 	}
 	out := e.State.Outputs()
-	v := &env{e: e, inv: inv, prom: out[stages.OutPrometheusAddr], grafana: out[stages.OutGrafanaAddr], fabio: out[stages.OutFabioAddr], nomad: out[stages.OutNomadAddr]}
+	v := &env{e: e, inv: inv, prom: out[stages.OutPrometheusAddr], grafana: out[stages.OutGrafanaAddr], fabio: out[stages.OutFabioAddr], nomad: out[stages.OutNomadAddr], consul: out[stages.OutConsulAddr]}
 	if v.nomad == "" {
 		return nil, stages.NotReadyf("nomad is not up yet")
 	}
@@ -71,11 +73,16 @@ func load(e *stages.Env) (*env, error) {
 		return nil, stages.NotReadyf("the platform jobs are not running yet")
 	}
 	pool := x509.NewCertPool()
-	b, err := os.ReadFile(out[stages.OutNomadCACert])
-	if err != nil {
-		return nil, err
+	for _, ca := range []string{out[stages.OutNomadCACert], out[stages.OutConsulCACert]} {
+		if ca == "" {
+			continue
+		}
+		b, err := os.ReadFile(ca)
+		if err != nil {
+			return nil, err
+		}
+		pool.AppendCertsFromPEM(b)
 	}
-	pool.AppendCertsFromPEM(b)
 	v.http = &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}}}
 	tok, ok, err := e.Secrets.Get(stages.SecretNomadUIToken)
 	if err != nil || !ok {
@@ -117,6 +124,15 @@ func (v *env) checks() []check {
 		cs = append(cs, check{name: "fabio routes /prometheus", run: checkFabio})
 	}
 	cs = append(cs, check{name: "the nomad UI answers the read-only token", run: checkNomadUI})
+	if cfg.Consul.UI {
+		cs = append(cs, check{name: "the consul UI is served", run: checkConsulUI})
+	}
+	if cfg.Jobs.Prometheus.Enabled {
+		cs = append(cs, check{name: "the prometheus UI is served", run: checkPrometheusUI})
+	}
+	if cfg.Jobs.Grafana.Enabled {
+		cs = append(cs, check{name: "the grafana UI is served", run: checkGrafanaUI})
+	}
 	return cs
 }
 
@@ -370,6 +386,54 @@ func checkNomadUI(ctx context.Context, v *env) error {
 	}
 	// The UI's first call: the jobs the read-only token may see.
 	return v.get(ctx, v.nomad+"/v1/jobs?namespace=*", http.Header{"X-Nomad-Token": {v.uiToken}}, nil)
+}
+
+// A UI is its page and the scripts the page loads. A binary built without
+// its UI answers 200 with a page too (Prometheus: "Error opening React
+// index.html"; Grafana without its frontend: no bundles), so each check
+// looks for the application's own marker and loads its script.
+var (
+	consulUIScript     = regexp.MustCompile(`src="(/ui/assets/init-[0-9a-f]+\.js)"`)
+	prometheusUIScript = regexp.MustCompile(`src="\./(assets/index-[A-Za-z0-9_-]+\.js)"`)
+	grafanaUIScript    = regexp.MustCompile(`src="[^"]*/(public/build/app\.[0-9a-f]+\.js)"`)
+)
+
+func checkConsulUI(ctx context.Context, v *env) error {
+	return v.checkApp(ctx, v.consul+"/ui/", "consul-ui/config/environment", consulUIScript, v.consul)
+}
+
+func checkPrometheusUI(ctx context.Context, v *env) error {
+	return v.checkApp(ctx, v.prom+"/query", "<title>Prometheus", prometheusUIScript, v.prom)
+}
+
+func checkGrafanaUI(ctx context.Context, v *env) error {
+	return v.checkApp(ctx, v.grafana+"/login", "grafanaBootData", grafanaUIScript, v.grafana)
+}
+
+// checkApp fetches page, looks for marker and loads the script script
+// finds, relative to base.
+func (v *env) checkApp(ctx context.Context, page, marker string, script *regexp.Regexp, base string) error {
+	var body string
+	if err := v.get(ctx, page, nil, &body); err != nil {
+		return err
+	}
+	if !strings.Contains(body, marker) {
+		return fmt.Errorf("GET %s: not the application (built without its web UI?): %.80q", page, body)
+	}
+	m := script.FindStringSubmatch(body)
+	if m == nil {
+		return fmt.Errorf("GET %s: the page loads none of the application's scripts (built without its web UI?)", page)
+	}
+	u := m[1]
+	if !strings.HasPrefix(u, "/") {
+		u = "/" + u
+	} else {
+		// An absolute path is on the page's host.
+		if p, err := url.Parse(page); err == nil {
+			base = p.Scheme + "://" + p.Host
+		}
+	}
+	return v.get(ctx, base+u, nil, nil)
 }
 
 func basic(user, pw string) string {
