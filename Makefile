@@ -10,7 +10,7 @@ export GOTOOLCHAIN := local
 
 STATICCHECK_VERSION := v0.8.2
 
-.PHONY: build tools up down env plan status test test-unit test-integration bench lint clean
+.PHONY: build tools up down env plan status test test-unit test-integration bench lint clean screenshots
 
 build: ## build bin/bootstrap
 	@mkdir -p bin
@@ -48,6 +48,12 @@ test-unit: ## unit tests only (no servers)
 bench: tools build ## benchmarks; results in bench.txt
 	set -o pipefail; $(GO) run ./tools/floor/bench -bin bin -bootstrap bin/bootstrap | tee bench.txt
 	set -o pipefail; BOOTSTRAP_REQUIRE_TOOLS=1 $(GO) test -run '^$$' -bench . -benchmem -count=1 -timeout 30m ./... | tee -a bench.txt
+
+# A tour of the running platform's web UIs in headless Chromium (make tools
+# installs it), signed in as a user: a PNG per page in $(SCREENSHOTS).
+SCREENSHOTS ?= screenshots
+screenshots: build ## PNGs of every web UI of the running platform, in $(SCREENSHOTS)/
+	$(GO) run ./tools/screenshots -c $(CONFIG) -o $(SCREENSHOTS) -bootstrap bin/bootstrap
 
 lint: ## gofmt, go vet, staticcheck, ansible-lint
 	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || { gofmt -l $$(git ls-files '*.go'); echo "gofmt: run gofmt -w"; exit 1; }

@@ -212,18 +212,18 @@ func (p *Page) WaitFor(ctx context.Context, what, expr string, timeout time.Dura
 	if err == nil {
 		return nil
 	}
-	return fmt.Errorf("%s: not within %s (%v); the page shows: %s", what, timeout, err, excerpt(p.Text(ctx)))
+	return fmt.Errorf("%s: not within %s (%v); the page shows: %s", what, timeout, err, p.shows(ctx))
 }
 
 // WaitText waits until the page shows every text.
 func (p *Page) WaitText(ctx context.Context, timeout time.Duration, texts ...string) error {
-	conds := make([]string, len(texts))
-	for i, t := range texts {
+	conds := []string{"document.body"}
+	for _, t := range texts {
 		q, _ := json.Marshal(t)
-		conds[i] = fmt.Sprintf("document.body.innerText.includes(%s)", q)
+		conds = append(conds, fmt.Sprintf("document.body.innerText.includes(%s)", q))
 	}
 	return p.WaitFor(ctx, fmt.Sprintf("the page shows %q", texts),
-		"document.body && "+strings.Join(conds, " && "), timeout)
+		strings.Join(conds, " && "), timeout)
 }
 
 // Count returns how many elements match the CSS selector.
@@ -241,7 +241,7 @@ func (p *Page) Type(ctx context.Context, css, text string) error {
 	ctx, stop := p.bound(ctx)
 	defer stop()
 	if err := chromedp.Do(ctx, chromedp.SendKeys(chromedp.CSS(css), text, chromedp.NodeVisible)); err != nil {
-		return fmt.Errorf("type into %s: %w", css, err)
+		return fmt.Errorf("type into %s: %w; the page shows: %s", css, err, p.shows(ctx))
 	}
 	return nil
 }
@@ -253,7 +253,7 @@ func (p *Page) Click(ctx context.Context, css string) error {
 	ctx, stop := p.bound(ctx)
 	defer stop()
 	if err := chromedp.Do(ctx, chromedp.Click(chromedp.CSS(css), chromedp.NodeVisible)); err != nil {
-		return fmt.Errorf("click %s: %w", css, err)
+		return fmt.Errorf("click %s: %w; the page shows: %s", css, err, p.shows(ctx))
 	}
 	return nil
 }
@@ -274,6 +274,14 @@ func (p *Page) Screenshot(ctx context.Context, name string) ([]byte, error) {
 		return nil, err
 	}
 	return png, os.WriteFile(filepath.Join(p.b.Dir, name+".png"), png, 0o644)
+}
+
+// shows tells what the page shows, for an error: with its own few seconds,
+// as ctx may be what ran out.
+func (p *Page) shows(ctx context.Context) string {
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+	defer cancel()
+	return excerpt(p.Text(ctx))
 }
 
 func excerpt(s string) string {

@@ -103,6 +103,14 @@ func (b *Browser) ConsulUI(ctx context.Context, addr, token string, services []s
 			err = p.Click(ctx, `form button[type="submit"]`)
 		}
 		if err == nil {
+			err = p.WaitFor(ctx, "signed in", `!document.querySelector('input[name="auth[SecretID]"]') || document.querySelector('input[name="auth[SecretID]"]').offsetParent === null`, stepTimeout)
+		}
+		// The list loaded before the login is the anonymous token's: load
+		// it again with the token the UI now keeps.
+		if err == nil {
+			err = p.Open(ctx, addr+"/ui/dc1/services")
+		}
+		if err == nil {
 			err = p.WaitText(ctx, stepTimeout, services...)
 		}
 		if err := shot(ctx, p, "consul-services", err); err != nil {
@@ -255,7 +263,7 @@ func (b *Browser) PrometheusUI(ctx context.Context, addr string, jobs []string) 
 			err = p.WaitFor(ctx, "a graph", `document.querySelectorAll(".uplot canvas").length > 0`, stepTimeout)
 		}
 		if err == nil && strings.Contains(p.Text(ctx), "Error") {
-			err = fmt.Errorf("the query page shows an error: %s", excerpt(p.Text(ctx)))
+			err = fmt.Errorf("the query page shows an error: %s", p.shows(ctx))
 		}
 		if err := shot(ctx, p, "prometheus-graph", err); err != nil {
 			return fmt.Errorf("prometheus UI graph: %w", err)
