@@ -9,6 +9,7 @@ package jobs
 import (
 	"context"
 	"crypto/rand"
+	"errors"
 	"fmt"
 	"net"
 	"os"
@@ -16,6 +17,7 @@ import (
 	"slices"
 	"sort"
 	"strings"
+	"sync"
 
 	nomadapi "github.com/hashicorp/nomad/api"
 	vaultapi "github.com/hashicorp/vault/api"
@@ -390,8 +392,15 @@ func converge(ctx context.Context, e *stages.Env, pl *reconcile.Plan) error {
 	if err := convergeVault(ctx, p, pl); err != nil {
 		return err
 	}
+	// Every job is registered (or restarted) first, then all are awaited
+	// together: none depends on another being healthy.
 	for _, sp := range specs {
-		if err := convergeJob(ctx, e, p, pl, sp); err != nil {
+		if err := convergeJob(ctx, p, pl, sp); err != nil {
+			return err
+		}
+	}
+	if pl.Apply {
+		if err := waitAll(ctx, e, p, specs); err != nil {
 			return err
 		}
 	}
@@ -464,16 +473,25 @@ func (s *Stage) Destroy(ctx context.Context, e *stages.Env) error {
 		e.Warnf("nomad does not answer (%v); jobs are not stopped one by one", err)
 		return nil
 	}
+	// Every job is stopped at once: each waits for its own allocations.
+	var running []*nomadapi.JobListStub
 	for _, j := range jobs {
-		if j.Status == "dead" {
-			continue
-		}
-		e.Step("stopping job %s/%s", j.Namespace, j.ID)
-		if err := stopJobIn(ctx, p, j.Namespace, j.ID); err != nil {
-			return err
+		if j.Status != "dead" {
+			e.Step("stopping job %s/%s", j.Namespace, j.ID)
+			running = append(running, j)
 		}
 	}
-	return nil
+	errs := make([]error, len(running))
+	var wg sync.WaitGroup
+	for i, j := range running {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			errs[i] = stopJobIn(ctx, p, j.Namespace, j.ID)
+		}()
+	}
+	wg.Wait()
+	return errors.Join(errs...)
 }
 
 // Status reports whether each platform job runs healthy.

@@ -2,10 +2,12 @@ package jobs
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"maps"
 	"slices"
 	"strings"
+	"sync"
 	"time"
 
 	nomadapi "github.com/hashicorp/nomad/api"
@@ -47,9 +49,10 @@ func parse(ctx context.Context, p *platform, sp spec) (*nomadapi.Job, error) {
 }
 
 // convergeJob plans job sp: it is registered when Nomad's plan shows a
-// difference, restarted when it is unchanged but failed, and, when
-// applying, waited for until it is healthy.
-func convergeJob(ctx context.Context, e *stages.Env, p *platform, pl *reconcile.Plan, sp spec) error {
+// difference, and restarted when it is unchanged but failed. It does not
+// wait for the job: when applying, the caller waits for every job at once
+// (waitAll) until each is healthy.
+func convergeJob(ctx context.Context, p *platform, pl *reconcile.Plan, sp spec) error {
 	job, err := parse(ctx, p, sp)
 	if err != nil {
 		return err
@@ -87,11 +90,26 @@ func convergeJob(ctx context.Context, e *stages.Env, p *platform, pl *reconcile.
 			err = pl.Do(reconcile.Wait, target, h.Status, nil)
 		}
 	}
-	if err != nil || !pl.Apply {
-		return err
+	return err
+}
+
+// waitAll waits until every job of specs is healthy, all at once, and
+// returns every job's error.
+func waitAll(ctx context.Context, e *stages.Env, p *platform, specs []spec) error {
+	for _, sp := range specs {
+		e.Step("waiting for job %s to be healthy", sp.name)
 	}
-	e.Step("waiting for job %s to be healthy", sp.name)
-	return waitHealthy(ctx, p, sp.name)
+	errs := make([]error, len(specs))
+	var wg sync.WaitGroup
+	for i, sp := range specs {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			errs[i] = waitHealthy(ctx, p, sp.name)
+		}()
+	}
+	wg.Wait()
+	return errors.Join(errs...)
 }
 
 func waitHealthy(ctx context.Context, p *platform, id string) error {

@@ -13,6 +13,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/platform-bootstrap/bootstrap/ansible"
@@ -191,16 +192,29 @@ func (s *Stage) Destroy(ctx context.Context, e *stages.Env) error {
 			return err
 		}
 	}
-	var errs []error
+	// Every local node is stopped at once: each waits for its own agents
+	// to shut down, and none depends on another.
+	var local []inventory.Node
 	if inv != nil {
 		for _, n := range inv.Nodes {
-			if n.Local == nil {
-				continue
+			if n.Local != nil {
+				local = append(local, n)
 			}
-			e.Step("stopping node %s", n.Name)
-			errs = append(errs, removeLocalNode(ctx, n))
 		}
 	}
+	if len(local) > 0 {
+		e.Step("stopping node(s) %s", strings.Join(inventory.Names(local), ", "))
+	}
+	errs := make([]error, len(local))
+	var wg sync.WaitGroup
+	for i, n := range local {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			errs[i] = removeLocalNode(ctx, n)
+		}()
+	}
+	wg.Wait()
 	if err := errors.Join(errs...); err != nil {
 		return err
 	}
@@ -220,22 +234,36 @@ func (s *Stage) Destroy(ctx context.Context, e *stages.Env) error {
 // inside the node's tree — Nomad's raw_exec tasks and executors outlive the
 // client that started them.
 func stopLocalNode(ctx context.Context, n inventory.Node) error {
-	var errs []error
+	// The services of a node are stopped at once too: each shuts down on
+	// its own.
 	pidfiles, _ := filepath.Glob(filepath.Join(n.Local.Root, "run", "*.pid"))
-	for _, pf := range pidfiles {
+	errs := make([]error, len(pidfiles))
+	var wg sync.WaitGroup
+	for i, pf := range pidfiles {
 		pid, err := proc.ReadPidFile(pf)
 		if err != nil {
 			continue
 		}
-		errs = append(errs, proc.Terminate(ctx, pid, 20*time.Second))
-		os.Remove(pf)
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			errs[i] = proc.Terminate(ctx, pid, 20*time.Second)
+			os.Remove(pf)
+		}()
 	}
+	wg.Wait()
 	pids, err := proc.Under(n.Local.Root)
 	errs = append(errs, err)
-	for _, pid := range pids {
-		errs = append(errs, proc.Terminate(ctx, pid, 5*time.Second))
+	left := make([]error, len(pids))
+	for i, pid := range pids {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			left[i] = proc.Terminate(ctx, pid, 5*time.Second)
+		}()
 	}
-	if err := errors.Join(errs...); err != nil {
+	wg.Wait()
+	if err := errors.Join(append(errs, left...)...); err != nil {
 		return fmt.Errorf("stop node %s: %w", n.Name, err)
 	}
 	return nil
