@@ -55,6 +55,7 @@ type env struct {
 	fabio   string
 	nomad   string
 	consul  string
+	am      string // Alertmanager through Fabio
 	uiToken string
 	grafPW  string
 }
@@ -65,7 +66,7 @@ func load(e *stages.Env) (*env, error) {
 		return nil, err
 	}
 	out := e.State.Outputs()
-	v := &env{e: e, inv: inv, prom: out[stages.OutPrometheusAddr], grafana: out[stages.OutGrafanaAddr], fabio: out[stages.OutFabioAddr], nomad: out[stages.OutNomadAddr], consul: out[stages.OutConsulAddr]}
+	v := &env{e: e, inv: inv, prom: out[stages.OutPrometheusAddr], grafana: out[stages.OutGrafanaAddr], fabio: out[stages.OutFabioAddr], nomad: out[stages.OutNomadAddr], consul: out[stages.OutConsulAddr], am: out[stages.OutAlertmanagerAddr]}
 	if v.nomad == "" {
 		return nil, stages.NotReadyf("nomad is not up yet")
 	}
@@ -132,6 +133,9 @@ func (v *env) checks() []check {
 	}
 	if cfg.Jobs.Grafana.Enabled {
 		cs = append(cs, check{name: "the grafana UI is served", run: checkGrafanaUI})
+	}
+	if cfg.Jobs.Alertmanager.Enabled && cfg.Jobs.Prometheus.Enabled {
+		cs = append(cs, check{name: "the alertmanager UI is served", run: checkAlertmanagerUI})
 	}
 	return cs
 }
@@ -395,6 +399,7 @@ func checkNomadUI(ctx context.Context, v *env) error {
 var (
 	consulUIScript     = regexp.MustCompile(`src="(/ui/assets/init-[0-9a-f]+\.js)"`)
 	prometheusUIScript = regexp.MustCompile(`src="\./(assets/index-[A-Za-z0-9_-]+\.js)"`)
+	alertmanagerScript = regexp.MustCompile(`src="(script\.js)"`)
 	grafanaUIScript    = regexp.MustCompile(`src="[^"]*/(public/build/app\.[0-9a-f]+\.js)"`)
 )
 
@@ -404,6 +409,10 @@ func checkConsulUI(ctx context.Context, v *env) error {
 
 func checkPrometheusUI(ctx context.Context, v *env) error {
 	return v.checkApp(ctx, v.prom+"/query", "<title>Prometheus", prometheusUIScript, v.prom)
+}
+
+func checkAlertmanagerUI(ctx context.Context, v *env) error {
+	return v.checkApp(ctx, v.am+"/", "Elm.Main.init", alertmanagerScript, v.am)
 }
 
 func checkGrafanaUI(ctx context.Context, v *env) error {
