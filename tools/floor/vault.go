@@ -15,7 +15,6 @@ import (
 	"net"
 	"os"
 	"strings"
-	"sync"
 	"time"
 
 	vaultapi "github.com/hashicorp/vault/api"
@@ -241,9 +240,7 @@ func (p *platform) certs(ctx context.Context) error {
 			return err
 		}
 	}
-	var wg sync.WaitGroup
-	var mu sync.Mutex
-	var errs []error
+	var issues []func() error
 	for _, n := range p.inv.Nodes {
 		tok, ok, err := p.e.Secrets.Get(pki.ConsulTemplateTokenSecret(n.Name))
 		if err != nil || !ok {
@@ -257,19 +254,15 @@ func (p *platform) certs(ctx context.Context) error {
 			{"consul", "consul/inter-ca/issue/" + kind + "-" + cfg.Datacenter, kind + "." + cfg.Datacenter + "." + cfg.Consul.Domain},
 			{"nomad", "nomad/inter-ca/issue/" + kind + "-" + cfg.Region, kind + "." + cfg.Region + ".nomad"},
 		} {
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
+			issues = append(issues, func() error {
 				if err := p.issue(ctx, n, strings.TrimSpace(tok), product.name, product.role, product.cn); err != nil {
-					mu.Lock()
-					errs = append(errs, fmt.Errorf("%s certificate of %s: %w", product.name, n.Name, err))
-					mu.Unlock()
+					return fmt.Errorf("%s certificate of %s: %w", product.name, n.Name, err)
 				}
-			}()
+				return nil
+			})
 		}
 	}
-	wg.Wait()
-	return errors.Join(errs...)
+	return parallel(issues...)
 }
 
 func (p *platform) issue(ctx context.Context, n inventory.Node, token, product, role, cn string) error {
