@@ -104,12 +104,13 @@ func (p *platform) jobs(ctx context.Context) error {
 		return err
 	}
 	work = work[:0]
+	start := time.Now()
 	for _, job := range parsed {
 		work = append(work, func() error {
 			if _, _, err := nc.Jobs().Register(job, (&nomadapi.WriteOptions{Namespace: platformjobs.Namespace}).WithContext(ctx)); err != nil {
 				return fmt.Errorf("job %s: register: %w", *job.ID, err)
 			}
-			return poll(ctx, 250*time.Millisecond, func() error {
+			err := poll(ctx, 250*time.Millisecond, func() error {
 				h, err := nomadjob.Check(ctx, nc, platformjobs.Namespace, *job.ID)
 				switch {
 				case err != nil:
@@ -121,6 +122,10 @@ func (p *platform) jobs(ctx context.Context) error {
 				}
 				return nil
 			})
+			if err == nil {
+				fmt.Fprintf(os.Stderr, "floor: job %s healthy after %.1fs\n", *job.ID, time.Since(start).Seconds())
+			}
+			return err
 		})
 	}
 	return parallel(work...)
