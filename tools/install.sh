@@ -13,6 +13,10 @@
 # Where it does not (CI, air-gapped), they are built from the Go module proxy
 # with the builder modules in tools/build/<name>/, one at a time.
 #
+# Prometheus and Grafana get their real web UIs, built with Node from their
+# module sources (pnpm and yarn from npm, tools/ui/); Grafana's frontend is
+# cached apart from its server (grafana-ui-<version>-<hash>).
+#
 # Usage: tools/install.sh [tool...]   (default: all)
 set -euo pipefail
 
@@ -199,10 +203,70 @@ t_alertmanager() {
   link $name "$dest"
 }
 
+# Grafana's web frontend (public/build and the public/views/index.html and
+# error.html that webpack writes from their templates), built from the
+# module source. The module's yarn 3.4.1 cannot build on Node 20: yarn
+# $YARN_VERSION from npm runs instead. tools/ui/grafana-xlsx.patch takes xlsx
+# from npm (the lockfile's CDN tarball is out of reach), tools/ui/grafana-vendor.sh
+# fills public/vendor, which the module zip leaves out;
+# tools/ui/grafana-webpack.prod.js builds without source maps. Keyed by the Grafana
+# version and the hash of yarn.lock and of our patch and helpers; the yarn
+# cache stays in the cache dir for the next build. Sets grafana_ui_dir.
+grafana_ui() {
+  local name=grafana-ui src=$1 key
+  key=$({ cat "$src/yarn.lock" "$here/ui/grafana-xlsx.patch" "$here/ui/grafana-vendor.sh" "$here"/ui/grafana-vendor/*/* \
+    "$here/ui/grafana-webpack.prod.js"
+    echo "yarn-$YARN_VERSION"; } | sha256sum | cut -c1-12)
+  local dest=$cache/grafana-ui-$GRAFANA_VERSION-$key
+  grafana_ui_dir=$dest
+  have grafana-ui "$GRAFANA_VERSION-$key" && return
+  rm -rf "$dest"; mkdir -p "$dest/views"; : >"$cache/logs/$name.log"
+  local s=$SECONDS work=$cache/grafana-ui-work
+  say "$name $GRAFANA_VERSION: building the web frontend (log: $cache/logs/$name.log)"
+  local yarn=$cache/node-tools/yarn-$YARN_VERSION.cjs
+  if [ ! -f "$yarn" ]; then
+    mkdir -p "$cache/node-tools/tmp"
+    (cd "$cache/node-tools/tmp" && run $name npm pack "@yarnpkg/cli-dist@$YARN_VERSION" &&
+      run $name tar -xzf "yarnpkg-cli-dist-$YARN_VERSION.tgz" package/bin/yarn.js)
+    mv "$cache/node-tools/tmp/package/bin/yarn.js" "$yarn"
+    rm -rf "$cache/node-tools/tmp"
+  fi
+  rm -rf "$work/src"; mkdir -p "$work/yarn-cache"
+  cp -r "$src" "$work/src"; chmod -R u+w "$work/src"
+  rm -rf "$work/src/public/build" "$work/src/public/views/index.html" "$work/src/public/views/error.html"
+  # The one git dependency (tether-drop) is in the module's own yarn cache.
+  cp -n "$work"/src/.yarn/cache/*.zip "$work/yarn-cache/"
+  (cd "$work/src" && run $name patch -p1 <"$here/ui/grafana-xlsx.patch")
+  run $name "$here/ui/grafana-vendor.sh" "$work/src/public/vendor"
+  local env=(YARN_YARN_PATH="$yarn" YARN_CACHE_FOLDER="$work/yarn-cache" YARN_ENABLE_GLOBAL_CACHE=false
+    YARN_ENABLE_TELEMETRY=0 YARN_ENABLE_PROGRESS_BARS=false CYPRESS_INSTALL_BINARY=0)
+  (cd "$work/src" && export "${env[@]}" && run $name node "$yarn" install --immutable)
+  say "$name: yarn install done after $((SECONDS - s))s"
+  cp "$here/ui/grafana-webpack.prod.js" "$work/src/scripts/webpack/"
+  (cd "$work/src" && export "${env[@]}" NODE_ENV=production && run $name node "$yarn" run webpack \
+    --config scripts/webpack/grafana-webpack.prod.js)
+  mv "$work/src/public/build" "$dest/build"
+  mv "$work/src/public/views/index.html" "$work/src/public/views/error.html" "$dest/views/"
+  rm -rf "$work/src"
+  say "$name $GRAFANA_VERSION built in $((SECONDS - s))s ($(du -sh "$dest/build" | cut -f1))"
+  done_mark grafana-ui "$GRAFANA_VERSION-$key"
+}
+
+# grafana_home DEST: put the cached frontend into the server's home.
+grafana_home() {
+  grafana_ui "$1/home"
+  ln -sfn "$grafana_ui_dir/build" "$1/home/public/build"
+  ln -sfn "$grafana_ui_dir/views/index.html" "$1/home/public/views/index.html"
+  ln -sfn "$grafana_ui_dir/views/error.html" "$1/home/public/views/error.html"
+  ln -sfn "$1/home" "$bin/grafana-home"
+}
+
+# The server; its home (bin/grafana-home, the homepath the platform runs it
+# with) is a copy of the module source, with the frontend linked in.
 t_grafana() {
   # "-stamped": built with its version in the binary (it said 9.2.0 before).
   local name=grafana version=$GRAFANA_VERSION-stamped dest=$cache/grafana-$GRAFANA_VERSION-stamped
-  if have $name "$version"; then link $name "$dest"; ln -sfn "$dest/home" "$bin/grafana-home"; return; fi
+  if have $name "$version"; then link $name "$dest"; grafana_home "$dest"; return; fi
   rm -rf "$dest"; mkdir -p "$dest/bin"; : >"$cache/logs/$name.log"
   local s=$SECONDS
   say "$name $version: building the server from the Go module proxy (log: $cache/logs/$name.log)"
@@ -223,7 +287,7 @@ t_grafana() {
   say "$name $version built in $((SECONDS - s))s"
   done_mark $name "$version"
   link $name "$dest"
-  ln -sfn "$dest/home" "$bin/grafana-home"
+  grafana_home "$dest"
 }
 
 t_terraform() {

@@ -53,6 +53,26 @@ prometheus_ui() {
   rm -rf "$tmp"
 }
 
+# grafana_ui: Grafana's home (bin/grafana-home) has the built frontend:
+# public/views/index.html (written by webpack from index-template.html)
+# loads an app bundle, and every public/build file it names is there.
+grafana_ui() {
+  local home=$bin/grafana-home f refs missing=() app=
+  refs=$(grep -o 'public/build/[^"]*\.\(js\|css\)' "$home/public/views/index.html" 2>/dev/null | sort -u) || true
+  for f in $refs; do
+    [ -s "$home/$f" ] || missing+=("$f")
+    case $f in public/build/app.*.js) app=$f ;; esac
+  done
+  if [ -n "$app" ] && [ ${#missing[@]} -eq 0 ] && [ -s "$home/public/views/error.html" ]; then
+    printf '  %-16s %s\n' "grafana-ui" "index.html loads $(wc -w <<<"$refs") built files ($app)"
+  else
+    local why="no public/views/index.html that loads an app bundle in $home"
+    [ ${#missing[@]} -eq 0 ] || why="index.html names files not in $home/public/build: ${missing[*]}"
+    printf '  %-16s MISSING: %s\n' "grafana-ui" "$why" >&2
+    fail=1
+  fi
+}
+
 want=("$@"); [ ${#want[@]} -gt 0 ] || want=(debian consul-template vault consul nomad prometheus alertmanager fabio tf-providers terraform grafana)
 echo "tools in $bin:"
 for t in "${want[@]}"; do
@@ -69,7 +89,9 @@ for t in "${want[@]}"; do
   # The module snapshot of Grafana 10.1.0-pre reports the version of its
   # package metadata.
   alertmanager) check alertmanager "$ALERTMANAGER_VERSION" "$bin/alertmanager" --version ;;
-  grafana) check grafana "grafana version" "$bin/grafana" -v ;;
+  grafana)
+    check grafana "grafana version" "$bin/grafana" -v
+    grafana_ui ;;
   terraform) check terraform "Terraform v" env TF_CLI_CONFIG_FILE=/dev/null "$bin/terraform" version ;;
   tf-providers)
     for p in hashicorp/local/$TF_PROVIDER_LOCAL_VERSION hashicorp/tls/$TF_PROVIDER_TLS_VERSION \
