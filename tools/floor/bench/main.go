@@ -188,7 +188,10 @@ func measure(ctx context.Context, tmp, floor, binDir, bootstrap string, n int, f
 	}()
 	fmt.Fprintf(os.Stderr, "bench: up, %d client(s)\n", n)
 	r.up, _, r.upErr = bs(ctx, "up", "--auto-approve")
-	if _, b, err := bs(ctx, "history", "--output", "json"); err == nil {
+	// The stages of a failed or interrupted up are reported too.
+	hctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	if _, b, err := bs(hctx, "history", "--output", "json"); err == nil {
 		r.stages = lastUpStages(b)
 	}
 	if full && r.upErr == nil {
@@ -235,7 +238,7 @@ func report(out io.Writer, r result, full bool) {
 	if v := stage(r.stages, "verify"); v > 0 && r.upErr == nil && r.floorErr == nil {
 		fmt.Fprintf(out, "up without verify  %.1fs (ratio %.2f)\n", (r.up - v).Seconds(), (r.up-v).Seconds()/r.floor.Seconds())
 	}
-	if full {
+	if full && r.upErr == nil {
 		fmt.Fprintf(out, "converged up       %s\n", secs(r.converged, r.convErr))
 	}
 	fmt.Fprintf(out, "down               %s\n", secs(r.down, r.downErr))
