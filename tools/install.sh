@@ -234,11 +234,20 @@ grafana_ui() {
   rm -rf "$work/src"; mkdir -p "$work/yarn-cache"
   cp -r "$src" "$work/src"; chmod -R u+w "$work/src"
   rm -rf "$work/src/public/build" "$work/src/public/views/index.html" "$work/src/public/views/error.html"
-  # The one git dependency (tether-drop) is in the module's own yarn cache.
-  cp -n "$work"/src/.yarn/cache/*.zip "$work/yarn-cache/"
+  # The one git dependency (tether-drop) is in the module's own yarn cache;
+  # with no mirror, yarn names its cache files <package>-<cacheKey>.zip.
+  local z ck
+  ck=$(awk '/^  cacheKey:/ {print $2; exit}' "$work/src/yarn.lock")
+  for z in "$work"/src/.yarn/cache/*.zip; do
+    z=$(basename "$z")
+    cp -n "$work/src/.yarn/cache/$z" "$work/yarn-cache/${z%-*}-$ck.zip"
+  done
   (cd "$work/src" && run $name patch -p1 <"$here/ui/grafana-xlsx.patch")
   run $name "$here/ui/grafana-vendor.sh" "$work/src/public/vendor"
+  # All of yarn's files in the cache dir: its package cache, and no mirror
+  # in ~/.yarn/berry.
   local env=(YARN_YARN_PATH="$yarn" YARN_CACHE_FOLDER="$work/yarn-cache" YARN_ENABLE_GLOBAL_CACHE=false
+    YARN_ENABLE_MIRROR=false YARN_GLOBAL_FOLDER="$work/yarn-global"
     YARN_ENABLE_TELEMETRY=0 YARN_ENABLE_PROGRESS_BARS=false CYPRESS_INSTALL_BINARY=0)
   (cd "$work/src" && export "${env[@]}" && run $name node "$yarn" install --immutable)
   say "$name: yarn install done after $((SECONDS - s))s"
