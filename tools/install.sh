@@ -428,7 +428,7 @@ t_debian() {
     apt_update
     DEBIAN_FRONTEND=noninteractive run apt $sudo apt-get install -y -q --no-install-recommends "${missing[@]}"
   fi
-  say "ansible: $(ansible-playbook --version | head -1)"
+  say "ansible: $(ansible-playbook --version 2>/dev/null | head -1)"
   say "chromium: $(chromium --version 2>/dev/null | head -1)"
 
   local pkg
