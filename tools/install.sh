@@ -265,8 +265,10 @@ grafana_ui() {
 grafana_home() {
   grafana_ui "$1/home"
   ln -sfn "$grafana_ui_dir/build" "$1/home/public/build"
-  ln -sfn "$grafana_ui_dir/views/index.html" "$1/home/public/views/index.html"
-  ln -sfn "$grafana_ui_dir/views/error.html" "$1/home/public/views/error.html"
+  # Copies, not links: Grafana loads its views with fs.WalkDir, which skips
+  # symlinks, and then panics on the missing error.html.
+  rm -f "$1/home/public/views/index.html" "$1/home/public/views/error.html"
+  cp "$grafana_ui_dir/views/index.html" "$grafana_ui_dir/views/error.html" "$1/home/public/views/"
   ln -sfn "$1/home" "$bin/grafana-home"
 }
 
