@@ -37,6 +37,7 @@ func main() {
 	bin := flag.String("bin", "bin", "directory with vault, consul, nomad, ... (make tools)")
 	bootstrap := flag.String("bootstrap", "bin/bootstrap", "the bootstrap binary to measure")
 	clients := flag.String("clients", "2,1,3", "client counts to measure; the first is the main measurement (converged up and down too)")
+	skip := flag.String("skip", "", "stages up skips (its --skip), e.g. verify, which the floor does not do")
 	flag.Parse()
 
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
@@ -50,7 +51,7 @@ func main() {
 		}
 		counts = append(counts, n)
 	}
-	if err := run(ctx, os.Stdout, *bin, *bootstrap, counts); err != nil {
+	if err := run(ctx, os.Stdout, *bin, *bootstrap, *skip, counts); err != nil {
 		fmt.Fprintln(os.Stderr, "bench:", err)
 		os.Exit(1)
 	}
@@ -63,6 +64,7 @@ type result struct {
 	floorPhases      []phase
 	up               time.Duration
 	stages           []phase
+	downStages       []phase
 	converged, down  time.Duration
 	floorErr, upErr  error
 	downErr, convErr error
@@ -73,7 +75,7 @@ type phase struct {
 	d    time.Duration
 }
 
-func run(ctx context.Context, out io.Writer, binDir, bootstrap string, counts []int) error {
+func run(ctx context.Context, out io.Writer, binDir, bootstrap, skip string, counts []int) error {
 	binDir, err := filepath.Abs(binDir)
 	if err != nil {
 		return err
@@ -96,11 +98,15 @@ func run(ctx context.Context, out io.Writer, binDir, bootstrap string, counts []
 	fmt.Fprintf(out, "# floor: the same binaries, TLS, ACLs, PKI calls (the project's pki package), tokens, secrets and\n")
 	fmt.Fprintf(out, "#   jobs, started by hand: no Ansible, no stage runner, independent steps at once (127.0.9.0/24);\n")
 	fmt.Fprintf(out, "#   it issues the agent certificates once instead of running consul-template.\n")
-	fmt.Fprintf(out, "# up: bin/bootstrap up on a fresh state directory, local provider (127.0.8.0/24).\n\n")
+	fmt.Fprintf(out, "# up: bin/bootstrap up on a fresh state directory, local provider (127.0.8.0/24).\n")
+	if skip != "" {
+		fmt.Fprintf(out, "# up runs with --skip %s.\n", skip)
+	}
+	fmt.Fprintln(out)
 
 	var results []result
 	for i, n := range counts {
-		r := measure(ctx, tmp, floor, binDir, bootstrap, n, i == 0)
+		r := measure(ctx, tmp, floor, binDir, bootstrap, skip, n, i == 0)
 		results = append(results, r)
 		report(out, r, i == 0)
 		if ctx.Err() != nil {
@@ -127,7 +133,7 @@ func run(ctx context.Context, out io.Writer, binDir, bootstrap string, counts []
 
 // measure runs the floor, then up (and, when full, a converged up) and
 // down, for a platform with n clients.
-func measure(ctx context.Context, tmp, floor, binDir, bootstrap string, n int, full bool) (r result) {
+func measure(ctx context.Context, tmp, floor, binDir, bootstrap, skip string, n int, full bool) (r result) {
 	r.clients = n
 	fmt.Fprintf(os.Stderr, "bench: floor, %d client(s)\n", n)
 	t := time.Now()
@@ -185,25 +191,32 @@ func measure(ctx context.Context, tmp, floor, binDir, bootstrap string, n int, f
 		dctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 		defer cancel()
 		r.down, _, r.downErr = bs(dctx, "down", "--auto-approve")
+		if _, b, err := bs(dctx, "history", "--output", "json"); err == nil {
+			r.downStages = lastStages(b, "down")
+		}
 	}()
+	upArgs := []string{"up", "--auto-approve"}
+	if skip != "" {
+		upArgs = append(upArgs, "--skip", skip)
+	}
 	fmt.Fprintf(os.Stderr, "bench: up, %d client(s)\n", n)
-	r.up, _, r.upErr = bs(ctx, "up", "--auto-approve")
+	r.up, _, r.upErr = bs(ctx, upArgs...)
 	// The stages of a failed or interrupted up are reported too.
 	hctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	if _, b, err := bs(hctx, "history", "--output", "json"); err == nil {
-		r.stages = lastUpStages(b)
+		r.stages = lastStages(b, "up")
 	}
 	if full && r.upErr == nil {
 		fmt.Fprintf(os.Stderr, "bench: converged up, %d client(s)\n", n)
-		r.converged, _, r.convErr = bs(ctx, "up", "--auto-approve")
+		r.converged, _, r.convErr = bs(ctx, upArgs...)
 	}
 	return r
 }
 
-// lastUpStages returns the stage durations of the newest `up` in the
-// output of `bootstrap history --output json`.
-func lastUpStages(b []byte) []phase {
+// lastStages returns the stage durations of the newest run of command in
+// the output of `bootstrap history --output json`.
+func lastStages(b []byte, command string) []phase {
 	var runs []struct {
 		Command string    `json:"command"`
 		Started time.Time `json:"started"`
@@ -218,7 +231,7 @@ func lastUpStages(b []byte) []phase {
 	var out []phase
 	var newest time.Time
 	for _, r := range runs {
-		if r.Command != "up" || r.Started.Before(newest) {
+		if r.Command != command || r.Started.Before(newest) {
 			continue
 		}
 		newest, out = r.Started, nil
@@ -241,7 +254,18 @@ func report(out io.Writer, r result, full bool) {
 	if full && r.upErr == nil {
 		fmt.Fprintf(out, "converged up       %s\n", secs(r.converged, r.convErr))
 	}
-	fmt.Fprintf(out, "down               %s\n", secs(r.down, r.downErr))
+	fmt.Fprintf(out, "down               %s", secs(r.down, r.downErr))
+	for i, s := range r.downStages {
+		sep := ", "
+		if i == 0 {
+			sep = " ("
+		}
+		fmt.Fprintf(out, "%s%s %.2fs", sep, s.name, s.d.Seconds())
+	}
+	if len(r.downStages) > 0 {
+		fmt.Fprint(out, ")")
+	}
+	fmt.Fprintln(out)
 	fmt.Fprintf(out, "\n%-10s %10s %7s   %-8s %10s %7s\n", "up stage", "time", "share", "floor", "time", "share")
 	rows := max(len(r.stages), len(r.floorPhases))
 	for i := range rows {
