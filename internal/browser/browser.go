@@ -21,6 +21,8 @@ import (
 	"strings"
 	"time"
 
+	"github.com/chromedp/cdproto/cdp"
+	"github.com/chromedp/cdproto/page"
 	"github.com/chromedp/chromedp"
 )
 
@@ -205,12 +207,21 @@ func (p *Page) Text(ctx context.Context) string {
 func (p *Page) WaitFor(ctx context.Context, what, expr string, timeout time.Duration) error {
 	wctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
-	c, stop := p.bound(wctx)
-	defer stop()
-	_, err := chromedp.Run(c, chromedp.Poll[chromedp.Void](expr,
-		chromedp.WithPollingInterval(250*time.Millisecond), chromedp.WithPollingTimeout(timeout)))
-	if err == nil {
-		return nil
+	var err error
+	// A poll does not survive a navigation (a login that reloads the app):
+	// poll again in the new document until the time is up.
+	for wctx.Err() == nil {
+		c, stop := p.bound(wctx)
+		_, err = chromedp.Run(c, chromedp.Poll[chromedp.Void](expr,
+			chromedp.WithPollingInterval(250*time.Millisecond), chromedp.WithPollingTimeout(timeout)))
+		stop()
+		if err == nil {
+			return nil
+		}
+		select {
+		case <-wctx.Done():
+		case <-time.After(250 * time.Millisecond):
+		}
 	}
 	return fmt.Errorf("%s: not within %s (%v); the page shows: %s", what, timeout, err, p.shows(ctx))
 }
@@ -263,6 +274,14 @@ func (p *Page) Click(ctx context.Context, css string) error {
 func (p *Page) Screenshot(ctx context.Context, name string) ([]byte, error) {
 	ctx, stop := p.bound(ctx)
 	defer stop()
+	// Only the tab in front draws frames, and a capture waits for one.
+	front := chromedp.Func(func(ctx context.Context, t *chromedp.Target) error {
+		_, err := cdp.Call(ctx, t, page.BringToFront, cdp.Empty{})
+		return err
+	})
+	if err := chromedp.Do(ctx, front); err != nil {
+		return nil, fmt.Errorf("screenshot %s: %w", name, err)
+	}
 	png, err := chromedp.Run(ctx, chromedp.CaptureScreenshot())
 	if err != nil {
 		return nil, fmt.Errorf("screenshot %s: %w", name, err)

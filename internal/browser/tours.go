@@ -136,7 +136,7 @@ func (b *Browser) GrafanaUI(ctx context.Context, addr, password, dataPanel strin
 			err = p.Click(ctx, `button[type="submit"]`)
 		}
 		if err == nil {
-			err = p.WaitFor(ctx, "the home page after login", `!location.pathname.startsWith("/login") && document.body.innerText.includes("Welcome to Grafana")`, stepTimeout)
+			err = p.WaitFor(ctx, "the home page after login", `!location.pathname.endsWith("/login") && document.body.innerText.includes("Dashboards")`, stepTimeout)
 		}
 		if err := shot(ctx, p, "grafana-home", err); err != nil {
 			return fmt.Errorf("grafana login: %w", err)
@@ -147,22 +147,26 @@ func (b *Browser) GrafanaUI(ctx context.Context, addr, password, dataPanel strin
 			Title string `json:"title"`
 			URL   string `json:"url"`
 		}
-		if err := p.EvalAsync(ctx, `fetch("/api/search?type=dash-db").then(r => r.json())`, &dashboards); err != nil {
+		if err := p.EvalAsync(ctx, `fetch(window.grafanaBootData.settings.appSubUrl + "/api/search?type=dash-db").then(r => r.json())`, &dashboards); err != nil {
 			return fmt.Errorf("grafana dashboards: %w", err)
 		}
 		if len(dashboards) == 0 {
 			return fmt.Errorf("grafana lists no dashboards")
 		}
+		// The search's URLs carry Grafana's sub path (/grafana/d/…).
+		origin, err := url.Parse(addr)
+		if err != nil {
+			return err
+		}
+		origin.Path = ""
 		drew := false
 		for _, d := range dashboards {
-			err := p.Open(ctx, addr+d.URL)
+			err := p.Open(ctx, origin.String()+d.URL)
 			if err == nil {
 				err = p.WaitFor(ctx, "the dashboard's panels", `document.querySelectorAll("[data-viz-panel-key], .react-grid-item").length > 0`, stepTimeout)
 			}
 			if err == nil {
-				// Queries run once the panels are in view; give them until
-				// every loading bar is gone.
-				err = p.WaitFor(ctx, "the panels' queries", `document.querySelectorAll('[aria-label="Panel loading bar"]').length === 0`, stepTimeout)
+				err = renderAllPanels(ctx, p)
 			}
 			if err == nil {
 				err = panelErrors(ctx, p)
@@ -183,6 +187,33 @@ func (b *Browser) GrafanaUI(ctx context.Context, addr, password, dataPanel strin
 		}
 		return nil
 	})
+}
+
+// renderAllPanels scrolls through the dashboard: Grafana renders (and
+// queries) a panel only once it is in view. At each screen it waits until
+// no panel is loading, and it ends back at the top.
+func renderAllPanels(ctx context.Context, p *Page) error {
+	const loaded = `document.querySelectorAll('[aria-label="Panel loading bar"]').length === 0`
+	for range 30 {
+		if err := p.WaitFor(ctx, "the panels' queries", loaded, stepTimeout); err != nil {
+			return err
+		}
+		var bottom bool
+		if err := p.Eval(ctx, `(() => {
+		  const s = Array.from(document.querySelectorAll(".scrollbar-view")).find(e => e.scrollHeight > e.clientHeight) || document.scrollingElement;
+		  const before = s.scrollTop;
+		  s.scrollTop += Math.floor(s.clientHeight * 0.8);
+		  return s.scrollTop === before;
+		})()`, &bottom); err != nil {
+			return err
+		}
+		if bottom {
+			break
+		}
+		// The panels that came into view start loading after a frame.
+		time.Sleep(500 * time.Millisecond)
+	}
+	return p.Eval(ctx, `(Array.from(document.querySelectorAll(".scrollbar-view")).forEach(e => e.scrollTop = 0), true)`, nil)
 }
 
 // panelErrors fails when a panel shows an error or a plugin failed to load.
