@@ -49,10 +49,11 @@ type Browser struct {
 	Dir string
 }
 
-// Start starts Chromium. It accepts the certificates of the platform's
-// servers only when they chain to one of the CA files (PEM) given: a person
-// imports the platform's CA; Chromium's equivalent without a system store is
-// a list of trusted public keys.
+// Start starts Chromium. It accepts a server's certificate only when the
+// chain the server sends holds a certificate of the CA files (PEM) given, as
+// the platform's agents send their issuing CA: a person imports the
+// platform's CA; Chromium's equivalent without a certificate store is a
+// list of trusted public keys.
 func Start(ctx context.Context, caFiles ...string) (*Browser, error) {
 	path, err := ExecPath()
 	if err != nil {

@@ -2,20 +2,15 @@ package browser
 
 import (
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
-	"crypto/x509"
-	"crypto/x509/pkix"
-	"encoding/pem"
-	"math/big"
+	"crypto/tls"
 	"net/http"
-	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/platform-bootstrap/bootstrap/internal/apitls/apitlstest"
 )
 
 func startBrowser(t *testing.T, caFiles ...string) *Browser {
@@ -38,15 +33,12 @@ func startBrowser(t *testing.T, caFiles ...string) *Browser {
 	return b
 }
 
-// certFile writes the server's certificate as a PEM file.
-func certFile(t *testing.T, srv *httptest.Server) string {
-	t.Helper()
-	f := filepath.Join(t.TempDir(), "ca.pem")
-	data := pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: srv.Certificate().Raw})
-	if err := os.WriteFile(f, data, 0o600); err != nil {
-		t.Fatal(err)
-	}
-	return f
+// withChain issues a server certificate that, like the platform's agents,
+// sends its issuing CA along.
+func withChain(t *testing.T, ca *apitlstest.CA) tls.Certificate {
+	cert := ca.Issue(t, []string{"localhost"}, "127.0.0.1")
+	cert.Certificate = append(cert.Certificate, ca.Cert.Raw)
+	return cert
 }
 
 const loginPage = `<!doctype html><title>t</title>
@@ -63,11 +55,11 @@ setTimeout(() => {
 </script>`
 
 func TestSignInOnAPageThatRendersLate(t *testing.T) {
-	srv := httptest.NewTLSServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	ca := apitlstest.NewCA(t, "platform CA")
+	addr := apitlstest.Serve(t, withChain(t, ca), http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		w.Write([]byte(loginPage))
 	}))
-	defer srv.Close()
-	b := startBrowser(t, certFile(t, srv))
+	b := startBrowser(t, ca.File)
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	p, err := b.NewPage()
@@ -75,7 +67,7 @@ func TestSignInOnAPageThatRendersLate(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer p.Close()
-	if err := p.Open(ctx, srv.URL); err != nil {
+	if err := p.Open(ctx, "https://"+addr); err != nil {
 		t.Fatal(err)
 	}
 	if err := p.Type(ctx, `input[name="secret"]`, "s3cret"); err != nil {
@@ -107,11 +99,11 @@ func TestSignInOnAPageThatRendersLate(t *testing.T) {
 // The browser trusts the CAs it is given, not any certificate: a server
 // whose certificate chains to another CA is refused.
 func TestUntrustedCertificateIsRefused(t *testing.T) {
-	srv := httptest.NewTLSServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	ca := apitlstest.NewCA(t, "platform CA")
+	addr := apitlstest.Serve(t, withChain(t, ca), http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		w.Write([]byte("<p>secret page</p>"))
 	}))
-	defer srv.Close()
-	b := startBrowser(t, unrelatedCA(t))
+	b := startBrowser(t, apitlstest.NewCA(t, "another CA").File)
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	p, err := b.NewPage()
@@ -119,35 +111,8 @@ func TestUntrustedCertificateIsRefused(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer p.Close()
-	err = p.Open(ctx, srv.URL)
+	err = p.Open(ctx, "https://"+addr)
 	if text := p.Text(ctx); err == nil || strings.Contains(text, "secret page") {
 		t.Fatalf("a server with an untrusted certificate was opened: %v, page %q", err, text)
 	}
-}
-
-// unrelatedCA writes a CA certificate that signed nothing.
-func unrelatedCA(t *testing.T) string {
-	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{
-		SerialNumber:          big.NewInt(1),
-		Subject:               pkix.Name{CommonName: "unrelated CA"},
-		NotBefore:             time.Now().Add(-time.Hour),
-		NotAfter:              time.Now().Add(time.Hour),
-		IsCA:                  true,
-		BasicConstraintsValid: true,
-		KeyUsage:              x509.KeyUsageCertSign,
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	f := filepath.Join(t.TempDir(), "ca.pem")
-	if err := os.WriteFile(f, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	return f
 }
