@@ -85,24 +85,8 @@ func TestPlatform(t *testing.T) {
 	t.Run("every service discovered once", func(t *testing.T) {
 		// Prometheus asks every Consul server for the services tagged
 		// prometheus; what several of them return is still one target.
-		resp, err := http.Get(env["PROMETHEUS_ADDR"] + "/api/v1/targets?state=active")
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer resp.Body.Close()
-		var targets struct {
-			Data struct {
-				ActiveTargets []struct {
-					Labels    map[string]string `json:"labels"`
-					ScrapeURL string            `json:"scrapeUrl"`
-				} `json:"activeTargets"`
-			} `json:"data"`
-		}
-		if err := json.NewDecoder(resp.Body).Decode(&targets); err != nil {
-			t.Fatal(err)
-		}
 		seen := map[string]int{}
-		for _, tg := range targets.Data.ActiveTargets {
+		for _, tg := range activeTargets(t, env["PROMETHEUS_ADDR"]) {
 			if tg.Labels["job"] == "consul_sd_metrics" {
 				seen[tg.ScrapeURL]++
 			}

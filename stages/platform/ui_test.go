@@ -90,8 +90,14 @@ func webUIs(t *testing.T, p *platformtest.Platform, app string) {
 	})
 }
 
-// scrapePools returns the scrape pools of Prometheus's active targets.
-func scrapePools(t *testing.T, prom string) []string {
+// activeTarget is one of Prometheus's active targets.
+type activeTarget struct {
+	Labels     map[string]string `json:"labels"`
+	ScrapeURL  string            `json:"scrapeUrl"`
+	ScrapePool string            `json:"scrapePool"`
+}
+
+func activeTargets(t *testing.T, prom string) []activeTarget {
 	t.Helper()
 	resp, err := http.Get(prom + "/api/v1/targets?state=active")
 	if err != nil {
@@ -100,17 +106,21 @@ func scrapePools(t *testing.T, prom string) []string {
 	defer resp.Body.Close()
 	var targets struct {
 		Data struct {
-			ActiveTargets []struct {
-				ScrapePool string `json:"scrapePool"`
-			} `json:"activeTargets"`
+			ActiveTargets []activeTarget `json:"activeTargets"`
 		} `json:"data"`
 	}
 	if err := json.NewDecoder(resp.Body).Decode(&targets); err != nil {
 		t.Fatal(err)
 	}
+	return targets.Data.ActiveTargets
+}
+
+// scrapePools returns the scrape pools of Prometheus's active targets.
+func scrapePools(t *testing.T, prom string) []string {
+	t.Helper()
 	seen := map[string]bool{}
 	var pools []string
-	for _, tg := range targets.Data.ActiveTargets {
+	for _, tg := range activeTargets(t, prom) {
 		if !seen[tg.ScrapePool] {
 			seen[tg.ScrapePool] = true
 			pools = append(pools, tg.ScrapePool)
