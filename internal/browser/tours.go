@@ -43,10 +43,15 @@ func (b *Browser) NomadUI(ctx context.Context, addr, token string, jobs map[stri
 		// A browser with no token is signed in as the anonymous token:
 		// sign out of it first.
 		err := p.Open(ctx, addr+"/ui/settings/tokens")
+		signOut := `Array.from(document.querySelectorAll("button")).some(b => b.innerText.trim() === "Sign Out")`
 		if err == nil {
-			err = p.WaitText(ctx, stepTimeout, "Sign")
+			err = p.WaitFor(ctx, "the token form or the signed-in token", `document.querySelector("#token-input") || `+signOut, stepTimeout)
 		}
-		if err == nil && strings.Contains(p.Text(ctx), "Sign Out") {
+		var signedIn bool
+		if err == nil {
+			err = p.Eval(ctx, signOut, &signedIn)
+		}
+		if err == nil && signedIn {
 			err = p.ClickText(ctx, "Sign Out")
 		}
 		if err == nil {
