@@ -400,7 +400,7 @@ var (
 	consulUIScript     = regexp.MustCompile(`src="(/ui/assets/init-[0-9a-f]+\.js)"`)
 	prometheusUIScript = regexp.MustCompile(`src="\./(assets/index-[A-Za-z0-9_-]+\.js)"`)
 	alertmanagerScript = regexp.MustCompile(`src="(script\.js)"`)
-	grafanaUIScript    = regexp.MustCompile(`src="[^"]*/(public/build/app\.[0-9a-f]+\.js)"`)
+	grafanaUIScript    = regexp.MustCompile(`src="(?:[^"]*/)?(public/build/app\.[0-9a-f]+\.js)"`)
 )
 
 func checkConsulUI(ctx context.Context, v *env) error {
