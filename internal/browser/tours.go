@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/url"
+	"regexp"
 	"strings"
 	"time"
 )
@@ -275,20 +276,28 @@ func panelDrawn(ctx context.Context, p *Page, title string) (bool, error) {
 	return true, nil
 }
 
-// PrometheusUI checks the targets page shows every scrape job with its
-// targets up, and that a query draws a graph.
-func (b *Browser) PrometheusUI(ctx context.Context, addr string, jobs []string) error {
+// PrometheusUI checks the targets page lists each scrape pool of pools
+// with its health ("3 / 3 up"); a pool mapped to true must show every
+// target up. Then a query must draw a graph.
+func (b *Browser) PrometheusUI(ctx context.Context, addr string, pools map[string]bool) error {
 	return b.visit(ctx, func(p *Page) error {
 		err := p.Open(ctx, addr+"/targets")
 		if err == nil {
-			err = p.WaitText(ctx, stepTimeout, jobs...)
+			err = p.WaitText(ctx, stepTimeout, " up")
 		}
-		if err == nil {
-			// Each pool's header reads "N / M up": every target up is N == M.
-			err = p.WaitFor(ctx, "every target up", `(() => {
-			  const m = Array.from(document.body.innerText.matchAll(/(\d+) \/ (\d+) up/g));
-			  return m.length >= `+fmt.Sprint(len(jobs))+` && m.every(x => x[1] === x[2] && x[2] !== "0");
-			})()`, stepTimeout)
+		for pool, allUp := range pools {
+			if err != nil {
+				break
+			}
+			// A pool's header: its name, "Show config", then the health.
+			re, _ := json.Marshal(`(?:^|\s)` + regexp.QuoteMeta(pool) + `\s+Show config\s+(\d+) / (\d+) up`)
+			want := "its health"
+			cond := "m !== null"
+			if allUp {
+				want, cond = "every target up", "m !== null && m[1] === m[2]"
+			}
+			err = p.WaitFor(ctx, fmt.Sprintf("scrape pool %s with %s", pool, want),
+				fmt.Sprintf("(m => %s)(document.body.innerText.match(new RegExp(%s)))", cond, re), stepTimeout)
 		}
 		if err := shot(ctx, p, "prometheus-targets", err); err != nil {
 			return fmt.Errorf("prometheus UI targets: %w", err)

@@ -6,7 +6,6 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
-	"sort"
 	"testing"
 	"time"
 
@@ -69,12 +68,21 @@ func webUIs(t *testing.T, p *platformtest.Platform, app string) {
 			t.Error(err)
 		}
 	})
-	t.Run("prometheus: every scrape pool up, and a query draws a graph", func(t *testing.T) {
+	t.Run("prometheus: every scrape pool with its health, and a query draws a graph", func(t *testing.T) {
 		pools := scrapePools(t, env["PROMETHEUS_ADDR"])
 		if len(pools) < 5 {
 			t.Fatalf("prometheus has %d scrape pools: %v", len(pools), pools)
 		}
-		if err := b.PrometheusUI(ctx, env["PROMETHEUS_ADDR"], pools); err != nil {
+		// The platform's own pools are all up; consul_sd_metrics also
+		// holds the test's applications, which have no /metrics.
+		allUp := map[string]bool{}
+		for pool, h := range pools {
+			allUp[pool] = pool != "consul_sd_metrics"
+			if allUp[pool] && h.up != h.all {
+				t.Errorf("scrape pool %s: %d / %d up", pool, h.up, h.all)
+			}
+		}
+		if err := b.PrometheusUI(ctx, env["PROMETHEUS_ADDR"], allUp); err != nil {
 			t.Error(err)
 		}
 	})
@@ -95,6 +103,7 @@ type activeTarget struct {
 	Labels     map[string]string `json:"labels"`
 	ScrapeURL  string            `json:"scrapeUrl"`
 	ScrapePool string            `json:"scrapePool"`
+	Health     string            `json:"health"`
 }
 
 func activeTargets(t *testing.T, prom string) []activeTarget {
@@ -115,17 +124,21 @@ func activeTargets(t *testing.T, prom string) []activeTarget {
 	return targets.Data.ActiveTargets
 }
 
-// scrapePools returns the scrape pools of Prometheus's active targets.
-func scrapePools(t *testing.T, prom string) []string {
+// poolHealth is how many targets of a scrape pool are up.
+type poolHealth struct{ up, all int }
+
+// scrapePools returns the health of each scrape pool of Prometheus's active
+// targets.
+func scrapePools(t *testing.T, prom string) map[string]poolHealth {
 	t.Helper()
-	seen := map[string]bool{}
-	var pools []string
+	pools := map[string]poolHealth{}
 	for _, tg := range activeTargets(t, prom) {
-		if !seen[tg.ScrapePool] {
-			seen[tg.ScrapePool] = true
-			pools = append(pools, tg.ScrapePool)
+		h := pools[tg.ScrapePool]
+		h.all++
+		if tg.Health == "up" {
+			h.up++
 		}
+		pools[tg.ScrapePool] = h
 	}
-	sort.Strings(pools)
 	return pools
 }
