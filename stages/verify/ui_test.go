@@ -21,9 +21,13 @@ func TestCheckAppTellsTheUIFromItsAbsence(t *testing.T) {
 		"/noreact/query":                       `<title>Prometheus</title>Error opening React index.html`,
 		"/ui/":                                 `<meta name="consul-ui/config/environment" content="x"><script src="/ui/assets/init-b7460a439b88b483c51ff7f67c5a5a24.js"></script>`,
 		"/ui/assets/init-b7460a439b88b483c51ff7f67c5a5a24.js": "app",
-		"/am/":                  `<title>Alertmanager</title><script src="script.js"></script><script>var app = Elm.Main.init({})</script>`,
-		"/am/script.js":         "app",
-		"/missing-script/login": `<script>window.grafanaBootData = {}</script><script src="public/build/app.0123abcd.js"></script>`,
+		"/am/":                            `<title>Alertmanager</title><script src="script.js"></script><script>var app = Elm.Main.init({})</script>`,
+		"/am/script.js":                   "app",
+		"/nomad/ui/":                      `<meta name="nomad-ui/config/environment" content="x"><script src="/ui/assets/nomad-ui-0123abcd.js"></script>`,
+		"/ui/assets/nomad-ui-0123abcd.js": "app",
+		"/nomad/v1/jobs":                  "[]",
+		"/stub/ui/":                       `<html><body><h1>Nomad UI is not available in this binary.</h1></body></html>`,
+		"/missing-script/login":           `<script>window.grafanaBootData = {}</script><script src="public/build/app.0123abcd.js"></script>`,
 	}
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		body, ok := pages[r.URL.Path]
@@ -48,6 +52,8 @@ func TestCheckAppTellsTheUIFromItsAbsence(t *testing.T) {
 		{"prometheus without its UI", func() error { v.prom = srv.URL + "/noreact"; return checkPrometheusUI(ctx, v) }, "none of the application's scripts"},
 		{"consul", func() error { v.consul = srv.URL; return checkConsulUI(ctx, v) }, ""},
 		{"consul without its UI", func() error { v.consul = srv.URL + "/none"; return checkConsulUI(ctx, v) }, "404"},
+		{"nomad", func() error { v.nomad = srv.URL + "/nomad"; return checkNomadUI(ctx, v) }, ""},
+		{"nomad without its UI", func() error { v.nomad = srv.URL + "/stub"; return checkNomadUI(ctx, v) }, "not the application"},
 		{"alertmanager", func() error { v.am = srv.URL + "/am"; return checkAlertmanagerUI(ctx, v) }, ""},
 	} {
 		err := c.run()

@@ -368,24 +368,8 @@ func checkFabio(ctx context.Context, v *env) error {
 	return v.get(ctx, v.fabio+"/prometheus/-/ready", nil, nil)
 }
 
-// nomadUIScript finds the Ember application's own script in the UI's page.
-var nomadUIScript = regexp.MustCompile(`src="(/ui/assets/nomad-ui-[0-9a-f]+\.js)"`)
-
 func checkNomadUI(ctx context.Context, v *env) error {
-	// A binary built without the UI answers /ui/ with 200 too, with a page
-	// that says so: look for the application, and load its script.
-	var page string
-	if err := v.get(ctx, v.nomad+"/ui/", nil, &page); err != nil {
-		return err
-	}
-	if !strings.Contains(page, "nomad-ui/config/environment") {
-		return fmt.Errorf("GET %s/ui/: not the Nomad UI (a Nomad built without its web UI?): %.80q", v.nomad, page)
-	}
-	m := nomadUIScript.FindStringSubmatch(page)
-	if m == nil {
-		return fmt.Errorf("GET %s/ui/: the page loads no nomad-ui script", v.nomad)
-	}
-	if err := v.get(ctx, v.nomad+m[1], nil, nil); err != nil {
+	if err := v.checkApp(ctx, v.nomad+"/ui/", "nomad-ui/config/environment", nomadUIScript); err != nil {
 		return err
 	}
 	// The UI's first call: the jobs the read-only token may see.
@@ -393,10 +377,12 @@ func checkNomadUI(ctx context.Context, v *env) error {
 }
 
 // A UI is its page and the scripts the page loads. A binary built without
-// its UI answers 200 with a page too (Prometheus: "Error opening React
-// index.html"; Grafana without its frontend: no bundles), so each check
-// looks for the application's own marker and loads its script.
+// its UI answers 200 with a page too (Nomad and Vault: "UI is not available
+// in this binary"; Prometheus: "Error opening React index.html"; Grafana
+// without its frontend: no bundles), so each check looks for the
+// application's own marker and loads its script.
 var (
+	nomadUIScript      = regexp.MustCompile(`src="(/ui/assets/nomad-ui-[0-9a-f]+\.js)"`)
 	consulUIScript     = regexp.MustCompile(`src="(/ui/assets/init-[0-9a-f]+\.js)"`)
 	prometheusUIScript = regexp.MustCompile(`src="\./(assets/index-[A-Za-z0-9_-]+\.js)"`)
 	alertmanagerScript = regexp.MustCompile(`src="(script\.js)"`)
@@ -404,24 +390,24 @@ var (
 )
 
 func checkConsulUI(ctx context.Context, v *env) error {
-	return v.checkApp(ctx, v.consul+"/ui/", "consul-ui/config/environment", consulUIScript, v.consul)
+	return v.checkApp(ctx, v.consul+"/ui/", "consul-ui/config/environment", consulUIScript)
 }
 
 func checkPrometheusUI(ctx context.Context, v *env) error {
-	return v.checkApp(ctx, v.prom+"/query", "<title>Prometheus", prometheusUIScript, v.prom)
+	return v.checkApp(ctx, v.prom+"/query", "<title>Prometheus", prometheusUIScript)
 }
 
 func checkAlertmanagerUI(ctx context.Context, v *env) error {
-	return v.checkApp(ctx, v.am+"/", "Elm.Main.init", alertmanagerScript, v.am)
+	return v.checkApp(ctx, v.am+"/", "Elm.Main.init", alertmanagerScript)
 }
 
 func checkGrafanaUI(ctx context.Context, v *env) error {
-	return v.checkApp(ctx, v.grafana+"/login", "grafanaBootData", grafanaUIScript, v.grafana)
+	return v.checkApp(ctx, v.grafana+"/login", "grafanaBootData", grafanaUIScript)
 }
 
-// checkApp fetches page, looks for marker and loads the script script
-// finds, relative to base.
-func (v *env) checkApp(ctx context.Context, page, marker string, script *regexp.Regexp, base string) error {
+// checkApp fetches page, looks for marker, and loads the script that
+// script finds, resolved against the page's URL as the browser does.
+func (v *env) checkApp(ctx context.Context, page, marker string, script *regexp.Regexp) error {
 	var body string
 	if err := v.get(ctx, page, nil, &body); err != nil {
 		return err
@@ -433,16 +419,15 @@ func (v *env) checkApp(ctx context.Context, page, marker string, script *regexp.
 	if m == nil {
 		return fmt.Errorf("GET %s: the page loads none of the application's scripts (built without its web UI?)", page)
 	}
-	u := m[1]
-	if !strings.HasPrefix(u, "/") {
-		u = "/" + u
-	} else {
-		// An absolute path is on the page's host.
-		if p, err := url.Parse(page); err == nil {
-			base = p.Scheme + "://" + p.Host
-		}
+	base, err := url.Parse(page)
+	if err != nil {
+		return err
 	}
-	return v.get(ctx, base+u, nil, nil)
+	src, err := url.Parse(m[1])
+	if err != nil {
+		return fmt.Errorf("GET %s: script %q: %w", page, m[1], err)
+	}
+	return v.get(ctx, base.ResolveReference(src).String(), nil, nil)
 }
 
 func basic(user, pw string) string {
