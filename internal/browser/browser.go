@@ -169,27 +169,17 @@ func (p *Page) bound(ctx context.Context) (context.Context, func()) {
 	return c, func() { stop(); cancel() }
 }
 
-// Eval evaluates a JavaScript expression and decodes its value into v.
+// Eval evaluates a JavaScript expression and decodes its value into v
+// (when not nil); a Promise (a fetch) is awaited first.
 func (p *Page) Eval(ctx context.Context, expr string, v any) error {
-	ctx, stop := p.bound(ctx)
-	defer stop()
-	raw, err := chromedp.Run(ctx, chromedp.Evaluate[[]byte](expr))
-	if err != nil {
-		return err
-	}
-	if v == nil {
-		return nil
-	}
-	return json.Unmarshal(raw, v)
-}
-
-// EvalAsync is Eval for an expression that gives a Promise (fetch).
-func (p *Page) EvalAsync(ctx context.Context, expr string, v any) error {
 	ctx, stop := p.bound(ctx)
 	defer stop()
 	raw, err := chromedp.Run(ctx, chromedp.Evaluate[[]byte](expr, chromedp.EvalAwaitPromise))
 	if err != nil {
 		return err
+	}
+	if v == nil {
+		return nil
 	}
 	return json.Unmarshal(raw, v)
 }

@@ -84,6 +84,11 @@ func TestSignInOnAPageThatRendersLate(t *testing.T) {
 	if err == nil || !strings.Contains(err.Error(), "Signed in as ui-read") {
 		t.Errorf("waiting for a missing text: %v", err)
 	}
+	// A fetch from the page, awaited, as the Grafana tour lists dashboards.
+	var page string
+	if err := p.Eval(ctx, `fetch("/").then(r => r.text())`, &page); err != nil || !strings.Contains(page, "loading") {
+		t.Errorf("a fetch from the page: %v, %.40q", err, page)
+	}
 	png, err := p.Screenshot(ctx, "signed-in")
 	if err != nil {
 		t.Fatal(err)

@@ -153,7 +153,7 @@ func (b *Browser) GrafanaUI(ctx context.Context, addr, password, dataPanel strin
 			Title string `json:"title"`
 			URL   string `json:"url"`
 		}
-		if err := p.EvalAsync(ctx, `fetch(window.grafanaBootData.settings.appSubUrl + "/api/search?type=dash-db").then(r => r.json())`, &dashboards); err != nil {
+		if err := p.Eval(ctx, `fetch(window.grafanaBootData.settings.appSubUrl + "/api/search?type=dash-db").then(r => r.json())`, &dashboards); err != nil {
 			return fmt.Errorf("grafana dashboards: %w", err)
 		}
 		if len(dashboards) == 0 {
