@@ -281,11 +281,8 @@ t_grafana() {
   rm -rf "$dest"; mkdir -p "$dest/bin"; : >"$cache/logs/$name.log"
   local s=$SECONDS
   say "$name $version: building the server from the Go module proxy (log: $cache/logs/$name.log)"
-  local mod=github.com/grafana/grafana@$GRAFANA_MODULE_VERSION
-  run $name go mod download "$mod"
   local src
-  src=$(go list -m -f '{{.Dir}}' "$mod" 2>/dev/null || true)
-  [ -n "$src" ] || src=$(go env GOMODCACHE)/github.com/grafana/grafana@$GRAFANA_MODULE_VERSION
+  src=$(modsrc "github.com/grafana/grafana@$GRAFANA_MODULE_VERSION" $name)
   cp -r "$src" "$dest/home"
   chmod -R u+w "$dest/home"
   (cd "$dest/home" && GOBIN=$dest/wire run $name go install github.com/google/wire/cmd/wire@"$WIRE_VERSION")
