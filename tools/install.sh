@@ -418,6 +418,10 @@ t_debian() {
   [ -x /bin/busybox ] || missing+=(busybox-static)
   # The live view is tested on a real terminal: a tmux pane.
   command -v tmux >/dev/null || missing+=(tmux)
+  # The machine lab (internal/lab): systemd-nspawn containers booted from a
+  # debootstrap'ed Debian rootfs.
+  command -v systemd-nspawn >/dev/null || missing+=(systemd-container)
+  command -v debootstrap >/dev/null || missing+=(debootstrap)
   # Headless Chromium for the browser tests of the web UIs, with a font so
   # that pages have text glyphs.
   command -v chromium >/dev/null || missing+=(chromium)
