@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/platform-bootstrap/bootstrap/internal/parallel"
 	"github.com/platform-bootstrap/bootstrap/internal/proc"
 	"github.com/platform-bootstrap/bootstrap/internal/secrets"
 )
@@ -222,20 +223,8 @@ func stopLeftovers(t testing.TB, dir string) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), stopTimeout)
 	defer cancel()
-	var wg sync.WaitGroup
-	errs := make([]error, len(pids))
-	for i, pid := range pids {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			errs[i] = proc.Terminate(ctx, pid, 2*time.Second)
-		}()
-	}
-	wg.Wait()
-	for _, err := range errs {
-		if err != nil {
-			t.Errorf("testcluster: leftover under %s: %v", dir, err)
-		}
+	if err := parallel.Each(pids, func(pid int) error { return proc.Terminate(ctx, pid, 2*time.Second) }); err != nil {
+		t.Errorf("testcluster: leftovers under %s: %v", dir, err)
 	}
 	if err := proc.UnmountUnder(dir); err != nil {
 		t.Errorf("testcluster: leftover mounts: %v", err)

@@ -18,9 +18,9 @@ import (
 	"github.com/platform-bootstrap/bootstrap/stages"
 )
 
-// policies returns the ACL policies the platform needs, least privilege
-// each.
-func policies(cfg *config.Platform) map[string]string {
+// Policies returns the ACL policies the platform needs, least privilege
+// each. tools/floor creates the same ones by hand.
+func Policies(cfg *config.Platform) map[string]string {
 	// The platform's Fabio routes the platform's services only: the
 	// application namespaces' services ("<namespace>-…", which Consul's
 	// binding rules enforce) are hidden from it, so no application can
@@ -179,7 +179,7 @@ func convergeACL(ctx context.Context, e *stages.Env, d *deps, as cluster.Agents,
 	if err != nil {
 		return err
 	}
-	pols := policies(e.Config)
+	pols := Policies(e.Config)
 	if !ok {
 		for _, name := range slices.Sorted(maps.Keys(pols)) {
 			p.Planned(reconcile.Create, "consul policy "+name, "")

@@ -130,7 +130,7 @@ func knownChanges(e *stages.Env) []stages.Change {
 		{Action: reconcile.Install, Target: "consul on " + stages.PlannedNodes(e.Config, "")},
 		{Action: reconcile.Bootstrap, Target: "consul ACLs"},
 	}
-	for _, name := range slices.Sorted(maps.Keys(policies(e.Config))) {
+	for _, name := range slices.Sorted(maps.Keys(Policies(e.Config))) {
 		out = append(out, stages.Change{Action: reconcile.Create, Target: "consul policy " + name})
 	}
 	for _, t := range wantTokens(e.Config, &inventory.Inventory{}) {

@@ -9,7 +9,6 @@ package jobs
 import (
 	"context"
 	"crypto/rand"
-	"errors"
 	"fmt"
 	"net"
 	"os"
@@ -17,7 +16,6 @@ import (
 	"slices"
 	"sort"
 	"strings"
-	"sync"
 
 	nomadapi "github.com/hashicorp/nomad/api"
 	vaultapi "github.com/hashicorp/vault/api"
@@ -27,6 +25,7 @@ import (
 	"github.com/platform-bootstrap/bootstrap/internal/config"
 	"github.com/platform-bootstrap/bootstrap/internal/inventory"
 	"github.com/platform-bootstrap/bootstrap/internal/nomadjob"
+	"github.com/platform-bootstrap/bootstrap/internal/parallel"
 	"github.com/platform-bootstrap/bootstrap/internal/reconcile"
 	platformjobs "github.com/platform-bootstrap/bootstrap/jobs"
 	"github.com/platform-bootstrap/bootstrap/monitoring"
@@ -481,17 +480,9 @@ func (s *Stage) Destroy(ctx context.Context, e *stages.Env) error {
 			running = append(running, j)
 		}
 	}
-	errs := make([]error, len(running))
-	var wg sync.WaitGroup
-	for i, j := range running {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			errs[i] = stopJobIn(ctx, p, j.Namespace, j.ID)
-		}()
-	}
-	wg.Wait()
-	return errors.Join(errs...)
+	return parallel.Each(running, func(j *nomadapi.JobListStub) error {
+		return stopJobIn(ctx, p, j.Namespace, j.ID)
+	})
 }
 
 // Status reports whether each platform job runs healthy.

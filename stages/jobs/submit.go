@@ -2,18 +2,17 @@ package jobs
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"maps"
 	"slices"
 	"strings"
-	"sync"
 	"time"
 
 	nomadapi "github.com/hashicorp/nomad/api"
 
 	"github.com/platform-bootstrap/bootstrap/internal/crashpoint"
 	"github.com/platform-bootstrap/bootstrap/internal/nomadjob"
+	"github.com/platform-bootstrap/bootstrap/internal/parallel"
 	"github.com/platform-bootstrap/bootstrap/internal/poll"
 	"github.com/platform-bootstrap/bootstrap/internal/reconcile"
 	platformjobs "github.com/platform-bootstrap/bootstrap/jobs"
@@ -99,17 +98,7 @@ func waitAll(ctx context.Context, e *stages.Env, p *platform, specs []spec) erro
 	for _, sp := range specs {
 		e.Step("waiting for job %s to be healthy", sp.name)
 	}
-	errs := make([]error, len(specs))
-	var wg sync.WaitGroup
-	for i, sp := range specs {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			errs[i] = waitHealthy(ctx, p, sp.name)
-		}()
-	}
-	wg.Wait()
-	return errors.Join(errs...)
+	return parallel.Each(specs, func(sp spec) error { return waitHealthy(ctx, p, sp.name) })
 }
 
 func waitHealthy(ctx context.Context, p *platform, id string) error {

@@ -13,12 +13,12 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/platform-bootstrap/bootstrap/ansible"
 	"github.com/platform-bootstrap/bootstrap/internal/config"
 	"github.com/platform-bootstrap/bootstrap/internal/inventory"
+	"github.com/platform-bootstrap/bootstrap/internal/parallel"
 	"github.com/platform-bootstrap/bootstrap/internal/proc"
 	"github.com/platform-bootstrap/bootstrap/stages"
 )
@@ -205,17 +205,7 @@ func (s *Stage) Destroy(ctx context.Context, e *stages.Env) error {
 	if len(local) > 0 {
 		e.Step("stopping node(s) %s", strings.Join(inventory.Names(local), ", "))
 	}
-	errs := make([]error, len(local))
-	var wg sync.WaitGroup
-	for i, n := range local {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			errs[i] = removeLocalNode(ctx, n)
-		}()
-	}
-	wg.Wait()
-	if err := errors.Join(errs...); err != nil {
+	if err := parallel.Each(local, func(n inventory.Node) error { return removeLocalNode(ctx, n) }); err != nil {
 		return err
 	}
 	// The local provider's node trees live under nodes/; remove the parent
@@ -237,33 +227,18 @@ func stopLocalNode(ctx context.Context, n inventory.Node) error {
 	// The services of a node are stopped at once too: each shuts down on
 	// its own.
 	pidfiles, _ := filepath.Glob(filepath.Join(n.Local.Root, "run", "*.pid"))
-	errs := make([]error, len(pidfiles))
-	var wg sync.WaitGroup
-	for i, pf := range pidfiles {
+	services := parallel.Each(pidfiles, func(pf string) error {
 		pid, err := proc.ReadPidFile(pf)
 		if err != nil {
-			continue
+			return nil
 		}
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			errs[i] = proc.Terminate(ctx, pid, 20*time.Second)
-			os.Remove(pf)
-		}()
-	}
-	wg.Wait()
+		err = proc.Terminate(ctx, pid, 20*time.Second)
+		os.Remove(pf)
+		return err
+	})
 	pids, err := proc.Under(n.Local.Root)
-	errs = append(errs, err)
-	left := make([]error, len(pids))
-	for i, pid := range pids {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			left[i] = proc.Terminate(ctx, pid, 5*time.Second)
-		}()
-	}
-	wg.Wait()
-	if err := errors.Join(append(errs, left...)...); err != nil {
+	left := parallel.Each(pids, func(pid int) error { return proc.Terminate(ctx, pid, 5*time.Second) })
+	if err := errors.Join(services, err, left); err != nil {
 		return fmt.Errorf("stop node %s: %w", n.Name, err)
 	}
 	return nil

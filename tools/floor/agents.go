@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"os"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/platform-bootstrap/bootstrap/internal/inventory"
@@ -296,21 +295,6 @@ func poll(ctx context.Context, interval time.Duration, f func() error) error {
 		case <-time.After(interval):
 		}
 	}
-}
-
-// parallel runs every f at once and returns their errors joined.
-func parallel(fs ...func() error) error {
-	var wg sync.WaitGroup
-	errs := make([]error, len(fs))
-	for i, f := range fs {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			errs[i] = f()
-		}()
-	}
-	wg.Wait()
-	return errors.Join(errs...)
 }
 
 func readFile(name string) (string, error) {

@@ -11,52 +11,12 @@ import (
 	"github.com/platform-bootstrap/bootstrap/internal/cluster"
 	"github.com/platform-bootstrap/bootstrap/internal/config"
 	"github.com/platform-bootstrap/bootstrap/internal/inventory"
+	"github.com/platform-bootstrap/bootstrap/internal/parallel"
 	"github.com/platform-bootstrap/bootstrap/internal/secrets"
 	"github.com/platform-bootstrap/bootstrap/pki"
 	"github.com/platform-bootstrap/bootstrap/stages"
+	"github.com/platform-bootstrap/bootstrap/stages/consul"
 )
-
-// consulPolicies are the consul stage's policies (stages/consul/acl.go,
-// unexported there; keep in step).
-func consulPolicies(cfg *config.Platform) map[string]string {
-	var hide strings.Builder
-	for _, ns := range cfg.Nomad.Namespaces {
-		fmt.Fprintf(&hide, "service_prefix %q { policy = \"deny\" }\n", ns+"-")
-	}
-	out := map[string]string{
-		"nomad-agent": `agent_prefix "" { policy = "read" }
-node_prefix "" { policy = "read" }
-service_prefix "" { policy = "write" }
-`,
-		"prometheus": `agent_prefix "" { policy = "read" }
-node_prefix "" { policy = "read" }
-service_prefix "" { policy = "read" }
-`,
-		"fabio": `node_prefix "" { policy = "read" }
-service_prefix "" { policy = "read" }
-agent_prefix "" { policy = "read" }
-` + hide.String(),
-		"operator-read": `operator = "read"
-acl = "read"
-agent_prefix "" { policy = "read" }
-node_prefix "" { policy = "read" }
-service_prefix "" { policy = "read" }
-key_prefix "" { policy = "read" }
-session_prefix "" { policy = "read" }
-`,
-		"dns": `node_prefix "" { policy = "read" }
-service_prefix "" { policy = "read" }
-query_prefix "" { policy = "read" }
-`,
-	}
-	for _, ns := range cfg.Nomad.Namespaces {
-		out[stages.ConsulFabioPolicy(ns)] = fmt.Sprintf(`node_prefix "" { policy = "read" }
-service_prefix %q { policy = "read" }
-agent_prefix "" { policy = "read" }
-`, ns+"-")
-	}
-	return out
-}
 
 // consulToken is one token of the consul stage: a policy, or a node
 // identity for an agent.
@@ -131,13 +91,13 @@ func (p *platform) consul(ctx context.Context) error {
 	}
 	w := (&consulapi.WriteOptions{}).WithContext(ctx)
 	var creates []func() error
-	for name, rules := range consulPolicies(p.e.Config) {
+	for name, rules := range consul.Policies(p.e.Config) {
 		creates = append(creates, func() error {
 			_, _, err := c.ACL().PolicyCreate(&consulapi.ACLPolicy{Name: name, Description: "bootstrap", Rules: rules}, w)
 			return err
 		})
 	}
-	if err := parallel(creates...); err != nil {
+	if err := parallel.Do(creates...); err != nil {
 		return fmt.Errorf("policies: %w", err)
 	}
 	vc, err := p.vaultClient(ctx)
@@ -165,7 +125,7 @@ func (p *platform) consul(ctx context.Context) error {
 		})
 	}
 	creates = append(creates, func() error { return pki.StoreKV(ctx, vc, stages.SecretConsulBootstrapToken, mgmt) })
-	if err := parallel(creates...); err != nil {
+	if err := parallel.Do(creates...); err != nil {
 		return err
 	}
 	dns, _, err := p.e.Secrets.Get("consul/tokens/dns")
@@ -195,5 +155,5 @@ func (p *platform) consul(ctx context.Context) error {
 			})
 		})
 	}
-	return parallel(sets...)
+	return parallel.Do(sets...)
 }

@@ -16,6 +16,7 @@ import (
 	"github.com/platform-bootstrap/bootstrap/internal/config"
 	"github.com/platform-bootstrap/bootstrap/internal/inventory"
 	"github.com/platform-bootstrap/bootstrap/internal/nomadjob"
+	"github.com/platform-bootstrap/bootstrap/internal/parallel"
 	platformjobs "github.com/platform-bootstrap/bootstrap/jobs"
 	"github.com/platform-bootstrap/bootstrap/monitoring"
 	"github.com/platform-bootstrap/bootstrap/pki"
@@ -100,7 +101,7 @@ func (p *platform) jobs(ctx context.Context) error {
 			return nil
 		})
 	}
-	if err := parallel(work...); err != nil {
+	if err := parallel.Do(work...); err != nil {
 		return err
 	}
 	work = work[:0]
@@ -128,7 +129,7 @@ func (p *platform) jobs(ctx context.Context) error {
 			return err
 		})
 	}
-	return parallel(work...)
+	return parallel.Do(work...)
 }
 
 // spec is one platform job and its variables.

@@ -18,6 +18,7 @@ import (
 	"github.com/platform-bootstrap/bootstrap/internal/cluster"
 	"github.com/platform-bootstrap/bootstrap/internal/config"
 	"github.com/platform-bootstrap/bootstrap/internal/inventory"
+	"github.com/platform-bootstrap/bootstrap/internal/parallel"
 	"github.com/platform-bootstrap/bootstrap/internal/secrets"
 	"github.com/platform-bootstrap/bootstrap/pki"
 	"github.com/platform-bootstrap/bootstrap/stages"
@@ -114,7 +115,7 @@ func (p *platform) nomad(ctx context.Context) error {
 				return err
 			})
 		}
-		if err := parallel(ups...); err != nil {
+		if err := parallel.Do(ups...); err != nil {
 			return fmt.Errorf("policies: %w", err)
 		}
 		var creates []func() error
@@ -130,14 +131,14 @@ func (p *platform) nomad(ctx context.Context) error {
 				return pki.StoreKV(ctx, vc, t.secret, created.SecretID)
 			})
 		}
-		return parallel(creates...)
+		return parallel.Do(creates...)
 	})
 	work = append(work,
 		func() error { return pki.StoreKV(ctx, vc, stages.SecretNomadBootstrapToken, mgmt) },
 		func() error { return p.jwtAuth(ctx) },
 		func() error { return p.consulAuthMethod(ctx) },
 	)
-	if err := parallel(work...); err != nil {
+	if err := parallel.Do(work...); err != nil {
 		return err
 	}
 	return p.waitClients(ctx, c)
@@ -237,7 +238,7 @@ func (p *platform) consulAuthMethod(ctx context.Context) error {
 			return err
 		})
 	}
-	return parallel(rules...)
+	return parallel.Do(rules...)
 }
 
 // waitClients waits until every client is ready and eligible with a

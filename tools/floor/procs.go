@@ -11,6 +11,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/platform-bootstrap/bootstrap/internal/parallel"
 	"github.com/platform-bootstrap/bootstrap/internal/proc"
 )
 
@@ -68,16 +69,9 @@ func cleanEnv() []string {
 func (ps *procs) stopAll(ctx context.Context) error {
 	ps.mu.Lock()
 	defer ps.mu.Unlock()
-	var wg sync.WaitGroup
-	errs := make([]error, len(ps.list))
-	for i, cmd := range ps.list {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			errs[i] = proc.Terminate(ctx, cmd.Process.Pid, 10*time.Second)
-		}()
-	}
-	wg.Wait()
+	errs := []error{parallel.Each(ps.list, func(cmd *exec.Cmd) error {
+		return proc.Terminate(ctx, cmd.Process.Pid, 10*time.Second)
+	})}
 	for _, dir := range ps.dirs {
 		pids, err := proc.Under(dir)
 		errs = append(errs, err)

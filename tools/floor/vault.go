@@ -21,6 +21,7 @@ import (
 
 	"github.com/platform-bootstrap/bootstrap/internal/apitls"
 	"github.com/platform-bootstrap/bootstrap/internal/inventory"
+	"github.com/platform-bootstrap/bootstrap/internal/parallel"
 	"github.com/platform-bootstrap/bootstrap/pki"
 	"github.com/platform-bootstrap/bootstrap/stages"
 	vaultstage "github.com/platform-bootstrap/bootstrap/stages/vault"
@@ -262,7 +263,7 @@ func (p *platform) certs(ctx context.Context) error {
 			})
 		}
 	}
-	return parallel(issues...)
+	return parallel.Do(issues...)
 }
 
 func (p *platform) issue(ctx context.Context, n inventory.Node, token, product, role, cn string) error {
