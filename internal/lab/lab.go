@@ -1,0 +1,614 @@
+// Package lab runs a lab of real machines on this Linux box: systemd-nspawn
+// containers that boot systemd as PID 1, each with its own IP on a bridge
+// the lab creates, sshd, and a copy-on-write overlay of one cached Debian
+// rootfs. They stand in for cloud machines so that bootstrap's path to
+// production (SSH, systemd units, binaries copied over) runs for real.
+//
+// Everything the lab creates is recorded in a state file before it is
+// created, so Down removes every machine, mount, link and cgroup from that
+// file alone, even after a failed or killed Up.
+package lab
+
+import (
+	"context"
+	"crypto/ed25519"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"encoding/pem"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"time"
+
+	"golang.org/x/crypto/ssh"
+
+	"github.com/platform-bootstrap/bootstrap/internal/fsutil"
+	"github.com/platform-bootstrap/bootstrap/internal/inventory"
+)
+
+// Node is a machine to create: its name (also its hostname) and its roles
+// in the platform's inventory.
+type Node struct {
+	Name  string
+	Roles []string
+}
+
+// Nodes lays out servers then clients as the local provider does: the
+// first server also runs Vault.
+func Nodes(servers, clients int) []Node {
+	var out []Node
+	for i := 1; i <= servers; i++ {
+		roles := []string{inventory.RoleServer}
+		if i == 1 {
+			roles = append(roles, inventory.RoleVault)
+		}
+		out = append(out, Node{fmt.Sprintf("server-%d", i), roles})
+	}
+	for i := 1; i <= clients; i++ {
+		out = append(out, Node{fmt.Sprintf("client-%d", i), []string{inventory.RoleClient}})
+	}
+	return out
+}
+
+// Config describes a lab.
+type Config struct {
+	// Dir holds the state file, the machines' overlays, the lab's SSH key,
+	// inventory.json and lab.hcl.
+	Dir string
+	// Name is short (it prefixes the bridge and the machine names, which
+	// end up in 15-character interface names) and unique among the labs
+	// running on this box.
+	Name string
+	// Net picks the lab's network, 10.213.<Net>.0/24: the host is .1 on the
+	// bridge, machines are .10 onwards.
+	Net   int
+	Nodes []Node
+	// AuthorizedKeys are extra public keys (authorized_keys lines) root
+	// accepts; the lab's own key is always accepted.
+	AuthorizedKeys []string
+	// CacheDir keeps the rootfs (default: DefaultCacheDir); Mirror is the
+	// Debian mirror to build it from (default: the one apt uses here).
+	CacheDir string
+	Mirror   string
+	// BinDir is written into lab.hcl as the provider's bin_dir: the
+	// binaries bootstrap copies to the machines.
+	BinDir string
+	Log    io.Writer
+}
+
+// State is what the lab created, written before each thing is created.
+type State struct {
+	Name     string    `json:"name"`
+	Dir      string    `json:"dir"`
+	Bridge   string    `json:"bridge"`
+	HostCIDR string    `json:"host_cidr"` // the host's address on the bridge
+	Rootfs   string    `json:"rootfs"`
+	KeyFile  string    `json:"key_file"` // the lab's SSH private key
+	Machines []Machine `json:"machines"`
+}
+
+// Machine is one machine of the lab.
+type Machine struct {
+	Name  string   `json:"name"`  // node name and hostname
+	Unit  string   `json:"unit"`  // systemd-nspawn's --machine name
+	IP    string   `json:"ip"`    // on the bridge
+	Roles []string `json:"roles"` // in the inventory
+	Dir   string   `json:"dir"`   // upper, work, root (the overlay) and console.log
+	// Cgroups are the machine's own cgroup directories, one per hierarchy
+	// systemd-nspawn uses; every process of the machine lives below them.
+	Cgroups []string `json:"cgroups"`
+	// Supervisor restarts systemd-nspawn when the guest reboots (exit 133).
+	// SupervisorStart (clock ticks since boot) guards against pid reuse.
+	Supervisor      int    `json:"supervisor_pid,omitempty"`
+	SupervisorStart uint64 `json:"supervisor_start,omitempty"`
+}
+
+// Root is the machine's root directory as the host sees it.
+func (m Machine) Root() string { return filepath.Join(m.Dir, "root") }
+
+// stateFile is the state's name in the lab directory.
+const stateFile = "state.json"
+
+const hostOctet, firstMachineOctet = 1, 10
+
+// Available reports why the lab cannot run here, or nil: it needs root,
+// systemd-nspawn, debootstrap, nsenter, ip and overlayfs.
+func Available() error {
+	if os.Geteuid() != 0 {
+		return errors.New("the lab needs root (mounts, bridges, cgroups, systemd-nspawn)")
+	}
+	for _, b := range []string{"systemd-nspawn", "debootstrap", "nsenter", "ip", "systemctl"} {
+		if _, err := exec.LookPath(b); err != nil {
+			return fmt.Errorf("%s not found: apt-get install systemd-container debootstrap (make tools does)", b)
+		}
+	}
+	fs, err := os.ReadFile("/proc/filesystems")
+	if err != nil || !strings.Contains(string(fs), "\toverlay\n") {
+		return errors.New("the kernel has no overlay filesystem")
+	}
+	return nil
+}
+
+// Up builds (or reuses) the rootfs, creates the bridge and boots every
+// machine, and returns once each runs systemd and answers SSH. It writes
+// inventory.json and lab.hcl into Dir. On error the caller runs Down.
+func Up(ctx context.Context, cfg Config) (*State, error) {
+	if err := Available(); err != nil {
+		return nil, err
+	}
+	if cfg.Log == nil {
+		cfg.Log = io.Discard
+	}
+	if cfg.Name == "" || len(cfg.Name) > 6 || strings.ContainsAny(cfg.Name, "/ .") {
+		return nil, fmt.Errorf("lab name %q: want 1 to 6 letters or digits", cfg.Name)
+	}
+	if cfg.Net < 0 || cfg.Net > 255 {
+		return nil, fmt.Errorf("lab net %d: want 0..255", cfg.Net)
+	}
+	if len(cfg.Nodes) == 0 || len(cfg.Nodes) > 200 {
+		return nil, fmt.Errorf("lab: %d machines; want 1..200", len(cfg.Nodes))
+	}
+	dir, err := filepath.Abs(cfg.Dir)
+	if err != nil {
+		return nil, fmt.Errorf("lab dir: %w", err)
+	}
+	if _, err := os.Stat(filepath.Join(dir, stateFile)); err == nil {
+		return nil, fmt.Errorf("a lab is already up in %s: run lab down first", dir)
+	}
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, fmt.Errorf("lab dir: %w", err)
+	}
+	if cfg.CacheDir == "" {
+		if cfg.CacheDir, err = DefaultCacheDir(); err != nil {
+			return nil, err
+		}
+	}
+	start := time.Now()
+	rootfs, err := Rootfs(ctx, cfg.CacheDir, cfg.Mirror, cfg.Log)
+	if err != nil {
+		return nil, err
+	}
+	fmt.Fprintf(cfg.Log, "lab: rootfs %s ready in %s\n", rootfs, time.Since(start).Round(time.Second))
+	key, pub, err := labKey(filepath.Join(dir, "ssh"))
+	if err != nil {
+		return nil, err
+	}
+
+	st := &State{
+		Name:     cfg.Name,
+		Dir:      dir,
+		Bridge:   "bl-" + cfg.Name,
+		HostCIDR: fmt.Sprintf("10.213.%d.%d/24", cfg.Net, hostOctet),
+		Rootfs:   rootfs,
+		KeyFile:  key,
+	}
+	cg, err := cgroupRoots()
+	if err != nil {
+		return nil, err
+	}
+	for i, n := range cfg.Nodes {
+		unit := cfg.Name + "-" + n.Name
+		var cgs []string
+		for _, r := range cg {
+			cgs = append(cgs, filepath.Join(r, "bootstrap-lab", unit))
+		}
+		st.Machines = append(st.Machines, Machine{
+			Name:    n.Name,
+			Unit:    unit,
+			IP:      fmt.Sprintf("10.213.%d.%d", cfg.Net, firstMachineOctet+i),
+			Roles:   n.Roles,
+			Dir:     filepath.Join(dir, "machines", n.Name),
+			Cgroups: cgs,
+		})
+	}
+	// Recorded before anything is created: Down needs only this file.
+	if err := st.save(); err != nil {
+		return nil, err
+	}
+	if err := createBridge(ctx, st.Bridge, st.HostCIDR); err != nil {
+		return st, err
+	}
+	keys := append([]string{pub}, cfg.AuthorizedKeys...)
+	for i := range st.Machines {
+		m := &st.Machines[i]
+		if err := prepareMachine(st, *m, keys); err != nil {
+			return st, err
+		}
+		if err := startMachine(m, st.Bridge); err != nil {
+			return st, err
+		}
+		if err := st.save(); err != nil {
+			return st, err
+		}
+	}
+	for _, m := range st.Machines {
+		if err := WaitReady(ctx, m, 2*time.Minute); err != nil {
+			return st, err
+		}
+	}
+	fmt.Fprintf(cfg.Log, "lab: %d machines running in %s\n", len(st.Machines), time.Since(start).Round(time.Second))
+	if err := st.writeInventory(); err != nil {
+		return st, err
+	}
+	if err := st.writeConfig(cfg.BinDir); err != nil {
+		return st, err
+	}
+	return st, nil
+}
+
+// Load reads the state of the lab in dir.
+func Load(dir string) (*State, error) {
+	b, err := os.ReadFile(filepath.Join(dir, stateFile))
+	if err != nil {
+		return nil, fmt.Errorf("lab state: %w", err)
+	}
+	var st State
+	if err := json.Unmarshal(b, &st); err != nil {
+		return nil, fmt.Errorf("lab state %s: %w", filepath.Join(dir, stateFile), err)
+	}
+	return &st, nil
+}
+
+func (st *State) save() error {
+	b, err := json.MarshalIndent(st, "", "  ")
+	if err != nil {
+		return err
+	}
+	if err := fsutil.WriteFile(filepath.Join(st.Dir, stateFile), append(b, '\n'), 0o600); err != nil {
+		return fmt.Errorf("lab state: %w", err)
+	}
+	return nil
+}
+
+// Machine returns the named machine.
+func (st *State) Machine(name string) (Machine, bool) {
+	for _, m := range st.Machines {
+		if m.Name == name {
+			return m, true
+		}
+	}
+	return Machine{}, false
+}
+
+// InventoryFile and ConfigFile are written by Up into the lab directory.
+func (st *State) InventoryFile() string { return filepath.Join(st.Dir, "inventory.json") }
+func (st *State) ConfigFile() string    { return filepath.Join(st.Dir, "lab.hcl") }
+
+// Inventory is the lab in the inventory contract: every machine reached as
+// root with the lab's key on its bridge address.
+func (st *State) Inventory() *inventory.Inventory {
+	inv := &inventory.Inventory{Version: inventory.Version}
+	for _, m := range st.Machines {
+		inv.Nodes = append(inv.Nodes, inventory.Node{
+			Name:      m.Name,
+			Roles:     m.Roles,
+			PrivateIP: m.IP,
+			SSH:       inventory.SSH{User: "root", Port: 22, PrivateKeyFile: st.KeyFile},
+		})
+	}
+	return inv
+}
+
+func (st *State) writeInventory() error {
+	b, err := json.MarshalIndent(st.Inventory(), "", "  ")
+	if err != nil {
+		return err
+	}
+	if err := fsutil.WriteFile(st.InventoryFile(), append(b, '\n'), 0o600); err != nil {
+		return fmt.Errorf("lab inventory: %w", err)
+	}
+	return nil
+}
+
+// writeConfig writes a static-provider configuration for the lab: systemd
+// units, binaries copied from binDir over SSH, and platform jobs on the
+// exec driver (the machines have no Docker engine).
+func (st *State) writeConfig(binDir string) error {
+	var b strings.Builder
+	b.WriteString("# Written by the machine lab (internal/lab): bootstrap up -c " + st.ConfigFile() + "\n")
+	b.WriteString("provider \"static\" {\n")
+	fmt.Fprintf(&b, "  inventory       = %q\n", st.InventoryFile())
+	b.WriteString("  service_manager = \"systemd\"\n  install_method  = \"binary\"\n")
+	if binDir != "" {
+		fmt.Fprintf(&b, "  bin_dir         = %q\n", binDir)
+	}
+	b.WriteString("}\n\njobs {\n  driver = \"exec\"\n}\n")
+	if err := fsutil.WriteFile(st.ConfigFile(), []byte(b.String()), 0o600); err != nil {
+		return fmt.Errorf("lab config: %w", err)
+	}
+	return nil
+}
+
+// labKey returns the lab's SSH key pair in dir (0700; the private key
+// 0600), creating it once: the private key file and the public key line.
+func labKey(dir string) (string, string, error) {
+	priv := filepath.Join(dir, "id_ed25519")
+	if b, err := os.ReadFile(priv + ".pub"); err == nil {
+		if _, err := os.Stat(priv); err == nil {
+			return priv, strings.TrimSpace(string(b)), nil
+		}
+	}
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return "", "", fmt.Errorf("lab key: %w", err)
+	}
+	_, k, err := ed25519.GenerateKey(rand.Reader)
+	if err != nil {
+		return "", "", fmt.Errorf("lab key: %w", err)
+	}
+	block, err := ssh.MarshalPrivateKey(k, "bootstrap lab")
+	if err != nil {
+		return "", "", fmt.Errorf("lab key: %w", err)
+	}
+	s, err := ssh.NewSignerFromKey(k)
+	if err != nil {
+		return "", "", fmt.Errorf("lab key: %w", err)
+	}
+	pub := strings.TrimSpace(string(ssh.MarshalAuthorizedKey(s.PublicKey()))) + " bootstrap-lab"
+	if err := fsutil.WriteFile(priv, pem.EncodeToMemory(block), 0o600); err != nil {
+		return "", "", fmt.Errorf("lab key: %w", err)
+	}
+	if err := fsutil.WriteFile(priv+".pub", []byte(pub+"\n"), 0o644); err != nil {
+		return "", "", fmt.Errorf("lab key: %w", err)
+	}
+	return priv, pub, nil
+}
+
+// cgroupRoots are the mounted hierarchies systemd-nspawn places a machine
+// in: the named systemd hierarchy (cgroup v1 hybrid) and/or the unified one.
+func cgroupRoots() ([]string, error) {
+	var roots []string
+	for _, d := range []string{"/sys/fs/cgroup/systemd", "/sys/fs/cgroup/unified", "/sys/fs/cgroup"} {
+		var fs syscall.Statfs_t
+		if err := syscall.Statfs(d, &fs); err != nil {
+			continue
+		}
+		const cgroupSuper, cgroup2Super = 0x27e0eb, 0x63677270
+		if fs.Type == cgroupSuper || fs.Type == cgroup2Super {
+			roots = append(roots, d)
+		}
+	}
+	if len(roots) == 0 {
+		return nil, errors.New("lab: no cgroup hierarchy for systemd found under /sys/fs/cgroup")
+	}
+	return roots, nil
+}
+
+func createBridge(ctx context.Context, name, cidr string) error {
+	if _, err := net.InterfaceByName(name); err == nil {
+		return fmt.Errorf("lab bridge %s already exists: another lab of this name runs, or run lab down", name)
+	}
+	for _, args := range [][]string{
+		{"link", "add", name, "type", "bridge"},
+		{"addr", "add", cidr, "dev", name},
+		{"link", "set", name, "up"},
+	} {
+		if err := run(ctx, "ip", args...); err != nil {
+			return fmt.Errorf("lab bridge: %w", err)
+		}
+	}
+	return nil
+}
+
+// prepareMachine mounts the machine's overlay and writes what makes it
+// itself: hostname, machine-id, its address, its SSH host key and root's
+// authorized keys. Written through the overlay so that files keep the
+// rootfs's owners and modes.
+func prepareMachine(st *State, m Machine, keys []string) error {
+	for _, d := range []string{"upper", "work", "root"} {
+		if err := os.MkdirAll(filepath.Join(m.Dir, d), 0o700); err != nil {
+			return fmt.Errorf("machine %s: %w", m.Name, err)
+		}
+	}
+	// The overlay's root takes the upper directory's mode and becomes the
+	// machine's "/": at 0700 no service running as a user could work.
+	if err := os.Chmod(filepath.Join(m.Dir, "upper"), 0o755); err != nil {
+		return fmt.Errorf("machine %s: %w", m.Name, err)
+	}
+	opts := fmt.Sprintf("lowerdir=%s,upperdir=%s,workdir=%s", st.Rootfs, filepath.Join(m.Dir, "upper"), filepath.Join(m.Dir, "work"))
+	if err := syscall.Mount("overlay", m.Root(), "overlay", 0, opts); err != nil {
+		return fmt.Errorf("machine %s: mount overlay: %w", m.Name, err)
+	}
+	id := make([]byte, 16)
+	if _, err := rand.Read(id); err != nil {
+		return err
+	}
+	_, hostKey, err := ed25519.GenerateKey(rand.Reader)
+	if err != nil {
+		return err
+	}
+	block, err := ssh.MarshalPrivateKey(hostKey, "root@"+m.Name)
+	if err != nil {
+		return err
+	}
+	hs, err := ssh.NewSignerFromKey(hostKey)
+	if err != nil {
+		return err
+	}
+	_, ipnet, _ := net.ParseCIDR(st.HostCIDR)
+	ones, _ := ipnet.Mask.Size()
+	files := []struct {
+		path string
+		mode os.FileMode
+		data string
+	}{
+		{"etc/hostname", 0o644, m.Name + "\n"},
+		{"etc/hosts", 0o644, "127.0.0.1 localhost\n127.0.1.1 " + m.Name + "\n"},
+		{"etc/machine-id", 0o444, hex.EncodeToString(id) + "\n"},
+		{"etc/systemd/network/10-host0.network", 0o644,
+			fmt.Sprintf("[Match]\nName=host0\n\n[Network]\nAddress=%s/%d\nLinkLocalAddressing=no\nIPv6AcceptRA=no\n", m.IP, ones)},
+		{"etc/ssh/ssh_host_ed25519_key", 0o600, string(pem.EncodeToMemory(block))},
+		{"etc/ssh/ssh_host_ed25519_key.pub", 0o644, string(ssh.MarshalAuthorizedKey(hs.PublicKey()))},
+		// Only the key written above exists; without this sshd would look
+		// for RSA and ECDSA keys as well and log errors.
+		{"etc/ssh/sshd_config.d/lab.conf", 0o644, "HostKey /etc/ssh/ssh_host_ed25519_key\nPermitRootLogin prohibit-password\nPasswordAuthentication no\n"},
+		{"root/.ssh/authorized_keys", 0o600, strings.Join(keys, "\n") + "\n"},
+	}
+	for _, f := range files {
+		p := filepath.Join(m.Root(), f.path)
+		mode := os.FileMode(0o755)
+		if strings.HasPrefix(f.path, "root/") {
+			mode = 0o700
+		}
+		if err := os.MkdirAll(filepath.Dir(p), mode); err != nil {
+			return fmt.Errorf("machine %s: %w", m.Name, err)
+		}
+		if err := os.WriteFile(p, []byte(f.data), f.mode); err != nil {
+			return fmt.Errorf("machine %s: %w", m.Name, err)
+		}
+		if err := os.Chmod(p, f.mode); err != nil {
+			return fmt.Errorf("machine %s: %w", m.Name, err)
+		}
+	}
+	return nil
+}
+
+// supervisor moves itself into the machine's cgroups (so that nspawn's
+// payload/ and supervisor/ cgroups are the machine's own) and runs
+// systemd-nspawn, again whenever the guest reboots: nspawn exits 133 then.
+// Any other exit (poweroff, kill -TERM of nspawn, failure) ends it.
+const supervisor = `for cg in $LAB_CGROUPS; do echo $$ > "$cg/cgroup.procs" || exit 1; done
+while :; do
+  "$@"; rc=$?
+  echo "lab: systemd-nspawn exited $rc"
+  [ "$rc" -eq 133 ] || exit "$rc"
+done`
+
+func startMachine(m *Machine, bridge string) error {
+	for _, cg := range m.Cgroups {
+		if err := os.MkdirAll(cg, 0o755); err != nil {
+			return fmt.Errorf("machine %s: cgroup: %w", m.Name, err)
+		}
+	}
+	console, err := os.OpenFile(filepath.Join(m.Dir, "console.log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
+	if err != nil {
+		return fmt.Errorf("machine %s: %w", m.Name, err)
+	}
+	defer console.Close()
+	cmd := exec.Command("sh", "-c", supervisor, "lab-supervisor",
+		"systemd-nspawn", "-D", m.Root(), "--boot", "--machine="+m.Unit, "--hostname="+m.Name,
+		"--register=no", "--keep-unit", "--network-bridge="+bridge,
+		"--resolv-conf=off", "--console=passive")
+	cmd.Env = append(os.Environ(), "LAB_CGROUPS="+strings.Join(m.Cgroups, " "))
+	cmd.Stdout, cmd.Stderr = console, console
+	// Its own session: the machine outlives `lab up` and a terminal's ^C.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	if err := cmd.Start(); err != nil {
+		return fmt.Errorf("machine %s: start systemd-nspawn: %w", m.Name, err)
+	}
+	m.Supervisor = cmd.Process.Pid
+	m.SupervisorStart, _ = startTime(m.Supervisor)
+	// Not waited for here: Down reaps it when this process is its parent.
+	cmd.Process.Release()
+	return nil
+}
+
+// WaitReady waits until the machine's systemd says running and its sshd
+// answers on the bridge.
+func WaitReady(ctx context.Context, m Machine, timeout time.Duration) error {
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	var last string
+	for {
+		out, err := Exec(ctx, m, "systemctl", "is-system-running")
+		last = strings.TrimSpace(string(out))
+		if err == nil && last == "running" {
+			if err := sshBanner(ctx, m.IP); err == nil {
+				return nil
+			} else {
+				last = err.Error()
+			}
+		} else if err != nil && last == "" {
+			last = err.Error()
+		}
+		select {
+		case <-ctx.Done():
+			failed, _ := Exec(context.Background(), m, "systemctl", "--failed", "--no-legend")
+			return fmt.Errorf("machine %s not ready after %s (last: %s; failed units: %s; console: %s)",
+				m.Name, timeout, last, strings.TrimSpace(string(failed)), filepath.Join(m.Dir, "console.log"))
+		case <-time.After(200 * time.Millisecond):
+		}
+	}
+}
+
+func sshBanner(ctx context.Context, ip string) error {
+	d := net.Dialer{Timeout: 2 * time.Second}
+	c, err := d.DialContext(ctx, "tcp", net.JoinHostPort(ip, "22"))
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(2 * time.Second))
+	b := make([]byte, 8)
+	if _, err := io.ReadFull(c, b); err != nil {
+		return fmt.Errorf("ssh banner: %w", err)
+	}
+	if !strings.HasPrefix(string(b), "SSH-2.0") {
+		return fmt.Errorf("ssh banner: got %q", b)
+	}
+	return nil
+}
+
+// Exec runs a command inside the machine (all of its namespaces) and
+// returns its combined output.
+func Exec(ctx context.Context, m Machine, args ...string) ([]byte, error) {
+	pid, err := Init(m)
+	if err != nil {
+		return nil, err
+	}
+	cmd := exec.CommandContext(ctx, "nsenter", append([]string{"-t", fmt.Sprint(pid), "-a", "--"}, args...)...)
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		return out, fmt.Errorf("machine %s: %s: %w", m.Name, strings.Join(args, " "), err)
+	}
+	return out, nil
+}
+
+// Init returns the host pid of the machine's PID 1 (systemd): the child of
+// the running systemd-nspawn.
+func Init(m Machine) (int, error) {
+	ns, err := Nspawn(m)
+	if err != nil {
+		return 0, err
+	}
+	kids := children(ns)
+	if len(kids) != 1 {
+		return 0, fmt.Errorf("machine %s: systemd-nspawn (pid %d) has %d children, want its init", m.Name, ns, len(kids))
+	}
+	return kids[0], nil
+}
+
+// Nspawn returns the pid of the machine's running systemd-nspawn: the
+// supervisor's child.
+func Nspawn(m Machine) (int, error) {
+	if !supervisorAlive(m) {
+		return 0, fmt.Errorf("machine %s is not running (its supervisor is gone; see %s)", m.Name, filepath.Join(m.Dir, "console.log"))
+	}
+	kids := children(m.Supervisor)
+	if len(kids) != 1 {
+		return 0, fmt.Errorf("machine %s: not booted (supervisor pid %d has %d children)", m.Name, m.Supervisor, len(kids))
+	}
+	return kids[0], nil
+}
+
+func supervisorAlive(m Machine) bool {
+	if m.Supervisor <= 0 {
+		return false
+	}
+	st, err := startTime(m.Supervisor)
+	return err == nil && st == m.SupervisorStart && !zombie(m.Supervisor)
+}
+
+func run(ctx context.Context, name string, args ...string) error {
+	out, err := exec.CommandContext(ctx, name, args...).CombinedOutput()
+	if err != nil {
+		return fmt.Errorf("%s %s: %w: %s", name, strings.Join(args, " "), err, strings.TrimSpace(string(out)))
+	}
+	return nil
+}

@@ -1,0 +1,268 @@
+package lab_test
+
+import (
+	"context"
+	"net"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"golang.org/x/crypto/ssh"
+
+	"github.com/platform-bootstrap/bootstrap/internal/lab"
+	"github.com/platform-bootstrap/bootstrap/internal/proc"
+)
+
+// need skips when the lab cannot run here (fails with
+// BOOTSTRAP_REQUIRE_TOOLS=1) or with -short.
+func need(t *testing.T) {
+	t.Helper()
+	if testing.Short() {
+		t.Skip("boots systemd-nspawn machines; skipped with -short")
+	}
+	if err := lab.Available(); err != nil {
+		if os.Getenv("BOOTSTRAP_REQUIRE_TOOLS") == "1" {
+			t.Fatalf("the machine lab cannot run (BOOTSTRAP_REQUIRE_TOOLS=1): %v", err)
+		}
+		t.Skipf("the machine lab cannot run: %v", err)
+	}
+}
+
+// sshRun runs cmd on the machine as root with the lab's key.
+func sshRun(t *testing.T, st *lab.State, m lab.Machine, cmd string) (string, error) {
+	t.Helper()
+	b, err := os.ReadFile(st.KeyFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	signer, err := ssh.ParsePrivateKey(b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := ssh.Dial("tcp", net.JoinHostPort(m.IP, "22"), &ssh.ClientConfig{
+		User:            "root",
+		Auth:            []ssh.AuthMethod{ssh.PublicKeys(signer)},
+		HostKeyCallback: ssh.InsecureIgnoreHostKey(), // fresh machines; the test trusts its own bridge
+		Timeout:         10 * time.Second,
+	})
+	if err != nil {
+		return "", err
+	}
+	defer c.Close()
+	s, err := c.NewSession()
+	if err != nil {
+		return "", err
+	}
+	defer s.Close()
+	out, err := s.CombinedOutput(cmd)
+	return strings.TrimSpace(string(out)), err
+}
+
+// TestLab boots two machines, checks that each is its own machine reached
+// over SSH, reboots one from inside, and checks that Down leaves nothing
+// behind on the host, even for a machine whose supervisor was killed.
+func TestLab(t *testing.T) {
+	need(t)
+	dir := t.TempDir()
+	ctx := context.Background()
+	t.Cleanup(func() {
+		if err := lab.Down(context.Background(), dir); err != nil {
+			t.Errorf("cleanup: lab down: %v", err)
+		}
+	})
+	start := time.Now()
+	st, err := lab.Up(ctx, lab.Config{Dir: dir, Name: "lt", Net: 201, Nodes: lab.Nodes(1, 1), Log: testLog{t}})
+	if err != nil {
+		t.Fatalf("lab up: %v", err)
+	}
+	t.Logf("lab up (2 machines, rootfs cached or built): %s", time.Since(start).Round(time.Millisecond))
+
+	ids := map[string]bool{}
+	for _, m := range st.Machines {
+		out, err := sshRun(t, st, m, "hostname; systemctl is-system-running; ip -4 -o addr show dev host0; cat /etc/machine-id; cat /proc/self/cgroup | grep name=systemd")
+		if err != nil {
+			t.Fatalf("ssh %s: %v\n%s", m.Name, err, out)
+		}
+		lines := strings.Split(out, "\n")
+		if len(lines) < 4 {
+			t.Fatalf("%s: short output:\n%s", m.Name, out)
+		}
+		if lines[0] != m.Name {
+			t.Errorf("%s: hostname %q", m.Name, lines[0])
+		}
+		if lines[1] != "running" {
+			t.Errorf("%s: systemd is %q, want running", m.Name, lines[1])
+		}
+		if !strings.Contains(lines[2], " "+m.IP+"/24 ") {
+			t.Errorf("%s: host0 should have %s: %s", m.Name, m.IP, lines[2])
+		}
+		if ids[lines[3]] {
+			t.Errorf("%s: machine-id %s is shared", m.Name, lines[3])
+		}
+		ids[lines[3]] = true
+	}
+	// Each machine runs in its own cgroup on the host.
+	for _, m := range st.Machines {
+		init, err := lab.Init(m)
+		if err != nil {
+			t.Fatal(err)
+		}
+		cg, _ := os.ReadFile("/proc/" + strconv.Itoa(init) + "/cgroup")
+		if !strings.Contains(string(cg), "/bootstrap-lab/"+m.Unit+"/") {
+			t.Errorf("%s: init (pid %d) is not in the machine's own cgroup:\n%s", m.Name, init, cg)
+		}
+	}
+	// The machines reach each other on the bridge.
+	server, client := st.Machines[0], st.Machines[1]
+	if out, err := sshRun(t, st, server, "timeout 5 bash -c 'exec 3<>/dev/tcp/"+client.IP+"/22; head -c 7 <&3'"); err != nil || out != "SSH-2.0" {
+		t.Errorf("server-1 cannot reach client-1's sshd: %v %q", err, out)
+	}
+
+	// A reboot from inside: nspawn exits 133 and the supervisor boots the
+	// machine again.
+	oldInit, err := lab.Init(client)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sshRun(t, st, client, "systemctl reboot") // the connection may drop
+	deadline := time.Now().Add(time.Minute)
+	for {
+		if pid, err := lab.Init(client); err == nil && pid != oldInit {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("client-1 did not come back after its reboot")
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	if err := lab.WaitReady(ctx, client, time.Minute); err != nil {
+		t.Fatalf("after reboot: %v", err)
+	}
+	if out, err := sshRun(t, st, client, "systemctl is-system-running"); err != nil || out != "running" {
+		t.Errorf("after reboot: %v %q", err, out)
+	}
+	if b, _ := os.ReadFile(filepath.Join(client.Dir, "console.log")); !strings.Contains(string(b), "systemd-nspawn exited 133") {
+		t.Errorf("the console log shows no reboot (exit 133):\n%s", b)
+	}
+
+	// What Down must remove, remembered before it runs.
+	var pids []int
+	for _, m := range st.Machines {
+		pids = append(pids, m.Supervisor)
+		if ns, err := lab.Nspawn(m); err == nil {
+			pids = append(pids, ns)
+		}
+		if init, err := lab.Init(m); err == nil {
+			pids = append(pids, init)
+		}
+	}
+	// As if the lab's supervisor had been killed: Down still finds the
+	// machine through its cgroup.
+	if err := proc.Kill(ctx, client.Supervisor); err != nil {
+		t.Fatal(err)
+	}
+
+	start = time.Now()
+	if err := lab.Down(ctx, dir); err != nil {
+		t.Fatalf("lab down: %v", err)
+	}
+	t.Logf("lab down: %s", time.Since(start).Round(time.Millisecond))
+	for _, pid := range pids {
+		if proc.Alive(pid) {
+			t.Errorf("pid %d still runs after lab down", pid)
+		}
+	}
+	if _, err := net.InterfaceByName(st.Bridge); err == nil {
+		t.Errorf("bridge %s left after lab down", st.Bridge)
+	}
+	ifs, _ := net.Interfaces()
+	for _, i := range ifs {
+		if strings.HasPrefix(i.Name, "vb-lt") {
+			t.Errorf("veth %s left after lab down", i.Name)
+		}
+	}
+	mounts, _ := os.ReadFile("/proc/mounts")
+	if strings.Contains(string(mounts), dir) {
+		t.Errorf("mounts left under %s:\n%s", dir, mounts)
+	}
+	for _, m := range st.Machines {
+		for _, cg := range m.Cgroups {
+			if _, err := os.Stat(cg); err == nil {
+				t.Errorf("cgroup %s left after lab down", cg)
+			}
+		}
+	}
+	if _, err := os.Stat(filepath.Join(dir, "machines")); err == nil {
+		t.Error("the machines' overlays are left after lab down")
+	}
+	// Idempotent: a second down has nothing to do.
+	if err := lab.Down(ctx, dir); err != nil {
+		t.Errorf("second lab down: %v", err)
+	}
+}
+
+// TestDownAfterKilledUp: Up stops part way, while its first machine boots
+// (the bridge, overlays and cgroups exist, a systemd-nspawn runs); Down
+// removes it all from the state file alone.
+func TestDownAfterKilledUp(t *testing.T) {
+	need(t)
+	dir := t.TempDir()
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(func() { lab.Down(context.Background(), dir) })
+	// Cancel as soon as the first machine starts: the run stops part way.
+	go func() {
+		for ctx.Err() == nil {
+			if _, err := os.Stat(filepath.Join(dir, "machines", "server-1", "console.log")); err == nil {
+				cancel()
+				return
+			}
+			time.Sleep(time.Millisecond)
+		}
+	}()
+	_, upErr := lab.Up(ctx, lab.Config{Dir: dir, Name: "lk", Net: 203, Nodes: lab.Nodes(1, 1), Log: testLog{t}})
+	cancel()
+	if upErr == nil {
+		t.Log("up finished before it could be cancelled; down must still remove it all")
+	}
+	st, err := lab.Load(dir)
+	if err != nil {
+		t.Fatalf("no state after a cancelled up: %v", err)
+	}
+	// The run did stop part way: there is something to remove.
+	if _, err := net.InterfaceByName(st.Bridge); err != nil {
+		t.Fatalf("the cancelled up should have left its bridge %s: %v", st.Bridge, err)
+	}
+	if m := st.Machines[0]; m.Supervisor == 0 {
+		t.Fatal("the cancelled up should have started server-1")
+	}
+	if err := lab.Down(context.Background(), dir); err != nil {
+		t.Fatalf("lab down: %v", err)
+	}
+	if _, err := net.InterfaceByName(st.Bridge); err == nil {
+		t.Errorf("bridge %s left", st.Bridge)
+	}
+	mounts, _ := os.ReadFile("/proc/mounts")
+	if strings.Contains(string(mounts), dir) {
+		t.Errorf("mounts left under %s", dir)
+	}
+	for _, m := range st.Machines {
+		for _, cg := range m.Cgroups {
+			if _, err := os.Stat(cg); err == nil {
+				t.Errorf("cgroup %s left", cg)
+			}
+		}
+	}
+	if _, err := os.Stat(filepath.Join(dir, "state.json")); err == nil {
+		t.Error("state file left after a successful down")
+	}
+}
+
+type testLog struct{ t *testing.T }
+
+func (l testLog) Write(b []byte) (int, error) {
+	l.t.Log(strings.TrimRight(string(b), "\n"))
+	return len(b), nil
+}
