@@ -10,7 +10,7 @@ export GOTOOLCHAIN := local
 
 STATICCHECK_VERSION := v0.8.2
 
-.PHONY: build tools up down env plan status test test-unit test-integration bench lint clean screenshots
+.PHONY: build tools up down env plan status test test-unit test-integration bench lint clean screenshots lab-up lab-down
 
 build: ## build bin/bootstrap
 	@mkdir -p bin
@@ -54,6 +54,18 @@ bench: tools build ## benchmarks; results in bench.txt
 SCREENSHOTS ?= screenshots
 screenshots: build ## PNGs of every web UI of the running platform, in $(SCREENSHOTS)/
 	$(GO) run ./tools/screenshots -c $(CONFIG) -o $(SCREENSHOTS) -bootstrap bin/bootstrap
+
+# The machine lab (internal/lab): $(LAB_SERVERS) servers + $(LAB_CLIENTS) clients as
+# systemd-nspawn machines on a bridge (10.213.0.0/24), as root. lab-up writes
+# $(LAB_DIR)/inventory.json and $(LAB_DIR)/lab.hcl for bin/bootstrap up -c $(LAB_DIR)/lab.hcl.
+LAB_DIR     ?= .lab
+LAB_SERVERS ?= 3
+LAB_CLIENTS ?= 2
+lab-up: tools build ## boot the machine lab (root; systemd-nspawn)
+	$(GO) run ./tools/lab up -dir $(LAB_DIR) -servers $(LAB_SERVERS) -clients $(LAB_CLIENTS) -bin $(CURDIR)/bin
+
+lab-down: ## remove the machine lab: machines, mounts, links, cgroups
+	$(GO) run ./tools/lab down -dir $(LAB_DIR)
 
 lint: ## gofmt, go vet, staticcheck, ansible-lint
 	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || { gofmt -l $$(git ls-files '*.go'); echo "gofmt: run gofmt -w"; exit 1; }
