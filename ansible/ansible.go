@@ -32,7 +32,7 @@ import (
 	"github.com/platform-bootstrap/bootstrap/internal/fsutil"
 )
 
-//go:embed ansible.cfg site.yml teardown.yml roles
+//go:embed ansible.cfg site.yml teardown.yml roles library
 var files embed.FS
 
 // Extract writes the playbook tree to dir, rewriting only files that differ
@@ -78,8 +78,12 @@ func Extract(dir string) error {
 func Digest(roles []string, vars any) (string, error) {
 	h := sha256.New()
 	var paths []string
+	dirs := []string{"library"} // our modules, which every role uses
 	for _, r := range roles {
-		err := fs.WalkDir(files, "roles/"+r, func(path string, d fs.DirEntry, err error) error {
+		dirs = append(dirs, "roles/"+r)
+	}
+	for _, dir := range dirs {
+		err := fs.WalkDir(files, dir, func(path string, d fs.DirEntry, err error) error {
 			if err != nil || d.IsDir() {
 				return err
 			}
@@ -87,7 +91,7 @@ func Digest(roles []string, vars any) (string, error) {
 			return nil
 		})
 		if err != nil {
-			return "", fmt.Errorf("role %s: %w", r, err)
+			return "", fmt.Errorf("%s: %w", dir, err)
 		}
 	}
 	// site.yml only maps tags to these roles; leaving it out keeps a new

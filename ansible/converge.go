@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
+	"os"
 	"path/filepath"
 	"slices"
 	"sort"
@@ -74,6 +75,10 @@ func Converge(ctx context.Context, e *stages.Env, inv *inventory.Inventory, p Pl
 	if err != nil {
 		return err
 	}
+	ai := BuildInventory(e, inv, p.Vars)
+	if err := checkBinaries(ai, p.Hosts, p.Roles); err != nil {
+		return err
+	}
 	r, err := prepare(e, inv, p.Tag, p.Vars)
 	if err != nil {
 		return err
@@ -93,6 +98,39 @@ func Converge(ctx context.Context, e *stages.Env, inv *inventory.Inventory, p Pl
 		return err
 	}
 	return e.SetNote(digestNote(p.Tag), d)
+}
+
+// roleBinaries are the programs a role installs from bin_dir.
+var roleBinaries = map[string]string{
+	"vault":           "vault",
+	"consul":          "consul",
+	"nomad":           "nomad",
+	"consul_template": "consul-template",
+}
+
+// checkBinaries makes sure that the bin_dir of every host that installs
+// from one holds the roles' programs, before Ansible starts: one clear error
+// instead of a failed task per node.
+func checkBinaries(ai Inventory, hosts, roles []string) error {
+	for name, v := range ai.Hosts {
+		if len(hosts) > 0 && !slices.Contains(hosts, name) {
+			continue
+		}
+		dir, _ := v["bin_dir"].(string)
+		if v["install_method"] != "binary" || dir == "" {
+			continue
+		}
+		for _, role := range roles {
+			bin, ok := roleBinaries[role]
+			if !ok {
+				continue
+			}
+			if _, err := os.Stat(filepath.Join(dir, bin)); err != nil {
+				return fmt.Errorf("%s: %s is missing: run `make tools` or set bin_dir to the directory holding vault, consul, nomad and consul-template", name, filepath.Join(dir, bin))
+			}
+		}
+	}
+	return nil
 }
 
 // Teardown stops the platform's services on every node and removes what the

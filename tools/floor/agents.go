@@ -38,10 +38,14 @@ server         = %v
 		fmt.Fprintf(&b, "bootstrap_expect = %d\n", len(p.inv.WithRole(inventory.RoleServer)))
 	}
 	fmt.Fprintf(&b, `retry_join = %s
+retry_interval = "2s"
 encrypt                 = %s
 encrypt_verify_incoming = true
 encrypt_verify_outgoing = true
 log_level               = "INFO"
+performance {
+  raft_multiplier = 1
+}
 disable_update_check    = true
 
 ports {
@@ -144,6 +148,7 @@ server {
   encrypt          = %s
   server_join {
     retry_join = %s
+    retry_interval = "2s"
   }
 }
 `, len(servers), q(gossip), list("4648"))

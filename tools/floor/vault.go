@@ -38,6 +38,7 @@ cluster_addr  = "https://%[1]s:8201"
 storage "raft" {
   path    = %[2]q
   node_id = %[3]q
+  performance_multiplier = 1
 }
 
 listener "tcp" {

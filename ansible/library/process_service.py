@@ -1,0 +1,67 @@
+#!/usr/bin/python3
+# Run one service as a background process with a pid file, for nodes without
+# systemd (the local provider). One module call instead of three
+# start-stop-daemon tasks: every Ansible task costs a round trip per host,
+# and this one runs for every service of every node.
+
+DOCUMENTATION = r"""
+module: process_service
+short_description: Keep a service running as a process with a pid file
+options:
+  name: {description: Service name (pid file and log file names)., required: true, type: str}
+  binary: {description: Program to run., required: true, type: path}
+  args: {description: Its arguments., type: list, elements: str, default: []}
+  run_dir: {description: Directory of the pid file., required: true, type: path}
+  log_dir: {description: Directory of the log file (stdout and stderr)., required: true, type: path}
+  chdir: {description: Working directory., required: true, type: path}
+  restart: {description: Restart it if it runs (its configuration changed)., type: bool, default: false}
+"""
+
+import os
+
+from ansible.module_utils.basic import AnsibleModule
+
+
+def main():
+    m = AnsibleModule(
+        argument_spec=dict(
+            name=dict(type="str", required=True),
+            binary=dict(type="path", required=True),
+            args=dict(type="list", elements="str", default=[]),
+            run_dir=dict(type="path", required=True),
+            log_dir=dict(type="path", required=True),
+            chdir=dict(type="path", required=True),
+            restart=dict(type="bool", default=False),
+        ),
+        supports_check_mode=True,
+    )
+    p = m.params
+    pidfile = os.path.join(p["run_dir"], p["name"] + ".pid")
+    ssd = m.get_bin_path("start-stop-daemon", required=True)
+
+    # --status: 0 running, 1 or 3 not running (stale or no pid file).
+    rc, _, err = m.run_command([ssd, "--status", "--pidfile", pidfile])
+    if rc not in (0, 1, 3):
+        m.fail_json(msg="start-stop-daemon --status %s: %s" % (p["name"], err))
+    running = rc == 0
+    if running and not p["restart"]:
+        m.exit_json(changed=False, state="running")
+    if m.check_mode:
+        m.exit_json(changed=True, state="restarted" if running else "started")
+
+    if running:
+        rc, _, err = m.run_command([ssd, "--stop", "--pidfile", pidfile,
+                                    "--retry", "TERM/30/KILL/5", "--remove-pidfile", "--oknodo"])
+        if rc != 0:
+            m.fail_json(msg="stop %s: %s" % (p["name"], err))
+    rc, _, err = m.run_command([ssd, "--start", "--background", "--make-pidfile",
+                                "--pidfile", pidfile, "--chdir", p["chdir"],
+                                "--output", os.path.join(p["log_dir"], p["name"] + ".log"),
+                                "--exec", p["binary"], "--"] + p["args"])
+    if rc != 0:
+        m.fail_json(msg="start %s: %s" % (p["name"], err))
+    m.exit_json(changed=True, state="restarted" if running else "started")
+
+
+if __name__ == "__main__":
+    main()

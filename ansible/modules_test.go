@@ -1,0 +1,161 @@
+package ansible
+
+import (
+	"encoding/json"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+
+	"github.com/platform-bootstrap/bootstrap/internal/proc"
+)
+
+// moduleResult is what an ad-hoc run of one of our modules (library/) on
+// localhost reported.
+type moduleResult struct {
+	Changed      bool     `json:"changed"`
+	Failed       bool     `json:"failed"`
+	Msg          string   `json:"msg"`
+	ChangedPaths []string `json:"changed_paths"`
+}
+
+// runModule runs module with args on localhost with the real Ansible.
+func runModule(t *testing.T, module string, args map[string]any, extra ...string) moduleResult {
+	t.Helper()
+	if testing.Short() {
+		t.Skip("runs ansible")
+	}
+	bin, err := exec.LookPath("ansible")
+	if err != nil {
+		if os.Getenv("BOOTSTRAP_REQUIRE_TOOLS") == "1" {
+			t.Fatal(err)
+		}
+		t.Skip("ansible is not installed")
+	}
+	dir := t.TempDir()
+	if err := Extract(dir); err != nil {
+		t.Fatal(err)
+	}
+	a, err := json.Marshal(args)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(bin, append([]string{"localhost", "-i", "localhost,", "-c", "local",
+		"-e", "ansible_python_interpreter=/usr/bin/python3",
+		"-M", filepath.Join(dir, "library"), "-m", module, "-a", string(a)}, extra...)...)
+	cmd.Env = append(filteredEnv(), "ANSIBLE_LOAD_CALLBACK_PLUGINS=1", "ANSIBLE_STDOUT_CALLBACK=json",
+		"ANSIBLE_LOCAL_TEMP="+filepath.Join(dir, "tmp"), "ANSIBLE_REMOTE_TEMP="+filepath.Join(dir, "tmp"))
+	out, _ := cmd.Output() // a failed module exits non-zero; its result says why
+	var r struct {
+		Plays []struct {
+			Tasks []struct {
+				Hosts map[string]moduleResult `json:"hosts"`
+			} `json:"tasks"`
+		} `json:"plays"`
+	}
+	if err := json.Unmarshal(out, &r); err != nil || len(r.Plays) != 1 || len(r.Plays[0].Tasks) != 1 {
+		t.Fatalf("ansible -m %s: %v\n%s", module, err, out)
+	}
+	return r.Plays[0].Tasks[0].Hosts["localhost"]
+}
+
+func TestDirectoriesModule(t *testing.T) {
+	root := t.TempDir()
+	a, b := filepath.Join(root, "a"), filepath.Join(root, "x", "y", "b")
+	args := map[string]any{"paths": []string{a, b}, "mode": "0700"}
+
+	if r := runModule(t, "directories", args, "--check"); !r.Changed || r.Failed {
+		t.Errorf("check mode on missing directories: %+v, want changed", r)
+	}
+	if _, err := os.Stat(a); !os.IsNotExist(err) {
+		t.Errorf("check mode created %s", a)
+	}
+	if r := runModule(t, "directories", args); !r.Changed || r.Failed {
+		t.Fatalf("first run: %+v, want changed", r)
+	}
+	for _, d := range []string{a, b} {
+		if fi, err := os.Stat(d); err != nil || !fi.IsDir() || fi.Mode().Perm() != 0o700 {
+			t.Errorf("%s: %v %v, want a 0700 directory", d, fi.Mode(), err)
+		}
+	}
+	if r := runModule(t, "directories", args); r.Changed || r.Failed {
+		t.Errorf("second run: %+v, want unchanged", r)
+	}
+	if err := os.Chmod(b, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if r := runModule(t, "directories", args); !r.Changed || len(r.ChangedPaths) != 1 || r.ChangedPaths[0] != b {
+		t.Errorf("after chmod 0755 of %s: %+v, want it alone changed", b, r)
+	}
+	if fi, _ := os.Stat(b); fi.Mode().Perm() != 0o700 {
+		t.Errorf("%s is %v after the run, want 0700", b, fi.Mode().Perm())
+	}
+
+	f := filepath.Join(root, "file")
+	if err := os.WriteFile(f, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if r := runModule(t, "directories", map[string]any{"paths": []string{f}, "mode": "0700"}); !r.Failed || !strings.Contains(r.Msg, "not a directory") {
+		t.Errorf("a file in the way: %+v, want a failure that says so", r)
+	}
+	if r := runModule(t, "directories", map[string]any{"paths": []string{a}, "mode": "rwx"}); !r.Failed || !strings.Contains(r.Msg, "octal") {
+		t.Errorf("mode rwx: %+v, want a failure that asks for an octal mode", r)
+	}
+}
+
+func TestProcessServiceModule(t *testing.T) {
+	if _, err := exec.LookPath("start-stop-daemon"); err != nil {
+		t.Skip("start-stop-daemon is missing")
+	}
+	root := t.TempDir()
+	pidfile := filepath.Join(root, "svc.pid")
+	t.Cleanup(func() {
+		if pid, err := proc.ReadPidFile(pidfile); err == nil {
+			syscall.Kill(pid, syscall.SIGKILL)
+		}
+	})
+	args := func(restart bool) map[string]any {
+		return map[string]any{"name": "svc", "binary": "/bin/sleep", "args": []string{"600"},
+			"run_dir": root, "log_dir": root, "chdir": root, "restart": restart}
+	}
+	running := func() int {
+		t.Helper()
+		pid, err := proc.ReadPidFile(pidfile)
+		if err != nil {
+			t.Fatalf("pid file: %v", err)
+		}
+		if err := syscall.Kill(pid, 0); err != nil {
+			t.Fatalf("pid %d of the pid file does not run: %v", pid, err)
+		}
+		return pid
+	}
+
+	if r := runModule(t, "process_service", args(false)); !r.Changed || r.Failed {
+		t.Fatalf("first run: %+v, want changed", r)
+	}
+	first := running()
+	if r := runModule(t, "process_service", args(false)); r.Changed || r.Failed {
+		t.Errorf("second run: %+v, want unchanged", r)
+	}
+	if r := runModule(t, "process_service", args(true), "--check"); !r.Changed || running() != first {
+		t.Errorf("check mode restart: %+v, want changed and the process left alone", r)
+	}
+	if r := runModule(t, "process_service", args(true)); !r.Changed || r.Failed {
+		t.Fatalf("restart: %+v, want changed", r)
+	}
+	if second := running(); second == first {
+		t.Errorf("restart kept pid %d", first)
+	}
+	if err := syscall.Kill(first, 0); err == nil {
+		t.Errorf("the old process %d still runs after the restart", first)
+	}
+
+	// A dead service (stale pid file) is started again.
+	syscall.Kill(running(), syscall.SIGKILL)
+	if r := runModule(t, "process_service", args(false)); !r.Changed || r.Failed {
+		t.Errorf("after the process died: %+v, want changed", r)
+	}
+	running()
+}
