@@ -45,7 +45,7 @@ func Down(ctx context.Context, dir string) error {
 		errs = append(errs, err)
 	}
 	for _, m := range st.Machines {
-		for _, cg := range m.Cgroups {
+		for _, cg := range m.allCgroups() {
 			if err := removeCgroup(cg); err != nil {
 				errs = append(errs, fmt.Errorf("machine %s: %w", m.Name, err))
 			}
@@ -85,7 +85,7 @@ func stopMachine(ctx context.Context, m Machine) error {
 	}
 	grace, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
-	pids := cgroupPids(m.Cgroups)
+	pids := cgroupPids(m.allCgroups())
 	for i := 0; len(pids) > 0 && grace.Err() == nil; i++ {
 		// Again every second: a guest still booting may not have set up
 		// the handler of the signal nspawn forwards, and drops it.
@@ -100,17 +100,26 @@ func stopMachine(ctx context.Context, m Machine) error {
 		case <-grace.Done():
 		case <-time.After(100 * time.Millisecond):
 		}
-		pids = cgroupPids(m.Cgroups)
+		pids = cgroupPids(m.allCgroups())
 	}
 	for _, pid := range pids {
 		if err := proc.Kill(ctx, pid); err != nil {
 			return fmt.Errorf("machine %s: %w", m.Name, err)
 		}
 	}
-	if left := cgroupPids(m.Cgroups); len(left) > 0 {
+	if left := cgroupPids(m.allCgroups()); len(left) > 0 {
 		return fmt.Errorf("machine %s: processes %v still run in its cgroups", m.Name, left)
 	}
 	return nil
+}
+
+// allCgroups are the machine's cgroups in every hierarchy.
+func (m Machine) allCgroups() []string {
+	out := append([]string(nil), m.Cgroups...)
+	for _, c := range m.Controllers {
+		out = append(out, c.Dir)
+	}
+	return out
 }
 
 // cgroupPids lists the live processes in the cgroups and below.

@@ -19,6 +19,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"net"
 	"os"
 	"os/exec"
@@ -104,6 +105,13 @@ type Machine struct {
 	// Cgroups are the machine's own cgroup directories, one per hierarchy
 	// systemd-nspawn uses; every process of the machine lives below them.
 	Cgroups []string `json:"cgroups"`
+	// Controllers are the machine's own cgroups in the cgroup v1
+	// controller hierarchies (memory, cpuset, ...). The machine starts in
+	// them, so in its cgroup namespace they are the roots it sees at
+	// /sys/fs/cgroup/<controller>; systemd-nspawn mounts those read-only
+	// and the unit lab-cgroups makes them writable at boot, as on a real
+	// machine: a Nomad client cannot start without creating its cgroups.
+	Controllers []Controller `json:"controllers,omitempty"`
 	// Supervisor restarts systemd-nspawn when the guest reboots (exit 133).
 	// SupervisorStart (clock ticks since boot) guards against pid reuse.
 	Supervisor      int    `json:"supervisor_pid,omitempty"`
@@ -193,19 +201,28 @@ func Up(ctx context.Context, cfg Config) (*State, error) {
 	if err != nil {
 		return nil, err
 	}
+	ctrls, err := controllerRoots()
+	if err != nil {
+		return nil, err
+	}
 	for i, n := range cfg.Nodes {
 		unit := cfg.Name + "-" + n.Name
 		var cgs []string
 		for _, r := range cg {
 			cgs = append(cgs, filepath.Join(r, "bootstrap-lab", unit))
 		}
+		var cs []Controller
+		for _, c := range ctrls {
+			cs = append(cs, Controller{Name: c.Name, Dir: filepath.Join(c.Dir, "bootstrap-lab", unit)})
+		}
 		st.Machines = append(st.Machines, Machine{
-			Name:    n.Name,
-			Unit:    unit,
-			IP:      fmt.Sprintf("10.213.%d.%d", cfg.Net, firstMachineOctet+i),
-			Roles:   n.Roles,
-			Dir:     filepath.Join(dir, "machines", n.Name),
-			Cgroups: cgs,
+			Name:        n.Name,
+			Unit:        unit,
+			IP:          fmt.Sprintf("10.213.%d.%d", cfg.Net, firstMachineOctet+i),
+			Roles:       n.Roles,
+			Dir:         filepath.Join(dir, "machines", n.Name),
+			Cgroups:     cgs,
+			Controllers: cs,
 		})
 	}
 	// Recorded before anything is created: Down needs only this file.
@@ -380,6 +397,77 @@ func cgroupRoots() ([]string, error) {
 	return roots, nil
 }
 
+// Controller is a machine's cgroup in one cgroup v1 controller hierarchy.
+type Controller struct {
+	Name string `json:"name"` // as mounted under /sys/fs/cgroup
+	Dir  string `json:"dir"`
+}
+
+// controllerRoots returns the cgroup v1 controller hierarchies and, in
+// each, this process's own cgroup: the machines' cgroups go below it, so
+// they stay within whatever limits this process runs under.
+func controllerRoots() ([]Controller, error) {
+	own := map[string]string{}
+	b, err := os.ReadFile("/proc/self/cgroup")
+	if err != nil {
+		return nil, fmt.Errorf("lab: %w", err)
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		f := strings.SplitN(line, ":", 3)
+		if len(f) != 3 {
+			continue
+		}
+		for _, c := range strings.Split(f[1], ",") {
+			own[c] = f[2]
+		}
+	}
+	ents, _ := os.ReadDir("/sys/fs/cgroup")
+	var out []Controller
+	for _, e := range ents {
+		name := e.Name()
+		path, ok := own[name]
+		if !ok || name == "systemd" || name == "unified" {
+			continue
+		}
+		d := filepath.Join("/sys/fs/cgroup", name)
+		var fs syscall.Statfs_t
+		if err := syscall.Statfs(d, &fs); err != nil || fs.Type != 0x27e0eb {
+			continue
+		}
+		out = append(out, Controller{Name: name, Dir: filepath.Join(d, path)})
+	}
+	return out, nil
+}
+
+// makeControllerCgroup creates a machine's cgroup in a controller
+// hierarchy. A new cpuset cgroup has no CPUs or memory nodes, and no
+// process may join it until it is given its parent's.
+func makeControllerCgroup(c Controller) error {
+	parent := filepath.Dir(filepath.Dir(c.Dir))
+	for _, d := range []string{filepath.Dir(c.Dir), c.Dir} {
+		if err := os.Mkdir(d, 0o755); err != nil && !errors.Is(err, fs.ErrExist) {
+			return fmt.Errorf("cgroup %s: %w", d, err)
+		}
+		if c.Name == "cpuset" {
+			for _, f := range []string{"cpuset.cpus", "cpuset.mems"} {
+				cur, _ := os.ReadFile(filepath.Join(d, f))
+				if strings.TrimSpace(string(cur)) != "" {
+					continue
+				}
+				v, err := os.ReadFile(filepath.Join(parent, f))
+				if err != nil {
+					return fmt.Errorf("cgroup %s: %w", d, err)
+				}
+				if err := os.WriteFile(filepath.Join(d, f), v, 0o644); err != nil {
+					return fmt.Errorf("cgroup %s: %w", d, err)
+				}
+			}
+		}
+		parent = d
+	}
+	return nil
+}
+
 func createBridge(ctx context.Context, name, cidr string) error {
 	if _, err := net.InterfaceByName(name); err == nil {
 		return fmt.Errorf("lab bridge %s already exists: another lab of this name runs, or run lab down", name)
@@ -449,6 +537,7 @@ func prepareMachine(st *State, m Machine, keys []string) error {
 		// for RSA and ECDSA keys as well and log errors.
 		{"etc/ssh/sshd_config.d/lab.conf", 0o644, "HostKey /etc/ssh/ssh_host_ed25519_key\nPermitRootLogin prohibit-password\nPasswordAuthentication no\n"},
 		{"root/.ssh/authorized_keys", 0o600, strings.Join(keys, "\n") + "\n"},
+		{"etc/systemd/system/lab-cgroups.service", 0o644, cgroupsUnit(m)},
 	}
 	for _, f := range files {
 		p := filepath.Join(m.Root(), f.path)
@@ -466,7 +555,26 @@ func prepareMachine(st *State, m Machine, keys []string) error {
 			return fmt.Errorf("machine %s: %w", m.Name, err)
 		}
 	}
+	wants := filepath.Join(m.Root(), "etc/systemd/system/sysinit.target.wants")
+	if err := os.MkdirAll(wants, 0o755); err != nil {
+		return fmt.Errorf("machine %s: %w", m.Name, err)
+	}
+	if err := os.Symlink("/etc/systemd/system/lab-cgroups.service", filepath.Join(wants, "lab-cgroups.service")); err != nil {
+		return fmt.Errorf("machine %s: %w", m.Name, err)
+	}
 	return nil
+}
+
+// cgroupsUnit remounts the machine's controller hierarchies writable (see
+// Machine.Controllers) before anything else starts.
+func cgroupsUnit(m Machine) string {
+	var mounts []string
+	for _, c := range m.Controllers {
+		mounts = append(mounts, "ExecStart=/bin/mount -o remount,bind,rw /sys/fs/cgroup/"+c.Name)
+	}
+	return "[Unit]\nDescription=Writable cgroup controllers (delegated by the lab's host)\n" +
+		"DefaultDependencies=no\nBefore=sysinit.target\n\n" +
+		"[Service]\nType=oneshot\nRemainAfterExit=yes\n" + strings.Join(mounts, "\n") + "\n"
 }
 
 // supervisor moves itself into the machine's cgroups (so that nspawn's
@@ -486,6 +594,13 @@ func startMachine(m *Machine, bridge string) error {
 			return fmt.Errorf("machine %s: cgroup: %w", m.Name, err)
 		}
 	}
+	join := m.Cgroups
+	for _, c := range m.Controllers {
+		if err := makeControllerCgroup(c); err != nil {
+			return fmt.Errorf("machine %s: %w", m.Name, err)
+		}
+		join = append(join, c.Dir)
+	}
 	console, err := os.OpenFile(filepath.Join(m.Dir, "console.log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
 	if err != nil {
 		return fmt.Errorf("machine %s: %w", m.Name, err)
@@ -495,7 +610,7 @@ func startMachine(m *Machine, bridge string) error {
 		"systemd-nspawn", "-D", m.Root(), "--boot", "--machine="+m.Unit, "--hostname="+m.Name,
 		"--register=no", "--keep-unit", "--network-bridge="+bridge,
 		"--resolv-conf=off", "--console=passive")
-	cmd.Env = append(os.Environ(), "LAB_CGROUPS="+strings.Join(m.Cgroups, " "))
+	cmd.Env = append(os.Environ(), "LAB_CGROUPS="+strings.Join(join, " "))
 	cmd.Stdout, cmd.Stderr = console, console
 	// Its own session: the machine outlives `lab up` and a terminal's ^C.
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}

@@ -115,6 +115,11 @@ func TestLab(t *testing.T) {
 			t.Errorf("%s: init (pid %d) is not in the machine's own cgroup:\n%s", m.Name, init, cg)
 		}
 	}
+	// Its own cgroups are writable inside, as on a real machine (a Nomad
+	// client creates its cgroups there).
+	if out, err := sshRun(t, st, st.Machines[1], "mkdir /sys/fs/cgroup/memory/lab-test && rmdir /sys/fs/cgroup/memory/lab-test"); err != nil {
+		t.Errorf("client-1 cannot create a memory cgroup: %v\n%s", err, out)
+	}
 	// The machines reach each other on the bridge.
 	server, client := st.Machines[0], st.Machines[1]
 	if out, err := sshRun(t, st, server, "timeout 5 bash -c 'exec 3<>/dev/tcp/"+client.IP+"/22; head -c 7 <&3'"); err != nil || out != "SSH-2.0" {
@@ -192,6 +197,11 @@ func TestLab(t *testing.T) {
 		for _, cg := range m.Cgroups {
 			if _, err := os.Stat(cg); err == nil {
 				t.Errorf("cgroup %s left after lab down", cg)
+			}
+		}
+		for _, c := range m.Controllers {
+			if _, err := os.Stat(c.Dir); err == nil {
+				t.Errorf("cgroup %s left after lab down", c.Dir)
 			}
 		}
 	}
