@@ -79,7 +79,10 @@ type Config struct {
 	CacheDir string
 	Mirror   string
 	// BinDir is written into lab.hcl as the provider's bin_dir: the
-	// binaries bootstrap copies to the machines.
+	// binaries bootstrap copies to the machines. It is also shared with
+	// the machines read-only at the same path (with every directory its
+	// symlinks lead through): the platform jobs' raw_exec profile runs
+	// binaries that are already on the clients.
 	BinDir string
 	Log    io.Writer
 }
@@ -112,6 +115,8 @@ type Machine struct {
 	// and the unit lab-cgroups makes them writable at boot, as on a real
 	// machine: a Nomad client cannot start without creating its cgroups.
 	Controllers []Controller `json:"controllers,omitempty"`
+	// Shared are host directories bound read-only at the same path.
+	Shared []string `json:"shared,omitempty"`
 	// Supervisor restarts systemd-nspawn when the guest reboots (exit 133).
 	// SupervisorStart (clock ticks since boot) guards against pid reuse.
 	Supervisor      int    `json:"supervisor_pid,omitempty"`
@@ -232,9 +237,16 @@ func Up(ctx context.Context, cfg Config) (*State, error) {
 	if err := createBridge(ctx, st.Bridge, st.HostCIDR); err != nil {
 		return st, err
 	}
+	var shared []string
+	if cfg.BinDir != "" {
+		if shared, err = binDirs(cfg.BinDir); err != nil {
+			return st, err
+		}
+	}
 	keys := append([]string{pub}, cfg.AuthorizedKeys...)
 	for i := range st.Machines {
 		m := &st.Machines[i]
+		m.Shared = shared
 		if err := prepareMachine(st, *m, keys); err != nil {
 			return st, err
 		}
@@ -326,7 +338,9 @@ func (st *State) writeInventory() error {
 
 // writeConfig writes a static-provider configuration for the lab: systemd
 // units, binaries copied from binDir over SSH, and platform jobs on the
-// exec driver (the machines have no Docker engine).
+// raw_exec driver with the binaries of binDir, which the machines share
+// (they have no Docker engine, and the exec driver's chroot holds no
+// binaries of ours).
 func (st *State) writeConfig(binDir string) error {
 	var b strings.Builder
 	b.WriteString("# Written by the machine lab (internal/lab): bootstrap up -c " + st.ConfigFile() + "\n")
@@ -336,11 +350,60 @@ func (st *State) writeConfig(binDir string) error {
 	if binDir != "" {
 		fmt.Fprintf(&b, "  bin_dir         = %q\n", binDir)
 	}
-	b.WriteString("}\n\njobs {\n  driver = \"exec\"\n}\n")
+	b.WriteString("}\n\njobs {\n  driver = \"raw_exec\"\n}\n")
 	if err := fsutil.WriteFile(st.ConfigFile(), []byte(b.String()), 0o600); err != nil {
 		return fmt.Errorf("lab config: %w", err)
 	}
 	return nil
+}
+
+// binDirs returns dir and every directory the symlinks in it lead
+// through, hop by hop (make tools links ./bin into its cache).
+func binDirs(dir string) ([]string, error) {
+	dir, err := filepath.Abs(dir)
+	if err != nil {
+		return nil, err
+	}
+	seen := map[string]bool{dir: true}
+	out := []string{dir}
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		return nil, fmt.Errorf("lab bin dir: %w", err)
+	}
+	for _, e := range ents {
+		p := filepath.Join(dir, e.Name())
+		for hop := 0; hop < 40; hop++ {
+			target, err := os.Readlink(p)
+			if err != nil {
+				break // not a symlink: the end of the chain
+			}
+			if !filepath.IsAbs(target) {
+				target = filepath.Join(filepath.Dir(p), target)
+			}
+			p = filepath.Clean(target)
+			d := p
+			if fi, err := os.Lstat(p); err == nil && !fi.IsDir() {
+				d = filepath.Dir(p)
+			}
+			if !seen[d] && !systemDir(d) {
+				seen[d] = true
+				out = append(out, d)
+			}
+		}
+	}
+	return out, nil
+}
+
+// systemDir reports whether d is where a machine keeps its own programs
+// (bin/terraform links into /usr/local/bin): bound from the host it would
+// hide the machine's own, and the roles install binaries there.
+func systemDir(d string) bool {
+	for _, p := range []string{"/usr", "/bin", "/sbin", "/lib", "/lib64", "/etc", "/opt", "/var", "/srv"} {
+		if d == p || strings.HasPrefix(d, p+"/") {
+			return true
+		}
+	}
+	return false
 }
 
 // labKey returns the lab's SSH key pair in dir (0700; the private key
@@ -610,6 +673,9 @@ func startMachine(m *Machine, bridge string) error {
 		"systemd-nspawn", "-D", m.Root(), "--boot", "--machine="+m.Unit, "--hostname="+m.Name,
 		"--register=no", "--keep-unit", "--network-bridge="+bridge,
 		"--resolv-conf=off", "--console=passive")
+	for _, d := range m.Shared {
+		cmd.Args = append(cmd.Args, "--bind-ro="+d)
+	}
 	cmd.Env = append(os.Environ(), "LAB_CGROUPS="+strings.Join(join, " "))
 	cmd.Stdout, cmd.Stderr = console, console
 	// Its own session: the machine outlives `lab up` and a terminal's ^C.
