@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"maps"
 	"os"
 	"path/filepath"
 	"slices"
@@ -159,5 +160,60 @@ func TestPrepareSSH(t *testing.T) {
 		if r.SSH != tc.ssh {
 			t.Errorf("%s provider: Runner.SSH = %v, want %v", tc.provider.Type, r.SSH, tc.ssh)
 		}
+	}
+}
+
+// A node's digest changes with what its play reads for it and nothing
+// else: a new client or another node's token leaves it as it was, so up
+// runs the roles on the nodes that changed only.
+func TestNodeDigests(t *testing.T) {
+	stateDir := t.TempDir()
+	state, store, err := stages.OpenReadOnly(stateDir, secrets.NewRedactor())
+	if err != nil {
+		t.Fatal(err)
+	}
+	e := stages.NewEnv(&config.Platform{Dir: t.TempDir(), Provider: config.Provider{Type: "local", Local: &config.LocalProvider{}}}, stateDir, store, state, nil, nil)
+	node := func(name, ip string, roles ...string) inventory.Node {
+		return inventory.Node{Name: name, Roles: roles, PrivateIP: ip, Local: &inventory.Local{Root: "/n/" + name, BinDir: "/b"}}
+	}
+	digestsOf := func(nodes []inventory.Node, tokens map[string]string, gossip string) map[string]string {
+		t.Helper()
+		inv := &inventory.Inventory{Version: inventory.Version, Nodes: nodes}
+		d, err := digests(e, inv, Play{
+			Tag: "consul", Roles: []string{"common", "consul"}, Hosts: inventory.Names(nodes),
+			Secrets: map[string]string{"gossip": gossip}, NodeSecrets: map[string]map[string]string{"tokens": tokens},
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(d) != len(nodes) {
+			t.Fatalf("%d digests for %d nodes", len(d), len(nodes))
+		}
+		return d
+	}
+	s1, c1, c2 := node("server-1", "127.0.1.1", "server"), node("client-1", "127.0.1.2", "client"), node("client-2", "127.0.1.3", "client")
+	tokens := map[string]string{"server-1": "a", "client-1": "b"}
+	base := digestsOf([]inventory.Node{s1, c1}, tokens, "k")
+	if again := digestsOf([]inventory.Node{s1, c1}, tokens, "k"); !maps.Equal(again, base) {
+		t.Error("the same inputs gave other digests")
+	}
+
+	// A new client with its own token: the others' digests stay.
+	more := digestsOf([]inventory.Node{s1, c1, c2}, map[string]string{"server-1": "a", "client-1": "b", "client-2": "c"}, "k")
+	if more["server-1"] != base["server-1"] || more["client-1"] != base["client-1"] {
+		t.Error("adding client-2 changed the digests of server-1 or client-1")
+	}
+	// One node's token: that node only.
+	if d := digestsOf([]inventory.Node{s1, c1}, map[string]string{"server-1": "a", "client-1": "new"}, "k"); d["server-1"] != base["server-1"] || d["client-1"] == base["client-1"] {
+		t.Errorf("client-1's new token: server-1 changed %v, client-1 changed %v", d["server-1"] != base["server-1"], d["client-1"] != base["client-1"])
+	}
+	// A shared secret or a server's address: every node (retry_join lists
+	// the servers).
+	if d := digestsOf([]inventory.Node{s1, c1}, tokens, "k2"); d["server-1"] == base["server-1"] || d["client-1"] == base["client-1"] {
+		t.Error("a new gossip key left a node's digest as it was")
+	}
+	moved := node("server-1", "127.0.1.9", "server")
+	if d := digestsOf([]inventory.Node{moved, c1}, tokens, "k"); d["client-1"] == base["client-1"] {
+		t.Error("a server's new address left client-1's digest as it was")
 	}
 }

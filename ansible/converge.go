@@ -6,10 +6,10 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
+	"maps"
 	"os"
 	"path/filepath"
 	"slices"
-	"sort"
 
 	"github.com/platform-bootstrap/bootstrap/internal/fsutil"
 	"github.com/platform-bootstrap/bootstrap/internal/inventory"
@@ -21,7 +21,7 @@ import (
 type Play struct {
 	// Tag selects the plays of site.yml (vault, consul, nomad).
 	Tag string
-	// Hosts limits the run (empty: every host of the tagged plays).
+	// Hosts are the nodes the play configures (empty: every node).
 	Hosts []string
 	// Roles are the roles the tagged plays use; their files are part of the
 	// digest.
@@ -32,60 +32,126 @@ type Play struct {
 	// file in the secret store, passed with -e @file, part of the digest
 	// only as a hash.
 	Secrets map[string]string
+	// NodeSecrets are secrets with a value per node (variable → node →
+	// value), passed as one object per variable. A node's digest covers
+	// only its own value, so a new node's token changes no other node.
+	NodeSecrets map[string]map[string]string
 }
 
-// digestNote is the stage's note of its play's digest: its own business,
-// not an output.
+// digestNote is the stage's note of its nodes' digests (a JSON object, node
+// → digest of the play's inputs for that node): its own business, not an
+// output.
 func digestNote(tag string) string { return "ansible_" + tag + "_digest" }
 
-// Pending reports why the play must run ("" when its inputs are unchanged
-// since its last successful run). Callers also check that the services it
+// Pending reports, for each node of the play whose inputs changed since the
+// play last succeeded on it, why. Callers also check that the services it
 // manages answer: a digest says nothing about a process that died.
-func Pending(e *stages.Env, inv *inventory.Inventory, p Play) (string, error) {
-	d, err := digest(e, inv, p)
+func Pending(e *stages.Env, inv *inventory.Inventory, p Play) (map[string]string, error) {
+	want, err := digests(e, inv, p)
 	if err != nil {
-		return "", err
+		return nil, err
 	}
-	switch e.Note(digestNote(p.Tag)) {
-	case "":
-		return "first run", nil
-	case d:
-		return "", nil
+	note := e.Note(digestNote(p.Tag))
+	var have map[string]string
+	if json.Unmarshal([]byte(note), &have) != nil {
+		have = nil // none yet, or one digest for the whole play (older versions)
 	}
-	return "configuration or roles changed", nil
+	out := map[string]string{}
+	for node, d := range want {
+		switch {
+		case note == "":
+			out[node] = "first run"
+		case have[node] == d:
+		case have != nil && have[node] == "":
+			out[node] = "new node"
+		default:
+			out[node] = "configuration or roles changed"
+		}
+	}
+	return out, nil
 }
 
-func digest(e *stages.Env, inv *inventory.Inventory, p Play) (string, error) {
+// digests returns each node's digest of what the play reads for it: the
+// roles, the shared variables, its own host variables and groups, the
+// addresses of the servers and Vault nodes the templates list, and the
+// secrets. Other nodes' host variables are left out, so adding a client
+// leaves the others' digests as they were.
+func digests(e *stages.Env, inv *inventory.Inventory, p Play) (map[string]string, error) {
 	ai := BuildInventory(e, inv, p.Vars)
-	keys := make([]string, 0, len(p.Secrets))
-	for k := range p.Secrets {
-		keys = append(keys, k)
+	peers := map[string][]string{}
+	for _, g := range []string{"servers", "vault"} {
+		for _, n := range ai.Groups[g] {
+			peers[g] = append(peers[g], n+"="+fmt.Sprint(ai.Hosts[n]["node_ip"]))
+		}
 	}
-	sort.Strings(keys)
 	h := sha256.New()
-	for _, k := range keys {
+	for _, k := range slices.Sorted(maps.Keys(p.Secrets)) {
 		fmt.Fprintf(h, "%s=%s\n", k, p.Secrets[k])
 	}
-	return Digest(p.Roles, map[string]any{"inventory": ai, "hosts": p.Hosts, "secrets": hex.EncodeToString(h.Sum(nil))})
+	shared := hex.EncodeToString(h.Sum(nil))
+	out := map[string]string{}
+	for _, node := range playHosts(inv, p) {
+		var groups []string
+		for _, g := range slices.Sorted(maps.Keys(ai.Groups)) {
+			if slices.Contains(ai.Groups[g], node) {
+				groups = append(groups, g)
+			}
+		}
+		h := sha256.New()
+		for _, k := range slices.Sorted(maps.Keys(p.NodeSecrets)) {
+			fmt.Fprintf(h, "%s=%s\n", k, p.NodeSecrets[k][node])
+		}
+		d, err := Digest(p.Roles, map[string]any{
+			"vars":         ai.Vars,
+			"host":         ai.Hosts[node],
+			"groups":       groups,
+			"peers":        peers,
+			"secrets":      shared,
+			"node_secrets": hex.EncodeToString(h.Sum(nil)),
+		})
+		if err != nil {
+			return nil, err
+		}
+		out[node] = d
+	}
+	return out, nil
 }
 
-// Converge runs the play and records its digest.
-func Converge(ctx context.Context, e *stages.Env, inv *inventory.Inventory, p Play) error {
-	d, err := digest(e, inv, p)
+// playHosts are the nodes p configures.
+func playHosts(inv *inventory.Inventory, p Play) []string {
+	if len(p.Hosts) > 0 {
+		return p.Hosts
+	}
+	return inventory.Names(inv.Nodes)
+}
+
+// Converge runs the play on hosts (every node of the play when empty) and
+// records their digests.
+func Converge(ctx context.Context, e *stages.Env, inv *inventory.Inventory, p Play, hosts []string) error {
+	want, err := digests(e, inv, p)
 	if err != nil {
 		return err
 	}
-	ai := BuildInventory(e, inv, p.Vars)
-	if err := checkBinaries(ai, p.Hosts, p.Roles); err != nil {
+	if len(hosts) == 0 {
+		hosts = playHosts(inv, p)
+	}
+	if err := checkBinaries(BuildInventory(e, inv, p.Vars), hosts, p.Roles); err != nil {
 		return err
 	}
 	r, err := prepare(e, inv, p.Tag, p.Vars)
 	if err != nil {
 		return err
 	}
-	if len(p.Secrets) > 0 {
+	if len(p.Secrets) > 0 || len(p.NodeSecrets) > 0 {
+		vars := map[string]any{}
+		for k, v := range p.Secrets {
+			vars[k] = v
+		}
+		for k, v := range p.NodeSecrets {
+			vars[k] = v
+		}
 		name := "ansible/" + p.Tag + "-vars.json"
-		sb, err := json.Marshal(p.Secrets)
+		sb, err := json.Marshal(vars)
 		if err != nil {
 			return err
 		}
@@ -94,10 +160,26 @@ func Converge(ctx context.Context, e *stages.Env, inv *inventory.Inventory, p Pl
 		}
 		r.VarsFiles = append(r.VarsFiles, e.Secrets.Path(name))
 	}
-	if err := r.Run(ctx, "site.yml", []string{p.Tag}, p.Hosts); err != nil {
+	if err := r.Run(ctx, "site.yml", []string{p.Tag}, hosts); err != nil {
 		return err
 	}
-	return e.SetNote(digestNote(p.Tag), d)
+	var have map[string]string
+	if json.Unmarshal([]byte(e.Note(digestNote(p.Tag))), &have) != nil || have == nil {
+		have = map[string]string{}
+	}
+	for node := range have {
+		if _, ok := want[node]; !ok {
+			delete(have, node) // no longer in the play
+		}
+	}
+	for _, node := range hosts {
+		have[node] = want[node]
+	}
+	b, err := json.Marshal(have)
+	if err != nil {
+		return err
+	}
+	return e.SetNote(digestNote(p.Tag), string(b))
 }
 
 // roleBinaries are the programs a role installs from bin_dir.

@@ -2,7 +2,6 @@ package pki
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"net/netip"
@@ -363,46 +362,26 @@ func (r *reconciler) sharedTemplateTokens(ctx context.Context) error {
 	return nil
 }
 
-// TemplateTokensJSON returns the consul-template tokens of nodes from the
-// secret store as one JSON object, node name → token: the form the
-// consul_template Ansible role picks its node's token from. missing names
-// the first node that has no token yet ("" when all have one).
-func TemplateTokensJSON(e *stages.Env, nodes []inventory.Node) (tokens, missing string, err error) {
-	m := map[string]string{}
-	for _, n := range nodes {
-		v, ok, err := e.Secrets.Get(ConsulTemplateTokenSecret(n.Name))
-		if err != nil {
-			return "", "", err
-		}
-		if !ok {
-			return "", n.Name, nil
-		}
-		m[n.Name] = strings.TrimSpace(v)
-	}
-	// Map keys are sorted, so the same tokens give the same text (the
-	// Ansible digest).
-	b, err := json.Marshal(m)
-	if err != nil {
-		return "", "", err
-	}
-	return string(b), "", nil
-}
-
 // TemplateTokensVar is the secret Ansible variable holding every node's
-// consul-template token: a JSON object, node name → token, from which the
+// consul-template token: an object, node name → token, from which the
 // consul_template role takes its node's own. The consul and nomad plays
 // both run that role.
 const TemplateTokensVar = "consul_template_tokens"
 
-// TemplateTokens returns the value of TemplateTokensVar for the nodes of
-// inv. The pki stage makes the tokens; until it has, it is not ready.
-func TemplateTokens(e *stages.Env, inv *inventory.Inventory) (string, error) {
-	tokens, missing, err := TemplateTokensJSON(e, ConsulTemplateNodes(inv))
-	if err != nil {
-		return "", err
+// TemplateTokens returns the consul-template tokens of inv's nodes from the
+// secret store, node name → token. The pki stage makes the tokens; until it
+// has, it is not ready.
+func TemplateTokens(e *stages.Env, inv *inventory.Inventory) (map[string]string, error) {
+	m := map[string]string{}
+	for _, n := range ConsulTemplateNodes(inv) {
+		v, ok, err := e.Secrets.Get(ConsulTemplateTokenSecret(n.Name))
+		if err != nil {
+			return nil, err
+		}
+		if !ok {
+			return nil, stages.NotReadyf("the consul-template token of node %s does not exist yet (pki stage)", n.Name)
+		}
+		m[n.Name] = strings.TrimSpace(v)
 	}
-	if missing != "" {
-		return "", stages.NotReadyf("the consul-template token of node %s does not exist yet (pki stage)", missing)
-	}
-	return tokens, nil
+	return m, nil
 }

@@ -116,23 +116,50 @@ func (as Agents) Server() inventory.Node {
 	return *first
 }
 
-// Converge records installing the service when Ansible's inputs changed
-// (reason) and starting it on every node whose agent does not answer.
-// Applying runs the play, run, once for all of them.
-func (s Service) Converge(p *reconcile.Plan, reason string, as Agents, run func() error) error {
-	if reason != "" {
-		if err := p.Do(reconcile.Install, s.Name+" on every node", reason, run); err != nil {
+// Converge records installing the service on the nodes whose Ansible
+// inputs changed (pending: node → why) and starting it on every node whose
+// agent does not answer. Applying runs the play, run, once, on those nodes
+// only: a new client or a dead agent leaves the others alone.
+func (s Service) Converge(p *reconcile.Plan, pending map[string]string, as Agents, run func(hosts []string) error) error {
+	hosts := slices.Sorted(maps.Keys(pending))
+	for _, n := range as.Down() {
+		if _, ok := pending[n]; !ok {
+			hosts = append(hosts, n)
+		}
+	}
+	do := func() error { return run(hosts) }
+	if why := sameReason(pending); why != "" && len(pending) == len(as) && len(as) > 1 {
+		if err := p.Do(reconcile.Install, s.Name+" on every node", why, do); err != nil {
 			return err
 		}
-		run = nil
+		do = nil
+	} else {
+		for _, node := range slices.Sorted(maps.Keys(pending)) {
+			if err := p.Do(reconcile.Install, s.Name+" on "+node, pending[node], do); err != nil {
+				return err
+			}
+			do = nil
+		}
 	}
 	for _, node := range as.Down() {
-		if err := p.Do(reconcile.Start, s.Name+" on "+node, "not answering", run); err != nil {
+		if err := p.Do(reconcile.Start, s.Name+" on "+node, "not answering", do); err != nil {
 			return err
 		}
-		run = nil
+		do = nil
 	}
 	return nil
+}
+
+// sameReason is the reason every pending node shares, or "".
+func sameReason(pending map[string]string) string {
+	why := ""
+	for _, r := range pending {
+		if why != "" && r != why {
+			return ""
+		}
+		why = r
+	}
+	return why
 }
 
 // WaitLeader waits until every agent of inv answers and the servers agree on

@@ -170,16 +170,39 @@ func TestAgents(t *testing.T) {
 	}
 
 	// Installing is planned once for the changed inputs and the node that
-	// is down; applying runs the play once.
-	runs := 0
-	run := func() error { runs++; return nil }
+	// is down; applying runs the play once, on those nodes.
+	var runs [][]string
+	run := func(hosts []string) error { runs = append(runs, hosts); return nil }
+	all := map[string]string{}
+	for _, n := range nodes {
+		all[n.Name] = "inputs changed"
+	}
 	p := &reconcile.Plan{}
-	if err := svc.Converge(p, "inputs changed", as, run); err != nil || len(p.Changes) != 2 || runs != 0 {
-		t.Errorf("plan: err %v, changes %v, %d runs", err, p.Changes, runs)
+	if err := svc.Converge(p, all, as, run); err != nil || len(p.Changes) != 2 || len(runs) != 0 {
+		t.Errorf("plan: err %v, changes %v, runs %v", err, p.Changes, runs)
+	}
+	if len(p.Changes) > 0 && p.Changes[0].Target != "toy on every node" {
+		t.Errorf("every node pending: %v, want one change for every node", p.Changes[0])
 	}
 	p = &reconcile.Plan{Apply: true}
-	if err := svc.Converge(p, "", as, run); err != nil || len(p.Changes) != 1 || runs != 1 {
-		t.Errorf("apply: err %v, changes %v, %d runs", err, p.Changes, runs)
+	if err := svc.Converge(p, all, as, run); err != nil || len(runs) != 1 || len(runs[0]) != len(nodes) {
+		t.Errorf("apply: err %v, runs %v", err, runs)
+	}
+	// Only the dead agent: the play runs on its node alone.
+	runs = nil
+	p = &reconcile.Plan{Apply: true}
+	if err := svc.Converge(p, nil, as, run); err != nil || len(p.Changes) != 1 || len(runs) != 1 || !slices.Equal(runs[0], []string{"s1"}) {
+		t.Errorf("dead agent: err %v, changes %v, runs %v", err, p.Changes, runs)
+	}
+	// A new node and the dead agent: one change each, one run on both.
+	runs = nil
+	p = &reconcile.Plan{Apply: true}
+	if err := svc.Converge(p, map[string]string{"c3": "new node"}, as, run); err != nil || len(p.Changes) != 2 ||
+		len(runs) != 1 || !slices.Equal(runs[0], []string{"c3", "s1"}) {
+		t.Errorf("new node: err %v, changes %v, runs %v", err, p.Changes, runs)
+	}
+	if len(p.Changes) > 0 && (p.Changes[0].Target != "toy on c3" || p.Changes[0].Detail != "new node") {
+		t.Errorf("new node: first change %+v", p.Changes[0])
 	}
 
 	down["s1"] = false

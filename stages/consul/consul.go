@@ -83,7 +83,6 @@ func load(ctx context.Context, e *stages.Env) (*deps, error) {
 	if err != nil {
 		return nil, err
 	}
-	secrets[pki.TemplateTokensVar] = tokens
 	if _, err := os.Stat(e.CAFile("consul")); err != nil {
 		return nil, stages.NotReadyf("the consul CA (%s) does not exist yet: the pki stage has not run", e.CAFile("consul"))
 	}
@@ -95,10 +94,12 @@ func load(ctx context.Context, e *stages.Env) (*deps, error) {
 		inv:   inv,
 		vault: vc,
 		play: ansible.Play{
-			Tag:     "consul",
-			Roles:   []string{"common", "consul_template", "consul"},
-			Vars:    map[string]any{"vault_addr": addr, "consul_cert_ttl": e.Config.PKI.LeafTTL, "consul_dns": e.Config.Consul.DNS},
-			Secrets: secrets,
+			Tag:         "consul",
+			Roles:       []string{"common", "consul_template", "consul"},
+			Vars:        map[string]any{"vault_addr": addr, "consul_cert_ttl": e.Config.PKI.LeafTTL, "consul_dns": e.Config.Consul.DNS},
+			Hosts:       inventory.Names(pki.ConsulTemplateNodes(inv)),
+			Secrets:     secrets,
+			NodeSecrets: map[string]map[string]string{pki.TemplateTokensVar: tokens},
 		},
 	}, nil
 }
@@ -151,13 +152,13 @@ func converge(ctx context.Context, e *stages.Env, p *reconcile.Plan) error {
 	if err != nil {
 		return err
 	}
-	reason, err := ansible.Pending(e, d.inv, d.play)
+	pending, err := ansible.Pending(e, d.inv, d.play)
 	if err != nil {
 		return err
 	}
 	svc := service(e)
 	as := svc.Probe(ctx, d.inv.Nodes)
-	if err := svc.Converge(p, reason, as, func() error { return ansible.Converge(ctx, e, d.inv, d.play) }); err != nil {
+	if err := svc.Converge(p, pending, as, func(hosts []string) error { return ansible.Converge(ctx, e, d.inv, d.play, hosts) }); err != nil {
 		return err
 	}
 	servers := d.inv.WithRole(inventory.RoleServer)

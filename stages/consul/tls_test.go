@@ -1,7 +1,6 @@
 package consul
 
 import (
-	"encoding/json"
 	"errors"
 	"io"
 	"net/http"
@@ -147,19 +146,12 @@ func TestTemplateTokens(t *testing.T) {
 	if err := e.Secrets.Put(pki.ConsulTemplateTokenSecret("client-1"), "hvs.client"); err != nil {
 		t.Fatal(err)
 	}
-	s, err := pki.TemplateTokens(e, inv)
+	got, err := pki.TemplateTokens(e, inv)
 	if err != nil {
-		t.Fatal(err)
-	}
-	var got map[string]string
-	if err := json.Unmarshal([]byte(s), &got); err != nil {
 		t.Fatal(err)
 	}
 	if len(got) != 2 || got["server-1"] != "hvs.server" || got["client-1"] != "hvs.client" {
 		t.Errorf("tokens: %v", got)
-	}
-	if again, _ := pki.TemplateTokens(e, inv); again != s {
-		t.Error("the same tokens gave another text (the Ansible digest would change)")
 	}
 }
 

@@ -96,7 +96,6 @@ func load(e *stages.Env) (*deps, error) {
 	if err != nil {
 		return nil, err
 	}
-	secrets[pki.TemplateTokensVar] = tokens
 	vc, err := pki.NewClient(addr, e.State.Output(stages.OutVaultCACert))
 	if err != nil {
 		return nil, err
@@ -105,10 +104,12 @@ func load(e *stages.Env) (*deps, error) {
 		inv:   inv,
 		vault: vc,
 		play: ansible.Play{
-			Tag:     "nomad",
-			Roles:   []string{"common", "consul_template", "cni", "nomad"},
-			Vars:    map[string]any{"vault_addr": addr, "nomad_cert_ttl": e.Config.PKI.LeafTTL},
-			Secrets: secrets,
+			Tag:         "nomad",
+			Roles:       []string{"common", "consul_template", "cni", "nomad"},
+			Vars:        map[string]any{"vault_addr": addr, "nomad_cert_ttl": e.Config.PKI.LeafTTL},
+			Hosts:       inventory.Names(pki.ConsulTemplateNodes(inv)),
+			Secrets:     secrets,
+			NodeSecrets: map[string]map[string]string{pki.TemplateTokensVar: tokens},
 		},
 	}, nil
 }
@@ -161,13 +162,13 @@ func converge(ctx context.Context, e *stages.Env, p *reconcile.Plan) error {
 	if err != nil {
 		return err
 	}
-	reason, err := ansible.Pending(e, d.inv, d.play)
+	pending, err := ansible.Pending(e, d.inv, d.play)
 	if err != nil {
 		return err
 	}
 	svc := service(e)
 	as := svc.Probe(ctx, d.inv.Nodes)
-	if err := svc.Converge(p, reason, as, func() error { return ansible.Converge(ctx, e, d.inv, d.play) }); err != nil {
+	if err := svc.Converge(p, pending, as, func(hosts []string) error { return ansible.Converge(ctx, e, d.inv, d.play, hosts) }); err != nil {
 		return err
 	}
 	servers := d.inv.WithRole(inventory.RoleServer)

@@ -7,6 +7,7 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"maps"
 	"net"
 	"net/http"
 	"os"
@@ -340,13 +341,75 @@ func TestConsulAndNomad(t *testing.T) {
 		if r.Code != 4 || !strings.Contains(r.Stdout, "start nomad on "+node) {
 			t.Errorf("plan with %s down: exit %d\n%s", node, r.Code, r.Stdout)
 		}
+		var others []string
+		for _, n := range []string{"server-1", "server-2", "server-3", "client-1", "client-2"} {
+			if n != node {
+				others = append(others, n)
+			}
+		}
+		before := agentPids(t, p, others...)
 		p.Up("--only", "consul,nomad")
+		// The play ran on the dead node alone: no other agent restarted.
+		if after := agentPids(t, p, others...); !maps.Equal(after, before) {
+			t.Errorf("agents of the other nodes restarted: %v, then %v", before, after)
+		}
 		raft, err := survivor.Operator().RaftGetConfiguration(nil)
 		if err != nil {
 			t.Fatal(err)
 		}
 		if len(raft.Servers) != 3 {
 			t.Errorf("nomad raft has %d servers after the restart, want 3", len(raft.Servers))
+		}
+	})
+
+	t.Run("a new client is configured alone", func(t *testing.T) {
+		p := p.T(t)
+		only := []string{"--only", "keys,provision,vault,pki,consul,nomad"}
+		cfg, err := os.ReadFile(p.Config)
+		if err != nil {
+			t.Fatal(err)
+		}
+		p.WriteConfig(strings.Replace(string(cfg), "provider \"local\" {\n", "provider \"local\" {\n  clients = 3\n", 1))
+		old := []string{"server-1", "server-2", "server-3", "client-1", "client-2"}
+		before := agentPids(t, p, old...)
+		r := p.Run(append([]string{"plan"}, only...))
+		for _, want := range []string{"install consul on client-3 (new node)", "create node client-3"} {
+			if r.Code != 4 || !strings.Contains(r.Stdout, want) {
+				t.Errorf("plan with clients = 3: exit %d, want %q\n%s", r.Code, want, r.Stdout)
+			}
+		}
+		if strings.Contains(r.Stdout, "on every node") {
+			t.Errorf("plan with clients = 3 runs the roles on every node:\n%s", r.Stdout)
+		}
+		p.Up(only...)
+		if after := agentPids(t, p, old...); !maps.Equal(after, before) {
+			t.Errorf("adding client-3 restarted agents of other nodes: %v, then %v", before, after)
+		}
+		deadline := time.Now().Add(time.Minute)
+		for {
+			nodes, _, err := c.nomad(t, c.nomadMgmt).Nodes().List(nil)
+			ready := false
+			for _, n := range nodes {
+				ready = ready || n.Name == "client-3" && n.Status == "ready"
+			}
+			if ready {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("client-3 is not a ready nomad node: %v", err)
+			}
+			time.Sleep(time.Second)
+		}
+		members, err := c.consul(t, c.consulMgmt).Agent().Members(false)
+		if err != nil {
+			t.Fatal(err)
+		}
+		joined := false
+		for _, m := range members {
+			joined = joined || m.Name == "client-3" && m.Status == 1 // alive
+		}
+		if !joined {
+			t.Error("client-3 is not an alive consul member")
 		}
 	})
 
@@ -483,4 +546,21 @@ func servedSerial(t *testing.T, addr, caFile string) string {
 	defer conn.Close()
 	c := conn.ConnectionState().PeerCertificates[0]
 	return c.SerialNumber.String()
+}
+
+// agentPids returns the pids of the consul and nomad agents of nodes, from
+// their pid files: "node/agent" → pid.
+func agentPids(t *testing.T, p *platformtest.Platform, nodes ...string) map[string]int {
+	t.Helper()
+	out := map[string]int{}
+	for _, n := range nodes {
+		for _, svc := range []string{"consul", "nomad"} {
+			pid, err := proc.ReadPidFile(filepath.Join(p.StateDir(), "nodes", n, "run", svc+".pid"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			out[n+"/"+svc] = pid
+		}
+	}
+	return out
 }

@@ -297,8 +297,11 @@ func localInventory(cfg *config.Platform, stateDir string) (*inventory.Inventory
 			Local: &inventory.Local{Root: filepath.Join(stateDir, "nodes", name), BinDir: binDir},
 		})
 	}
+	// Every client has a slice of Nomad's dynamic port range of the same
+	// size whatever their number, so adding a client leaves the others'
+	// configuration, and agents, as they were.
 	const lo, hi = 20000, 32000
-	span := (hi - lo) / l.Clients
+	const span = (hi - lo) / (config.MaxLocalNodes - 1)
 	for i := 1; i <= l.Clients; i++ {
 		name := fmt.Sprintf("client-%d", i)
 		min := lo + (i-1)*span

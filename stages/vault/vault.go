@@ -15,8 +15,10 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
 	"net"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -210,18 +212,18 @@ func (s *Stage) converge(ctx context.Context, e *stages.Env, p *reconcile.Plan) 
 		return err
 	}
 	tlsChanged := len(p.Changes) > 0 || tlsStale(e, nodes)
-	reason, err := ansible.Pending(e, inv, s.play(e, nodes))
+	pending, err := ansible.Pending(e, inv, s.play(e, nodes))
 	if err != nil {
 		return err
 	}
 	hs := probe(ctx, e, nodes)
 	// One Ansible run installs, configures and starts Vault everywhere: the
 	// first change that needs it runs it, the others are made by that run.
-	play := func() error { return ansible.Converge(ctx, e, inv, s.play(e, nodes)) }
+	play := func() error { return ansible.Converge(ctx, e, inv, s.play(e, nodes), nil) }
 	once := func() func() error { f := play; play = nil; return f }
 	switch {
-	case reason != "":
-		err = p.Do(reconcile.Install, "vault on "+strings.Join(inventory.Names(nodes), ", "), reason, once())
+	case len(pending) > 0:
+		err = p.Do(reconcile.Install, "vault on "+strings.Join(inventory.Names(nodes), ", "), reasons(pending), once())
 	case tlsChanged:
 		err = p.Do(reconcile.Update, "vault TLS files on the nodes", "", once())
 	}
@@ -505,7 +507,7 @@ func (s *Stage) recoverLostInit(ctx context.Context, e *stages.Env, inv *invento
 			return nil, err
 		}
 	}
-	if err := ansible.Converge(ctx, e, inv, s.play(e, nodes)); err != nil {
+	if err := ansible.Converge(ctx, e, inv, s.play(e, nodes), nil); err != nil {
 		return nil, err
 	}
 	hs, err := waitUp(ctx, e, nodes)
@@ -685,4 +687,19 @@ func (s *Stage) Status(ctx context.Context, e *stages.Env) ([]stages.StatusLine,
 		out = append(out, l)
 	}
 	return out, nil
+}
+
+// reasons says why the play runs: the reason all pending nodes share, or
+// each node's.
+func reasons(pending map[string]string) string {
+	var out []string
+	for _, n := range slices.Sorted(maps.Keys(pending)) {
+		out = append(out, n+": "+pending[n])
+	}
+	if len(slices.Compact(slices.Sorted(maps.Values(pending)))) == 1 {
+		for _, r := range pending {
+			return r
+		}
+	}
+	return strings.Join(out, "; ")
 }

@@ -31,6 +31,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/platform-bootstrap/bootstrap/internal/proc"
 )
 
 func main() {
@@ -68,6 +70,10 @@ type result struct {
 	converged, down  time.Duration
 	floorErr, upErr  error
 	downErr, convErr error
+	// Day 2, measured on the main platform: up after client-1's agents
+	// were killed, and up after one more client was configured.
+	repair, scaleOut       time.Duration
+	repairErr, scaleOutErr error
 }
 
 type phase struct {
@@ -122,7 +128,7 @@ func run(ctx context.Context, out io.Writer, binDir, bootstrap, skip string, cou
 	}
 	fmt.Fprintf(out, "\n# load after: %s\n", uptime())
 	for _, r := range results {
-		for _, err := range []error{r.floorErr, r.upErr, r.convErr, r.downErr} {
+		for _, err := range []error{r.floorErr, r.upErr, r.convErr, r.repairErr, r.scaleOutErr, r.downErr} {
 			if err != nil {
 				return fmt.Errorf("%d client(s): %w", r.clients, err)
 			}
@@ -165,7 +171,7 @@ func measure(ctx context.Context, tmp, floor, binDir, bootstrap, skip string, n 
 		return r
 	}
 	cfg := filepath.Join(dir, "platform.hcl")
-	if err := os.WriteFile(cfg, []byte(fmt.Sprintf("provider \"local\" {\n  clients = %d\n  subnet  = \"127.0.8.0/24\"\n  bin_dir = %q\n}\n", n, binDir)), 0o600); err != nil {
+	if err := os.WriteFile(cfg, []byte(localConfig(n, binDir)), 0o600); err != nil {
 		r.upErr = err
 		return r
 	}
@@ -210,6 +216,15 @@ func measure(ctx context.Context, tmp, floor, binDir, bootstrap, skip string, n 
 	if full && r.upErr == nil {
 		fmt.Fprintf(os.Stderr, "bench: converged up, %d client(s)\n", n)
 		r.converged, _, r.convErr = bs(ctx, upArgs...)
+
+		fmt.Fprintf(os.Stderr, "bench: repair of client-1, %d client(s)\n", n)
+		if r.repairErr = killAgents(filepath.Join(dir, ".bootstrap", "nodes", "client-1")); r.repairErr == nil {
+			r.repair, _, r.repairErr = bs(ctx, upArgs...)
+		}
+		fmt.Fprintf(os.Stderr, "bench: scale out to %d client(s)\n", n+1)
+		if r.scaleOutErr = os.WriteFile(cfg, []byte(localConfig(n+1, binDir)), 0o600); r.scaleOutErr == nil {
+			r.scaleOut, _, r.scaleOutErr = bs(ctx, upArgs...)
+		}
 	}
 	return r
 }
@@ -253,6 +268,8 @@ func report(out io.Writer, r result, full bool) {
 	}
 	if full && r.upErr == nil {
 		fmt.Fprintf(out, "converged up       %s\n", secs(r.converged, r.convErr))
+		fmt.Fprintf(out, "repair one client  %s (its consul and nomad agents killed, then up)\n", secs(r.repair, r.repairErr))
+		fmt.Fprintf(out, "add one client     %s (clients = %d, then up)\n", secs(r.scaleOut, r.scaleOutErr), r.clients+1)
 	}
 	fmt.Fprintf(out, "down               %s", secs(r.down, r.downErr))
 	for i, s := range r.downStages {
@@ -280,7 +297,7 @@ func report(out io.Writer, r result, full bool) {
 		}
 		fmt.Fprintf(out, "%s   %s\n", left, right)
 	}
-	for _, err := range []error{r.floorErr, r.upErr, r.convErr, r.downErr} {
+	for _, err := range []error{r.floorErr, r.upErr, r.convErr, r.repairErr, r.scaleOutErr, r.downErr} {
 		if err != nil {
 			fmt.Fprintf(out, "error: %v\n", err)
 		}
@@ -334,4 +351,24 @@ func tail(s string, n int) string {
 		lines = lines[len(lines)-n:]
 	}
 	return strings.Join(lines, "\n")
+}
+
+// localConfig is the platform.hcl of a local platform with n clients.
+func localConfig(n int, binDir string) string {
+	return fmt.Sprintf("provider \"local\" {\n  clients = %d\n  subnet  = \"127.0.8.0/24\"\n  bin_dir = %q\n}\n", n, binDir)
+}
+
+// killAgents kills the consul and nomad agents of the node whose directory
+// is root, by the pids in its pid files.
+func killAgents(root string) error {
+	for _, svc := range []string{"consul", "nomad"} {
+		pid, err := proc.ReadPidFile(filepath.Join(root, "run", svc+".pid"))
+		if err != nil {
+			return err
+		}
+		if err := syscall.Kill(pid, syscall.SIGKILL); err != nil {
+			return fmt.Errorf("kill %s (%d): %w", svc, pid, err)
+		}
+	}
+	return nil
 }
