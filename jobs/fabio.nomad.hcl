@@ -125,6 +125,10 @@ locals {
     registry.consul.register.enabled = false
     registry.consul.service.status = passing
     metrics.target = prometheus
+    # The default prefix is the host's name: on a machine named client-1 the
+    # metric names are invalid and Fabio panics at start. Prometheus labels
+    # the targets' instances anyway.
+    metrics.prefix = fabio
     metrics.prometheus.subsystem = fabio
     log.access.target =
   EOT
