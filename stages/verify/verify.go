@@ -521,9 +521,13 @@ func probeJob(v *env) *nomadapi.Job {
 	var task *nomadapi.Task
 	if v.e.Config.Provider.Local != nil || v.e.Config.Jobs.Driver == "raw_exec" || v.e.Config.Jobs.Driver == "exec" {
 		bin := v.inv.WithRole(inventory.RoleClient)[0].Local
+		// The local provider's clients, or machines that run the jobs'
+		// binaries from the provider's bin_dir (the jobs stage's profile).
 		dir := ""
 		if bin != nil {
 			dir = bin.BinDir
+		} else if m := v.e.Config.Provider.Machines(); m != nil {
+			dir = m.BinDir
 		}
 		task = nomadapi.NewTask("probe", "raw_exec").SetConfig("command", filepath.Join(dir, "prometheus-node-exporter")).SetConfig("args", args)
 	} else {
