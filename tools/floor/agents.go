@@ -238,8 +238,8 @@ ui {
 
 // startAgents writes each node's configuration of product and starts every
 // agent at once.
-func (p *platform) startAgents(product string, config func(inventory.Node) string) error {
-	for _, n := range p.inv.Nodes {
+func (p *platform) startAgents(product string, nodes []inventory.Node, config func(inventory.Node) string) error {
+	for _, n := range nodes {
 		file := path(n, "config", product+".d", product+".hcl")
 		if err := writeFile(file, config(n), 0o600); err != nil {
 			return err
@@ -269,11 +269,12 @@ func (p *platform) startAgents(product string, config func(inventory.Node) strin
 	return nil
 }
 
-// waitLeader waits until every node's agent answers and names a leader.
-func (p *platform) waitLeader(ctx context.Context, leader func(context.Context, inventory.Node) (string, error)) error {
+// waitLeader waits until the agent of every node of nodes answers and names
+// a leader.
+func (p *platform) waitLeader(ctx context.Context, nodes []inventory.Node, leader func(context.Context, inventory.Node) (string, error)) error {
 	return poll(ctx, 100*time.Millisecond, func() error {
 		var errs []error
-		for _, n := range p.inv.Nodes {
+		for _, n := range nodes {
 			l, err := leader(ctx, n)
 			if err == nil && l == "" {
 				err = errors.New("no leader")

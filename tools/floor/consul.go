@@ -48,7 +48,7 @@ func (p *platform) consul(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	if err := p.startAgents("consul", func(n inventory.Node) string { return p.consulConfig(n, strings.TrimSpace(gossip)) }); err != nil {
+	if err := p.startAgents("consul", p.inv.Nodes, func(n inventory.Node) string { return p.consulConfig(n, strings.TrimSpace(gossip)) }); err != nil {
 		return err
 	}
 	servers := p.inv.WithRole(inventory.RoleServer)
@@ -64,7 +64,7 @@ func (p *platform) consul(ctx context.Context) error {
 	agent := func(n inventory.Node, token string) (*consulapi.Client, error) {
 		return cluster.ConsulAgent(p.e, n, token)
 	}
-	if err := p.waitLeader(ctx, func(ctx context.Context, n inventory.Node) (string, error) {
+	if err := p.waitLeader(ctx, p.inv.Nodes, func(ctx context.Context, n inventory.Node) (string, error) {
 		c, err := agent(n, "")
 		if err != nil {
 			return "", err

@@ -39,11 +39,6 @@ func (p *platform) nomad(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	if err := p.startAgents("nomad", func(n inventory.Node) string {
-		return p.nomadConfig(n, strings.TrimSpace(gossip), strings.TrimSpace(consulToken))
-	}); err != nil {
-		return err
-	}
 	servers := p.inv.WithRole(inventory.RoleServer)
 	for k, v := range map[string]string{
 		stages.OutNomadAddr:          stages.NomadAddr(servers[0]),
@@ -54,7 +49,10 @@ func (p *platform) nomad(ctx context.Context) error {
 			return err
 		}
 	}
-	if err := p.waitLeader(ctx, func(ctx context.Context, n inventory.Node) (string, error) {
+	agentConfig := func(n inventory.Node) string {
+		return p.nomadConfig(n, strings.TrimSpace(gossip), strings.TrimSpace(consulToken))
+	}
+	leader := func(ctx context.Context, n inventory.Node) (string, error) {
 		c, err := cluster.NomadAgent(p.e, n, "")
 		if err != nil {
 			return "", err
@@ -62,7 +60,20 @@ func (p *platform) nomad(ctx context.Context) error {
 		var leader string
 		_, err = c.Raw().Query("/v1/status/leader", &leader, (&nomadapi.QueryOptions{}).WithContext(ctx))
 		return leader, err
-	}); err != nil {
+	}
+	// Servers first, clients once there is a leader, as the nomad role
+	// does: a client that registers before the leader's keyring exists is
+	// refused and retries only 15-30 s later.
+	if err := p.startAgents("nomad", servers, agentConfig); err != nil {
+		return err
+	}
+	if err := p.waitLeader(ctx, servers, leader); err != nil {
+		return fmt.Errorf("leader: %w", err)
+	}
+	if err := p.startAgents("nomad", p.inv.WithRole(inventory.RoleClient), agentConfig); err != nil {
+		return err
+	}
+	if err := p.waitLeader(ctx, p.inv.Nodes, leader); err != nil {
 		return fmt.Errorf("leader: %w", err)
 	}
 
