@@ -1,0 +1,211 @@
+// Package labe2e_test runs bootstrap's path to production end to end on the
+// machine lab: a static inventory of real systemd machines reached over
+// SSH, services as systemd units, binaries copied over (install_method
+// binary), then down, and each machine is diffed against how it was.
+package labe2e_test
+
+import (
+	"context"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/platform-bootstrap/bootstrap/internal/lab"
+	"github.com/platform-bootstrap/bootstrap/internal/platformtest"
+)
+
+func TestLabProduction(t *testing.T) {
+	if testing.Short() {
+		t.Skip("boots a lab of systemd machines and a platform on it; skipped with -short")
+	}
+	if err := lab.Available(); err != nil {
+		if os.Getenv("BOOTSTRAP_REQUIRE_TOOLS") == "1" {
+			t.Fatalf("the machine lab cannot run (BOOTSTRAP_REQUIRE_TOOLS=1): %v", err)
+		}
+		t.Skipf("the machine lab cannot run: %v", err)
+	}
+	labDir := t.TempDir()
+	// Registered first, so it runs last: after the platform's own cleanup.
+	t.Cleanup(func() {
+		if err := lab.Down(context.Background(), labDir); err != nil {
+			t.Errorf("cleanup: lab down: %v", err)
+		}
+	})
+	p := platformtest.Prepare(t)
+	ctx := context.Background()
+
+	start := time.Now()
+	st, err := lab.Up(ctx, lab.Config{Dir: labDir, Name: "le", Net: 202, Nodes: lab.Nodes(servers, clients), BinDir: platformtest.BinDir(), Log: testLog{t}})
+	if err != nil {
+		t.Fatalf("lab up: %v", err)
+	}
+	t.Logf("lab up, %d machines: %s", len(st.Machines), time.Since(start).Round(time.Second))
+	hcl, err := os.ReadFile(st.ConfigFile())
+	if err != nil {
+		t.Fatal(err)
+	}
+	p.WriteConfig(string(hcl))
+
+	before := map[string]snapshot{}
+	for _, m := range st.Machines {
+		before[m.Name] = snap(t, m)
+	}
+
+	start = time.Now()
+	r := p.Up()
+	t.Logf("bootstrap up: %s\n%s", time.Since(start).Round(time.Second), r.Stdout)
+
+	t.Run("services are systemd units", func(t *testing.T) {
+		for _, m := range st.Machines {
+			want := []string{"consul.service", "nomad.service"}
+			if m.Name == "server-1" {
+				want = append(want, "vault.service")
+			}
+			for _, u := range want {
+				out, err := lab.Exec(ctx, m, "systemctl", "is-active", u)
+				if err != nil || strings.TrimSpace(string(out)) != "active" {
+					t.Errorf("%s: %s is %q: %v", m.Name, u, strings.TrimSpace(string(out)), err)
+				}
+			}
+		}
+	})
+
+	// verify is up's last stage: what a user checks by hand (Prometheus's
+	// targets, Grafana's dashboards, Fabio's routes, the UIs), on the
+	// machines' addresses.
+	t.Run("verify", func(t *testing.T) {
+		if !strings.Contains(r.Stdout, "verify     changed") {
+			t.Errorf("up did not run the verify stage:\n%s", r.Stdout)
+		}
+		p := p.T(t)
+		start := time.Now()
+		p.Up("--only", "verify")
+		t.Logf("verify again: %s", time.Since(start).Round(time.Second))
+	})
+
+	t.Run("second up changes nothing", func(t *testing.T) {
+		p := p.T(t)
+		start := time.Now()
+		r := p.Up()
+		t.Logf("second up: %s", time.Since(start).Round(time.Second))
+		if strings.Contains(r.Stdout, " changed ") {
+			t.Errorf("a stage changed on the second up:\n%s", r.Stdout)
+		}
+	})
+
+	t.Run("down leaves each machine as it was", func(t *testing.T) {
+		p := p.T(t)
+		start := time.Now()
+		if r := p.Run([]string{"down", "--auto-approve"}); r.Code != 0 {
+			t.Fatalf("down: exit %d\n%s", r.Code, r.Output())
+		}
+		t.Logf("down: %s", time.Since(start).Round(time.Second))
+		for _, m := range st.Machines {
+			if d := before[m.Name].diff(snap(t, m)); d != "" {
+				t.Errorf("%s differs after down:\n%s", m.Name, d)
+			}
+		}
+	})
+	p.AssertNoSecrets()
+}
+
+// The machines: enough for quorum and for jobs on more than one client.
+const servers, clients = 3, 2
+
+// snapshot is what a machine holds: its file tree (type, mode, owner,
+// size; not times) and its systemd units.
+type snapshot struct {
+	files map[string]string
+	units map[string]string
+}
+
+// volatile are paths that change on a machine whether or not bootstrap ran,
+// and Ansible's own remote temporary directory, which every run over SSH
+// creates (bootstrap's runs leave their empty subdirectories there).
+var volatile = []string{"proc", "sys", "dev", "run", "tmp", "var/tmp", "var/log", "var/cache", "var/lib/systemd", "var/lib/dhcp", "root/.ansible"}
+
+func snap(t *testing.T, m lab.Machine) snapshot {
+	t.Helper()
+	s := snapshot{files: map[string]string{}, units: map[string]string{}}
+	root := m.Root()
+	err := filepath.WalkDir(root, func(p string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		rel, _ := filepath.Rel(root, p)
+		for _, v := range volatile {
+			if rel == v {
+				return filepath.SkipDir
+			}
+		}
+		fi, err := d.Info()
+		if err != nil {
+			return err
+		}
+		desc := fi.Mode().String()
+		switch {
+		case fi.Mode().IsRegular():
+			desc += fmt.Sprintf(" %d bytes", fi.Size())
+		case fi.Mode()&fs.ModeSymlink != 0:
+			target, _ := os.Readlink(p)
+			desc += " -> " + target
+		}
+		s.files[rel] = desc
+		return nil
+	})
+	if err != nil {
+		t.Fatalf("%s: walk its tree: %v", m.Name, err)
+	}
+	out, err := lab.Exec(context.Background(), m, "systemctl", "list-units", "--all", "--plain", "--no-legend", "--no-pager")
+	if err != nil {
+		t.Fatalf("%s: list units: %v\n%s", m.Name, err, out)
+	}
+	for _, line := range strings.Split(string(out), "\n") {
+		f := strings.Fields(line)
+		if len(f) < 4 {
+			continue
+		}
+		// Which units exist and load, not their runtime state: a target
+		// the platform's units pulled in (network-online) stays active.
+		s.units[f[0]] = f[1]
+	}
+	return s
+}
+
+// diff lists what was added, removed or changed, at most 60 lines.
+func (a snapshot) diff(b snapshot) string {
+	var lines []string
+	cmp := func(kind string, x, y map[string]string) {
+		for k, v := range y {
+			if w, ok := x[k]; !ok {
+				lines = append(lines, fmt.Sprintf("+ %s %s (%s)", kind, k, v))
+			} else if w != v {
+				lines = append(lines, fmt.Sprintf("~ %s %s (%s, was %s)", kind, k, v, w))
+			}
+		}
+		for k, v := range x {
+			if _, ok := y[k]; !ok {
+				lines = append(lines, fmt.Sprintf("- %s %s (%s)", kind, k, v))
+			}
+		}
+	}
+	cmp("file", a.files, b.files)
+	cmp("unit", a.units, b.units)
+	sort.Strings(lines)
+	if len(lines) > 60 {
+		lines = append(lines[:60], fmt.Sprintf("... and %d more", len(lines)-60))
+	}
+	return strings.Join(lines, "\n")
+}
+
+type testLog struct{ t *testing.T }
+
+func (l testLog) Write(b []byte) (int, error) {
+	l.t.Log(strings.TrimRight(string(b), "\n"))
+	return len(b), nil
+}
