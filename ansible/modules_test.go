@@ -2,12 +2,14 @@ package ansible
 
 import (
 	"encoding/json"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
 	"syscall"
 	"testing"
+	"time"
 
 	"github.com/platform-bootstrap/bootstrap/internal/proc"
 )
@@ -24,16 +26,7 @@ type moduleResult struct {
 // runModule runs module with args on localhost with the real Ansible.
 func runModule(t *testing.T, module string, args map[string]any, extra ...string) moduleResult {
 	t.Helper()
-	if testing.Short() {
-		t.Skip("runs ansible")
-	}
-	bin, err := exec.LookPath("ansible")
-	if err != nil {
-		if os.Getenv("BOOTSTRAP_REQUIRE_TOOLS") == "1" {
-			t.Fatal(err)
-		}
-		t.Skip("ansible is not installed")
-	}
+	bin := needAnsible(t)
 	dir := t.TempDir()
 	if err := Extract(dir); err != nil {
 		t.Fatal(err)
@@ -152,10 +145,25 @@ func TestProcessServiceModule(t *testing.T) {
 		t.Errorf("the old process %d still runs after the restart", first)
 	}
 
-	// A dead service (stale pid file) is started again.
-	syscall.Kill(running(), syscall.SIGKILL)
+	// A dead service (stale pid file) is started again. Where no one reaps
+	// the orphan it stays a zombie, which the module must count as dead.
+	dead := running()
+	syscall.Kill(dead, syscall.SIGKILL)
+	for i := 0; i < 100 && alive(dead); i++ {
+		time.Sleep(50 * time.Millisecond)
+	}
 	if r := runModule(t, "process_service", args(false)); !r.Changed || r.Failed {
 		t.Errorf("after the process died: %+v, want changed", r)
 	}
 	running()
+}
+
+// alive reports whether pid runs: it exists and is not a zombie.
+func alive(pid int) bool {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return false
+	}
+	s := string(b)
+	return !strings.HasPrefix(s[strings.LastIndex(s, ")")+1:], " Z")
 }

@@ -23,16 +23,7 @@ import (
 // here, consul_dns by the consul stage's play) and are covered by the
 // platform tests, which query Consul's DNS.
 func TestConsulUISetting(t *testing.T) {
-	if testing.Short() {
-		t.Skip("runs ansible")
-	}
-	bin, err := exec.LookPath("ansible")
-	if err != nil {
-		if os.Getenv("BOOTSTRAP_REQUIRE_TOOLS") == "1" {
-			t.Fatal(err)
-		}
-		t.Skip("ansible is not installed")
-	}
+	bin := needAnsible(t)
 	for _, ui := range []bool{true, false} {
 		got := renderConsulConfig(t, bin, func(c *config.Platform) { c.Consul.UI = ui })
 		want := map[string]bool{"server-1": ui, "client-1": false}
@@ -122,4 +113,21 @@ func writeTestFile(t *testing.T, path string, b []byte) {
 	if err := os.WriteFile(path, b, 0o600); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// needAnsible returns the path of the ansible command, or skips the test
+// (fails it when BOOTSTRAP_REQUIRE_TOOLS=1) where there is none.
+func needAnsible(t *testing.T) string {
+	t.Helper()
+	if testing.Short() {
+		t.Skip("runs ansible")
+	}
+	bin, err := exec.LookPath("ansible")
+	if err != nil {
+		if os.Getenv("BOOTSTRAP_REQUIRE_TOOLS") == "1" {
+			t.Fatal(err)
+		}
+		t.Skip("ansible is not installed")
+	}
+	return bin
 }

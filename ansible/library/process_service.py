@@ -22,6 +22,21 @@ import os
 from ansible.module_utils.basic import AnsibleModule
 
 
+def zombie(pidfile):
+    """Whether the pid file names a process that died and was not reaped:
+    start-stop-daemon counts it as running, and in a container whose PID 1
+    does not reap orphans it stays so until the container stops."""
+    try:
+        with open(pidfile) as f:
+            pid = int(f.read().strip())
+        with open("/proc/%d/stat" % pid) as f:
+            # The state follows the command name, which is in parentheses
+            # and may hold spaces.
+            return f.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except (OSError, ValueError, IndexError):
+        return False
+
+
 def main():
     m = AnsibleModule(
         argument_spec=dict(
@@ -43,7 +58,7 @@ def main():
     rc, _, err = m.run_command([ssd, "--status", "--pidfile", pidfile])
     if rc not in (0, 1, 3):
         m.fail_json(msg="start-stop-daemon --status %s: %s" % (p["name"], err))
-    running = rc == 0
+    running = rc == 0 and not zombie(pidfile)
     if running and not p["restart"]:
         m.exit_json(changed=False, state="running")
     if m.check_mode:
