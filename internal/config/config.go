@@ -270,9 +270,13 @@ type Nomad struct {
 	// DeployNamespaces are the namespaces the CI deploy token may write to
 	// (default: every application namespace).
 	DeployNamespaces []string `hcl:"deploy_namespaces,optional"`
+	// DrainDeadline bounds how long a client that leaves the platform
+	// (scale in) is drained: allocations still on it then are stopped.
+	DrainDeadline string `hcl:"drain_deadline,optional"`
 
 	NamespacesRange       hcl.Range `hcl:"namespaces,attr_value_range"`
 	DeployNamespacesRange hcl.Range `hcl:"deploy_namespaces,attr_value_range"`
+	DrainDeadlineRange    hcl.Range `hcl:"drain_deadline,attr_value_range"`
 }
 
 // Jobs configures the platform jobs.

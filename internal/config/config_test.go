@@ -64,7 +64,7 @@ func TestMinimalDefaults(t *testing.T) {
 	if c := p.Consul; c.Domain != "consul" || !c.UI || !c.DNS {
 		t.Errorf("consul = %+v", c)
 	}
-	if n := p.Nomad; !reflect.DeepEqual(n.Namespaces, []string{"dev", "prod"}) || len(n.DeployNamespaces) != 0 {
+	if n := p.Nomad; !reflect.DeepEqual(n.Namespaces, []string{"dev", "prod"}) || len(n.DeployNamespaces) != 0 || n.DrainDeadline != "5m" {
 		t.Errorf("nomad = %+v", n)
 	}
 	j := p.Jobs
@@ -146,7 +146,7 @@ func TestFullConfig(t *testing.T) {
 	if c := p.Consul; c.Domain != "cluster.internal" || c.UI || c.DNS {
 		t.Errorf("consul = %+v", c)
 	}
-	if n := p.Nomad; !reflect.DeepEqual(n.Namespaces, []string{"dev", "staging", "prod"}) || !reflect.DeepEqual(n.DeployNamespaces, []string{"dev", "staging"}) {
+	if n := p.Nomad; !reflect.DeepEqual(n.Namespaces, []string{"dev", "staging", "prod"}) || !reflect.DeepEqual(n.DeployNamespaces, []string{"dev", "staging"}) || n.DrainDeadline != "90s" {
 		t.Errorf("nomad = %+v", n)
 	}
 	j := p.Jobs

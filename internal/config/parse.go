@@ -31,7 +31,7 @@ func Defaults() *Platform {
 			RevokeRootToken: true,
 		},
 		Consul: Consul{Domain: "consul", UI: true, DNS: true},
-		Nomad:  Nomad{Namespaces: []string{"dev", "prod"}},
+		Nomad:  Nomad{Namespaces: []string{"dev", "prod"}, DrainDeadline: "5m"},
 		Jobs: Jobs{
 			Driver:       "auto",
 			Fabio:        Job{Enabled: true, CPU: 100, Memory: 128},

@@ -392,6 +392,9 @@ func (v *validator) nomad() {
 			v.errorf(or(n.DeployNamespacesRange, def), "Unknown deploy namespace", "deploy namespace %q is not in namespaces %q; the CI token may only deploy to application namespaces.", ns, n.Namespaces)
 		}
 	}
+	if d := v.ttl(n.DrainDeadline, or(n.DrainDeadlineRange, def), "drain_deadline"); d > 24*time.Hour {
+		v.errorf(or(n.DrainDeadlineRange, def), "Drain deadline too long", "drain_deadline = %q: a removed client would keep `up` waiting that long; use at most \"24h\" (\"5m\" is the default).", n.DrainDeadline)
+	}
 }
 
 func (v *validator) jobs() {

@@ -419,6 +419,108 @@ func TestConsulAndNomad(t *testing.T) {
 		}
 	})
 
+	t.Run("a removed client is drained, then leaves Nomad and Consul", func(t *testing.T) {
+		p := p.T(t)
+		nc := c.nomad(t, c.nomadMgmt)
+		// An application on client-3 (its affinity), free to move.
+		job := sleeper("drain-probe", "dev")
+		job.TaskGroups[0].Affinities = []*nomadapi.Affinity{{LTarget: "${node.unique.name}", RTarget: "client-3", Operand: "=", Weight: ptr[int8](100)}}
+		if _, _, err := nc.Jobs().Register(job, nil); err != nil {
+			t.Fatal(err)
+		}
+		waitRunning(t, nc, "drain-probe", "dev")
+		q := &nomadapi.QueryOptions{Namespace: "dev"}
+		allocs, _, err := nc.Jobs().Allocations("drain-probe", false, q)
+		if err != nil || len(allocs) != 1 || allocs[0].NodeName != "client-3" {
+			t.Fatalf("drain-probe should run on client-3 alone: %v %v", allocs, err)
+		}
+		onClient3 := allocs[0].ID
+
+		cfg, err := os.ReadFile(p.Config)
+		if err != nil {
+			t.Fatal(err)
+		}
+		p.WriteConfig(strings.Replace(string(cfg), "  clients = 3\n", "", 1))
+		only := []string{"--only", "keys,provision,vault,pki,consul,nomad"}
+		if r := p.Run(append([]string{"plan"}, only...)); r.Code != 4 || !strings.Contains(r.Stdout, "delete node client-3") || !strings.Contains(r.Stdout, "drains its allocations (deadline 5m)") {
+			t.Errorf("plan with client-3 removed: exit %d, want its drain\n%s", r.Code, r.Stdout)
+		}
+		others := []string{"server-1", "server-2", "server-3", "client-1", "client-2"}
+		before := agentPids(t, p, others...)
+		p.Up(only...)
+
+		// Drained: Nomad stopped the allocation and placed its replacement
+		// before the node went; a node that just died would have left it
+		// running until its heartbeat expired, then lost.
+		old, _, err := nc.Allocations().Info(onClient3, q)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if old.ClientStatus != "complete" || old.DesiredTransition.Migrate == nil || !*old.DesiredTransition.Migrate {
+			t.Errorf("client-3's allocation: client status %q, migrate %v; want complete and migrated by a drain", old.ClientStatus, old.DesiredTransition.Migrate)
+		}
+		allocs, _, err = nc.Jobs().Allocations("drain-probe", false, q)
+		if err != nil {
+			t.Fatal(err)
+		}
+		moved := false
+		for _, a := range allocs {
+			moved = moved || a.ID != onClient3 && a.NodeName != "client-3" && a.ClientStatus == "running"
+		}
+		if !moved {
+			t.Errorf("no allocation of drain-probe runs elsewhere once up returned: %v", allocs)
+		}
+		nodes, _, err := nc.Nodes().List(nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, n := range nodes {
+			if n.Name == "client-3" {
+				t.Errorf("nomad still lists client-3 (%s)", n.Status)
+			}
+		}
+		members, err := c.consul(t, c.consulMgmt).Agent().Members(false)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, m := range members {
+			if m.Name == "client-3" {
+				t.Errorf("consul still lists client-3 (status %d)", m.Status)
+			}
+		}
+		if _, err := os.Stat(filepath.Join(p.StateDir(), "nodes", "client-3")); !errors.Is(err, os.ErrNotExist) {
+			t.Errorf("client-3's node directory: %v, want it removed", err)
+		}
+		if after := agentPids(t, p, others...); !maps.Equal(after, before) {
+			t.Errorf("removing client-3 restarted agents of other nodes: %v, then %v", before, after)
+		}
+		if r := p.Run(append([]string{"plan"}, only...)); r.Code != 0 {
+			t.Errorf("plan after the removal: exit %d, want no changes\n%s", r.Code, r.Stdout)
+		}
+		if _, _, err := nc.Jobs().Deregister("drain-probe", true, &nomadapi.WriteOptions{Namespace: "dev"}); err != nil {
+			t.Error(err)
+		}
+	})
+
+	t.Run("removing a server is refused and changes nothing", func(t *testing.T) {
+		p := p.T(t)
+		cfg, err := os.ReadFile(p.Config)
+		if err != nil {
+			t.Fatal(err)
+		}
+		p.WriteConfig(strings.Replace(string(cfg), "provider \"local\" {\n", "provider \"local\" {\n  servers = 1\n", 1))
+		defer p.WriteConfig(string(cfg))
+		for _, cmd := range []string{"plan", "up"} {
+			r := p.Run([]string{cmd, "--only", "provision"})
+			if r.Code == 0 || !strings.Contains(r.Output(), "removing servers is not supported yet") {
+				t.Errorf("%s with servers = 1: exit %d, want a refusal\n%s", cmd, r.Code, r.Output())
+			}
+		}
+		if _, err := os.Stat(filepath.Join(p.StateDir(), "nodes", "server-3")); err != nil {
+			t.Errorf("server-3 after the refused up: %v", err)
+		}
+	})
+
 	t.Run("agent certificates renew", func(t *testing.T) {
 		// leaf_ttl is 3m: consul-template re-issues before expiry and the
 		// agents serve the new certificate after their reload.

@@ -62,11 +62,14 @@ func (s *Stage) Plan(ctx context.Context, e *stages.Env) ([]stages.Change, error
 	if err != nil {
 		return nil, err
 	}
+	if err := refuseServerRemoval(e.Config, removed(have, want)); err != nil {
+		return nil, err
+	}
 	var out []stages.Change
 	if have == nil {
 		out = append(out, stages.Change{Action: "create", Target: "inventory", Detail: fmt.Sprintf("%d node(s), %s provider", len(want.Nodes), e.Config.Provider.Type)})
 	} else {
-		out = append(out, diffNodes(have, want)...)
+		out = append(out, diffNodes(e.Config, have, want)...)
 	}
 	for _, n := range want.Nodes {
 		if n.Local == nil {
@@ -92,7 +95,7 @@ func loadExisting(e *stages.Env) (*inventory.Inventory, error) {
 	return inv, err
 }
 
-func diffNodes(have, want *inventory.Inventory) []stages.Change {
+func diffNodes(cfg *config.Platform, have, want *inventory.Inventory) []stages.Change {
 	var out []stages.Change
 	for _, w := range want.Nodes {
 		h, ok := have.Node(w.Name)
@@ -103,10 +106,8 @@ func diffNodes(have, want *inventory.Inventory) []stages.Change {
 			out = append(out, stages.Change{Action: "update", Target: "node " + w.Name, Detail: describeDiff(h, w)})
 		}
 	}
-	for _, h := range have.Nodes {
-		if _, ok := want.Node(h.Name); !ok {
-			out = append(out, stages.Change{Action: "delete", Target: "node " + h.Name, Detail: "stops its services and removes it"})
-		}
+	for _, h := range removed(have, want) {
+		out = append(out, stages.Change{Action: "delete", Target: "node " + h.Name, Detail: retireDetail(cfg, h)})
 	}
 	return out
 }
@@ -141,14 +142,12 @@ func (s *Stage) Apply(ctx context.Context, e *stages.Env) error {
 	if err != nil {
 		return err
 	}
-	if have != nil {
-		for _, h := range have.Nodes {
-			if _, ok := want.Node(h.Name); !ok && h.Local != nil {
-				e.Step("removing node %s", h.Name)
-				if err := removeLocalNode(ctx, h); err != nil {
-					return err
-				}
-			}
+	if gone := removed(have, want); len(gone) > 0 {
+		if err := refuseServerRemoval(e.Config, gone); err != nil {
+			return err
+		}
+		if err := retire(ctx, e, gone); err != nil {
+			return err
 		}
 	}
 	for _, n := range want.Nodes {

@@ -63,7 +63,7 @@ func planTerraform(ctx context.Context, e *stages.Env) ([]stages.Change, error) 
 	if have == nil {
 		return []stages.Change{{Action: "create", Target: "inventory", Detail: "from the module's bootstrap_inventory output"}}, nil
 	}
-	return diffNodes(have, want), nil
+	return diffNodes(e.Config, have, want), nil
 }
 
 func applyTerraform(ctx context.Context, e *stages.Env) error {

@@ -71,6 +71,7 @@ consul {
 nomad {
   namespaces        = ["dev", "staging", "prod"]
   deploy_namespaces = ["dev", "staging"]
+  drain_deadline    = "90s"
 }
 
 jobs {

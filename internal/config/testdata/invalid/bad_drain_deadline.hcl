@@ -1,0 +1,5 @@
+provider "local" {}
+
+nomad {
+  drain_deadline = "soon"
+}

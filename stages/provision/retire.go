@@ -1,0 +1,209 @@
+package provision
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+
+	consulapi "github.com/hashicorp/consul/api"
+	nomadapi "github.com/hashicorp/nomad/api"
+
+	"github.com/platform-bootstrap/bootstrap/ansible"
+	"github.com/platform-bootstrap/bootstrap/internal/cluster"
+	"github.com/platform-bootstrap/bootstrap/internal/config"
+	"github.com/platform-bootstrap/bootstrap/internal/inventory"
+	"github.com/platform-bootstrap/bootstrap/internal/parallel"
+	"github.com/platform-bootstrap/bootstrap/internal/poll"
+	"github.com/platform-bootstrap/bootstrap/stages"
+)
+
+// A node the configuration no longer has leaves the platform in order:
+// Nomad drains its allocations onto the other clients (within the drain
+// deadline), its agents stop (Consul's client agent leaves the cluster on
+// SIGTERM), then Nomad forgets the node and Consul prunes it from its
+// members. Each step is safe to repeat, so a run killed halfway finishes on
+// the next one: the node stays in the recorded inventory until it is gone.
+
+// removed returns the recorded nodes that want no longer has.
+func removed(have, want *inventory.Inventory) []inventory.Node {
+	var out []inventory.Node
+	if have == nil {
+		return nil
+	}
+	for _, h := range have.Nodes {
+		if _, ok := want.Node(h.Name); !ok {
+			out = append(out, h)
+		}
+	}
+	return out
+}
+
+// refuseServerRemoval reports removed servers as an error. A server that
+// leaves must leave Raft one at a time with quorum kept; until that is
+// built, stopping one (or two of three at once) would lose the cluster.
+func refuseServerRemoval(cfg *config.Platform, gone []inventory.Node) error {
+	var servers []string
+	for _, n := range gone {
+		if n.Has(inventory.RoleServer) || n.Has(inventory.RoleVault) {
+			servers = append(servers, n.Name)
+		}
+	}
+	if len(servers) == 0 {
+		return nil
+	}
+	return fmt.Errorf("%s: the configuration removes server node(s) %s; removing servers is not supported yet (they would leave Raft without keeping quorum). Restore the server count, or run `bootstrap down` and `up` to rebuild the platform", cfg.Filename, strings.Join(servers, ", "))
+}
+
+// retireDetail is what the plan says of a removed node.
+func retireDetail(cfg *config.Platform, n inventory.Node) string {
+	if n.Has(inventory.RoleClient) {
+		return fmt.Sprintf("drains its allocations (deadline %s), stops its services, removes it from Nomad and Consul", cfg.Nomad.DrainDeadline)
+	}
+	return "stops its services and removes it"
+}
+
+// retire takes gone out of the platform and stops them.
+func retire(ctx context.Context, e *stages.Env, gone []inventory.Node) error {
+	nc, cc, err := clusterClients(e)
+	if err != nil {
+		return err
+	}
+	if nc != nil {
+		if err := parallel.Each(gone, func(n inventory.Node) error { return drain(ctx, e, nc, n) }); err != nil {
+			return err
+		}
+	}
+	var local, remote []inventory.Node
+	for _, n := range gone {
+		if n.Local != nil {
+			local = append(local, n)
+		} else {
+			remote = append(remote, n)
+		}
+	}
+	e.Step("stopping node(s) %s", strings.Join(inventory.Names(gone), ", "))
+	if err := parallel.Each(local, func(n inventory.Node) error { return removeLocalNode(ctx, n) }); err != nil {
+		return err
+	}
+	if len(remote) > 0 {
+		if err := ansible.Teardown(ctx, e, &inventory.Inventory{Version: inventory.Version, Nodes: remote}); err != nil {
+			return err
+		}
+	}
+	return parallel.Each(gone, func(n inventory.Node) error { return forget(e, nc, cc, n) })
+}
+
+// clusterClients returns management clients of the Nomad and Consul servers,
+// nil for a cluster whose ACLs are not bootstrapped yet (nothing to drain or
+// forget there).
+func clusterClients(e *stages.Env) (*nomadapi.Client, *consulapi.Client, error) {
+	get := func(name string) (string, error) {
+		v, ok, err := e.Secrets.Get(name)
+		if err != nil || !ok {
+			return "", err
+		}
+		return strings.TrimSpace(v), nil
+	}
+	var nc *nomadapi.Client
+	var cc *consulapi.Client
+	if tok, err := get(stages.SecretNomadBootstrapToken); err != nil {
+		return nil, nil, err
+	} else if tok != "" && e.State.Output(stages.OutNomadAddr) != "" {
+		if nc, err = cluster.NomadServer(e, tok); err != nil {
+			return nil, nil, err
+		}
+	}
+	if tok, err := get(stages.SecretConsulBootstrapToken); err != nil {
+		return nil, nil, err
+	} else if addr := e.State.Output(stages.OutConsulAddr); tok != "" && addr != "" {
+		if cc, err = cluster.ConsulClient(addr, e.CAFile("consul"), e.ConsulServerName(), tok); err != nil {
+			return nil, nil, err
+		}
+	}
+	return nc, cc, nil
+}
+
+// nomadNode finds the Nomad node named name; nil when Nomad has none.
+func nomadNode(nc *nomadapi.Client, name string) (*nomadapi.NodeListStub, error) {
+	nodes, _, err := nc.Nodes().List(nil)
+	if err != nil {
+		return nil, fmt.Errorf("list nomad nodes: %w", err)
+	}
+	for _, n := range nodes {
+		if n.Name == name {
+			return n, nil
+		}
+	}
+	return nil, nil
+}
+
+// drain drains n's allocations and waits until none is left: the deadline
+// stops those that could not move in time.
+func drain(ctx context.Context, e *stages.Env, nc *nomadapi.Client, n inventory.Node) error {
+	if !n.Has(inventory.RoleClient) {
+		return nil
+	}
+	node, err := nomadNode(nc, n.Name)
+	if err != nil || node == nil || node.Status == nomadapi.NodeStatusDown {
+		return err
+	}
+	deadline, err := config.ParseDuration(e.Config.Nomad.DrainDeadline)
+	if err != nil {
+		return fmt.Errorf("drain_deadline: %w", err)
+	}
+	if node.Drain {
+		e.Step("waiting for the drain of %s", n.Name)
+	} else {
+		e.Step("draining %s (deadline %s)", n.Name, e.Config.Nomad.DrainDeadline)
+		spec := &nomadapi.DrainSpec{Deadline: deadline}
+		if _, err := nc.Nodes().UpdateDrainOpts(node.ID, &nomadapi.DrainOptions{DrainSpec: spec}, nil); err != nil {
+			return fmt.Errorf("drain %s: %w", n.Name, err)
+		}
+	}
+	// Nomad clears the drain strategy once every allocation has left the
+	// node; the margin covers the stop of those the deadline ends.
+	err = poll.Until(ctx, deadline+time.Minute, time.Second, func() (bool, error) {
+		info, _, err := nc.Nodes().Info(node.ID, nil)
+		if err != nil {
+			return false, nil
+		}
+		return info.DrainStrategy == nil, nil
+	})
+	if err != nil {
+		return fmt.Errorf("drain %s: not finished %s after its deadline: %w", n.Name, time.Minute, err)
+	}
+	return nil
+}
+
+// forget removes a stopped node from Nomad's node list and Consul's members.
+func forget(e *stages.Env, nc *nomadapi.Client, cc *consulapi.Client, n inventory.Node) error {
+	var errs []error
+	if nc != nil && n.Has(inventory.RoleClient) {
+		node, err := nomadNode(nc, n.Name)
+		if err == nil && node != nil {
+			_, _, err = nc.Nodes().Purge(node.ID, nil)
+		}
+		if err != nil {
+			errs = append(errs, fmt.Errorf("remove %s from nomad: %w", n.Name, err))
+		}
+	}
+	if cc != nil {
+		members, err := cc.Agent().Members(false)
+		if err == nil {
+			for _, m := range members {
+				if m.Name == n.Name {
+					err = cc.Agent().ForceLeavePrune(n.Name)
+				}
+			}
+		}
+		if err != nil {
+			errs = append(errs, fmt.Errorf("remove %s from consul: %w", n.Name, err))
+		}
+	}
+	if len(errs) == 0 {
+		e.Step("node %s removed from the platform", n.Name)
+	}
+	return errors.Join(errs...)
+}
