@@ -153,7 +153,7 @@ func TestPrepareSSH(t *testing.T) {
 			inventory.Node{Name: "server-1", Roles: []string{"server"}, PrivateIP: "10.0.0.1", SSH: inventory.SSH{User: "root", Port: 22}}, true},
 	} {
 		e := stages.NewEnv(&config.Platform{Dir: t.TempDir(), Provider: tc.provider}, stateDir, store, state, nil, nil)
-		r, err := prepare(e, &inventory.Inventory{Version: inventory.Version, Nodes: []inventory.Node{tc.node}}, "vault", nil)
+		r, err := prepare(e, &inventory.Inventory{Version: inventory.Version, Nodes: []inventory.Node{tc.node}}, "vault", nil, "")
 		if err != nil {
 			t.Fatal(err)
 		}

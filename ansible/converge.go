@@ -36,6 +36,10 @@ type Play struct {
 	// value), passed as one object per variable. A node's digest covers
 	// only its own value, so a new node's token changes no other node.
 	NodeSecrets map[string]map[string]string
+	// Leader is the node whose server leads the cluster, if any answered:
+	// site.yml restarts the servers one at a time and this one last. Not
+	// part of the digest: a new leader changes nothing on the nodes.
+	Leader string
 }
 
 // digestNote is the stage's note of its nodes' digests (a JSON object, node
@@ -138,7 +142,7 @@ func Converge(ctx context.Context, e *stages.Env, inv *inventory.Inventory, p Pl
 	if err := checkBinaries(BuildInventory(e, inv, p.Vars), hosts, p.Roles); err != nil {
 		return err
 	}
-	r, err := prepare(e, inv, p.Tag, p.Vars)
+	r, err := prepare(e, inv, p.Tag, p.Vars, p.Leader)
 	if err != nil {
 		return err
 	}
@@ -218,7 +222,7 @@ func checkBinaries(ai Inventory, hosts, roles []string) error {
 // Teardown stops the platform's services on every node and removes what the
 // roles installed (teardown.yml).
 func Teardown(ctx context.Context, e *stages.Env, inv *inventory.Inventory) error {
-	r, err := prepare(e, inv, "teardown", nil)
+	r, err := prepare(e, inv, "teardown", nil, "")
 	if err != nil {
 		return err
 	}
@@ -227,13 +231,19 @@ func Teardown(ctx context.Context, e *stages.Env, inv *inventory.Inventory) erro
 
 // prepare writes the playbooks and the inventory-<name>.json of a run to the
 // state directory and returns a runner that reports progress as steps.
-func prepare(e *stages.Env, inv *inventory.Inventory, name string, vars map[string]any) (*Runner, error) {
+func prepare(e *stages.Env, inv *inventory.Inventory, name string, vars map[string]any, leader string) (*Runner, error) {
 	dir := e.Path("ansible")
 	if err := Extract(dir); err != nil {
 		return nil, err
 	}
 	invFile := filepath.Join(dir, "inventory-"+name+".json")
-	b, err := json.MarshalIndent(BuildInventory(e, inv, vars), "", "  ")
+	ai := BuildInventory(e, inv, vars)
+	// Always present, so that site.yml's patterns name a known group.
+	ai.Groups["leader"] = nil
+	if leader != "" {
+		ai.Groups["leader"] = []string{leader}
+	}
+	b, err := json.MarshalIndent(ai, "", "  ")
 	if err != nil {
 		return nil, err
 	}

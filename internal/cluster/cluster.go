@@ -8,6 +8,7 @@ import (
 	"crypto/tls"
 	"fmt"
 	"maps"
+	"net"
 	"slices"
 	"strings"
 	"time"
@@ -75,6 +76,20 @@ func (as Agents) Leader() string {
 	return ""
 }
 
+// LeaderNode is the name of the node whose address the leader has, or "".
+func (as Agents) LeaderNode() string {
+	host, _, err := net.SplitHostPort(as.Leader())
+	if err != nil {
+		return ""
+	}
+	for _, a := range as {
+		if a.Node.PrivateIP == host || a.Node.PublicIP == host {
+			return a.Node.Name
+		}
+	}
+	return ""
+}
+
 // Down names the nodes whose agent did not answer.
 func (as Agents) Down() []string {
 	var out []string
@@ -129,6 +144,9 @@ func (s Service) Converge(p *reconcile.Plan, pending map[string]string, as Agent
 	}
 	do := func() error { return run(hosts) }
 	if why := sameReason(pending); why != "" && len(pending) == len(as) && len(as) > 1 {
+		if as.runningServers(pending) > 1 {
+			why += "; running servers restart one at a time, the leader last"
+		}
 		if err := p.Do(reconcile.Install, s.Name+" on every node", why, do); err != nil {
 			return err
 		}
@@ -148,6 +166,18 @@ func (s Service) Converge(p *reconcile.Plan, pending map[string]string, as Agent
 		do = nil
 	}
 	return nil
+}
+
+// runningServers counts the pending nodes that are servers whose agent
+// answers: those restart one by one if their configuration changed.
+func (as Agents) runningServers(pending map[string]string) int {
+	n := 0
+	for _, a := range as {
+		if _, ok := pending[a.Node.Name]; ok && a.Up() && a.Node.Has(inventory.RoleServer) {
+			n++
+		}
+	}
+	return n
 }
 
 // sameReason is the reason every pending node shares, or "".

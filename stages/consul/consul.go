@@ -158,7 +158,9 @@ func converge(ctx context.Context, e *stages.Env, p *reconcile.Plan) error {
 	}
 	svc := service(e)
 	as := svc.Probe(ctx, d.inv.Nodes)
-	if err := svc.Converge(p, pending, as, func(hosts []string) error { return ansible.Converge(ctx, e, d.inv, d.play, hosts) }); err != nil {
+	play := d.play
+	play.Leader = as.LeaderNode()
+	if err := svc.Converge(p, pending, as, func(hosts []string) error { return ansible.Converge(ctx, e, d.inv, play, hosts) }); err != nil {
 		return err
 	}
 	servers := d.inv.WithRole(inventory.RoleServer)

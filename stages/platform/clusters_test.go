@@ -20,6 +20,7 @@ import (
 	nomadapi "github.com/hashicorp/nomad/api"
 	vaultapi "github.com/hashicorp/vault/api"
 
+	"github.com/platform-bootstrap/bootstrap/internal/cluster"
 	"github.com/platform-bootstrap/bootstrap/internal/platformtest"
 	"github.com/platform-bootstrap/bootstrap/internal/proc"
 	"github.com/platform-bootstrap/bootstrap/stages/consul"
@@ -499,6 +500,130 @@ func TestConsulAndNomad(t *testing.T) {
 		}
 		if _, _, err := nc.Jobs().Deregister("drain-probe", true, &nomadapi.WriteOptions{Namespace: "dev"}); err != nil {
 			t.Error(err)
+		}
+	})
+
+	t.Run("changed server configurations restart the servers one at a time, the leader last", func(t *testing.T) {
+		p := p.T(t)
+		servers := []string{"server-1", "server-2", "server-3"}
+		leaderNode := func(addr string) string {
+			host, _, _ := net.SplitHostPort(addr)
+			for i, n := range servers {
+				if p.Subnet.IP(i+1) == host {
+					return n
+				}
+			}
+			t.Fatalf("leader %q is no server", addr)
+			return ""
+		}
+		cl, err := c.consul(t, c.consulMgmt).Status().Leader()
+		if err != nil {
+			t.Fatal(err)
+		}
+		nl, err := c.nomad(t, c.nomadMgmt).Status().Leader()
+		if err != nil {
+			t.Fatal(err)
+		}
+		leaders := map[string]string{"consul": leaderNode(cl), "nomad": leaderNode(nl)}
+
+		// Consul's UI setting changes the servers' configuration only; the
+		// Nomad servers' files are made to differ from what the role
+		// writes.
+		cfg, err := os.ReadFile(p.Config)
+		if err != nil {
+			t.Fatal(err)
+		}
+		p.WriteConfig(string(cfg) + "consul {\n  ui = false\n}\n")
+		for _, n := range servers {
+			f, err := os.OpenFile(filepath.Join(p.StateDir(), "nodes", n, "config", "nomad.d", "nomad.hcl"), os.O_APPEND|os.O_WRONLY, 0)
+			if err != nil {
+				t.Fatal(err)
+			}
+			fmt.Fprintln(f, "# changed by hand")
+			f.Close()
+		}
+		if r := p.Run([]string{"plan", "--only", "consul,nomad"}); r.Code != 4 || !strings.Contains(r.Stdout, "running servers restart one at a time, the leader last") {
+			t.Errorf("plan: exit %d, want the servers' rolling restart\n%s", r.Code, r.Stdout)
+		}
+
+		// Watch the servers' pids, and ask both clusters through client-1's
+		// agents (which forward to the servers) all along.
+		clients := []string{"client-1", "client-2"}
+		before := agentPids(t, p, clients...)
+		type restart struct {
+			node string
+			at   time.Time
+		}
+		restarts := map[string][]restart{}
+		var failures []string
+		reads := 0
+		ccli, err := cluster.ConsulClient(p.Subnet.IP(4)+":8501", c.env["CONSUL_CACERT"], "client.dc1.consul", c.consulMgmt)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ncli, err := cluster.NomadClient("https://"+p.Subnet.IP(4)+":4646", c.env["NOMAD_CACERT"], "client.global.nomad", c.nomadMgmt)
+		if err != nil {
+			t.Fatal(err)
+		}
+		stop := make(chan struct{})
+		done := make(chan struct{})
+		last := agentPids(t, p, servers...)
+		go func() {
+			defer close(done)
+			for {
+				select {
+				case <-stop:
+					return
+				case <-time.After(100 * time.Millisecond):
+				}
+				if _, _, err := ccli.Catalog().Services(nil); err != nil {
+					failures = append(failures, "consul: "+err.Error())
+				}
+				if _, _, err := ncli.Jobs().List(&nomadapi.QueryOptions{Namespace: "dev"}); err != nil {
+					failures = append(failures, "nomad: "+err.Error())
+				}
+				reads++
+				for _, n := range servers {
+					for _, svc := range []string{"consul", "nomad"} {
+						pid, err := proc.ReadPidFile(filepath.Join(p.StateDir(), "nodes", n, "run", svc+".pid"))
+						if err == nil && pid != last[n+"/"+svc] {
+							last[n+"/"+svc] = pid
+							restarts[svc] = append(restarts[svc], restart{n, time.Now()})
+						}
+					}
+				}
+			}
+		}()
+		p.Up("--only", "consul,nomad")
+		close(stop)
+		<-done
+
+		for _, svc := range []string{"consul", "nomad"} {
+			rs := restarts[svc]
+			var order []string
+			for _, r := range rs {
+				order = append(order, r.node)
+			}
+			t.Logf("%s servers restarted in the order %v (leader %s)", svc, order, leaders[svc])
+			if len(rs) != 3 || rs[2].node != leaders[svc] {
+				t.Errorf("%s: servers restarted %v, want each once and the leader %s last", svc, order, leaders[svc])
+				continue
+			}
+			for i := 1; i < len(rs); i++ {
+				if gap := rs[i].at.Sub(rs[i-1].at); gap < 300*time.Millisecond {
+					t.Errorf("%s: %s restarted %v after %s: not one at a time", svc, rs[i].node, gap, rs[i-1].node)
+				}
+			}
+		}
+		if after := agentPids(t, p, clients...); !maps.Equal(after, before) {
+			t.Errorf("the clients' agents restarted, their configuration unchanged: %v, then %v", before, after)
+		}
+		t.Logf("%d reads of each cluster through client-1 during the up, %d failed", reads, len(failures))
+		if len(failures) > 0 {
+			t.Errorf("requests failed during the rolling restart: %s", strings.Join(failures, "; "))
+		}
+		if r := p.Run([]string{"plan", "--only", "consul,nomad"}); r.Code != 0 {
+			t.Errorf("plan after the restart: exit %d\n%s", r.Code, r.Stdout)
 		}
 	})
 
