@@ -71,9 +71,11 @@ type result struct {
 	floorErr, upErr  error
 	downErr, convErr error
 	// Day 2, measured on the main platform: up after client-1's agents
-	// were killed, and up after one more client was configured.
-	repair, scaleOut       time.Duration
-	repairErr, scaleOutErr error
+	// were killed, after one more client was configured, after it was
+	// removed again (drained), and after a setting of the Consul servers
+	// changed (restarted one at a time).
+	repair, scaleOut, scaleIn, setting         time.Duration
+	repairErr, scaleOutErr, scaleInErr, setErr error
 }
 
 type phase struct {
@@ -128,7 +130,7 @@ func run(ctx context.Context, out io.Writer, binDir, bootstrap, skip string, cou
 	}
 	fmt.Fprintf(out, "\n# load after: %s\n", uptime())
 	for _, r := range results {
-		for _, err := range []error{r.floorErr, r.upErr, r.convErr, r.repairErr, r.scaleOutErr, r.downErr} {
+		for _, err := range []error{r.floorErr, r.upErr, r.convErr, r.repairErr, r.scaleOutErr, r.scaleInErr, r.setErr, r.downErr} {
 			if err != nil {
 				return fmt.Errorf("%d client(s): %w", r.clients, err)
 			}
@@ -171,7 +173,7 @@ func measure(ctx context.Context, tmp, floor, binDir, bootstrap, skip string, n 
 		return r
 	}
 	cfg := filepath.Join(dir, "platform.hcl")
-	if err := os.WriteFile(cfg, []byte(localConfig(n, binDir)), 0o600); err != nil {
+	if err := os.WriteFile(cfg, []byte(localConfig(n, binDir, "")), 0o600); err != nil {
 		r.upErr = err
 		return r
 	}
@@ -222,8 +224,16 @@ func measure(ctx context.Context, tmp, floor, binDir, bootstrap, skip string, n 
 			r.repair, _, r.repairErr = bs(ctx, upArgs...)
 		}
 		fmt.Fprintf(os.Stderr, "bench: scale out to %d client(s)\n", n+1)
-		if r.scaleOutErr = os.WriteFile(cfg, []byte(localConfig(n+1, binDir)), 0o600); r.scaleOutErr == nil {
+		if r.scaleOutErr = os.WriteFile(cfg, []byte(localConfig(n+1, binDir, "")), 0o600); r.scaleOutErr == nil {
 			r.scaleOut, _, r.scaleOutErr = bs(ctx, upArgs...)
+		}
+		fmt.Fprintf(os.Stderr, "bench: scale in to %d client(s)\n", n)
+		if r.scaleInErr = os.WriteFile(cfg, []byte(localConfig(n, binDir, "")), 0o600); r.scaleInErr == nil {
+			r.scaleIn, _, r.scaleInErr = bs(ctx, upArgs...)
+		}
+		fmt.Fprintf(os.Stderr, "bench: one setting changed, %d client(s)\n", n)
+		if r.setErr = os.WriteFile(cfg, []byte(localConfig(n, binDir, "consul {\n  ui = false\n}\n")), 0o600); r.setErr == nil {
+			r.setting, _, r.setErr = bs(ctx, upArgs...)
 		}
 	}
 	return r
@@ -270,6 +280,8 @@ func report(out io.Writer, r result, full bool) {
 		fmt.Fprintf(out, "converged up       %s\n", secs(r.converged, r.convErr))
 		fmt.Fprintf(out, "repair one client  %s (its consul and nomad agents killed, then up)\n", secs(r.repair, r.repairErr))
 		fmt.Fprintf(out, "add one client     %s (clients = %d, then up)\n", secs(r.scaleOut, r.scaleOutErr), r.clients+1)
+		fmt.Fprintf(out, "remove one client  %s (clients = %d again, then up: drained, stopped, forgotten)\n", secs(r.scaleIn, r.scaleInErr), r.clients)
+		fmt.Fprintf(out, "one setting        %s (consul ui = false, then up: the servers restart one at a time)\n", secs(r.setting, r.setErr))
 	}
 	fmt.Fprintf(out, "down               %s", secs(r.down, r.downErr))
 	for i, s := range r.downStages {
@@ -297,7 +309,7 @@ func report(out io.Writer, r result, full bool) {
 		}
 		fmt.Fprintf(out, "%s   %s\n", left, right)
 	}
-	for _, err := range []error{r.floorErr, r.upErr, r.convErr, r.repairErr, r.scaleOutErr, r.downErr} {
+	for _, err := range []error{r.floorErr, r.upErr, r.convErr, r.repairErr, r.scaleOutErr, r.scaleInErr, r.setErr, r.downErr} {
 		if err != nil {
 			fmt.Fprintf(out, "error: %v\n", err)
 		}
@@ -353,9 +365,10 @@ func tail(s string, n int) string {
 	return strings.Join(lines, "\n")
 }
 
-// localConfig is the platform.hcl of a local platform with n clients.
-func localConfig(n int, binDir string) string {
-	return fmt.Sprintf("provider \"local\" {\n  clients = %d\n  subnet  = \"127.0.8.0/24\"\n  bin_dir = %q\n}\n", n, binDir)
+// localConfig is the platform.hcl of a local platform with n clients, and
+// extra blocks.
+func localConfig(n int, binDir, extra string) string {
+	return fmt.Sprintf("provider \"local\" {\n  clients = %d\n  subnet  = \"127.0.8.0/24\"\n  bin_dir = %q\n}\n%s", n, binDir, extra)
 }
 
 // killAgents kills the consul and nomad agents of the node whose directory
