@@ -10,13 +10,16 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/platform-bootstrap/bootstrap/internal/inventory"
 	"github.com/platform-bootstrap/bootstrap/internal/lab"
 	"github.com/platform-bootstrap/bootstrap/internal/platformtest"
+	"github.com/platform-bootstrap/bootstrap/stages/nomad"
 )
 
 func TestLabProduction(t *testing.T) {
@@ -95,6 +98,42 @@ func TestLabProduction(t *testing.T) {
 		t.Logf("second up: %s", time.Since(start).Round(time.Second))
 		if strings.Contains(r.Stdout, " changed ") {
 			t.Errorf("a stage changed on the second up:\n%s", r.Stdout)
+		}
+	})
+
+	// Scale in over SSH: the static provider's path. The platform jobs on
+	// client-2 move to client-1, and the teardown play leaves client-2 as
+	// it was before the first up.
+	t.Run("a removed client is drained and its machine left as it was", func(t *testing.T) {
+		p := p.T(t)
+		inv := st.Inventory()
+		inv.Nodes = slices.DeleteFunc(inv.Nodes, func(n inventory.Node) bool { return n.Name == "client-2" })
+		if err := inv.Save(st.InventoryFile()); err != nil {
+			t.Fatal(err)
+		}
+		start := time.Now()
+		r := p.Up()
+		t.Logf("up without client-2: %s", time.Since(start).Round(time.Second))
+		if !strings.Contains(r.Stdout, "provision  changed") {
+			t.Errorf("the provision stage did not remove client-2:\n%s", r.Stdout)
+		}
+		env := p.Env("admin")
+		nc, err := nomad.NewClient(env["NOMAD_ADDR"], env["NOMAD_CACERT"], env["NOMAD_TOKEN"])
+		if err != nil {
+			t.Fatal(err)
+		}
+		nodes, _, err := nc.Nodes().List(nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, n := range nodes {
+			if n.Name == "client-2" {
+				t.Errorf("nomad still lists client-2 (%s)", n.Status)
+			}
+		}
+		m, _ := st.Machine("client-2")
+		if d := before[m.Name].diff(snap(t, m)); d != "" {
+			t.Errorf("client-2 differs after its removal:\n%s", d)
 		}
 	})
 
