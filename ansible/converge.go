@@ -37,9 +37,11 @@ type Play struct {
 	// only its own value, so a new node's token changes no other node.
 	NodeSecrets map[string]map[string]string
 	// Leader is the node whose server leads the cluster, if any answered:
-	// site.yml restarts the servers one at a time and this one last. Not
-	// part of the digest: a new leader changes nothing on the nodes.
-	Leader string
+	// site.yml restarts the servers one at a time and this one last, after
+	// handing its leadership to another server with LeaderToken (a
+	// management token, passed as a secret). Neither is part of the
+	// digest: they change nothing on the nodes.
+	Leader, LeaderToken string
 }
 
 // digestNote is the stage's note of its nodes' digests (a JSON object, node
@@ -146,8 +148,11 @@ func Converge(ctx context.Context, e *stages.Env, inv *inventory.Inventory, p Pl
 	if err != nil {
 		return err
 	}
-	if len(p.Secrets) > 0 || len(p.NodeSecrets) > 0 {
+	if len(p.Secrets) > 0 || len(p.NodeSecrets) > 0 || p.LeaderToken != "" {
 		vars := map[string]any{}
+		if p.LeaderToken != "" {
+			vars["leader_token"] = p.LeaderToken
+		}
 		for k, v := range p.Secrets {
 			vars[k] = v
 		}

@@ -170,6 +170,12 @@ func converge(ctx context.Context, e *stages.Env, p *reconcile.Plan) error {
 	as := svc.Probe(ctx, d.inv.Nodes)
 	play := d.play
 	play.Leader = as.LeaderNode()
+	// None before the ACL bootstrap, when no server runs yet to restart.
+	tok, _, err := e.Secrets.Get(stages.SecretNomadBootstrapToken)
+	if err != nil {
+		return err
+	}
+	play.LeaderToken = strings.TrimSpace(tok)
 	if err := svc.Converge(p, pending, as, func(hosts []string) error { return ansible.Converge(ctx, e, d.inv, play, hosts) }); err != nil {
 		return err
 	}
