@@ -448,6 +448,12 @@ func TestConsulAndNomad(t *testing.T) {
 		}
 		others := []string{"server-1", "server-2", "server-3", "client-1", "client-2"}
 		before := agentPids(t, p, others...)
+		// Killed once drained, then once stopped: each next up goes on.
+		for _, point := range []string{"provision:after-drain", "provision:after-stop"} {
+			if r := p.Run(append([]string{"up"}, only...), "BOOTSTRAP_CRASHPOINT="+point); r.Code == 0 {
+				t.Fatalf("crash point %s did not fire:\n%s", point, r.Output())
+			}
+		}
 		p.Up(only...)
 
 		// Drained: Nomad stopped the allocation and placed its replacement

@@ -13,6 +13,7 @@ import (
 	"github.com/platform-bootstrap/bootstrap/ansible"
 	"github.com/platform-bootstrap/bootstrap/internal/cluster"
 	"github.com/platform-bootstrap/bootstrap/internal/config"
+	"github.com/platform-bootstrap/bootstrap/internal/crashpoint"
 	"github.com/platform-bootstrap/bootstrap/internal/inventory"
 	"github.com/platform-bootstrap/bootstrap/internal/parallel"
 	"github.com/platform-bootstrap/bootstrap/internal/poll"
@@ -75,6 +76,7 @@ func retire(ctx context.Context, e *stages.Env, gone []inventory.Node) error {
 			return err
 		}
 	}
+	crashpoint.Hit("provision:after-drain")
 	var local, remote []inventory.Node
 	for _, n := range gone {
 		if n.Local != nil {
@@ -92,6 +94,7 @@ func retire(ctx context.Context, e *stages.Env, gone []inventory.Node) error {
 			return err
 		}
 	}
+	crashpoint.Hit("provision:after-stop")
 	return parallel.Each(gone, func(n inventory.Node) error { return forget(e, nc, cc, n) })
 }
 
