@@ -95,7 +95,7 @@ func OpenReadOnly(dir string, red *secrets.Redactor) (*statedir.State, *secrets.
 // secret store. Only the lock holder may call it: then no one else is
 // writing, so no temporary file is a write in flight.
 func removeTemps(dir string) error {
-	errs := []error{fsutil.RemoveTemps(dir), fsutil.RemoveTemps(filepath.Join(dir, "runs"))}
+	errs := []error{fsutil.RemoveTemps(dir), fsutil.RemoveTemps(filepath.Join(dir, "runs")), fsutil.RemoveTemps(filepath.Join(dir, RestoreDir))}
 	secretDir := filepath.Join(dir, "secrets")
 	err := filepath.WalkDir(secretDir, func(path string, d fs.DirEntry, err error) error {
 		if err != nil {

@@ -237,7 +237,8 @@ func (g *globals) execute(command string, fn runFunc) error {
 		// An inventory that tries to set what only bootstrap may is bad
 		// input, like a bad configuration.
 		var local *inventory.LocalFieldError
-		if errors.As(runErr, &local) {
+		var usage *stages.UsageError
+		if errors.As(runErr, &local) || errors.As(runErr, &usage) {
 			code = exitUsage
 		}
 		return &exitError{code: code, err: errors.New(red.String(runErr.Error()))}
@@ -253,8 +254,8 @@ func printSummary(w *secrets.LineWriter, command string, results []statedir.Stag
 		status = "Failed"
 	}
 	fmt.Fprintf(w, "\n%s %s in %s. Log: %s\n", status, command, took.Round(100*time.Millisecond), sess.LogPath)
-	if command != "up" || runErr != nil {
-		if runErr != nil && command == "up" {
+	if command != "up" && command != "restore" || runErr != nil {
+		if runErr != nil && (command == "up" || command == "restore") {
 			fmt.Fprintln(w, "Fix the cause and run `bootstrap up` again: it resumes where it stopped.")
 		}
 		return

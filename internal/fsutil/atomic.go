@@ -79,11 +79,16 @@ func RemoveTemps(dir string) error {
 	}
 	var errs []error
 	for _, e := range entries {
-		if n := e.Name(); e.Type().IsRegular() && strings.HasPrefix(n, ".") && strings.Contains(n, tempMark) {
+		if n := e.Name(); e.Type().IsRegular() && IsTemp(n) {
 			if err := os.Remove(filepath.Join(dir, n)); err != nil && !errors.Is(err, fs.ErrNotExist) {
 				errs = append(errs, err)
 			}
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// IsTemp reports whether name is one of WriteFile's temporary files.
+func IsTemp(name string) bool {
+	return strings.HasPrefix(name, ".") && strings.Contains(name, tempMark)
 }

@@ -31,6 +31,7 @@ const (
 	Store     Action = "store"
 	Revoke    Action = "revoke"
 	Reset     Action = "reset"
+	Restore   Action = "restore"
 	Wait      Action = "wait"
 	Check     Action = "check"
 )

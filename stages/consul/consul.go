@@ -187,6 +187,9 @@ func converge(ctx context.Context, e *stages.Env, p *reconcile.Plan) error {
 			p.Planned(reconcile.Wait, "consul leader election", "")
 		}
 		p.Planned(reconcile.Bootstrap, "consul ACLs, policies and tokens", "")
+		if _, ok := e.RestoreSnapshot("consul"); ok {
+			p.Planned(reconcile.Restore, "consul", restoreDetail)
+		}
 		return nil
 	}
 	return convergeACL(ctx, e, d, as, p)

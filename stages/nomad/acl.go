@@ -193,6 +193,11 @@ func convergeACL(ctx context.Context, e *stages.Env, d *deps, as cluster.Agents,
 			return err
 		}
 	}
+	if snap, ok := e.RestoreSnapshot("nomad"); ok {
+		if err := p.Do(reconcile.Restore, "nomad", restoreDetail, func() error { return restore(ctx, e, d.inv, server, mgmt, snap) }); err != nil {
+			return err
+		}
+	}
 	c, err := cluster.NomadAgent(e, server, mgmt)
 	if err != nil {
 		return err

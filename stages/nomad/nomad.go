@@ -197,6 +197,9 @@ func converge(ctx context.Context, e *stages.Env, p *reconcile.Plan) error {
 			p.Planned(reconcile.Wait, "nomad leader election", "")
 		}
 		p.Planned(reconcile.Bootstrap, "nomad ACLs, namespaces, policies and tokens", "")
+		if _, ok := e.RestoreSnapshot("nomad"); ok {
+			p.Planned(reconcile.Restore, "nomad", restoreDetail)
+		}
 		return nil
 	}
 	return convergeACL(ctx, e, d, as, p)

@@ -368,6 +368,10 @@ func TestPlatform(t *testing.T) {
 		}
 	})
 
+	t.Run("backup, down and restore bring the platform back", func(t *testing.T) {
+		backupRestore(t, p.T(t))
+	})
+
 	p.AssertNoSecrets()
 
 	t.Run("down leaves nothing", func(t *testing.T) {

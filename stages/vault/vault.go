@@ -27,7 +27,6 @@ import (
 
 	"github.com/platform-bootstrap/bootstrap/ansible"
 	"github.com/platform-bootstrap/bootstrap/internal/apitls"
-	"github.com/platform-bootstrap/bootstrap/internal/cluster"
 	"github.com/platform-bootstrap/bootstrap/internal/crashpoint"
 	"github.com/platform-bootstrap/bootstrap/internal/inventory"
 	"github.com/platform-bootstrap/bootstrap/internal/poll"
@@ -259,7 +258,16 @@ func (s *Stage) converge(ctx context.Context, e *stages.Env, p *reconcile.Plan) 
 	for _, h := range hs {
 		anyInit = anyInit || h.up() && h.health.Initialized
 	}
+	snap, restoring := e.RestoreSnapshot("vault")
 	switch {
+	case restoring && (hs[0].up() || !p.Apply):
+		err = p.Do(reconcile.Restore, "vault", restoreDetail, func() error {
+			if err := s.restore(ctx, e, inv, nodes, snap); err != nil {
+				return err
+			}
+			hs, err = waitUp(ctx, e, nodes)
+			return err
+		})
 	case anyInit && init == nil:
 		if _, ok, err := e.Secrets.Get(intentSecret); err != nil || !ok {
 			return fmt.Errorf("vault is already initialised but no keys are stored in %s: bootstrap does not adopt a Vault it did not initialise; put its init output (keys_base64, root_token) there as JSON to adopt it", e.Secrets.Path(stages.SecretVaultInit))
@@ -498,22 +506,10 @@ func (s *Stage) recoverLostInit(ctx context.Context, e *stages.Env, inv *invento
 			return nil, fmt.Errorf("a previous run initialised vault but died before storing the keys; on real machines stop vault on %s, remove its data directory /opt/vault, and run again", strings.Join(inventory.Names(nodes), ", "))
 		}
 	}
-	e.Warnf("a previous run initialised vault but died before storing its keys; wiping the empty Vault and initialising it again")
-	for _, n := range nodes {
-		if err := cluster.StopLocal(ctx, n, "vault"); err != nil {
-			return nil, err
-		}
-		if err := os.RemoveAll(n.Local.Root + "/data/vault"); err != nil {
-			return nil, err
-		}
+	if err := s.wipe(ctx, e, inv, nodes); err != nil {
+		return nil, fmt.Errorf("a previous run initialised vault but died before storing its keys: %w", err)
 	}
-	if err := ansible.Converge(ctx, e, inv, s.play(e, nodes), nil); err != nil {
-		return nil, err
-	}
-	hs, err := waitUp(ctx, e, nodes)
-	if err != nil {
-		return nil, err
-	}
+	hs := probe(ctx, e, nodes)
 	if err := e.Secrets.Delete(intentSecret); err != nil {
 		return nil, err
 	}

@@ -1,0 +1,113 @@
+package consul
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"strings"
+	"time"
+
+	consulapi "github.com/hashicorp/consul/api"
+
+	"github.com/platform-bootstrap/bootstrap/internal/cluster"
+	"github.com/platform-bootstrap/bootstrap/internal/crashpoint"
+	"github.com/platform-bootstrap/bootstrap/internal/inventory"
+	"github.com/platform-bootstrap/bootstrap/internal/poll"
+	"github.com/platform-bootstrap/bootstrap/stages"
+)
+
+// Snapshot writes a snapshot of Consul's state, taken by its leader, to w
+// and returns the version of Consul that took it.
+func Snapshot(ctx context.Context, e *stages.Env, w io.Writer) (string, error) {
+	inv, err := e.Inventory()
+	if err != nil {
+		return "", err
+	}
+	tok, _, err := e.Secrets.Get(stages.SecretConsulBootstrapToken)
+	if err != nil {
+		return "", err
+	}
+	as := service(e).Probe(ctx, inv.WithRole(inventory.RoleServer))
+	if as.Leader() == "" {
+		return "", errors.New("consul has no leader; run bootstrap up first")
+	}
+	c, err := cluster.ConsulAgent(e, as.Server(), strings.TrimSpace(tok))
+	if err != nil {
+		return "", err
+	}
+	self, err := c.Agent().Self()
+	if err != nil {
+		return "", fmt.Errorf("consul: %w", err)
+	}
+	version, _ := self["Config"]["Version"].(string)
+	snap, _, err := c.Snapshot().Save((&consulapi.QueryOptions{}).WithContext(ctx))
+	if err != nil {
+		return "", fmt.Errorf("consul snapshot: %w", err)
+	}
+	defer snap.Close()
+	if _, err := io.Copy(w, snap); err != nil {
+		return "", fmt.Errorf("consul snapshot: %w", err)
+	}
+	return version, nil
+}
+
+const restoreDetail = "from the backup: KV, ACL policies and tokens, intentions and the catalog"
+
+// restore puts the backup's snapshot into the new cluster, right after
+// its ACL bootstrap with the backup's management token, and removes the
+// backup's nodes from the catalog. Restoring it again after a kill
+// restores the same state.
+func restore(ctx context.Context, e *stages.Env, inv *inventory.Inventory, server inventory.Node, mgmt, snap string) error {
+	live := map[string]string{} // node name -> this platform's node ID
+	for _, n := range inv.Nodes {
+		c, err := cluster.ConsulAgent(e, n, mgmt)
+		if err != nil {
+			return err
+		}
+		// An agent knows the management token once the bootstrap has
+		// reached its server.
+		err = poll.Retry(ctx, time.Minute, 300*time.Millisecond, func() error {
+			self, err := c.Agent().Self()
+			if err == nil {
+				live[n.Name], _ = self["Config"]["NodeID"].(string)
+			}
+			return err
+		}, poll.Never)
+		if err != nil {
+			return fmt.Errorf("consul on %s: %w", n.Name, err)
+		}
+	}
+	c, err := cluster.ConsulAgent(e, server, mgmt)
+	if err != nil {
+		return err
+	}
+	f, err := os.Open(snap)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	if err := c.Snapshot().Restore((&consulapi.WriteOptions{}).WithContext(ctx), f); err != nil {
+		return fmt.Errorf("restore the backup's consul snapshot: %w", err)
+	}
+	crashpoint.Hit("consul:after-restore-snapshot")
+	// The backup's catalog holds the old platform's nodes under the names
+	// of this one's, and Consul refuses an agent whose name another node
+	// ID holds. Removing them lets each agent register itself and its
+	// services again.
+	nodes, _, err := c.Catalog().Nodes((&consulapi.QueryOptions{}).WithContext(ctx))
+	if err != nil {
+		return fmt.Errorf("consul: list nodes: %w", err)
+	}
+	for _, n := range nodes {
+		if live[n.Node] == n.ID {
+			continue
+		}
+		dereg := &consulapi.CatalogDeregistration{Node: n.Node, Datacenter: n.Datacenter}
+		if _, err := c.Catalog().Deregister(dereg, (&consulapi.WriteOptions{}).WithContext(ctx)); err != nil {
+			return fmt.Errorf("consul: remove node %s of the backup's platform: %w", n.Node, err)
+		}
+	}
+	return e.RestoreDone("consul")
+}

@@ -1,0 +1,107 @@
+package nomad
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"strings"
+	"time"
+
+	nomadapi "github.com/hashicorp/nomad/api"
+
+	"github.com/platform-bootstrap/bootstrap/internal/cluster"
+	"github.com/platform-bootstrap/bootstrap/internal/crashpoint"
+	"github.com/platform-bootstrap/bootstrap/internal/inventory"
+	"github.com/platform-bootstrap/bootstrap/internal/poll"
+	"github.com/platform-bootstrap/bootstrap/stages"
+)
+
+// Snapshot writes a snapshot of Nomad's state, taken by its leader, to w
+// and returns the version of Nomad that took it.
+func Snapshot(ctx context.Context, e *stages.Env, w io.Writer) (string, error) {
+	inv, err := e.Inventory()
+	if err != nil {
+		return "", err
+	}
+	tok, _, err := e.Secrets.Get(stages.SecretNomadBootstrapToken)
+	if err != nil {
+		return "", err
+	}
+	as := service(e).Probe(ctx, inv.WithRole(inventory.RoleServer))
+	if as.Leader() == "" {
+		return "", errors.New("nomad has no leader; run bootstrap up first")
+	}
+	c, err := cluster.NomadAgent(e, as.Server(), strings.TrimSpace(tok))
+	if err != nil {
+		return "", err
+	}
+	self, err := c.Agent().Self()
+	if err != nil {
+		return "", fmt.Errorf("nomad: %w", err)
+	}
+	snap, err := c.Operator().Snapshot((&nomadapi.QueryOptions{}).WithContext(ctx))
+	if err != nil {
+		return "", fmt.Errorf("nomad snapshot: %w", err)
+	}
+	defer snap.Close()
+	if _, err := io.Copy(w, snap); err != nil {
+		return "", fmt.Errorf("nomad snapshot: %w", err)
+	}
+	return self.Member.Tags["build"], nil
+}
+
+const restoreDetail = "from the backup: jobs, namespaces, variables, ACL policies and tokens; the old platform's client nodes are purged"
+
+// restore puts the backup's snapshot into the new cluster, right after its
+// ACL bootstrap with the backup's management token, and purges the client
+// nodes the snapshot knows that are not this platform's: their
+// allocations are rescheduled at once instead of after the heartbeat
+// grace. Restoring again after a kill restores the same state.
+func restore(ctx context.Context, e *stages.Env, inv *inventory.Inventory, server inventory.Node, mgmt, snap string) error {
+	live := map[string]bool{}
+	for _, n := range inv.WithRole(inventory.RoleClient) {
+		c, err := cluster.NomadAgent(e, n, mgmt)
+		if err != nil {
+			return err
+		}
+		err = poll.Retry(ctx, time.Minute, 300*time.Millisecond, func() error {
+			self, err := c.Agent().Self()
+			if err == nil {
+				live[self.Stats["client"]["node_id"]] = true
+			}
+			return err
+		}, poll.Never)
+		if err != nil {
+			return fmt.Errorf("nomad on %s: %w", n.Name, err)
+		}
+	}
+	c, err := cluster.NomadAgent(e, server, mgmt)
+	if err != nil {
+		return err
+	}
+	f, err := os.Open(snap)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	w := (&nomadapi.WriteOptions{}).WithContext(ctx)
+	if _, err := c.Operator().SnapshotRestore(f, w); err != nil {
+		return fmt.Errorf("restore the backup's nomad snapshot: %w", err)
+	}
+	crashpoint.Hit("nomad:after-restore-snapshot")
+	nodes, _, err := c.Nodes().List((&nomadapi.QueryOptions{}).WithContext(ctx))
+	if err != nil {
+		return fmt.Errorf("nomad: list nodes: %w", err)
+	}
+	for _, n := range nodes {
+		if live[n.ID] {
+			continue
+		}
+		if _, _, err := c.Nodes().Purge(n.ID, (&nomadapi.QueryOptions{}).WithContext(ctx)); err != nil {
+			return fmt.Errorf("nomad: purge node %s (%s) of the backup's platform: %w", n.Name, n.ID, err)
+		}
+	}
+	return e.RestoreDone("nomad")
+}
