@@ -115,16 +115,29 @@ func backupRestore(t *testing.T, p *platformtest.Platform) {
 		t.Fatalf("processes left after down: %v", pids)
 	}
 
-	// Killed right after Vault took the snapshot, before it sealed itself
-	// to take the backup's keys; the next up finishes the restore.
-	if r := p.Run([]string{"restore", archive, "--auto-approve"}, pass, "BOOTSTRAP_CRASHPOINT=vault:after-restore-snapshot"); r.Code == 0 {
-		t.Fatalf("the crash point vault:after-restore-snapshot did not fire:\n%s", r.Output())
+	// Killed right after the throwaway init, before its keys were stored
+	// (the next restore wipes that Vault and starts again); right after
+	// Vault took the snapshot, before it sealed itself to take the
+	// backup's keys; and right after Consul's and Nomad's snapshots went
+	// in, before the old nodes were removed. Each next run carries on, the
+	// last up finishes the restore.
+	for _, run := range []struct{ command, crash string }{
+		{"restore", "vault:restore-after-init"},
+		{"restore", "vault:after-restore-snapshot"},
+		{"up", "consul:after-restore-snapshot"},
+		{"up", "nomad:after-restore-snapshot"},
+	} {
+		args := []string{"up", "--auto-approve"}
+		if run.command == "restore" {
+			args = []string{"restore", archive, "--auto-approve"}
+		}
+		if r := p.Run(args, pass, "BOOTSTRAP_CRASHPOINT="+run.crash); r.Code == 0 {
+			t.Fatalf("the crash point %s did not fire:\n%s", run.crash, r.Output())
+		}
 	}
 	r := p.Up()
-	for _, s := range []string{"restore consul", "restore nomad"} {
-		if !strings.Contains(r.Stdout, s) {
-			t.Errorf("the up after the killed restore did not %s:\n%s", s, r.Stdout)
-		}
+	if !strings.Contains(r.Stdout, "restore nomad") {
+		t.Errorf("the up after the killed restore did not restore nomad:\n%s", r.Stdout)
 	}
 	if _, err := os.Stat(filepath.Join(p.StateDir(), "restore")); err == nil {
 		t.Error("the restore directory is left after the restore finished")

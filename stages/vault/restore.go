@@ -75,12 +75,25 @@ func (s *Stage) restore(ctx context.Context, e *stages.Env, inv *inventory.Inven
 		// the backup's keys open Vault, or a run died between init and
 		// storing the throwaway keys.
 		init, err := LoadInit(e)
+		if err != nil || init == nil {
+			return errors.Join(err, errors.New("the backup's vault keys are not in the secret store"))
+		}
+		st, err := h.client.Sys().SealStatusWithContext(ctx)
 		if err != nil {
 			return err
 		}
-		if err := unseal(ctx, h, init); err == nil {
+		if !st.Sealed || init.PGPEncrypted {
+			// Unsealed already, or only the key holders can tell.
 			return e.RestoreDone("vault")
 		}
+		switch err := submitKeys(ctx, h.client, st, init); {
+		case err == nil:
+			return e.RestoreDone("vault")
+		case !badRequest(err):
+			return fmt.Errorf("unseal vault on %s: %w", h.node.Name, err)
+		}
+		// Only keys that were never stored open this Vault, and it holds
+		// nothing else yet.
 		if err := s.wipe(ctx, e, inv, nodes); err != nil {
 			return fmt.Errorf("a restore died between initialising vault and storing its throwaway keys: %w", err)
 		}

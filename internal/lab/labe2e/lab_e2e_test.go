@@ -16,6 +16,8 @@ import (
 	"testing"
 	"time"
 
+	nomadapi "github.com/hashicorp/nomad/api"
+
 	"github.com/platform-bootstrap/bootstrap/internal/inventory"
 	"github.com/platform-bootstrap/bootstrap/internal/lab"
 	"github.com/platform-bootstrap/bootstrap/internal/platformtest"
@@ -134,6 +136,53 @@ func TestLabProduction(t *testing.T) {
 		m, _ := st.Machine("client-2")
 		if d := before[m.Name].diff(snap(t, m)); d != "" {
 			t.Errorf("client-2 differs after its removal:\n%s", d)
+		}
+	})
+
+	// The production path of a restore: the machines are emptied by down
+	// and the platform rebuilt on them from the backup, over SSH.
+	t.Run("backup, down and restore on the machines", func(t *testing.T) {
+		p := p.T(t)
+		env := p.Env("admin")
+		nc, err := nomad.NewClient(env["NOMAD_ADDR"], env["NOMAD_CACERT"], env["NOMAD_TOKEN"])
+		if err != nil {
+			t.Fatal(err)
+		}
+		jobs := func() []string {
+			list, _, err := nc.Jobs().List(&nomadapi.QueryOptions{Namespace: "*"})
+			if err != nil {
+				t.Fatal(err)
+			}
+			var out []string
+			for _, j := range list {
+				out = append(out, j.Namespace+"/"+j.ID)
+			}
+			slices.Sort(out)
+			return out
+		}
+		jobsBefore := jobs()
+		const pass = "BOOTSTRAP_BACKUP_PASSPHRASE=the lab's passphrase"
+		archive := filepath.Join(t.TempDir(), "lab.age")
+		if r := p.Run([]string{"backup", "-o", archive}, pass); r.Code != 0 {
+			t.Fatalf("backup: exit %d\n%s", r.Code, r.Output())
+		}
+		if r := p.Run([]string{"down", "--auto-approve"}); r.Code != 0 {
+			t.Fatalf("down: exit %d\n%s", r.Code, r.Output())
+		}
+		start := time.Now()
+		r := p.Run([]string{"restore", archive, "--auto-approve"}, pass)
+		if r.Code != 0 {
+			t.Fatalf("restore: exit %d\n%s", r.Code, r.Output())
+		}
+		t.Logf("restore: %s", time.Since(start).Round(time.Second))
+		if !strings.Contains(r.Stdout, "verify     changed") {
+			t.Errorf("the restore did not run the verify stage:\n%s", r.Stdout)
+		}
+		if r := p.Run([]string{"plan"}); r.Code != 0 {
+			t.Errorf("plan after the restore: exit %d\n%s", r.Code, r.Output())
+		}
+		if got := jobs(); !slices.Equal(got, jobsBefore) {
+			t.Errorf("jobs after the restore: %v, want %v", got, jobsBefore)
 		}
 	})
 

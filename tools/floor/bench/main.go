@@ -73,9 +73,12 @@ type result struct {
 	// Day 2, measured on the main platform: up after client-1's agents
 	// were killed, after one more client was configured, after it was
 	// removed again (drained), and after a setting of the Consul servers
-	// changed (restarted one at a time).
+	// changed (restarted one at a time); then a backup, and a restore
+	// after down.
 	repair, scaleOut, scaleIn, setting         time.Duration
 	repairErr, scaleOutErr, scaleInErr, setErr error
+	backup, restore                            time.Duration
+	backupErr, restoreErr                      error
 }
 
 type phase struct {
@@ -130,7 +133,7 @@ func run(ctx context.Context, out io.Writer, binDir, bootstrap, skip string, cou
 	}
 	fmt.Fprintf(out, "\n# load after: %s\n", uptime())
 	for _, r := range results {
-		for _, err := range []error{r.floorErr, r.upErr, r.convErr, r.repairErr, r.scaleOutErr, r.scaleInErr, r.setErr, r.downErr} {
+		for _, err := range []error{r.floorErr, r.upErr, r.convErr, r.repairErr, r.scaleOutErr, r.scaleInErr, r.setErr, r.backupErr, r.restoreErr, r.downErr} {
 			if err != nil {
 				return fmt.Errorf("%d client(s): %w", r.clients, err)
 			}
@@ -180,7 +183,7 @@ func measure(ctx context.Context, tmp, floor, binDir, bootstrap, skip string, n 
 	bs := func(ctx context.Context, args ...string) (time.Duration, []byte, error) {
 		cmd := exec.CommandContext(ctx, bootstrap, append(args, "-c", cfg)...)
 		cmd.Dir = dir
-		cmd.Env = append(os.Environ(), "CI=true")
+		cmd.Env = append(os.Environ(), "CI=true", "BOOTSTRAP_BACKUP_PASSPHRASE=the bench's passphrase")
 		var b bytes.Buffer
 		cmd.Stdout, cmd.Stderr = &b, &b
 		cmd.Cancel = func() error { return cmd.Process.Signal(os.Interrupt) }
@@ -235,6 +238,13 @@ func measure(ctx context.Context, tmp, floor, binDir, bootstrap, skip string, n 
 		if r.setErr = os.WriteFile(cfg, []byte(localConfig(n, binDir, "consul {\n  ui = false\n}\n")), 0o600); r.setErr == nil {
 			r.setting, _, r.setErr = bs(ctx, upArgs...)
 		}
+		fmt.Fprintf(os.Stderr, "bench: backup, down, restore, %d client(s)\n", n)
+		archive := filepath.Join(dir, "backup.age")
+		if r.backup, _, r.backupErr = bs(ctx, "backup", "-o", archive); r.backupErr == nil {
+			if _, _, r.restoreErr = bs(ctx, "down", "--auto-approve"); r.restoreErr == nil {
+				r.restore, _, r.restoreErr = bs(ctx, "restore", archive, "--auto-approve")
+			}
+		}
 	}
 	return r
 }
@@ -282,6 +292,8 @@ func report(out io.Writer, r result, full bool) {
 		fmt.Fprintf(out, "add one client     %s (clients = %d, then up)\n", secs(r.scaleOut, r.scaleOutErr), r.clients+1)
 		fmt.Fprintf(out, "remove one client  %s (clients = %d again, then up: drained, stopped, forgotten)\n", secs(r.scaleIn, r.scaleInErr), r.clients)
 		fmt.Fprintf(out, "one setting        %s (consul ui = false, then up: the servers restart one at a time)\n", secs(r.setting, r.setErr))
+		fmt.Fprintf(out, "backup             %s (vault, consul and nomad snapshots and the secrets, encrypted)\n", secs(r.backup, r.backupErr))
+		fmt.Fprintf(out, "restore            %s (after down: a new platform with the backup's data, jobs placed, verified)\n", secs(r.restore, r.restoreErr))
 	}
 	fmt.Fprintf(out, "down               %s", secs(r.down, r.downErr))
 	for i, s := range r.downStages {
@@ -309,7 +321,7 @@ func report(out io.Writer, r result, full bool) {
 		}
 		fmt.Fprintf(out, "%s   %s\n", left, right)
 	}
-	for _, err := range []error{r.floorErr, r.upErr, r.convErr, r.repairErr, r.scaleOutErr, r.scaleInErr, r.setErr, r.downErr} {
+	for _, err := range []error{r.floorErr, r.upErr, r.convErr, r.repairErr, r.scaleOutErr, r.scaleInErr, r.setErr, r.backupErr, r.restoreErr, r.downErr} {
 		if err != nil {
 			fmt.Fprintf(out, "error: %v\n", err)
 		}
