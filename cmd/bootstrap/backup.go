@@ -41,7 +41,7 @@ The archive holds every secret of the platform: keep it like the unseal keys.`,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			to, err := archive.Keys{Passphrase: os.Getenv(passphraseEnv), Recipients: recipients}.EncryptTo()
 			if err != nil {
-				return &exitError{code: exitUsage, err: fmt.Errorf("%w: set %s, or give --recipient age1...", err, passphraseEnv)}
+				return &exitError{code: exitUsage, err: fmt.Errorf("%w: set %s, or give --recipient KEY (an age public key, age1…)", err, passphraseEnv)}
 			}
 			return g.execute("backup", func(ctx context.Context, r *stages.Runner, _ stages.Selection, _ *stages.Session) ([]statedir.StageResult, error) {
 				m, entries, err := backup.Take(ctx, r.Env, version)

@@ -65,7 +65,7 @@ func childEnv(t *testing.T, extra ...string) []string {
 	var env []string
 	for _, kv := range os.Environ() {
 		switch k, _, _ := strings.Cut(kv, "="); k {
-		case "CI", "HOME", "BOOTSTRAP_TEST_UNSET_TOKEN", "BOOTSTRAP_TEST_RUNNER_TOKEN":
+		case "CI", "HOME", "BOOTSTRAP_TEST_UNSET_TOKEN", "BOOTSTRAP_TEST_RUNNER_TOKEN", passphraseEnv:
 			continue
 		}
 		env = append(env, kv)
