@@ -149,7 +149,7 @@ another run; plan: 0 no changes, 4 changes pending.`,
 	root.AddCommand(
 		newUpCmd(g), newDownCmd(g), newPlanCmd(g), newStatusCmd(g),
 		newEnvCmd(g), newValidateCmd(g), newVersionCmd(g),
-		newDeployCmd(g), newHistoryCmd(g), newBackupCmd(g), newRestoreCmd(g),
+		newDeployCmd(g), newHistoryCmd(g), newBackupCmd(g), newRestoreCmd(g), newRotateCmd(g),
 	)
 	return root
 }

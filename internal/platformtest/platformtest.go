@@ -12,11 +12,15 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
+	nomadapi "github.com/hashicorp/nomad/api"
+
+	"github.com/platform-bootstrap/bootstrap/internal/cluster"
 	"github.com/platform-bootstrap/bootstrap/internal/proc"
 	"github.com/platform-bootstrap/bootstrap/internal/testcluster"
 )
@@ -194,6 +198,26 @@ func (p *Platform) Env(who string) map[string]string {
 		}
 	}
 	return vars
+}
+
+// Jobs lists every Nomad job of the platform as namespace/id, sorted.
+func (p *Platform) Jobs() []string {
+	p.t.Helper()
+	env := p.Env("admin")
+	nc, err := cluster.NomadClient(env["NOMAD_ADDR"], env["NOMAD_CACERT"], "", env["NOMAD_TOKEN"])
+	if err != nil {
+		p.t.Fatal(err)
+	}
+	list, _, err := nc.Jobs().List(&nomadapi.QueryOptions{Namespace: "*"})
+	if err != nil {
+		p.t.Fatal(err)
+	}
+	var out []string
+	for _, j := range list {
+		out = append(out, j.Namespace+"/"+j.ID)
+	}
+	slices.Sort(out)
+	return out
 }
 
 // Secrets returns every value in the platform's secret store.

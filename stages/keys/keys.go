@@ -32,7 +32,8 @@ type key struct {
 	gen  func() (string, error)
 }
 
-func gossipKey() (string, error) {
+// GossipKey returns a new gossip encryption key: 32 random bytes, base64.
+func GossipKey() (string, error) {
 	b := make([]byte, 32)
 	if _, err := rand.Read(b); err != nil {
 		return "", err
@@ -43,8 +44,8 @@ func gossipKey() (string, error) {
 func (*Stage) keys() []key {
 	return []key{
 		{stages.SecretSSHKey, "ed25519 SSH key pair", nil},
-		{stages.SecretConsulGossipKey, "Consul gossip encryption key", gossipKey},
-		{stages.SecretNomadGossipKey, "Nomad gossip encryption key", gossipKey},
+		{stages.SecretConsulGossipKey, "Consul gossip encryption key", GossipKey},
+		{stages.SecretNomadGossipKey, "Nomad gossip encryption key", GossipKey},
 	}
 }
 

@@ -18,22 +18,28 @@ import (
 	"github.com/platform-bootstrap/bootstrap/stages"
 )
 
-// Snapshot writes a snapshot of Nomad's state, taken by its leader, to w
-// and returns the version of Nomad that took it.
-func Snapshot(ctx context.Context, e *stages.Env, w io.Writer) (string, error) {
+// serverClient returns a management client of a server of a cluster that
+// has a leader.
+func serverClient(ctx context.Context, e *stages.Env) (*nomadapi.Client, error) {
 	inv, err := e.Inventory()
 	if err != nil {
-		return "", err
+		return nil, err
 	}
 	tok, _, err := e.Secrets.Get(stages.SecretNomadBootstrapToken)
 	if err != nil {
-		return "", err
+		return nil, err
 	}
 	as := service(e).Probe(ctx, inv.WithRole(inventory.RoleServer))
 	if as.Leader() == "" {
-		return "", errors.New("nomad has no leader; run bootstrap up first")
+		return nil, errors.New("nomad has no leader; run bootstrap up first")
 	}
-	c, err := cluster.NomadAgent(e, as.Server(), strings.TrimSpace(tok))
+	return cluster.NomadAgent(e, as.Server(), strings.TrimSpace(tok))
+}
+
+// Snapshot writes a snapshot of Nomad's state, taken by its leader, to w
+// and returns the version of Nomad that took it.
+func Snapshot(ctx context.Context, e *stages.Env, w io.Writer) (string, error) {
+	c, err := serverClient(ctx, e)
 	if err != nil {
 		return "", err
 	}

@@ -13,6 +13,8 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -630,6 +632,103 @@ func TestConsulAndNomad(t *testing.T) {
 		}
 		if r := p.Run([]string{"plan", "--only", "consul,nomad"}); r.Code != 0 {
 			t.Errorf("plan after the restart: exit %d\n%s", r.Code, r.Stdout)
+		}
+	})
+
+	t.Run("gossip keys rotate with no member dropping out and no agent restarted", func(t *testing.T) {
+		p := p.T(t)
+		nodes := []string{"server-1", "server-2", "server-3", "client-1", "client-2"}
+		only := []string{"--only", "keys,provision,vault,pki,consul,nomad"}
+		secret := func(name string) string {
+			b, err := os.ReadFile(filepath.Join(p.StateDir(), "secrets", name))
+			if err != nil {
+				t.Fatal(err)
+			}
+			return string(b)
+		}
+		oldConsul, oldNomad := secret("consul/gossip-key"), secret("nomad/gossip-key")
+		before := agentPids(t, p, nodes...)
+
+		// Every member, as server-1's Consul and Nomad agents see them, all
+		// along.
+		cc := c.consul(t, c.consulMgmt)
+		nc := c.nomad(t, c.nomadMgmt)
+		ctx, stop := context.WithCancel(context.Background())
+		var polls, notAlive atomic.Int64
+		var seen sync.Map
+		done := make(chan struct{})
+		go func() {
+			defer close(done)
+			for ctx.Err() == nil {
+				ms, err := cc.Agent().Members(false)
+				if err == nil {
+					for _, m := range ms {
+						if m.Status != 1 {
+							notAlive.Add(1)
+							seen.Store("consul "+m.Name, m.Status)
+						}
+					}
+				}
+				sm, err := nc.Agent().Members()
+				if err == nil {
+					for _, m := range sm.Members {
+						if m.Status != "alive" {
+							notAlive.Add(1)
+							seen.Store("nomad "+m.Name, m.Status)
+						}
+					}
+				}
+				polls.Add(1)
+				time.Sleep(100 * time.Millisecond)
+			}
+		}()
+
+		// Killed once the new Consul key is installed; the next run goes on
+		// with the same key.
+		if r := p.Run(append([]string{"rotate", "gossip"}, only...), "BOOTSTRAP_CRASHPOINT=consul:gossip-after-install"); r.Code == 0 {
+			t.Fatalf("the crash point consul:gossip-after-install did not fire:\n%s", r.Output())
+		}
+		next := secret("consul/gossip-key.next")
+		if r := p.Run(append([]string{"rotate", "gossip"}, only...)); r.Code != 0 {
+			t.Fatalf("rotate gossip: exit %d\n%s", r.Code, r.Output())
+		}
+		stop()
+		<-done
+		t.Logf("%d polls of the members during the rotation", polls.Load())
+		if notAlive.Load() > 0 {
+			seen.Range(func(k, v any) bool { t.Errorf("%s was %v during the rotation", k, v); return true })
+		}
+
+		newConsul, newNomad := secret("consul/gossip-key"), secret("nomad/gossip-key")
+		if newConsul == oldConsul || newNomad == oldNomad || newConsul != next {
+			t.Errorf("stored keys after the rotation: consul changed %v (the killed run's key: %v), nomad changed %v", newConsul != oldConsul, newConsul == next, newNomad != oldNomad)
+		}
+		pools, err := cc.Operator().KeyringList(nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, pool := range pools {
+			if len(pool.Keys) != 1 || pool.PrimaryKeys[newConsul] == 0 || pool.Keys[newConsul] != pool.NumNodes {
+				t.Errorf("consul keyring (wan %v): %d key(s), the new one on %d of %d members", pool.WAN, len(pool.Keys), pool.Keys[newConsul], pool.NumNodes)
+			}
+		}
+		ring, err := nc.Agent().ListKeys()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(ring.Keys) != 1 || ring.Keys[newNomad] != ring.NumNodes {
+			t.Errorf("nomad keyring: %d key(s), the new one on %d of %d servers", len(ring.Keys), ring.Keys[newNomad], ring.NumNodes)
+		}
+		if after := agentPids(t, p, nodes...); !maps.Equal(after, before) {
+			t.Errorf("agents restarted by the rotation: pids %v, then %v", before, after)
+		}
+		// The key a node would start with the first time is the new one.
+		b, err := os.ReadFile(filepath.Join(p.StateDir(), "nodes", "client-1", "config", "consul.d", "gossip.hcl"))
+		if err != nil || !strings.Contains(string(b), newConsul) {
+			t.Errorf("client-1's gossip.hcl does not hold the new key: %v", err)
+		}
+		if r := p.Run(append([]string{"plan"}, only...)); r.Code != 0 {
+			t.Errorf("plan after the rotation: exit %d\n%s", r.Code, r.Output())
 		}
 	})
 

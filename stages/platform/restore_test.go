@@ -48,23 +48,7 @@ func backupRestore(t *testing.T, p *platformtest.Platform) {
 		return string(b)
 	}
 	unsealKeys, ciDev, consulMgmt := secret("vault/init.json"), secret("nomad/tokens/ci-dev"), secret("consul/bootstrap-token")
-	jobs := func() []string {
-		nc, err := nomad.NewClient(env["NOMAD_ADDR"], env["NOMAD_CACERT"], env["NOMAD_TOKEN"])
-		if err != nil {
-			t.Fatal(err)
-		}
-		list, _, err := nc.Jobs().List(&nomadapi.QueryOptions{Namespace: "*"})
-		if err != nil {
-			t.Fatal(err)
-		}
-		var out []string
-		for _, j := range list {
-			out = append(out, j.Namespace+"/"+j.ID)
-		}
-		slices.Sort(out)
-		return out
-	}
-	jobsBefore := jobs()
+	jobsBefore := p.Jobs()
 
 	const pass = "BOOTSTRAP_BACKUP_PASSPHRASE=a passphrase for the test"
 	archive := filepath.Join(t.TempDir(), "platform.age")
@@ -165,7 +149,7 @@ func backupRestore(t *testing.T, p *platformtest.Platform) {
 	if _, _, err := nc.Jobs().Info("web", &nomadapi.QueryOptions{Namespace: "dev"}); err != nil {
 		t.Errorf("the CI token of before the backup reads dev's job: %v", err)
 	}
-	if got := jobs(); !slices.Equal(got, jobsBefore) {
+	if got := p.Jobs(); !slices.Equal(got, jobsBefore) {
 		t.Errorf("jobs after the restore: %v, want %v", got, jobsBefore)
 	}
 	eventually(t, 3*time.Minute, "the dev application answering through fabio after the restore", func() error { return get200(env["FABIO_DEV_ADDR"] + "/web/") })

@@ -16,8 +16,6 @@ import (
 	"testing"
 	"time"
 
-	nomadapi "github.com/hashicorp/nomad/api"
-
 	"github.com/platform-bootstrap/bootstrap/internal/inventory"
 	"github.com/platform-bootstrap/bootstrap/internal/lab"
 	"github.com/platform-bootstrap/bootstrap/internal/platformtest"
@@ -143,24 +141,7 @@ func TestLabProduction(t *testing.T) {
 	// and the platform rebuilt on them from the backup, over SSH.
 	t.Run("backup, down and restore on the machines", func(t *testing.T) {
 		p := p.T(t)
-		env := p.Env("admin")
-		nc, err := nomad.NewClient(env["NOMAD_ADDR"], env["NOMAD_CACERT"], env["NOMAD_TOKEN"])
-		if err != nil {
-			t.Fatal(err)
-		}
-		jobs := func() []string {
-			list, _, err := nc.Jobs().List(&nomadapi.QueryOptions{Namespace: "*"})
-			if err != nil {
-				t.Fatal(err)
-			}
-			var out []string
-			for _, j := range list {
-				out = append(out, j.Namespace+"/"+j.ID)
-			}
-			slices.Sort(out)
-			return out
-		}
-		jobsBefore := jobs()
+		jobsBefore := p.Jobs()
 		const pass = "BOOTSTRAP_BACKUP_PASSPHRASE=the lab's passphrase"
 		archive := filepath.Join(t.TempDir(), "lab.age")
 		if r := p.Run([]string{"backup", "-o", archive}, pass); r.Code != 0 {
@@ -181,7 +162,7 @@ func TestLabProduction(t *testing.T) {
 		if r := p.Run([]string{"plan"}); r.Code != 0 {
 			t.Errorf("plan after the restore: exit %d\n%s", r.Code, r.Output())
 		}
-		if got := jobs(); !slices.Equal(got, jobsBefore) {
+		if got := p.Jobs(); !slices.Equal(got, jobsBefore) {
 			t.Errorf("jobs after the restore: %v, want %v", got, jobsBefore)
 		}
 	})
