@@ -52,8 +52,8 @@ const restoreDetail = "from the backup: its secrets, PKI, policies and tokens, o
 
 // restore puts the backup's raft snapshot into a Vault that holds nothing
 // yet. A snapshot can only be restored through an unsealed Vault, so the
-// first node is initialised with one throwaway key share, kept until the
-// snapshot is in; the snapshot brings the backup's keyring, and from then on
+// first node is initialised with throwaway keys, kept until the snapshot
+// is in; the snapshot brings the backup's keyring, and from then on
 // the backup's keys (in the secret store) open it. Every step can be
 // repeated after a kill: what Vault answers says how far it got.
 func (s *Stage) restore(ctx context.Context, e *stages.Env, inv *inventory.Inventory, nodes []inventory.Node, snap string) error {
