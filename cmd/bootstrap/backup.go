@@ -17,6 +17,7 @@ import (
 	"github.com/platform-bootstrap/bootstrap/internal/statedir"
 	"github.com/platform-bootstrap/bootstrap/stages"
 	"github.com/platform-bootstrap/bootstrap/stages/backup"
+	"github.com/platform-bootstrap/bootstrap/tools"
 )
 
 // passphraseEnv holds the passphrase of backups, for those who use one
@@ -112,6 +113,13 @@ A restore that was interrupted is finished by running it, or up, again.`,
 			return g.execute("restore", func(ctx context.Context, r *stages.Runner, sel stages.Selection, _ *stages.Session) ([]statedir.StageResult, error) {
 				if err := backup.Check(r.Env, m, entries); err != nil {
 					return nil, &stages.UsageError{Msg: fmt.Sprintf("%s: %v; nothing was changed", args[0], err)}
+				}
+				pins := tools.Versions()
+				for _, p := range slices.Sorted(maps.Keys(m.Versions)) {
+					pin, have := pins[strings.ToUpper(p)+"_VERSION"], strings.TrimPrefix(m.Versions[p], "v")
+					if pin != "" && !strings.HasPrefix(have, pin) {
+						r.Env.Warnf("the backup was taken with %s %s and this bootstrap installs %s %s: a snapshot may not restore into an older version", p, have, p, pin)
+					}
 				}
 				var inUse *backup.InUseError
 				if err := backup.Unpack(r.Env, m, entries); errors.As(err, &inUse) {

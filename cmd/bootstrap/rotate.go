@@ -9,6 +9,7 @@ import (
 	"github.com/platform-bootstrap/bootstrap/stages"
 	"github.com/platform-bootstrap/bootstrap/stages/consul"
 	"github.com/platform-bootstrap/bootstrap/stages/nomad"
+	"github.com/platform-bootstrap/bootstrap/stages/vault"
 )
 
 func newRotateCmd(g *globals) *cobra.Command {
@@ -35,6 +36,23 @@ finished by running it again.`,
 					}
 				}
 				return r.Up(ctx, sel)
+			})
+		},
+	})
+	cmd.AddCommand(&cobra.Command{
+		Use:   "unseal-keys",
+		Short: "Replace Vault's unseal keys (rekey): the old shares open nothing afterwards",
+		Long: `rotate unseal-keys rekeys Vault with as many shares and the same threshold:
+Vault makes new key shares from the stored ones, bootstrap stores them, and
+only then submits them back to activate them (a rekey with verification), so
+no run, however it is killed, can leave Vault with keys nobody has. A run
+killed before the new keys were stored cancels that rekey the next time; one
+killed after carries on with them. Replace any copy of the old keys you keep
+outside the state directory, and take a new backup.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			return g.execute("rotate unseal-keys", func(ctx context.Context, r *stages.Runner, _ stages.Selection, _ *stages.Session) ([]statedir.StageResult, error) {
+				return nil, vault.Rekey(ctx, r.Env)
 			})
 		},
 	})

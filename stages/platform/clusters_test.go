@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"maps"
@@ -12,6 +13,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -729,6 +731,71 @@ func TestConsulAndNomad(t *testing.T) {
 		}
 		if r := p.Run(append([]string{"plan"}, only...)); r.Code != 0 {
 			t.Errorf("plan after the rotation: exit %d\n%s", r.Code, r.Output())
+		}
+	})
+
+	t.Run("vault's unseal keys are replaced and the old ones open nothing", func(t *testing.T) {
+		p := p.T(t)
+		type initData struct {
+			Keys      []string `json:"keys_base64"`
+			Threshold int      `json:"threshold"`
+		}
+		read := func() initData {
+			var d initData
+			b, err := os.ReadFile(filepath.Join(p.StateDir(), "secrets", "vault", "init.json"))
+			if err == nil {
+				err = json.Unmarshal(b, &d)
+			}
+			if err != nil || len(d.Keys) == 0 {
+				t.Fatalf("vault/init.json: %v", err)
+			}
+			return d
+		}
+		old := read()
+		// Killed before the new keys were stored (that rekey is cancelled
+		// and made again), before they were verified, and after.
+		for _, crash := range []string{"vault:rekey-before-store", "vault:rekey-before-verify", "vault:rekey-after-verify"} {
+			if r := p.Run([]string{"rotate", "unseal-keys"}, "BOOTSTRAP_CRASHPOINT="+crash); r.Code == 0 {
+				t.Fatalf("the crash point %s did not fire:\n%s", crash, r.Output())
+			}
+		}
+		if r := p.Run([]string{"rotate", "unseal-keys"}); r.Code != 0 {
+			t.Fatalf("rotate unseal-keys: exit %d\n%s", r.Code, r.Output())
+		}
+		now := read()
+		if len(now.Keys) != len(old.Keys) || now.Threshold != old.Threshold || slices.Equal(now.Keys, old.Keys) {
+			t.Fatalf("stored keys after the rekey: %d shares, threshold %d, changed %v", len(now.Keys), now.Threshold, !slices.Equal(now.Keys, old.Keys))
+		}
+
+		// Vault restarts sealed (up is killed after it started Vault and
+		// gave it one share); the old shares do not open it, up does.
+		pid, err := proc.ReadPidFile(filepath.Join(p.StateDir(), "nodes", "server-1", "run", "vault.pid"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := proc.Kill(context.Background(), pid); err != nil {
+			t.Fatal(err)
+		}
+		if r := p.Run([]string{"up", "--only", "vault"}, "BOOTSTRAP_CRASHPOINT=vault:between-unseal-keys"); r.Code == 0 {
+			t.Fatalf("the crash point vault:between-unseal-keys did not fire:\n%s", r.Output())
+		}
+		sys := c.vault(t).Sys()
+		if _, err := sys.ResetUnsealProcess(); err != nil {
+			t.Fatal(err)
+		}
+		var st *vaultapi.SealStatusResponse
+		for _, k := range old.Keys[:old.Threshold] {
+			if st, err = sys.Unseal(k); err != nil {
+				break
+			}
+		}
+		if err == nil && !st.Sealed {
+			t.Fatal("the old unseal keys opened vault after the rekey")
+		}
+		t.Logf("the old keys: %v", err)
+		p.Up("--only", "vault")
+		if st, err := sys.SealStatus(); err != nil || st.Sealed {
+			t.Errorf("vault after up with the new keys: %+v, %v", st, err)
 		}
 	})
 
