@@ -2,6 +2,7 @@ package platform_test
 
 import (
 	"bytes"
+	"context"
 	"os"
 	"path/filepath"
 	"slices"
@@ -13,6 +14,7 @@ import (
 	vaultapi "github.com/hashicorp/vault/api"
 
 	"github.com/platform-bootstrap/bootstrap/internal/platformtest"
+	"github.com/platform-bootstrap/bootstrap/internal/poll"
 	"github.com/platform-bootstrap/bootstrap/internal/proc"
 	"github.com/platform-bootstrap/bootstrap/stages/nomad"
 )
@@ -152,5 +154,20 @@ func backupRestore(t *testing.T, p *platformtest.Platform) {
 	if got := p.Jobs(); !slices.Equal(got, jobsBefore) {
 		t.Errorf("jobs after the restore: %v, want %v", got, jobsBefore)
 	}
-	eventually(t, 3*time.Minute, "the dev application answering through fabio after the restore", func() error { return get200(env["FABIO_DEV_ADDR"] + "/web/") })
+	// The application's allocation was on a node of the old platform: it
+	// is placed again once the new clients have registered.
+	err = poll.Retry(context.Background(), 5*time.Minute, time.Second, func() error { return get200(env["FABIO_DEV_ADDR"] + "/web/") }, poll.Never)
+	if err != nil {
+		t.Errorf("the dev application answering through fabio after the restore: %v", err)
+		allocs, _, aerr := nc.Jobs().Allocations("web", true, &nomadapi.QueryOptions{Namespace: "dev"})
+		for _, a := range allocs {
+			t.Logf("dev/web allocation %s on %s: %s/%s", a.ID[:8], a.NodeName, a.DesiredStatus, a.ClientStatus)
+			for name, ts := range a.TaskStates {
+				for _, ev := range ts.Events {
+					t.Logf("  %s: %s %s", name, ev.Type, ev.DisplayMessage)
+				}
+			}
+		}
+		t.Logf("allocations: %v; status:\n%s", aerr, p.Run([]string{"status"}).Stdout)
+	}
 }
