@@ -101,12 +101,42 @@ func restore(ctx context.Context, e *stages.Env, inv *inventory.Inventory, serve
 	if err != nil {
 		return fmt.Errorf("nomad: list nodes: %w", err)
 	}
+	q := (&nomadapi.QueryOptions{}).WithContext(ctx)
+	// No new allocation may go to an old node while the others are purged.
+	for _, n := range nodes {
+		if !live[n.ID] {
+			if _, err := c.Nodes().ToggleEligibility(n.ID, false, w); err != nil {
+				return fmt.Errorf("nomad: mark node %s (%s) of the backup's platform ineligible: %w", n.Name, n.ID, err)
+			}
+		}
+	}
 	for _, n := range nodes {
 		if live[n.ID] {
 			continue
 		}
-		if _, _, err := c.Nodes().Purge(n.ID, (&nomadapi.QueryOptions{}).WithContext(ctx)); err != nil {
+		if _, _, err := c.Nodes().Purge(n.ID, q); err != nil {
 			return fmt.Errorf("nomad: purge node %s (%s) of the backup's platform: %w", n.Name, n.ID, err)
+		}
+	}
+	// An allocation the scheduler placed on an old node before it was
+	// marked would wait for that node forever: stop it, so it is placed
+	// again on this platform's clients.
+	for range 10 {
+		allocs, _, err := c.Allocations().List((&nomadapi.QueryOptions{Namespace: "*"}).WithContext(ctx))
+		if err != nil {
+			return fmt.Errorf("nomad: list allocations: %w", err)
+		}
+		for _, a := range allocs {
+			if a.DesiredStatus == nomadapi.AllocDesiredStatusRun && !live[a.NodeID] {
+				if _, err := c.Allocations().Stop(&nomadapi.Allocation{ID: a.ID, Namespace: a.Namespace}, q); err != nil {
+					return fmt.Errorf("nomad: stop allocation %s on a node of the backup's platform: %w", a.ID, err)
+				}
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(time.Second):
 		}
 	}
 	return e.RestoreDone("nomad")
