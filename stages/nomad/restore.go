@@ -97,11 +97,11 @@ func restore(ctx context.Context, e *stages.Env, inv *inventory.Inventory, serve
 		return fmt.Errorf("restore the backup's nomad snapshot: %w", err)
 	}
 	crashpoint.Hit("nomad:after-restore-snapshot")
-	nodes, _, err := c.Nodes().List((&nomadapi.QueryOptions{}).WithContext(ctx))
+	q := (&nomadapi.QueryOptions{}).WithContext(ctx)
+	nodes, _, err := c.Nodes().List(q)
 	if err != nil {
 		return fmt.Errorf("nomad: list nodes: %w", err)
 	}
-	q := (&nomadapi.QueryOptions{}).WithContext(ctx)
 	// No new allocation may go to an old node while the others are purged.
 	for _, n := range nodes {
 		if !live[n.ID] {
