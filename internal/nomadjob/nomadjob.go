@@ -9,6 +9,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"time"
 
@@ -81,6 +82,9 @@ type Health struct {
 	Status string
 	// Current are the allocations of the current version meant to run.
 	Current []*nomadapi.AllocationListStub
+	// unproven: some running allocation has no deployment's verdict (a
+	// system job's always), so it may yet fail a moment after it started.
+	unproven bool
 }
 
 // Check looks once at whether the job's current version runs healthy: no
@@ -109,6 +113,9 @@ func Check(ctx context.Context, c *nomadapi.Client, ns, id string) (Health, erro
 		switch {
 		case Running(a):
 			running++
+			if a.DeploymentStatus == nil || a.DeploymentStatus.Healthy == nil {
+				h.unproven = true
+			}
 		case a.ClientStatus == "pending" || a.ClientStatus == "running":
 			starting++
 		case a.ClientStatus == "failed" && a.NextAllocation == "":
@@ -175,7 +182,11 @@ func eligibleClients(ctx context.Context, c *nomadapi.Client) (int, error) {
 // and fails at once when a deployment or an allocation of it failed. Its
 // error explains the allocations that do not run.
 func WaitHealthy(ctx context.Context, c *nomadapi.Client, ns, id string, timeout time.Duration) error {
-	var last Health
+	var (
+		last  Health
+		seen  string // the healthy allocations and their versions
+		since time.Time
+	)
 	err := poll.Until(ctx, timeout, time.Second, func() (bool, error) {
 		h, err := Check(ctx, c, ns, id)
 		if err != nil {
@@ -185,12 +196,36 @@ func WaitHealthy(ctx context.Context, c *nomadapi.Client, ns, id string, timeout
 		if h.Failed {
 			return false, fmt.Errorf("job %s: %s%s", id, h.Status, explain(ctx, c, ns, h.Current))
 		}
-		return h.Healthy, nil
+		if !h.Healthy || !h.unproven {
+			seen = ""
+			return h.Healthy, nil
+		}
+		// No deployment vouches for these allocations: they count once
+		// they have run unchanged for settleTime, as a deployment's
+		// min_healthy_time would make them. A task that exits at once
+		// shows "running" for a moment first.
+		if s := allocVersions(h.Current); s != seen {
+			seen, since = s, time.Now()
+		}
+		return time.Since(since) >= settleTime, nil
 	})
 	if errors.Is(err, context.DeadlineExceeded) {
 		return fmt.Errorf("job %s is not healthy after %s (%s)%s", id, timeout, last.Status, explain(ctx, c, ns, last.Current))
 	}
 	return err
+}
+
+// settleTime is how long an allocation without a deployment's verdict has
+// to run unchanged before WaitHealthy counts it.
+const settleTime = 5 * time.Second
+
+func allocVersions(allocs []*nomadapi.AllocationListStub) string {
+	s := make([]string, len(allocs))
+	for i, a := range allocs {
+		s[i] = fmt.Sprintf("%s@%d", a.ID, a.ModifyIndex)
+	}
+	slices.Sort(s)
+	return strings.Join(s, " ")
 }
 
 // explain is Explain of the allocations that do not run, as indented lines
