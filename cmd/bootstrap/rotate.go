@@ -2,6 +2,9 @@ package main
 
 import (
 	"context"
+	"fmt"
+	"slices"
+	"strings"
 
 	"github.com/spf13/cobra"
 
@@ -34,6 +37,42 @@ finished by running it again.`,
 					if err := rotate(ctx, r.Env); err != nil {
 						return nil, err
 					}
+				}
+				return r.Up(ctx, sel)
+			})
+		},
+	})
+	cmd.AddCommand(&cobra.Command{
+		Use:       "tokens [KIND...]",
+		Short:     "Replace the platform's Consul and Nomad tokens: management, ui, metrics, ci",
+		ValidArgs: stages.TokenKinds,
+		Long: `rotate tokens replaces the Consul and Nomad tokens of the given kinds (all
+when none is given) and revokes the old ones:
+
+  management  the Consul and Nomad management tokens (bootstrap env --token admin)
+  ui          the read-only UI tokens (bootstrap env --token ui)
+  metrics     Prometheus's Consul and Nomad tokens
+  ci          the Nomad deploy token of each application namespace
+
+Each old token is renamed "bootstrap (retired): NAME" and keeps working while
+up makes the new one, stores it (state directory and Vault KV) and restarts
+the platform jobs that use it; the old tokens are deleted at the end of up,
+once the jobs run with the new ones. A run killed anywhere is finished by
+running it again (or up). After a ci rotation, put the new deploy tokens in
+GitLab's CI variables: bootstrap env --token ci-NAMESPACE prints them.`,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			for _, k := range args {
+				if !slices.Contains(stages.TokenKinds, k) {
+					return &exitError{code: exitUsage, err: fmt.Errorf("rotate tokens: no tokens of kind %q: use %s, or none for all", k, strings.Join(stages.TokenKinds, ", "))}
+				}
+			}
+			return g.execute("rotate tokens", func(ctx context.Context, r *stages.Runner, sel stages.Selection, _ *stages.Session) ([]statedir.StageResult, error) {
+				toks, err := stages.RequestTokenRotation(r.Env.State, r.Env.Config, args)
+				if err != nil {
+					return nil, err
+				}
+				for _, t := range toks {
+					r.Env.Step("rotating %s token %s", t.Stage, t.Name)
 				}
 				return r.Up(ctx, sel)
 			})

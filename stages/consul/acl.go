@@ -223,6 +223,9 @@ func convergeACL(ctx context.Context, e *stages.Env, d *deps, as cluster.Agents,
 			return fmt.Errorf("consul: %w", err)
 		}
 	}
+	if mgmt, err = rotateTokens(ctx, e, c, p, d.inv, mgmt); err != nil {
+		return err
+	}
 	toks, err := readTokens(c, q)
 	if err != nil {
 		return err
@@ -234,6 +237,9 @@ func convergeACL(ctx context.Context, e *stages.Env, d *deps, as cluster.Agents,
 	for _, t := range wantTokens(e.Config, d.inv) {
 		secret, changed, err := ensureToken(e, c, w, p, toks, t)
 		if err != nil {
+			return err
+		}
+		if err := finishRotation(e, p, t); err != nil {
 			return err
 		}
 		if changed && !p.Apply {

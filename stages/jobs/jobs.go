@@ -412,6 +412,9 @@ func converge(ctx context.Context, e *stages.Env, pl *reconcile.Plan) error {
 			return err
 		}
 	}
+	if err := deleteRetired(ctx, e, p, pl); err != nil {
+		return err
+	}
 	return setOutputs(e, p)
 }
 

@@ -44,6 +44,12 @@ func parse(ctx context.Context, p *platform, sp spec) (*nomadapi.Job, error) {
 	}
 	ns := platformjobs.Namespace
 	job.Namespace = &ns
+	if d := secretsDigest(p, sp.name); d != "" {
+		if job.Meta == nil {
+			job.Meta = map[string]string{}
+		}
+		job.Meta[secretsMeta] = d
+	}
 	return job, nil
 }
 

@@ -226,6 +226,9 @@ func convergeACL(ctx context.Context, e *stages.Env, d *deps, as cluster.Agents,
 			return fmt.Errorf("nomad: %w", err)
 		}
 	}
+	if mgmt, err = rotateTokens(ctx, e, c, p, mgmt); err != nil {
+		return err
+	}
 	have, err := listTokens(c, q)
 	if err != nil {
 		return err
@@ -241,6 +244,9 @@ func convergeACL(ctx context.Context, e *stages.Env, d *deps, as cluster.Agents,
 		}
 		if secret == "" {
 			continue // planned: the token is yet to be made
+		}
+		if err := finishRotation(e, p, t); err != nil {
+			return err
 		}
 		if err := cluster.CopyToKV(ctx, p, vc, t.secret, secret); err != nil {
 			return err
@@ -301,7 +307,7 @@ func deleteStale(ctx context.Context, e *stages.Env, c *nomadapi.Client, q *noma
 		wantTok[t.displayName()] = true
 	}
 	for _, display := range slices.Sorted(maps.Keys(have)) {
-		if wantTok[display] {
+		if wantTok[display] || display == managementName {
 			continue
 		}
 		name := strings.TrimPrefix(display, "bootstrap: ")

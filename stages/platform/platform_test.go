@@ -356,6 +356,10 @@ func TestPlatform(t *testing.T) {
 		}
 	})
 
+	t.Run("tokens rotate, and the old ones are refused", func(t *testing.T) {
+		rotateTokens(t, p.T(t))
+	})
+
 	t.Run("status", func(t *testing.T) {
 		r := p.Run([]string{"status"})
 		if r.Code != 0 || strings.Contains(r.Stdout, "!!") {

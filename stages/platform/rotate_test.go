@@ -1,0 +1,209 @@
+package platform_test
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	consulapi "github.com/hashicorp/consul/api"
+	nomadapi "github.com/hashicorp/nomad/api"
+	vaultapi "github.com/hashicorp/vault/api"
+
+	"github.com/platform-bootstrap/bootstrap/internal/platformtest"
+	"github.com/platform-bootstrap/bootstrap/pki"
+	"github.com/platform-bootstrap/bootstrap/stages"
+	"github.com/platform-bootstrap/bootstrap/stages/consul"
+	"github.com/platform-bootstrap/bootstrap/stages/nomad"
+)
+
+// rotateTokens is issue 18's token rotation on the running platform: every
+// rotatable token is replaced, with a run killed at each new step, while
+// dev's application answers through its Fabio. Afterwards each stored token
+// and its Vault KV copy are new, every old token is refused by Consul or
+// Nomad, Prometheus scrapes with the new ones, and a plan shows nothing.
+func rotateTokens(t *testing.T, p *platformtest.Platform) {
+	env := p.Env("admin")
+	secret := func(name string) string {
+		b, err := os.ReadFile(filepath.Join(p.StateDir(), "secrets", name))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return strings.TrimSpace(string(b))
+	}
+	consulTokens := []string{stages.SecretConsulBootstrapToken, stages.SecretConsulOperatorToken, stages.SecretConsulPrometheusToken}
+	nomadTokens := []string{stages.SecretNomadBootstrapToken, stages.SecretNomadUIToken, stages.SecretNomadPrometheusToken, stages.SecretNomadDeployToken("dev"), stages.SecretNomadDeployToken("prod")}
+	old := map[string]string{}
+	for _, name := range append(consulTokens, nomadTokens...) {
+		old[name] = secret(name)
+	}
+
+	// dev's application answers through its Fabio all along: nothing on
+	// its path changes.
+	var (
+		mu       sync.Mutex
+		polls    int
+		failures []string
+	)
+	ctx, stop := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for ctx.Err() == nil {
+			err := get200(env["FABIO_DEV_ADDR"] + "/web/")
+			mu.Lock()
+			polls++
+			if err != nil && len(failures) < 20 {
+				failures = append(failures, time.Now().Format("15:04:05.000")+" "+err.Error())
+			}
+			mu.Unlock()
+			time.Sleep(250 * time.Millisecond)
+		}
+	}()
+
+	for _, cp := range []string{"consul:rotate-after-create", "consul:rotate-after-retire", "nomad:rotate-after-create", "nomad:rotate-after-retire", "jobs:after-register"} {
+		r := p.Run([]string{"rotate", "tokens"}, "BOOTSTRAP_CRASHPOINT="+cp)
+		if r.Code != -1 { // killed by the signal
+			t.Fatalf("the crash point %s did not fire: exit %d\n%s", cp, r.Code, r.Output())
+		}
+		// Until the rotation ends, the old management tokens still work:
+		// a kill never locks bootstrap or a user out.
+		if _, _, err := nomadClient(t, env, old[stages.SecretNomadBootstrapToken]).ACLTokens().Self(nil); err != nil {
+			t.Errorf("after the kill at %s the old Nomad management token is refused: %v", cp, err)
+		}
+	}
+	if r := p.Run([]string{"plan"}); r.Code != 4 || !strings.Contains(r.Stdout, "retired") {
+		t.Errorf("plan after the kills: exit %d, want 4 and the retired tokens to delete\n%s", r.Code, r.Output())
+	}
+	p.Up()
+	stop()
+	wg.Wait()
+	t.Logf("%d requests to dev's application during the rotation, %d failed", polls, len(failures))
+	if len(failures) > 0 {
+		t.Errorf("dev's application failed during the rotation: %s", strings.Join(failures, "; "))
+	}
+	if r := p.Run([]string{"plan"}); r.Code != 0 {
+		t.Errorf("plan after the rotation: exit %d\n%s", r.Code, r.Output())
+	}
+
+	env = p.Env("admin")
+	vc := vaultClient(t, env)
+	for name, was := range old {
+		now := secret(name)
+		if now == was {
+			t.Errorf("%s was not replaced", name)
+			continue
+		}
+		if differs, err := pki.KVDiffers(t.Context(), vc, name, now); err != nil || differs {
+			t.Errorf("the Vault KV copy of %s is not the new token (differs %v, %v)", name, differs, err)
+		}
+	}
+	for _, name := range consulTokens {
+		c, err := consul.NewClient(env["CONSUL_HTTP_ADDR"], env["CONSUL_CACERT"], old[name])
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, _, err := c.ACL().TokenReadSelf(nil); err == nil {
+			t.Errorf("consul accepts the old %s", name)
+		}
+		c, _ = consul.NewClient(env["CONSUL_HTTP_ADDR"], env["CONSUL_CACERT"], secret(name))
+		if _, _, err := c.ACL().TokenReadSelf(nil); err != nil {
+			t.Errorf("consul refuses the new %s: %v", name, err)
+		}
+	}
+	for _, name := range nomadTokens {
+		if _, _, err := nomadClient(t, env, old[name]).ACLTokens().Self(nil); err == nil {
+			t.Errorf("nomad accepts the old %s", name)
+		}
+		if _, _, err := nomadClient(t, env, secret(name)).ACLTokens().Self(nil); err != nil {
+			t.Errorf("nomad refuses the new %s: %v", name, err)
+		}
+	}
+	// The attack that matters: a leaked CI token is useless once rotated.
+	if _, _, err := nomadClient(t, env, old[stages.SecretNomadDeployToken("dev")]).Jobs().List(&nomadapi.QueryOptions{Namespace: "dev"}); err == nil {
+		t.Error("the old dev CI token still lists dev's jobs")
+	}
+	if jobs, _, err := nomadClient(t, env, secret(stages.SecretNomadDeployToken("dev"))).Jobs().List(&nomadapi.QueryOptions{Namespace: "dev"}); err != nil || len(jobs) == 0 {
+		t.Errorf("the new dev CI token lists %d of dev's jobs: %v", len(jobs), err)
+	}
+	for _, what := range []string{"nomad", "consul"} {
+		if n := retiredTokens(t, env, what); n > 0 {
+			t.Errorf("%d retired %s tokens left", n, what)
+		}
+	}
+	// Prometheus discovers and scrapes Consul and Nomad with the new
+	// tokens (the old ones are gone).
+	eventually(t, 2*time.Minute, "prometheus scraping with the new tokens", func() error {
+		pools := scrapePools(t, env["PROMETHEUS_ADDR"])
+		for _, pool := range []string{"consul", "nomad-server", "nomad-client"} {
+			if h := pools[pool]; h.all == 0 || h.up != h.all {
+				return fmt.Errorf("scrape pool %s: %d / %d up", pool, h.up, h.all)
+			}
+		}
+		if h := pools["consul_sd_metrics"]; h.all < 7 {
+			return fmt.Errorf("consul_sd_metrics: %d targets discovered", h.all)
+		}
+		return nil
+	})
+}
+
+func nomadClient(t *testing.T, env map[string]string, token string) *nomadapi.Client {
+	t.Helper()
+	c, err := nomad.NewClient(env["NOMAD_ADDR"], env["NOMAD_CACERT"], token)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
+func vaultClient(t *testing.T, env map[string]string) *vaultapi.Client {
+	t.Helper()
+	cfg := vaultapi.DefaultConfig()
+	cfg.Address = env["VAULT_ADDR"]
+	if err := cfg.ConfigureTLS(&vaultapi.TLSConfig{CACert: env["VAULT_CACERT"]}); err != nil {
+		t.Fatal(err)
+	}
+	c, err := vaultapi.NewClient(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.SetToken(env["VAULT_TOKEN"])
+	return c
+}
+
+// retiredTokens counts the tokens a rotation retired that still exist.
+func retiredTokens(t *testing.T, env map[string]string, product string) int {
+	t.Helper()
+	n := 0
+	if product == "nomad" {
+		list, _, err := nomadClient(t, env, env["NOMAD_TOKEN"]).ACLTokens().List(nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, tok := range list {
+			if strings.HasPrefix(tok.Name, stages.RetiredTokenPrefix) {
+				n++
+			}
+		}
+		return n
+	}
+	c, err := consul.NewClient(env["CONSUL_HTTP_ADDR"], env["CONSUL_CACERT"], env["CONSUL_HTTP_TOKEN"])
+	if err != nil {
+		t.Fatal(err)
+	}
+	list, _, err := c.ACL().TokenList(&consulapi.QueryOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tok := range list {
+		if strings.HasPrefix(tok.Description, stages.RetiredTokenPrefix) {
+			n++
+		}
+	}
+	return n
+}
