@@ -15,6 +15,8 @@ import (
 	"time"
 
 	"github.com/platform-bootstrap/bootstrap/internal/crashpoint"
+	"github.com/platform-bootstrap/bootstrap/internal/reconcile"
+	"github.com/platform-bootstrap/bootstrap/stages"
 )
 
 // Names given to the keys and issuers bootstrap creates. Vault refuses a
@@ -208,48 +210,135 @@ func (r *reconciler) intermediateIssuer(ctx context.Context, ca CA, in Intermedi
 	if err != nil {
 		return err
 	}
+	var current string
 	for _, is := range list {
-		if is.KeyID == "" {
-			continue // the root's certificate, imported with the chain
+		if is.KeyID != "" && current == "" {
+			current = is.ID // the root's certificate, imported with the chain, has no key
 		}
-		pemCert, err := r.issuerCert(ctx, mount, is.ID)
+	}
+	if current == "" {
+		detail := fmt.Sprintf("CN=%s, %s, signed by %s, ttl %s", in.CommonName, keyDesc(ca.KeyType, ca.KeyBits), root, fmtDuration(in.TTL))
+		return r.change("create", target, detail, func() error {
+			return r.signIntermediate(ctx, ca, in, intermediateKeyName)
+		})
+	}
+	if note := r.e.Note(stages.RotateCANote(ca.Name)); note != "" {
+		detail := "rotation: a new intermediate CA becomes the default; the old one is retired once every agent serves a certificate of the new one"
+		err := r.change(reconcile.Replace, target, detail, func() error {
+			if err := r.rotateIntermediate(ctx, ca, in, note); err != nil {
+				return err
+			}
+			list, err = r.issuers(ctx, mount)
+			return err
+		})
 		if err != nil {
 			return err
 		}
-		r.certs[mount] = pemCert
-		cert, err := parseCert(pemCert)
-		if err != nil {
-			return fmt.Errorf("intermediate CA of %s: %w", mount, err)
+	}
+	// After a rotation the mount holds several; the default one issues.
+	if def, err := r.defaultIssuer(ctx, mount); err != nil {
+		return err
+	} else if slices.ContainsFunc(list, func(is issuer) bool { return is.ID == def && is.KeyID != "" }) {
+		current = def
+	}
+	pemCert, err := r.issuerCert(ctx, mount, current)
+	if err != nil {
+		return err
+	}
+	r.certs[mount] = pemCert
+	cert, err := parseCert(pemCert)
+	if err != nil {
+		return fmt.Errorf("intermediate CA of %s: %w", mount, err)
+	}
+	r.checkCert(mount, cert, in.CommonName, ca.KeyType, ca.KeyBits, in.TTL)
+	if rootPEM := r.certs[root]; rootPEM != "" {
+		rc, err := parseCert(rootPEM)
+		if err == nil && cert.CheckSignatureFrom(rc) != nil {
+			r.warnf("%s is not signed by the root of %s; bootstrap does not replace CAs: re-sign it by hand or remove both mounts to start over", mount, root)
 		}
-		r.checkCert(mount, cert, in.CommonName, ca.KeyType, ca.KeyBits, in.TTL)
-		if rootPEM := r.certs[root]; rootPEM != "" {
-			rc, err := parseCert(rootPEM)
-			if err == nil && cert.CheckSignatureFrom(rc) != nil {
-				r.warnf("%s is not signed by the root of %s; bootstrap does not replace CAs: re-sign it by hand or remove both mounts to start over", mount, root)
+	}
+	return nil
+}
+
+func (r *reconciler) defaultIssuer(ctx context.Context, mount string) (string, error) {
+	s, err := r.c.Logical().ReadWithContext(ctx, mount+"/config/issuers")
+	if err != nil {
+		return "", fmt.Errorf("read the default issuer of %s: %w", mount, err)
+	}
+	if s == nil {
+		return "", nil
+	}
+	return str(s.Data, "default"), nil
+}
+
+// rotateIntermediate makes a new intermediate CA in the mount, with a key
+// of its own, and makes it the default issuer: certificates are issued by
+// it from then on. The key's name, chosen once and kept in the note, finds
+// the work of a killed run again. The old issuer stays, so what it issued
+// still verifies, until the consul or nomad stage retires it
+// (RetireIssuer).
+func (r *reconciler) rotateIntermediate(ctx context.Context, ca CA, in Intermediate, keyName string) error {
+	mount := ca.IntermediateMount(in.Name)
+	note := stages.RotateCANote(ca.Name)
+	if keyName == stages.RotateRequested {
+		keyName = intermediateKeyName + "-" + time.Now().UTC().Format("20060102-150405")
+		if err := r.e.SetNote(note, keyName); err != nil {
+			return err
+		}
+	}
+	find := func() (string, error) {
+		keys, err := r.keys(ctx, mount)
+		if err != nil {
+			return "", err
+		}
+		list, err := r.issuers(ctx, mount)
+		if err != nil {
+			return "", err
+		}
+		for _, is := range list {
+			if is.KeyID != "" && keys[is.KeyID] == keyName {
+				return is.ID, nil
 			}
 		}
-		return nil
+		return "", nil
 	}
-	detail := fmt.Sprintf("CN=%s, %s, signed by %s, ttl %s", in.CommonName, keyDesc(ca.KeyType, ca.KeyBits), root, fmtDuration(in.TTL))
-	return r.change("create", target, detail, func() error {
-		return r.signIntermediate(ctx, ca, in)
-	})
+	id, err := find()
+	if err != nil {
+		return err
+	}
+	if id == "" {
+		if err := r.signIntermediate(ctx, ca, in, keyName); err != nil {
+			return err
+		}
+		if id, err = find(); err != nil {
+			return err
+		}
+		if id == "" {
+			return fmt.Errorf("%s: no issuer for the new key %s after signing it", mount, keyName)
+		}
+	}
+	crashpoint.Hit("pki/rotate-before-default")
+	if _, err := r.c.Logical().WriteWithContext(ctx, mount+"/config/issuers", map[string]any{"default": id}); err != nil {
+		return fmt.Errorf("make %s the default issuer of %s: %w", id, mount, err)
+	}
+	return r.e.DeleteNotes(note)
 }
 
 // signIntermediate creates (or reuses) the intermediate's key, has the root
 // sign a CSR for it and imports the signed certificate. Every step can be
 // interrupted: a key left by a killed run is reused, never duplicated.
-func (r *reconciler) signIntermediate(ctx context.Context, ca CA, in Intermediate) error {
+func (r *reconciler) signIntermediate(ctx context.Context, ca CA, in Intermediate, keyName string) error {
 	mount := ca.IntermediateMount(in.Name)
 	keys, err := r.keys(ctx, mount)
 	if err != nil {
 		return err
 	}
-	// The named key if a killed run made it; otherwise any key someone left
-	// (the lowest ID, so every run picks the same one).
+	// The named key if a killed run made it; for the first intermediate,
+	// otherwise any key someone left (the lowest ID, so every run picks the
+	// same one). A rotation's key is new.
 	var keyRef string
 	for _, id := range slices.Sorted(maps.Keys(keys)) {
-		if keys[id] == intermediateKeyName || keyRef == "" {
+		if keys[id] == keyName || (keyRef == "" && keyName == intermediateKeyName) {
 			keyRef = id
 		}
 	}
@@ -258,13 +347,13 @@ func (r *reconciler) signIntermediate(ctx context.Context, ca CA, in Intermediat
 	if keyRef == "" {
 		csrReq["key_type"] = ca.KeyType
 		csrReq["key_bits"] = ca.KeyBits
-		csrReq["key_name"] = intermediateKeyName
+		csrReq["key_name"] = keyName
 		s, err := r.c.Logical().WriteWithContext(ctx, mount+"/intermediate/generate/internal", csrReq)
 		switch {
 		case err == nil:
 			csr = str(s.Data, "csr")
 		case hasError(err, "already in use"):
-			keyRef = intermediateKeyName
+			keyRef = keyName
 		default:
 			return fmt.Errorf("generate intermediate key: %w", err)
 		}

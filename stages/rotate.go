@@ -78,3 +78,32 @@ func RequestTokenRotation(st *statedir.State, cfg *config.Platform, kinds []stri
 	}
 	return out, nil
 }
+
+// RotateCANote is the note of the pki stage that asks for a new
+// intermediate CA of ca (consul or nomad); once the stage began, it holds
+// the new key's name.
+func RotateCANote(ca string) string { return "rotate_ca_" + ca }
+
+// RotatableCAs are the CAs whose intermediate `bootstrap rotate ca` replaces.
+var RotatableCAs = []string{"consul", "nomad"}
+
+// RequestCARotation marks the intermediate CAs of cas (every one when none)
+// for the next up to replace. A rotation already under way is left as it
+// is.
+func RequestCARotation(st *statedir.State, cas []string) error {
+	if len(cas) == 0 {
+		cas = RotatableCAs
+	}
+	for _, ca := range cas {
+		if !slices.Contains(RotatableCAs, ca) {
+			return fmt.Errorf("no CA %q: use one of %s", ca, strings.Join(RotatableCAs, ", "))
+		}
+		if st.Note("pki", RotateCANote(ca)) != "" {
+			continue
+		}
+		if err := st.SetNote("pki", RotateCANote(ca), RotateRequested); err != nil {
+			return err
+		}
+	}
+	return nil
+}

@@ -30,6 +30,7 @@ func TestBackupRestoreUsage(t *testing.T) {
 		{"restore of a missing file", []string{pass}, []string{"restore", filepath.Join(dir, "missing.age")}, "no such file"},
 		{"restore of a file that is no backup", []string{pass}, []string{"restore", notArchive}, "not a bootstrap backup"},
 		{"restore without a file", []string{pass}, []string{"restore"}, "accepts 1 arg"},
+		{"rotation of an unknown CA", nil, []string{"rotate", "ca", "vault"}, `no CA "vault"`},
 		{"rotation of unknown tokens", nil, []string{"rotate", "tokens", "ci", "root"}, `no tokens of kind "root"`},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

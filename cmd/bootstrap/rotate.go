@@ -79,6 +79,32 @@ GitLab's CI variables: bootstrap env --token ci-NAMESPACE prints them.`,
 		},
 	})
 	cmd.AddCommand(&cobra.Command{
+		Use:       "ca [consul|nomad]...",
+		Short:     "Replace the Consul and Nomad intermediate CAs; every agent gets a certificate of the new one",
+		ValidArgs: stages.RotatableCAs,
+		Long: `rotate ca makes a new intermediate CA under the same root for Consul and for
+Nomad (or only those named) and makes it the one that issues. up then
+restarts every node's consul-template, which issues the agent a certificate
+of the new CA and reloads the agent (no agent restarts). Once every agent
+serves a certificate of the new CA, the old intermediate is revoked at the
+root and deleted with its key. Everything trusts the root, so agents with
+certificates of either CA keep talking throughout. A run killed anywhere is
+finished by running it again (or up).`,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			for _, ca := range args {
+				if !slices.Contains(stages.RotatableCAs, ca) {
+					return &exitError{code: exitUsage, err: fmt.Errorf("rotate ca: no CA %q: use %s, or none for both", ca, strings.Join(stages.RotatableCAs, ", "))}
+				}
+			}
+			return g.execute("rotate ca", func(ctx context.Context, r *stages.Runner, sel stages.Selection, _ *stages.Session) ([]statedir.StageResult, error) {
+				if err := stages.RequestCARotation(r.Env.State, args); err != nil {
+					return nil, err
+				}
+				return r.Up(ctx, sel)
+			})
+		},
+	})
+	cmd.AddCommand(&cobra.Command{
 		Use:   "unseal-keys",
 		Short: "Replace Vault's unseal keys (rekey): the old shares open nothing afterwards",
 		Long: `rotate unseal-keys rekeys Vault with as many shares and the same threshold:

@@ -15,6 +15,7 @@ import (
 	"github.com/platform-bootstrap/bootstrap/internal/inventory"
 	"github.com/platform-bootstrap/bootstrap/internal/reconcile"
 	"github.com/platform-bootstrap/bootstrap/internal/secrets"
+	"github.com/platform-bootstrap/bootstrap/pki"
 	"github.com/platform-bootstrap/bootstrap/stages"
 )
 
@@ -255,7 +256,14 @@ func convergeACL(ctx context.Context, e *stages.Env, d *deps, as cluster.Agents,
 			return err
 		}
 	}
-	return cluster.CopyToKV(ctx, p, vc, stages.SecretConsulBootstrapToken, mgmt)
+	if err := cluster.CopyToKV(ctx, p, vc, stages.SecretConsulBootstrapToken, mgmt); err != nil {
+		return err
+	}
+	addrs := map[string]string{}
+	for _, n := range pki.ConsulTemplateNodes(d.inv) {
+		addrs[n.Name] = stages.ConsulAddr(n)
+	}
+	return cluster.RetireOldCAs(ctx, p, vc, "consul", e.CAFile("consul"), addrs)
 }
 
 func normRules(s string) string { return strings.Join(strings.Fields(s), " ") }

@@ -83,7 +83,8 @@ func load(ctx context.Context, e *stages.Env) (*deps, error) {
 	if err != nil {
 		return nil, err
 	}
-	if _, err := os.Stat(e.CAFile("consul")); err != nil {
+	caHash, err := cluster.CAHash(e.CAFile("consul"))
+	if err != nil {
 		return nil, stages.NotReadyf("the consul CA (%s) does not exist yet: the pki stage has not run", e.CAFile("consul"))
 	}
 	vc, err := pki.NewClient(addr, e.State.Output(stages.OutVaultCACert))
@@ -96,7 +97,7 @@ func load(ctx context.Context, e *stages.Env) (*deps, error) {
 		play: ansible.Play{
 			Tag:         "consul",
 			Roles:       []string{"common", "consul_template", "consul"},
-			Vars:        map[string]any{"vault_addr": addr, "consul_cert_ttl": e.Config.PKI.LeafTTL, "consul_dns": e.Config.Consul.DNS},
+			Vars:        map[string]any{"vault_addr": addr, "consul_cert_ttl": e.Config.PKI.LeafTTL, "consul_dns": e.Config.Consul.DNS, "ct_ca_hash": caHash},
 			Hosts:       inventory.Names(pki.ConsulTemplateNodes(inv)),
 			Secrets:     secrets,
 			NodeSecrets: map[string]map[string]string{pki.TemplateTokensVar: tokens},

@@ -11,7 +11,6 @@ import (
 	"crypto/rand"
 	"fmt"
 	"net"
-	"os"
 	"path/filepath"
 	"slices"
 	"sort"
@@ -189,7 +188,7 @@ func wanted(e *stages.Env, p *platform) ([]spec, error) {
 		}
 		return v
 	}
-	consulCA, err := os.ReadFile(e.CAFile("consul"))
+	consulCA, err := rootCA(e.CAFile("consul"))
 	if err != nil {
 		return nil, err
 	}
@@ -199,7 +198,7 @@ func wanted(e *stages.Env, p *platform) ([]spec, error) {
 	}
 	if j := cfg.Jobs.Fabio; j.Enabled {
 		v := base(j, "fabio", "")
-		v["consul_ca_pem"] = string(consulCA)
+		v["consul_ca_pem"] = consulCA
 		v["proxy_port"] = FabioPort
 		v["ui_port"] = FabioUIPort
 		var apps []map[string]any
@@ -315,11 +314,11 @@ func prometheusVars(e *stages.Env, p *platform, v platformjobs.Variables, bin st
 	}
 	cas := map[string]string{}
 	for name, file := range map[string]string{"consul": e.CAFile("consul"), "nomad": e.CAFile("nomad"), "vault": e.State.Output(stages.OutVaultCACert)} {
-		b, err := os.ReadFile(file)
+		pem, err := rootCA(file)
 		if err != nil {
 			return nil, err
 		}
-		cas[name] = string(b)
+		cas[name] = pem
 	}
 	v["count"] = cfg.Jobs.Prometheus.Count
 	v["prometheus_yml"] = string(yml)

@@ -36,7 +36,8 @@ func wantedFor(t *testing.T, src string) map[string]platformjobs.Variables {
 		if err := os.MkdirAll(filepath.Dir(ca), 0o700); err != nil {
 			t.Fatal(err)
 		}
-		if err := os.WriteFile(ca, []byte("-----BEGIN CERTIFICATE-----\n"+filepath.Base(ca)+"\n"), 0o600); err != nil {
+		_, _, pem := testCert(t, filepath.Base(ca), nil, nil)
+		if err := os.WriteFile(ca, pem, 0o600); err != nil {
 			t.Fatal(err)
 		}
 	}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"maps"
+	"net"
 	"os"
 	"slices"
 	"strings"
@@ -262,6 +263,13 @@ func convergeACL(ctx context.Context, e *stages.Env, d *deps, as cluster.Agents,
 		return err
 	}
 	if err := consulWI(ctx, e, d.inv, p); err != nil {
+		return err
+	}
+	addrs := map[string]string{}
+	for _, n := range pki.ConsulTemplateNodes(d.inv) {
+		addrs[n.Name] = net.JoinHostPort(n.APIAddress(), fmt.Sprint(stages.NomadHTTPPort))
+	}
+	if err := cluster.RetireOldCAs(ctx, p, vc, "nomad", e.CAFile("nomad"), addrs); err != nil {
 		return err
 	}
 	if p.Apply {

@@ -73,7 +73,8 @@ func load(e *stages.Env) (*deps, error) {
 	if e.State.Output(stages.OutConsulAddr) == "" {
 		return nil, stages.NotReadyf("consul is not up yet")
 	}
-	if _, err := os.Stat(e.CAFile("nomad")); err != nil {
+	caHash, err := cluster.CAHash(e.CAFile("nomad"))
+	if err != nil {
 		return nil, stages.NotReadyf("the nomad CA (%s) does not exist yet: the pki stage has not run", e.CAFile("nomad"))
 	}
 	secrets := map[string]string{}
@@ -106,7 +107,7 @@ func load(e *stages.Env) (*deps, error) {
 		play: ansible.Play{
 			Tag:         "nomad",
 			Roles:       []string{"common", "consul_template", "cni", "nomad"},
-			Vars:        map[string]any{"vault_addr": addr, "nomad_cert_ttl": e.Config.PKI.LeafTTL},
+			Vars:        map[string]any{"vault_addr": addr, "nomad_cert_ttl": e.Config.PKI.LeafTTL, "ct_ca_hash": caHash},
 			Hosts:       inventory.Names(pki.ConsulTemplateNodes(inv)),
 			Secrets:     secrets,
 			NodeSecrets: map[string]map[string]string{pki.TemplateTokensVar: tokens},

@@ -1,9 +1,13 @@
 package pki
 
 import (
+	"bytes"
 	"context"
+	"crypto/x509"
 	"encoding/json"
+	"encoding/pem"
 	"errors"
+	"fmt"
 	"os"
 	"strings"
 	"sync"
@@ -109,4 +113,120 @@ func TestUpTwice(t *testing.T) {
 			t.Errorf("a secret of the store appears in the run's events")
 		}
 	}
+}
+
+// TestRotateCA rotates the platform intermediate CAs on a real Vault: the
+// stage makes a new intermediate under the same root and makes it the
+// default, the CA file follows it, a second run changes nothing, and
+// retiring the old one revokes it at the root and deletes it with its key.
+func TestRotateCA(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts a real Vault")
+	}
+	v := testcluster.StartVault(t)
+	env := newEnv(t, nil)
+	if err := env.Secrets.Put(stages.SecretVaultRootToken, v.Token); err != nil {
+		t.Fatal(err)
+	}
+	if err := env.State.SetOutput(stages.OutVaultAddr, v.Addr); err != nil {
+		t.Fatal(err)
+	}
+	if err := env.State.SetOutput(stages.OutVaultCACert, v.CACert); err != nil {
+		t.Fatal(err)
+	}
+	r := &stages.Runner{Stages: []stages.Stage{New()}, Env: env}
+	ctx := context.Background()
+	up := func(want statedir.Outcome) {
+		t.Helper()
+		res, err := r.Up(ctx, stages.Selection{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if res[0].Outcome != want {
+			t.Fatalf("up: %s, want %s (changes %v)", res[0].Outcome, want, res[0].Changes)
+		}
+	}
+	up(statedir.OutcomeChanged)
+	c, err := vaultpki.NewClient(v.Addr, v.CACert)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tok, err := vaultpki.Token(ctx, env, c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.SetToken(tok)
+	before, err := vaultpki.PlatformIntermediate(ctx, c, "consul")
+	if err != nil {
+		t.Fatal(err)
+	}
+	caFile, _ := os.ReadFile(env.CAFile("consul"))
+
+	if err := stages.RequestCARotation(env.State, []string{"consul"}); err != nil {
+		t.Fatal(err)
+	}
+	up(statedir.OutcomeChanged)
+	up(statedir.OutcomeUnchanged)
+	after, err := vaultpki.PlatformIntermediate(ctx, c, "consul")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if after.Current.Equal(before.Current) {
+		t.Fatal("the default issuer is the old intermediate after the rotation")
+	}
+	if len(after.Old) != 1 {
+		t.Fatalf("%d old issuers after the rotation, want 1: %v", len(after.Old), after.Old)
+	}
+	if after.Current.Subject.CommonName != before.Current.Subject.CommonName || !bytes.Equal(after.Current.RawIssuer, before.Current.RawIssuer) {
+		t.Errorf("the new intermediate is %s by %s, want %s by %s", after.Current.Subject, after.Current.Issuer, before.Current.Subject, before.Current.Issuer)
+	}
+	if now, _ := os.ReadFile(env.CAFile("consul")); bytes.Equal(now, caFile) || !bytes.Contains(now, pemOf(after.Current)) {
+		t.Error("the consul CA file does not hold the new intermediate")
+	}
+	// Issued from the new one.
+	s, err := c.Logical().Write("consul/inter-ca/issue/client-dc1", map[string]any{"common_name": "client.dc1.consul"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	block, _ := pem.Decode([]byte(s.Data["certificate"].(string)))
+	leaf, err := x509.ParseCertificate(block.Bytes)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := leaf.CheckSignatureFrom(after.Current); err != nil {
+		t.Errorf("a certificate issued after the rotation is not the new CA's: %v", err)
+	}
+	if other, err := vaultpki.PlatformIntermediate(ctx, c, "nomad"); err != nil || len(other.Old) != 0 {
+		t.Errorf("nomad's CA was rotated too: %v, %v", other.Old, err)
+	}
+
+	for _, o := range after.Old {
+		if err := after.Retire(ctx, c, o); err != nil {
+			t.Fatal(err)
+		}
+		// Retiring again is a no-op: a killed run does it again.
+		if err := after.Retire(ctx, c, o); err != nil {
+			t.Fatalf("retire again: %v", err)
+		}
+	}
+	retired, err := vaultpki.PlatformIntermediate(ctx, c, "consul")
+	if err != nil || len(retired.Old) != 0 {
+		t.Fatalf("after retiring: %v, %v", retired.Old, err)
+	}
+	var serial []string
+	for _, b := range before.Current.SerialNumber.Bytes() {
+		serial = append(serial, fmt.Sprintf("%02x", b))
+	}
+	rev, err := c.Logical().Read("consul/root-ca/cert/" + strings.Join(serial, ":"))
+	if err != nil || rev == nil {
+		t.Fatalf("read the old intermediate at the root: %v", err)
+	}
+	if n, _ := rev.Data["revocation_time"].(json.Number).Int64(); n == 0 {
+		t.Error("the old intermediate is not revoked at the root")
+	}
+	up(statedir.OutcomeUnchanged)
+}
+
+func pemOf(c *x509.Certificate) []byte {
+	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: c.Raw})
 }

@@ -356,6 +356,10 @@ func TestPlatform(t *testing.T) {
 		}
 	})
 
+	t.Run("the intermediate CAs rotate with no agent restarted", func(t *testing.T) {
+		rotateCAs(t, p.T(t))
+	})
+
 	t.Run("tokens rotate, and the old ones are refused", func(t *testing.T) {
 		rotateTokens(t, p.T(t))
 	})

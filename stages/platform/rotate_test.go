@@ -2,7 +2,12 @@ package platform_test
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/json"
 	"fmt"
+	"maps"
+	"net"
 	"os"
 	"path/filepath"
 	"strings"
@@ -14,6 +19,8 @@ import (
 	nomadapi "github.com/hashicorp/nomad/api"
 	vaultapi "github.com/hashicorp/vault/api"
 
+	"github.com/platform-bootstrap/bootstrap/internal/apitls"
+	"github.com/platform-bootstrap/bootstrap/internal/inventory"
 	"github.com/platform-bootstrap/bootstrap/internal/platformtest"
 	"github.com/platform-bootstrap/bootstrap/pki"
 	"github.com/platform-bootstrap/bootstrap/stages"
@@ -206,4 +213,140 @@ func retiredTokens(t *testing.T, env map[string]string, product string) int {
 		}
 	}
 	return n
+}
+
+// rotateCAs is issue 18's CA rotation on the running platform: new Consul
+// and Nomad intermediates, with a run killed at three points, while dev's
+// application answers through its Fabio and the clusters are read through
+// their APIs. Afterwards every agent serves a certificate of the new CA,
+// no agent restarted, the old intermediates are revoked at their roots and
+// gone from Vault, Prometheus still scrapes, and a plan shows nothing.
+func rotateCAs(t *testing.T, p *platformtest.Platform) {
+	env := p.Env("admin")
+	inv, err := inventory.LoadSaved(filepath.Join(p.StateDir(), "inventory.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	type agent struct{ node, addr, caFile string }
+	var agents []agent
+	var names []string
+	for _, n := range inv.Nodes {
+		names = append(names, n.Name)
+		agents = append(agents,
+			agent{n.Name + "/consul", stages.ConsulAddr(n), env["CONSUL_CACERT"]},
+			agent{n.Name + "/nomad", net.JoinHostPort(n.APIAddress(), fmt.Sprint(stages.NomadHTTPPort)), env["NOMAD_CACERT"]})
+	}
+	served := func(a agent) *x509.Certificate {
+		t.Helper()
+		tc, err := apitls.Config(a.caFile, "")
+		if err != nil {
+			t.Fatal(err)
+		}
+		conn, err := tls.Dial("tcp", a.addr, tc)
+		if err != nil {
+			t.Fatalf("%s: %v", a.node, err)
+		}
+		defer conn.Close()
+		return conn.ConnectionState().PeerCertificates[0]
+	}
+	vc := vaultClient(t, env)
+	before := map[string]pki.IntermediateMount{}
+	for _, ca := range stages.RotatableCAs {
+		if before[ca], err = pki.PlatformIntermediate(t.Context(), vc, ca); err != nil {
+			t.Fatal(err)
+		}
+	}
+	pids := agentPids(t, p, names...)
+
+	var (
+		mu       sync.Mutex
+		polls    int
+		failures []string
+	)
+	cc, err := consul.NewClient(env["CONSUL_HTTP_ADDR"], env["CONSUL_CACERT"], env["CONSUL_HTTP_TOKEN"])
+	if err != nil {
+		t.Fatal(err)
+	}
+	nc := nomadClient(t, env, env["NOMAD_TOKEN"])
+	ctx, stop := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for ctx.Err() == nil {
+			errs := []error{get200(env["FABIO_DEV_ADDR"] + "/web/")}
+			_, err := cc.Status().Leader()
+			errs = append(errs, err)
+			_, _, err = nc.Nodes().List(nil)
+			errs = append(errs, err)
+			mu.Lock()
+			polls++
+			for _, err := range errs {
+				if err != nil && len(failures) < 20 {
+					failures = append(failures, time.Now().Format("15:04:05.000")+" "+err.Error())
+				}
+			}
+			mu.Unlock()
+			time.Sleep(250 * time.Millisecond)
+		}
+	}()
+	for _, cp := range []string{"pki/intermediate-signed", "pki/rotate-before-default", "pki/retire-after-revoke"} {
+		if r := p.Run([]string{"rotate", "ca"}, "BOOTSTRAP_CRASHPOINT="+cp); r.Code != -1 {
+			t.Fatalf("the crash point %s did not fire: exit %d\n%s", cp, r.Code, r.Output())
+		}
+	}
+	p.Up()
+	stop()
+	wg.Wait()
+	t.Logf("%d rounds of requests (dev's application, consul, nomad) during the rotation, %d failed", polls, len(failures))
+	if len(failures) > 0 {
+		t.Errorf("requests failed during the CA rotation: %s", strings.Join(failures, "; "))
+	}
+	if r := p.Run([]string{"plan"}); r.Code != 0 {
+		t.Errorf("plan after the rotation: exit %d\n%s", r.Code, r.Output())
+	}
+
+	for _, ca := range stages.RotatableCAs {
+		now, err := pki.PlatformIntermediate(t.Context(), vc, ca)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if now.Current.Equal(before[ca].Current) {
+			t.Errorf("%s: the intermediate CA was not replaced", ca)
+		}
+		if len(now.Old) > 0 {
+			t.Errorf("%s: left after the rotation: %v", ca, now.Old)
+		}
+		var serial []string
+		for _, b := range before[ca].Current.SerialNumber.Bytes() {
+			serial = append(serial, fmt.Sprintf("%02x", b))
+		}
+		rev, err := vc.Logical().Read(ca + "/root-ca/cert/" + strings.Join(serial, ":"))
+		if err != nil || rev == nil {
+			t.Fatalf("%s: read the old intermediate at the root: %v", ca, err)
+		}
+		if n, _ := rev.Data["revocation_time"].(json.Number).Int64(); n == 0 {
+			t.Errorf("%s: the old intermediate is not revoked at the root", ca)
+		}
+		for _, a := range agents {
+			if !strings.HasSuffix(a.node, "/"+ca) {
+				continue
+			}
+			if leaf := served(a); leaf.CheckSignatureFrom(now.Current) != nil {
+				t.Errorf("%s serves a certificate of %s, not of the new CA", a.node, leaf.Issuer)
+			}
+		}
+	}
+	if after := agentPids(t, p, names...); !maps.Equal(after, pids) {
+		t.Errorf("agents restarted during the CA rotation: before %v, after %v", pids, after)
+	}
+	eventually(t, 2*time.Minute, "prometheus scraping after the CA rotation", func() error {
+		pools := scrapePools(t, env["PROMETHEUS_ADDR"])
+		for _, pool := range []string{"consul", "nomad-server", "nomad-client"} {
+			if h := pools[pool]; h.all == 0 || h.up != h.all {
+				return fmt.Errorf("scrape pool %s: %d / %d up", pool, h.up, h.all)
+			}
+		}
+		return nil
+	})
 }

@@ -1,11 +1,15 @@
 package jobs
 
 import (
+	"bytes"
 	"context"
 	"crypto/sha256"
+	"crypto/x509"
 	"encoding/hex"
+	"encoding/pem"
 	"fmt"
 	"maps"
+	"os"
 	"slices"
 	"strings"
 
@@ -90,4 +94,33 @@ func deleteRetired(ctx context.Context, e *stages.Env, p *platform, pl *reconcil
 		}
 	}
 	return nil
+}
+
+// rootCA returns the self-signed certificates of a CA file. The jobs trust
+// the platform's roots only: the intermediate CAs under them can be
+// rotated without changing a job (and restarting Fabio).
+func rootCA(path string) (string, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return "", err
+	}
+	var out []byte
+	for {
+		var block *pem.Block
+		block, b = pem.Decode(b)
+		if block == nil {
+			break
+		}
+		c, err := x509.ParseCertificate(block.Bytes)
+		if err != nil {
+			return "", fmt.Errorf("%s: %w", path, err)
+		}
+		if bytes.Equal(c.RawSubject, c.RawIssuer) && c.CheckSignatureFrom(c) == nil {
+			out = append(out, pem.EncodeToMemory(block)...)
+		}
+	}
+	if len(out) == 0 {
+		return "", fmt.Errorf("%s holds no root CA certificate", path)
+	}
+	return string(out), nil
 }
