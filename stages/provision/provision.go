@@ -41,7 +41,11 @@ func desired(e *stages.Env) (*inventory.Inventory, error) {
 	cfg := e.Config
 	switch {
 	case cfg.Provider.Local != nil:
-		return localInventory(cfg, e.StateDir)
+		have, err := loadExisting(e)
+		if err != nil {
+			return nil, err
+		}
+		return localInventory(cfg, e.StateDir, have)
 	case cfg.Provider.Static != nil:
 		return staticInventory(cfg, e)
 	}
@@ -259,9 +263,12 @@ func removeLocalNode(ctx context.Context, n inventory.Node) error {
 }
 
 // localInventory lays the nodes out on the loopback subnet: servers first
-// (.1, .2, …), then clients. Clients share loopback, so Nomad's dynamic port
-// range is split between them.
-func localInventory(cfg *config.Platform, stateDir string) (*inventory.Inventory, error) {
+// (.1, .2, …), then clients. A node of the recorded inventory (have, nil
+// when there is none) keeps its address, and a new one takes the first
+// free one, so that adding or removing a server changes no other node.
+// Clients share loopback, so Nomad's dynamic port range is split between
+// them.
+func localInventory(cfg *config.Platform, stateDir string, have *inventory.Inventory) (*inventory.Inventory, error) {
 	l := cfg.Provider.Local
 	pfx, err := netip.ParsePrefix(l.Subnet)
 	if err != nil {
@@ -275,9 +282,22 @@ func localInventory(cfg *config.Platform, stateDir string) (*inventory.Inventory
 	if err != nil {
 		return nil, err
 	}
+	kept := map[string]string{} // node name → its recorded address
+	taken := map[string]bool{}
+	if have != nil {
+		for _, n := range have.Nodes {
+			kept[n.Name] = n.PrivateIP
+			taken[n.PrivateIP] = true
+		}
+	}
 	addr := pfx.Masked().Addr()
-	next := func() string {
-		addr = addr.Next()
+	address := func(name string) string {
+		if a, ok := kept[name]; ok {
+			return a
+		}
+		for addr = addr.Next(); taken[addr.String()]; addr = addr.Next() {
+		}
+		taken[addr.String()] = true
 		return addr.String()
 	}
 	var servers []string
@@ -292,7 +312,7 @@ func localInventory(cfg *config.Platform, stateDir string) (*inventory.Inventory
 			roles = append(roles, inventory.RoleVault)
 		}
 		inv.Nodes = append(inv.Nodes, inventory.Node{
-			Name: name, Roles: roles, PrivateIP: next(),
+			Name: name, Roles: roles, PrivateIP: address(name),
 			Local: &inventory.Local{Root: filepath.Join(stateDir, "nodes", name), BinDir: binDir},
 		})
 	}
@@ -305,12 +325,17 @@ func localInventory(cfg *config.Platform, stateDir string) (*inventory.Inventory
 		name := fmt.Sprintf("client-%d", i)
 		min := lo + (i-1)*span
 		inv.Nodes = append(inv.Nodes, inventory.Node{
-			Name: name, Roles: []string{inventory.RoleClient}, PrivateIP: next(),
+			Name: name, Roles: []string{inventory.RoleClient}, PrivateIP: address(name),
 			Local: &inventory.Local{
 				Root: filepath.Join(stateDir, "nodes", name), BinDir: binDir,
 				MinDynamicPort: min, MaxDynamicPort: min + span - 1,
 			},
 		})
+	}
+	for _, n := range inv.Nodes {
+		if a, err := netip.ParseAddr(n.PrivateIP); err != nil || !pfx.Contains(a) || a == netip.PrefixFrom(a, pfx.Bits()).Masked().Addr() {
+			return nil, fmt.Errorf("%s: subnet %q has no free address left for node %s (the nodes keep the addresses they have); use a larger subnet", cfg.Filename, l.Subnet, n.Name)
+		}
 	}
 	return inv, inv.Validate(cfg.Filename)
 }

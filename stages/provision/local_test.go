@@ -1,0 +1,58 @@
+package provision
+
+import (
+	"os"
+	"path/filepath"
+	"testing"
+
+	"github.com/platform-bootstrap/bootstrap/internal/config"
+	"github.com/platform-bootstrap/bootstrap/internal/inventory"
+)
+
+// TestLocalAddressesStay: a node keeps its address whatever the server or
+// client count becomes; a new node takes the lowest free address.
+func TestLocalAddressesStay(t *testing.T) {
+	bin := t.TempDir()
+	for _, b := range []string{"vault", "consul", "nomad", "consul-template"} {
+		if err := os.WriteFile(filepath.Join(bin, b), nil, 0o700); err != nil {
+			t.Fatal(err)
+		}
+	}
+	cfg := func(servers, clients int) *config.Platform {
+		return &config.Platform{Filename: "platform.hcl", Provider: config.Provider{Type: "local", Local: &config.LocalProvider{
+			Servers: servers, Clients: clients, Subnet: "127.77.0.0/24", BinDir: bin,
+		}}}
+	}
+	addrs := func(inv *inventory.Inventory) map[string]string {
+		out := map[string]string{}
+		for _, n := range inv.Nodes {
+			out[n.Name] = n.PrivateIP
+		}
+		return out
+	}
+	var have *inventory.Inventory
+	for _, step := range []struct {
+		servers, clients int
+		want             map[string]string
+	}{
+		{3, 2, map[string]string{"server-1": "127.77.0.1", "server-2": "127.77.0.2", "server-3": "127.77.0.3", "client-1": "127.77.0.4", "client-2": "127.77.0.5"}},
+		{5, 2, map[string]string{"server-1": "127.77.0.1", "server-2": "127.77.0.2", "server-3": "127.77.0.3", "server-4": "127.77.0.6", "server-5": "127.77.0.7", "client-1": "127.77.0.4", "client-2": "127.77.0.5"}},
+		{3, 2, map[string]string{"server-1": "127.77.0.1", "server-2": "127.77.0.2", "server-3": "127.77.0.3", "client-1": "127.77.0.4", "client-2": "127.77.0.5"}},
+		{3, 3, map[string]string{"server-1": "127.77.0.1", "server-2": "127.77.0.2", "server-3": "127.77.0.3", "client-1": "127.77.0.4", "client-2": "127.77.0.5", "client-3": "127.77.0.6"}},
+	} {
+		inv, err := localInventory(cfg(step.servers, step.clients), t.TempDir(), have)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got := addrs(inv)
+		if len(got) != len(step.want) {
+			t.Fatalf("%d servers, %d clients: %v, want %v", step.servers, step.clients, got, step.want)
+		}
+		for name, a := range step.want {
+			if got[name] != a {
+				t.Errorf("%d servers, %d clients: %s at %s, want %s", step.servers, step.clients, name, got[name], a)
+			}
+		}
+		have = inv
+	}
+}
