@@ -50,6 +50,9 @@ func ConsulClientName(datacenter, domain string) string {
 	return "client." + datacenter + "." + or(domain, defaultDomain)
 }
 
+// NomadRegion is region, or Nomad's default region when it is empty.
+func NomadRegion(region string) string { return or(region, defaultRegion) }
+
 func or(s, def string) string {
 	if s == "" {
 		return def

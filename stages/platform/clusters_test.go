@@ -799,24 +799,6 @@ func TestConsulAndNomad(t *testing.T) {
 		}
 	})
 
-	t.Run("removing a server is refused and changes nothing", func(t *testing.T) {
-		p := p.T(t)
-		cfg, err := os.ReadFile(p.Config)
-		if err != nil {
-			t.Fatal(err)
-		}
-		p.WriteConfig(strings.Replace(string(cfg), "provider \"local\" {\n", "provider \"local\" {\n  servers = 1\n", 1))
-		defer p.WriteConfig(string(cfg))
-		for _, cmd := range []string{"plan", "up"} {
-			r := p.Run([]string{cmd, "--only", "provision"})
-			if r.Code == 0 || !strings.Contains(r.Output(), "removing servers is not supported yet") {
-				t.Errorf("%s with servers = 1: exit %d, want a refusal\n%s", cmd, r.Code, r.Output())
-			}
-		}
-		if _, err := os.Stat(filepath.Join(p.StateDir(), "nodes", "server-3")); err != nil {
-			t.Errorf("server-3 after the refused up: %v", err)
-		}
-	})
 
 	t.Run("agent certificates renew", func(t *testing.T) {
 		// leaf_ttl is 3m: consul-template re-issues before expiry and the

@@ -360,6 +360,10 @@ func TestPlatform(t *testing.T) {
 		rotateCAs(t, p.T(t))
 	})
 
+	t.Run("servers go 3 → 5 → 3, quorum kept and no agent restarted", func(t *testing.T) {
+		scaleServers(t, p.T(t))
+	})
+
 	t.Run("tokens rotate, and the old ones are refused", func(t *testing.T) {
 		rotateTokens(t, p.T(t))
 	})

@@ -3,6 +3,7 @@ package provision
 import (
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 
 	"github.com/platform-bootstrap/bootstrap/internal/config"
@@ -54,5 +55,21 @@ func TestLocalAddressesStay(t *testing.T) {
 			}
 		}
 		have = inv
+	}
+}
+
+func TestServerRemoval(t *testing.T) {
+	cfg := &config.Platform{Filename: "platform.hcl"}
+	server := inventory.Node{Name: "server-5", Roles: []string{inventory.RoleServer}}
+	vault := inventory.Node{Name: "server-1", Roles: []string{inventory.RoleServer, inventory.RoleVault}}
+	if err := refuseServerRemoval(cfg, []inventory.Node{server}); err != nil {
+		t.Errorf("removing a server: %v", err)
+	}
+	err := refuseServerRemoval(cfg, []inventory.Node{server, vault})
+	if err == nil || !strings.Contains(err.Error(), "platform.hcl") || !strings.Contains(err.Error(), "server-1") || strings.Contains(err.Error(), "server-5") {
+		t.Errorf("removing a Vault server: %v", err)
+	}
+	if d := retireDetail(cfg, server); !strings.Contains(d, "Raft") {
+		t.Errorf("the plan of a server's removal says %q", d)
 	}
 }

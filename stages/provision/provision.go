@@ -150,7 +150,7 @@ func (s *Stage) Apply(ctx context.Context, e *stages.Env) error {
 		if err := refuseServerRemoval(e.Config, gone); err != nil {
 			return err
 		}
-		if err := retire(ctx, e, gone); err != nil {
+		if err := retire(ctx, e, gone, want); err != nil {
 			return err
 		}
 	}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"time"
 
@@ -41,20 +42,19 @@ func removed(have, want *inventory.Inventory) []inventory.Node {
 	return out
 }
 
-// refuseServerRemoval reports removed servers as an error. A server that
-// leaves must leave Raft one at a time with quorum kept; until that is
-// built, stopping one (or two of three at once) would lose the cluster.
+// refuseServerRemoval reports removed Vault nodes as an error: Vault's
+// Raft membership and unseal are not changed by bootstrap once made.
 func refuseServerRemoval(cfg *config.Platform, gone []inventory.Node) error {
-	var servers []string
+	var vault []string
 	for _, n := range gone {
-		if n.Has(inventory.RoleServer) || n.Has(inventory.RoleVault) {
-			servers = append(servers, n.Name)
+		if n.Has(inventory.RoleVault) {
+			vault = append(vault, n.Name)
 		}
 	}
-	if len(servers) == 0 {
+	if len(vault) == 0 {
 		return nil
 	}
-	return fmt.Errorf("%s: the configuration removes server node(s) %s; removing servers is not supported yet (they would leave Raft without keeping quorum). Restore the server count, or run `bootstrap down` and `up` to rebuild the platform", cfg.Filename, strings.Join(servers, ", "))
+	return fmt.Errorf("%s: the configuration removes Vault node(s) %s; removing a Vault server is not supported (Vault's Raft peers are not changed once made). Keep the servers that run Vault (vault { nodes }), or run `bootstrap down` and `up` to rebuild the platform", cfg.Filename, strings.Join(vault, ", "))
 }
 
 // retireDetail is what the plan says of a removed node.
@@ -62,11 +62,33 @@ func retireDetail(cfg *config.Platform, n inventory.Node) string {
 	if n.Has(inventory.RoleClient) {
 		return fmt.Sprintf("drains its allocations (deadline %s), stops its services, removes it from Nomad and Consul", cfg.Nomad.DrainDeadline)
 	}
+	if n.Has(inventory.RoleServer) {
+		return "leaves Consul's and Nomad's Raft (one server at a time, quorum kept), stops its services"
+	}
 	return "stops its services and removes it"
 }
 
-// retire takes gone out of the platform and stops them.
-func retire(ctx context.Context, e *stages.Env, gone []inventory.Node) error {
+// retire takes gone out of the platform and stops them: the servers one at
+// a time (see retireServers), then the clients.
+func retire(ctx context.Context, e *stages.Env, gone []inventory.Node, want *inventory.Inventory) error {
+	var servers []inventory.Node
+	gone = slices.DeleteFunc(slices.Clone(gone), func(n inventory.Node) bool {
+		if n.Has(inventory.RoleServer) {
+			servers = append(servers, n)
+			return true
+		}
+		return false
+	})
+	// The highest numbered first: server-5 before server-4.
+	slices.SortFunc(servers, func(a, b inventory.Node) int { return strings.Compare(b.Name, a.Name) })
+	if len(servers) > 0 {
+		if err := retireServers(ctx, e, servers, want.WithRole(inventory.RoleServer)); err != nil {
+			return err
+		}
+	}
+	if len(gone) == 0 {
+		return nil
+	}
 	nc, cc, err := clusterClients(e)
 	if err != nil {
 		return err

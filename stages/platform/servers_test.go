@@ -1,0 +1,177 @@
+package platform_test
+
+import (
+	"context"
+	"fmt"
+	"maps"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	consulapi "github.com/hashicorp/consul/api"
+	nomadapi "github.com/hashicorp/nomad/api"
+
+	"github.com/platform-bootstrap/bootstrap/internal/platformtest"
+	"github.com/platform-bootstrap/bootstrap/stages/consul"
+)
+
+// scaleServers is issue 18's server scaling: 3 → 5 → 3 servers, the
+// removal killed after a server left Consul and after it stopped, while
+// dev's application is polled through its Fabio and Consul and Nomad are
+// read through server-1. No request may fail, no agent of the nodes that
+// stay restarts, and each Raft has as many voters as servers, one leader.
+func scaleServers(t *testing.T, p *platformtest.Platform) {
+	env := p.Env("admin")
+	cfg, err := os.ReadFile(p.Config)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.WriteConfig(string(cfg))
+	stay := []string{"server-1", "server-2", "server-3", "client-1", "client-2"}
+	pids := agentPids(t, p, stay...)
+	cc, err := consul.NewClient(env["CONSUL_HTTP_ADDR"], env["CONSUL_CACERT"], env["CONSUL_HTTP_TOKEN"])
+	if err != nil {
+		t.Fatal(err)
+	}
+	nc := nomadClient(t, env, env["NOMAD_TOKEN"])
+
+	var (
+		mu       sync.Mutex
+		polls    int
+		failures []string
+	)
+	ctx, stop := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for ctx.Err() == nil {
+			errs := []error{get200(env["FABIO_DEV_ADDR"] + "/web/")}
+			// Reads a server answers from its own state: a leader election
+			// does not hold them up.
+			_, _, err := cc.Catalog().Nodes(&consulapi.QueryOptions{AllowStale: true})
+			errs = append(errs, err)
+			_, _, err = nc.Jobs().List(&nomadapi.QueryOptions{AllowStale: true, Namespace: "*"})
+			errs = append(errs, err)
+			mu.Lock()
+			polls++
+			for _, err := range errs {
+				if err != nil && len(failures) < 20 {
+					failures = append(failures, time.Now().Format("15:04:05.000")+" "+err.Error())
+				}
+			}
+			mu.Unlock()
+			time.Sleep(250 * time.Millisecond)
+		}
+	}()
+
+	voters := func(want int) {
+		t.Helper()
+		eventually(t, time.Minute, fmt.Sprintf("%d voters and a leader in consul and nomad", want), func() error {
+			craft, err := cc.Operator().RaftGetConfiguration(nil)
+			if err != nil {
+				return err
+			}
+			nraft, err := nc.Operator().RaftGetConfiguration(nil)
+			if err != nil {
+				return err
+			}
+			var cv, nv, cl, nl int
+			for _, s := range craft.Servers {
+				if s.Voter {
+					cv++
+				}
+				if s.Leader {
+					cl++
+				}
+			}
+			for _, s := range nraft.Servers {
+				if s.Voter {
+					nv++
+				}
+				if s.Leader {
+					nl++
+				}
+			}
+			if cv != want || nv != want || cl != 1 || nl != 1 {
+				return fmt.Errorf("consul: %d voters, %d leaders; nomad: %d voters, %d leaders", cv, cl, nv, nl)
+			}
+			return nil
+		})
+	}
+	joinHCL := func() string {
+		b, err := os.ReadFile(filepath.Join(p.StateDir(), "nodes", "client-1", "config", "consul.d", "join.hcl"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return string(b)
+	}
+
+	p.WriteConfig(strings.Replace(string(cfg), "provider \"local\" {\n", "provider \"local\" {\n  servers = 5\n", 1))
+	p.Up()
+	voters(5)
+	if s := joinHCL(); strings.Count(s, `"`) != 10 {
+		t.Errorf("client-1's join.hcl does not list 5 servers:\n%s", s)
+	}
+
+	p.WriteConfig(string(cfg))
+	if r := p.Run([]string{"plan", "--only", "provision"}); r.Code != 4 || !strings.Contains(r.Stdout, "delete node server-5") || !strings.Contains(r.Stdout, "leaves Consul's and Nomad's Raft") {
+		t.Errorf("plan with 3 servers: exit %d, want server-5's removal from Raft\n%s", r.Code, r.Output())
+	}
+	for _, cp := range []string{"provision:server-after-leave", "provision:server-after-stop"} {
+		if r := p.Run([]string{"up"}, "BOOTSTRAP_CRASHPOINT="+cp); r.Code != -1 {
+			t.Fatalf("the crash point %s did not fire: exit %d\n%s", cp, r.Code, r.Output())
+		}
+	}
+	p.Up()
+	voters(3)
+	stop()
+	wg.Wait()
+	t.Logf("%d rounds of requests (dev's application, consul, nomad) during the scaling, %d failed", polls, len(failures))
+	if len(failures) > 0 {
+		t.Errorf("requests failed while servers were added and removed: %s", strings.Join(failures, "; "))
+	}
+	if s := joinHCL(); strings.Count(s, `"`) != 6 {
+		t.Errorf("client-1's join.hcl does not list 3 servers:\n%s", s)
+	}
+	members, err := cc.Agent().Members(false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, m := range members {
+		if m.Name == "server-4" || m.Name == "server-5" {
+			t.Errorf("consul still lists %s (status %d)", m.Name, m.Status)
+		}
+	}
+	nm, err := nc.Agent().Members()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, m := range nm.Members {
+		if strings.HasPrefix(m.Name, "server-4.") || strings.HasPrefix(m.Name, "server-5.") {
+			t.Errorf("nomad still lists %s (%s)", m.Name, m.Status)
+		}
+	}
+	for _, n := range []string{"server-4", "server-5"} {
+		if _, err := os.Stat(filepath.Join(p.StateDir(), "nodes", n)); err == nil {
+			t.Errorf("%s's node directory is left", n)
+		}
+	}
+	if after := agentPids(t, p, stay...); !maps.Equal(after, pids) {
+		var changed []string
+		for k, v := range after {
+			if pids[k] != v {
+				changed = append(changed, k)
+			}
+		}
+		slices.Sort(changed)
+		t.Errorf("agents restarted while servers were added and removed: %s", strings.Join(changed, ", "))
+	}
+	if r := p.Run([]string{"plan"}); r.Code != 0 {
+		t.Errorf("plan after the scaling: exit %d\n%s", r.Code, r.Output())
+	}
+}
