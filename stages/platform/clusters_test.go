@@ -799,7 +799,6 @@ func TestConsulAndNomad(t *testing.T) {
 		}
 	})
 
-
 	t.Run("agent certificates renew", func(t *testing.T) {
 		// leaf_ttl is 3m: consul-template re-issues before expiry and the
 		// agents serve the new certificate after their reload.
