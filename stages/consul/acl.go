@@ -9,6 +9,7 @@ import (
 	"strings"
 
 	consulapi "github.com/hashicorp/consul/api"
+	vaultapi "github.com/hashicorp/vault/api"
 
 	"github.com/platform-bootstrap/bootstrap/internal/cluster"
 	"github.com/platform-bootstrap/bootstrap/internal/config"
@@ -256,6 +257,9 @@ func convergeACL(ctx context.Context, e *stages.Env, d *deps, as cluster.Agents,
 			return err
 		}
 	}
+	if err := deleteStale(ctx, e, c, w, p, vc, toks, wantTokens(e.Config, d.inv)); err != nil {
+		return err
+	}
 	if err := cluster.CopyToKV(ctx, p, vc, stages.SecretConsulBootstrapToken, mgmt); err != nil {
 		return err
 	}
@@ -264,6 +268,39 @@ func convergeACL(ctx context.Context, e *stages.Env, d *deps, as cluster.Agents,
 		addrs[n.Name] = stages.ConsulAddr(n)
 	}
 	return cluster.RetireOldCAs(ctx, p, vc, "consul", e.CAFile("consul"), addrs)
+}
+
+// deleteStale revokes the tokens bootstrap made that the platform no longer
+// wants (a removed node's agent token, a removed namespace's Fabio token),
+// with their copies and notes.
+func deleteStale(ctx context.Context, e *stages.Env, c *consulapi.Client, w *consulapi.WriteOptions, p *reconcile.Plan, vc *vaultapi.Client, have map[string]*consulapi.ACLTokenListEntry, want []token) error {
+	wanted := map[string]bool{"bootstrap: management": true}
+	for _, t := range want {
+		wanted[t.description()] = true
+	}
+	for _, desc := range slices.Sorted(maps.Keys(have)) {
+		if wanted[desc] {
+			continue
+		}
+		t := token{name: strings.TrimPrefix(desc, "bootstrap: ")}
+		err := p.Do(reconcile.Delete, "consul token "+t.name, "no longer wanted: revoked", func() error {
+			if _, err := c.ACL().TokenDelete(have[desc].AccessorID, w); err != nil {
+				return err
+			}
+			if _, err := vc.Logical().DeleteWithContext(ctx, pki.KVMetadataPath(t.secretName())); err != nil {
+				return fmt.Errorf("vault: delete %s: %w", pki.KVMetadataPath(t.secretName()), err)
+			}
+			if err := e.Secrets.Delete(t.secretName()); err != nil {
+				return err
+			}
+			node := strings.TrimPrefix(t.name, "agent-")
+			return e.DeleteNotes(agentTokenNote(node), dnsTokenNote(node))
+		})
+		if err != nil {
+			return fmt.Errorf("consul: %w", err)
+		}
+	}
+	return nil
 }
 
 func normRules(s string) string { return strings.Join(strings.Fields(s), " ") }

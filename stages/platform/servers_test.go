@@ -156,9 +156,21 @@ func scaleServers(t *testing.T, p *platformtest.Platform) {
 			t.Errorf("nomad still lists %s (%s)", m.Name, m.Status)
 		}
 	}
+	toks, _, err := cc.ACL().TokenList(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tok := range toks {
+		if tok.Description == "bootstrap: agent-server-4" || tok.Description == "bootstrap: agent-server-5" {
+			t.Errorf("the removed server's consul token is left: %s", tok.Description)
+		}
+	}
 	for _, n := range []string{"server-4", "server-5"} {
 		if _, err := os.Stat(filepath.Join(p.StateDir(), "nodes", n)); err == nil {
 			t.Errorf("%s's node directory is left", n)
+		}
+		if _, err := os.Stat(filepath.Join(p.StateDir(), "secrets", "consul", "tokens", "agent-"+n)); err == nil {
+			t.Errorf("%s's consul agent token is left in the secret store", n)
 		}
 	}
 	if after := agentPids(t, p, stay...); !maps.Equal(after, pids) {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"slices"
 	"strings"
 	"time"
@@ -32,10 +33,11 @@ import (
 // remaining server.
 type raftCluster struct {
 	name string
-	// peers returns the Raft servers' addresses and whether one leads.
-	peers func(ctx context.Context) (addrs []string, leader bool, err error)
-	// remove takes the server at addr out of Raft.
-	remove func(ctx context.Context, addr string) error
+	// peers returns the Raft servers (address → ID) and whether one leads.
+	peers func(ctx context.Context) (ids map[string]string, leader bool, err error)
+	// remove takes the server with Raft ID id out of Raft (by ID: removal
+	// by address is refused with Raft protocol 3).
+	remove func(ctx context.Context, id string) error
 	// forget prunes n from the gossip pool, where a server that left
 	// stays listed as "left" for days otherwise.
 	forget func(ctx context.Context, n inventory.Node) error
@@ -95,14 +97,15 @@ func leaveRaft(ctx context.Context, r raftCluster, n inventory.Node, want int) e
 	removed := false
 	var last string
 	err := poll.Until(ctx, 2*time.Minute, time.Second, func() (bool, error) {
-		addrs, leader, err := r.peers(ctx)
+		ids, leader, err := r.peers(ctx)
 		if err != nil {
 			last = err.Error()
 			return false, nil
 		}
+		addrs := slices.Sorted(maps.Keys(ids))
 		i := slices.IndexFunc(addrs, func(a string) bool { return strings.HasPrefix(a, n.PrivateIP+":") })
 		if i >= 0 && !removed {
-			if err := r.remove(ctx, addrs[i]); err != nil {
+			if err := r.remove(ctx, ids[addrs[i]]); err != nil {
 				last = err.Error()
 				return false, nil
 			}
@@ -143,7 +146,7 @@ func raftClusters(e *stages.Env, stay []inventory.Node) ([]raftCluster, error) {
 		}
 		out = append(out, raftCluster{
 			name: "consul",
-			peers: func(ctx context.Context) ([]string, bool, error) {
+			peers: func(ctx context.Context) (map[string]string, bool, error) {
 				c, err := client()
 				if err != nil {
 					return nil, false, err
@@ -152,21 +155,21 @@ func raftClusters(e *stages.Env, stay []inventory.Node) ([]raftCluster, error) {
 				if err != nil {
 					return nil, false, err
 				}
-				var addrs []string
+				ids := map[string]string{}
 				leader := false
 				for _, s := range cfg.Servers {
-					addrs = append(addrs, s.Address)
+					ids[string(s.Address)] = string(s.ID)
 					leader = leader || s.Leader
 				}
-				return addrs, leader, nil
+				return ids, leader, nil
 			},
-			remove: func(ctx context.Context, addr string) error {
+			remove: func(ctx context.Context, id string) error {
 				c, err := client()
 				if err != nil {
 					return err
 				}
-				if err := c.Operator().RaftRemovePeerByAddress(addr, (&consulapi.WriteOptions{}).WithContext(ctx)); err != nil {
-					return fmt.Errorf("consul: remove raft peer %s: %w", addr, err)
+				if err := c.Operator().RaftRemovePeerByID(id, (&consulapi.WriteOptions{}).WithContext(ctx)); err != nil {
+					return fmt.Errorf("consul: remove raft peer %s: %w", id, err)
 				}
 				return nil
 			},
@@ -207,7 +210,7 @@ func raftClusters(e *stages.Env, stay []inventory.Node) ([]raftCluster, error) {
 		}
 		out = append(out, raftCluster{
 			name: "nomad",
-			peers: func(ctx context.Context) ([]string, bool, error) {
+			peers: func(ctx context.Context) (map[string]string, bool, error) {
 				c, err := client()
 				if err != nil {
 					return nil, false, err
@@ -216,21 +219,21 @@ func raftClusters(e *stages.Env, stay []inventory.Node) ([]raftCluster, error) {
 				if err != nil {
 					return nil, false, err
 				}
-				var addrs []string
+				ids := map[string]string{}
 				leader := false
 				for _, s := range cfg.Servers {
-					addrs = append(addrs, s.Address)
+					ids[string(s.Address)] = string(s.ID)
 					leader = leader || s.Leader
 				}
-				return addrs, leader, nil
+				return ids, leader, nil
 			},
-			remove: func(ctx context.Context, addr string) error {
+			remove: func(ctx context.Context, id string) error {
 				c, err := client()
 				if err != nil {
 					return err
 				}
-				if err := c.Operator().RaftRemovePeerByAddress(addr, (&nomadapi.WriteOptions{}).WithContext(ctx)); err != nil {
-					return fmt.Errorf("nomad: remove raft peer %s: %w", addr, err)
+				if err := c.Operator().RaftRemovePeerByID(id, (&nomadapi.WriteOptions{}).WithContext(ctx)); err != nil {
+					return fmt.Errorf("nomad: remove raft peer %s: %w", id, err)
 				}
 				return nil
 			},
