@@ -27,6 +27,15 @@ const RotateRequested = "requested"
 // token name for rotation.
 func RotateTokenNote(name string) string { return "rotate_token_" + name }
 
+// EndTokenRotation ends the rotation of the stage's token name once its new
+// token exists: what a run applies after making or finding it.
+func (e *Env) EndTokenRotation(apply bool, name string) error {
+	if !apply || e.Note(RotateTokenNote(name)) == "" {
+		return nil
+	}
+	return e.DeleteNotes(RotateTokenNote(name))
+}
+
 // RotatableToken is a token `bootstrap rotate tokens` replaces.
 type RotatableToken struct {
 	Stage string // consul or nomad

@@ -241,7 +241,7 @@ func convergeACL(ctx context.Context, e *stages.Env, d *deps, as cluster.Agents,
 		if err != nil {
 			return err
 		}
-		if err := finishRotation(e, p, t); err != nil {
+		if err := e.EndTokenRotation(p.Apply, t.name); err != nil {
 			return err
 		}
 		if changed && !p.Apply {

@@ -23,7 +23,7 @@ const rotateDetail = "rotation: the old token is retired, and deleted once the p
 // asked for (see stages.RetiredTokenPrefix), and returns the management
 // token to carry on with. A token's old secret keeps working until the jobs
 // stage deletes it; the normal token convergence then makes the new one
-// with the new secret stored here, and finishRotation ends the rotation.
+// with the new secret stored here, and the stage ends it (Env.EndTokenRotation).
 func rotateTokens(ctx context.Context, e *stages.Env, c *consulapi.Client, p *reconcile.Plan, inv *inventory.Inventory, mgmt string) (string, error) {
 	mgmt, err := rotateManagement(ctx, e, c, p, mgmt)
 	if err != nil {
@@ -74,14 +74,6 @@ func rotateTokens(ctx context.Context, e *stages.Env, c *consulapi.Client, p *re
 		}
 	}
 	return mgmt, nil
-}
-
-// finishRotation ends the rotation of token t once its new token exists.
-func finishRotation(e *stages.Env, p *reconcile.Plan, t token) error {
-	if !p.Apply || e.Note(stages.RotateTokenNote(t.name)) == "" {
-		return nil
-	}
-	return e.DeleteNotes(stages.RotateTokenNote(t.name))
 }
 
 // rotateManagement replaces the management token. The stored one must work

@@ -8,6 +8,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/platform-bootstrap/bootstrap/internal/apitls/apitlstest"
 	"github.com/platform-bootstrap/bootstrap/internal/inventory"
 	platformjobs "github.com/platform-bootstrap/bootstrap/jobs"
 	"github.com/platform-bootstrap/bootstrap/monitoring"
@@ -36,7 +37,10 @@ func wantedFor(t *testing.T, src string) map[string]platformjobs.Variables {
 		if err := os.MkdirAll(filepath.Dir(ca), 0o700); err != nil {
 			t.Fatal(err)
 		}
-		_, _, pem := testCert(t, filepath.Base(ca), nil, nil)
+		pem, err := os.ReadFile(apitlstest.NewCA(t, filepath.Base(ca)).File)
+		if err != nil {
+			t.Fatal(err)
+		}
 		if err := os.WriteFile(ca, pem, 0o600); err != nil {
 			t.Fatal(err)
 		}

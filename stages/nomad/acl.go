@@ -246,7 +246,7 @@ func convergeACL(ctx context.Context, e *stages.Env, d *deps, as cluster.Agents,
 		if secret == "" {
 			continue // planned: the token is yet to be made
 		}
-		if err := finishRotation(e, p, t); err != nil {
+		if err := e.EndTokenRotation(p.Apply, t.name); err != nil {
 			return err
 		}
 		if err := cluster.CopyToKV(ctx, p, vc, t.secret, secret); err != nil {

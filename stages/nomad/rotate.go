@@ -22,8 +22,8 @@ const rotateDetail = "rotation: the old token is retired, and deleted once the p
 // asked for (see stages.RetiredTokenPrefix) and returns the management
 // token to carry on with. Nomad chooses token secrets, so a client token's
 // rotation only retires the old token here: the normal token convergence
-// then makes the new one and stores its secret, and finishRotation ends the
-// rotation.
+// then makes the new one and stores its secret, and the stage ends it
+// (Env.EndTokenRotation).
 func rotateTokens(ctx context.Context, e *stages.Env, c *nomadapi.Client, p *reconcile.Plan, mgmt string) (string, error) {
 	q := (&nomadapi.QueryOptions{}).WithContext(ctx)
 	mgmt, err := rotateManagement(ctx, e, c, p, mgmt)
@@ -64,14 +64,6 @@ func rotateTokens(ctx context.Context, e *stages.Env, c *nomadapi.Client, p *rec
 		}
 	}
 	return mgmt, nil
-}
-
-// finishRotation ends the rotation of token t once its new token exists.
-func finishRotation(e *stages.Env, p *reconcile.Plan, t token) error {
-	if !p.Apply || e.Note(stages.RotateTokenNote(t.name)) == "" {
-		return nil
-	}
-	return e.DeleteNotes(stages.RotateTokenNote(t.name))
 }
 
 // rotateManagement replaces the management token: the old one is retired,

@@ -36,6 +36,24 @@ func newEnv(t *testing.T, rep stages.Reporter) *stages.Env {
 	return stagestest.Env(t, ".", t.TempDir(), `provider "local" {}`, rep)
 }
 
+// withVault starts a real Vault and gives an environment in which the vault
+// stage has run: its address, CA and root token recorded.
+func withVault(t *testing.T, rep stages.Reporter) (*testcluster.Vault, *stages.Env) {
+	t.Helper()
+	v := testcluster.StartVault(t)
+	env := newEnv(t, rep)
+	if err := env.Secrets.Put(stages.SecretVaultRootToken, v.Token); err != nil {
+		t.Fatal(err)
+	}
+	if err := env.State.SetOutput(stages.OutVaultAddr, v.Addr); err != nil {
+		t.Fatal(err)
+	}
+	if err := env.State.SetOutput(stages.OutVaultCACert, v.CACert); err != nil {
+		t.Fatal(err)
+	}
+	return v, env
+}
+
 func TestNotReadyWithoutVault(t *testing.T) {
 	env := newEnv(t, nil)
 	_, err := New().Plan(context.Background(), env)
@@ -51,18 +69,8 @@ func TestUpTwice(t *testing.T) {
 	if testing.Short() {
 		t.Skip("starts a real Vault")
 	}
-	v := testcluster.StartVault(t)
 	rep := &events{}
-	env := newEnv(t, rep)
-	if err := env.Secrets.Put(stages.SecretVaultRootToken, v.Token); err != nil {
-		t.Fatal(err)
-	}
-	if err := env.State.SetOutput(stages.OutVaultAddr, v.Addr); err != nil {
-		t.Fatal(err)
-	}
-	if err := env.State.SetOutput(stages.OutVaultCACert, v.CACert); err != nil {
-		t.Fatal(err)
-	}
+	v, env := withVault(t, rep)
 	r := &stages.Runner{Stages: []stages.Stage{New()}, Env: env}
 	ctx := context.Background()
 
@@ -123,17 +131,7 @@ func TestRotateCA(t *testing.T) {
 	if testing.Short() {
 		t.Skip("starts a real Vault")
 	}
-	v := testcluster.StartVault(t)
-	env := newEnv(t, nil)
-	if err := env.Secrets.Put(stages.SecretVaultRootToken, v.Token); err != nil {
-		t.Fatal(err)
-	}
-	if err := env.State.SetOutput(stages.OutVaultAddr, v.Addr); err != nil {
-		t.Fatal(err)
-	}
-	if err := env.State.SetOutput(stages.OutVaultCACert, v.CACert); err != nil {
-		t.Fatal(err)
-	}
+	v, env := withVault(t, nil)
 	r := &stages.Runner{Stages: []stages.Stage{New()}, Env: env}
 	ctx := context.Background()
 	up := func(want statedir.Outcome) {

@@ -11,7 +11,6 @@ import (
 	"time"
 
 	nomadapi "github.com/hashicorp/nomad/api"
-	vaultapi "github.com/hashicorp/vault/api"
 
 	"github.com/platform-bootstrap/bootstrap/internal/platformtest"
 	"github.com/platform-bootstrap/bootstrap/internal/poll"
@@ -26,20 +25,7 @@ import (
 // tokens, the same jobs and the application answering must be back.
 func backupRestore(t *testing.T, p *platformtest.Platform) {
 	env := p.Env("admin")
-	vault := func(env map[string]string) *vaultapi.Client {
-		cfg := vaultapi.DefaultConfig()
-		cfg.Address = env["VAULT_ADDR"]
-		if err := cfg.ConfigureTLS(&vaultapi.TLSConfig{CACert: env["VAULT_CACERT"]}); err != nil {
-			t.Fatal(err)
-		}
-		c, err := vaultapi.NewClient(cfg)
-		if err != nil {
-			t.Fatal(err)
-		}
-		c.SetToken(env["VAULT_TOKEN"])
-		return c
-	}
-	if _, err := vault(env).KVv2("secret").Put(t.Context(), "dev/web/config", map[string]any{"greeting": "restored-from-backup"}); err != nil {
+	if _, err := vaultClient(t, env).KVv2("secret").Put(t.Context(), "dev/web/config", map[string]any{"greeting": "restored-from-backup"}); err != nil {
 		t.Fatal(err)
 	}
 	secret := func(name string) string {
@@ -136,7 +122,7 @@ func backupRestore(t *testing.T, p *platformtest.Platform) {
 	if got := secret("vault/init.json"); got != unsealKeys {
 		t.Error("the restored platform has other unseal keys")
 	}
-	kv, err := vault(env).KVv2("secret").Get(t.Context(), "dev/web/config")
+	kv, err := vaultClient(t, env).KVv2("secret").Get(t.Context(), "dev/web/config")
 	if err != nil || kv.Data["greeting"] != "restored-from-backup" {
 		t.Errorf("the KV secret written before the backup: %v, %v", kv, err)
 	}

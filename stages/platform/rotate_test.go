@@ -51,27 +51,7 @@ func rotateTokens(t *testing.T, p *platformtest.Platform) {
 
 	// dev's application answers through its Fabio all along: nothing on
 	// its path changes.
-	var (
-		mu       sync.Mutex
-		polls    int
-		failures []string
-	)
-	ctx, stop := context.WithCancel(context.Background())
-	var wg sync.WaitGroup
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		for ctx.Err() == nil {
-			err := get200(env["FABIO_DEV_ADDR"] + "/web/")
-			mu.Lock()
-			polls++
-			if err != nil && len(failures) < 20 {
-				failures = append(failures, time.Now().Format("15:04:05.000")+" "+err.Error())
-			}
-			mu.Unlock()
-			time.Sleep(250 * time.Millisecond)
-		}
-	}()
+	poll := startPoller(func() error { return get200(env["FABIO_DEV_ADDR"] + "/web/") })
 
 	for _, cp := range []string{"consul:rotate-after-create", "consul:rotate-after-retire", "nomad:rotate-after-create", "nomad:rotate-after-retire", "jobs:after-register"} {
 		r := p.Run([]string{"rotate", "tokens"}, "BOOTSTRAP_CRASHPOINT="+cp)
@@ -88,12 +68,7 @@ func rotateTokens(t *testing.T, p *platformtest.Platform) {
 		t.Errorf("plan after the kills: exit %d, want 4 and the retired tokens to delete\n%s", r.Code, r.Output())
 	}
 	p.Up()
-	stop()
-	wg.Wait()
-	t.Logf("%d requests to dev's application during the rotation, %d failed", polls, len(failures))
-	if len(failures) > 0 {
-		t.Errorf("dev's application failed during the rotation: %s", strings.Join(failures, "; "))
-	}
+	poll.stop(t, "requests to dev's application during the token rotation")
 	if r := p.Run([]string{"plan"}); r.Code != 0 {
 		t.Errorf("plan after the rotation: exit %d\n%s", r.Code, r.Output())
 	}
@@ -145,18 +120,7 @@ func rotateTokens(t *testing.T, p *platformtest.Platform) {
 	}
 	// Prometheus discovers and scrapes Consul and Nomad with the new
 	// tokens (the old ones are gone).
-	eventually(t, 2*time.Minute, "prometheus scraping with the new tokens", func() error {
-		pools := scrapePools(t, env["PROMETHEUS_ADDR"])
-		for _, pool := range []string{"consul", "nomad-server", "nomad-client"} {
-			if h := pools[pool]; h.all == 0 || h.up != h.all {
-				return fmt.Errorf("scrape pool %s: %d / %d up", pool, h.up, h.all)
-			}
-		}
-		if h := pools["consul_sd_metrics"]; h.all < 7 {
-			return fmt.Errorf("consul_sd_metrics: %d targets discovered", h.all)
-		}
-		return nil
-	})
+	scrapesClusters(t, env)
 }
 
 func nomadClient(t *testing.T, env map[string]string, token string) *nomadapi.Client {
@@ -258,50 +222,14 @@ func rotateCAs(t *testing.T, p *platformtest.Platform) {
 	}
 	pids := agentPids(t, p, names...)
 
-	var (
-		mu       sync.Mutex
-		polls    int
-		failures []string
-	)
-	cc, err := consul.NewClient(env["CONSUL_HTTP_ADDR"], env["CONSUL_CACERT"], env["CONSUL_HTTP_TOKEN"])
-	if err != nil {
-		t.Fatal(err)
-	}
-	nc := nomadClient(t, env, env["NOMAD_TOKEN"])
-	ctx, stop := context.WithCancel(context.Background())
-	var wg sync.WaitGroup
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		for ctx.Err() == nil {
-			errs := []error{get200(env["FABIO_DEV_ADDR"] + "/web/")}
-			_, err := cc.Status().Leader()
-			errs = append(errs, err)
-			_, _, err = nc.Nodes().List(nil)
-			errs = append(errs, err)
-			mu.Lock()
-			polls++
-			for _, err := range errs {
-				if err != nil && len(failures) < 20 {
-					failures = append(failures, time.Now().Format("15:04:05.000")+" "+err.Error())
-				}
-			}
-			mu.Unlock()
-			time.Sleep(250 * time.Millisecond)
-		}
-	}()
+	poll := startPoller(appAndClusters(t, env)...)
 	for _, cp := range []string{"pki/intermediate-signed", "pki/rotate-before-default", "pki/retire-after-revoke"} {
 		if r := p.Run([]string{"rotate", "ca"}, "BOOTSTRAP_CRASHPOINT="+cp); r.Code != -1 {
 			t.Fatalf("the crash point %s did not fire: exit %d\n%s", cp, r.Code, r.Output())
 		}
 	}
 	p.Up()
-	stop()
-	wg.Wait()
-	t.Logf("%d rounds of requests (dev's application, consul, nomad) during the rotation, %d failed", polls, len(failures))
-	if len(failures) > 0 {
-		t.Errorf("requests failed during the CA rotation: %s", strings.Join(failures, "; "))
-	}
+	poll.stop(t, "requests to dev's application, Consul and Nomad during the CA rotation")
 	if r := p.Run([]string{"plan"}); r.Code != 0 {
 		t.Errorf("plan after the rotation: exit %d\n%s", r.Code, r.Output())
 	}
@@ -340,13 +268,92 @@ func rotateCAs(t *testing.T, p *platformtest.Platform) {
 	if after := agentPids(t, p, names...); !maps.Equal(after, pids) {
 		t.Errorf("agents restarted during the CA rotation: before %v, after %v", pids, after)
 	}
-	eventually(t, 2*time.Minute, "prometheus scraping after the CA rotation", func() error {
+	scrapesClusters(t, env)
+}
+
+// scrapesClusters waits until Prometheus discovers the platform's services
+// through Consul and scrapes every Consul and Nomad agent.
+func scrapesClusters(t *testing.T, env map[string]string) {
+	t.Helper()
+	eventually(t, 2*time.Minute, "prometheus scraping consul and nomad", func() error {
 		pools := scrapePools(t, env["PROMETHEUS_ADDR"])
 		for _, pool := range []string{"consul", "nomad-server", "nomad-client"} {
 			if h := pools[pool]; h.all == 0 || h.up != h.all {
 				return fmt.Errorf("scrape pool %s: %d / %d up", pool, h.up, h.all)
 			}
 		}
+		if h := pools["consul_sd_metrics"]; h.all < 7 {
+			return fmt.Errorf("consul_sd_metrics: %d targets discovered", h.all)
+		}
 		return nil
 	})
+}
+
+// appAndClusters are the probes of a rolling operation that promises no
+// downtime: dev's application through its Fabio, and reads of Consul and
+// Nomad through server-1 that any server answers from its own state (a
+// leader election does not hold them up).
+func appAndClusters(t *testing.T, env map[string]string) []func() error {
+	cc, err := consul.NewClient(env["CONSUL_HTTP_ADDR"], env["CONSUL_CACERT"], env["CONSUL_HTTP_TOKEN"])
+	if err != nil {
+		t.Fatal(err)
+	}
+	nc := nomadClient(t, env, env["NOMAD_TOKEN"])
+	return []func() error{
+		func() error { return get200(env["FABIO_DEV_ADDR"] + "/web/") },
+		func() error {
+			_, _, err := cc.Catalog().Nodes(&consulapi.QueryOptions{AllowStale: true})
+			return err
+		},
+		func() error {
+			_, _, err := nc.Jobs().List(&nomadapi.QueryOptions{AllowStale: true, Namespace: "*"})
+			return err
+		},
+	}
+}
+
+// poller calls its probes every 250 ms until stopped and keeps the first
+// failures.
+type poller struct {
+	mu       sync.Mutex
+	rounds   int
+	failures []string
+	cancel   context.CancelFunc
+	done     sync.WaitGroup
+}
+
+func startPoller(probes ...func() error) *poller {
+	ctx, cancel := context.WithCancel(context.Background())
+	p := &poller{cancel: cancel}
+	p.done.Add(1)
+	go func() {
+		defer p.done.Done()
+		for ctx.Err() == nil {
+			for _, probe := range probes {
+				if err := probe(); err != nil {
+					p.mu.Lock()
+					if len(p.failures) < 20 {
+						p.failures = append(p.failures, time.Now().Format("15:04:05.000")+" "+err.Error())
+					}
+					p.mu.Unlock()
+				}
+			}
+			p.mu.Lock()
+			p.rounds++
+			p.mu.Unlock()
+			time.Sleep(250 * time.Millisecond)
+		}
+	}()
+	return p
+}
+
+// stop stops the poller and fails the test if any request failed.
+func (p *poller) stop(t *testing.T, what string) {
+	t.Helper()
+	p.cancel()
+	p.done.Wait()
+	t.Logf("%d rounds of %s, %d failed", p.rounds, what, len(p.failures))
+	if len(p.failures) > 0 {
+		t.Errorf("%s failed: %s", what, strings.Join(p.failures, "; "))
+	}
 }

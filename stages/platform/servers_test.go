@@ -1,19 +1,14 @@
 package platform_test
 
 import (
-	"context"
 	"fmt"
 	"maps"
 	"os"
 	"path/filepath"
 	"slices"
 	"strings"
-	"sync"
 	"testing"
 	"time"
-
-	consulapi "github.com/hashicorp/consul/api"
-	nomadapi "github.com/hashicorp/nomad/api"
 
 	"github.com/platform-bootstrap/bootstrap/internal/platformtest"
 	"github.com/platform-bootstrap/bootstrap/stages/consul"
@@ -39,35 +34,7 @@ func scaleServers(t *testing.T, p *platformtest.Platform) {
 	}
 	nc := nomadClient(t, env, env["NOMAD_TOKEN"])
 
-	var (
-		mu       sync.Mutex
-		polls    int
-		failures []string
-	)
-	ctx, stop := context.WithCancel(context.Background())
-	var wg sync.WaitGroup
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		for ctx.Err() == nil {
-			errs := []error{get200(env["FABIO_DEV_ADDR"] + "/web/")}
-			// Reads a server answers from its own state: a leader election
-			// does not hold them up.
-			_, _, err := cc.Catalog().Nodes(&consulapi.QueryOptions{AllowStale: true})
-			errs = append(errs, err)
-			_, _, err = nc.Jobs().List(&nomadapi.QueryOptions{AllowStale: true, Namespace: "*"})
-			errs = append(errs, err)
-			mu.Lock()
-			polls++
-			for _, err := range errs {
-				if err != nil && len(failures) < 20 {
-					failures = append(failures, time.Now().Format("15:04:05.000")+" "+err.Error())
-				}
-			}
-			mu.Unlock()
-			time.Sleep(250 * time.Millisecond)
-		}
-	}()
+	poll := startPoller(appAndClusters(t, env)...)
 
 	voters := func(want int) {
 		t.Helper()
@@ -129,12 +96,7 @@ func scaleServers(t *testing.T, p *platformtest.Platform) {
 	}
 	p.Up()
 	voters(3)
-	stop()
-	wg.Wait()
-	t.Logf("%d rounds of requests (dev's application, consul, nomad) during the scaling, %d failed", polls, len(failures))
-	if len(failures) > 0 {
-		t.Errorf("requests failed while servers were added and removed: %s", strings.Join(failures, "; "))
-	}
+	poll.stop(t, "requests to dev's application, Consul and Nomad while servers were added and removed")
 	if s := joinHCL(); strings.Count(s, `"`) != 6 {
 		t.Errorf("client-1's join.hcl does not list 3 servers:\n%s", s)
 	}

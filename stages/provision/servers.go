@@ -132,17 +132,8 @@ func raftClusters(e *stages.Env, stay []inventory.Node) ([]raftCluster, error) {
 		return nil, err
 	} else if ok {
 		client := func() (*consulapi.Client, error) {
-			var errs []error
-			for _, s := range stay {
-				c, err := cluster.ConsulAgent(e, s, tok)
-				if err == nil {
-					if _, err = c.Status().Leader(); err == nil {
-						return c, nil
-					}
-				}
-				errs = append(errs, err)
-			}
-			return nil, errors.Join(errs...)
+			return firstAnswering(stay, func(s inventory.Node) (*consulapi.Client, error) { return cluster.ConsulAgent(e, s, tok) },
+				func(c *consulapi.Client) error { _, err := c.Status().Leader(); return err })
 		}
 		out = append(out, raftCluster{
 			name: "consul",
@@ -196,17 +187,8 @@ func raftClusters(e *stages.Env, stay []inventory.Node) ([]raftCluster, error) {
 		return nil, err
 	} else if ok {
 		client := func() (*nomadapi.Client, error) {
-			var errs []error
-			for _, s := range stay {
-				c, err := cluster.NomadAgent(e, s, tok)
-				if err == nil {
-					if _, err = c.Status().Leader(); err == nil {
-						return c, nil
-					}
-				}
-				errs = append(errs, err)
-			}
-			return nil, errors.Join(errs...)
+			return firstAnswering(stay, func(s inventory.Node) (*nomadapi.Client, error) { return cluster.NomadAgent(e, s, tok) },
+				func(c *nomadapi.Client) error { _, err := c.Status().Leader(); return err })
 		}
 		out = append(out, raftCluster{
 			name: "nomad",
@@ -259,4 +241,21 @@ func raftClusters(e *stages.Env, stay []inventory.Node) ([]raftCluster, error) {
 		})
 	}
 	return out, nil
+}
+
+// firstAnswering returns a client of the first server of stay that answers
+// ping: any remaining server will do, and one may be restarting.
+func firstAnswering[C any](stay []inventory.Node, dial func(inventory.Node) (C, error), ping func(C) error) (C, error) {
+	var errs []error
+	for _, s := range stay {
+		c, err := dial(s)
+		if err == nil {
+			if err = ping(c); err == nil {
+				return c, nil
+			}
+		}
+		errs = append(errs, fmt.Errorf("%s: %w", s.Name, err))
+	}
+	var none C
+	return none, errors.Join(errs...)
 }
