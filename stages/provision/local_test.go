@@ -73,3 +73,20 @@ func TestServerRemoval(t *testing.T) {
 		t.Errorf("the plan of a server's removal says %q", d)
 	}
 }
+
+func TestPlanOfServerRemoval(t *testing.T) {
+	node := func(name, role string) inventory.Node { return inventory.Node{Name: name, Roles: []string{role}, PrivateIP: "127.0.0.1"} }
+	have := &inventory.Inventory{Nodes: []inventory.Node{
+		node("server-1", inventory.RoleServer), node("server-2", inventory.RoleServer), node("server-3", inventory.RoleServer),
+		node("server-4", inventory.RoleServer), node("server-5", inventory.RoleServer), node("client-1", inventory.RoleClient),
+	}}
+	want := &inventory.Inventory{Nodes: []inventory.Node{have.Nodes[0], have.Nodes[1], have.Nodes[2], have.Nodes[5]}}
+	var got []string
+	for _, c := range diffNodes(&config.Platform{}, have, want) {
+		got = append(got, c.Target+": "+c.Detail)
+	}
+	if len(got) != 2 || !strings.HasPrefix(got[0], "node server-5: ") || !strings.HasSuffix(got[0], "(5 → 4 voters)") ||
+		!strings.HasPrefix(got[1], "node server-4: ") || !strings.HasSuffix(got[1], "(4 → 3 voters)") {
+		t.Errorf("plan of 5 → 3 servers:\n%s", strings.Join(got, "\n"))
+	}
+}

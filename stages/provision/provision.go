@@ -110,8 +110,22 @@ func diffNodes(cfg *config.Platform, have, want *inventory.Inventory) []stages.C
 			out = append(out, stages.Change{Action: "update", Target: "node " + w.Name, Detail: describeDiff(h, w)})
 		}
 	}
-	for _, h := range removed(have, want) {
-		out = append(out, stages.Change{Action: "delete", Target: "node " + h.Name, Detail: retireDetail(cfg, h)})
+	gone := removed(have, want)
+	// Servers leave highest number first, one voter at a time (retire).
+	voters := len(have.WithRole(inventory.RoleServer))
+	slices.SortStableFunc(gone, func(a, b inventory.Node) int {
+		if a.Has(inventory.RoleServer) && b.Has(inventory.RoleServer) {
+			return strings.Compare(b.Name, a.Name)
+		}
+		return 0
+	})
+	for _, h := range gone {
+		detail := retireDetail(cfg, h)
+		if h.Has(inventory.RoleServer) {
+			detail += fmt.Sprintf(" (%d → %d voters)", voters, voters-1)
+			voters--
+		}
+		out = append(out, stages.Change{Action: "delete", Target: "node " + h.Name, Detail: detail})
 	}
 	return out
 }
