@@ -75,7 +75,9 @@ func TestServerRemoval(t *testing.T) {
 }
 
 func TestPlanOfServerRemoval(t *testing.T) {
-	node := func(name, role string) inventory.Node { return inventory.Node{Name: name, Roles: []string{role}, PrivateIP: "127.0.0.1"} }
+	node := func(name, role string) inventory.Node {
+		return inventory.Node{Name: name, Roles: []string{role}, PrivateIP: "127.0.0.1"}
+	}
 	have := &inventory.Inventory{Nodes: []inventory.Node{
 		node("server-1", inventory.RoleServer), node("server-2", inventory.RoleServer), node("server-3", inventory.RoleServer),
 		node("server-4", inventory.RoleServer), node("server-5", inventory.RoleServer), node("client-1", inventory.RoleClient),
