@@ -6,6 +6,7 @@ package cluster
 import (
 	"context"
 	"crypto/tls"
+	"errors"
 	"fmt"
 	"maps"
 	"net"
@@ -253,6 +254,45 @@ func RecordOutputs(p *reconcile.Plan, s Outputs, want map[string]string) error {
 		if err := p.Do(reconcile.Record, "output "+k, want[k], func() error { return s.SetOutput(k, want[k]) }); err != nil {
 			return err
 		}
+	}
+	return nil
+}
+
+// RaftIndexes reports a server's Raft applied and commit indexes.
+type RaftIndexes func(ctx context.Context, n inventory.Node) (applied, commit uint64, err error)
+
+// WaitCaughtUp waits until every server has applied what the cluster had
+// committed, and answers. A server that was just restarted answers, and
+// votes, before it has replayed the log written since its last snapshot:
+// until then it refuses newer ACL tokens with 403 on the endpoints it
+// serves itself (agent calls, Nomad's job parsing).
+func (s Service) WaitCaughtUp(ctx context.Context, inv *inventory.Inventory, indexes RaftIndexes) error {
+	servers := inv.WithRole(inventory.RoleServer)
+	var target uint64
+	err := poll.Retry(ctx, 2*time.Minute, 500*time.Millisecond, func() error {
+		var behind []string
+		applied := map[string]uint64{}
+		for _, n := range servers {
+			ai, ci, err := indexes(ctx, n)
+			if err != nil {
+				behind = append(behind, n.Name+" ("+err.Error()+")")
+				continue
+			}
+			applied[n.Name] = ai
+			target = max(target, ci)
+		}
+		for _, n := range servers {
+			if ai, ok := applied[n.Name]; ok && ai < target {
+				behind = append(behind, fmt.Sprintf("%s (applied index %d of %d)", n.Name, ai, target))
+			}
+		}
+		if len(behind) > 0 {
+			return errors.New(strings.Join(behind, ", "))
+		}
+		return nil
+	}, func(error) bool { return false })
+	if err != nil {
+		return fmt.Errorf("%s servers have not caught up with the cluster: %w; see %s", s.Name, err, s.LogHint(inv, servers[0].Name))
 	}
 	return nil
 }

@@ -11,6 +11,7 @@ import (
 	"maps"
 	"os"
 	"slices"
+	"strconv"
 	"strings"
 
 	consulapi "github.com/hashicorp/consul/api"
@@ -183,6 +184,11 @@ func converge(ctx context.Context, e *stages.Env, p *reconcile.Plan) error {
 		if as, err = svc.WaitLeader(ctx, d.inv); err != nil {
 			return err
 		}
+		if play.LeaderToken != "" {
+			if err := waitCaughtUp(ctx, e, d.inv, play.LeaderToken); err != nil {
+				return err
+			}
+		}
 	} else if as.Leader() == "" {
 		if len(p.Changes) == 0 {
 			p.Planned(reconcile.Wait, "consul leader election", "")
@@ -247,3 +253,26 @@ func (s *Stage) Status(ctx context.Context, e *stages.Env) ([]stages.StatusLine,
 // ErrLockedOut means the cluster's ACLs were bootstrapped with a token
 // bootstrap does not have.
 var ErrLockedOut = errors.New("consul ACLs were bootstrapped outside bootstrap")
+
+// waitCaughtUp waits until every server has caught up with the cluster
+// (cluster.Service.WaitCaughtUp): a restarted server refuses the tokens it
+// has not replayed yet with 403.
+func waitCaughtUp(ctx context.Context, e *stages.Env, inv *inventory.Inventory, mgmt string) error {
+	return service(e).WaitCaughtUp(ctx, inv, func(ctx context.Context, n inventory.Node) (uint64, uint64, error) {
+		c, err := cluster.ConsulAgent(e, n, mgmt)
+		if err != nil {
+			return 0, 0, err
+		}
+		self, err := c.Agent().Self()
+		if err != nil {
+			return 0, 0, err
+		}
+		raft, _ := self["Stats"]["raft"].(map[string]any)
+		index := func(k string) uint64 {
+			s, _ := raft[k].(string)
+			v, _ := strconv.ParseUint(s, 10, 64)
+			return v
+		}
+		return index("applied_index"), index("commit_index"), nil
+	})
+}

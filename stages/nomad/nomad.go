@@ -206,46 +206,22 @@ func converge(ctx context.Context, e *stages.Env, p *reconcile.Plan) error {
 	return convergeACL(ctx, e, d, as, p)
 }
 
-// waitCaughtUp waits until every server has applied what the cluster had
-// committed. A server that was just restarted answers, and votes, before it
-// has replayed the log written since its last snapshot: until then it
-// refuses newer ACL tokens with 403 on the endpoints it serves itself (job
-// parsing, agent calls), which the jobs stage and users hit.
+// waitCaughtUp waits until every server has caught up with the cluster
+// (cluster.Service.WaitCaughtUp).
 func waitCaughtUp(ctx context.Context, e *stages.Env, inv *inventory.Inventory, mgmt string) error {
-	servers := inv.WithRole(inventory.RoleServer)
-	var target uint64
-	err := poll.Retry(ctx, 2*time.Minute, 500*time.Millisecond, func() error {
-		var behind []string
-		applied := map[string]uint64{}
-		for _, n := range servers {
-			c, err := cluster.NomadAgent(e, n, mgmt)
-			if err != nil {
-				return err
-			}
-			self, err := c.Agent().Self()
-			if err != nil {
-				behind = append(behind, n.Name+" ("+err.Error()+")")
-				continue
-			}
-			ai, _ := strconv.ParseUint(self.Stats["raft"]["applied_index"], 10, 64)
-			ci, _ := strconv.ParseUint(self.Stats["raft"]["commit_index"], 10, 64)
-			applied[n.Name] = ai
-			target = max(target, ci)
+	return service(e).WaitCaughtUp(ctx, inv, func(ctx context.Context, n inventory.Node) (uint64, uint64, error) {
+		c, err := cluster.NomadAgent(e, n, mgmt)
+		if err != nil {
+			return 0, 0, err
 		}
-		for _, n := range servers {
-			if ai, ok := applied[n.Name]; ok && ai < target {
-				behind = append(behind, fmt.Sprintf("%s (applied index %d of %d)", n.Name, ai, target))
-			}
+		self, err := c.Agent().Self()
+		if err != nil {
+			return 0, 0, err
 		}
-		if len(behind) > 0 {
-			return errors.New(strings.Join(behind, ", "))
-		}
-		return nil
-	}, never)
-	if err != nil {
-		return fmt.Errorf("nomad servers have not caught up with the cluster: %w; see %s", err, service(e).LogHint(inv, servers[0].Name))
-	}
-	return nil
+		ai, _ := strconv.ParseUint(self.Stats["raft"]["applied_index"], 10, 64)
+		ci, _ := strconv.ParseUint(self.Stats["raft"]["commit_index"], 10, 64)
+		return ai, ci, nil
+	})
 }
 
 func never(error) bool { return false }
