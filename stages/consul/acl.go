@@ -181,6 +181,11 @@ func convergeACL(ctx context.Context, e *stages.Env, d *deps, as cluster.Agents,
 	if err != nil {
 		return err
 	}
+	if ok && p.Apply {
+		if err := waitCaughtUp(ctx, e, d.inv, mgmt); err != nil {
+			return err
+		}
+	}
 	if snap, ok := e.RestoreSnapshot("consul"); ok {
 		if err := p.Do(reconcile.Restore, "consul", restoreDetail, func() error { return restore(ctx, e, d.inv, server, mgmt, snap) }); err != nil {
 			return err

@@ -184,11 +184,6 @@ func converge(ctx context.Context, e *stages.Env, p *reconcile.Plan) error {
 		if as, err = svc.WaitLeader(ctx, d.inv); err != nil {
 			return err
 		}
-		if play.LeaderToken != "" {
-			if err := waitCaughtUp(ctx, e, d.inv, play.LeaderToken); err != nil {
-				return err
-			}
-		}
 	} else if as.Leader() == "" {
 		if len(p.Changes) == 0 {
 			p.Planned(reconcile.Wait, "consul leader election", "")
