@@ -19,6 +19,8 @@ import (
 // IntermediateMount is the state of a platform intermediate CA's mount.
 type IntermediateMount struct {
 	Name string
+	// Root is the mount of the root CA that signed it.
+	Root string
 	// Current is the default issuer's certificate: the one that issues.
 	Current *x509.Certificate
 	// Old are what rotations left: issuers with a key that are not the
@@ -40,8 +42,9 @@ func (o OldIssuer) String() string {
 // PlatformIntermediate reads the intermediate CA mount of ca (consul or
 // nomad).
 func PlatformIntermediate(ctx context.Context, c *api.Client, ca string) (IntermediateMount, error) {
-	mount := CA{Name: ca}.IntermediateMount(platformIntermediate)
-	out := IntermediateMount{Name: mount}
+	cfg := CA{Name: ca}
+	mount := cfg.IntermediateMount(platformIntermediate)
+	out := IntermediateMount{Name: mount, Root: cfg.RootMount()}
 	r := &reconciler{c: c}
 	if err := r.readMounts(ctx); err != nil {
 		return out, err
@@ -84,7 +87,7 @@ func PlatformIntermediate(ctx context.Context, c *api.Client, ca string) (Interm
 // on the root's CRL), then deletes the issuer and its key: nothing is
 // issued by it again. Each step is a no-op when done before.
 func (in IntermediateMount) Retire(ctx context.Context, c *api.Client, o OldIssuer) error {
-	root := strings.TrimSuffix(in.Name, "/inter-"+platformIntermediate) + "/root-ca"
+	root := in.Root
 	if o.IssuerID != "" {
 		s, err := c.Logical().ReadWithContext(ctx, in.Name+"/issuer/"+o.IssuerID)
 		if hasError(err, "unable to find PKI issuer") {
