@@ -5,11 +5,13 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"maps"
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 
 	"github.com/platform-bootstrap/bootstrap/internal/fsutil"
 	"github.com/platform-bootstrap/bootstrap/internal/inventory"
@@ -170,7 +172,7 @@ func Converge(ctx context.Context, e *stages.Env, inv *inventory.Inventory, p Pl
 		r.VarsFiles = append(r.VarsFiles, e.Secrets.Path(name))
 	}
 	if err := r.Run(ctx, "site.yml", []string{p.Tag}, hosts); err != nil {
-		return err
+		return withLogHint(err, inv)
 	}
 	var have map[string]string
 	if json.Unmarshal([]byte(e.Note(digestNote(p.Tag))), &have) != nil || have == nil {
@@ -191,12 +193,35 @@ func Converge(ctx context.Context, e *stages.Env, inv *inventory.Inventory, p Pl
 	return e.SetNote(digestNote(p.Tag), string(b))
 }
 
+// withLogHint adds where the failed local nodes' service logs are: a
+// failed task on an agent is most often explained there (a machine's are in
+// its journal, which the task output names by unit).
+func withLogHint(err error, inv *inventory.Inventory) error {
+	var ae *Error
+	if !errors.As(err, &ae) {
+		return err
+	}
+	var dirs []string
+	for _, f := range ae.Failures {
+		if n, ok := inv.Node(f.Host); ok && n.Local != nil {
+			if d := filepath.Join(n.Local.Root, "logs"); !slices.Contains(dirs, d) {
+				dirs = append(dirs, d)
+			}
+		}
+	}
+	if len(dirs) == 0 {
+		return err
+	}
+	return fmt.Errorf("%w; see the logs in %s", err, strings.Join(dirs, ", "))
+}
+
 // roleBinaries are the programs a role installs from bin_dir.
 var roleBinaries = map[string]string{
 	"vault":           "vault",
 	"consul":          "consul",
 	"nomad":           "nomad",
 	"consul_template": "consul-template",
+	"node_exporter":   "prometheus-node-exporter",
 }
 
 // checkBinaries makes sure that the bin_dir of every host that installs

@@ -69,10 +69,15 @@ def main():
                                     "--retry", "TERM/30/KILL/5", "--remove-pidfile", "--oknodo"])
         if rc != 0:
             m.fail_json(msg="stop %s: %s" % (p["name"], err))
+    # Started under nohup: SIGHUP stays ignored until the program handles it.
+    # consul-template sends the agents a SIGHUP when it renews their
+    # certificate, and Go kills a program that gets one before it asked for
+    # it (Nomad asks only once its agent runs, seconds after starting).
     rc, _, err = m.run_command([ssd, "--start", "--background", "--make-pidfile",
                                 "--pidfile", pidfile, "--chdir", p["chdir"],
                                 "--output", os.path.join(p["log_dir"], p["name"] + ".log"),
-                                "--exec", p["binary"], "--"] + p["args"])
+                                "--exec", p["binary"], "--startas", m.get_bin_path("nohup", required=True),
+                                "--", p["binary"]] + p["args"])
     if rc != 0:
         m.fail_json(msg="start %s: %s" % (p["name"], err))
     m.exit_json(changed=True, state="restarted" if running else "started")

@@ -3,8 +3,11 @@ package cluster
 import (
 	"context"
 	"fmt"
+	"slices"
+	"strings"
 
 	"github.com/platform-bootstrap/bootstrap/internal/crashpoint"
+	"github.com/platform-bootstrap/bootstrap/internal/inventory"
 	"github.com/platform-bootstrap/bootstrap/stages"
 	"github.com/platform-bootstrap/bootstrap/stages/keys"
 )
@@ -14,6 +17,8 @@ import (
 type Keyring interface {
 	// Keys lists every key installed on any member.
 	Keys(ctx context.Context) ([]string, error)
+	// Alive lists the members that are alive now, by node name.
+	Alive(ctx context.Context) ([]string, error)
 	Install(ctx context.Context, key string) error
 	Use(ctx context.Context, key string) error
 	Remove(ctx context.Context, key string) error
@@ -26,7 +31,23 @@ type Keyring interface {
 // until the old one goes. A run killed anywhere carries on with the same
 // new key; one killed after the new key was stored finishes by removing the
 // old one in the next rotation.
-func RotateGossip(ctx context.Context, e *stages.Env, product, name string, ring Keyring) error {
+//
+// Every node in members must be alive first: one that is down would come
+// back with the old key alone, unable to gossip with anyone.
+func RotateGossip(ctx context.Context, e *stages.Env, product, name string, ring Keyring, members []inventory.Node) error {
+	alive, err := ring.Alive(ctx)
+	if err != nil {
+		return fmt.Errorf("%s: list gossip members: %w", product, err)
+	}
+	var down []string
+	for _, n := range members {
+		if !slices.Contains(alive, n.Name) {
+			down = append(down, n.Name)
+		}
+	}
+	if len(down) > 0 {
+		return fmt.Errorf("%s: %s not alive in the gossip pool, nothing rotated: run `bootstrap up` to bring them back, then rotate again", product, strings.Join(down, ", "))
+	}
 	next, _, err := e.Secrets.GetOrCreate(name+".next", keys.GossipKey)
 	if err != nil {
 		return err

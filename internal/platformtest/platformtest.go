@@ -268,6 +268,9 @@ func (p *Platform) AssertNoSecrets(texts ...string) {
 
 // cleanup runs down and stops whatever is left, by pid.
 func (p *Platform) cleanup() {
+	if p.t.Failed() {
+		p.logNodeLogs()
+	}
 	if _, err := os.Stat(filepath.Join(p.StateDir(), "state.json")); err == nil {
 		ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 		r := p.RunContext(ctx, []string{"down", "--auto-approve"})
@@ -280,6 +283,20 @@ func (p *Platform) cleanup() {
 	for _, pid := range pids {
 		p.t.Errorf("cleanup: pid %d still runs under %s; stopping it", pid, p.Dir)
 		proc.Terminate(context.Background(), pid, 5*time.Second)
+	}
+}
+
+// logNodeLogs logs the end of every node's service logs, which a CI run
+// keeps nowhere else: the platform directory goes with the test.
+func (p *Platform) logNodeLogs() {
+	logs, _ := filepath.Glob(filepath.Join(p.StateDir(), "nodes", "*", "logs", "*.log"))
+	for _, l := range logs {
+		b, err := os.ReadFile(l)
+		if err != nil || len(b) == 0 {
+			continue
+		}
+		rel, _ := filepath.Rel(p.StateDir(), l)
+		p.t.Logf("%s (end):\n%s", rel, tail(string(b), 25))
 	}
 }
 

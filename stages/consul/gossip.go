@@ -30,6 +30,20 @@ func (k keyring) Keys(ctx context.Context) ([]string, error) {
 	return out, nil
 }
 
+func (k keyring) Alive(ctx context.Context) ([]string, error) {
+	ms, err := k.c.Agent().Members(false)
+	if err != nil {
+		return nil, err
+	}
+	var out []string
+	for _, m := range ms {
+		if m.Status == 1 { // serf's StatusAlive
+			out = append(out, m.Name)
+		}
+	}
+	return out, nil
+}
+
 func (k keyring) w(ctx context.Context) *consulapi.WriteOptions {
 	return (&consulapi.WriteOptions{}).WithContext(ctx)
 }
@@ -49,9 +63,13 @@ func (k keyring) Remove(ctx context.Context, key string) error {
 // RotateGossip replaces Consul's gossip key on every agent through the
 // keyring API (see cluster.RotateGossip).
 func RotateGossip(ctx context.Context, e *stages.Env) error {
+	inv, err := e.Inventory()
+	if err != nil {
+		return err
+	}
 	c, err := serverClient(ctx, e)
 	if err != nil {
 		return err
 	}
-	return cluster.RotateGossip(ctx, e, "consul", stages.SecretConsulGossipKey, keyring{c})
+	return cluster.RotateGossip(ctx, e, "consul", stages.SecretConsulGossipKey, keyring{c}, inv.Nodes)
 }

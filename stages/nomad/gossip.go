@@ -4,10 +4,12 @@ import (
 	"context"
 	"maps"
 	"slices"
+	"strings"
 
 	nomadapi "github.com/hashicorp/nomad/api"
 
 	"github.com/platform-bootstrap/bootstrap/internal/cluster"
+	"github.com/platform-bootstrap/bootstrap/internal/inventory"
 	"github.com/platform-bootstrap/bootstrap/stages"
 )
 
@@ -20,6 +22,21 @@ func (k keyring) Keys(context.Context) ([]string, error) {
 		return nil, err
 	}
 	return slices.Sorted(maps.Keys(r.Keys)), nil
+}
+
+// Alive names the servers by node: Nomad's member names carry the region.
+func (k keyring) Alive(context.Context) ([]string, error) {
+	ms, err := k.c.Agent().Members()
+	if err != nil {
+		return nil, err
+	}
+	var out []string
+	for _, m := range ms.Members {
+		if m.Status == "alive" {
+			out = append(out, strings.TrimSuffix(m.Name, "."+m.Tags["region"]))
+		}
+	}
+	return out, nil
 }
 
 func (k keyring) Install(_ context.Context, key string) error {
@@ -40,9 +57,13 @@ func (k keyring) Remove(_ context.Context, key string) error {
 // RotateGossip replaces the Nomad servers' gossip key through the keyring
 // API (see cluster.RotateGossip).
 func RotateGossip(ctx context.Context, e *stages.Env) error {
+	inv, err := e.Inventory()
+	if err != nil {
+		return err
+	}
 	c, err := serverClient(ctx, e)
 	if err != nil {
 		return err
 	}
-	return cluster.RotateGossip(ctx, e, "nomad", stages.SecretNomadGossipKey, keyring{c})
+	return cluster.RotateGossip(ctx, e, "nomad", stages.SecretNomadGossipKey, keyring{c}, inv.WithRole(inventory.RoleServer))
 }
