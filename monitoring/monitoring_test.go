@@ -28,7 +28,7 @@ func fullConfig() PrometheusConfig {
 			TokenFile: "../secrets/consul.token", CAFile: "ca/consul.pem", CertFile: "../secrets/client.pem", KeyFile: "../secrets/client-key.pem",
 		}},
 		Vault:         Endpoint{Targets: []string{"127.0.1.1:8200"}, HTTP: HTTPClient{TokenFile: "../secrets/vault_token", CAFile: "ca/vault.pem"}},
-		NodeExporters: []string{"10.0.0.9:9100"},
+		NodeExporters: []NodeTarget{{Node: "server-1", Target: "10.0.0.9:9100"}},
 		ConsulSD:      ConsulSD{Servers: []string{"127.0.1.1:8501", "127.0.1.2:8501", "127.0.1.3:8501"}, Datacenter: "dc1", HTTP: HTTPClient{TokenFile: "../secrets/consul.token", CAFile: "ca/consul.pem"}},
 		AppNamespaces: []string{"dev", "prod"},
 	}

@@ -42,10 +42,10 @@ type PrometheusConfig struct {
 	ConsulClients Endpoint
 	Vault         Endpoint
 
-	// NodeExporters are static host:port targets for nodes whose
-	// node-exporter is not registered in Consul; the node-exporter job
-	// registers its instances, so this is usually empty.
-	NodeExporters []string
+	// NodeExporters are the node-exporters of the nodes that are not
+	// Nomad clients (the servers, which run it as a service of their own);
+	// the clients' node-exporter job registers its instances in Consul.
+	NodeExporters []NodeTarget
 
 	// ConsulSD are the Consul agents Prometheus discovers services through.
 	ConsulSD ConsulSD
@@ -83,6 +83,12 @@ type HTTPClient struct {
 	// ServerName is the name verified in the servers' certificates when it
 	// is not the target's address (e.g. server.global.nomad).
 	ServerName string
+}
+
+// NodeTarget is a node's scrape target (host:port), labelled with its name
+// as the targets Prometheus finds through Consul are.
+type NodeTarget struct {
+	Node, Target string
 }
 
 // ConsulSD are the Consul agents used for service discovery.
@@ -186,7 +192,10 @@ func (c PrometheusConfig) validate() error {
 		errs = append(errs, checkScheme(name, e.Scheme), checkHostPorts(name, e.Targets), checkServerName(name, e.HTTP.ServerName))
 	}
 	errs = append(errs, checkServerName("consul service discovery", c.ConsulSD.HTTP.ServerName))
-	errs = append(errs, checkHostPorts("node exporters", c.NodeExporters), checkHostPorts("alertmanagers", c.Alertmanagers))
+	for _, n := range c.NodeExporters {
+		errs = append(errs, checkHostPorts("node exporter of "+n.Node, []string{n.Target}))
+	}
+	errs = append(errs, checkHostPorts("alertmanagers", c.Alertmanagers))
 	if len(c.ConsulSD.Servers) == 0 {
 		errs = append(errs, errors.New("no Consul server for service discovery is set"))
 	}

@@ -152,6 +152,9 @@ func (e *Env) CAFile(name string) string {
 const (
 	ConsulHTTPSPort = 8501
 	NomadHTTPPort   = 4646
+	// NodeExporterPort is node-exporter's on every node: the clients' job
+	// and the servers' service (plain HTTP, on the private address).
+	NodeExporterPort = 9100
 )
 
 // ConsulAddr is the HTTPS address (host:port) of a node's Consul agent.

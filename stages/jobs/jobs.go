@@ -275,6 +275,16 @@ func prometheusVars(e *stages.Env, p *platform, v platformjobs.Variables, bin st
 			clients = append(clients, n)
 		}
 	}
+	// The servers that are not clients run node-exporter as a service (the
+	// nomad stage's role), out of the clients' system job's reach.
+	var exporters []monitoring.NodeTarget
+	if cfg.Jobs.NodeExporter.Enabled {
+		for _, n := range servers {
+			if !n.Has(inventory.RoleClient) {
+				exporters = append(exporters, monitoring.NodeTarget{Node: n.Name, Target: net.JoinHostPort(n.Address(), fmt.Sprint(stages.NodeExporterPort))})
+			}
+		}
+	}
 	// Each group verifies the name of its role, not the target's address
 	// (a client node's certificate may carry any address).
 	nomadHTTP := func(name string) monitoring.HTTPClient {
@@ -294,6 +304,7 @@ func prometheusVars(e *stages.Env, p *platform, v platformjobs.Variables, bin st
 		Vault: monitoring.Endpoint{Targets: hostports(p.inv.WithRole(inventory.RoleVault), 8200),
 			HTTP: monitoring.HTTPClient{TokenFile: platformjobs.PrometheusVaultTokenFile, CAFile: platformjobs.PrometheusCAFile("vault"), ServerName: apitls.VaultServerName}},
 		// Any agent serves the catalog; the servers are the stable ones.
+		NodeExporters: exporters,
 		ConsulSD:      monitoring.ConsulSD{Servers: hostports(servers, stages.ConsulHTTPSPort), Datacenter: cfg.Datacenter, HTTP: consulServers},
 		AppNamespaces: cfg.Nomad.Namespaces,
 	})

@@ -105,9 +105,10 @@ func load(e *stages.Env) (*deps, error) {
 		inv:   inv,
 		vault: vc,
 		play: ansible.Play{
-			Tag:         "nomad",
-			Roles:       []string{"common", "consul_template", "cni", "nomad"},
-			Vars:        map[string]any{"vault_addr": addr, "nomad_cert_ttl": e.Config.PKI.LeafTTL, "ct_ca_hash": caHash},
+			Tag:   "nomad",
+			Roles: []string{"common", "consul_template", "cni", "nomad", "node_exporter"},
+			Vars: map[string]any{"vault_addr": addr, "nomad_cert_ttl": e.Config.PKI.LeafTTL, "ct_ca_hash": caHash,
+				"node_exporter_enabled": e.Config.Jobs.NodeExporter.Enabled, "node_exporter_port": stages.NodeExporterPort},
 			Hosts:       inventory.Names(pki.ConsulTemplateNodes(inv)),
 			Secrets:     secrets,
 			NodeSecrets: map[string]map[string]string{pki.TemplateTokensVar: tokens},

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -100,6 +101,44 @@ func TestPlatform(t *testing.T) {
 			if n != 1 {
 				t.Errorf("%s is scraped %d times", u, n)
 			}
+		}
+	})
+
+	t.Run("every node is monitored, servers too", func(t *testing.T) {
+		// The clients' node-exporter is a Nomad system job, discovered
+		// through Consul; the servers run it as a service of the nomad
+		// stage. Each is scraped on its node's address, labelled with its
+		// node, and has node metrics in Prometheus.
+		nodes := map[string]string{}
+		for _, tg := range activeTargets(t, env["PROMETHEUS_ADDR"]) {
+			if tg.Labels["service"] != "node-exporter" {
+				continue
+			}
+			if tg.Health != "up" {
+				t.Errorf("node-exporter of %s (%s) is %s", tg.Labels["node"], tg.ScrapeURL, tg.Health)
+			}
+			nodes[tg.Labels["node"]] = tg.Labels["instance"]
+		}
+		for i, n := range []string{"server-1", "server-2", "server-3", "client-1", "client-2"} {
+			if want := p.Subnet.IP(i+1) + ":9100"; nodes[n] != want {
+				t.Errorf("node-exporter of %s scraped at %q, want %s (all: %v)", n, nodes[n], want, nodes)
+			}
+		}
+		var q struct {
+			Data struct {
+				Result []struct{ Metric map[string]string } `json:"result"`
+			} `json:"data"`
+		}
+		resp, err := http.Get(env["PROMETHEUS_ADDR"] + "/api/v1/query?query=" + url.QueryEscape(`count by (node) (node_cpu_seconds_total)`))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		if err := json.NewDecoder(resp.Body).Decode(&q); err != nil {
+			t.Fatal(err)
+		}
+		if len(q.Data.Result) != len(nodes) || len(nodes) != 5 {
+			t.Errorf("node CPU metrics for %d node(s), want 5: %v", len(q.Data.Result), q.Data.Result)
 		}
 	})
 

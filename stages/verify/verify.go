@@ -113,10 +113,10 @@ func (v *env) checks() []check {
 	cfg := v.e.Config
 	var cs []check
 	if cfg.Jobs.Prometheus.Enabled {
-		cs = append(cs,
-			check{name: "prometheus scrapes nomad, consul, vault, node-exporter and itself", run: checkTargets},
-			check{name: "a node CPU query returns a value per client", run: checkNodeCPU},
-		)
+		cs = append(cs, check{name: "prometheus scrapes nomad, consul, vault, node-exporter and itself", run: checkTargets})
+		if cfg.Jobs.NodeExporter.Enabled {
+			cs = append(cs, check{name: "a node CPU query returns a value per node, servers too", run: checkNodeCPU})
+		}
 	}
 	if cfg.Jobs.Grafana.Enabled {
 		cs = append(cs, check{name: "grafana serves the dashboards through a working datasource", run: checkGrafana})
@@ -274,7 +274,10 @@ func checkTargets(ctx context.Context, v *env) error {
 	if err != nil {
 		return err
 	}
-	want := map[string]int{"nomad-server": 0, "nomad-client": 0, "consul": 0, "vault": 0, "node-exporter": 0, "prometheus": 0}
+	want := map[string]int{"nomad-server": 0, "nomad-client": 0, "consul": 0, "vault": 0, "prometheus": 0}
+	if v.e.Config.Jobs.NodeExporter.Enabled {
+		want["node-exporter"] = 0
+	}
 	var down []string
 	for _, t := range ts {
 		key := t.Labels["job"]
@@ -299,7 +302,21 @@ func checkTargets(ctx context.Context, v *env) error {
 	if len(missing) > 0 || len(down) > 0 {
 		return fmt.Errorf("no healthy target for %v; down: %v", missing, down)
 	}
+	if n, ok := want["node-exporter"]; ok && n < len(v.nodes()) {
+		return fmt.Errorf("node-exporter is up on %d node(s), want every one of the %d", n, len(v.nodes()))
+	}
 	return nil
+}
+
+// nodes are the nodes node-exporter runs on: every server and client.
+func (v *env) nodes() []inventory.Node {
+	var out []inventory.Node
+	for _, n := range v.inv.Nodes {
+		if n.Has(inventory.RoleServer) || n.Has(inventory.RoleClient) {
+			out = append(out, n)
+		}
+	}
+	return out
 }
 
 func (v *env) query(ctx context.Context, q string) (int, error) {
@@ -319,7 +336,7 @@ func checkNodeCPU(ctx context.Context, v *env) error {
 	if err != nil {
 		return err
 	}
-	if want := len(v.inv.WithRole(inventory.RoleClient)); n < want {
+	if want := len(v.nodes()); n < want {
 		return fmt.Errorf("node CPU has values for %d node(s), want %d", n, want)
 	}
 	return nil
