@@ -101,7 +101,7 @@ func (in IntermediateMount) Retire(ctx context.Context, c *api.Client, o OldIssu
 			if err != nil {
 				return fmt.Errorf("%s of %s: %w", o, in.Name, err)
 			}
-			if _, err := c.Logical().WriteWithContext(ctx, root+"/revoke", map[string]any{"serial_number": serial(cert)}); err != nil {
+			if _, err := c.Logical().WriteWithContext(ctx, root+"/revoke", map[string]any{"serial_number": Serial(cert)}); err != nil {
 				return fmt.Errorf("revoke %s of %s at %s: %w", o, in.Name, root, err)
 			}
 			crashpoint.Hit("pki/retire-after-revoke")
@@ -116,8 +116,8 @@ func (in IntermediateMount) Retire(ctx context.Context, c *api.Client, o OldIssu
 	return nil
 }
 
-// serial is a certificate's serial number as Vault writes it.
-func serial(c *x509.Certificate) string {
+// Serial is a certificate's serial number as Vault writes it.
+func Serial(c *x509.Certificate) string {
 	b := c.SerialNumber.Bytes()
 	parts := make([]string, len(b))
 	for i, x := range b {

@@ -44,7 +44,7 @@ type RotatableToken struct {
 }
 
 // TokenKinds are the groups of tokens `bootstrap rotate tokens` takes.
-var TokenKinds = []string{"management", "ui", "metrics", "ci"}
+func TokenKinds() []string { return []string{"management", "ui", "metrics", "ci"} }
 
 // RotatableTokens are the tokens a rotation replaces. The agents' own
 // tokens and Fabio's are not among them: they never leave the platform.
@@ -68,8 +68,8 @@ func RotatableTokens(cfg *config.Platform) []RotatableToken {
 // is left as it is.
 func RequestTokenRotation(st *statedir.State, cfg *config.Platform, kinds []string) ([]RotatableToken, error) {
 	for _, k := range kinds {
-		if !slices.Contains(TokenKinds, k) {
-			return nil, fmt.Errorf("no tokens of kind %q: use one of %s", k, strings.Join(TokenKinds, ", "))
+		if !slices.Contains(TokenKinds(), k) {
+			return nil, fmt.Errorf("no tokens of kind %q: use one of %s", k, strings.Join(TokenKinds(), ", "))
 		}
 	}
 	var out []RotatableToken
@@ -94,18 +94,18 @@ func RequestTokenRotation(st *statedir.State, cfg *config.Platform, kinds []stri
 func RotateCANote(ca string) string { return "rotate_ca_" + ca }
 
 // RotatableCAs are the CAs whose intermediate `bootstrap rotate ca` replaces.
-var RotatableCAs = []string{"consul", "nomad"}
+func RotatableCAs() []string { return []string{"consul", "nomad"} }
 
 // RequestCARotation marks the intermediate CAs of cas (every one when none)
 // for the next up to replace. A rotation already under way is left as it
 // is.
 func RequestCARotation(st *statedir.State, cas []string) error {
 	if len(cas) == 0 {
-		cas = RotatableCAs
+		cas = RotatableCAs()
 	}
 	for _, ca := range cas {
-		if !slices.Contains(RotatableCAs, ca) {
-			return fmt.Errorf("no CA %q: use one of %s", ca, strings.Join(RotatableCAs, ", "))
+		if !slices.Contains(RotatableCAs(), ca) {
+			return fmt.Errorf("no CA %q: use one of %s", ca, strings.Join(RotatableCAs(), ", "))
 		}
 		if st.Note("pki", RotateCANote(ca)) != "" {
 			continue

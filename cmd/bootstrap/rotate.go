@@ -45,7 +45,7 @@ finished by running it again.`,
 	cmd.AddCommand(&cobra.Command{
 		Use:       "tokens [KIND...]",
 		Short:     "Replace the platform's Consul and Nomad tokens: management, ui, metrics, ci",
-		ValidArgs: stages.TokenKinds,
+		ValidArgs: stages.TokenKinds(),
 		Long: `rotate tokens replaces the Consul and Nomad tokens of the given kinds (all
 when none is given) and revokes the old ones:
 
@@ -62,8 +62,8 @@ running it again (or up). After a ci rotation, put the new deploy tokens in
 GitLab's CI variables: bootstrap env --token ci-NAMESPACE prints them.`,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			for _, k := range args {
-				if !slices.Contains(stages.TokenKinds, k) {
-					return &exitError{code: exitUsage, err: fmt.Errorf("rotate tokens: no tokens of kind %q: use %s, or none for all", k, strings.Join(stages.TokenKinds, ", "))}
+				if !slices.Contains(stages.TokenKinds(), k) {
+					return &exitError{code: exitUsage, err: fmt.Errorf("rotate tokens: no tokens of kind %q: use %s, or none for all", k, strings.Join(stages.TokenKinds(), ", "))}
 				}
 			}
 			return g.execute("rotate tokens", func(ctx context.Context, r *stages.Runner, sel stages.Selection, _ *stages.Session) ([]statedir.StageResult, error) {
@@ -81,7 +81,7 @@ GitLab's CI variables: bootstrap env --token ci-NAMESPACE prints them.`,
 	cmd.AddCommand(&cobra.Command{
 		Use:       "ca [consul|nomad]...",
 		Short:     "Replace the Consul and Nomad intermediate CAs; every agent gets a certificate of the new one",
-		ValidArgs: stages.RotatableCAs,
+		ValidArgs: stages.RotatableCAs(),
 		Long: `rotate ca makes a new intermediate CA under the same root for Consul and for
 Nomad (or only those named) and makes it the one that issues. up then
 restarts every node's consul-template, which issues the agent a certificate
@@ -92,8 +92,8 @@ certificates of either CA keep talking throughout. A run killed anywhere is
 finished by running it again (or up).`,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			for _, ca := range args {
-				if !slices.Contains(stages.RotatableCAs, ca) {
-					return &exitError{code: exitUsage, err: fmt.Errorf("rotate ca: no CA %q: use %s, or none for both", ca, strings.Join(stages.RotatableCAs, ", "))}
+				if !slices.Contains(stages.RotatableCAs(), ca) {
+					return &exitError{code: exitUsage, err: fmt.Errorf("rotate ca: no CA %q: use %s, or none for both", ca, strings.Join(stages.RotatableCAs(), ", "))}
 				}
 			}
 			return g.execute("rotate ca", func(ctx context.Context, r *stages.Runner, sel stages.Selection, _ *stages.Session) ([]statedir.StageResult, error) {

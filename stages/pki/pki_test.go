@@ -7,7 +7,6 @@ import (
 	"encoding/json"
 	"encoding/pem"
 	"errors"
-	"fmt"
 	"os"
 	"strings"
 	"sync"
@@ -211,11 +210,7 @@ func TestRotateCA(t *testing.T) {
 	if err != nil || len(retired.Old) != 0 {
 		t.Fatalf("after retiring: %v, %v", retired.Old, err)
 	}
-	var serial []string
-	for _, b := range before.Current.SerialNumber.Bytes() {
-		serial = append(serial, fmt.Sprintf("%02x", b))
-	}
-	rev, err := c.Logical().Read("consul/root-ca/cert/" + strings.Join(serial, ":"))
+	rev, err := c.Logical().Read("consul/root-ca/cert/" + vaultpki.Serial(before.Current))
 	if err != nil || rev == nil {
 		t.Fatalf("read the old intermediate at the root: %v", err)
 	}

@@ -215,7 +215,7 @@ func rotateCAs(t *testing.T, p *platformtest.Platform) {
 	}
 	vc := vaultClient(t, env)
 	before := map[string]pki.IntermediateMount{}
-	for _, ca := range stages.RotatableCAs {
+	for _, ca := range stages.RotatableCAs() {
 		if before[ca], err = pki.PlatformIntermediate(t.Context(), vc, ca); err != nil {
 			t.Fatal(err)
 		}
@@ -234,7 +234,7 @@ func rotateCAs(t *testing.T, p *platformtest.Platform) {
 		t.Errorf("plan after the rotation: exit %d\n%s", r.Code, r.Output())
 	}
 
-	for _, ca := range stages.RotatableCAs {
+	for _, ca := range stages.RotatableCAs() {
 		now, err := pki.PlatformIntermediate(t.Context(), vc, ca)
 		if err != nil {
 			t.Fatal(err)
@@ -245,11 +245,7 @@ func rotateCAs(t *testing.T, p *platformtest.Platform) {
 		if len(now.Old) > 0 {
 			t.Errorf("%s: left after the rotation: %v", ca, now.Old)
 		}
-		var serial []string
-		for _, b := range before[ca].Current.SerialNumber.Bytes() {
-			serial = append(serial, fmt.Sprintf("%02x", b))
-		}
-		rev, err := vc.Logical().Read(ca + "/root-ca/cert/" + strings.Join(serial, ":"))
+		rev, err := vc.Logical().Read(ca + "/root-ca/cert/" + pki.Serial(before[ca].Current))
 		if err != nil || rev == nil {
 			t.Fatalf("%s: read the old intermediate at the root: %v", ca, err)
 		}
