@@ -1,7 +1,9 @@
 package cluster
 
 import (
+	"bytes"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"time"
@@ -70,7 +72,7 @@ func NomadClient(addr, caFile, serverName, token string) (*nomadapi.Client, erro
 	c, err := nomadapi.NewClient(&nomadapi.Config{
 		Address:    addr,
 		SecretID:   token,
-		HttpClient: &http.Client{Transport: tr},
+		HttpClient: &http.Client{Transport: retryForwarded{tr}},
 		WaitTime:   5 * time.Second,
 	})
 	if err != nil {
@@ -80,6 +82,34 @@ func NomadClient(addr, caFile, serverName, token string) (*nomadapi.Client, erro
 	c.SetNamespace("")
 	c.SetRegion("")
 	return c, nil
+}
+
+// retryForwarded asks again for a read that a Nomad server forwarded to its
+// leader over a connection that broke ("rpc error: EOF", seen right after a
+// server restarted): the next try works. Writes are never repeated.
+type retryForwarded struct{ next http.RoundTripper }
+
+func (t retryForwarded) RoundTrip(req *http.Request) (*http.Response, error) {
+	for attempt := 1; ; attempt++ {
+		resp, err := t.next.RoundTrip(req)
+		if err != nil || req.Method != http.MethodGet || resp.StatusCode != http.StatusInternalServerError || attempt == 10 {
+			return resp, err
+		}
+		body, err := io.ReadAll(io.LimitReader(resp.Body, 64<<10))
+		resp.Body.Close()
+		if err != nil {
+			return nil, err
+		}
+		if !bytes.Contains(body, []byte("rpc error")) || !bytes.Contains(body, []byte("EOF")) {
+			resp.Body = io.NopCloser(bytes.NewReader(body))
+			return resp, nil
+		}
+		select {
+		case <-req.Context().Done():
+			return nil, req.Context().Err()
+		case <-time.After(time.Duration(attempt) * 300 * time.Millisecond):
+		}
+	}
 }
 
 // NomadAgent returns a Nomad client for node n's agent, verifying the name

@@ -8,7 +8,6 @@ import (
 	"os"
 	"slices"
 	"strings"
-	"time"
 
 	nomadapi "github.com/hashicorp/nomad/api"
 	vaultapi "github.com/hashicorp/vault/api"
@@ -17,7 +16,6 @@ import (
 	"github.com/platform-bootstrap/bootstrap/internal/config"
 	"github.com/platform-bootstrap/bootstrap/internal/crashpoint"
 	"github.com/platform-bootstrap/bootstrap/internal/inventory"
-	"github.com/platform-bootstrap/bootstrap/internal/poll"
 	"github.com/platform-bootstrap/bootstrap/internal/reconcile"
 	"github.com/platform-bootstrap/bootstrap/pki"
 	"github.com/platform-bootstrap/bootstrap/stages"
@@ -216,12 +214,7 @@ func convergeACL(ctx context.Context, e *stages.Env, d *deps, as cluster.Agents,
 			_, err := c.ACLPolicies().Upsert(&nomadapi.ACLPolicy{Name: name, Description: "bootstrap", Rules: pols[name]}, w)
 			return err
 		}
-		var h *nomadapi.ACLPolicy
-		err := poll.Retry(ctx, 30*time.Second, time.Second, func() error {
-			var err error
-			h, _, err = c.ACLPolicies().Info(name, q)
-			return err
-		}, func(err error) bool { return !forwardingFailed(err) })
+		h, _, err := c.ACLPolicies().Info(name, q)
 		switch {
 		case err != nil && strings.Contains(err.Error(), "404"):
 			err = p.Do(reconcile.Create, "nomad policy "+name, "", upsert)
@@ -492,11 +485,4 @@ func convergeJWT(ctx context.Context, e *stages.Env, d *deps, vc *vaultapi.Clien
 		}
 	}
 	return nil
-}
-
-// forwardingFailed reports a request that a server forwarded to the leader
-// over a connection that broke: seen right after a server restarted
-// ("rpc error: EOF"); asking again works.
-func forwardingFailed(err error) bool {
-	return err != nil && strings.Contains(err.Error(), "rpc error") && strings.Contains(err.Error(), "EOF")
 }

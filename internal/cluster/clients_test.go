@@ -1,0 +1,50 @@
+package cluster
+
+import (
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"sync/atomic"
+	"testing"
+)
+
+func TestRetryForwarded(t *testing.T) {
+	var calls atomic.Int32
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		n := calls.Add(1)
+		switch {
+		case r.URL.Path == "/other":
+			http.Error(w, "permission denied", http.StatusInternalServerError)
+		case n <= 2:
+			http.Error(w, "rpc error: EOF", http.StatusInternalServerError)
+		default:
+			_, _ = io.WriteString(w, "ok")
+		}
+	}))
+	defer srv.Close()
+	c := &http.Client{Transport: retryForwarded{http.DefaultTransport}}
+	do := func(method, path string) (int, string) {
+		t.Helper()
+		req, _ := http.NewRequest(method, srv.URL+path, nil)
+		resp, err := c.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, strings.TrimSpace(string(b))
+	}
+
+	if code, body := do(http.MethodPost, "/write"); code != 500 || calls.Load() != 1 {
+		t.Errorf("a write: %d %q after %d calls, want the 500 at once", code, body, calls.Load())
+	}
+	calls.Store(0)
+	if code, body := do(http.MethodGet, "/read"); code != 200 || body != "ok" || calls.Load() != 3 {
+		t.Errorf("a read: %d %q after %d calls, want ok on the third", code, body, calls.Load())
+	}
+	calls.Store(0)
+	if code, body := do(http.MethodGet, "/other"); code != 500 || body != "permission denied" || calls.Load() != 1 {
+		t.Errorf("another error: %d %q after %d calls, want it as it came, once", code, body, calls.Load())
+	}
+}
