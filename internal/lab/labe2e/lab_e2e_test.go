@@ -48,6 +48,21 @@ func TestLabProduction(t *testing.T) {
 		t.Fatalf("lab up: %v", err)
 	}
 	t.Logf("lab up, %d machines: %s", len(st.Machines), time.Since(start).Round(time.Second))
+	// Registered after the platform's cleanup, so it runs before its down:
+	// a failed run's only trace of the machines' services is their journal.
+	t.Cleanup(func() {
+		if !t.Failed() {
+			return
+		}
+		for _, m := range st.Machines {
+			args := []string{"journalctl", "--no-pager", "-o", "short-precise", "-n", "60"}
+			for _, u := range []string{"vault", "ct-consul", "consul", "ct-nomad", "nomad", "node-exporter"} {
+				args = append(args, "-u", u)
+			}
+			out, err := lab.Exec(context.Background(), m, args...)
+			t.Logf("%s: the end of its services' journal (%v):\n%s", m.Name, err, out)
+		}
+	})
 	hcl, err := os.ReadFile(st.ConfigFile())
 	if err != nil {
 		t.Fatal(err)
