@@ -303,8 +303,8 @@ func prometheusVars(e *stages.Env, p *platform, v platformjobs.Variables, bin st
 		ConsulClients:  monitoring.Endpoint{Targets: hostports(clients, stages.ConsulHTTPSPort), HTTP: consulHTTP(apitls.ConsulClientName(cfg.Datacenter, cfg.Consul.Domain))},
 		Vault: monitoring.Endpoint{Targets: hostports(p.inv.WithRole(inventory.RoleVault), 8200),
 			HTTP: monitoring.HTTPClient{TokenFile: platformjobs.PrometheusVaultTokenFile, CAFile: platformjobs.PrometheusCAFile("vault"), ServerName: apitls.VaultServerName}},
-		// Any agent serves the catalog; the servers are the stable ones.
 		NodeExporters: exporters,
+		// Any agent serves the catalog; the servers are the stable ones.
 		ConsulSD:      monitoring.ConsulSD{Servers: hostports(servers, stages.ConsulHTTPSPort), Datacenter: cfg.Datacenter, HTTP: consulServers},
 		AppNamespaces: cfg.Nomad.Namespaces,
 	})
