@@ -226,10 +226,8 @@ func (s *Stage) Status(ctx context.Context, e *stages.Env) ([]stages.StatusLine,
 			if err != nil {
 				continue
 			}
-			// serf member status: 1 alive, 2 leaving, 3 left, 4 failed.
-			names := map[int]string{1: "alive", 2: "leaving", 3: "left", 4: "failed"}
 			for _, m := range ms {
-				members[m.Name] = names[m.Status]
+				members[m.Name] = memberStatus(m.Status)
 			}
 			break
 		}
@@ -270,4 +268,9 @@ func waitCaughtUp(ctx context.Context, e *stages.Env, inv *inventory.Inventory, 
 		}
 		return index("applied_index"), index("commit_index"), nil
 	})
+}
+
+// memberStatus names a serf member status as the Consul API numbers it.
+func memberStatus(s int) string {
+	return map[int]string{1: "alive", 2: "leaving", 3: "left", 4: "failed"}[s]
 }

@@ -37,7 +37,7 @@ func (k keyring) Alive(ctx context.Context) ([]string, error) {
 	}
 	var out []string
 	for _, m := range ms {
-		if m.Status == 1 { // serf's StatusAlive
+		if memberStatus(m.Status) == "alive" {
 			out = append(out, m.Name)
 		}
 	}
