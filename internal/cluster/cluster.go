@@ -296,3 +296,32 @@ func (s Service) WaitCaughtUp(ctx context.Context, inv *inventory.Inventory, ind
 	}
 	return nil
 }
+
+// LeaderChanging reports whether err is a Raft write that failed because
+// the cluster's leadership moved while it ran (an election right after a
+// server restarted): the same write can be made again once a new leader
+// is in place.
+func LeaderChanging(err error) bool {
+	if err == nil {
+		return false
+	}
+	s := err.Error()
+	for _, m := range []string{
+		"leadership lost while committing log", // raft.ErrLeadershipLost
+		"node is not the leader",               // raft.ErrNotLeader
+		"leadership transfer in progress",      // raft.ErrLeadershipTransferInProgress
+		"No cluster leader",                    // consul and nomad structs.ErrNoLeader
+	} {
+		if strings.Contains(s, m) {
+			return true
+		}
+	}
+	return false
+}
+
+// RetryLeaderChange makes a write again, for up to a minute, while it
+// fails because the leadership moved under it. The write must be
+// idempotent (a snapshot restore is: the same state again).
+func RetryLeaderChange(ctx context.Context, write func() error) error {
+	return poll.Retry(ctx, time.Minute, time.Second, write, func(err error) bool { return !LeaderChanging(err) })
+}

@@ -3,6 +3,7 @@ package cluster
 import (
 	"context"
 	"errors"
+	"fmt"
 	"slices"
 	"strings"
 	"testing"
@@ -229,5 +230,23 @@ func TestRecordOutputs(t *testing.T) {
 	p.Changes = nil
 	if err := RecordOutputs(p, o, want); err != nil || o["b"] != "2" {
 		t.Fatalf("apply: err %v, outputs %v", err, o)
+	}
+}
+
+func TestLeaderChanging(t *testing.T) {
+	for _, tc := range []struct {
+		err  error
+		want bool
+	}{
+		{errors.New("Unexpected response code: 500 (failed to restore from snapshot: Raft error when restoring snapshot: leadership lost while committing log)"), true},
+		{fmt.Errorf("restore: %w", errors.New("Unexpected response code: 500 (No cluster leader)")), true},
+		{errors.New("Unexpected response code: 500 (rpc error: node is not the leader)"), true},
+		{errors.New("Unexpected response code: 403 (Permission denied)"), false},
+		{errors.New("failed to restore from snapshot: snapshot is corrupt"), false},
+		{nil, false},
+	} {
+		if got := LeaderChanging(tc.err); got != tc.want {
+			t.Errorf("LeaderChanging(%v) = %v, want %v", tc.err, got, tc.want)
+		}
 	}
 }

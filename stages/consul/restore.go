@@ -94,7 +94,13 @@ func restore(ctx context.Context, e *stages.Env, inv *inventory.Inventory, serve
 		return err
 	}
 	defer f.Close()
-	if err := c.Snapshot().Restore((&consulapi.WriteOptions{}).WithContext(ctx), f); err != nil {
+	err = cluster.RetryLeaderChange(ctx, func() error {
+		if _, err := f.Seek(0, io.SeekStart); err != nil {
+			return err
+		}
+		return c.Snapshot().Restore((&consulapi.WriteOptions{}).WithContext(ctx), f)
+	})
+	if err != nil {
 		return fmt.Errorf("restore the backup's consul snapshot: %w", err)
 	}
 	crashpoint.Hit("consul:after-restore-snapshot")

@@ -176,8 +176,11 @@ func stopJob(ctx context.Context, p *platform, id string) error {
 	return stopJobIn(ctx, p, platformjobs.Namespace, id)
 }
 
-// stopJobIn stops a job, waits until its allocations stopped, and purges
-// it. (Purging at once would hide allocations that still run.)
+// stopJobIn stops a job, waits until its allocations on live clients
+// stopped, and purges it. (Purging at once would hide allocations that
+// still run.) An allocation on a client that is down (or that Nomad's
+// state only remembers, as after a restore that did not finish) stays
+// "running" forever: nothing of it runs that waiting could stop.
 func stopJobIn(ctx context.Context, p *platform, ns, id string) error {
 	w := (&nomadapi.WriteOptions{Namespace: ns}).WithContext(ctx)
 	if _, _, err := p.nomad.Jobs().Deregister(id, false, w); err != nil {
@@ -189,8 +192,16 @@ func stopJobIn(ctx context.Context, p *platform, ns, id string) error {
 		if err != nil {
 			return false, fmt.Errorf("job %s/%s: allocations: %w", ns, id, err)
 		}
+		nodes, _, err := p.nomad.Nodes().List(q)
+		if err != nil {
+			return false, fmt.Errorf("job %s/%s: nodes: %w", ns, id, err)
+		}
+		ready := map[string]bool{}
+		for _, n := range nodes {
+			ready[n.ID] = n.Status == nomadapi.NodeStatusReady
+		}
 		for _, a := range allocs {
-			if a.ClientStatus == "running" || a.ClientStatus == "pending" {
+			if (a.ClientStatus == "running" || a.ClientStatus == "pending") && ready[a.NodeID] {
 				return false, nil
 			}
 		}

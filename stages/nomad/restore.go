@@ -93,7 +93,14 @@ func restore(ctx context.Context, e *stages.Env, inv *inventory.Inventory, serve
 	}
 	defer f.Close()
 	w := (&nomadapi.WriteOptions{}).WithContext(ctx)
-	if _, err := c.Operator().SnapshotRestore(f, w); err != nil {
+	err = cluster.RetryLeaderChange(ctx, func() error {
+		if _, err := f.Seek(0, io.SeekStart); err != nil {
+			return err
+		}
+		_, err := c.Operator().SnapshotRestore(f, w)
+		return err
+	})
+	if err != nil {
 		return fmt.Errorf("restore the backup's nomad snapshot: %w", err)
 	}
 	crashpoint.Hit("nomad:after-restore-snapshot")
