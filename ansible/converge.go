@@ -64,6 +64,11 @@ func Pending(e *stages.Env, inv *inventory.Inventory, p Play) (map[string]string
 	if json.Unmarshal([]byte(note), &have) != nil {
 		have = nil // none yet, or one digest for the whole play (older versions)
 	}
+	var haveBins map[string][]string
+	if json.Unmarshal([]byte(e.Note(binariesNote(p.Tag))), &haveBins) != nil {
+		haveBins = nil // none yet (older versions)
+	}
+	ai := BuildInventory(e, inv, p.Vars)
 	out := map[string]string{}
 	for node, d := range want {
 		switch {
@@ -74,9 +79,31 @@ func Pending(e *stages.Env, inv *inventory.Inventory, p Play) (map[string]string
 			out[node] = "new node"
 		default:
 			out[node] = "configuration or roles changed"
+			if old, ok := haveBins[node]; ok {
+				if names := changedBinaries(old, binaries(ai.Hosts[node], p.Roles)); len(names) > 0 {
+					out[node] = "new binaries: " + strings.Join(names, ", ") + "; the agents that run the old ones restart one at a time, servers first and the leader last, then clients"
+				}
+			}
 		}
 	}
 	return out, nil
+}
+
+// binariesNote is the stage's note of the binaries its nodes got (node →
+// binaries), to tell an upgrade apart from other changes in plans.
+func binariesNote(tag string) string { return "ansible_" + tag + "_binaries" }
+
+// changedBinaries names the programs whose identity differs between two
+// results of binaries.
+func changedBinaries(old, now []string) []string {
+	var out []string
+	for _, b := range now {
+		if !slices.Contains(old, b) {
+			name, _, _ := strings.Cut(b, "=")
+			out = append(out, name)
+		}
+	}
+	return out
 }
 
 // digests returns each node's digest of what the play reads for it: the
@@ -116,6 +143,7 @@ func digests(e *stages.Env, inv *inventory.Inventory, p Play) (map[string]string
 			"peers":        peers,
 			"secrets":      shared,
 			"node_secrets": hex.EncodeToString(h.Sum(nil)),
+			"binaries":     binaries(ai.Hosts[node], p.Roles),
 		})
 		if err != nil {
 			return nil, err
@@ -183,11 +211,32 @@ func Converge(ctx context.Context, e *stages.Env, inv *inventory.Inventory, p Pl
 			delete(have, node) // no longer in the play
 		}
 	}
+	var bins map[string][]string
+	if json.Unmarshal([]byte(e.Note(binariesNote(p.Tag))), &bins) != nil || bins == nil {
+		bins = map[string][]string{}
+	}
+	ai := BuildInventory(e, inv, p.Vars)
+	for node := range bins {
+		if _, ok := want[node]; !ok {
+			delete(bins, node)
+		}
+	}
 	for _, node := range hosts {
 		have[node] = want[node]
+		bins[node] = binaries(ai.Hosts[node], p.Roles)
 	}
 	b, err := json.Marshal(have)
 	if err != nil {
+		return err
+	}
+	bb, err := json.Marshal(bins)
+	if err != nil {
+		return err
+	}
+	// The binaries first: a kill between the two notes leaves the old
+	// digests, and the play runs again (only its reason no longer names
+	// the binaries).
+	if err := e.SetNote(binariesNote(p.Tag), string(bb)); err != nil {
 		return err
 	}
 	return e.SetNote(digestNote(p.Tag), string(b))
@@ -222,6 +271,33 @@ var roleBinaries = map[string]string{
 	"nomad":           "nomad",
 	"consul_template": "consul-template",
 	"node_exporter":   "prometheus-node-exporter",
+}
+
+// binaries identifies the programs a host installs from bin_dir (the file
+// each name resolves to, its size and time): a new one, such as `make
+// tools` links after a version bump, is an upgrade the roles roll out
+// (they restart an agent that runs another binary than its own). apt
+// installs are covered by the versions among the variables.
+func binaries(host map[string]any, roles []string) []string {
+	dir, _ := host["bin_dir"].(string)
+	if host["install_method"] != "binary" || dir == "" {
+		return nil
+	}
+	var out []string
+	for _, role := range roles {
+		bin, ok := roleBinaries[role]
+		if !ok {
+			continue
+		}
+		path, err := filepath.EvalSymlinks(filepath.Join(dir, bin))
+		if err != nil {
+			continue // checkBinaries names it before a play runs
+		}
+		if fi, err := os.Stat(path); err == nil {
+			out = append(out, fmt.Sprintf("%s=%s %d %d", bin, path, fi.Size(), fi.ModTime().UnixNano()))
+		}
+	}
+	return out
 }
 
 // checkBinaries makes sure that the bin_dir of every host that installs

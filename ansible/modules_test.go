@@ -21,6 +21,7 @@ type moduleResult struct {
 	Failed       bool     `json:"failed"`
 	Msg          string   `json:"msg"`
 	ChangedPaths []string `json:"changed_paths"`
+	Stale        bool     `json:"stale"`
 }
 
 // runModule runs module with args on localhost with the real Ansible.
@@ -156,6 +157,45 @@ func TestProcessServiceModule(t *testing.T) {
 		t.Errorf("after the process died: %+v, want changed", r)
 	}
 	running()
+
+	// An upgrade: the binary's link now points to another file. Held, the
+	// process is left running and reported stale, even with restart set;
+	// otherwise it restarts on the new binary.
+	link := filepath.Join(root, "bin")
+	if err := os.Symlink("/bin/sleep", link); err != nil {
+		t.Fatal(err)
+	}
+	at := func(restart, hold bool) map[string]any {
+		a := args(restart)
+		a["binary"], a["hold_stale"] = link, hold
+		return a
+	}
+	runModule(t, "process_service", at(true, false))
+	old := running()
+	b, err := os.ReadFile("/bin/sleep")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(root, "sleep-new"), b, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Remove(link); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink(filepath.Join(root, "sleep-new"), link); err != nil {
+		t.Fatal(err)
+	}
+	for _, restart := range []bool{false, true} {
+		if r := runModule(t, "process_service", at(restart, true)); r.Changed || r.Failed || !r.Stale || running() != old {
+			t.Errorf("held with restart=%v: %+v, want unchanged, stale and pid %d still running", restart, r, old)
+		}
+	}
+	if r := runModule(t, "process_service", at(false, false)); !r.Changed || r.Failed || r.Stale || running() == old {
+		t.Errorf("not held: %+v, want the process restarted on the new binary", r)
+	}
+	if r := runModule(t, "process_service", at(false, true)); r.Changed || r.Stale {
+		t.Errorf("on the new binary: %+v, want unchanged and not stale", r)
+	}
 }
 
 // alive reports whether pid runs: it exists and is not a zombie.

@@ -77,21 +77,23 @@ gobuild_module() { # name dir pkg out [tags]
   (cd "$dir" && run "$name" go build "${buildflags[@]}" ${tags:+-tags "$tags"} -o "$out" "$pkg")
 }
 
-# hashi NAME VERSION [FLAVOUR CGO TAGS]: FLAVOUR names a build that differs
-# from the plain one (it is part of the cache key, so a changed recipe
-# rebuilds), CGO is CGO_ENABLED, TAGS the build tags.
+# hashi NAME VERSION [FLAVOUR CGO TAGS BUILDER OUT]: FLAVOUR names a build
+# that differs from the plain one (it is part of the cache key, so a changed
+# recipe rebuilds), CGO is CGO_ENABLED, TAGS the build tags, BUILDER the
+# builder module (default NAME), OUT the name in ./bin (default NAME).
 hashi() {
-  local name=$1 version=$2 flavour=${3:-} cgo=${4:-0} tags=${5:-}
+  local name=$1 version=$2 flavour=${3:-} cgo=${4:-0} tags=${5:-} builder=${6:-$1} out=${7:-$1}
   local key=$version${flavour:+-$flavour} dest=$cache/$1-$2${3:+-$3}
   if have "$name" "$key"; then link "$name" "$dest"; return; fi
-  rm -rf "$dest"; mkdir -p "$dest/bin"; : >"$cache/logs/$name.log"
+  rm -rf "$dest"; mkdir -p "$dest/bin"; : >"$cache/logs/$builder.log"
   local s=$SECONDS
-  if releases_reachable && fetch_release "$name" "$version" "$dest/bin" >>"$cache/logs/$name.log" 2>&1; then
+  if releases_reachable && fetch_release "$name" "$version" "$dest/bin" >>"$cache/logs/$builder.log" 2>&1; then
+    [ "$out" = "$name" ] || mv "$dest/bin/$name" "$dest/bin/$out"
     say "$name $version downloaded in $((SECONDS - s))s"
   else
-    say "$name $version: building from the Go module proxy (log: $cache/logs/$name.log)"
-    CGO_ENABLED=$cgo gobuild_module "$name" "$here/build/$name" "github.com/hashicorp/$name" "$dest/bin/$name" "$tags"
-    say "$name $version built in $((SECONDS - s))s ($(du -h "$dest/bin/$name" | cut -f1))"
+    say "$name $version: building from the Go module proxy (log: $cache/logs/$builder.log)"
+    CGO_ENABLED=$cgo gobuild_module "$builder" "$here/build/$builder" "github.com/hashicorp/$name" "$dest/bin/$out" "$tags"
+    say "$name $version built in $((SECONDS - s))s ($(du -h "$dest/bin/$out" | cut -f1))"
   fi
   done_mark "$name" "$key"
   link "$name" "$dest"
@@ -103,6 +105,12 @@ t_consul() { hashi consul "$CONSUL_VERSION"; }
 # on the local provider) is only compiled in with cgo, as in the official
 # builds; the ui tag embeds the web UI the module ships prebuilt.
 t_nomad() { hashi nomad "$NOMAD_VERSION" cgo-ui 1 ui; }
+# The patch releases before the pins, as bin/consul-<version> and
+# bin/nomad-<version>: the rolling upgrade test starts a platform on them.
+t_previous() {
+  hashi consul "$CONSUL_PREVIOUS_VERSION" previous 0 "" consul-previous "consul-$CONSUL_PREVIOUS_VERSION"
+  hashi nomad "$NOMAD_PREVIOUS_VERSION" previous-cgo-ui 1 ui nomad-previous "nomad-$NOMAD_PREVIOUS_VERSION"
+}
 
 t_consul-template() {
   local name=consul-template version=$CONSUL_TEMPLATE_VERSION dest=$cache/consul-template-$CONSUL_TEMPLATE_VERSION
@@ -452,7 +460,7 @@ t_debian() {
   say "node-exporter: $("$bin/prometheus-node-exporter" --version 2>&1 | head -1)"
 }
 
-all=(debian consul-template vault consul nomad prometheus alertmanager fabio tf-providers terraform grafana)
+all=(debian consul-template vault consul nomad previous prometheus alertmanager fabio tf-providers terraform grafana)
 want=("$@"); [ ${#want[@]} -gt 0 ] || want=("${all[@]}")
 for t in "${want[@]}"; do
   declare -F "t_$t" >/dev/null || die "unknown tool $t (known: ${all[*]})"

@@ -73,13 +73,16 @@ grafana_ui() {
   fi
 }
 
-want=("$@"); [ ${#want[@]} -gt 0 ] || want=(debian consul-template vault consul nomad prometheus alertmanager fabio tf-providers terraform grafana)
+want=("$@"); [ ${#want[@]} -gt 0 ] || want=(debian consul-template vault consul nomad previous prometheus alertmanager fabio tf-providers terraform grafana)
 echo "tools in $bin:"
 for t in "${want[@]}"; do
   case $t in
   vault) check vault "v$VAULT_VERSION" "$bin/vault" version ;;
   consul) check consul "v$CONSUL_VERSION" "$bin/consul" version ;;
   nomad) check nomad "$NOMAD_VERSION" "$bin/nomad" version ;;
+  previous)
+    check consul-previous "v$CONSUL_PREVIOUS_VERSION" "$bin/consul-$CONSUL_PREVIOUS_VERSION" version
+    check nomad-previous "$NOMAD_PREVIOUS_VERSION" "$bin/nomad-$NOMAD_PREVIOUS_VERSION" version ;;
   consul-template) check consul-template "v$CONSUL_TEMPLATE_VERSION" "$bin/consul-template" -version ;;
   fabio) check fabio "$FABIO_VERSION" "$bin/fabio" -v ;;
   prometheus)

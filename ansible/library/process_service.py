@@ -15,6 +15,13 @@ options:
   log_dir: {description: Directory of the log file (stdout and stderr)., required: true, type: path}
   chdir: {description: Working directory., required: true, type: path}
   restart: {description: Restart it if it runs (its configuration changed)., type: bool, default: false}
+  hold_stale:
+    description: >-
+      Leave it running when it runs a binary other than the one given (the
+      binary was replaced: an upgrade), even with restart set: a later play
+      restarts it in the order the upgrade needs. Reported as stale.
+    type: bool
+    default: false
 """
 
 import os
@@ -37,6 +44,18 @@ def zombie(pidfile):
         return False
 
 
+def stale(pidfile, binary):
+    """Whether the process of the pid file runs another program than
+    binary: a symlink now pointing elsewhere, or a file replaced since it
+    started (its exe then ends in " (deleted)")."""
+    try:
+        with open(pidfile) as f:
+            pid = int(f.read().strip())
+        return os.readlink("/proc/%d/exe" % pid) != os.path.realpath(binary)
+    except (OSError, ValueError):
+        return False
+
+
 def main():
     m = AnsibleModule(
         argument_spec=dict(
@@ -47,6 +66,7 @@ def main():
             log_dir=dict(type="path", required=True),
             chdir=dict(type="path", required=True),
             restart=dict(type="bool", default=False),
+            hold_stale=dict(type="bool", default=False),
         ),
         supports_check_mode=True,
     )
@@ -59,10 +79,11 @@ def main():
     if rc not in (0, 1, 3):
         m.fail_json(msg="start-stop-daemon --status %s: %s" % (p["name"], err))
     running = rc == 0 and not zombie(pidfile)
-    if running and not p["restart"]:
-        m.exit_json(changed=False, state="running")
+    old = running and stale(pidfile, p["binary"])
+    if running and (old and p["hold_stale"] or not p["restart"] and not old):
+        m.exit_json(changed=False, state="running", stale=old)
     if m.check_mode:
-        m.exit_json(changed=True, state="restarted" if running else "started")
+        m.exit_json(changed=True, state="restarted" if running else "started", stale=False)
 
     if running:
         rc, _, err = m.run_command([ssd, "--stop", "--pidfile", pidfile,
@@ -80,7 +101,7 @@ def main():
                                 "--", p["binary"]] + p["args"])
     if rc != 0:
         m.fail_json(msg="start %s: %s" % (p["name"], err))
-    m.exit_json(changed=True, state="restarted" if running else "started")
+    m.exit_json(changed=True, state="restarted" if running else "started", stale=False)
 
 
 if __name__ == "__main__":

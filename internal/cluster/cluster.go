@@ -145,7 +145,7 @@ func (s Service) Converge(p *reconcile.Plan, pending map[string]string, as Agent
 	}
 	do := func() error { return run(hosts) }
 	if why := sameReason(pending); why != "" && len(pending) == len(as) && len(as) > 1 {
-		if as.runningServers(pending) > 1 {
+		if as.runningServers(pending) > 1 && !strings.Contains(why, "restart") {
 			why += "; running servers restart one at a time, the leader last"
 		}
 		if err := p.Do(reconcile.Install, s.Name+" on every node", why, do); err != nil {

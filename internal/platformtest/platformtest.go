@@ -23,6 +23,7 @@ import (
 	"github.com/platform-bootstrap/bootstrap/internal/cluster"
 	"github.com/platform-bootstrap/bootstrap/internal/proc"
 	"github.com/platform-bootstrap/bootstrap/internal/testcluster"
+	"github.com/platform-bootstrap/bootstrap/tools"
 )
 
 var (
@@ -83,9 +84,53 @@ func (p *Platform) T(t testing.TB) *Platform {
 // platform's directory.
 func New(t testing.TB, providerExtra, extra string) *Platform {
 	t.Helper()
+	return NewWithBinDir(t, BinDir(), providerExtra, extra)
+}
+
+// NewWithBinDir is New with the binaries from binDir.
+func NewWithBinDir(t testing.TB, binDir, providerExtra, extra string) *Platform {
+	t.Helper()
 	p := Prepare(t)
-	p.WriteConfig(fmt.Sprintf("provider \"local\" {\n  subnet  = %q\n  bin_dir = %q\n%s}\n%s", p.Subnet.CIDR(), BinDir(), providerExtra, extra))
+	p.WriteConfig(fmt.Sprintf("provider \"local\" {\n  subnet  = %q\n  bin_dir = %q\n%s}\n%s", p.Subnet.CIDR(), binDir, providerExtra, extra))
 	return p
+}
+
+// PreviousBinDir returns a directory like ./bin whose consul and nomad are
+// the patch releases before the pins (make tools builds them as
+// bin/consul-<version> and bin/nomad-<version>), and a func that links the
+// pinned ones in their place, as make tools does after a version bump.
+func PreviousBinDir(t testing.TB) (dir string, upgrade func()) {
+	t.Helper()
+	v := tools.Versions()
+	dir = t.TempDir()
+	src := BinDir()
+	entries, err := os.ReadDir(src)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, e := range entries {
+		if err := os.Symlink(filepath.Join(src, e.Name()), filepath.Join(dir, e.Name())); err != nil {
+			t.Fatal(err)
+		}
+	}
+	relink := func(name, target string) {
+		if _, err := os.Stat(target); err != nil {
+			t.Fatalf("%s is missing: run make tools", target)
+		}
+		tmp := filepath.Join(dir, name+".new")
+		if err := os.Symlink(target, tmp); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Rename(tmp, filepath.Join(dir, name)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	relink("consul", filepath.Join(src, "consul-"+v["CONSUL_PREVIOUS_VERSION"]))
+	relink("nomad", filepath.Join(src, "nomad-"+v["NOMAD_PREVIOUS_VERSION"]))
+	return dir, func() {
+		relink("consul", filepath.Join(src, "consul"))
+		relink("nomad", filepath.Join(src, "nomad"))
+	}
 }
 
 // BinDir is the repository's bin directory (make tools).

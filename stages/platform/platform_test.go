@@ -40,7 +40,10 @@ func TestPlatform(t *testing.T) {
 			t.Skipf("bin/%s is missing: run make tools", b)
 		}
 	}
-	p := platformtest.New(t, "", "")
+	// On the patch releases of Consul and Nomad before the pins, until the
+	// upgrade subtest.
+	binDir, upgrade := platformtest.PreviousBinDir(t)
+	p := platformtest.NewWithBinDir(t, binDir, "", "")
 	// The first up is killed in the jobs stage, right after it registered
 	// the first job and before that job was healthy; the next up finishes
 	// the stage.
@@ -242,6 +245,10 @@ func TestPlatform(t *testing.T) {
 				t.Errorf("the platform's Fabio routes %s's application", ns)
 			}
 		}
+	})
+
+	t.Run("consul and nomad upgrade node by node, servers first and the leader last", func(t *testing.T) {
+		upgradeAgents(t, p.T(t), upgrade)
 	})
 
 	t.Run("the web UIs render in a browser", func(t *testing.T) {

@@ -9,7 +9,10 @@
 # `go get`, not `go mod tidy`: tidy pulls the test dependencies of every
 # dependency (gigabytes).
 #
-# Usage: tools/build/regen.sh vault|consul|nomad|fabio|prometheus|terraform-provider-hcloud
+# The -previous builders are the patch release before the pin, for the
+# rolling upgrade test (the nomad/api of the pin serves both).
+#
+# Usage: tools/build/regen.sh vault|consul|consul-previous|nomad|nomad-previous|fabio|prometheus|terraform-provider-hcloud
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 . "$here/../versions.env"
@@ -28,19 +31,23 @@ vault)
     -replace=github.com/ma314smith/signedxml@v1.1.1=github.com/moov-io/signedxml@v1.1.1
   go get -tool "github.com/hashicorp/vault@v$VAULT_VERSION"
   ;;
-consul)
-  prep consul
+consul | consul-previous)
+  version=$CONSUL_VERSION
+  [ "$1" = consul-previous ] && version=$CONSUL_PREVIOUS_VERSION
+  prep "$1"
   go mod edit -exclude=github.com/hashicorp/go-msgpack@v1.1.5 \
               -exclude=github.com/hashicorp/go-msgpack@v1.1.6
-  go get -tool "github.com/hashicorp/consul@v$CONSUL_VERSION"
+  go get -tool "github.com/hashicorp/consul@v$version"
   ;;
-nomad)
-  prep nomad
+nomad | nomad-previous)
+  version=$NOMAD_VERSION
+  [ "$1" = nomad-previous ] && version=$NOMAD_PREVIOUS_VERSION
+  prep "$1"
   go mod edit \
     -replace=github.com/Microsoft/go-winio=github.com/endocrimes/go-winio@v0.4.13-0.20190628114223-fb47a8b41948 \
     -replace=github.com/hashicorp/hcl=github.com/hashicorp/hcl@v1.0.1-nomad-1 \
     -require="github.com/hashicorp/nomad/api@$NOMAD_API_VERSION"
-  go get -tool "github.com/hashicorp/nomad@v$NOMAD_VERSION"
+  go get -tool "github.com/hashicorp/nomad@v$version"
   ;;
 fabio)
   prep fabio

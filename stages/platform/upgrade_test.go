@@ -1,0 +1,285 @@
+package platform_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/url"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	consulapi "github.com/hashicorp/consul/api"
+	nomadapi "github.com/hashicorp/nomad/api"
+
+	"github.com/platform-bootstrap/bootstrap/internal/platformtest"
+	"github.com/platform-bootstrap/bootstrap/internal/proc"
+	"github.com/platform-bootstrap/bootstrap/stages/consul"
+	"github.com/platform-bootstrap/bootstrap/stages/nomad"
+	"github.com/platform-bootstrap/bootstrap/tools"
+)
+
+// upgradeAgents is issue 18's rolling upgrade. TestPlatform came up on the
+// patch releases of Consul and Nomad before the pins
+// (platformtest.PreviousBinDir); upgrade links the pinned binaries in
+// their place, as make tools does after a version bump. plan names the new
+// binaries; an up is killed once the first Consul server runs the new binary
+// and the next up finishes: servers one at a time with the leader last,
+// then the clients, while dev's application answers through its Fabio and
+// each cluster keeps answering through one of its servers.
+func upgradeAgents(t *testing.T, p *platformtest.Platform, upgrade func()) {
+	v := tools.Versions()
+	env := p.Env("admin")
+	servers := []string{"server-1", "server-2", "server-3"}
+	nodes := append(slices.Clone(servers), "client-1", "client-2")
+	only := []string{"--only", "keys,provision,vault,pki,consul,nomad"}
+
+	cc, err := consul.NewClient(env["CONSUL_HTTP_ADDR"], env["CONSUL_CACERT"], env["CONSUL_HTTP_TOKEN"])
+	if err != nil {
+		t.Fatal(err)
+	}
+	nc := nomadClient(t, env, env["NOMAD_TOKEN"])
+	if err := agentVersions(cc, nc, v["CONSUL_PREVIOUS_VERSION"], v["NOMAD_PREVIOUS_VERSION"], len(nodes)); err != nil {
+		t.Fatalf("before the upgrade: %v", err)
+	}
+	consulLeader, nomadLeader := leaderNode(t, cc, nc)
+	// Any server answers for its cluster: the probes fail only when none does.
+	var consuls []*consulapi.Client
+	var nomads []*nomadapi.Client
+	for _, s := range servers {
+		addr := serverAddr(t, cc, s)
+		c, err := consul.NewClient(withHost(t, env["CONSUL_HTTP_ADDR"], addr), env["CONSUL_CACERT"], env["CONSUL_HTTP_TOKEN"])
+		if err != nil {
+			t.Fatal(err)
+		}
+		n, err := nomad.NewClient(withHost(t, env["NOMAD_ADDR"], addr), env["NOMAD_CACERT"], env["NOMAD_TOKEN"])
+		if err != nil {
+			t.Fatal(err)
+		}
+		consuls, nomads = append(consuls, c), append(nomads, n)
+	}
+	before := agentPids(t, p, nodes...)
+
+	upgrade()
+	r := p.Run([]string{"plan", "--only", "consul,nomad"})
+	if r.Code != 4 {
+		t.Errorf("plan after the new binaries: exit %d, want 4\n%s", r.Code, r.Output())
+	}
+	for _, want := range []string{"consul on every node (new binaries: consul;", "nomad on every node (new binaries: nomad;"} {
+		if !strings.Contains(r.Stdout, want) {
+			t.Errorf("plan does not say %q:\n%s", want, r.Stdout)
+		}
+	}
+
+	poll := startPoller(
+		func() error { return get200(env["FABIO_DEV_ADDR"] + "/web/") },
+		func() error {
+			return anyAnswers(consuls, func(c *consulapi.Client) error { _, _, err := c.Catalog().Nodes(nil); return err })
+		},
+		func() error {
+			return anyAnswers(nomads, func(c *nomadapi.Client) error {
+				_, _, err := c.Jobs().List(&nomadapi.QueryOptions{Namespace: "*"})
+				return err
+			})
+		},
+	)
+	w := watchRestarts(t, p, before)
+	ctx, cancel := context.WithCancel(context.Background())
+	go func() {
+		defer cancel()
+		w.waitFor(ctx, func(order []string) bool {
+			return slices.ContainsFunc(order, func(a string) bool { return strings.HasPrefix(a, "server-") && strings.HasSuffix(a, "/consul") })
+		})
+	}()
+	r = p.RunContext(ctx, append([]string{"up", "--auto-approve"}, only...))
+	cancel()
+	if r.Code != -1 {
+		t.Errorf("the up killed after the first server's upgrade: exit %d, want -1 (killed)\n%s", r.Code, r.Output())
+	}
+	p.Up(only...)
+	order := w.stop()
+	poll.stop(t, "requests to dev's application and to any Consul and Nomad server during the upgrade")
+	t.Logf("restart order: %s", strings.Join(order, " "))
+
+	if err := agentVersions(cc, nc, v["CONSUL_VERSION"], v["NOMAD_VERSION"], len(nodes)); err != nil {
+		t.Errorf("after the upgrade: %v", err)
+	}
+	for _, tc := range []struct{ svc, leader string }{{"consul", consulLeader}, {"nomad", nomadLeader}} {
+		var got []string
+		for _, a := range order {
+			if strings.HasSuffix(a, "/"+tc.svc) {
+				got = append(got, strings.TrimSuffix(a, "/"+tc.svc))
+			}
+		}
+		if len(got) != len(nodes) {
+			t.Errorf("%s restarted on %v, want each of %v once", tc.svc, got, nodes)
+			continue
+		}
+		// Servers first, the leader of before the upgrade last of them,
+		// then the clients.
+		if !slices.Contains(servers, got[0]) || !slices.Contains(servers, got[1]) || got[2] != tc.leader {
+			t.Errorf("%s restarted in the order %v: want the two followers, then the leader %s, then the clients", tc.svc, got, tc.leader)
+		}
+	}
+	r = p.Up(only...)
+	for _, st := range []string{"consul", "nomad"} {
+		if !strings.Contains(r.Stdout, fmt.Sprintf("%-9s  unchanged", st)) {
+			t.Errorf("stage %s changed on the up after the upgrade:\n%s", st, r.Stdout)
+		}
+	}
+}
+
+// agentVersions checks that every Consul agent and Nomad server and client
+// of the n nodes runs the given versions.
+func agentVersions(cc *consulapi.Client, nc *nomadapi.Client, consulV, nomadV string, n int) error {
+	var errs []error
+	members, err := cc.Agent().Members(false)
+	if err != nil {
+		return err
+	}
+	if len(members) != n {
+		errs = append(errs, fmt.Errorf("consul has %d members, want %d", len(members), n))
+	}
+	for _, m := range members {
+		if build, _, _ := strings.Cut(m.Tags["build"], ":"); build != consulV {
+			errs = append(errs, fmt.Errorf("consul on %s is %s, want %s", m.Name, build, consulV))
+		}
+	}
+	nm, err := nc.Agent().Members()
+	if err != nil {
+		return err
+	}
+	for _, m := range nm.Members {
+		if m.Tags["build"] != nomadV {
+			errs = append(errs, fmt.Errorf("nomad server %s is %s, want %s", m.Name, m.Tags["build"], nomadV))
+		}
+	}
+	clients, _, err := nc.Nodes().List(nil)
+	if err != nil {
+		return err
+	}
+	for _, c := range clients {
+		if c.Status == nomadapi.NodeStatusReady && c.Version != nomadV {
+			errs = append(errs, fmt.Errorf("nomad client %s is %s, want %s", c.Name, c.Version, nomadV))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// leaderNode returns the names of the nodes whose servers lead Consul and
+// Nomad.
+func leaderNode(t *testing.T, cc *consulapi.Client, nc *nomadapi.Client) (consulLeader, nomadLeader string) {
+	t.Helper()
+	craft, err := cc.Operator().RaftGetConfiguration(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, s := range craft.Servers {
+		if s.Leader {
+			consulLeader = s.Node
+		}
+	}
+	nraft, err := nc.Operator().RaftGetConfiguration(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, s := range nraft.Servers {
+		if s.Leader {
+			nomadLeader, _, _ = strings.Cut(s.Node, ".")
+		}
+	}
+	if consulLeader == "" || nomadLeader == "" {
+		t.Fatalf("leaders: consul %q, nomad %q", consulLeader, nomadLeader)
+	}
+	return consulLeader, nomadLeader
+}
+
+// serverAddr is node's address in Consul's catalog.
+func serverAddr(t *testing.T, cc *consulapi.Client, node string) string {
+	t.Helper()
+	n, _, err := cc.Catalog().Node(node, nil)
+	if err != nil || n == nil {
+		t.Fatalf("consul catalog: node %s: %v", node, err)
+	}
+	return n.Node.Address
+}
+
+// withHost is the URL u with host addr and u's port.
+func withHost(t *testing.T, u, addr string) string {
+	t.Helper()
+	pu, err := url.Parse(u)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pu.Host = net.JoinHostPort(addr, pu.Port())
+	return pu.String()
+}
+
+// anyAnswers succeeds when f succeeds against one of the clients.
+func anyAnswers[C any](clients []C, f func(C) error) error {
+	var errs []error
+	for _, c := range clients {
+		err := f(c)
+		if err == nil {
+			return nil
+		}
+		errs = append(errs, err)
+	}
+	return fmt.Errorf("no server answers: %w", errors.Join(errs...))
+}
+
+// restartWatch records, every 100 ms, which agents (node/service) run
+// under another pid than before, in the order they first did.
+type restartWatch struct {
+	mu     sync.Mutex
+	order  []string
+	cancel context.CancelFunc
+	done   sync.WaitGroup
+}
+
+func watchRestarts(t *testing.T, p *platformtest.Platform, before map[string]int) *restartWatch {
+	ctx, cancel := context.WithCancel(context.Background())
+	w := &restartWatch{cancel: cancel}
+	w.done.Add(1)
+	go func() {
+		defer w.done.Done()
+		for ctx.Err() == nil {
+			for agent, pid := range before {
+				node, svc, _ := strings.Cut(agent, "/")
+				now, err := proc.ReadPidFile(filepath.Join(p.StateDir(), "nodes", node, "run", svc+".pid"))
+				w.mu.Lock()
+				if err == nil && now != pid && !slices.Contains(w.order, agent) {
+					w.order = append(w.order, agent)
+				}
+				w.mu.Unlock()
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
+	}()
+	return w
+}
+
+// waitFor returns once done holds for the restarts so far, or ctx ends.
+func (w *restartWatch) waitFor(ctx context.Context, done func(order []string) bool) {
+	for ctx.Err() == nil {
+		w.mu.Lock()
+		ok := done(w.order)
+		w.mu.Unlock()
+		if ok {
+			return
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+func (w *restartWatch) stop() []string {
+	w.cancel()
+	w.done.Wait()
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return slices.Clone(w.order)
+}
