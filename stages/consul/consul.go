@@ -211,9 +211,9 @@ func (s *Stage) Status(ctx context.Context, e *stages.Env) ([]stages.StatusLine,
 	svc := service(e)
 	as := svc.Probe(ctx, inv.Nodes)
 	leader := as.Leader()
-	var members map[string]string
+	var members, versions map[string]string
 	if leader != "" {
-		members = map[string]string{}
+		members, versions = map[string]string{}, map[string]string{}
 		for _, a := range as {
 			if !a.Up() {
 				continue
@@ -228,6 +228,8 @@ func (s *Stage) Status(ctx context.Context, e *stages.Env) ([]stages.StatusLine,
 			}
 			for _, m := range ms {
 				members[m.Name] = memberStatus(m.Status)
+				// "1.22.5:<revision>"
+				versions[m.Name], _, _ = strings.Cut(m.Tags["build"], ":")
 			}
 			break
 		}
@@ -236,6 +238,9 @@ func (s *Stage) Status(ctx context.Context, e *stages.Env) ([]stages.StatusLine,
 		l := svc.Status(a, leader)
 		if st, ok := members[a.Node.Name]; ok {
 			l.Detail = "member " + st
+			if v := versions[a.Node.Name]; v != "" {
+				l.Detail += ", v" + v
+			}
 			l.Healthy = l.Healthy && st == "alive"
 		}
 		out = append(out, l)

@@ -295,12 +295,18 @@ func (s *Stage) Status(ctx context.Context, e *stages.Env) ([]stages.StatusLine,
 	svc := service(e)
 	as := svc.Probe(ctx, inv.Nodes)
 	leader := as.Leader()
-	nodeStatus := map[string]string{}
+	nodeStatus, versions := map[string]string{}, map[string]string{}
 	if leader != "" && tok != "" {
 		if c, err := cluster.NomadAgent(e, as.Server(), tok); err == nil {
 			if nodes, _, err := c.Nodes().List((&nomadapi.QueryOptions{}).WithContext(ctx)); err == nil {
 				for _, n := range nodes {
-					nodeStatus[n.Name] = n.Status
+					nodeStatus[n.Name], versions[n.Name] = n.Status, n.Version
+				}
+			}
+			if ms, err := c.Agent().Members(); err == nil {
+				for _, m := range ms.Members {
+					name, _, _ := strings.Cut(m.Name, ".") // <node>.<region>
+					versions[name] = m.Tags["build"]
 				}
 			}
 		}
@@ -311,6 +317,9 @@ func (s *Stage) Status(ctx context.Context, e *stages.Env) ([]stages.StatusLine,
 		if st, ok := nodeStatus[a.Node.Name]; ok && !a.Node.Has(inventory.RoleServer) {
 			l.Detail = "node " + st
 			l.Healthy = l.Healthy && st == "ready"
+		}
+		if v := versions[a.Node.Name]; v != "" {
+			l.Detail = strings.TrimPrefix(l.Detail+", v"+v, ", ")
 		}
 		out = append(out, l)
 	}

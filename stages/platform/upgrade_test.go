@@ -125,6 +125,12 @@ func upgradeAgents(t *testing.T, p *platformtest.Platform, upgrade func()) {
 			t.Errorf("%s restarted in the order %v: want the two followers, then the leader %s, then the clients", tc.svc, got, tc.leader)
 		}
 	}
+	st := p.Run([]string{"status"})
+	for _, want := range []string{"v" + v["CONSUL_VERSION"], "v" + v["NOMAD_VERSION"]} {
+		if n := strings.Count(st.Stdout, want); n != len(nodes) {
+			t.Errorf("status shows %s on %d agents, want %d:\n%s", want, n, len(nodes), st.Stdout)
+		}
+	}
 	r = p.Up(only...)
 	for _, st := range []string{"consul", "nomad"} {
 		if !strings.Contains(r.Stdout, fmt.Sprintf("%-9s  unchanged", st)) {
