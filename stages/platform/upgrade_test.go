@@ -75,8 +75,25 @@ func upgradeAgents(t *testing.T, p *platformtest.Platform, upgrade func()) {
 		}
 	}
 
+	// A client's Consul agent starts the checks it restores critical until
+	// they run again (up to one interval), so the services of its node
+	// leave Fabio's routes for that long: an application with instances
+	// on two clients keeps answering, one with a single instance there
+	// does not. The first must not fail; the second's misses are counted.
+	deployTwoInstances(t, nc)
+	eventually(t, 2*time.Minute, "dev-web-ha passing twice in consul and routed by dev's fabio", func() error {
+		entries, _, err := cc.Health().Service("dev-web-ha", "", true, nil)
+		if err != nil {
+			return err
+		}
+		if len(entries) != 2 {
+			return fmt.Errorf("%d passing instances", len(entries))
+		}
+		return get200(env["FABIO_DEV_ADDR"] + "/web-ha/")
+	})
+	single := startPoller(func() error { return get200(env["FABIO_DEV_ADDR"] + "/web/") })
 	poll := startPoller(
-		func() error { return get200(env["FABIO_DEV_ADDR"] + "/web/") },
+		func() error { return get200(env["FABIO_DEV_ADDR"] + "/web-ha/") },
 		func() error {
 			return anyAnswers(consuls, func(c *consulapi.Client) error { _, _, err := c.Catalog().Nodes(nil); return err })
 		},
@@ -102,7 +119,11 @@ func upgradeAgents(t *testing.T, p *platformtest.Platform, upgrade func()) {
 	}
 	p.Up(only...)
 	order := w.stop()
-	poll.stop(t, "requests to dev's application and to any Consul and Nomad server during the upgrade")
+	poll.stop(t, "requests to dev's two-instance application and to any Consul and Nomad server during the upgrade")
+	single.cancel()
+	single.done.Wait()
+	t.Logf("dev's single-instance application: %d of %d requests failed during the upgrade (its client's Consul restarting): %s",
+		len(single.failures), single.rounds, strings.Join(single.failures, "; "))
 	t.Logf("restart order: %s", strings.Join(order, " "))
 
 	if err := agentVersions(cc, nc, v["CONSUL_VERSION"], v["NOMAD_VERSION"], len(nodes)); err != nil {
@@ -137,6 +158,77 @@ func upgradeAgents(t *testing.T, p *platformtest.Platform, upgrade func()) {
 			t.Errorf("stage %s changed on the up after the upgrade:\n%s", st, r.Stdout)
 		}
 	}
+}
+
+// deployTwoInstances runs dev's web-ha, two instances of a web server on
+// distinct clients behind dev's Fabio at /web-ha/, and removes it when the
+// test ends.
+func deployTwoInstances(t *testing.T, nc *nomadapi.Client) {
+	t.Helper()
+	job, err := nc.Jobs().ParseHCL(`job "web-ha" {
+  namespace   = "dev"
+  datacenters = ["*"]
+  constraint {
+    operator = "distinct_hosts"
+    value    = "true"
+  }
+  group "web" {
+    count = 2
+    network {
+      port "http" {}
+    }
+    service {
+      name     = "dev-web-ha"
+      port     = "http"
+      address  = "${meta.node_address}"
+      provider = "consul"
+      tags     = ["urlprefix-/web-ha strip=/web-ha"]
+      check {
+        type     = "http"
+        path     = "/"
+        interval = "5s"
+        timeout  = "2s"
+      }
+    }
+    task "web" {
+      driver = "exec"
+      config {
+        command = "/bin/busybox"
+        args    = ["httpd", "-f", "-p", "${meta.node_address}:${NOMAD_PORT_http}", "-h", "${NOMAD_TASK_DIR}"]
+      }
+      template {
+        data        = "ok"
+        destination = "local/index.html"
+      }
+      resources {
+        cpu    = 50
+        memory = 64
+      }
+    }
+  }
+}
+`, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := nc.Jobs().Register(job, nil); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if _, _, err := nc.Jobs().Deregister("web-ha", true, &nomadapi.WriteOptions{Namespace: "dev"}); err != nil {
+			t.Errorf("remove dev/web-ha: %v", err)
+		}
+	})
+	eventually(t, 2*time.Minute, "dev/web-ha's two instances healthy", func() error {
+		sv, _, err := nc.Jobs().Summary("web-ha", &nomadapi.QueryOptions{Namespace: "dev"})
+		if err != nil {
+			return err
+		}
+		if s := sv.Summary["web"]; s.Running != 2 {
+			return fmt.Errorf("%d running", s.Running)
+		}
+		return nil
+	})
 }
 
 // agentVersions checks that every Consul agent and Nomad server and client

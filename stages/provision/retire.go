@@ -23,9 +23,9 @@ import (
 
 // A node the configuration no longer has leaves the platform in order:
 // Nomad drains its allocations onto the other clients (within the drain
-// deadline), its agents stop (Consul's client agent leaves the cluster on
-// SIGTERM), then Nomad forgets the node and Consul prunes it from its
-// members. Each step is safe to repeat, so a run killed halfway finishes on
+// deadline), Consul's client agent leaves the cluster (on SIGTERM it does
+// not: a restart keeps its services in the catalog), its agents stop, then
+// Nomad forgets the node and Consul prunes it from its members. Each step is safe to repeat, so a run killed halfway finishes on
 // the next one: the node stays in the recorded inventory until it is gone.
 
 // removed returns the recorded nodes that want no longer has.
@@ -99,6 +99,11 @@ func retire(ctx context.Context, e *stages.Env, gone []inventory.Node, want *inv
 		}
 	}
 	crashpoint.Hit("provision:after-drain")
+	for _, n := range gone {
+		if _, err := consulLeave(e, n); err != nil {
+			return err
+		}
+	}
 	var local, remote []inventory.Node
 	for _, n := range gone {
 		if n.Local != nil {

@@ -61,16 +61,11 @@ func retireServers(ctx context.Context, e *stages.Env, gone, stay []inventory.No
 
 func retireServer(ctx context.Context, e *stages.Env, n inventory.Node, left int, rafts []raftCluster) error {
 	e.Step("server %s leaves consul and nomad", n.Name)
-	if tok, ok, err := e.Secrets.Get(stages.SecretConsulBootstrapToken); err != nil {
+	// An agent that is down already is removed from Raft below instead.
+	if left, err := consulLeave(e, n); err != nil {
 		return err
-	} else if ok {
-		// A graceful leave; an agent that is down already is removed from
-		// Raft below instead.
-		if c, err := cluster.ConsulAgent(e, n, strings.TrimSpace(tok)); err == nil {
-			if err := c.Agent().Leave(); err == nil {
-				crashpoint.Hit("provision:server-after-leave")
-			}
-		}
+	} else if left {
+		crashpoint.Hit("provision:server-after-leave")
 	}
 	if n.Local != nil {
 		if err := removeLocalNode(ctx, n); err != nil {
@@ -89,6 +84,18 @@ func retireServer(ctx context.Context, e *stages.Env, n inventory.Node, left int
 	}
 	e.Step("server %s removed: %d servers left", n.Name, left)
 	return nil
+}
+
+// consulLeave makes n's Consul agent leave the cluster gracefully (it
+// leaves the gossip pool, and Raft for a server, then exits), reporting
+// whether it did; one that does not answer is pruned later instead.
+func consulLeave(e *stages.Env, n inventory.Node) (bool, error) {
+	tok, ok, err := e.Secrets.Get(stages.SecretConsulBootstrapToken)
+	if err != nil || !ok {
+		return false, err
+	}
+	c, err := cluster.ConsulAgent(e, n, strings.TrimSpace(tok))
+	return err == nil && c.Agent().Leave() == nil, nil
 }
 
 // leaveRaft waits until the server n is out of r's Raft (removing it when

@@ -20,6 +20,7 @@ import (
 	"github.com/platform-bootstrap/bootstrap/internal/lab"
 	"github.com/platform-bootstrap/bootstrap/internal/platformtest"
 	"github.com/platform-bootstrap/bootstrap/stages/nomad"
+	"github.com/platform-bootstrap/bootstrap/tools"
 )
 
 func TestLabProduction(t *testing.T) {
@@ -43,7 +44,10 @@ func TestLabProduction(t *testing.T) {
 	ctx := context.Background()
 
 	start := time.Now()
-	st, err := lab.Up(ctx, lab.Config{Dir: labDir, Name: "le", Net: 202, Nodes: lab.Nodes(servers, clients), BinDir: platformtest.BinDir(), Log: testLog{t}})
+	// Consul and Nomad of the patch releases before the pins, until the
+	// upgrade subtest.
+	binDir, upgrade := platformtest.PreviousBinDir(t)
+	st, err := lab.Up(ctx, lab.Config{Dir: labDir, Name: "le", Net: 202, Nodes: lab.Nodes(servers, clients), BinDir: binDir, Log: testLog{t}})
 	if err != nil {
 		t.Fatalf("lab up: %v", err)
 	}
@@ -113,6 +117,33 @@ func TestLabProduction(t *testing.T) {
 		t.Logf("second up: %s", time.Since(start).Round(time.Second))
 		if strings.Contains(r.Stdout, " changed ") {
 			t.Errorf("a stage changed on the second up:\n%s", r.Stdout)
+		}
+	})
+
+	// The systemd path of a rolling upgrade: the pinned binaries are linked
+	// into the lab's bin_dir, up copies them over and restarts each unit
+	// (the order is TestPlatform's business). Every agent then runs the
+	// copy it has, which is the pinned version.
+	t.Run("consul and nomad upgrade unit by unit", func(t *testing.T) {
+		p := p.T(t)
+		upgrade()
+		start := time.Now()
+		r := p.Up()
+		t.Logf("upgrade: %s", time.Since(start).Round(time.Second))
+		if !strings.Contains(r.Stdout, "new binaries: consul") || !strings.Contains(r.Stdout, "new binaries: nomad") {
+			t.Errorf("up does not say it installs new binaries:\n%s", r.Stdout)
+		}
+		v := tools.Versions()
+		for _, m := range st.Machines {
+			for svc, want := range map[string]string{"consul": "v" + v["CONSUL_VERSION"], "nomad": "v" + v["NOMAD_VERSION"]} {
+				out, err := lab.Exec(ctx, m, "sh", "-c", "exe=$(readlink /proc/$(systemctl show -p MainPID --value "+svc+")/exe) && echo \"$exe\" && \"$exe\" version")
+				if got := string(out); err != nil || strings.Contains(got, "(deleted)") || !strings.Contains(got, want) {
+					t.Errorf("%s: %s runs %q (%v), want the installed %s", m.Name, svc, strings.TrimSpace(got), err, want)
+				}
+			}
+		}
+		if r := p.Up(); strings.Contains(r.Stdout, " changed ") {
+			t.Errorf("a stage changed on the up after the upgrade:\n%s", r.Stdout)
 		}
 	})
 
