@@ -26,7 +26,8 @@ import (
 )
 
 // TestPlatform is `make up` on the local provider end to end: every stage
-// with the defaults, verify green, the URLs it prints answer, a second up
+// with the defaults (Consul and Nomad of the previous patch releases until
+// the upgrade subtest), verify green, the URLs it prints answer, a second up
 // changes nothing, an application deploys into dev with the CI token over
 // TLS, and down leaves no process and no file behind.
 func TestPlatform(t *testing.T) {
