@@ -10,7 +10,7 @@ export GOTOOLCHAIN := local
 
 STATICCHECK_VERSION := v0.8.2
 
-.PHONY: build tools up down env plan status test test-unit test-integration bench lint clean screenshots lab-up lab-down
+.PHONY: build tools test-tools up down env plan status test test-unit test-integration bench lint clean screenshots lab-up lab-down
 
 build: ## build bin/bootstrap
 	@mkdir -p bin
@@ -36,8 +36,13 @@ status: build
 
 # Integration and end-to-end tests need the real binaries; BOOTSTRAP_REQUIRE_TOOLS
 # turns a missing binary into a failure instead of a skip.
-test: tools build ## all tests: unit, integration against real servers, end to end
+test: tools test-tools build ## all tests: unit, integration against real servers, end to end
 	BOOTSTRAP_REQUIRE_TOOLS=1 $(GO) test -count=1 -timeout 75m -p 2 ./...
+
+# What only the tests need: the releases before the pinned Consul and Nomad
+# (the rolling upgrade starts from them).
+test-tools:
+	@tools/install.sh previous
 
 test-unit: ## unit tests only (no servers)
 	$(GO) test -short -count=1 ./...

@@ -73,7 +73,7 @@ grafana_ui() {
   fi
 }
 
-want=("$@"); [ ${#want[@]} -gt 0 ] || want=(debian consul-template vault consul nomad previous prometheus alertmanager fabio tf-providers terraform grafana)
+want=("$@"); [ ${#want[@]} -gt 0 ] || want=(debian consul-template vault consul nomad prometheus alertmanager fabio tf-providers terraform grafana)
 echo "tools in $bin:"
 for t in "${want[@]}"; do
   case $t in

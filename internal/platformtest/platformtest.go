@@ -96,7 +96,7 @@ func NewWithBinDir(t testing.TB, binDir, providerExtra, extra string) *Platform 
 }
 
 // PreviousBinDir returns a directory like ./bin whose consul and nomad are
-// the patch releases before the pins (make tools builds them as
+// the patch releases before the pins (make test-tools builds them as
 // bin/consul-<version> and bin/nomad-<version>), and a func that links the
 // pinned ones in their place, as make tools does after a version bump.
 func PreviousBinDir(t testing.TB) (dir string, upgrade func()) {
@@ -115,7 +115,7 @@ func PreviousBinDir(t testing.TB) (dir string, upgrade func()) {
 	}
 	relink := func(name, target string) {
 		if _, err := os.Stat(target); err != nil {
-			t.Fatalf("%s is missing: run make tools", target)
+			t.Fatalf("%s is missing: run make test-tools", target)
 		}
 		tmp := filepath.Join(dir, name+".new")
 		if err := os.Symlink(target, tmp); err != nil {
