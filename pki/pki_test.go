@@ -230,7 +230,9 @@ func TestApply(t *testing.T) {
 
 	t.Run("the admin can do what the later stages need", func(t *testing.T) {
 		for path, want := range map[string]string{
-			"sys/storage/raft/configuration":                 "read",   // vault stage: raft peers
+			"sys/storage/raft/configuration":                 "read", // vault stage: raft peers
+			"sys/storage/raft/autopilot/state":               "read", // vault stage: rolling restarts
+			"sys/step-down":                                  "sudo",
 			"sys/mounts/newapp/root-ca":                      "create", // more engines
 			"sys/auth/oidc":                                  "sudo",   // more auth methods
 			"auth/" + JWTNomadPath + "/config":               "update", // nomad stage: workload identity

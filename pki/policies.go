@@ -125,6 +125,8 @@ func (s Spec) adminPolicy() string {
 	b.WriteString(rule(all, "sys/policies/acl/*", "sys/policy/*", "auth/*", "identity/*"))
 	b.WriteString("# The raft cluster (the vault stage checks its peers) and its snapshots.\n")
 	b.WriteString(rule(all, "sys/storage/raft/*"))
+	b.WriteString("# Hand the active role to a standby before a rolling restart.\n")
+	b.WriteString(rule([]string{"update", "sudo"}, "sys/step-down"))
 	b.WriteString("# Leases, audit devices and health.\n")
 	b.WriteString(rule(all, "sys/leases/*", "sys/audit", "sys/audit/*"))
 	b.WriteString(rule([]string{"read"}, "sys/health"))

@@ -99,6 +99,8 @@ func NewWithBinDir(t testing.TB, binDir, providerExtra, extra string) *Platform 
 // the patch releases before the pins (make test-tools builds them as
 // bin/consul-<version> and bin/nomad-<version>), and a func that links the
 // pinned ones in their place, as make tools does after a version bump.
+// That func also gives vault a new file (a hard link of the same release:
+// one Vault build is costly enough), which bootstrap treats as an upgrade.
 func PreviousBinDir(t testing.TB) (dir string, upgrade func()) {
 	t.Helper()
 	v := tools.Versions()
@@ -130,6 +132,19 @@ func PreviousBinDir(t testing.TB) (dir string, upgrade func()) {
 	return dir, func() {
 		relink("consul", filepath.Join(src, "consul"))
 		relink("nomad", filepath.Join(src, "nomad"))
+		vault, err := filepath.EvalSymlinks(filepath.Join(src, "vault"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		// Next to the original (a hard link needs the same file system),
+		// named for this test process: the lab's and the platform's tests
+		// run at once.
+		renewed := fmt.Sprintf("%s.renewed-%d", vault, os.Getpid())
+		if err := os.Link(vault, renewed); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { os.Remove(renewed) })
+		relink("vault", renewed)
 	}
 }
 

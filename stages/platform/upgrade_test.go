@@ -15,6 +15,7 @@ import (
 
 	consulapi "github.com/hashicorp/consul/api"
 	nomadapi "github.com/hashicorp/nomad/api"
+	vaultapi "github.com/hashicorp/vault/api"
 
 	"github.com/platform-bootstrap/bootstrap/internal/platformtest"
 	"github.com/platform-bootstrap/bootstrap/internal/proc"
@@ -63,13 +64,31 @@ func upgradeAgents(t *testing.T, p *platformtest.Platform, upgrade func()) {
 		consuls, nomads = append(consuls, c), append(nomads, n)
 	}
 	before := agentPids(t, p, nodes...)
+	for _, s := range servers {
+		pid, err := proc.ReadPidFile(filepath.Join(p.StateDir(), "nodes", s, "run", "vault.pid"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		before[s+"/vault"] = pid
+	}
+	vaults := make([]*vaultapi.Client, len(servers))
+	vaultActive := ""
+	for i, s := range servers {
+		vaults[i] = vaultClient(t, map[string]string{"VAULT_ADDR": withHost(t, env["VAULT_ADDR"], serverAddr(t, cc, s)), "VAULT_CACERT": env["VAULT_CACERT"], "VAULT_TOKEN": env["VAULT_TOKEN"]})
+		if h, err := vaults[i].Sys().Health(); err == nil && !h.Standby && !h.Sealed {
+			vaultActive = s
+		}
+	}
+	if vaultActive == "" {
+		t.Fatal("no vault node is active")
+	}
 
 	upgrade()
 	r := p.Run([]string{"plan", "--only", "consul,nomad"})
 	if r.Code != 4 {
 		t.Errorf("plan after the new binaries: exit %d, want 4\n%s", r.Code, r.Output())
 	}
-	for _, want := range []string{"consul on every node (new binaries: consul;", "nomad on every node (new binaries: nomad;"} {
+	for _, want := range []string{"consul on every node (new binaries: consul;", "nomad on every node (new binaries: nomad;", "vault on " + vaultActive + " (new binaries: vault;"} {
 		if !strings.Contains(r.Stdout, want) {
 			t.Errorf("plan does not say %q:\n%s", want, r.Stdout)
 		}
@@ -96,6 +115,9 @@ func upgradeAgents(t *testing.T, p *platformtest.Platform, upgrade func()) {
 		func() error { return get200(env["FABIO_DEV_ADDR"] + "/web-ha/") },
 		func() error {
 			return anyAnswers(consuls, func(c *consulapi.Client) error { _, _, err := c.Catalog().Nodes(nil); return err })
+		},
+		func() error {
+			return anyAnswers(vaults, func(c *vaultapi.Client) error { _, err := c.Auth().Token().LookupSelf(); return err })
 		},
 		func() error {
 			return anyAnswers(nomads, func(c *nomadapi.Client) error {
@@ -129,15 +151,18 @@ func upgradeAgents(t *testing.T, p *platformtest.Platform, upgrade func()) {
 	if err := agentVersions(cc, nc, v["CONSUL_VERSION"], v["NOMAD_VERSION"], len(nodes)); err != nil {
 		t.Errorf("after the upgrade: %v", err)
 	}
-	for _, tc := range []struct{ svc, leader string }{{"consul", consulLeader}, {"nomad", nomadLeader}} {
+	for _, tc := range []struct {
+		svc, leader string
+		nodes       []string
+	}{{"vault", vaultActive, servers}, {"consul", consulLeader, nodes}, {"nomad", nomadLeader, nodes}} {
 		var got []string
 		for _, a := range order {
 			if strings.HasSuffix(a, "/"+tc.svc) {
 				got = append(got, strings.TrimSuffix(a, "/"+tc.svc))
 			}
 		}
-		if len(got) != len(nodes) {
-			t.Errorf("%s restarted on %v, want each of %v once", tc.svc, got, nodes)
+		if len(got) != len(tc.nodes) {
+			t.Errorf("%s restarted on %v, want each of %v once", tc.svc, got, tc.nodes)
 			continue
 		}
 		// Servers first, the leader of before the upgrade last of them,

@@ -216,11 +216,28 @@ func (s *Stage) converge(ctx context.Context, e *stages.Env, p *reconcile.Plan) 
 		return err
 	}
 	hs := probe(ctx, e, nodes)
+	init, err := LoadInit(e)
+	if err != nil {
+		return err
+	}
 	// One Ansible run installs, configures and starts Vault everywhere: the
 	// first change that needs it runs it, the others are made by that run.
 	play := func() error { return ansible.Converge(ctx, e, inv, s.play(e, nodes), nil) }
 	once := func() func() error { f := play; play = nil; return f }
 	switch {
+	case (len(pending) > 0 || tlsChanged) && rollable(hs, init):
+		for _, h := range rollOrder(hs, pending, tlsChanged) {
+			why := pending[h.node.Name]
+			if why == "" {
+				why = "new TLS files"
+			}
+			err = p.Do(reconcile.Install, "vault on "+h.node.Name, why+"; "+rollingDetail, func() error {
+				return s.restartOne(ctx, e, inv, nodes, h, init)
+			})
+			if err != nil {
+				return err
+			}
+		}
 	case len(pending) > 0:
 		err = p.Do(reconcile.Install, "vault on "+strings.Join(inventory.Names(nodes), ", "), reasons(pending), once())
 	case tlsChanged:
@@ -248,10 +265,6 @@ func (s *Stage) converge(ctx context.Context, e *stages.Env, p *reconcile.Plan) 
 		}
 	}
 
-	init, err := LoadInit(e)
-	if err != nil {
-		return err
-	}
 	// A node that does not answer (only while planning) may be initialised
 	// or not: nothing is decided about it.
 	anyInit := false
