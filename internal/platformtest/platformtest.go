@@ -95,57 +95,72 @@ func NewWithBinDir(t testing.TB, binDir, providerExtra, extra string) *Platform 
 	return p
 }
 
-// PreviousBinDir returns a directory like ./bin whose consul and nomad are
-// the patch releases before the pins (make test-tools builds them as
-// bin/consul-<version> and bin/nomad-<version>), and a func that links the
-// pinned ones in their place, as make tools does after a version bump.
-// That func also gives vault a new file (a hard link of the same release:
-// one Vault build is costly enough), which bootstrap treats as an upgrade.
-func PreviousBinDir(t testing.TB) (dir string, upgrade func()) {
+// LinkedBinDir returns a directory of links to everything in ./bin, for a
+// test that changes what some of them point to.
+func LinkedBinDir(t testing.TB) string {
 	t.Helper()
-	v := tools.Versions()
-	dir = t.TempDir()
-	src := BinDir()
-	entries, err := os.ReadDir(src)
+	dir := t.TempDir()
+	entries, err := os.ReadDir(BinDir())
 	if err != nil {
 		t.Fatal(err)
 	}
 	for _, e := range entries {
-		if err := os.Symlink(filepath.Join(src, e.Name()), filepath.Join(dir, e.Name())); err != nil {
+		if err := os.Symlink(filepath.Join(BinDir(), e.Name()), filepath.Join(dir, e.Name())); err != nil {
 			t.Fatal(err)
 		}
 	}
-	relink := func(name, target string) {
-		if _, err := os.Stat(target); err != nil {
-			t.Fatalf("%s is missing: run make test-tools", target)
-		}
-		tmp := filepath.Join(dir, name+".new")
-		if err := os.Symlink(target, tmp); err != nil {
-			t.Fatal(err)
-		}
-		if err := os.Rename(tmp, filepath.Join(dir, name)); err != nil {
-			t.Fatal(err)
-		}
+	return dir
+}
+
+// relink points dir/name to target, atomically, as make tools does.
+func relink(t testing.TB, dir, name, target string) {
+	t.Helper()
+	if _, err := os.Stat(target); err != nil {
+		t.Fatalf("%s is missing: run make test-tools", target)
 	}
-	relink("consul", filepath.Join(src, "consul-"+v["CONSUL_PREVIOUS_VERSION"]))
-	relink("nomad", filepath.Join(src, "nomad-"+v["NOMAD_PREVIOUS_VERSION"]))
+	tmp := filepath.Join(dir, name+".new")
+	if err := os.Symlink(target, tmp); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(tmp, filepath.Join(dir, name)); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// PreviousBinDir returns a LinkedBinDir whose consul and nomad are the
+// patch releases before the pins (make test-tools builds them as
+// bin/consul-<version> and bin/nomad-<version>), and a func that links the
+// pinned ones in their place, as make tools does after a version bump.
+func PreviousBinDir(t testing.TB) (dir string, upgrade func()) {
+	t.Helper()
+	v := tools.Versions()
+	dir = LinkedBinDir(t)
+	relink(t, dir, "consul", filepath.Join(BinDir(), "consul-"+v["CONSUL_PREVIOUS_VERSION"]))
+	relink(t, dir, "nomad", filepath.Join(BinDir(), "nomad-"+v["NOMAD_PREVIOUS_VERSION"]))
 	return dir, func() {
-		relink("consul", filepath.Join(src, "consul"))
-		relink("nomad", filepath.Join(src, "nomad"))
-		vault, err := filepath.EvalSymlinks(filepath.Join(src, "vault"))
-		if err != nil {
-			t.Fatal(err)
-		}
-		// Next to the original (a hard link needs the same file system),
-		// named for this test process: the lab's and the platform's tests
-		// run at once.
-		renewed := fmt.Sprintf("%s.renewed-%d", vault, os.Getpid())
-		if err := os.Link(vault, renewed); err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { os.Remove(renewed) })
-		relink("vault", renewed)
+		relink(t, dir, "consul", filepath.Join(BinDir(), "consul"))
+		relink(t, dir, "nomad", filepath.Join(BinDir(), "nomad"))
 	}
+}
+
+// RenewBinary links dir/name to a new file of the same program (a hard
+// link of ./bin's), which bootstrap takes for an upgrade: it restarts the
+// program's services as for a new release. One build of each release is
+// costly enough (Vault's above all).
+func RenewBinary(t testing.TB, dir, name string) {
+	t.Helper()
+	orig, err := filepath.EvalSymlinks(filepath.Join(BinDir(), name))
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Next to the original (a hard link needs the same file system), named
+	// for this test process: the lab's and the platform's tests run at once.
+	renewed := fmt.Sprintf("%s.renewed-%d", orig, os.Getpid())
+	if err := os.Link(orig, renewed); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.Remove(renewed) })
+	relink(t, dir, name, renewed)
 }
 
 // BinDir is the repository's bin directory (make tools).

@@ -43,8 +43,13 @@ func TestPlatform(t *testing.T) {
 	}
 	// On the patch releases of Consul and Nomad before the pins, until the
 	// upgrade subtest.
-	binDir, upgrade := platformtest.PreviousBinDir(t)
+	binDir, upgradeConsulNomad := platformtest.PreviousBinDir(t)
 	p := platformtest.NewWithBinDir(t, binDir, "", "")
+	// Vault's new file must outlive the subtest: later ups run it.
+	upgrade := func() {
+		upgradeConsulNomad()
+		platformtest.RenewBinary(t, binDir, "vault")
+	}
 	// The first up is killed in the jobs stage, right after it registered
 	// the first job and before that job was healthy; the next up finishes
 	// the stage.

@@ -9,7 +9,9 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -311,7 +313,8 @@ func TestVaultHA(t *testing.T) {
 	if testing.Short() {
 		t.Skip("brings up a platform")
 	}
-	p := platformtest.New(t, "  clients = 1\n", "vault {\n  ha = true\n}\n")
+	binDir := platformtest.LinkedBinDir(t)
+	p := platformtest.NewWithBinDir(t, binDir, "  clients = 1\n", "vault {\n  ha = true\n}\n")
 	only := []string{"--only", "keys,provision,vault"}
 	p.Up(only...)
 	active := 0
@@ -342,6 +345,10 @@ func TestVaultHA(t *testing.T) {
 			p.AssertNoSecrets(assertAuditLog(t, p, fmt.Sprintf("server-%d", i)))
 		}
 	}
+	t.Run("a new binary restarts one node at a time, the active one last", func(t *testing.T) {
+		rollingRestart(t, p.T(t), binDir, only)
+	})
+
 	// Restart every node: up unseals all three again.
 	for i := 1; i <= 3; i++ {
 		pid, _ := proc.ReadPidFile(filepath.Join(p.StateDir(), "nodes", "server-"+string(rune('0'+i)), "run", "vault.pid"))
@@ -350,5 +357,98 @@ func TestVaultHA(t *testing.T) {
 	p.Up(only...)
 	for i := 1; i <= 3; i++ {
 		assertUnsealed(t, p, p.Subnet.IP(i))
+	}
+}
+
+// rollingRestart gives the HA Vault of p a new binary (a new file of its
+// release) and checks that up restarts the standbys one at a time, then
+// the active node, while a token lookup through any node keeps working.
+func rollingRestart(t *testing.T, p *platformtest.Platform, binDir string, only []string) {
+	pidOf := func(i int) int {
+		pid, _ := proc.ReadPidFile(filepath.Join(p.StateDir(), "nodes", fmt.Sprintf("server-%d", i), "run", "vault.pid"))
+		return pid
+	}
+	before := map[int]int{}
+	active := 0
+	for i := 1; i <= 3; i++ {
+		before[i] = pidOf(i)
+		if h := health(t, p, p.Subnet.IP(i)); h["standby"] == false {
+			active = i
+		}
+	}
+	root, err := os.ReadFile(filepath.Join(p.StateDir(), "secrets", "vault", "root-token"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ca, err := os.ReadFile(filepath.Join(p.StateDir(), "tls", "vault", "ca.pem"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	pool := x509.NewCertPool()
+	pool.AppendCertsFromPEM(ca)
+	hc := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}}}
+	// A token lookup needs the active node (a standby forwards it).
+	lookup := func() error {
+		var errs []string
+		for i := 1; i <= 3; i++ {
+			req, _ := http.NewRequest(http.MethodGet, "https://"+p.Subnet.IP(i)+":8200/v1/auth/token/lookup-self", nil)
+			req.Header.Set("X-Vault-Token", strings.TrimSpace(string(root)))
+			resp, err := hc.Do(req)
+			if err == nil {
+				resp.Body.Close()
+				if resp.StatusCode == http.StatusOK {
+					return nil
+				}
+				err = fmt.Errorf("%s", resp.Status)
+			}
+			errs = append(errs, fmt.Sprintf("server-%d: %v", i, err))
+		}
+		return fmt.Errorf("%s", strings.Join(errs, "; "))
+	}
+
+	platformtest.RenewBinary(t, binDir, "vault")
+	if r := p.Run(append([]string{"plan"}, only...)); r.Code != 4 || !strings.Contains(r.Stdout, "new binaries: vault; one node at a time") {
+		t.Errorf("plan after the new binary: exit %d, want 4 and the rolling restart\n%s", r.Code, r.Output())
+	}
+
+	ctx, cancel := context.WithCancel(context.Background())
+	var mu sync.Mutex
+	var order []int
+	var failures []string
+	rounds := 0
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for ctx.Err() == nil {
+			err := lookup()
+			mu.Lock()
+			rounds++
+			if err != nil && len(failures) < 10 {
+				failures = append(failures, time.Now().Format("15:04:05.000 ")+err.Error())
+			}
+			for i := 1; i <= 3; i++ {
+				if pid := pidOf(i); pid != 0 && pid != before[i] && !slices.Contains(order, i) {
+					order = append(order, i)
+				}
+			}
+			mu.Unlock()
+			time.Sleep(100 * time.Millisecond)
+		}
+	}()
+	p.Up(only...)
+	cancel()
+	<-done
+	t.Logf("restart order %v (server-%d was active); %d token lookups, %d failed", order, active, rounds, len(failures))
+	if len(failures) > 0 {
+		t.Errorf("token lookups failed during the rolling restart: %s", strings.Join(failures, "; "))
+	}
+	if len(order) != 3 || order[2] != active {
+		t.Errorf("vault restarted in the order %v, want the two standbys, then the active server-%d", order, active)
+	}
+	for i := 1; i <= 3; i++ {
+		assertUnsealed(t, p, p.Subnet.IP(i))
+	}
+	if r := p.Run(append([]string{"plan"}, only...)); r.Code != 0 {
+		t.Errorf("plan after the rolling restart: exit %d\n%s", r.Code, r.Output())
 	}
 }
