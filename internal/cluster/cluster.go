@@ -323,6 +323,18 @@ func LeaderChanging(err error) bool {
 	return false
 }
 
+// ForwardBroken reports whether err is a request a server forwarded to
+// its leader over a pooled connection that broke (the leader restarted
+// since): asked again, the server dials anew.
+func ForwardBroken(err error) bool {
+	if err == nil {
+		return false
+	}
+	s := err.Error()
+	return strings.Contains(s, "connection reset by peer") || strings.Contains(s, "broken pipe") ||
+		strings.Contains(s, "rpc error") && strings.HasSuffix(strings.TrimRight(s, ")"), "EOF")
+}
+
 // RetryLeaderChange makes a write again, for up to a minute, while it
 // fails because the leadership moved under it. The write must be
 // idempotent (a snapshot restore is: the same state again).

@@ -250,3 +250,20 @@ func TestLeaderChanging(t *testing.T) {
 		}
 	}
 }
+
+func TestForwardBroken(t *testing.T) {
+	for _, tc := range []struct {
+		err  string
+		want bool
+	}{
+		{"Unexpected response code: 500 (failed to decode response: read tcp 10.213.202.10:52889->10.213.202.12:8300: read: connection reset by peer)", true},
+		{"Unexpected response code: 500 (rpc error: EOF)", true},
+		{"Unexpected response code: 500 (rpc error making call: EOF)", true},
+		{"Unexpected response code: 403 (Permission denied)", false},
+		{"Unexpected response code: 500 (snapshot is corrupt)", false},
+	} {
+		if got := ForwardBroken(errors.New(tc.err)); got != tc.want {
+			t.Errorf("ForwardBroken(%q) = %v, want %v", tc.err, got, tc.want)
+		}
+	}
+}

@@ -48,7 +48,12 @@ func Snapshot(ctx context.Context, e *stages.Env, w io.Writer) (string, error) {
 		return "", fmt.Errorf("consul: %w", err)
 	}
 	version, _ := self["Config"]["Version"].(string)
-	snap, _, err := c.Snapshot().Save((&consulapi.QueryOptions{}).WithContext(ctx))
+	var snap io.ReadCloser
+	err = poll.Retry(ctx, 30*time.Second, time.Second, func() error {
+		var err error
+		snap, _, err = c.Snapshot().Save((&consulapi.QueryOptions{}).WithContext(ctx))
+		return err
+	}, func(err error) bool { return !cluster.ForwardBroken(err) && !cluster.LeaderChanging(err) })
 	if err != nil {
 		return "", fmt.Errorf("consul snapshot: %w", err)
 	}
