@@ -196,47 +196,7 @@ func TestPlatform(t *testing.T) {
 			ci := p.Env("ci-" + ns)
 			dir := t.TempDir()
 			job := filepath.Join(dir, "web.nomad.hcl")
-			// exec: the isolating driver application namespaces may use
-			// without Docker; busybox is static, so the chroot needs nothing
-			// more.
-			os.WriteFile(job, []byte(`job "web" {
-  namespace   = "`+ns+`"
-  datacenters = ["*"]
-  group "web" {
-    network {
-      port "http" {}
-    }
-    service {
-      name     = "`+ns+`-web"
-      port     = "http"
-      address  = "${meta.node_address}"
-      provider = "consul"
-      tags     = ["prometheus", "urlprefix-/web strip=/web"]
-      check {
-        type     = "http"
-        path     = "/"
-        interval = "5s"
-        timeout  = "2s"
-      }
-    }
-    task "web" {
-      driver = "exec"
-      config {
-        command = "/bin/busybox"
-        args    = ["httpd", "-f", "-p", "${meta.node_address}:${NOMAD_PORT_http}", "-h", "${NOMAD_TASK_DIR}"]
-      }
-      template {
-        data        = "ok ${CI_COMMIT_SHORT_SHA}"
-        destination = "local/index.html"
-      }
-      resources {
-        cpu    = 50
-        memory = 64
-      }
-    }
-  }
-}
-`), 0o600)
+			os.WriteFile(job, []byte(webJob(ns, "web", 1, `"prometheus", "urlprefix-/web strip=/web"`, "ok ${CI_COMMIT_SHORT_SHA}")), 0o600)
 			cmd := exec.Command(p.Bin, "deploy", job, "--timeout", "3m")
 			cmd.Env = append(os.Environ(), "NOMAD_ADDR="+ci["NOMAD_ADDR"], "NOMAD_CACERT="+ci["NOMAD_CACERT"], "NOMAD_TOKEN="+ci["NOMAD_TOKEN"], "CI_COMMIT_SHORT_SHA=abc1234", "CI=true")
 			out, err := cmd.CombinedOutput()
@@ -477,4 +437,55 @@ func get200(url string) error {
 		return errors.New(resp.Status)
 	}
 	return nil
+}
+
+// webJob is an application of namespace ns: count busybox web servers
+// serving index (a template), registered in Consul as <ns>-<name> with
+// tags, on distinct clients. exec: the isolating driver application
+// namespaces may use without Docker; busybox is static, so the chroot
+// needs nothing more.
+func webJob(ns, name string, count int, tags, index string) string {
+	return fmt.Sprintf(`job %[2]q {
+  namespace   = %[1]q
+  datacenters = ["*"]
+  constraint {
+    operator = "distinct_hosts"
+    value    = "true"
+  }
+  group "web" {
+    count = %[3]d
+    network {
+      port "http" {}
+    }
+    service {
+      name     = "%[1]s-%[2]s"
+      port     = "http"
+      address  = "${meta.node_address}"
+      provider = "consul"
+      tags     = [%[4]s]
+      check {
+        type     = "http"
+        path     = "/"
+        interval = "5s"
+        timeout  = "2s"
+      }
+    }
+    task "web" {
+      driver = "exec"
+      config {
+        command = "/bin/busybox"
+        args    = ["httpd", "-f", "-p", "${meta.node_address}:${NOMAD_PORT_http}", "-h", "${NOMAD_TASK_DIR}"]
+      }
+      template {
+        data        = %[5]q
+        destination = "local/index.html"
+      }
+      resources {
+        cpu    = 50
+        memory = 64
+      }
+    }
+  }
+}
+`, ns, name, count, tags, index)
 }

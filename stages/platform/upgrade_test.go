@@ -180,49 +180,7 @@ func upgradeAgents(t *testing.T, p *platformtest.Platform, upgrade func()) {
 // test ends.
 func deployTwoInstances(t *testing.T, nc *nomadapi.Client) {
 	t.Helper()
-	job, err := nc.Jobs().ParseHCL(`job "web-ha" {
-  namespace   = "dev"
-  datacenters = ["*"]
-  constraint {
-    operator = "distinct_hosts"
-    value    = "true"
-  }
-  group "web" {
-    count = 2
-    network {
-      port "http" {}
-    }
-    service {
-      name     = "dev-web-ha"
-      port     = "http"
-      address  = "${meta.node_address}"
-      provider = "consul"
-      tags     = ["urlprefix-/web-ha strip=/web-ha"]
-      check {
-        type     = "http"
-        path     = "/"
-        interval = "5s"
-        timeout  = "2s"
-      }
-    }
-    task "web" {
-      driver = "exec"
-      config {
-        command = "/bin/busybox"
-        args    = ["httpd", "-f", "-p", "${meta.node_address}:${NOMAD_PORT_http}", "-h", "${NOMAD_TASK_DIR}"]
-      }
-      template {
-        data        = "ok"
-        destination = "local/index.html"
-      }
-      resources {
-        cpu    = 50
-        memory = 64
-      }
-    }
-  }
-}
-`, true)
+	job, err := nc.Jobs().ParseHCL(webJob("dev", "web-ha", 2, `"urlprefix-/web-ha strip=/web-ha"`, "ok"), true)
 	if err != nil {
 		t.Fatal(err)
 	}
