@@ -345,8 +345,10 @@ func TestVaultHA(t *testing.T) {
 			p.AssertNoSecrets(assertAuditLog(t, p, fmt.Sprintf("server-%d", i)))
 		}
 	}
+	// The new file must outlive the subtest: the later ups run it.
+	renew := func() { platformtest.RenewBinary(t, binDir, "vault") }
 	t.Run("a new binary restarts one node at a time, the active one last", func(t *testing.T) {
-		rollingRestart(t, p.T(t), binDir, only)
+		rollingRestart(t, p.T(t), renew, only)
 	})
 
 	// Restart every node: up unseals all three again.
@@ -360,10 +362,10 @@ func TestVaultHA(t *testing.T) {
 	}
 }
 
-// rollingRestart gives the HA Vault of p a new binary (a new file of its
-// release) and checks that up restarts the standbys one at a time, then
+// rollingRestart gives the HA Vault of p a new binary (renew: a new file
+// of its release) and checks that up restarts the standbys one at a time, then
 // the active node, while a token lookup through any node keeps working.
-func rollingRestart(t *testing.T, p *platformtest.Platform, binDir string, only []string) {
+func rollingRestart(t *testing.T, p *platformtest.Platform, renew func(), only []string) {
 	pidOf := func(i int) int {
 		pid, _ := proc.ReadPidFile(filepath.Join(p.StateDir(), "nodes", fmt.Sprintf("server-%d", i), "run", "vault.pid"))
 		return pid
@@ -406,7 +408,7 @@ func rollingRestart(t *testing.T, p *platformtest.Platform, binDir string, only 
 		return fmt.Errorf("%s", strings.Join(errs, "; "))
 	}
 
-	platformtest.RenewBinary(t, binDir, "vault")
+	renew()
 	if r := p.Run(append([]string{"plan"}, only...)); r.Code != 4 || !strings.Contains(r.Stdout, "new binaries: vault; one node at a time") {
 		t.Errorf("plan after the new binary: exit %d, want 4 and the rolling restart\n%s", r.Code, r.Output())
 	}
