@@ -81,17 +81,13 @@ func Pending(e *stages.Env, inv *inventory.Inventory, p Play) (map[string]string
 			out[node] = "configuration or roles changed"
 			if old, ok := haveBins[node]; ok {
 				if names := changedBinaries(old, binaries(ai.Hosts[node], p.Roles)); len(names) > 0 {
-					out[node] = NewBinaries + strings.Join(names, ", ")
+					out[node] = stages.ReasonNewBinaries + strings.Join(names, ", ")
 				}
 			}
 		}
 	}
 	return out, nil
 }
-
-// NewBinaries starts the reason Pending gives for a node whose binaries
-// changed (an upgrade), followed by their names.
-const NewBinaries = "new binaries: "
 
 // binariesNote is the stage's note of the binaries its nodes got (node →
 // binaries), to tell an upgrade apart from other changes in plans.

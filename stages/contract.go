@@ -17,6 +17,11 @@ import (
 	"github.com/platform-bootstrap/bootstrap/internal/inventory"
 )
 
+// ReasonNewBinaries starts the reason a stage's plan gives for a node
+// whose binaries changed (an upgrade; ansible.Pending), followed by their
+// names.
+const ReasonNewBinaries = "new binaries: "
+
 // Outputs stages record in the state for later stages, `bootstrap env` and
 // the summary. Values are addresses, file paths and public identifiers,
 // never secrets.

@@ -14,7 +14,6 @@ import (
 	"strings"
 	"time"
 
-	"github.com/platform-bootstrap/bootstrap/ansible"
 	"github.com/platform-bootstrap/bootstrap/internal/apitls"
 	"github.com/platform-bootstrap/bootstrap/internal/inventory"
 	"github.com/platform-bootstrap/bootstrap/internal/poll"
@@ -147,7 +146,7 @@ func (s Service) Converge(p *reconcile.Plan, pending map[string]string, as Agent
 	do := func() error { return run(hosts) }
 	if why := sameReason(pending); why != "" && len(pending) == len(as) && len(as) > 1 {
 		switch {
-		case strings.HasPrefix(why, ansible.NewBinaries):
+		case strings.HasPrefix(why, stages.ReasonNewBinaries):
 			why += "; running agents restart one at a time: the servers, the leader last, then the clients"
 		case as.runningServers(pending) > 1:
 			why += "; running servers restart one at a time, the leader last"
