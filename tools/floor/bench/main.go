@@ -73,12 +73,13 @@ type result struct {
 	// Day 2, measured on the main platform: up after client-1's agents
 	// were killed, after one more client was configured, after it was
 	// removed again (drained), and after a setting of the Consul servers
-	// changed (restarted one at a time); then a backup, and a restore
-	// after down.
-	repair, scaleOut, scaleIn, setting         time.Duration
-	repairErr, scaleOutErr, scaleInErr, setErr error
-	backup, restore                            time.Duration
-	backupErr, restoreErr                      error
+	// changed (restarted one at a time), and after consul and nomad got
+	// new binaries (a rolling upgrade of every node); then a backup, and a
+	// restore after down.
+	repair, scaleOut, scaleIn, setting, upgrade            time.Duration
+	repairErr, scaleOutErr, scaleInErr, setErr, upgradeErr error
+	backup, restore                                        time.Duration
+	backupErr, restoreErr                                  error
 }
 
 type phase struct {
@@ -133,7 +134,7 @@ func run(ctx context.Context, out io.Writer, binDir, bootstrap, skip string, cou
 	}
 	fmt.Fprintf(out, "\n# load after: %s\n", uptime())
 	for _, r := range results {
-		for _, err := range []error{r.floorErr, r.upErr, r.convErr, r.repairErr, r.scaleOutErr, r.scaleInErr, r.setErr, r.backupErr, r.restoreErr, r.downErr} {
+		for _, err := range []error{r.floorErr, r.upErr, r.convErr, r.repairErr, r.scaleOutErr, r.scaleInErr, r.setErr, r.upgradeErr, r.backupErr, r.restoreErr, r.downErr} {
 			if err != nil {
 				return fmt.Errorf("%d client(s): %w", r.clients, err)
 			}
@@ -175,6 +176,11 @@ func measure(ctx context.Context, tmp, floor, binDir, bootstrap, skip string, n 
 		r.upErr = err
 		return r
 	}
+	// The platform's own bin dir of links: the upgrade step points consul
+	// and nomad at new files.
+	if binDir, r.upErr = linkBinDir(binDir, filepath.Join(dir, "bin")); r.upErr != nil {
+		return r
+	}
 	cfg := filepath.Join(dir, "platform.hcl")
 	if err := os.WriteFile(cfg, []byte(localConfig(n, binDir, "")), 0o600); err != nil {
 		r.upErr = err
@@ -195,6 +201,9 @@ func measure(ctx context.Context, tmp, floor, binDir, bootstrap, skip string, n 
 		}
 		return time.Since(t), b.Bytes(), err
 	}
+	// The upgrade's new binaries go once the platform is down.
+	undo := func() {}
+	defer func() { undo() }()
 	defer func() {
 		// Down always runs, with a context of its own: the platform must
 		// not outlive the bench.
@@ -237,6 +246,10 @@ func measure(ctx context.Context, tmp, floor, binDir, bootstrap, skip string, n 
 		fmt.Fprintf(os.Stderr, "bench: one setting changed, %d client(s)\n", n)
 		if r.setErr = os.WriteFile(cfg, []byte(localConfig(n, binDir, "consul {\n  ui = false\n}\n")), 0o600); r.setErr == nil {
 			r.setting, _, r.setErr = bs(ctx, upArgs...)
+		}
+		fmt.Fprintf(os.Stderr, "bench: rolling upgrade, %d client(s)\n", n)
+		if undo, r.upgradeErr = renewBinaries(binDir, "consul", "nomad"); r.upgradeErr == nil {
+			r.upgrade, _, r.upgradeErr = bs(ctx, upArgs...)
 		}
 		fmt.Fprintf(os.Stderr, "bench: backup, down, restore, %d client(s)\n", n)
 		archive := filepath.Join(dir, "backup.age")
@@ -292,6 +305,7 @@ func report(out io.Writer, r result, full bool) {
 		fmt.Fprintf(out, "add one client     %s (clients = %d, then up)\n", secs(r.scaleOut, r.scaleOutErr), r.clients+1)
 		fmt.Fprintf(out, "remove one client  %s (clients = %d again, then up: drained, stopped, forgotten)\n", secs(r.scaleIn, r.scaleInErr), r.clients)
 		fmt.Fprintf(out, "one setting        %s (consul ui = false, then up: the servers restart one at a time)\n", secs(r.setting, r.setErr))
+		fmt.Fprintf(out, "rolling upgrade    %s (new consul and nomad files on every node, then up: servers one at a time, the leader last, then clients)\n", secs(r.upgrade, r.upgradeErr))
 		fmt.Fprintf(out, "backup             %s (vault, consul and nomad snapshots and the secrets, encrypted)\n", secs(r.backup, r.backupErr))
 		fmt.Fprintf(out, "restore            %s (after down: a new platform with the backup's data, jobs placed, verified)\n", secs(r.restore, r.restoreErr))
 	}
@@ -321,7 +335,7 @@ func report(out io.Writer, r result, full bool) {
 		}
 		fmt.Fprintf(out, "%s   %s\n", left, right)
 	}
-	for _, err := range []error{r.floorErr, r.upErr, r.convErr, r.repairErr, r.scaleOutErr, r.scaleInErr, r.setErr, r.backupErr, r.restoreErr, r.downErr} {
+	for _, err := range []error{r.floorErr, r.upErr, r.convErr, r.repairErr, r.scaleOutErr, r.scaleInErr, r.setErr, r.upgradeErr, r.backupErr, r.restoreErr, r.downErr} {
 		if err != nil {
 			fmt.Fprintf(out, "error: %v\n", err)
 		}
@@ -381,6 +395,55 @@ func tail(s string, n int) string {
 // extra blocks.
 func localConfig(n int, binDir, extra string) string {
 	return fmt.Sprintf("provider \"local\" {\n  clients = %d\n  subnet  = \"127.0.8.0/24\"\n  bin_dir = %q\n}\n%s", n, binDir, extra)
+}
+
+// linkBinDir makes dir a directory of links to everything in src and
+// returns it.
+func linkBinDir(src, dir string) (string, error) {
+	entries, err := os.ReadDir(src)
+	if err != nil {
+		return "", err
+	}
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return "", err
+	}
+	for _, e := range entries {
+		if err := os.Symlink(filepath.Join(src, e.Name()), filepath.Join(dir, e.Name())); err != nil {
+			return "", err
+		}
+	}
+	return dir, nil
+}
+
+// renewBinaries points the links of dir named names to new files of the
+// same programs (hard links next to the originals), which bootstrap takes
+// for an upgrade: a rolling restart of every agent, as for a new release.
+// undo removes the new files.
+func renewBinaries(dir string, names ...string) (undo func(), err error) {
+	var made []string
+	undo = func() {
+		for _, f := range made {
+			os.Remove(f)
+		}
+	}
+	for _, name := range names {
+		orig, err := filepath.EvalSymlinks(filepath.Join(dir, name))
+		if err != nil {
+			return undo, err
+		}
+		renewed := fmt.Sprintf("%s.bench-%d", orig, os.Getpid())
+		if err := os.Link(orig, renewed); err != nil {
+			return undo, err
+		}
+		made = append(made, renewed)
+		if err := os.Remove(filepath.Join(dir, name)); err != nil {
+			return undo, err
+		}
+		if err := os.Symlink(renewed, filepath.Join(dir, name)); err != nil {
+			return undo, err
+		}
+	}
+	return undo, nil
 }
 
 // killAgents kills the consul and nomad agents of the node whose directory
