@@ -2,8 +2,12 @@ package jobs
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"fmt"
 	"maps"
+	"os"
+	"path/filepath"
 	"slices"
 	"strings"
 	"time"
@@ -44,13 +48,42 @@ func parse(ctx context.Context, p *platform, sp spec) (*nomadapi.Job, error) {
 	}
 	ns := platformjobs.Namespace
 	job.Namespace = &ns
-	if d := secretsDigest(p, sp.name); d != "" {
+	for k, d := range map[string]string{secretsMeta: secretsDigest(p, sp.name), binaryMeta: binaryDigest(sp.vars)} {
+		if d == "" {
+			continue
+		}
 		if job.Meta == nil {
 			job.Meta = map[string]string{}
 		}
-		job.Meta[secretsMeta] = d
+		job.Meta[k] = d
 	}
 	return job, nil
+}
+
+// binaryMeta is the job meta key that changes with the file the job's
+// binary (raw_exec profile) is: a new one, such as make tools links after
+// a version bump, changes the job, and Nomad replaces its allocations by
+// its update rules (one at a time, each healthy before the next), as for
+// a new image in the Docker profile.
+const binaryMeta = "bootstrap_binary"
+
+// binaryDigest is a short hash of which file the binary of vars is (its
+// path, size and time), "" for a job without one.
+func binaryDigest(vars platformjobs.Variables) string {
+	path, _ := vars["binary"].(string)
+	if path == "" {
+		return ""
+	}
+	real, err := filepath.EvalSymlinks(path)
+	if err != nil {
+		return ""
+	}
+	fi, err := os.Stat(real)
+	if err != nil {
+		return ""
+	}
+	sum := sha256.Sum256(fmt.Appendf(nil, "%s %d %d", real, fi.Size(), fi.ModTime().UnixNano()))
+	return hex.EncodeToString(sum[:8])
 }
 
 // convergeJob plans job sp: it is registered when Nomad's plan shows a

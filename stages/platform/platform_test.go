@@ -45,11 +45,12 @@ func TestPlatform(t *testing.T) {
 	// upgrade subtest.
 	binDir, upgradeConsulNomad := platformtest.PreviousBinDir(t)
 	p := platformtest.NewWithBinDir(t, binDir, "", "")
-	// Vault's new file must outlive the subtest: later ups run it.
+	// The new files must outlive the subtest: later ups run them.
 	upgrade := func() {
 		upgradeConsulNomad()
 		platformtest.RenewBinary(t, binDir, "vault")
 	}
+	upgradeJob := func() { platformtest.RenewBinary(t, binDir, "prometheus-node-exporter") }
 	// The first up is killed in the jobs stage, right after it registered
 	// the first job and before that job was healthy; the next up finishes
 	// the stage.
@@ -214,7 +215,7 @@ func TestPlatform(t *testing.T) {
 	})
 
 	t.Run("consul and nomad upgrade node by node, servers first and the leader last", func(t *testing.T) {
-		upgradeAgents(t, p.T(t), upgrade)
+		upgradeAgents(t, p.T(t), upgrade, upgradeJob)
 	})
 
 	t.Run("the web UIs render in a browser", func(t *testing.T) {

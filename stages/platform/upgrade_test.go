@@ -31,7 +31,7 @@ import (
 // and the next up finishes: servers one at a time with the leader last,
 // then the clients, while dev's application answers through its Fabio and
 // each cluster keeps answering through one of its servers.
-func upgradeAgents(t *testing.T, p *platformtest.Platform, upgrade func()) {
+func upgradeAgents(t *testing.T, p *platformtest.Platform, upgrade, upgradeJob func()) {
 	v := tools.Versions()
 	env := p.Env("admin")
 	servers := []string{"server-1", "server-2", "server-3"}
@@ -172,6 +172,33 @@ func upgradeAgents(t *testing.T, p *platformtest.Platform, upgrade func()) {
 		if !strings.Contains(r.Stdout, fmt.Sprintf("%-9s  unchanged", st)) {
 			t.Errorf("stage %s changed on the up after the upgrade:\n%s", st, r.Stdout)
 		}
+	}
+
+	// A platform job's binary (raw_exec): a new node-exporter file
+	// replaces the job's allocations.
+	running := func() []string {
+		allocs, _, err := nc.Jobs().Allocations("node-exporter", false, &nomadapi.QueryOptions{Namespace: "general"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		var ids []string
+		for _, a := range allocs {
+			if a.ClientStatus == nomadapi.AllocClientStatusRunning {
+				ids = append(ids, a.ID)
+			}
+		}
+		return ids
+	}
+	old := running()
+	upgradeJob()
+	if r := p.Run([]string{"plan", "--only", "jobs"}); r.Code != 4 || !strings.Contains(r.Stdout, "job general/node-exporter") {
+		t.Errorf("plan after node-exporter's new binary: exit %d, want 4 and the job\n%s", r.Code, r.Output())
+	}
+	// The nomad stage restarts the servers' own node-exporter (not a job).
+	p.Up("--only", "keys,provision,vault,pki,consul,nomad,jobs")
+	now := running()
+	if len(now) != 2 || slices.ContainsFunc(now, func(id string) bool { return slices.Contains(old, id) }) {
+		t.Errorf("node-exporter's running allocations %v (before %v): want 2 new ones", now, old)
 	}
 }
 
