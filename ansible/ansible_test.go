@@ -217,3 +217,72 @@ func TestNodeDigests(t *testing.T) {
 		t.Error("a server's new address left client-1's digest as it was")
 	}
 }
+
+// A new binary in bin_dir (make tools after a version bump) makes every
+// node of the play pending, with a reason that names it: the plan tells an
+// upgrade from other changes.
+func TestPendingNamesNewBinaries(t *testing.T) {
+	stateDir, binDir := t.TempDir(), t.TempDir()
+	state, store, err := stages.OpenReadOnly(stateDir, secrets.NewRedactor())
+	if err != nil {
+		t.Fatal(err)
+	}
+	e := stages.NewEnv(&config.Platform{Dir: t.TempDir(), Provider: config.Provider{Type: "local", Local: &config.LocalProvider{}}}, stateDir, store, state, nil, nil)
+	for name, content := range map[string]string{"consul-1": "one", "consul-2": "two!", "consul-template": "ct"} {
+		if err := os.WriteFile(filepath.Join(binDir, name), []byte(content), 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	link := func(target string) {
+		os.Remove(filepath.Join(binDir, "consul"))
+		if err := os.Symlink(target, filepath.Join(binDir, "consul")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	link("consul-1")
+	inv := &inventory.Inventory{Version: inventory.Version, Nodes: []inventory.Node{
+		{Name: "server-1", Roles: []string{"server"}, PrivateIP: "127.0.1.1", Local: &inventory.Local{Root: "/n/server-1", BinDir: binDir}},
+		{Name: "client-1", Roles: []string{"client"}, PrivateIP: "127.0.1.2", Local: &inventory.Local{Root: "/n/client-1", BinDir: binDir}},
+	}}
+	p := Play{Tag: "consul", Roles: []string{"common", "consul_template", "consul"}}
+	converged := func() {
+		t.Helper()
+		want, err := digests(e, inv, p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ai := BuildInventory(e, inv, p.Vars)
+		bins := map[string][]string{}
+		for _, n := range inv.Nodes {
+			bins[n.Name] = binaries(ai.Hosts[n.Name], p.Roles)
+		}
+		if err := record(e, p.Tag, want, bins); err != nil {
+			t.Fatal(err)
+		}
+	}
+	pending := func() map[string]string {
+		t.Helper()
+		got, err := Pending(e, inv, p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return got
+	}
+
+	converged()
+	if got := pending(); len(got) != 0 {
+		t.Fatalf("after the converge: %v, want nothing pending", got)
+	}
+	link("consul-2")
+	if got := pending(); len(got) != 2 || got["server-1"] != "new binaries: consul" || got["client-1"] != "new binaries: consul" {
+		t.Errorf("consul linked to a new file: %v, want both nodes with \"new binaries: consul\"", got)
+	}
+	converged()
+	if got := pending(); len(got) != 0 {
+		t.Errorf("after the upgrade's converge: %v, want nothing pending", got)
+	}
+	p.Vars = map[string]any{"consul_dns": false}
+	if got := pending(); got["server-1"] != "configuration or roles changed" {
+		t.Errorf("a changed variable: %v, want \"configuration or roles changed\"", got)
+	}
+}

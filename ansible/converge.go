@@ -171,8 +171,13 @@ func Converge(ctx context.Context, e *stages.Env, inv *inventory.Inventory, p Pl
 	if len(hosts) == 0 {
 		hosts = playHosts(inv, p)
 	}
-	if err := checkBinaries(BuildInventory(e, inv, p.Vars), hosts, p.Roles); err != nil {
+	ai := BuildInventory(e, inv, p.Vars)
+	if err := checkBinaries(ai, hosts, p.Roles); err != nil {
 		return err
+	}
+	bins := map[string][]string{}
+	for _, node := range hosts {
+		bins[node] = binaries(ai.Hosts[node], p.Roles)
 	}
 	r, err := prepare(e, inv, p.Tag, p.Vars, p.Leader)
 	if err != nil {
@@ -202,44 +207,45 @@ func Converge(ctx context.Context, e *stages.Env, inv *inventory.Inventory, p Pl
 	if err := r.Run(ctx, "site.yml", []string{p.Tag}, hosts); err != nil {
 		return withLogHint(err, inv)
 	}
+	return record(e, p.Tag, want, bins)
+}
+
+// record notes that the play of tag converged the nodes of bins, with
+// their digests (want holds every node of the play) and binaries.
+func record(e *stages.Env, tag string, want map[string]string, bins map[string][]string) error {
 	var have map[string]string
-	if json.Unmarshal([]byte(e.Note(digestNote(p.Tag))), &have) != nil || have == nil {
+	if json.Unmarshal([]byte(e.Note(digestNote(tag))), &have) != nil || have == nil {
 		have = map[string]string{}
+	}
+	var haveBins map[string][]string
+	if json.Unmarshal([]byte(e.Note(binariesNote(tag))), &haveBins) != nil || haveBins == nil {
+		haveBins = map[string][]string{}
 	}
 	for node := range have {
 		if _, ok := want[node]; !ok {
 			delete(have, node) // no longer in the play
+			delete(haveBins, node)
 		}
 	}
-	var bins map[string][]string
-	if json.Unmarshal([]byte(e.Note(binariesNote(p.Tag))), &bins) != nil || bins == nil {
-		bins = map[string][]string{}
-	}
-	ai := BuildInventory(e, inv, p.Vars)
-	for node := range bins {
-		if _, ok := want[node]; !ok {
-			delete(bins, node)
-		}
-	}
-	for _, node := range hosts {
+	for node, b := range bins {
 		have[node] = want[node]
-		bins[node] = binaries(ai.Hosts[node], p.Roles)
+		haveBins[node] = b
 	}
 	b, err := json.Marshal(have)
 	if err != nil {
 		return err
 	}
-	bb, err := json.Marshal(bins)
+	bb, err := json.Marshal(haveBins)
 	if err != nil {
 		return err
 	}
 	// The binaries first: a kill between the two notes leaves the old
 	// digests, and the play runs again (only its reason no longer names
 	// the binaries).
-	if err := e.SetNote(binariesNote(p.Tag), string(bb)); err != nil {
+	if err := e.SetNote(binariesNote(tag), string(bb)); err != nil {
 		return err
 	}
-	return e.SetNote(digestNote(p.Tag), string(b))
+	return e.SetNote(digestNote(tag), string(b))
 }
 
 // withLogHint adds where the failed local nodes' service logs are: a
