@@ -10,6 +10,7 @@ import (
 	"github.com/platform-bootstrap/bootstrap/internal/crashpoint"
 	"github.com/platform-bootstrap/bootstrap/internal/inventory"
 	"github.com/platform-bootstrap/bootstrap/internal/poll"
+	"github.com/platform-bootstrap/bootstrap/internal/reconcile"
 	"github.com/platform-bootstrap/bootstrap/pki"
 	"github.com/platform-bootstrap/bootstrap/stages"
 )
@@ -24,18 +25,47 @@ import (
 const rollingDetail = "one node at a time: the standbys first, the active node last after stepping down; each unsealed and healthy in raft before the next"
 
 // rollable reports whether the nodes can restart one at a time: more than
-// one, all answering, initialised and unsealed, with shares bootstrap can
-// submit itself. Otherwise they converge together, as on a first run.
+// one, all answering and initialised, with shares bootstrap can submit
+// itself (a node a killed run left sealed is unsealed first). Otherwise
+// they converge together, as on a first run.
 func rollable(hs []nodeHealth, init *InitData) bool {
 	if len(hs) < 2 || init == nil || init.PGPEncrypted {
 		return false
 	}
 	for _, h := range hs {
-		if !h.up() || !h.health.Initialized || h.health.Sealed {
+		if !h.up() || !h.health.Initialized {
 			return false
 		}
 	}
 	return true
+}
+
+// roll restarts the nodes of hs that want it one at a time (see
+// restartOne), after unsealing any node a killed run left sealed.
+func (s *Stage) roll(ctx context.Context, e *stages.Env, p *reconcile.Plan, inv *inventory.Inventory, nodes []inventory.Node, hs []nodeHealth, init *InitData, pending map[string]string, all bool) error {
+	for _, h := range hs {
+		if h.health.Sealed {
+			if err := p.Do(reconcile.Unseal, "vault on "+h.node.Name, "", func() error { return unseal(ctx, h, init) }); err != nil {
+				return err
+			}
+		}
+	}
+	if p.Apply {
+		hs = probe(ctx, e, nodes) // who is active now
+	}
+	for _, h := range rollOrder(hs, pending, all) {
+		why := pending[h.node.Name]
+		if why == "" {
+			why = "new TLS files"
+		}
+		err := p.Do(reconcile.Install, "vault on "+h.node.Name, why+"; "+rollingDetail, func() error {
+			return s.restartOne(ctx, e, inv, nodes, h, init)
+		})
+		if err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // rollOrder returns the nodes of hs that want a restart (pending, or all

@@ -37,15 +37,19 @@ func TestRollOrder(t *testing.T) {
 	if !rollable(hs, init) {
 		t.Error("three unsealed nodes with stored shares: not rollable")
 	}
+	// A node a killed roll left sealed is unsealed, then the roll goes on.
+	if !rollable(append(slices.Clone(hs[:2]), nodeHealth{node: inventory.Node{Name: "server-3"}, health: &vaultapi.HealthResponse{Initialized: true, Sealed: true}}), init) {
+		t.Error("a sealed node with stored shares: not rollable")
+	}
 	for name, tc := range map[string]struct {
 		hs   []nodeHealth
 		init *InitData
 	}{
-		"one node":      {hs[:1], init},
-		"no shares":     {hs, nil},
-		"pgp shares":    {hs, &InitData{PGPEncrypted: true}},
-		"a node down":   {append(slices.Clone(hs[:2]), nodeHealth{node: inventory.Node{Name: "server-3"}, err: errors.New("refused")}), init},
-		"a node sealed": {append(slices.Clone(hs[:2]), nodeHealth{node: inventory.Node{Name: "server-3"}, health: &vaultapi.HealthResponse{Initialized: true, Sealed: true}}), init},
+		"one node":               {hs[:1], init},
+		"no shares":              {hs, nil},
+		"pgp shares":             {hs, &InitData{PGPEncrypted: true}},
+		"a node down":            {append(slices.Clone(hs[:2]), nodeHealth{node: inventory.Node{Name: "server-3"}, err: errors.New("refused")}), init},
+		"a node not initialised": {append(slices.Clone(hs[:2]), nodeHealth{node: inventory.Node{Name: "server-3"}, health: &vaultapi.HealthResponse{Sealed: true}}), init},
 	} {
 		if rollable(tc.hs, tc.init) {
 			t.Errorf("%s: rollable, want the nodes converged together", name)

@@ -226,17 +226,8 @@ func (s *Stage) converge(ctx context.Context, e *stages.Env, p *reconcile.Plan) 
 	once := func() func() error { f := play; play = nil; return f }
 	switch {
 	case (len(pending) > 0 || tlsChanged) && rollable(hs, init):
-		for _, h := range rollOrder(hs, pending, tlsChanged) {
-			why := pending[h.node.Name]
-			if why == "" {
-				why = "new TLS files"
-			}
-			err = p.Do(reconcile.Install, "vault on "+h.node.Name, why+"; "+rollingDetail, func() error {
-				return s.restartOne(ctx, e, inv, nodes, h, init)
-			})
-			if err != nil {
-				return err
-			}
+		if err := s.roll(ctx, e, p, inv, nodes, hs, init, pending, tlsChanged); err != nil {
+			return err
 		}
 	case len(pending) > 0:
 		err = p.Do(reconcile.Install, "vault on "+strings.Join(inventory.Names(nodes), ", "), reasons(pending), once())

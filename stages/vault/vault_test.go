@@ -363,8 +363,9 @@ func TestVaultHA(t *testing.T) {
 }
 
 // rollingRestart gives the HA Vault of p a new binary (renew: a new file
-// of its release) and checks that up restarts the standbys one at a time, then
-// the active node, while a token lookup through any node keeps working.
+// of its release) and checks that up restarts the standbys one at a time,
+// then the active node, while a token lookup through any node keeps
+// working; a first up is killed after the first node's restart.
 func rollingRestart(t *testing.T, p *platformtest.Platform, renew func(), only []string) {
 	pidOf := func(i int) int {
 		pid, _ := proc.ReadPidFile(filepath.Join(p.StateDir(), "nodes", fmt.Sprintf("server-%d", i), "run", "vault.pid"))
@@ -437,6 +438,11 @@ func rollingRestart(t *testing.T, p *platformtest.Platform, renew func(), only [
 			time.Sleep(100 * time.Millisecond)
 		}
 	}()
+	// Killed right after the first node restarted, before it was
+	// unsealed: the next up unseals it and goes on with the others.
+	if r := p.Run(append([]string{"up", "--auto-approve"}, only...), "BOOTSTRAP_CRASHPOINT=vault:after-node-restart"); r.Code != -1 {
+		t.Errorf("the crash point vault:after-node-restart: exit %d, want -1 (killed)\n%s", r.Code, r.Output())
+	}
 	p.Up(only...)
 	cancel()
 	<-done
