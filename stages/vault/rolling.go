@@ -52,6 +52,11 @@ func (s *Stage) roll(ctx context.Context, e *stages.Env, p *reconcile.Plan, inv 
 	}
 	if p.Apply {
 		hs = probe(ctx, e, nodes) // who is active now
+		for _, h := range hs {
+			if !h.up() {
+				return fmt.Errorf("vault on %s does not answer before its rolling restart: %w; see %s", h.node.Name, h.err, logHint(h.node))
+			}
+		}
 	}
 	for _, h := range rollOrder(hs, pending, all) {
 		why := pending[h.node.Name]
