@@ -19,8 +19,8 @@ import (
 	"github.com/platform-bootstrap/bootstrap/internal/proc"
 )
 
-// health asks a Vault node's sys/health over TLS with the bootstrap CA only.
-func health(t *testing.T, p *platformtest.Platform, ip string) map[string]any {
+// vaultHTTP is an HTTP client that trusts the bootstrap CA of Vault only.
+func vaultHTTP(t *testing.T, p *platformtest.Platform) *http.Client {
 	t.Helper()
 	ca, err := os.ReadFile(filepath.Join(p.StateDir(), "tls", "vault", "ca.pem"))
 	if err != nil {
@@ -28,8 +28,13 @@ func health(t *testing.T, p *platformtest.Platform, ip string) map[string]any {
 	}
 	pool := x509.NewCertPool()
 	pool.AppendCertsFromPEM(ca)
-	c := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}}}
-	resp, err := c.Get("https://" + ip + ":8200/v1/sys/health?standbyok=true&uninitcode=200&sealedcode=200")
+	return &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}}}
+}
+
+// health asks a Vault node's sys/health over TLS with the bootstrap CA only.
+func health(t *testing.T, p *platformtest.Platform, ip string) map[string]any {
+	t.Helper()
+	resp, err := vaultHTTP(t, p).Get("https://" + ip + ":8200/v1/sys/health?standbyok=true&uninitcode=200&sealedcode=200")
 	if err != nil {
 		t.Fatalf("vault health on %s: %v", ip, err)
 	}
@@ -383,13 +388,7 @@ func rollingRestart(t *testing.T, p *platformtest.Platform, renew func(), only [
 	if err != nil {
 		t.Fatal(err)
 	}
-	ca, err := os.ReadFile(filepath.Join(p.StateDir(), "tls", "vault", "ca.pem"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	pool := x509.NewCertPool()
-	pool.AppendCertsFromPEM(ca)
-	hc := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}}}
+	hc := vaultHTTP(t, p)
 	// A token lookup needs the active node (a standby forwards it).
 	lookup := func() error {
 		var errs []string
