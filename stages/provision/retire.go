@@ -94,6 +94,9 @@ func retire(ctx context.Context, e *stages.Env, gone []inventory.Node, want *inv
 		return err
 	}
 	if nc != nil {
+		if err := ineligible(nc, gone); err != nil {
+			return err
+		}
 		if err := parallel.Each(gone, func(n inventory.Node) error { return drain(ctx, e, nc, n) }); err != nil {
 			return err
 		}
@@ -167,6 +170,28 @@ func nomadNode(nc *nomadapi.Client, name string) (*nomadapi.NodeListStub, error)
 		}
 	}
 	return nil, nil
+}
+
+// ineligible stops Nomad from placing anything on the clients of gone
+// before any of them drains, so that an allocation leaving one of them is
+// never placed on another that is about to drain too.
+func ineligible(nc *nomadapi.Client, gone []inventory.Node) error {
+	for _, n := range gone {
+		if !n.Has(inventory.RoleClient) {
+			continue
+		}
+		node, err := nomadNode(nc, n.Name)
+		if err != nil {
+			return err
+		}
+		if node == nil || node.Status == nomadapi.NodeStatusDown || node.SchedulingEligibility == nomadapi.NodeSchedulingIneligible {
+			continue
+		}
+		if _, err := nc.Nodes().ToggleEligibility(node.ID, false, nil); err != nil {
+			return fmt.Errorf("mark %s ineligible: %w", n.Name, err)
+		}
+	}
+	return nil
 }
 
 // drain drains n's allocations and waits until none is left: the deadline

@@ -147,6 +147,16 @@ func TestLabProduction(t *testing.T) {
 		}
 	})
 
+	t.Run("a server rebooted from inside: up unseals its vault", func(t *testing.T) {
+		rebootServer(t, p.T(t), st)
+	})
+	t.Run("a server cut off the network: a leader and the services stay", func(t *testing.T) {
+		cutServer(t, p.T(t), st)
+	})
+	t.Run("a client powered off and back: its jobs move, it rejoins", func(t *testing.T) {
+		powerCycleClient(t, p.T(t), st)
+	})
+
 	// Scale in over SSH: the static provider's path. The platform jobs on
 	// client-2 move to client-1, and the teardown play leaves client-2 as
 	// it was before the first up.
