@@ -225,7 +225,8 @@ func waitCaughtUp(ctx context.Context, e *stages.Env, inv *inventory.Inventory, 
 	})
 }
 
-func never(error) bool { return false }
+// errIneligible: a client of the inventory is not eligible for scheduling.
+type errIneligible struct{ error }
 
 // waitClients waits until every client node is ready with a healthy task
 // driver.
@@ -238,8 +239,12 @@ func waitClients(ctx context.Context, e *stages.Env, inv *inventory.Inventory, m
 	err = poll.Retry(ctx, 2*time.Minute, time.Second, func() error {
 		nodes, _, _ = c.Nodes().List((&nomadapi.QueryOptions{}).WithContext(ctx))
 		ready := map[string]bool{}
+		var ineligible []string
 		for _, n := range nodes {
 			ready[n.Name] = n.Status == "ready" && n.SchedulingEligibility == "eligible" && anyDriverHealthy(n)
+			if _, ok := inv.Node(n.Name); ok && n.Status == "ready" && n.SchedulingEligibility != "eligible" {
+				ineligible = append(ineligible, n.Name)
+			}
 		}
 		var notReady []string
 		for _, n := range inv.WithRole(inventory.RoleClient) {
@@ -247,11 +252,17 @@ func waitClients(ctx context.Context, e *stages.Env, inv *inventory.Inventory, m
 				notReady = append(notReady, n.Name)
 			}
 		}
+		if len(ineligible) > 0 {
+			// Drained by hand, or by a removal that was undone: Nomad
+			// keeps that, and making it eligible again is the operator's
+			// call, so waiting does not help.
+			return errIneligible{fmt.Errorf("nomad clients not eligible for scheduling: %s (drained by hand, or left by an interrupted removal); `nomad node eligibility -enable <node id>` (ids: `nomad node status`) makes them eligible again", strings.Join(ineligible, ", "))}
+		}
 		if len(notReady) > 0 {
 			return fmt.Errorf("nomad clients not ready: %s; see %s", strings.Join(notReady, ", "), service(e).LogHint(inv, notReady[0]))
 		}
 		return nil
-	}, never)
+	}, func(err error) bool { return errors.As(err, new(errIneligible)) })
 	if err != nil {
 		return err
 	}

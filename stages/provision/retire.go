@@ -94,10 +94,7 @@ func retire(ctx context.Context, e *stages.Env, gone []inventory.Node, want *inv
 		return err
 	}
 	if nc != nil {
-		if err := ineligible(nc, gone); err != nil {
-			return err
-		}
-		if err := parallel.Each(gone, func(n inventory.Node) error { return drain(ctx, e, nc, n) }); err != nil {
+		if err := drain(ctx, e, nc, gone); err != nil {
 			return err
 		}
 	}
@@ -172,10 +169,18 @@ func nomadNode(nc *nomadapi.Client, name string) (*nomadapi.NodeListStub, error)
 	return nil, nil
 }
 
-// ineligible stops Nomad from placing anything on the clients of gone
-// before any of them drains, so that an allocation leaving one of them is
-// never placed on another that is about to drain too.
-func ineligible(nc *nomadapi.Client, gone []inventory.Node) error {
+// drain drains the clients of gone and waits until none has an
+// allocation left: the deadline stops those that could not move in time.
+// Every drain starts before any is waited for, so that an allocation
+// leaving one of them is not placed on another that is about to go. The
+// drains carry stages.DrainMetaKey: should the removal be undone, the nomad
+// stage knows the nodes are ineligible by bootstrap's doing.
+func drain(ctx context.Context, e *stages.Env, nc *nomadapi.Client, gone []inventory.Node) error {
+	deadline, err := config.ParseDuration(e.Config.Nomad.DrainDeadline)
+	if err != nil {
+		return fmt.Errorf("drain_deadline: %w", err)
+	}
+	var ids []string
 	for _, n := range gone {
 		if !n.Has(inventory.RoleClient) {
 			continue
@@ -184,50 +189,33 @@ func ineligible(nc *nomadapi.Client, gone []inventory.Node) error {
 		if err != nil {
 			return err
 		}
-		if node == nil || node.Status == nomadapi.NodeStatusDown || node.SchedulingEligibility == nomadapi.NodeSchedulingIneligible {
+		if node == nil || node.Status == nomadapi.NodeStatusDown {
 			continue
 		}
-		if _, err := nc.Nodes().ToggleEligibility(node.ID, false, nil); err != nil {
-			return fmt.Errorf("mark %s ineligible: %w", n.Name, err)
+		ids = append(ids, node.ID)
+		if node.Drain {
+			e.Step("waiting for the drain of %s", n.Name)
+			continue
 		}
-	}
-	return nil
-}
-
-// drain drains n's allocations and waits until none is left: the deadline
-// stops those that could not move in time.
-func drain(ctx context.Context, e *stages.Env, nc *nomadapi.Client, n inventory.Node) error {
-	if !n.Has(inventory.RoleClient) {
-		return nil
-	}
-	node, err := nomadNode(nc, n.Name)
-	if err != nil || node == nil || node.Status == nomadapi.NodeStatusDown {
-		return err
-	}
-	deadline, err := config.ParseDuration(e.Config.Nomad.DrainDeadline)
-	if err != nil {
-		return fmt.Errorf("drain_deadline: %w", err)
-	}
-	if node.Drain {
-		e.Step("waiting for the drain of %s", n.Name)
-	} else {
 		e.Step("draining %s (deadline %s)", n.Name, e.Config.Nomad.DrainDeadline)
-		spec := &nomadapi.DrainSpec{Deadline: deadline}
-		if _, err := nc.Nodes().UpdateDrainOpts(node.ID, &nomadapi.DrainOptions{DrainSpec: spec}, nil); err != nil {
+		opts := &nomadapi.DrainOptions{DrainSpec: &nomadapi.DrainSpec{Deadline: deadline}, Meta: map[string]string{stages.DrainMetaKey: stages.DrainMetaRemove}}
+		if _, err := nc.Nodes().UpdateDrainOpts(node.ID, opts, nil); err != nil {
 			return fmt.Errorf("drain %s: %w", n.Name, err)
 		}
 	}
 	// Nomad clears the drain strategy once every allocation has left the
 	// node; the margin covers the stop of those the deadline ends.
 	err = poll.Until(ctx, deadline+time.Minute, time.Second, func() (bool, error) {
-		info, _, err := nc.Nodes().Info(node.ID, nil)
-		if err != nil {
-			return false, nil
+		for _, id := range ids {
+			info, _, err := nc.Nodes().Info(id, nil)
+			if err != nil || info.DrainStrategy != nil {
+				return false, nil
+			}
 		}
-		return info.DrainStrategy == nil, nil
+		return true, nil
 	})
 	if err != nil {
-		return fmt.Errorf("drain %s: not finished %s after its deadline: %w", n.Name, time.Minute, err)
+		return fmt.Errorf("drain: not finished %s after its deadline: %w", time.Minute, err)
 	}
 	return nil
 }
