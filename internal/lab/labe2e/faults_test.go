@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"strings"
@@ -234,14 +235,24 @@ func eventually(t *testing.T, timeout time.Duration, what string, f func() error
 
 // get200 is nil when url answers 200 OK.
 func get200(url string) error {
+	_, err := getBody(url)
+	return err
+}
+
+// getBody returns what url answers with 200 OK, trimmed.
+func getBody(url string) (string, error) {
 	c := http.Client{Timeout: 5 * time.Second}
 	resp, err := c.Get(url)
 	if err != nil {
-		return err
+		return "", err
 	}
-	resp.Body.Close()
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		return "", err
+	}
 	if resp.StatusCode != http.StatusOK {
-		return errors.New(resp.Status)
+		return "", errors.New(resp.Status)
 	}
-	return nil
+	return strings.TrimSpace(string(b)), nil
 }
