@@ -272,38 +272,8 @@ func convergeACL(ctx context.Context, e *stages.Env, d *deps, as cluster.Agents,
 	if err := cluster.RetireOldCAs(ctx, p, vc, "nomad", e.CAFile("nomad"), addrs); err != nil {
 		return err
 	}
-	if err := reenable(c, d.inv, p); err != nil {
-		return err
-	}
 	if p.Apply {
 		return waitClients(ctx, e, d.inv, mgmt)
-	}
-	return nil
-}
-
-// reenable makes the clients of inv that bootstrap's own removal drained
-// eligible for scheduling again: the configuration keeps them, so that
-// removal was undone after a run had drained them. A client drained by
-// anyone else is left to its operator.
-func reenable(c *nomadapi.Client, inv *inventory.Inventory, p *reconcile.Plan) error {
-	nodes, _, err := c.Nodes().List(nil)
-	if err != nil {
-		return fmt.Errorf("nomad: list nodes: %w", err)
-	}
-	for _, n := range nodes {
-		if _, ok := inv.Node(n.Name); !ok || n.SchedulingEligibility == nomadapi.NodeSchedulingEligible ||
-			n.LastDrain == nil || n.LastDrain.Meta[stages.DrainMetaKey] != stages.DrainMetaRemove {
-			continue
-		}
-		id := n.ID
-		err := p.Do(reconcile.Update, "nomad client "+n.Name, "eligible for scheduling again: its removal was undone after its drain", func() error {
-			// No drain spec: any drain ends, and the node is eligible.
-			_, err := c.Nodes().UpdateDrainOpts(id, &nomadapi.DrainOptions{MarkEligible: true}, nil)
-			return err
-		})
-		if err != nil {
-			return err
-		}
 	}
 	return nil
 }
