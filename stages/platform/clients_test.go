@@ -87,7 +87,7 @@ func scaleClients(t *testing.T, p *platformtest.Platform) {
 	})
 
 	// 4 → 1, with an application on the clients that go.
-	allocs := deployJourney(t, nc)
+	allocs := deployJourney(t, nc, cc)
 	var moving []string
 	for _, a := range allocs {
 		if a.NodeName != "client-1" {
@@ -228,7 +228,7 @@ func members(nc *nomadapi.Client, cc *consulapi.Client, names ...string) error {
 // its running allocations. Unlike web-ha its instances may share a node
 // (one client is left at the end), and a stopped instance leaves Consul
 // 5 s before it ends, the time Fabio needs to drop its route.
-func deployJourney(t *testing.T, nc *nomadapi.Client) []*nomadapi.AllocationListStub {
+func deployJourney(t *testing.T, nc *nomadapi.Client, cc *consulapi.Client) []*nomadapi.AllocationListStub {
 	t.Helper()
 	job, err := nc.Jobs().ParseHCL(webJob("dev", "journey", 2, `"urlprefix-/journey strip=/journey"`, "ok"), true)
 	if err != nil {
@@ -247,19 +247,23 @@ func deployJourney(t *testing.T, nc *nomadapi.Client) []*nomadapi.AllocationList
 		}
 	})
 	var running []*nomadapi.AllocationListStub
-	eventually(t, 2*time.Minute, "dev/journey's two instances healthy", func() error {
+	eventually(t, 2*time.Minute, "dev/journey's two instances running and passing their checks in consul", func() error {
 		allocs, _, err := nc.Jobs().Allocations("journey", false, &nomadapi.QueryOptions{Namespace: "dev"})
 		if err != nil {
 			return err
 		}
 		running = running[:0]
 		for _, a := range allocs {
-			if a.ClientStatus == "running" && a.DeploymentStatus != nil && a.DeploymentStatus.Healthy != nil && *a.DeploymentStatus.Healthy {
+			if a.ClientStatus == "running" {
 				running = append(running, a)
 			}
 		}
-		if len(running) != 2 {
-			return fmt.Errorf("%d healthy", len(running))
+		passing, _, err := cc.Health().Service("dev-journey", "", true, nil)
+		if err != nil {
+			return err
+		}
+		if len(running) != 2 || len(passing) != 2 {
+			return fmt.Errorf("%d running, %d passing", len(running), len(passing))
 		}
 		return nil
 	})
