@@ -97,7 +97,9 @@ func scaleClients(t *testing.T, p *platformtest.Platform) {
 	if len(moving) == 0 {
 		t.Errorf("dev/journey runs on client-1 alone: no allocation will move")
 	}
-	poll = startPoller(append(appAndClusters(t, env), func() error { return get200(env["FABIO_DEV_ADDR"] + "/journey/") })...)
+	// Not dev's web of the deploy subtest: one instance, down while its
+	// client drains and its replacement starts.
+	poll = startPoller(append(clusterProbes(t, env), func() error { return get200(env["FABIO_DEV_ADDR"] + "/journey/") })...)
 	clients(1)
 	r = p.Run([]string{"plan"})
 	for _, want := range []string{"delete node client-2", "delete node client-3", "delete node client-4", "drains its allocations"} {
