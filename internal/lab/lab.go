@@ -673,7 +673,10 @@ func startMachine(m *Machine, bridge string) error {
 	cmd := exec.Command("sh", "-c", supervisor, "lab-supervisor",
 		"systemd-nspawn", "-D", m.Root(), "--boot", "--machine="+m.Unit, "--hostname="+m.Name,
 		"--register=no", "--keep-unit", "--network-bridge="+bridge,
-		"--resolv-conf=off", "--console=passive")
+		"--resolv-conf=off", "--console=passive",
+		// As on a real machine: runc (Nomad's exec driver) joins a session
+		// keyring, which nspawn's default system call filter refuses.
+		"--system-call-filter=@keyring")
 	for _, d := range m.Shared {
 		cmd.Args = append(cmd.Args, "--bind-ro="+d)
 	}

@@ -225,9 +225,6 @@ func waitCaughtUp(ctx context.Context, e *stages.Env, inv *inventory.Inventory, 
 	})
 }
 
-// errIneligible: a client of the inventory is not eligible for scheduling.
-type errIneligible struct{ error }
-
 // waitClients waits until every client node is ready with a healthy task
 // driver.
 func waitClients(ctx context.Context, e *stages.Env, inv *inventory.Inventory, mgmt string) error {
@@ -253,16 +250,15 @@ func waitClients(ctx context.Context, e *stages.Env, inv *inventory.Inventory, m
 			}
 		}
 		if len(ineligible) > 0 {
-			// Drained by hand, or by a removal that was undone: Nomad
-			// keeps that, and making it eligible again is the operator's
-			// call, so waiting does not help.
-			return errIneligible{fmt.Errorf("nomad clients not eligible for scheduling: %s (drained by hand, or left by an interrupted removal); `nomad node eligibility -enable <node id>` (ids: `nomad node status`) makes them eligible again", strings.Join(ineligible, ", "))}
+			// Drained by hand: making it eligible again is the operator's
+			// call (provision undoes only bootstrap's own drains).
+			return fmt.Errorf("nomad clients not eligible for scheduling: %s (drained by hand?); `nomad node eligibility -enable <node id>` (ids: `nomad node status`) makes them eligible again", strings.Join(ineligible, ", "))
 		}
 		if len(notReady) > 0 {
 			return fmt.Errorf("nomad clients not ready: %s; see %s", strings.Join(notReady, ", "), service(e).LogHint(inv, notReady[0]))
 		}
 		return nil
-	}, func(err error) bool { return errors.As(err, new(errIneligible)) })
+	}, func(error) bool { return false })
 	if err != nil {
 		return err
 	}
