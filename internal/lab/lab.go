@@ -24,6 +24,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"syscall"
 	"time"
@@ -672,7 +673,10 @@ func startMachine(m *Machine, bridge string) error {
 	cmd := exec.Command("sh", "-c", supervisor, "lab-supervisor",
 		"systemd-nspawn", "-D", m.Root(), "--boot", "--machine="+m.Unit, "--hostname="+m.Name,
 		"--register=no", "--keep-unit", "--network-bridge="+bridge,
-		"--resolv-conf=off", "--console=passive")
+		"--resolv-conf=off", "--console=passive",
+		// As on a real machine: runc (Nomad's exec driver) joins a session
+		// keyring, which nspawn's default system call filter refuses.
+		"--system-call-filter=@keyring")
 	for _, d := range m.Shared {
 		cmd.Args = append(cmd.Args, "--bind-ro="+d)
 	}
@@ -688,6 +692,28 @@ func startMachine(m *Machine, bridge string) error {
 	// Not waited for here: Down reaps it when this process is its parent.
 	cmd.Process.Release()
 	return nil
+}
+
+// PowerOn boots a machine that was powered off (`systemctl poweroff`
+// inside: systemd-nspawn exited and its supervisor with it) from the
+// overlay it had, as a machine's power button would, and waits until it
+// is ready. The state records its new supervisor.
+func (st *State) PowerOn(ctx context.Context, name string) error {
+	i := slices.IndexFunc(st.Machines, func(m Machine) bool { return m.Name == name })
+	if i < 0 {
+		return fmt.Errorf("lab: no machine %s", name)
+	}
+	m := &st.Machines[i]
+	if supervisorAlive(*m) {
+		return fmt.Errorf("machine %s is running", name)
+	}
+	if err := startMachine(m, st.Bridge); err != nil {
+		return err
+	}
+	if err := st.save(); err != nil {
+		return err
+	}
+	return WaitReady(ctx, *m, 2*time.Minute)
 }
 
 // WaitReady waits until the machine's systemd says running and its sshd

@@ -225,8 +225,6 @@ func waitCaughtUp(ctx context.Context, e *stages.Env, inv *inventory.Inventory, 
 	})
 }
 
-func never(error) bool { return false }
-
 // waitClients waits until every client node is ready with a healthy task
 // driver.
 func waitClients(ctx context.Context, e *stages.Env, inv *inventory.Inventory, mgmt string) error {
@@ -238,8 +236,12 @@ func waitClients(ctx context.Context, e *stages.Env, inv *inventory.Inventory, m
 	err = poll.Retry(ctx, 2*time.Minute, time.Second, func() error {
 		nodes, _, _ = c.Nodes().List((&nomadapi.QueryOptions{}).WithContext(ctx))
 		ready := map[string]bool{}
+		var ineligible []string
 		for _, n := range nodes {
 			ready[n.Name] = n.Status == "ready" && n.SchedulingEligibility == "eligible" && anyDriverHealthy(n)
+			if _, ok := inv.Node(n.Name); ok && n.Status == "ready" && n.SchedulingEligibility != "eligible" {
+				ineligible = append(ineligible, n.Name)
+			}
 		}
 		var notReady []string
 		for _, n := range inv.WithRole(inventory.RoleClient) {
@@ -247,11 +249,16 @@ func waitClients(ctx context.Context, e *stages.Env, inv *inventory.Inventory, m
 				notReady = append(notReady, n.Name)
 			}
 		}
+		if len(ineligible) > 0 {
+			// Drained by hand: making it eligible again is the operator's
+			// call (provision undoes only bootstrap's own drains).
+			return fmt.Errorf("nomad clients not eligible for scheduling: %s (drained by hand?); `nomad node eligibility -enable <node id>` (ids: `nomad node status`) makes them eligible again", strings.Join(ineligible, ", "))
+		}
 		if len(notReady) > 0 {
 			return fmt.Errorf("nomad clients not ready: %s; see %s", strings.Join(notReady, ", "), service(e).LogHint(inv, notReady[0]))
 		}
 		return nil
-	}, never)
+	}, func(error) bool { return false })
 	if err != nil {
 		return err
 	}

@@ -377,6 +377,10 @@ func TestPlatform(t *testing.T) {
 		scaleServers(t, p.T(t))
 	})
 
+	t.Run("clients go 2 → 4 → 1 → 2 while an application answers through Fabio", func(t *testing.T) {
+		scaleClients(t, p.T(t))
+	})
+
 	t.Run("tokens rotate, and the old ones are refused", func(t *testing.T) {
 		rotateTokens(t, p.T(t))
 	})
@@ -435,7 +439,7 @@ func get200(url string) error {
 	}
 	resp.Body.Close()
 	if resp.StatusCode != http.StatusOK {
-		return errors.New(resp.Status)
+		return fmt.Errorf("%s: %s", url, resp.Status)
 	}
 	return nil
 }

@@ -290,13 +290,18 @@ func scrapesClusters(t *testing.T, env map[string]string) {
 // Nomad through server-1 that any server answers from its own state (a
 // leader election does not hold them up).
 func appAndClusters(t *testing.T, env map[string]string) []func() error {
+	return append([]func() error{func() error { return get200(env["FABIO_DEV_ADDR"] + "/web/") }}, clusterProbes(t, env)...)
+}
+
+// clusterProbes read Consul's catalog and Nomad's jobs through the
+// addresses a user has.
+func clusterProbes(t *testing.T, env map[string]string) []func() error {
 	cc, err := consul.NewClient(env["CONSUL_HTTP_ADDR"], env["CONSUL_CACERT"], env["CONSUL_HTTP_TOKEN"])
 	if err != nil {
 		t.Fatal(err)
 	}
 	nc := nomadClient(t, env, env["NOMAD_TOKEN"])
 	return []func() error{
-		func() error { return get200(env["FABIO_DEV_ADDR"] + "/web/") },
 		func() error {
 			_, _, err := cc.Catalog().Nodes(&consulapi.QueryOptions{AllowStale: true})
 			return err

@@ -94,7 +94,7 @@ func retire(ctx context.Context, e *stages.Env, gone []inventory.Node, want *inv
 		return err
 	}
 	if nc != nil {
-		if err := parallel.Each(gone, func(n inventory.Node) error { return drain(ctx, e, nc, n) }); err != nil {
+		if err := drain(ctx, e, nc, gone); err != nil {
 			return err
 		}
 	}
@@ -169,40 +169,102 @@ func nomadNode(nc *nomadapi.Client, name string) (*nomadapi.NodeListStub, error)
 	return nil, nil
 }
 
-// drain drains n's allocations and waits until none is left: the deadline
-// stops those that could not move in time.
-func drain(ctx context.Context, e *stages.Env, nc *nomadapi.Client, n inventory.Node) error {
-	if !n.Has(inventory.RoleClient) {
-		return nil
-	}
-	node, err := nomadNode(nc, n.Name)
-	if err != nil || node == nil || node.Status == nomadapi.NodeStatusDown {
-		return err
-	}
+// drain drains the clients of gone and waits until none has an
+// allocation left: the deadline stops those that could not move in time.
+// Every drain starts before any is waited for, so that an allocation
+// leaving one of them is not placed on another that is about to go. The
+// drains carry stages.DrainMetaKey: should the removal be undone, undrain
+// knows the nodes are ineligible by bootstrap's doing.
+func drain(ctx context.Context, e *stages.Env, nc *nomadapi.Client, gone []inventory.Node) error {
 	deadline, err := config.ParseDuration(e.Config.Nomad.DrainDeadline)
 	if err != nil {
 		return fmt.Errorf("drain_deadline: %w", err)
 	}
-	if node.Drain {
-		e.Step("waiting for the drain of %s", n.Name)
-	} else {
+	var ids []string
+	for _, n := range gone {
+		if !n.Has(inventory.RoleClient) {
+			continue
+		}
+		node, err := nomadNode(nc, n.Name)
+		if err != nil {
+			return err
+		}
+		if node == nil || node.Status == nomadapi.NodeStatusDown {
+			continue
+		}
+		ids = append(ids, node.ID)
+		if node.Drain {
+			e.Step("waiting for the drain of %s", n.Name)
+			continue
+		}
 		e.Step("draining %s (deadline %s)", n.Name, e.Config.Nomad.DrainDeadline)
-		spec := &nomadapi.DrainSpec{Deadline: deadline}
-		if _, err := nc.Nodes().UpdateDrainOpts(node.ID, &nomadapi.DrainOptions{DrainSpec: spec}, nil); err != nil {
+		opts := &nomadapi.DrainOptions{DrainSpec: &nomadapi.DrainSpec{Deadline: deadline}, Meta: map[string]string{stages.DrainMetaKey: stages.DrainMetaRemove}}
+		if _, err := nc.Nodes().UpdateDrainOpts(node.ID, opts, nil); err != nil {
 			return fmt.Errorf("drain %s: %w", n.Name, err)
 		}
 	}
 	// Nomad clears the drain strategy once every allocation has left the
 	// node; the margin covers the stop of those the deadline ends.
 	err = poll.Until(ctx, deadline+time.Minute, time.Second, func() (bool, error) {
-		info, _, err := nc.Nodes().Info(node.ID, nil)
-		if err != nil {
-			return false, nil
+		for _, id := range ids {
+			info, _, err := nc.Nodes().Info(id, nil)
+			if err != nil || info.DrainStrategy != nil {
+				return false, nil
+			}
 		}
-		return info.DrainStrategy == nil, nil
+		return true, nil
 	})
 	if err != nil {
-		return fmt.Errorf("drain %s: not finished %s after its deadline: %w", n.Name, time.Minute, err)
+		return fmt.Errorf("drain: not finished %s after its deadline: %w", time.Minute, err)
+	}
+	return nil
+}
+
+// undrained returns the Nomad clients that the configuration keeps
+// although a removal by bootstrap drained them (its drain's mark in the
+// node's LastDrain): the removal was undone after a run had drained them,
+// and Nomad keeps a drained node ineligible. A client drained by anyone
+// else is left to its operator. Best effort: with Nomad not answering (a
+// cluster being repaired), nil; the nomad stage then says which clients
+// are not eligible.
+func undrained(ctx context.Context, e *stages.Env, have, want *inventory.Inventory) (*nomadapi.Client, []*nomadapi.NodeListStub) {
+	if have == nil {
+		return nil, nil
+	}
+	nc, _, err := clusterClients(e)
+	if err != nil || nc == nil {
+		return nil, nil
+	}
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	nodes, _, err := nc.Nodes().List((&nomadapi.QueryOptions{}).WithContext(ctx))
+	if err != nil {
+		return nil, nil
+	}
+	var out []*nomadapi.NodeListStub
+	for _, n := range nodes {
+		_, had := have.Node(n.Name)
+		w, keep := want.Node(n.Name)
+		if had && keep && w.Has(inventory.RoleClient) && n.SchedulingEligibility != nomadapi.NodeSchedulingEligible &&
+			n.LastDrain != nil && n.LastDrain.Meta[stages.DrainMetaKey] == stages.DrainMetaRemove {
+			out = append(out, n)
+		}
+	}
+	return nc, out
+}
+
+// undrainDetail is what the plan says of a client undrained makes eligible.
+const undrainDetail = "eligible for scheduling again: its removal was undone after its drain"
+
+// undrain makes the clients undrained returns eligible again.
+func undrain(ctx context.Context, e *stages.Env, have, want *inventory.Inventory) error {
+	nc, nodes := undrained(ctx, e, have, want)
+	for _, n := range nodes {
+		e.Step("nomad client %s: %s", n.Name, undrainDetail)
+		// No drain spec: a drain still on ends, and the node is eligible.
+		if _, err := nc.Nodes().UpdateDrainOpts(n.ID, &nomadapi.DrainOptions{MarkEligible: true}, nil); err != nil {
+			return fmt.Errorf("nomad client %s: make it eligible again: %w", n.Name, err)
+		}
 	}
 	return nil
 }

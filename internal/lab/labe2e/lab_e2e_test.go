@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"io/fs"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"slices"
 	"sort"
@@ -120,6 +121,32 @@ func TestLabProduction(t *testing.T) {
 		}
 	})
 
+	// What a user's GitLab pipeline does: bootstrap deploy with dev's CI
+	// token, the exec driver on the machines, dev's Fabio routing it.
+	t.Run("bootstrap deploy into dev with its CI token", func(t *testing.T) {
+		p := p.T(t)
+		ci := p.Env("ci-dev")
+		job := filepath.Join(t.TempDir(), "web.nomad.hcl")
+		if err := os.WriteFile(job, []byte(webJob), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		cmd := exec.Command(p.Bin, "deploy", job, "--timeout", "3m")
+		cmd.Env = append(os.Environ(), "NOMAD_ADDR="+ci["NOMAD_ADDR"], "NOMAD_CACERT="+ci["NOMAD_CACERT"], "NOMAD_TOKEN="+ci["NOMAD_TOKEN"], "CI_COMMIT_SHORT_SHA=abc1234", "CI=true")
+		start := time.Now()
+		if out, err := cmd.CombinedOutput(); err != nil {
+			t.Fatalf("bootstrap deploy: %v\n%s", err, out)
+		}
+		t.Logf("deploy: %s", time.Since(start).Round(time.Second))
+		url := p.Env("admin")["FABIO_DEV_ADDR"] + "/web/"
+		eventually(t, time.Minute, "dev's Fabio serving "+url, func() error {
+			body, err := getBody(url)
+			if err == nil && body != "ok abc1234" {
+				err = fmt.Errorf("body %q, want %q", body, "ok abc1234")
+			}
+			return err
+		})
+	})
+
 	// The systemd path of a rolling upgrade: the pinned binaries are linked
 	// into the lab's bin_dir, up copies them over and restarts each unit
 	// (the order is TestPlatform's business). Every agent then runs the
@@ -145,6 +172,16 @@ func TestLabProduction(t *testing.T) {
 		if r := p.Up(); strings.Contains(r.Stdout, " changed ") {
 			t.Errorf("a stage changed on the up after the upgrade:\n%s", r.Stdout)
 		}
+	})
+
+	t.Run("a server rebooted from inside: up unseals its vault", func(t *testing.T) {
+		rebootServer(t, p.T(t), st)
+	})
+	t.Run("a server cut off the network: a leader and the services stay", func(t *testing.T) {
+		cutServer(t, p.T(t), st)
+	})
+	t.Run("a client powered off and back: its jobs move, it rejoins", func(t *testing.T) {
+		powerCycleClient(t, p.T(t), st)
 	})
 
 	// Scale in over SSH: the static provider's path. The platform jobs on
@@ -228,6 +265,47 @@ func TestLabProduction(t *testing.T) {
 	})
 	p.AssertNoSecrets()
 }
+
+// webJob is dev's application: Python's web server (the machines have
+// python3; exec copies it into the task's chroot) behind dev's Fabio.
+const webJob = `job "web" {
+  namespace   = "dev"
+  datacenters = ["*"]
+  group "web" {
+    network {
+      port "http" {}
+    }
+    service {
+      name     = "dev-web"
+      port     = "http"
+      address  = "${meta.node_address}"
+      provider = "consul"
+      tags     = ["urlprefix-/web strip=/web"]
+      check {
+        type     = "http"
+        path     = "/"
+        interval = "5s"
+        timeout  = "2s"
+      }
+    }
+    task "web" {
+      driver = "exec"
+      config {
+        command = "/usr/bin/python3"
+        args    = ["-m", "http.server", "--bind", "${meta.node_address}", "--directory", "${NOMAD_TASK_DIR}", "${NOMAD_PORT_http}"]
+      }
+      template {
+        data        = "ok ${CI_COMMIT_SHORT_SHA}"
+        destination = "local/index.html"
+      }
+      resources {
+        cpu    = 50
+        memory = 64
+      }
+    }
+  }
+}
+`
 
 // The machines: enough for quorum and for jobs on more than one client.
 const servers, clients = 3, 2

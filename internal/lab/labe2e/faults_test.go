@@ -1,0 +1,258 @@
+package labe2e_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+
+	consulapi "github.com/hashicorp/consul/api"
+	nomadapi "github.com/hashicorp/nomad/api"
+
+	"github.com/platform-bootstrap/bootstrap/internal/lab"
+	"github.com/platform-bootstrap/bootstrap/internal/platformtest"
+	"github.com/platform-bootstrap/bootstrap/internal/poll"
+	"github.com/platform-bootstrap/bootstrap/stages/consul"
+	"github.com/platform-bootstrap/bootstrap/stages/nomad"
+)
+
+// Faults on the machines, as they happen to real ones (issue 17): each is
+// followed by plan, which shows the repair when there is one, and an up
+// that converges.
+
+// rebootServer reboots server-1 from inside. Its units start at boot;
+// Vault comes back sealed, which plan shows and up repairs.
+func rebootServer(t *testing.T, p *platformtest.Platform, st *lab.State) {
+	ctx := context.Background()
+	m, _ := st.Machine("server-1")
+	old, err := lab.Init(m)
+	if err != nil {
+		t.Fatal(err)
+	}
+	lab.Exec(ctx, m, "systemctl", "reboot") // its connection may drop
+	err = poll.Until(ctx, time.Minute, 200*time.Millisecond, func() (bool, error) {
+		pid, err := lab.Init(m)
+		return err == nil && pid != old, nil
+	})
+	if err != nil {
+		t.Fatalf("server-1 did not come back after its reboot: %v", err)
+	}
+	if err := lab.WaitReady(ctx, m, 2*time.Minute); err != nil {
+		t.Fatal(err)
+	}
+	for _, u := range []string{"vault", "consul", "nomad"} {
+		if out, err := lab.Exec(ctx, m, "systemctl", "is-active", u); err != nil {
+			t.Errorf("server-1 after its reboot: %s is %s (%v)", u, strings.TrimSpace(string(out)), err)
+		}
+	}
+	eventually(t, time.Minute, "vault on server-1 answers, sealed", func() error {
+		r := p.Run([]string{"plan"})
+		if r.Code != 4 || !strings.Contains(r.Stdout, "unseal vault on server-1") {
+			return fmt.Errorf("plan: exit %d, want the unseal of server-1\n%s", r.Code, r.Output())
+		}
+		return nil
+	})
+	p.Up()
+	if r := p.Run([]string{"plan"}); r.Code != 0 {
+		t.Errorf("plan after the up that followed the reboot: exit %d\n%s", r.Code, r.Output())
+	}
+}
+
+// cutServer takes server-3's network down from inside: Consul and Nomad
+// keep a leader among the two others, and the platform's services answer
+// through Fabio. With its network back it rejoins by itself; plan has
+// nothing to repair.
+func cutServer(t *testing.T, p *platformtest.Platform, st *lab.State) {
+	ctx := context.Background()
+	env := p.Env("admin")
+	cc, nc := apiClients(t, env)
+	m, _ := st.Machine("server-3")
+	if out, err := lab.Exec(ctx, m, "ip", "link", "set", "host0", "down"); err != nil {
+		t.Fatalf("cut server-3's network: %v\n%s", err, out)
+	}
+	restored := false
+	restore := func() {
+		if restored {
+			return
+		}
+		restored = true
+		if out, err := lab.Exec(ctx, m, "ip", "link", "set", "host0", "up"); err != nil {
+			t.Fatalf("restore server-3's network: %v\n%s", err, out)
+		}
+	}
+	defer restore()
+	cut := m.IP
+	// Consul and Nomad notice a lost leader after their heartbeat
+	// timeouts; a follower lost changes nothing.
+	eventually(t, time.Minute, "a leader in consul and nomad other than server-3, and server-3 failed in consul", func() error {
+		cl, err := cc.Status().Leader()
+		if err != nil {
+			return err
+		}
+		nl, err := nc.Status().Leader()
+		if err != nil {
+			return err
+		}
+		if host(cl) == cut || host(nl) == cut || cl == "" || nl == "" {
+			return fmt.Errorf("leaders: consul %q, nomad %q", cl, nl)
+		}
+		ms, err := cc.Agent().Members(false)
+		if err != nil {
+			return err
+		}
+		for _, mb := range ms {
+			if mb.Name == "server-3" && mb.Status == 1 {
+				return errors.New("consul still sees server-3 alive")
+			}
+		}
+		return nil
+	})
+	for _, svc := range []string{env["PROMETHEUS_ADDR"] + "/-/ready", env["GRAFANA_ADDR"] + "/api/health"} {
+		if err := get200(svc); err != nil {
+			t.Errorf("with server-3 cut off: %s: %v", svc, err)
+		}
+	}
+	restore()
+	eventually(t, 2*time.Minute, "server-3 back in consul and nomad, every server healthy", func() error {
+		return healthy(cc, nc, 5, 3)
+	})
+	if r := p.Run([]string{"plan"}); r.Code != 0 {
+		t.Errorf("plan after server-3's network came back: exit %d\n%s", r.Code, r.Output())
+	}
+}
+
+// powerCycleClient powers client-2 off: Nomad marks it down and places its
+// allocations on client-1, where the platform's services answer through
+// Fabio. Powered on, its units start at boot and it rejoins; up converges.
+func powerCycleClient(t *testing.T, p *platformtest.Platform, st *lab.State) {
+	ctx := context.Background()
+	env := p.Env("admin")
+	cc, nc := apiClients(t, env)
+	m, _ := st.Machine("client-2")
+	lab.Exec(ctx, m, "systemctl", "poweroff") // its connection may drop
+	eventually(t, 2*time.Minute, "client-2 down in nomad, the platform's services on client-1 answering", func() error {
+		nodes, _, err := nc.Nodes().List(nil)
+		if err != nil {
+			return err
+		}
+		for _, n := range nodes {
+			if n.Name == "client-2" && n.Status != nomadapi.NodeStatusDown {
+				return fmt.Errorf("client-2 is %s", n.Status)
+			}
+		}
+		for _, svc := range []string{env["PROMETHEUS_ADDR"] + "/-/ready", env["GRAFANA_ADDR"] + "/api/health"} {
+			if err := get200(svc); err != nil {
+				return fmt.Errorf("%s: %w", svc, err)
+			}
+		}
+		return nil
+	})
+	if err := st.PowerOn(ctx, "client-2"); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 2*time.Minute, "client-2 ready in nomad and alive in consul", func() error {
+		return healthy(cc, nc, 5, 3)
+	})
+	p.Up()
+	if r := p.Run([]string{"plan"}); r.Code != 0 {
+		t.Errorf("plan after client-2 came back: exit %d\n%s", r.Code, r.Output())
+	}
+}
+
+func apiClients(t *testing.T, env map[string]string) (*consulapi.Client, *nomadapi.Client) {
+	t.Helper()
+	cc, err := consul.NewClient(strings.TrimPrefix(env["CONSUL_HTTP_ADDR"], "https://"), env["CONSUL_CACERT"], env["CONSUL_HTTP_TOKEN"])
+	if err != nil {
+		t.Fatal(err)
+	}
+	nc, err := nomad.NewClient(env["NOMAD_ADDR"], env["NOMAD_CACERT"], env["NOMAD_TOKEN"])
+	if err != nil {
+		t.Fatal(err)
+	}
+	return cc, nc
+}
+
+// healthy is nil when Consul has members alive, every Nomad client is
+// ready and each cluster has servers voters, healthy by Autopilot.
+func healthy(cc *consulapi.Client, nc *nomadapi.Client, members, servers int) error {
+	ms, err := cc.Agent().Members(false)
+	if err != nil {
+		return err
+	}
+	alive := 0
+	for _, m := range ms {
+		if m.Status == 1 { // serf: alive
+			alive++
+		}
+	}
+	if alive != members {
+		return fmt.Errorf("consul: %d members alive, want %d", alive, members)
+	}
+	nodes, _, err := nc.Nodes().List(nil)
+	if err != nil {
+		return err
+	}
+	for _, n := range nodes {
+		if n.Status != nomadapi.NodeStatusReady {
+			return fmt.Errorf("nomad client %s is %s", n.Name, n.Status)
+		}
+	}
+	ch, err := cc.Operator().AutopilotServerHealth(nil)
+	if err != nil {
+		return err
+	}
+	if !ch.Healthy || len(ch.Servers) != servers {
+		return fmt.Errorf("consul autopilot: healthy %v, %d servers", ch.Healthy, len(ch.Servers))
+	}
+	nh, _, err := nc.Operator().AutopilotServerHealth(nil)
+	if err != nil {
+		return err
+	}
+	if !nh.Healthy || len(nh.Servers) != servers {
+		return fmt.Errorf("nomad autopilot: healthy %v, %d servers", nh.Healthy, len(nh.Servers))
+	}
+	return nil
+}
+
+func host(addr string) string {
+	h, _, _ := net.SplitHostPort(addr)
+	return h
+}
+
+// eventually calls f every second until it returns nil, and fails the test
+// with f's last error when timeout passes first.
+func eventually(t *testing.T, timeout time.Duration, what string, f func() error) {
+	t.Helper()
+	if err := poll.Retry(context.Background(), timeout, time.Second, f, func(error) bool { return false }); err != nil {
+		t.Fatalf("%s: %v", what, err)
+	}
+}
+
+// get200 is nil when url answers 200 OK.
+func get200(url string) error {
+	_, err := getBody(url)
+	return err
+}
+
+// getBody returns what url answers with 200 OK, trimmed.
+func getBody(url string) (string, error) {
+	c := http.Client{Timeout: 5 * time.Second}
+	resp, err := c.Get(url)
+	if err != nil {
+		return "", err
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		return "", err
+	}
+	if resp.StatusCode != http.StatusOK {
+		return "", errors.New(resp.Status)
+	}
+	return strings.TrimSpace(string(b)), nil
+}
