@@ -2,7 +2,6 @@ package platform_test
 
 import (
 	"fmt"
-	"maps"
 	"os"
 	"path/filepath"
 	"slices"
@@ -139,17 +138,24 @@ func scaleServers(t *testing.T, p *platformtest.Platform) {
 			t.Errorf("%s's consul agent token is left in the secret store", n)
 		}
 	}
-	if after := agentPids(t, p, stay...); !maps.Equal(after, pids) {
-		var changed []string
-		for k, v := range after {
-			if pids[k] != v {
-				changed = append(changed, k)
-			}
-		}
-		slices.Sort(changed)
-		t.Errorf("agents restarted while servers were added and removed: %s", strings.Join(changed, ", "))
-	}
+	notRestarted(t, p, pids, "while servers were added and removed", stay...)
 	if r := p.Run([]string{"plan"}); r.Code != 0 {
 		t.Errorf("plan after the scaling: exit %d\n%s", r.Code, r.Output())
+	}
+}
+
+// notRestarted fails the test when an agent of nodes runs another process
+// than in before (agentPids).
+func notRestarted(t *testing.T, p *platformtest.Platform, before map[string]int, while string, nodes ...string) {
+	t.Helper()
+	var changed []string
+	for k, v := range agentPids(t, p, nodes...) {
+		if before[k] != v {
+			changed = append(changed, k)
+		}
+	}
+	slices.Sort(changed)
+	if len(changed) > 0 {
+		t.Errorf("agents restarted %s: %s", while, strings.Join(changed, ", "))
 	}
 }

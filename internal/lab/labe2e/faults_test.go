@@ -112,10 +112,8 @@ func cutServer(t *testing.T, p *platformtest.Platform, st *lab.State) {
 		}
 		return nil
 	})
-	for _, svc := range []string{env["PROMETHEUS_ADDR"] + "/-/ready", env["GRAFANA_ADDR"] + "/api/health"} {
-		if err := get200(svc); err != nil {
-			t.Errorf("with server-3 cut off: %s: %v", svc, err)
-		}
+	if err := servicesAnswer(env); err != nil {
+		t.Errorf("with server-3 cut off: %v", err)
 	}
 	restore()
 	eventually(t, 2*time.Minute, "server-3 back in consul and nomad, every server healthy", func() error {
@@ -145,12 +143,7 @@ func powerCycleClient(t *testing.T, p *platformtest.Platform, st *lab.State) {
 				return fmt.Errorf("client-2 is %s", n.Status)
 			}
 		}
-		for _, svc := range []string{env["PROMETHEUS_ADDR"] + "/-/ready", env["GRAFANA_ADDR"] + "/api/health"} {
-			if err := get200(svc); err != nil {
-				return fmt.Errorf("%s: %w", svc, err)
-			}
-		}
-		return nil
+		return servicesAnswer(env)
 	})
 	if err := st.PowerOn(ctx, "client-2"); err != nil {
 		t.Fatal(err)
@@ -162,6 +155,16 @@ func powerCycleClient(t *testing.T, p *platformtest.Platform, st *lab.State) {
 	if r := p.Run([]string{"plan"}); r.Code != 0 {
 		t.Errorf("plan after client-2 came back: exit %d\n%s", r.Code, r.Output())
 	}
+}
+
+// servicesAnswer is nil when Prometheus and Grafana answer through Fabio.
+func servicesAnswer(env map[string]string) error {
+	for _, url := range []string{env["PROMETHEUS_ADDR"] + "/-/ready", env["GRAFANA_ADDR"] + "/api/health"} {
+		if err := get200(url); err != nil {
+			return fmt.Errorf("%s: %w", url, err)
+		}
+	}
+	return nil
 }
 
 func apiClients(t *testing.T, env map[string]string) (*consulapi.Client, *nomadapi.Client) {
