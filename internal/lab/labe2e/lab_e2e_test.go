@@ -266,8 +266,9 @@ func TestLabProduction(t *testing.T) {
 	p.AssertNoSecrets()
 }
 
-// webJob is dev's application: Python's web server (the machines have
-// python3; exec copies it into the task's chroot) behind dev's Fabio.
+// webJob is dev's application: a small web server in Perl, which the
+// machines have (perl-base) inside the exec driver's chroot (its
+// libraries live under /usr/lib/x86_64-linux-gnu), behind dev's Fabio.
 const webJob = `job "web" {
   namespace   = "dev"
   datacenters = ["*"]
@@ -291,12 +292,29 @@ const webJob = `job "web" {
     task "web" {
       driver = "exec"
       config {
-        command = "/usr/bin/python3"
-        args    = ["-m", "http.server", "--bind", "${meta.node_address}", "--directory", "${NOMAD_TASK_DIR}", "${NOMAD_PORT_http}"]
+        command = "/usr/bin/perl"
+        args    = ["${NOMAD_TASK_DIR}/server.pl", "${meta.node_address}", "${NOMAD_PORT_http}", "${NOMAD_TASK_DIR}/index.html"]
       }
       template {
         data        = "ok ${CI_COMMIT_SHORT_SHA}"
         destination = "local/index.html"
+      }
+      template {
+        destination = "local/server.pl"
+        data        = <<PERL
+use strict;
+use IO::Socket::INET;
+my ($addr, $port, $file) = @ARGV;
+my $srv = IO::Socket::INET->new(LocalAddr => $addr, LocalPort => $port, Listen => 16, ReuseAddr => 1) or die "listen: $!";
+while (my $c = $srv->accept) {
+  while (my $l = <$c>) { last if $l =~ /^\r?\n$/; }
+  open(my $f, "<", $file) or die "$file: $!";
+  my $body = do { local $/; <$f> };
+  close $f;
+  print $c "HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\nContent-Length: " . length($body) . "\r\nConnection: close\r\n\r\n" . $body;
+  close $c;
+}
+PERL
       }
       resources {
         cpu    = 50
