@@ -202,8 +202,5 @@ func (e *Env) NomadTLSName(n inventory.Node) string {
 }
 
 // DrainMetaKey and DrainMetaRemove mark the drains of the clients
-// bootstrap removes (Nomad keeps the mark in the node's LastDrain): a
-// client left ineligible by such a drain whose removal was then undone is
-// made eligible again by the provision stage; one drained by anyone else
-// is left as it is.
+// bootstrap removes (Nomad keeps the mark in the node's LastDrain).
 const DrainMetaKey, DrainMetaRemove = "bootstrap", "remove"

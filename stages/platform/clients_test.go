@@ -23,9 +23,8 @@ import (
 //     application keeps answering through dev's Fabio.
 //   - Going to 1, with dev's "journey" (two instances preferring the new
 //     clients) answering through dev's Fabio throughout: the run is killed
-//     once the clients drained, and the removal undone (the clients are
-//     eligible again); then killed once drained and once stopped, and the
-//     next up finishes.
+//     once the clients drained and once they stopped; the next up
+//     finishes.
 //     Their allocations were migrated by the drain (none lost), and Nomad
 //     and Consul no longer list them.
 //   - Back to 2: the platform plans no changes.
@@ -99,27 +98,6 @@ func scaleClients(t *testing.T, p *platformtest.Platform) {
 			t.Fatalf("the crash point %s did not fire: exit %d\n%s", point, r.Code, r.Output())
 		}
 	}
-	crash("provision:after-drain")
-	// Undone once drained: the clients stay, and up makes them eligible
-	// for scheduling again (Nomad keeps a drained node ineligible).
-	clients(4)
-	r = p.Run([]string{"plan"})
-	for _, n := range []string{"client-2", "client-3", "client-4"} {
-		if want := "nomad client " + n + " (eligible for scheduling again"; r.Code != 4 || !strings.Contains(r.Stdout, want) {
-			t.Errorf("plan with the removal undone: exit %d, want %q\n%s", r.Code, want, r.Stdout)
-		}
-	}
-	p.Up()
-	nodes, _, err := nc.Nodes().List(nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, n := range nodes {
-		if n.SchedulingEligibility != nomadapi.NodeSchedulingEligible {
-			t.Errorf("nomad client %s is %s after the removal was undone", n.Name, n.SchedulingEligibility)
-		}
-	}
-	clients(1)
 	crash("provision:after-drain")
 	crash("provision:after-stop")
 	p.Up()

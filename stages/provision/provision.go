@@ -83,10 +83,6 @@ func (s *Stage) Plan(ctx context.Context, e *stages.Env) ([]stages.Change, error
 			out = append(out, stages.Change{Action: "create", Target: "node " + n.Name, Detail: n.PrivateIP + ", " + n.Local.Root})
 		}
 	}
-	_, nodes := undrained(ctx, e, have, want)
-	for _, n := range nodes {
-		out = append(out, stages.Change{Action: "update", Target: "nomad client " + n.Name, Detail: undrainDetail})
-	}
 	return out, nil
 }
 
@@ -171,9 +167,6 @@ func (s *Stage) Apply(ctx context.Context, e *stages.Env) error {
 		if err := retire(ctx, e, gone, want); err != nil {
 			return err
 		}
-	}
-	if err := undrain(ctx, e, have, want); err != nil {
-		return err
 	}
 	for _, n := range want.Nodes {
 		if n.Local == nil {

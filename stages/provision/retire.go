@@ -173,8 +173,8 @@ func nomadNode(nc *nomadapi.Client, name string) (*nomadapi.NodeListStub, error)
 // allocation left: the deadline stops those that could not move in time.
 // Every drain starts before any is waited for, so that an allocation
 // leaving one of them is not placed on another that is about to go. The
-// drains carry stages.DrainMetaKey: should the removal be undone, undrain
-// knows the nodes are ineligible by bootstrap's doing.
+// drains carry stages.DrainMetaKey, so Nomad's node metadata says who
+// drained them.
 func drain(ctx context.Context, e *stages.Env, nc *nomadapi.Client, gone []inventory.Node) error {
 	deadline, err := config.ParseDuration(e.Config.Nomad.DrainDeadline)
 	if err != nil {
@@ -216,55 +216,6 @@ func drain(ctx context.Context, e *stages.Env, nc *nomadapi.Client, gone []inven
 	})
 	if err != nil {
 		return fmt.Errorf("drain: not finished %s after its deadline: %w", time.Minute, err)
-	}
-	return nil
-}
-
-// undrained returns the Nomad clients that the configuration keeps
-// although a removal by bootstrap drained them (its drain's mark in the
-// node's LastDrain): the removal was undone after a run had drained them,
-// and Nomad keeps a drained node ineligible. A client drained by anyone
-// else is left to its operator. Best effort: with Nomad not answering (a
-// cluster being repaired), nil; the nomad stage then says which clients
-// are not eligible.
-func undrained(ctx context.Context, e *stages.Env, have, want *inventory.Inventory) (*nomadapi.Client, []*nomadapi.NodeListStub) {
-	if have == nil {
-		return nil, nil
-	}
-	nc, _, err := clusterClients(e)
-	if err != nil || nc == nil {
-		return nil, nil
-	}
-	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-	defer cancel()
-	nodes, _, err := nc.Nodes().List((&nomadapi.QueryOptions{}).WithContext(ctx))
-	if err != nil {
-		return nil, nil
-	}
-	var out []*nomadapi.NodeListStub
-	for _, n := range nodes {
-		_, had := have.Node(n.Name)
-		w, keep := want.Node(n.Name)
-		if had && keep && w.Has(inventory.RoleClient) && n.SchedulingEligibility != nomadapi.NodeSchedulingEligible &&
-			n.LastDrain != nil && n.LastDrain.Meta[stages.DrainMetaKey] == stages.DrainMetaRemove {
-			out = append(out, n)
-		}
-	}
-	return nc, out
-}
-
-// undrainDetail is what the plan says of a client undrained makes eligible.
-const undrainDetail = "eligible for scheduling again: its removal was undone after its drain"
-
-// undrain makes the clients undrained returns eligible again.
-func undrain(ctx context.Context, e *stages.Env, have, want *inventory.Inventory) error {
-	nc, nodes := undrained(ctx, e, have, want)
-	for _, n := range nodes {
-		e.Step("nomad client %s: %s", n.Name, undrainDetail)
-		// No drain spec: a drain still on ends, and the node is eligible.
-		if _, err := nc.Nodes().UpdateDrainOpts(n.ID, &nomadapi.DrainOptions{MarkEligible: true}, nil); err != nil {
-			return fmt.Errorf("nomad client %s: make it eligible again: %w", n.Name, err)
-		}
 	}
 	return nil
 }
