@@ -200,7 +200,3 @@ func (e *Env) NomadTLSName(n inventory.Node) string {
 	}
 	return apitls.NomadClientName(e.Config.Region)
 }
-
-// DrainMetaKey and DrainMetaRemove mark the drains of the clients
-// bootstrap removes (Nomad keeps the mark in the node's LastDrain).
-const DrainMetaKey, DrainMetaRemove = "bootstrap", "remove"

@@ -225,6 +225,8 @@ func waitCaughtUp(ctx context.Context, e *stages.Env, inv *inventory.Inventory, 
 	})
 }
 
+func never(error) bool { return false }
+
 // waitClients waits until every client node is ready with a healthy task
 // driver.
 func waitClients(ctx context.Context, e *stages.Env, inv *inventory.Inventory, mgmt string) error {
@@ -251,14 +253,14 @@ func waitClients(ctx context.Context, e *stages.Env, inv *inventory.Inventory, m
 		}
 		if len(ineligible) > 0 {
 			// Drained by hand: making it eligible again is the operator's
-			// call (provision undoes only bootstrap's own drains).
+			// call.
 			return fmt.Errorf("nomad clients not eligible for scheduling: %s (drained by hand?); `nomad node eligibility -enable <node id>` (ids: `nomad node status`) makes them eligible again", strings.Join(ineligible, ", "))
 		}
 		if len(notReady) > 0 {
 			return fmt.Errorf("nomad clients not ready: %s; see %s", strings.Join(notReady, ", "), service(e).LogHint(inv, notReady[0]))
 		}
 		return nil
-	}, func(error) bool { return false })
+	}, never)
 	if err != nil {
 		return err
 	}

@@ -172,9 +172,7 @@ func nomadNode(nc *nomadapi.Client, name string) (*nomadapi.NodeListStub, error)
 // drain drains the clients of gone and waits until none has an
 // allocation left: the deadline stops those that could not move in time.
 // Every drain starts before any is waited for, so that an allocation
-// leaving one of them is not placed on another that is about to go. The
-// drains carry stages.DrainMetaKey, so Nomad's node metadata says who
-// drained them.
+// leaving one of them is not placed on another that is about to go.
 func drain(ctx context.Context, e *stages.Env, nc *nomadapi.Client, gone []inventory.Node) error {
 	deadline, err := config.ParseDuration(e.Config.Nomad.DrainDeadline)
 	if err != nil {
@@ -198,7 +196,7 @@ func drain(ctx context.Context, e *stages.Env, nc *nomadapi.Client, gone []inven
 			continue
 		}
 		e.Step("draining %s (deadline %s)", n.Name, e.Config.Nomad.DrainDeadline)
-		opts := &nomadapi.DrainOptions{DrainSpec: &nomadapi.DrainSpec{Deadline: deadline}, Meta: map[string]string{stages.DrainMetaKey: stages.DrainMetaRemove}}
+		opts := &nomadapi.DrainOptions{DrainSpec: &nomadapi.DrainSpec{Deadline: deadline}}
 		if _, err := nc.Nodes().UpdateDrainOpts(node.ID, opts, nil); err != nil {
 			return fmt.Errorf("drain %s: %w", n.Name, err)
 		}
