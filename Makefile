@@ -12,9 +12,10 @@ STATICCHECK_VERSION := v0.8.2
 
 .PHONY: build tools test-tools up down env plan status test test-unit test-integration bench lint clean screenshots lab-up lab-down
 
-build: ## build bin/bootstrap
+build: ## build bin/bootstrap (and bin/lab, the machine lab)
 	@mkdir -p bin
 	$(GO) build -trimpath -ldflags "-X main.version=$(VERSION)" -o bin/bootstrap ./cmd/bootstrap
+	$(GO) build -trimpath -o bin/lab ./tools/lab
 
 tools: ## install the pinned vault, consul, nomad, ... into ./bin (cached; seconds when warm)
 	@tools/install.sh
@@ -67,10 +68,10 @@ LAB_DIR     ?= .lab
 LAB_SERVERS ?= 3
 LAB_CLIENTS ?= 2
 lab-up: tools build ## boot the machine lab (root; systemd-nspawn)
-	$(GO) run ./tools/lab up -dir $(LAB_DIR) -servers $(LAB_SERVERS) -clients $(LAB_CLIENTS) -bin $(CURDIR)/bin
+	bin/lab up -dir $(LAB_DIR) -servers $(LAB_SERVERS) -clients $(LAB_CLIENTS) -bin $(CURDIR)/bin
 
-lab-down: ## remove the machine lab: machines, mounts, links, cgroups
-	$(GO) run ./tools/lab down -dir $(LAB_DIR)
+lab-down: build ## remove the machine lab: machines, mounts, links, cgroups
+	bin/lab down -dir $(LAB_DIR)
 
 lint: ## gofmt, go vet, staticcheck, ansible-lint
 	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || { gofmt -l $$(git ls-files '*.go'); echo "gofmt: run gofmt -w"; exit 1; }

@@ -25,15 +25,7 @@ import (
 )
 
 func TestLabProduction(t *testing.T) {
-	if testing.Short() {
-		t.Skip("boots a lab of systemd machines and a platform on it; skipped with -short")
-	}
-	if err := lab.Available(); err != nil {
-		if os.Getenv("BOOTSTRAP_REQUIRE_TOOLS") == "1" {
-			t.Fatalf("the machine lab cannot run (BOOTSTRAP_REQUIRE_TOOLS=1): %v", err)
-		}
-		t.Skipf("the machine lab cannot run: %v", err)
-	}
+	needLab(t)
 	labDir := t.TempDir()
 	// Registered first, so it runs last: after the platform's own cleanup.
 	t.Cleanup(func() {

@@ -28,7 +28,7 @@ import (
 func TestShippedModulesAreFormatted(t *testing.T) {
 	tf := needTerraform(t)
 	root := testcluster.RepoRoot()
-	for _, m := range []string{"digitalocean", "hetzner", "testdata"} {
+	for _, m := range []string{"digitalocean", "hetzner", "lab", "testdata"} {
 		out, err := exec.Command(tf, "fmt", "-check", "-recursive", "-diff", filepath.Join(root, "terraform", m)).CombinedOutput()
 		if err != nil {
 			t.Errorf("terraform fmt -check terraform/%s: %v\n%s", m, err, out)
