@@ -431,6 +431,10 @@ func HostVars(e *stages.Env, n inventory.Node) map[string]any {
 	v["ansible_ssh_private_key_file"] = n.SSH.PrivateKeyFile
 	v["ansible_ssh_common_args"] = "-o UserKnownHostsFile=" + KnownHostsFile(e) + " -o StrictHostKeyChecking=yes"
 	v["ansible_python_interpreter"] = "/usr/bin/python3"
+	if n.DataDevice != "" {
+		v["data_device"] = n.DataDevice
+		v["data_mount"] = inventory.DataMount
+	}
 	if n.SSH.User != "root" {
 		v["ansible_become"] = true
 	}

@@ -369,6 +369,15 @@ func testSettingsChangeJob(t *testing.T, c *nomadapi.Client) {
 	config := func(name string) describe {
 		return func(job *nomadapi.Job) string { return *task(job, name).Templates[0].EmbeddedTmpl }
 	}
+	constraints := func(g string) describe {
+		return func(job *nomadapi.Job) string {
+			var out []string
+			for _, c := range group(job, g).Constraints {
+				out = append(out, c.LTarget+" "+c.Operand+" "+c.RTarget)
+			}
+			return strings.Join(out, ", ")
+		}
+	}
 	for _, tc := range []struct {
 		job  string
 		vars Variables
@@ -379,6 +388,7 @@ func testSettingsChangeJob(t *testing.T, c *nomadapi.Client) {
 		{Prometheus, Variables{"alertmanager_image": "prom/alertmanager:x"}, image("alertmanager"), "prom/alertmanager:x"},
 		{Prometheus, Variables{"alertmanager_cpu": 7, "alertmanager_memory": 77}, resources("alertmanager"), "cpu 7 memory 77"},
 		{Prometheus, Variables{"count": 2}, count("prometheus"), "2"},
+		{Prometheus, Variables{"data_volume": true}, constraints("prometheus"), "${meta.data_volume} = true"},
 		{Prometheus, Variables{"image": "prom/prometheus:x"}, image("prometheus"), "prom/prometheus:x"},
 		{Prometheus, Variables{"cpu": 7, "memory": 77}, resources("prometheus"), "cpu 7 memory 77"},
 		{Grafana, Variables{"count": 2}, count("grafana"), "2"},

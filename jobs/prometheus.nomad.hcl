@@ -19,6 +19,8 @@
 #                                      the nomad role declares it on every client)
 #   data_dir             string        raw_exec/exec: TSDB directory on the client; "" keeps it in
 #                                      the allocation's sticky data dir
+#   data_volume          bool          run only on clients whose host volumes live on a data
+#                                      volume (node meta data_volume = "true"; default false)
 #   route_prefix         string        path Prometheus serves under (default "/prometheus": its
 #                                      Fabio route)
 #   external_url         string        URL users reach Prometheus at (default: the node's Fabio,
@@ -106,6 +108,11 @@ variable "volume" {
 variable "data_dir" {
   type    = string
   default = ""
+}
+
+variable "data_volume" {
+  type    = bool
+  default = false
 }
 
 variable "route_prefix" {
@@ -213,6 +220,14 @@ job "prometheus" {
 
   group "prometheus" {
     count = var.count
+
+    dynamic "constraint" {
+      for_each = var.data_volume ? [1] : []
+      content {
+        attribute = "${meta.data_volume}"
+        value     = "true"
+      }
+    }
 
     network {
       port "http" {}

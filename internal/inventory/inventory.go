@@ -48,6 +48,11 @@ type Node struct {
 	PublicIP  string   `json:"public_ip,omitempty"`
 	PrivateIP string   `json:"private_ip"`
 	SSH       SSH      `json:"ssh"`
+	// DataDevice is a block device of a client that holds the platform's
+	// data (Prometheus's TSDB), e.g. a cloud volume
+	// (/dev/disk/by-id/scsi-0DO_Volume_<name>). The nomad role formats it
+	// (ext4) only when it holds no filesystem, and mounts it at DataMount.
+	DataDevice string `json:"data_device,omitempty"`
 	// Local describes a node of the local provider: processes on this
 	// machine, with their own directory tree and a loopback address.
 	Local *Local `json:"local,omitempty"`
@@ -71,6 +76,9 @@ type Local struct {
 	MinDynamicPort int `json:"min_dynamic_port,omitempty"`
 	MaxDynamicPort int `json:"max_dynamic_port,omitempty"`
 }
+
+// DataMount is where a node's DataDevice is mounted.
+const DataMount = "/var/lib/bootstrap-data"
 
 // Has reports whether the node has a role.
 func (n Node) Has(role string) bool { return slices.Contains(n.Roles, role) }
@@ -167,6 +175,16 @@ func (inv *Inventory) Validate(source string) error {
 		}
 		if n.PublicIP != "" && net.ParseIP(n.PublicIP) == nil {
 			bad("%s: public_ip %q is not an IP address", where, n.PublicIP)
+		}
+		if n.DataDevice != "" {
+			switch {
+			case n.Local != nil:
+				bad("%s: data_device: the local provider's nodes keep their data in the state directory", where)
+			case !strings.HasPrefix(n.DataDevice, "/dev/"):
+				bad("%s: data_device %q is not a device under /dev/ (e.g. /dev/disk/by-id/scsi-0DO_Volume_data-1)", where, n.DataDevice)
+			case !n.Has(RoleClient):
+				bad("%s: data_device: only a client runs Prometheus; attach the volume to a client", where)
+			}
 		}
 		if n.Local == nil && (n.SSH.Port < 0 || n.SSH.Port > 65535) {
 			bad("%s: ssh.port %d is not a port", where, n.SSH.Port)

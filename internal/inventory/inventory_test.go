@@ -85,3 +85,23 @@ func TestSavedLocalRoundTrip(t *testing.T) {
 		t.Errorf("Load of a local inventory = %v, want a *LocalFieldError", err)
 	}
 }
+
+func TestDataDevice(t *testing.T) {
+	for _, tc := range []struct {
+		node, err string
+	}{
+		{`{"name": "client-1", "roles": ["client"], "private_ip": "10.0.0.2", "data_device": "/dev/disk/by-id/scsi-0DO_Volume_data-1"}`, ""},
+		{`{"name": "client-1", "roles": ["client"], "private_ip": "10.0.0.2", "data_device": "sdb"}`, `node "client-1": data_device "sdb" is not a device under /dev/`},
+		{`{"name": "server-2", "roles": ["server"], "private_ip": "10.0.0.2", "data_device": "/dev/sdb"}, {"name": "server-3", "roles": ["server"], "private_ip": "10.0.0.3"}, {"name": "client-1", "roles": ["client"], "private_ip": "10.0.0.4"}`,
+			`node "server-2": data_device: only a client runs Prometheus`},
+	} {
+		doc := `{"version": 1, "nodes": [` + node + `}, ` + tc.node + `]}`
+		_, err := Parse([]byte(doc), "inventory.json")
+		switch {
+		case tc.err == "" && err != nil:
+			t.Errorf("%s: %v", tc.node, err)
+		case tc.err != "" && (err == nil || !strings.Contains(err.Error(), tc.err)):
+			t.Errorf("%s: error %v, want %q", tc.node, err, tc.err)
+		}
+	}
+}

@@ -347,9 +347,20 @@ func prometheusVars(e *stages.Env, p *platform, v platformjobs.Variables, bin st
 	}
 	if driver(cfg) != "docker" {
 		v["alertmanager_binary"] = filepath.Join(bin, "alertmanager")
-		// The TSDB outlives the allocation: a directory in the state
-		// directory, which every local client sees.
+		// The TSDB outlives the allocation: on the local provider a
+		// directory in the state directory, which every client sees; on
+		// machines the directory of the client's prometheus-data host
+		// volume (the nomad role's node meta), on its data volume if it has
+		// one.
 		v["data_dir"] = e.Path("volumes", "prometheus")
+		if cfg.Provider.Local == nil {
+			v["data_dir"] = "${meta.prometheus_data}"
+		}
+	}
+	for _, n := range p.inv.WithRole(inventory.RoleClient) {
+		if n.DataDevice != "" {
+			v["data_volume"] = true
+		}
 	}
 	return v, nil
 }

@@ -25,6 +25,9 @@ output "bootstrap_inventory" {
           name = digitalocean_volume.data[v].name
           id   = digitalocean_volume.data[v].id
         } if v % var.num_clients == i]
+        # The client's first volume holds the platform's data (Prometheus's
+        # TSDB): bootstrap formats it when blank and mounts it.
+        data_device = i < var.num_volumes ? "/dev/disk/by-id/scsi-0DO_Volume_${digitalocean_volume.data[i].name}" : null
       }],
     )
   })

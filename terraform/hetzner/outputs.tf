@@ -24,6 +24,9 @@ output "bootstrap_inventory" {
           name = hcloud_volume.data[v].name
           id   = hcloud_volume.data[v].id
         } if v % var.num_clients == i]
+        # The client's first volume holds the platform's data (Prometheus's
+        # TSDB): bootstrap formats it when blank and mounts it.
+        data_device = i < var.num_volumes ? hcloud_volume.data[i].linux_device : null
       }],
     )
   })
