@@ -1,12 +1,14 @@
 package lab
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
 	"io/fs"
 	"net"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"sort"
 	"strconv"
@@ -39,6 +41,11 @@ func Down(ctx context.Context, dir string) error {
 	for _, m := range st.Machines {
 		if err := proc.UnmountUnder(m.Dir); err != nil {
 			errs = append(errs, fmt.Errorf("machine %s: %w", m.Name, err))
+		}
+	}
+	for _, m := range st.Machines {
+		if err := detachVolume(ctx, m); err != nil {
+			errs = append(errs, err)
 		}
 	}
 	if err := deleteBridge(ctx, st.Bridge); err != nil {
@@ -251,4 +258,23 @@ func children(pid int) []int {
 func comm(pid int) string {
 	b, _ := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/comm")
 	return strings.TrimSpace(string(b))
+}
+
+// detachVolume frees every loop device over the machine's volume file,
+// also one a killed Up attached without recording it.
+func detachVolume(ctx context.Context, m Machine) error {
+	img := m.volumeFile()
+	if _, err := os.Stat(img); errors.Is(err, fs.ErrNotExist) {
+		return nil
+	}
+	out, err := exec.CommandContext(ctx, "losetup", "--noheadings", "--output", "NAME", "--associated", img).Output()
+	if err != nil {
+		return fmt.Errorf("machine %s: losetup --associated %s: %w", m.Name, img, err)
+	}
+	for _, dev := range strings.Fields(string(out)) {
+		if out, err := exec.CommandContext(ctx, "losetup", "--detach", dev).CombinedOutput(); err != nil {
+			return fmt.Errorf("machine %s: losetup --detach %s: %v: %s", m.Name, dev, err, bytes.TrimSpace(out))
+		}
+	}
+	return nil
 }

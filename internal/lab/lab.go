@@ -10,6 +10,7 @@
 package lab
 
 import (
+	"bytes"
 	"context"
 	"crypto/ed25519"
 	"crypto/rand"
@@ -85,8 +86,16 @@ type Config struct {
 	// symlinks lead through): the platform jobs' raw_exec profile runs
 	// binaries that are already on the clients.
 	BinDir string
-	Log    io.Writer
+	// DataVolumes names the machines that get a data volume, as a cloud
+	// volume attached to a droplet: a sparse file of DataVolumeMB on a
+	// loop device, which the machine sees at the same /dev path and the
+	// inventory gives as its data_device.
+	DataVolumes []string
+	Log         io.Writer
 }
+
+// DataVolumeMB is the size of a machine's data volume.
+const DataVolumeMB = 512
 
 // State is what the lab created, written before each thing is created.
 type State struct {
@@ -118,6 +127,9 @@ type Machine struct {
 	Controllers []Controller `json:"controllers,omitempty"`
 	// Shared are host directories bound read-only at the same path.
 	Shared []string `json:"shared,omitempty"`
+	// Volume is the machine's data volume: a loop device over
+	// volume.img in Dir (Down finds it by that file).
+	Volume string `json:"volume,omitempty"`
 	// Supervisor restarts systemd-nspawn when the guest reboots (exit 133).
 	// SupervisorStart (clock ticks since boot) guards against pid reuse.
 	Supervisor      int    `json:"supervisor_pid,omitempty"`
@@ -168,6 +180,11 @@ func Up(ctx context.Context, cfg Config) (*State, error) {
 	}
 	if len(cfg.Nodes) == 0 || len(cfg.Nodes) > 200 {
 		return nil, fmt.Errorf("lab: %d machines; want 1..200", len(cfg.Nodes))
+	}
+	for _, v := range cfg.DataVolumes {
+		if !slices.ContainsFunc(cfg.Nodes, func(n Node) bool { return n.Name == v }) {
+			return nil, fmt.Errorf("lab: a data volume for %q, which is not one of the machines", v)
+		}
 	}
 	dir, err := filepath.Abs(cfg.Dir)
 	if err != nil {
@@ -251,6 +268,11 @@ func Up(ctx context.Context, cfg Config) (*State, error) {
 		if err := prepareMachine(st, *m, keys); err != nil {
 			return st, err
 		}
+		if slices.Contains(cfg.DataVolumes, m.Name) {
+			if m.Volume, err = attachVolume(ctx, *m); err != nil {
+				return st, err
+			}
+		}
 		if err := startMachine(m, st.Bridge); err != nil {
 			return st, err
 		}
@@ -317,10 +339,11 @@ func (st *State) Inventory() *inventory.Inventory {
 	inv := &inventory.Inventory{Version: inventory.Version}
 	for _, m := range st.Machines {
 		inv.Nodes = append(inv.Nodes, inventory.Node{
-			Name:      m.Name,
-			Roles:     m.Roles,
-			PrivateIP: m.IP,
-			SSH:       inventory.SSH{User: "root", Port: 22, PrivateKeyFile: st.KeyFile},
+			Name:       m.Name,
+			Roles:      m.Roles,
+			PrivateIP:  m.IP,
+			SSH:        inventory.SSH{User: "root", Port: 22, PrivateKeyFile: st.KeyFile},
+			DataDevice: m.Volume,
 		})
 	}
 	return inv
@@ -680,6 +703,9 @@ func startMachine(m *Machine, bridge string) error {
 	for _, d := range m.Shared {
 		cmd.Args = append(cmd.Args, "--bind-ro="+d)
 	}
+	if m.Volume != "" {
+		cmd.Args = append(cmd.Args, "--bind="+m.Volume)
+	}
 	cmd.Env = append(os.Environ(), "LAB_CGROUPS="+strings.Join(join, " "))
 	cmd.Stdout, cmd.Stderr = console, console
 	// Its own session: the machine outlives `lab up` and a terminal's ^C.
@@ -693,6 +719,30 @@ func startMachine(m *Machine, bridge string) error {
 	cmd.Process.Release()
 	return nil
 }
+
+// attachVolume makes the machine's data volume: a blank sparse file on a
+// free loop device.
+func attachVolume(ctx context.Context, m Machine) (string, error) {
+	img := m.volumeFile()
+	f, err := os.OpenFile(img, os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o600)
+	if err != nil {
+		return "", fmt.Errorf("machine %s: data volume: %w", m.Name, err)
+	}
+	err = f.Truncate(DataVolumeMB << 20)
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return "", fmt.Errorf("machine %s: data volume: %w", m.Name, err)
+	}
+	out, err := exec.CommandContext(ctx, "losetup", "--find", "--show", img).CombinedOutput()
+	if err != nil {
+		return "", fmt.Errorf("machine %s: losetup %s: %v: %s", m.Name, img, err, bytes.TrimSpace(out))
+	}
+	return strings.TrimSpace(string(out)), nil
+}
+
+func (m Machine) volumeFile() string { return filepath.Join(m.Dir, "volume.img") }
 
 // PowerOn boots a machine that was powered off (`systemctl poweroff`
 // inside: systemd-nspawn exited and its supervisor with it) from the

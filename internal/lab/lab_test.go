@@ -4,6 +4,7 @@ import (
 	"context"
 	"net"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -74,7 +75,7 @@ func TestLab(t *testing.T) {
 		}
 	})
 	start := time.Now()
-	st, err := lab.Up(ctx, lab.Config{Dir: dir, Name: "lt", Net: 201, Nodes: lab.Nodes(1, 1), Log: testLog{t}})
+	st, err := lab.Up(ctx, lab.Config{Dir: dir, Name: "lt", Net: 201, Nodes: lab.Nodes(1, 1), DataVolumes: []string{"client-1"}, Log: testLog{t}})
 	if err != nil {
 		t.Fatalf("lab up: %v", err)
 	}
@@ -120,8 +121,16 @@ func TestLab(t *testing.T) {
 	if out, err := sshRun(t, st, st.Machines[1], "mkdir /sys/fs/cgroup/memory/lab-test && rmdir /sys/fs/cgroup/memory/lab-test"); err != nil {
 		t.Errorf("client-1 cannot create a memory cgroup: %v\n%s", err, out)
 	}
-	// The machines reach each other on the bridge.
+	// client-1's data volume is a block device it can format and mount,
+	// as a cloud volume, and the inventory names it.
 	server, client := st.Machines[0], st.Machines[1]
+	if client.Volume == "" || st.Inventory().Nodes[1].DataDevice != client.Volume || server.Volume != "" {
+		t.Errorf("volumes: server-1 %q, client-1 %q, inventory %+v", server.Volume, client.Volume, st.Inventory().Nodes)
+	}
+	if out, err := sshRun(t, st, client, "mkfs.ext4 -q "+client.Volume+" && mkdir -p /mnt/v && mount "+client.Volume+" /mnt/v && echo kept > /mnt/v/f && umount /mnt/v && rmdir /mnt/v && blkid -o value -s TYPE "+client.Volume); err != nil || out != "ext4" {
+		t.Errorf("client-1 cannot format and mount its data volume: %v\n%s", err, out)
+	}
+	// The machines reach each other on the bridge.
 	if out, err := sshRun(t, st, server, "timeout 5 bash -c 'exec 3<>/dev/tcp/"+client.IP+"/22; head -c 7 <&3'"); err != nil || out != "SSH-2.0" {
 		t.Errorf("server-1 cannot reach client-1's sshd: %v %q", err, out)
 	}
@@ -188,6 +197,9 @@ func TestLab(t *testing.T) {
 		if strings.HasPrefix(i.Name, "vb-lt") {
 			t.Errorf("veth %s left after lab down", i.Name)
 		}
+	}
+	if out, err := exec.Command("losetup", "--noheadings", "--associated", filepath.Join(client.Dir, "volume.img")).CombinedOutput(); err == nil && len(out) > 0 {
+		t.Errorf("loop devices left after lab down: %s", out)
 	}
 	mounts, _ := os.ReadFile("/proc/mounts")
 	if strings.Contains(string(mounts), dir) {

@@ -66,6 +66,12 @@ variable "num_clients" {
   default = 2
 }
 
+variable "data_volumes" {
+  description = "Machines that get a data volume (a loop device standing in for a cloud volume), e.g. [\"client-1\"]."
+  type        = list(string)
+  default     = []
+}
+
 variable "ssh_public_key" {
   description = "The public key root accepts besides the lab's own (bootstrap passes its keys stage's key)."
   type        = string
@@ -81,6 +87,7 @@ resource "terraform_data" "lab" {
     servers = var.num_servers
     clients = var.num_clients
     key     = var.ssh_public_key
+    volumes = join(",", var.data_volumes)
   }
 
   # A lab whose creation was killed before Terraform recorded it is
@@ -92,7 +99,7 @@ resource "terraform_data" "lab" {
       "$LAB" down -dir "$DIR"
       mkdir -p -m 0700 "$DIR"
       printf '%s\n' "$KEY" > "$DIR/authorized_key"
-      exec "$LAB" up -dir "$DIR" -name "$NAME" -net "$NET" -servers "$SERVERS" -clients "$CLIENTS" -bin "$BIN" -authorized-key "$DIR/authorized_key"
+      exec "$LAB" up -dir "$DIR" -name "$NAME" -net "$NET" -servers "$SERVERS" -clients "$CLIENTS" -bin "$BIN" -authorized-key "$DIR/authorized_key" -data-volumes "$VOLUMES"
     EOT
     environment = {
       LAB     = self.input.lab
@@ -103,6 +110,7 @@ resource "terraform_data" "lab" {
       SERVERS = self.input.servers
       CLIENTS = self.input.clients
       KEY     = self.input.key
+      VOLUMES = self.input.volumes
     }
   }
 
@@ -127,10 +135,11 @@ output "bootstrap_inventory" {
   value = jsonencode({
     version = 1
     nodes = [for n in jsondecode(data.local_file.inventory.content).nodes : {
-      name       = n.name
-      roles      = n.roles
-      private_ip = n.private_ip
-      ssh        = { user = "root", port = 22 }
+      name        = n.name
+      roles       = n.roles
+      private_ip  = n.private_ip
+      ssh         = { user = "root", port = 22 }
+      data_device = try(n.data_device, null)
     }]
   })
 }

@@ -1,7 +1,7 @@
 // Command lab runs the machine lab (internal/lab): real systemd machines in
 // systemd-nspawn containers on this box, for bootstrap's static provider.
 //
-//	lab up   [-dir .lab] [-servers 3] [-clients 2] [-bin ./bin]
+//	lab up   [-dir .lab] [-servers 3] [-clients 2] [-bin ./bin] [-data-volumes client-1]
 //	lab down [-dir .lab]
 //
 // up writes DIR/inventory.json (the inventory contract) and DIR/lab.hcl,
@@ -16,6 +16,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"strings"
 	"syscall"
 	"time"
 
@@ -35,6 +36,7 @@ func main() {
 	netn := fl.Int("net", 0, "the lab's network: 10.213.NET.0/24")
 	bin := fl.String("bin", "bin", "the binaries bootstrap copies to the machines (lab.hcl's bin_dir)")
 	key := fl.String("authorized-key", "", "a public key file root accepts besides the lab's own key")
+	volumes := fl.String("data-volumes", "", "machines that get a data volume (a loop device; their data_device), e.g. client-1,client-2")
 	fl.Parse(args)
 
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
@@ -44,6 +46,9 @@ func main() {
 		binDir, err := filepath.Abs(*bin)
 		check(err)
 		cfg := lab.Config{Dir: *dir, Name: *name, Net: *netn, Nodes: lab.Nodes(*servers, *clients), BinDir: binDir, Log: os.Stderr}
+		if *volumes != "" {
+			cfg.DataVolumes = strings.Split(*volumes, ",")
+		}
 		if *key != "" {
 			b, err := os.ReadFile(*key)
 			check(err)
