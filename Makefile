@@ -67,8 +67,9 @@ screenshots: build ## PNGs of every web UI of the running platform, in $(SCREENS
 LAB_DIR     ?= .lab
 LAB_SERVERS ?= 3
 LAB_CLIENTS ?= 2
+LAB_VOLUMES ?=
 lab-up: tools build ## boot the machine lab (root; systemd-nspawn)
-	bin/lab up -dir $(LAB_DIR) -servers $(LAB_SERVERS) -clients $(LAB_CLIENTS) -bin $(CURDIR)/bin
+	bin/lab up -dir $(LAB_DIR) -servers $(LAB_SERVERS) -clients $(LAB_CLIENTS) -bin $(CURDIR)/bin -data-volumes "$(LAB_VOLUMES)"
 
 lab-down: build ## remove the machine lab: machines, mounts, links, cgroups
 	bin/lab down -dir $(LAB_DIR)

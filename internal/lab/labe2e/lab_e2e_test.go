@@ -17,6 +17,8 @@ import (
 	"testing"
 	"time"
 
+	nomadapi "github.com/hashicorp/nomad/api"
+
 	"github.com/platform-bootstrap/bootstrap/internal/inventory"
 	"github.com/platform-bootstrap/bootstrap/internal/lab"
 	"github.com/platform-bootstrap/bootstrap/internal/platformtest"
@@ -40,7 +42,7 @@ func TestLabProduction(t *testing.T) {
 	// Consul and Nomad of the patch releases before the pins, until the
 	// upgrade subtest.
 	binDir, upgrade := platformtest.PreviousBinDir(t)
-	st, err := lab.Up(ctx, lab.Config{Dir: labDir, Name: "le", Net: 202, Nodes: lab.Nodes(servers, clients), BinDir: binDir, Log: testLog{t}})
+	st, err := lab.Up(ctx, lab.Config{Dir: labDir, Name: "le", Net: 202, Nodes: lab.Nodes(servers, clients), BinDir: binDir, DataVolumes: []string{"client-1"}, Log: testLog{t}})
 	if err != nil {
 		t.Fatalf("lab up: %v", err)
 	}
@@ -87,6 +89,42 @@ func TestLabProduction(t *testing.T) {
 					t.Errorf("%s: %s is %q: %v", m.Name, u, strings.TrimSpace(string(out)), err)
 				}
 			}
+		}
+	})
+
+	// client-1's data volume stands in for the DigitalOcean volume: blank
+	// at first, formatted and mounted by the nomad role, and Prometheus,
+	// placed on the clients with one, keeps its TSDB there.
+	t.Run("prometheus keeps its TSDB on client-1's data volume", func(t *testing.T) {
+		m, _ := st.Machine("client-1")
+		out, err := lab.Exec(ctx, m, "findmnt", "--noheadings", "--output", "SOURCE,FSTYPE", inventory.DataMount)
+		if got := strings.Fields(string(out)); err != nil || !slices.Equal(got, []string{m.Volume, "ext4"}) {
+			t.Fatalf("client-1: %s is %q (%v), want %s mounted as ext4", inventory.DataMount, out, err, m.Volume)
+		}
+		if out, err := lab.Exec(ctx, m, "grep", "-c", "^"+m.Volume+" "+inventory.DataMount+" ext4 ", "/etc/fstab"); err != nil {
+			t.Errorf("client-1: the volume is not in fstab: %v %s", err, out)
+		}
+		_, nc := apiClients(t, p.Env("admin"))
+		allocs, _, err := nc.Jobs().Allocations("prometheus", false, &nomadapi.QueryOptions{Namespace: "general"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		var nodes []string
+		for _, a := range allocs {
+			if a.TaskGroup == "prometheus" && a.ClientStatus == nomadapi.AllocClientStatusRunning {
+				nodes = append(nodes, a.NodeName)
+			}
+		}
+		if !slices.Equal(nodes, []string{"client-1"}) {
+			t.Errorf("prometheus runs on %v, want client-1 (the client with the data volume)", nodes)
+		}
+		tsdb := inventory.DataMount + "/nomad-volumes/prometheus-data/wal"
+		if out, err := lab.Exec(ctx, m, "test", "-d", tsdb); err != nil {
+			t.Errorf("client-1: no TSDB at %s: %v %s", tsdb, err, out)
+		}
+		// The restore below finds it again: mounted, not formatted.
+		if out, err := lab.Exec(ctx, m, "touch", inventory.DataMount+"/kept"); err != nil {
+			t.Fatalf("client-1: %v %s", err, out)
 		}
 	})
 
@@ -239,6 +277,10 @@ func TestLabProduction(t *testing.T) {
 		}
 		if got := p.Jobs(); !slices.Equal(got, jobsBefore) {
 			t.Errorf("jobs after the restore: %v, want %v", got, jobsBefore)
+		}
+		m, _ := st.Machine("client-1")
+		if out, err := lab.Exec(context.Background(), m, "test", "-f", inventory.DataMount+"/kept"); err != nil {
+			t.Errorf("client-1's data volume lost its files over down and restore (formatted again, or not mounted): %v %s", err, out)
 		}
 	})
 
