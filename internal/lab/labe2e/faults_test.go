@@ -1,12 +1,14 @@
 package labe2e_test
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -17,6 +19,7 @@ import (
 	"github.com/platform-bootstrap/bootstrap/internal/lab"
 	"github.com/platform-bootstrap/bootstrap/internal/platformtest"
 	"github.com/platform-bootstrap/bootstrap/internal/poll"
+	"github.com/platform-bootstrap/bootstrap/internal/statedir"
 	"github.com/platform-bootstrap/bootstrap/stages/consul"
 	"github.com/platform-bootstrap/bootstrap/stages/nomad"
 )
@@ -258,4 +261,96 @@ func getBody(url string) (string, error) {
 		return "", errors.New(resp.Status)
 	}
 	return strings.TrimSpace(string(b)), nil
+}
+
+// oldUnits gives every server's Nomad the unit an older bootstrap wrote
+// (another RestartSec), as a new version that changes the unit template
+// finds them: its roles differ, so the nomad play runs on every node. up
+// rewrites the units and restarts the servers one at a time (followers
+// first, each healthy again before the next), not all at once in place;
+// the next plan has nothing to do. A run killed between the two is
+// finished the same way: a unit newer than its agent's start is stale.
+func oldUnits(t *testing.T, p *platformtest.Platform, st *lab.State) {
+	ctx := context.Background()
+	_, nc := apiClients(t, p.Env("admin"))
+	type agent struct {
+		name  string
+		pid   string
+		start int64 // µs of CLOCK_MONOTONIC, which the machines share
+	}
+	show := func(m lab.Machine) agent {
+		out, err := lab.Exec(ctx, m, "systemctl", "show", "-p", "MainPID", "-p", "ExecMainStartTimestampMonotonic", "nomad")
+		if err != nil {
+			t.Fatalf("%s: systemctl show nomad: %v\n%s", m.Name, err, out)
+		}
+		a := agent{name: m.Name}
+		for _, l := range strings.Split(string(out), "\n") {
+			k, v, _ := strings.Cut(l, "=")
+			switch k {
+			case "MainPID":
+				a.pid = v
+			case "ExecMainStartTimestampMonotonic":
+				fmt.Sscan(v, &a.start)
+			}
+		}
+		return a
+	}
+	var servers []lab.Machine
+	before := map[string]agent{}
+	for _, m := range st.Machines {
+		if !strings.HasPrefix(m.Name, "server-") {
+			continue
+		}
+		servers = append(servers, m)
+		old := "sed -i s/^RestartSec=2$/RestartSec=3/ /etc/systemd/system/nomad.service && systemctl daemon-reload && systemctl restart nomad"
+		if out, err := lab.Exec(ctx, m, "sh", "-c", old); err != nil {
+			t.Fatalf("%s: the older unit: %v\n%s", m.Name, err, out)
+		}
+		before[m.Name] = show(m)
+	}
+	var leader string
+	eventually(t, 2*time.Minute, "a Nomad leader after the restarts", func() (err error) {
+		leader, err = nc.Status().Leader()
+		return err
+	})
+	state, err := statedir.Load(p.StateDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := state.DeleteNotes("nomad", "ansible_nomad_digest"); err != nil {
+		t.Fatal(err)
+	}
+	p.Up()
+
+	var after []agent
+	for _, m := range servers {
+		a := show(m)
+		if a.pid == before[m.Name].pid {
+			t.Errorf("%s: nomad was not restarted with its new unit (pid %s)", m.Name, a.pid)
+		}
+		if out, err := lab.Exec(ctx, m, "grep", "-qx", "RestartSec=2", "/etc/systemd/system/nomad.service"); err != nil {
+			t.Errorf("%s: the unit was not rewritten: %v\n%s", m.Name, err, out)
+		}
+		after = append(after, a)
+	}
+	slices.SortFunc(after, func(a, b agent) int { return cmp.Compare(a.start, b.start) })
+	for i := 1; i < len(after); i++ {
+		// Each waits until the one before it follows a leader and is
+		// healthy by Autopilot: seconds; restarts in place come at once.
+		if gap := time.Duration(after[i].start-after[i-1].start) * time.Microsecond; gap < 2*time.Second {
+			t.Errorf("nomad on %s restarted %s after %s's: not one at a time", after[i].name, gap, after[i-1].name)
+		}
+	}
+	if last := after[len(after)-1].name; !strings.HasPrefix(leader, ipOf(st, last)+":") {
+		t.Errorf("the leader (%s) was not restarted last: %s was", leader, last)
+	}
+	if r := p.Run([]string{"plan"}); r.Code != 0 {
+		t.Errorf("plan after the rolling restart: exit %d\n%s", r.Code, r.Output())
+	}
+}
+
+// ipOf is the address of the lab machine name.
+func ipOf(st *lab.State, name string) string {
+	m, _ := st.Machine(name)
+	return m.IP
 }

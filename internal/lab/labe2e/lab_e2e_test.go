@@ -204,6 +204,9 @@ func TestLabProduction(t *testing.T) {
 		}
 	})
 
+	t.Run("a new unit restarts the servers one at a time", func(t *testing.T) {
+		oldUnits(t, p.T(t), st)
+	})
 	t.Run("a server rebooted from inside: up unseals its vault", func(t *testing.T) {
 		rebootServer(t, p.T(t), st)
 	})
