@@ -196,6 +196,39 @@ func TestProcessServiceModule(t *testing.T) {
 	if r := runModule(t, "process_service", at(false, true)); r.Changed || r.Stale {
 		t.Errorf("on the new binary: %+v, want unchanged and not stale", r)
 	}
+
+	// A configuration file modified after the start, in this run or in one
+	// killed before the restart: stale, held as a new binary is.
+	config := filepath.Join(root, "svc.hcl")
+	if err := os.WriteFile(config, []byte("a"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	withConfig := func(hold bool) map[string]any {
+		a := at(false, hold)
+		a["configs"] = []string{config, filepath.Join(root, "missing.hcl")}
+		return a
+	}
+	later := time.Now().Add(time.Second)
+	if err := os.Chtimes(config, later, later); err != nil {
+		t.Fatal(err)
+	}
+	old = running()
+	if r := runModule(t, "process_service", withConfig(true)); r.Changed || r.Failed || !r.Stale || running() != old {
+		t.Errorf("held, its configuration newer than it: %+v, want unchanged, stale and pid %d still running", r, old)
+	}
+	earlier := time.Now().Add(-time.Hour)
+	if err := os.Chtimes(config, earlier, earlier); err != nil {
+		t.Fatal(err)
+	}
+	if r := runModule(t, "process_service", withConfig(true)); r.Changed || r.Stale {
+		t.Errorf("its configuration older than it: %+v, want unchanged and not stale", r)
+	}
+	if err := os.Chtimes(config, later, later); err != nil {
+		t.Fatal(err)
+	}
+	if r := runModule(t, "process_service", withConfig(false)); !r.Changed || r.Failed || running() == old {
+		t.Errorf("not held, its configuration newer than it: %+v, want it restarted", r)
+	}
 }
 
 // alive reports whether pid runs: it exists and is not a zombie.

@@ -15,11 +15,19 @@ options:
   log_dir: {description: Directory of the log file (stdout and stderr)., required: true, type: path}
   chdir: {description: Working directory., required: true, type: path}
   restart: {description: Restart it if it runs (its configuration changed)., type: bool, default: false}
+  configs:
+    description: >-
+      Files it reads at start: one modified since it started makes it stale,
+      whether it changed in this run or in one killed before the restart.
+    type: list
+    elements: path
+    default: []
   hold_stale:
     description: >-
-      Leave it running when it runs a binary other than the one given (the
-      binary was replaced: an upgrade), even with restart set: a later play
-      restarts it in the order the upgrade needs. Reported as stale.
+      Leave it running when it is stale (it runs a binary other than the one
+      given, replaced by an upgrade, or one of configs is newer than it),
+      even with restart set: a later play restarts it in the order the
+      upgrade or the change needs. Reported as stale.
     type: bool
     default: false
 """
@@ -44,14 +52,18 @@ def zombie(pidfile):
         return False
 
 
-def stale(pidfile, binary):
+def stale(pidfile, binary, configs):
     """Whether the process of the pid file runs another program than
-    binary: a symlink now pointing elsewhere, or a file replaced since it
-    started (its exe then ends in " (deleted)")."""
+    binary (a symlink now pointing elsewhere, or a file replaced since it
+    started: its exe then ends in " (deleted)"), or started before one of
+    configs was last modified (the pid file is written at its start)."""
     try:
         with open(pidfile) as f:
             pid = int(f.read().strip())
-        return os.readlink("/proc/%d/exe" % pid) != os.path.realpath(binary)
+        if os.readlink("/proc/%d/exe" % pid) != os.path.realpath(binary):
+            return True
+        started = os.stat(pidfile).st_mtime
+        return any(os.path.exists(c) and os.stat(c).st_mtime > started for c in configs)
     except (OSError, ValueError):
         return False
 
@@ -66,6 +78,7 @@ def main():
             log_dir=dict(type="path", required=True),
             chdir=dict(type="path", required=True),
             restart=dict(type="bool", default=False),
+            configs=dict(type="list", elements="path", default=[]),
             hold_stale=dict(type="bool", default=False),
         ),
         supports_check_mode=True,
@@ -79,7 +92,7 @@ def main():
     if rc not in (0, 1, 3):
         m.fail_json(msg="start-stop-daemon --status %s: %s" % (p["name"], err))
     running = rc == 0 and not zombie(pidfile)
-    old = running and stale(pidfile, p["binary"])
+    old = running and stale(pidfile, p["binary"], p["configs"])
     if running and (old and p["hold_stale"] or not p["restart"] and not old):
         m.exit_json(changed=False, state="running", stale=old)
     if m.check_mode:
