@@ -46,7 +46,11 @@ func (b *Browser) NomadUI(ctx context.Context, addr, token string, jobs map[stri
 		err := p.Open(ctx, addr+"/ui/settings/tokens")
 		signOut := `Array.from(document.querySelectorAll("button")).some(b => b.innerText.trim() === "Sign Out")`
 		if err == nil {
-			err = p.WaitFor(ctx, "the token form or the signed-in token", `document.querySelector("#token-input") || `+signOut, stepTimeout)
+			// The app renders once its first API calls answer: right after
+			// the rolling upgrade, under the lab's load, CI saw the page still
+			// blank after 90 s (2026-12-05). A page that never renders still
+			// fails.
+			err = p.WaitFor(ctx, "the token form or the signed-in token", `document.querySelector("#token-input") || `+signOut, 2*stepTimeout)
 		}
 		var signedIn bool
 		if err == nil {
