@@ -17,8 +17,17 @@
 #   cpu, memory     number        MHz and MB reserved (default 200, 128)
 #   proxy_port      number        static HTTP proxy port (default 9999)
 #   ui_port         number        static UI/API port (default 9998)
-#   app_listeners   list(object({namespace=string, port=number}))  one Fabio per application
-#                                 namespace and the static port it proxies on (default [])
+#   app_listeners   list(object({namespace=string, port=number, public_port=number}))
+#                                 one Fabio per application namespace, the static port it
+#                                 proxies on, and the port it also serves on the client's
+#                                 public address (0: none) (default [])
+#   public          bool          the platform's Fabio also proxies on the client's public
+#                                 address, on proxy_port (default false)
+#
+# Public addresses: a client whose node meta public_address is set (the
+# inventory's public_ip) gets the public listeners; other clients do not.
+# Nomad does not know the public address (it fingerprints one network), so
+# it does not reserve those ports: nothing else on the platform binds there.
 #   consul_addr     string        Consul HTTP API, scheme://host:port, reached from the
 #                                 client (default https://<node_address>:8501: the
 #                                 client's own Consul agent)
@@ -78,8 +87,13 @@ variable "ui_port" {
 }
 
 variable "app_listeners" {
-  type    = list(object({ namespace = string, port = number }))
+  type    = list(object({ namespace = string, port = number, public_port = number }))
   default = []
+}
+
+variable "public" {
+  type    = bool
+  default = false
 }
 
 variable "consul_addr" {
@@ -111,11 +125,14 @@ locals {
   # Fabio reads every property from FABIO_<name with _ for .> as well; the
   # properties file holds what is not secret.
   listeners = concat(
-    [{ name = "fabio", port = var.proxy_port, ui_port = var.ui_port, secret = "secret/data/general/fabio/consul" }],
-    [for l in var.app_listeners : { name = "fabio-${l.namespace}", port = l.port, ui_port = 0, secret = "secret/data/general/fabio/consul-${l.namespace}" }],
+    [{ name = "fabio", port = var.proxy_port, ui_port = var.ui_port, public_port = var.public ? var.proxy_port : 0, secret = "secret/data/general/fabio/consul" }],
+    [for l in var.app_listeners : { name = "fabio-${l.namespace}", port = l.port, ui_port = 0, public_port = l.public_port, secret = "secret/data/general/fabio/consul-${l.namespace}" }],
   )
-  properties = <<-EOT
-    proxy.addr = ${local.node_address}:{{ env "NOMAD_PORT_proxy" }};proto=http,${local.node_address}:{{ env "NOMAD_PORT_metrics" }};proto=prometheus
+  # Written per group: the public listener exists only on clients with a
+  # public address, and only for the listeners that have a public port.
+  public_addr = "{{ with env \"meta.public_address\" }},{{ . }}:%d;proto=http{{ end }}"
+  properties  = <<-EOT
+    proxy.addr = ${local.node_address}:{{ env "NOMAD_PORT_proxy" }};proto=http,${local.node_address}:{{ env "NOMAD_PORT_metrics" }};proto=prometheus[[public]]
     ui.addr = ${local.node_address}:{{ env "NOMAD_PORT_ui" }}
     ui.access = ro
     registry.backend = consul
@@ -216,7 +233,7 @@ job "fabio" {
         }
 
         template {
-          data        = local.properties
+          data        = replace(local.properties, "[[public]]", group.value.public_port > 0 ? format(local.public_addr, group.value.public_port) : "")
           destination = "local/fabio.properties"
           change_mode = "restart"
         }

@@ -369,6 +369,16 @@ func testSettingsChangeJob(t *testing.T, c *nomadapi.Client) {
 	config := func(name string) describe {
 		return func(job *nomadapi.Job) string { return *task(job, name).Templates[0].EmbeddedTmpl }
 	}
+	// properties is the first template of group g's task: Fabio's
+	// properties file.
+	properties := func(g string) describe {
+		return func(job *nomadapi.Job) string {
+			if tg := group(job, g); tg != nil {
+				return *tg.Tasks[0].Templates[0].EmbeddedTmpl
+			}
+			return "no group " + g
+		}
+	}
 	constraints := func(g string) describe {
 		return func(job *nomadapi.Job) string {
 			var out []string
@@ -396,6 +406,9 @@ func testSettingsChangeJob(t *testing.T, c *nomadapi.Client) {
 		{Grafana, Variables{"cpu": 7, "memory": 77}, resources("grafana"), "cpu 7 memory 77"},
 		{Fabio, Variables{"image": "fabiolb/fabio:x"}, image("fabio"), "fabiolb/fabio:x"},
 		{Fabio, Variables{"cpu": 7, "memory": 77}, resources("fabio"), "cpu 7 memory 77"},
+		{Fabio, Variables{"public": true}, properties("fabio"), `{{ with env "meta.public_address" }},{{ . }}:9999;proto=http{{ end }}`},
+		{Fabio, Variables{"app_listeners": []map[string]any{{"namespace": "prod", "port": 10002, "public_port": 80}}}, properties("fabio-prod"),
+			`proto=prometheus{{ with env "meta.public_address" }},{{ . }}:80;proto=http{{ end }}`},
 		{NodeExporter, Variables{"image": "prom/node-exporter:x"}, image("node-exporter"), "prom/node-exporter:x"},
 		{NodeExporter, Variables{"cpu": 7, "memory": 77}, resources("node-exporter"), "cpu 7 memory 77"},
 		{GitLabRunner, Variables{"job_image": "debian:12"}, config("gitlab-runner"), `image = "debian:12"`},

@@ -29,6 +29,9 @@ type Platform struct {
 	Jobs         Jobs
 	Monitoring   Monitoring
 	GitLabRunner *GitLabRunner
+	// Ingress is nil unless the file has an ingress block: then nothing is
+	// served on the nodes' public addresses.
+	Ingress *Ingress
 
 	// Secrets are the values env() and file() returned. Whatever the file
 	// reads that way (tokens, passwords, keys) must never be printed: the
@@ -326,6 +329,25 @@ type Monitoring struct {
 	ScrapeIntervalRange  hcl.Range `hcl:"scrape_interval,attr_value_range"`
 	AlertWebhookURLRange hcl.Range `hcl:"alert_webhook_url,attr_value_range"`
 	DashboardsDirRange   hcl.Range `hcl:"dashboards_dir,attr_value_range"`
+}
+
+// Ingress serves applications on the clients' public addresses (the
+// inventory's public_ip): the way in from the Internet. Fabio serves plain
+// HTTP there; HTTPS is left to a load balancer in front of the clients,
+// since a certificate from the platform's own PKI is trusted by no browser.
+type Ingress struct {
+	// Namespace is the application namespace whose Fabio listens on each
+	// client's public address, on Port.
+	Namespace string `hcl:"namespace,optional"`
+	Port      int    `hcl:"port,optional"`
+	// Platform has the platform's Fabio (Prometheus, Alertmanager, Grafana)
+	// listen on the public addresses too, on its own port 9999: only for
+	// clients whose firewall admits the administrators alone.
+	Platform bool `hcl:"platform,optional"`
+
+	DefRange       hcl.Range `hcl:",def_range"`
+	NamespaceRange hcl.Range `hcl:"namespace,attr_value_range"`
+	PortRange      hcl.Range `hcl:"port,attr_value_range"`
 }
 
 // GitLabRunner registers a GitLab Runner job when present.

@@ -99,7 +99,7 @@ var topSchema = &hcl.BodySchema{
 	Blocks: []hcl.BlockHeaderSchema{
 		{Type: "provider", LabelNames: []string{"type"}},
 		{Type: "vault"}, {Type: "pki"}, {Type: "consul"}, {Type: "nomad"},
-		{Type: "jobs"}, {Type: "monitoring"}, {Type: "gitlab_runner"},
+		{Type: "jobs"}, {Type: "monitoring"}, {Type: "gitlab_runner"}, {Type: "ingress"},
 	},
 }
 
@@ -162,6 +162,11 @@ func decodeTop(body hcl.Body, ctx *hcl.EvalContext, p *Platform) hcl.Diagnostics
 			r.DefRange = b.DefRange
 			p.GitLabRunner = &r
 			diags = append(diags, literalSecret(b.Body, "token")...)
+		case "ingress":
+			in := Ingress{Port: 80}
+			diags = append(diags, gohcl.DecodeBody(b.Body, ctx, &in)...)
+			in.DefRange = b.DefRange
+			p.Ingress = &in
 		}
 	}
 	if _, ok := seen["provider"]; !ok && !diags.HasErrors() {

@@ -82,6 +82,7 @@ func validate(p *Platform, in *secretInputs) hcl.Diagnostics {
 	v.jobs()
 	v.monitoring()
 	v.gitlab()
+	v.ingress()
 	return v.diags
 }
 
@@ -491,6 +492,42 @@ func (v *validator) gitlab() {
 	}
 	if g.Concurrent < 1 {
 		v.errorf(or(g.ConcurrentRange, g.DefRange), "Invalid concurrent", "concurrent = %d: a runner runs at least one job at a time.", g.Concurrent)
+	}
+}
+
+// agentPorts are the ports the agents may hold on a client's public
+// address (Nomad binds every address on machines).
+var agentPorts = []int{4646, 4647, 4648, 8200, 8201, 8300, 8301, 8302, 8500, 8501, 8502, 8503, 8600, 9100}
+
+func (v *validator) ingress() {
+	in := v.p.Ingress
+	if in == nil {
+		return
+	}
+	if !v.p.Jobs.Fabio.Enabled {
+		v.errorf(in.DefRange, "Ingress needs Fabio", "the ingress block serves applications through Fabio, but jobs { fabio { enabled = false } }; enable fabio or remove the ingress block.")
+		return
+	}
+	if in.Namespace == "" && !in.Platform {
+		v.errorf(in.DefRange, "Empty ingress", "the ingress block serves nothing: set namespace = \"prod\" (the application namespace served on the clients' public addresses), or remove the block.")
+	}
+	if in.Namespace != "" && !slices.Contains(v.p.Nomad.Namespaces, in.Namespace) {
+		v.errorf(or(in.NamespaceRange, in.DefRange), "Unknown ingress namespace", "namespace = %q is not one of the application namespaces %q (nomad { namespaces }); the platform's own Fabio is exposed with platform = true instead.", in.Namespace, v.p.Nomad.Namespaces)
+	}
+	if in.Namespace != "" {
+		taken := append(slices.Clone(agentPorts), 9998, 9999)
+		for i := range v.p.Nomad.Namespaces {
+			taken = append(taken, 10001+i)
+		}
+		switch {
+		case in.Port < 1 || in.Port > 65535:
+			v.errorf(or(in.PortRange, in.DefRange), "Invalid port", "port = %d: give a TCP port, 1 to 65535 (default 80).", in.Port)
+		case slices.Contains(taken, in.Port):
+			v.errorf(or(in.PortRange, in.DefRange), "Port in use", "port = %d is one of the platform's own ports (%v); pick another, e.g. 80.", in.Port, taken)
+		}
+	}
+	if v.p.Provider.Local != nil {
+		v.warnf(in.DefRange, "ingress has no effect", "the local provider's nodes have no public address: nothing is served publicly. The ingress block applies to machines whose inventory gives a public_ip.")
 	}
 }
 

@@ -203,9 +203,14 @@ func wanted(e *stages.Env, p *platform) ([]spec, error) {
 		v["ui_port"] = FabioUIPort
 		var apps []map[string]any
 		for i, ns := range cfg.Nomad.Namespaces {
-			apps = append(apps, map[string]any{"namespace": ns, "port": FabioAppPort(i)})
+			public := 0
+			if in := cfg.Ingress; in != nil && in.Namespace == ns {
+				public = in.Port
+			}
+			apps = append(apps, map[string]any{"namespace": ns, "port": FabioAppPort(i), "public_port": public})
 		}
 		v["app_listeners"] = apps
+		v["public"] = cfg.Ingress != nil && cfg.Ingress.Platform
 		out = append(out, spec{platformjobs.Fabio, v})
 	}
 	if j := cfg.Jobs.Prometheus; j.Enabled {
@@ -451,10 +456,17 @@ func setOutputs(e *stages.Env, p *platform) error {
 	if len(clients) == 0 || !p.cfg.Jobs.Fabio.Enabled {
 		return e.State.DeleteOutputs(gone...)
 	}
-	fabio := "http://" + net.JoinHostPort(clients[0].APIAddress(), fmt.Sprint(FabioPort))
+	// Fabio listens on the clients' private addresses, and on their public
+	// ones only where the ingress block says so.
+	c := clients[0]
+	in := p.cfg.Ingress
+	fabio := "http://" + net.JoinHostPort(c.PrivateIP, fmt.Sprint(FabioPort))
+	if in != nil && in.Platform && c.PublicIP != "" {
+		fabio = "http://" + net.JoinHostPort(c.PublicIP, fmt.Sprint(FabioPort))
+	}
 	outs := map[string]string{
 		stages.OutFabioAddr:   fabio,
-		stages.OutFabioUIAddr: "http://" + net.JoinHostPort(clients[0].APIAddress(), fmt.Sprint(FabioUIPort)),
+		stages.OutFabioUIAddr: "http://" + net.JoinHostPort(c.PrivateIP, fmt.Sprint(FabioUIPort)),
 	}
 	if p.cfg.Jobs.Prometheus.Enabled {
 		outs[stages.OutPrometheusAddr] = fabio + "/prometheus"
@@ -466,7 +478,10 @@ func setOutputs(e *stages.Env, p *platform) error {
 		outs[stages.OutGrafanaAddr] = fabio + "/grafana"
 	}
 	for i, ns := range p.cfg.Nomad.Namespaces {
-		outs[stages.OutFabioAppAddr(ns)] = "http://" + net.JoinHostPort(clients[0].APIAddress(), fmt.Sprint(FabioAppPort(i)))
+		outs[stages.OutFabioAppAddr(ns)] = "http://" + net.JoinHostPort(c.PrivateIP, fmt.Sprint(FabioAppPort(i)))
+		if in != nil && in.Namespace == ns && c.PublicIP != "" {
+			outs[stages.OutFabioAppAddr(ns)] = publicURL(c.PublicIP, in.Port)
+		}
 	}
 	keys := make([]string, 0, len(outs))
 	for k := range outs {
@@ -569,4 +584,13 @@ func password() (string, error) {
 		b[i] = alphabet[int(b[i])%len(alphabet)]
 	}
 	return string(b), nil
+}
+
+// publicURL is the address users type: the port only when it is not HTTP's.
+func publicURL(ip string, port int) string {
+	host := net.JoinHostPort(ip, fmt.Sprint(port))
+	if port == 80 {
+		host = strings.TrimSuffix(host, ":80")
+	}
+	return "http://" + host
 }

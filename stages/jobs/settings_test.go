@@ -103,7 +103,10 @@ func TestEverySettingChangesTheJobs(t *testing.T) {
 		{setting: `datacenter = "fra1"`, job: platformjobs.Fabio, vars: map[string]any{"datacenters": []string{"fra1"}}},
 		{setting: `region = "europe"`, job: platformjobs.Prometheus, vars: map[string]any{"prometheus_yml": contains("client.europe.nomad")}},
 		{setting: `consul { domain = "cluster.internal" }`, job: platformjobs.Prometheus, vars: map[string]any{"prometheus_yml": contains("client.dc1.cluster.internal")}},
-		{setting: `nomad { namespaces = ["dev", "staging"] }`, job: platformjobs.Fabio, vars: map[string]any{"app_listeners": []map[string]any{{"namespace": "dev", "port": 10001}, {"namespace": "staging", "port": 10002}}}},
+		{setting: `nomad { namespaces = ["dev", "staging"] }`, job: platformjobs.Fabio, vars: map[string]any{"app_listeners": []map[string]any{{"namespace": "dev", "port": 10001, "public_port": 0}, {"namespace": "staging", "port": 10002, "public_port": 0}}}},
+		{setting: `ingress { namespace = "prod" }`, job: platformjobs.Fabio, vars: map[string]any{"app_listeners": []map[string]any{{"namespace": "dev", "port": 10001, "public_port": 0}, {"namespace": "prod", "port": 10002, "public_port": 80}}}},
+		{setting: "ingress {\n namespace = \"dev\"\n port = 8080\n}", job: platformjobs.Fabio, vars: map[string]any{"app_listeners": []map[string]any{{"namespace": "dev", "port": 10001, "public_port": 8080}, {"namespace": "prod", "port": 10002, "public_port": 0}}}},
+		{setting: `ingress { platform = true }`, job: platformjobs.Fabio, vars: map[string]any{"public": true}},
 		{setting: `pki { leaf_ttl = "72h" }`, job: platformjobs.Prometheus, vars: map[string]any{"rules": nil}},
 		{setting: `jobs { driver = "raw_exec" }`, job: platformjobs.NodeExporter, vars: map[string]any{"driver": "raw_exec", "binary": contains("prometheus-node-exporter")}},
 
@@ -198,4 +201,41 @@ func configWith(setting, docker, runner string) string {
 		return "jobs {\n" + docker + "}\n" + fmt.Sprintf(runner, body)
 	}
 	return setting + "\n" + "jobs {\n" + docker + "}\n" + fmt.Sprintf(runner, "")
+}
+
+// The addresses up prints are where Fabio listens: the clients' private
+// addresses, and the public one only for what the ingress block exposes.
+func TestOutputsAreWhereFabioListens(t *testing.T) {
+	inv := &inventory.Inventory{Version: inventory.Version, Nodes: []inventory.Node{
+		{Name: "server-1", Roles: []string{"server", "vault"}, PublicIP: "203.0.113.1", PrivateIP: "10.0.0.1"},
+		{Name: "client-1", Roles: []string{"client"}, PublicIP: "203.0.113.2", PrivateIP: "10.0.0.2"},
+	}}
+	for _, tc := range []struct {
+		ingress string
+		want    map[string]string
+	}{
+		{"", map[string]string{
+			stages.OutFabioAddr: "http://10.0.0.2:9999", stages.OutGrafanaAddr: "http://10.0.0.2:9999/grafana", stages.OutFabioUIAddr: "http://10.0.0.2:9998",
+			stages.OutFabioAppAddr("dev"): "http://10.0.0.2:10001", stages.OutFabioAppAddr("prod"): "http://10.0.0.2:10002",
+		}},
+		{"ingress { namespace = \"prod\" }", map[string]string{
+			stages.OutFabioAddr: "http://10.0.0.2:9999", stages.OutFabioUIAddr: "http://10.0.0.2:9998",
+			stages.OutFabioAppAddr("dev"): "http://10.0.0.2:10001", stages.OutFabioAppAddr("prod"): "http://203.0.113.2",
+		}},
+		{"ingress {\n namespace = \"dev\"\n port = 8080\n platform = true\n}", map[string]string{
+			stages.OutFabioAddr: "http://203.0.113.2:9999", stages.OutGrafanaAddr: "http://203.0.113.2:9999/grafana", stages.OutFabioUIAddr: "http://10.0.0.2:9998",
+			stages.OutFabioAppAddr("dev"): "http://203.0.113.2:8080", stages.OutFabioAppAddr("prod"): "http://10.0.0.2:10002",
+		}},
+	} {
+		dir := t.TempDir()
+		e := stagestest.Env(t, dir, filepath.Join(dir, "state"), "provider \"static\" {\n inventory = \"inventory.json\"\n}\n"+tc.ingress, nil)
+		if err := setOutputs(e, &platform{cfg: e.Config, inv: inv}); err != nil {
+			t.Fatal(err)
+		}
+		for k, want := range tc.want {
+			if got := e.State.Output(k); got != want {
+				t.Errorf("%q: output %s = %q, want %q", tc.ingress, k, got, want)
+			}
+		}
+	}
 }

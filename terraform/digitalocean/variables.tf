@@ -91,9 +91,9 @@ variable "ssh_allowed_cidr" {
 }
 
 variable "admin_ports" {
-  description = "Ports opened to ssh_allowed_cidr besides SSH: Vault 8200, Consul 8500/8501, Nomad 4646 (bootstrap talks to these APIs from where it runs)."
+  description = "Ports opened to ssh_allowed_cidr besides SSH: Vault 8200, Consul 8500/8501, Nomad 4646 (bootstrap talks to these APIs from where it runs), and the platform's Fabio 9999 (Prometheus, Grafana, Alertmanager; it listens on the public address only with ingress { platform = true })."
   type        = list(number)
-  default     = [8200, 8500, 8501, 4646]
+  default     = [8200, 8500, 8501, 4646, 9999]
 }
 
 variable "vault_ha" {

@@ -1,0 +1,6 @@
+provider "local" {}
+
+ingress {
+  namespace = "prod"
+  port      = 0
+}
