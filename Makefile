@@ -68,8 +68,11 @@ LAB_DIR     ?= .lab
 LAB_SERVERS ?= 3
 LAB_CLIENTS ?= 2
 LAB_VOLUMES ?=
+# LAB_PUBLIC=true gives the clients public addresses (10.214.0.0/24) and an
+# outside network namespace, lab-lab-out, to reach them from.
+LAB_PUBLIC  ?= false
 lab-up: tools build ## boot the machine lab (root; systemd-nspawn)
-	bin/lab up -dir $(LAB_DIR) -servers $(LAB_SERVERS) -clients $(LAB_CLIENTS) -bin $(CURDIR)/bin -data-volumes "$(LAB_VOLUMES)"
+	bin/lab up -dir $(LAB_DIR) -servers $(LAB_SERVERS) -clients $(LAB_CLIENTS) -bin $(CURDIR)/bin -data-volumes "$(LAB_VOLUMES)" -public=$(LAB_PUBLIC)
 
 lab-down: build ## remove the machine lab: machines, mounts, links, cgroups
 	bin/lab down -dir $(LAB_DIR)

@@ -21,8 +21,9 @@ import (
 
 // Down removes the lab in dir from its state file alone: it powers every
 // machine off (kill -TERM of its systemd-nspawn), kills whatever is left in
-// the machine's cgroups, unmounts the overlays, deletes the veths and the
-// bridge, removes the cgroups and the machines' files. A lab that is
+// the machine's cgroups, unmounts the overlays, deletes the veths, the
+// bridges and the outside network namespace, removes the cgroups and the
+// machines' files. A lab that is
 // already gone, or was half created, is not an error: Down is idempotent.
 func Down(ctx context.Context, dir string) error {
 	st, err := Load(dir)
@@ -50,6 +51,18 @@ func Down(ctx context.Context, dir string) error {
 	}
 	if err := deleteBridge(ctx, st.Bridge); err != nil {
 		errs = append(errs, err)
+	}
+	if err := deleteOutside(ctx, st); err != nil {
+		errs = append(errs, err)
+	}
+	if err := deleteBridge(ctx, st.PublicBridge); err != nil {
+		errs = append(errs, err)
+	}
+	// A public veth a killed systemd-nspawn left, attached or not.
+	for _, m := range st.Machines {
+		if err := deleteVeth(ctx, m.PublicVeth); err != nil {
+			errs = append(errs, fmt.Errorf("machine %s: %w", m.Name, err))
+		}
 	}
 	for _, m := range st.Machines {
 		for _, cg := range m.allCgroups() {
@@ -183,6 +196,9 @@ func removeCgroup(cg string) error {
 // deleteBridge deletes the bridge and any veth still attached to it (the
 // host side of a machine whose network namespace is still alive).
 func deleteBridge(ctx context.Context, br string) error {
+	if br == "" {
+		return nil
+	}
 	if _, err := net.InterfaceByName(br); err != nil {
 		return nil
 	}
@@ -192,14 +208,69 @@ func deleteBridge(ctx context.Context, br string) error {
 	ports, _ := os.ReadDir(filepath.Join("/sys/class/net", br, "brif"))
 	var errs []error
 	for _, p := range ports {
-		if err := run(ctx, "ip", "link", "del", p.Name()); err != nil {
-			errs = append(errs, fmt.Errorf("lab down: %w", err))
+		if err := deleteLink(ctx, p.Name()); err != nil {
+			errs = append(errs, err)
 		}
 	}
-	if err := run(ctx, "ip", "link", "del", br); err != nil {
-		errs = append(errs, fmt.Errorf("lab down: %w", err))
+	if err := deleteLink(ctx, br); err != nil {
+		errs = append(errs, err)
 	}
 	return errors.Join(errs...)
+}
+
+// deleteLink deletes a link. One that is gone already, or goes while it is
+// deleted (the kernel deletes a veth with its peer's network namespace,
+// asynchronously), is not an error.
+func deleteLink(ctx context.Context, name string) error {
+	err := run(ctx, "ip", "link", "del", name)
+	if err != nil {
+		if _, lerr := net.InterfaceByName(name); lerr != nil {
+			return nil
+		}
+		return fmt.Errorf("lab down: %w", err)
+	}
+	return nil
+}
+
+// deleteVeth deletes the named veth, with its peer, if it exists; a link
+// of that name that is not a veth is left alone.
+func deleteVeth(ctx context.Context, name string) error {
+	if name == "" {
+		return nil
+	}
+	if _, err := net.InterfaceByName(name); err != nil {
+		return nil
+	}
+	out, err := exec.CommandContext(ctx, "ip", "-o", "-d", "link", "show", "dev", name).Output()
+	if err != nil {
+		if _, lerr := net.InterfaceByName(name); lerr != nil {
+			return nil
+		}
+		return fmt.Errorf("lab down: ip link show %s: %w", name, err)
+	}
+	if !bytes.Contains(out, []byte(" veth ")) {
+		return fmt.Errorf("lab down: %s is not a veth; not deleting it", name)
+	}
+	return deleteLink(ctx, name)
+}
+
+// deleteOutside deletes the outside network namespace and its veth. The
+// veth goes first: deleting it deletes its peer in the namespace at once,
+// whereas the kernel cleans up a deleted namespace's links later.
+func deleteOutside(ctx context.Context, st *State) error {
+	if err := deleteVeth(ctx, st.OutsideVeth); err != nil {
+		return err
+	}
+	if st.OutsideNetns == "" {
+		return nil
+	}
+	if _, err := os.Lstat(netnsFile(st.OutsideNetns)); errors.Is(err, fs.ErrNotExist) {
+		return nil
+	}
+	if err := run(ctx, "ip", "netns", "del", st.OutsideNetns); err != nil {
+		return fmt.Errorf("lab down: %w", err)
+	}
+	return nil
 }
 
 // statFields returns the fields of /proc/pid/stat after the command name

@@ -91,7 +91,14 @@ type Config struct {
 	// loop device, which the machine sees at the same /dev path and the
 	// inventory gives as its data_device.
 	DataVolumes []string
-	Log         io.Writer
+	// Public gives every client a second, public address besides its
+	// private one, as a cloud droplet has besides its VPC address:
+	// 10.214.<Net>.<the last octet of its private address> on a second
+	// bridge, where the host (the admin's laptop on the Internet) is .1 and
+	// an outside network namespace (a user on the Internet: State.Outside)
+	// is .2. Servers get no public address.
+	Public bool
+	Log    io.Writer
 }
 
 // DataVolumeMB is the size of a machine's data volume.
@@ -106,6 +113,14 @@ type State struct {
 	Rootfs   string    `json:"rootfs"`
 	KeyFile  string    `json:"key_file"` // the lab's SSH private key
 	Machines []Machine `json:"machines"`
+	// The public network (Config.Public): its bridge and the host's
+	// address on it; the outside network namespace, the host end of the
+	// veth that joins it to the bridge, and its address there.
+	PublicBridge   string `json:"public_bridge,omitempty"`
+	PublicHostCIDR string `json:"public_host_cidr,omitempty"`
+	OutsideNetns   string `json:"outside_netns,omitempty"`
+	OutsideVeth    string `json:"outside_veth,omitempty"`
+	OutsideIP      string `json:"outside_ip,omitempty"`
 }
 
 // Machine is one machine of the lab.
@@ -130,6 +145,11 @@ type Machine struct {
 	// Volume is the machine's data volume: a loop device over
 	// volume.img in Dir (Down finds it by that file).
 	Volume string `json:"volume,omitempty"`
+	// PublicIP is a client's address on the public bridge (Config.Public),
+	// on the guest's interface pub0; PublicVeth is the host end of that
+	// veth, which systemd-nspawn creates and the supervisor attaches.
+	PublicIP   string `json:"public_ip,omitempty"`
+	PublicVeth string `json:"public_veth,omitempty"`
 	// Supervisor restarts systemd-nspawn when the guest reboots (exit 133).
 	// SupervisorStart (clock ticks since boot) guards against pid reuse.
 	Supervisor      int    `json:"supervisor_pid,omitempty"`
@@ -142,7 +162,10 @@ func (m Machine) Root() string { return filepath.Join(m.Dir, "root") }
 // stateFile is the state's name in the lab directory.
 const stateFile = "state.json"
 
-const hostOctet, firstMachineOctet = 1, 10
+const hostOctet, outsideOctet, firstMachineOctet = 1, 2, 10
+
+// publicIf is a client's public interface in the guest.
+const publicIf = "pub0"
 
 // Available reports why the lab cannot run here, or nil: it needs root,
 // systemd-nspawn, debootstrap, nsenter, ip and overlayfs.
@@ -212,14 +235,6 @@ func Up(ctx context.Context, cfg Config) (*State, error) {
 		return nil, err
 	}
 
-	st := &State{
-		Name:     cfg.Name,
-		Dir:      dir,
-		Bridge:   "bl-" + cfg.Name,
-		HostCIDR: fmt.Sprintf("10.213.%d.%d/24", cfg.Net, hostOctet),
-		Rootfs:   rootfs,
-		KeyFile:  key,
-	}
 	cg, err := cgroupRoots()
 	if err != nil {
 		return nil, err
@@ -228,25 +243,11 @@ func Up(ctx context.Context, cfg Config) (*State, error) {
 	if err != nil {
 		return nil, err
 	}
-	for i, n := range cfg.Nodes {
-		unit := cfg.Name + "-" + n.Name
-		var cgs []string
-		for _, r := range cg {
-			cgs = append(cgs, filepath.Join(r, "bootstrap-lab", unit))
-		}
-		var cs []Controller
-		for _, c := range ctrls {
-			cs = append(cs, Controller{Name: c.Name, Dir: filepath.Join(c.Dir, "bootstrap-lab", unit)})
-		}
-		st.Machines = append(st.Machines, Machine{
-			Name:        n.Name,
-			Unit:        unit,
-			IP:          fmt.Sprintf("10.213.%d.%d", cfg.Net, firstMachineOctet+i),
-			Roles:       n.Roles,
-			Dir:         filepath.Join(dir, "machines", n.Name),
-			Cgroups:     cgs,
-			Controllers: cs,
-		})
+	st := newState(cfg, dir, rootfs, key, cg, ctrls)
+	// Checked before the state is written: Down would otherwise remove
+	// another lab's bridge or namespace of the same name.
+	if err := st.checkFree(); err != nil {
+		return nil, err
 	}
 	// Recorded before anything is created: Down needs only this file.
 	if err := st.save(); err != nil {
@@ -254,6 +255,14 @@ func Up(ctx context.Context, cfg Config) (*State, error) {
 	}
 	if err := createBridge(ctx, st.Bridge, st.HostCIDR); err != nil {
 		return st, err
+	}
+	if cfg.Public {
+		if err := createBridge(ctx, st.PublicBridge, st.PublicHostCIDR); err != nil {
+			return st, err
+		}
+		if err := st.createOutside(ctx); err != nil {
+			return st, err
+		}
 	}
 	var shared []string
 	if cfg.BinDir != "" {
@@ -273,7 +282,7 @@ func Up(ctx context.Context, cfg Config) (*State, error) {
 				return st, err
 			}
 		}
-		if err := startMachine(m, st.Bridge); err != nil {
+		if err := startMachine(m, st.Bridge, st.PublicBridge); err != nil {
 			return st, err
 		}
 		if err := st.save(); err != nil {
@@ -293,6 +302,77 @@ func Up(ctx context.Context, cfg Config) (*State, error) {
 		return st, err
 	}
 	return st, nil
+}
+
+// newState lays the lab out: names, addresses and cgroups, nothing created.
+func newState(cfg Config, dir, rootfs, key string, cgroupRoots []string, ctrls []Controller) *State {
+	st := &State{
+		Name:     cfg.Name,
+		Dir:      dir,
+		Bridge:   "bl-" + cfg.Name,
+		HostCIDR: fmt.Sprintf("10.213.%d.%d/24", cfg.Net, hostOctet),
+		Rootfs:   rootfs,
+		KeyFile:  key,
+	}
+	if cfg.Public {
+		st.PublicBridge = "bp-" + cfg.Name
+		st.PublicHostCIDR = fmt.Sprintf("10.214.%d.%d/24", cfg.Net, hostOctet)
+		st.OutsideNetns = "lab-" + cfg.Name + "-out"
+		st.OutsideVeth = "vo-" + cfg.Name
+		st.OutsideIP = fmt.Sprintf("10.214.%d.%d", cfg.Net, outsideOctet)
+	}
+	for i, n := range cfg.Nodes {
+		unit := cfg.Name + "-" + n.Name
+		var cgs []string
+		for _, r := range cgroupRoots {
+			cgs = append(cgs, filepath.Join(r, "bootstrap-lab", unit))
+		}
+		var cs []Controller
+		for _, c := range ctrls {
+			cs = append(cs, Controller{Name: c.Name, Dir: filepath.Join(c.Dir, "bootstrap-lab", unit)})
+		}
+		m := Machine{
+			Name:        n.Name,
+			Unit:        unit,
+			IP:          fmt.Sprintf("10.213.%d.%d", cfg.Net, firstMachineOctet+i),
+			Roles:       n.Roles,
+			Dir:         filepath.Join(dir, "machines", n.Name),
+			Cgroups:     cgs,
+			Controllers: cs,
+		}
+		if cfg.Public && slices.Contains(n.Roles, inventory.RoleClient) {
+			m.PublicIP = fmt.Sprintf("10.214.%d.%d", cfg.Net, firstMachineOctet+i)
+			// At most 12 characters (interface names have 15), and
+			// unique on the box: the lab's name is, and the index
+			// after the last dash cannot be part of it.
+			m.PublicVeth = fmt.Sprintf("vp%s-%d", cfg.Name, i)
+		}
+		st.Machines = append(st.Machines, m)
+	}
+	return st
+}
+
+// checkFree fails if a link or network namespace the lab would create
+// already exists.
+func (st *State) checkFree() error {
+	links := []string{st.Bridge, st.PublicBridge, st.OutsideVeth}
+	for _, m := range st.Machines {
+		links = append(links, m.PublicVeth)
+	}
+	for _, l := range links {
+		if l == "" {
+			continue
+		}
+		if _, err := net.InterfaceByName(l); err == nil {
+			return fmt.Errorf("lab: link %s already exists: another lab of this name runs, or run lab down", l)
+		}
+	}
+	if st.OutsideNetns != "" {
+		if _, err := os.Stat(netnsFile(st.OutsideNetns)); err == nil {
+			return fmt.Errorf("lab: network namespace %s already exists: another lab of this name runs, or run lab down", st.OutsideNetns)
+		}
+	}
+	return nil
 }
 
 // Load reads the state of the lab in dir.
@@ -334,13 +414,15 @@ func (st *State) InventoryFile() string { return filepath.Join(st.Dir, "inventor
 func (st *State) ConfigFile() string    { return filepath.Join(st.Dir, "lab.hcl") }
 
 // Inventory is the lab in the inventory contract: every machine reached as
-// root with the lab's key on its bridge address.
+// root with the lab's key on its bridge address, a client of a public lab
+// on its public address (inventory.Node.APIAddress prefers it).
 func (st *State) Inventory() *inventory.Inventory {
 	inv := &inventory.Inventory{Version: inventory.Version}
 	for _, m := range st.Machines {
 		inv.Nodes = append(inv.Nodes, inventory.Node{
 			Name:       m.Name,
 			Roles:      m.Roles,
+			PublicIP:   m.PublicIP,
 			PrivateIP:  m.IP,
 			SSH:        inventory.SSH{User: "root", Port: 22, PrivateKeyFile: st.KeyFile},
 			DataDevice: m.Volume,
@@ -571,6 +653,70 @@ func createBridge(ctx context.Context, name, cidr string) error {
 	return nil
 }
 
+// netnsFile is where `ip netns add` keeps a named network namespace.
+func netnsFile(name string) string { return filepath.Join("/run/netns", name) }
+
+// createOutside creates the outside network namespace on the public
+// bridge: only the public network is on its link, and it has no default
+// route and no route to the private one, as a user on the Internet.
+func (st *State) createOutside(ctx context.Context) error {
+	_, ipnet, err := net.ParseCIDR(st.PublicHostCIDR)
+	if err != nil {
+		return fmt.Errorf("lab outside: %w", err)
+	}
+	ones, _ := ipnet.Mask.Size()
+	ns := st.OutsideNetns
+	for _, args := range [][]string{
+		{"netns", "add", ns},
+		// The namespace's end is created in it: nothing of it on the host
+		// but the bridge's port.
+		{"link", "add", st.OutsideVeth, "type", "veth", "peer", "name", "eth0", "netns", ns},
+		{"link", "set", st.OutsideVeth, "master", st.PublicBridge, "up"},
+		{"-n", ns, "addr", "add", fmt.Sprintf("%s/%d", st.OutsideIP, ones), "dev", "eth0"},
+		{"-n", ns, "link", "set", "eth0", "up"},
+		{"-n", ns, "link", "set", "lo", "up"},
+	} {
+		if err := run(ctx, "ip", args...); err != nil {
+			return fmt.Errorf("lab outside: %w", err)
+		}
+	}
+	return nil
+}
+
+// Outside runs a command in the outside network namespace (Config.Public),
+// where only the clients' public addresses and the host's are reachable,
+// and returns its combined output.
+func (st *State) Outside(ctx context.Context, args ...string) ([]byte, error) {
+	if st.OutsideNetns == "" {
+		return nil, errors.New("lab outside: the lab has no public network (Config.Public)")
+	}
+	out, err := exec.CommandContext(ctx, "ip", append([]string{"netns", "exec", st.OutsideNetns}, args...)...).CombinedOutput()
+	if err != nil {
+		return out, fmt.Errorf("lab outside: %s: %w", strings.Join(args, " "), err)
+	}
+	return out, nil
+}
+
+// OutsideGet fetches url from the outside network namespace with curl
+// (at most 5 seconds) and returns the body. An HTTP status of 400 or more
+// is an error too; the body is returned with it.
+func (st *State) OutsideGet(ctx context.Context, url string) ([]byte, error) {
+	if st.OutsideNetns == "" {
+		return nil, errors.New("lab outside: the lab has no public network (Config.Public)")
+	}
+	// No proxy: one from the environment would not be reachable from
+	// outside, and would not be the Internet's path to the address.
+	cmd := exec.CommandContext(ctx, "ip", "netns", "exec", st.OutsideNetns,
+		"curl", "-sS", "-m", "5", "--noproxy", "*", "--fail-with-body", url)
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	body, err := cmd.Output()
+	if err != nil {
+		return body, fmt.Errorf("lab outside: GET %s: %w: %s", url, err, bytes.TrimSpace(stderr.Bytes()))
+	}
+	return body, nil
+}
+
 // prepareMachine mounts the machine's overlay and writes what makes it
 // itself: hostname, machine-id, its address, its SSH host key and root's
 // authorized keys. Written through the overlay so that files keep the
@@ -618,6 +764,7 @@ func prepareMachine(st *State, m Machine, keys []string) error {
 		{"etc/machine-id", 0o444, hex.EncodeToString(id) + "\n"},
 		{"etc/systemd/network/10-host0.network", 0o644,
 			fmt.Sprintf("[Match]\nName=host0\n\n[Network]\nAddress=%s/%d\nLinkLocalAddressing=no\nIPv6AcceptRA=no\n", m.IP, ones)},
+		{"etc/systemd/network/10-" + publicIf + ".network", 0o644, publicNetwork(m, st.PublicHostCIDR)},
 		{"etc/ssh/ssh_host_ed25519_key", 0o600, string(pem.EncodeToMemory(block))},
 		{"etc/ssh/ssh_host_ed25519_key.pub", 0o644, string(ssh.MarshalAuthorizedKey(hs.PublicKey()))},
 		// Only the key written above exists; without this sshd would look
@@ -627,6 +774,9 @@ func prepareMachine(st *State, m Machine, keys []string) error {
 		{"etc/systemd/system/lab-cgroups.service", 0o644, cgroupsUnit(m)},
 	}
 	for _, f := range files {
+		if f.data == "" {
+			continue
+		}
 		p := filepath.Join(m.Root(), f.path)
 		mode := os.FileMode(0o755)
 		if strings.HasPrefix(f.path, "root/") {
@@ -652,6 +802,19 @@ func prepareMachine(st *State, m Machine, keys []string) error {
 	return nil
 }
 
+// publicNetwork configures a client's public interface, on the network of
+// the host's public address, or is empty for a machine with no public
+// address. No gateway: the lab has no Internet, and replies go back on the
+// link.
+func publicNetwork(m Machine, hostCIDR string) string {
+	_, ipnet, err := net.ParseCIDR(hostCIDR)
+	if m.PublicIP == "" || err != nil {
+		return ""
+	}
+	ones, _ := ipnet.Mask.Size()
+	return fmt.Sprintf("[Match]\nName=%s\n\n[Network]\nAddress=%s/%d\nLinkLocalAddressing=no\nIPv6AcceptRA=no\n", publicIf, m.PublicIP, ones)
+}
+
 // cgroupsUnit remounts the machine's controller hierarchies writable (see
 // Machine.Controllers) before anything else starts.
 func cgroupsUnit(m Machine) string {
@@ -668,14 +831,33 @@ func cgroupsUnit(m Machine) string {
 // payload/ and supervisor/ cgroups are the machine's own) and runs
 // systemd-nspawn, again whenever the guest reboots: nspawn exits 133 then.
 // Any other exit (poweroff, kill -TERM of nspawn, failure) ends it.
+//
+// systemd-nspawn creates a client's public veth (--network-veth-extra)
+// anew at each boot, and deletes it when it exits, but leaves its host end
+// down and on no bridge: before each run a watcher waits for it and puts it
+// on the public bridge. The watcher ends when that is done, when the
+// supervisor is gone, or after two minutes (nspawn failed to start).
 const supervisor = `for cg in $LAB_CGROUPS; do echo $$ > "$cg/cgroup.procs" || exit 1; done
 while :; do
+  if [ -n "$LAB_PUBLIC_VETH" ]; then
+    (
+      i=0
+      until ip link set "$LAB_PUBLIC_VETH" master "$LAB_PUBLIC_BRIDGE" up 2>/dev/null; do
+        i=$((i + 1))
+        if [ "$i" -gt 2400 ] || ! kill -0 $$ 2>/dev/null; then
+          echo "lab: $LAB_PUBLIC_VETH not attached to $LAB_PUBLIC_BRIDGE"
+          exit 1
+        fi
+        sleep 0.05
+      done
+    ) &
+  fi
   "$@"; rc=$?
   echo "lab: systemd-nspawn exited $rc"
   [ "$rc" -eq 133 ] || exit "$rc"
 done`
 
-func startMachine(m *Machine, bridge string) error {
+func startMachine(m *Machine, bridge, publicBridge string) error {
 	for _, cg := range m.Cgroups {
 		if err := os.MkdirAll(cg, 0o755); err != nil {
 			return fmt.Errorf("machine %s: cgroup: %w", m.Name, err)
@@ -707,6 +889,10 @@ func startMachine(m *Machine, bridge string) error {
 		cmd.Args = append(cmd.Args, "--bind="+m.Volume)
 	}
 	cmd.Env = append(os.Environ(), "LAB_CGROUPS="+strings.Join(join, " "))
+	if m.PublicVeth != "" {
+		cmd.Args = append(cmd.Args, "--network-veth-extra="+m.PublicVeth+":"+publicIf)
+		cmd.Env = append(cmd.Env, "LAB_PUBLIC_VETH="+m.PublicVeth, "LAB_PUBLIC_BRIDGE="+publicBridge)
+	}
 	cmd.Stdout, cmd.Stderr = console, console
 	// Its own session: the machine outlives `lab up` and a terminal's ^C.
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
@@ -757,7 +943,7 @@ func (st *State) PowerOn(ctx context.Context, name string) error {
 	if supervisorAlive(*m) {
 		return fmt.Errorf("machine %s is running", name)
 	}
-	if err := startMachine(m, st.Bridge); err != nil {
+	if err := startMachine(m, st.Bridge, st.PublicBridge); err != nil {
 		return err
 	}
 	if err := st.save(); err != nil {
@@ -767,7 +953,7 @@ func (st *State) PowerOn(ctx context.Context, name string) error {
 }
 
 // WaitReady waits until the machine's systemd says running and its sshd
-// answers on the bridge.
+// answers on the bridge, and on its public address if it has one.
 func WaitReady(ctx context.Context, m Machine, timeout time.Duration) error {
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
@@ -776,11 +962,14 @@ func WaitReady(ctx context.Context, m Machine, timeout time.Duration) error {
 		out, err := Exec(ctx, m, "systemctl", "is-system-running")
 		last = strings.TrimSpace(string(out))
 		if err == nil && last == "running" {
-			if err := sshBanner(ctx, m.IP); err == nil {
-				return nil
-			} else {
-				last = err.Error()
+			err := sshBanner(ctx, m.IP)
+			if err == nil && m.PublicIP != "" {
+				err = sshBanner(ctx, m.PublicIP)
 			}
+			if err == nil {
+				return nil
+			}
+			last = err.Error()
 		} else if err != nil && last == "" {
 			last = err.Error()
 		}
@@ -842,16 +1031,22 @@ func Init(m Machine) (int, error) {
 }
 
 // Nspawn returns the pid of the machine's running systemd-nspawn: the
-// supervisor's child.
+// supervisor's child (its other child, if any, is the public veth's
+// watcher).
 func Nspawn(m Machine) (int, error) {
 	if !supervisorAlive(m) {
 		return 0, fmt.Errorf("machine %s is not running (its supervisor is gone; see %s)", m.Name, filepath.Join(m.Dir, "console.log"))
 	}
-	kids := children(m.Supervisor)
-	if len(kids) != 1 {
-		return 0, fmt.Errorf("machine %s: not booted (supervisor pid %d has %d children)", m.Name, m.Supervisor, len(kids))
+	var ns []int
+	for _, pid := range children(m.Supervisor) {
+		if comm(pid) == "systemd-nspawn" {
+			ns = append(ns, pid)
+		}
 	}
-	return kids[0], nil
+	if len(ns) != 1 {
+		return 0, fmt.Errorf("machine %s: not booted (supervisor pid %d runs %d systemd-nspawn)", m.Name, m.Supervisor, len(ns))
+	}
+	return ns[0], nil
 }
 
 func supervisorAlive(m Machine) bool {

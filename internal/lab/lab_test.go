@@ -2,7 +2,9 @@ package lab_test
 
 import (
 	"context"
+	"fmt"
 	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -62,9 +64,50 @@ func sshRun(t *testing.T, st *lab.State, m lab.Machine, cmd string) (string, err
 	return strings.TrimSpace(string(out)), err
 }
 
+// outsideBanner reads the first bytes of the sshd at ip:22 from the lab's
+// outside network namespace.
+func outsideBanner(ctx context.Context, st *lab.State, ip string) (string, error) {
+	out, err := st.Outside(ctx, "timeout", "5", "bash", "-c", "exec 3<>/dev/tcp/"+ip+"/22 && head -c 7 <&3")
+	return strings.TrimSpace(string(out)), err
+}
+
+// checkOutside proves what a user on the Internet reaches: the client's
+// public address, and not its private one, a server's, or the host's.
+func checkOutside(t *testing.T, st *lab.State, client, server lab.Machine) {
+	t.Helper()
+	ctx := context.Background()
+	if out, err := outsideBanner(ctx, st, client.PublicIP); err != nil || out != "SSH-2.0" {
+		t.Errorf("outside cannot reach %s's sshd on its public address %s: %v %q", client.Name, client.PublicIP, err, out)
+	}
+	hostIP, _, _ := strings.Cut(st.HostCIDR, "/")
+	for _, ip := range []string{client.IP, server.IP, hostIP} {
+		if out, err := outsideBanner(ctx, st, ip); err == nil {
+			t.Errorf("outside reaches %s:22 (%q), which is private", ip, out)
+		}
+	}
+}
+
+// outsideGetHost serves HTTP on the host at ip (which says hello to the
+// client's address) and GETs it from the outside network namespace.
+func outsideGetHost(t *testing.T, st *lab.State, ip string) ([]byte, error) {
+	t.Helper()
+	l, err := net.Listen("tcp", net.JoinHostPort(ip, "0"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		fmt.Fprintf(w, "hello %s", r.RemoteAddr)
+	})}
+	go srv.Serve(l)
+	defer srv.Close()
+	return st.OutsideGet(context.Background(), "http://"+l.Addr().String()+"/")
+}
+
 // TestLab boots two machines, checks that each is its own machine reached
-// over SSH, reboots one from inside, and checks that Down leaves nothing
-// behind on the host, even for a machine whose supervisor was killed.
+// over SSH, that the client's public address, and only it, is reached from
+// outside, reboots the client from inside, and checks that Down leaves
+// nothing behind on the host, even for a machine whose supervisor was
+// killed.
 func TestLab(t *testing.T) {
 	need(t)
 	dir := t.TempDir()
@@ -75,7 +118,7 @@ func TestLab(t *testing.T) {
 		}
 	})
 	start := time.Now()
-	st, err := lab.Up(ctx, lab.Config{Dir: dir, Name: "lt", Net: 201, Nodes: lab.Nodes(1, 1), DataVolumes: []string{"client-1"}, Log: testLog{t}})
+	st, err := lab.Up(ctx, lab.Config{Dir: dir, Name: "lt", Net: 201, Nodes: lab.Nodes(1, 1), DataVolumes: []string{"client-1"}, Public: true, Log: testLog{t}})
 	if err != nil {
 		t.Fatalf("lab up: %v", err)
 	}
@@ -135,6 +178,32 @@ func TestLab(t *testing.T) {
 		t.Errorf("server-1 cannot reach client-1's sshd: %v %q", err, out)
 	}
 
+	// The public network: the client has a public address on pub0, which
+	// the inventory gives; the server has none.
+	if client.PublicIP != "10.214.201.11" || server.PublicIP != "" || st.OutsideIP != "10.214.201.2" {
+		t.Errorf("public addresses: client-1 %q, server-1 %q, outside %q", client.PublicIP, server.PublicIP, st.OutsideIP)
+	}
+	if inv := st.Inventory().Nodes; inv[1].PublicIP != client.PublicIP || inv[1].PrivateIP != client.IP || inv[0].PublicIP != "" {
+		t.Errorf("inventory: %+v", inv)
+	}
+	if out, err := sshRun(t, st, client, "ip -4 -o addr show dev pub0"); err != nil || !strings.Contains(out, " "+client.PublicIP+"/24 ") {
+		t.Errorf("client-1's pub0 should have %s: %v %q", client.PublicIP, err, out)
+	}
+	if out, err := sshRun(t, st, server, "ip -o link show dev pub0"); err == nil {
+		t.Errorf("server-1 has a public interface: %s", out)
+	}
+	checkOutside(t, st, client, server)
+	// An HTTP GET from outside (curl in the namespace) reaches a server on
+	// the host's public address, not one on its private address.
+	pubHost, _, _ := strings.Cut(st.PublicHostCIDR, "/")
+	privHost, _, _ := strings.Cut(st.HostCIDR, "/")
+	if body, err := outsideGetHost(t, st, pubHost); err != nil || !strings.HasPrefix(string(body), "hello "+st.OutsideIP+":") {
+		t.Errorf("GET from outside to the host's public address %s: %v %q", pubHost, err, body)
+	}
+	if body, err := outsideGetHost(t, st, privHost); err == nil {
+		t.Errorf("GET from outside reaches the host's private address %s: %q", privHost, body)
+	}
+
 	// A reboot from inside: nspawn exits 133 and the supervisor boots the
 	// machine again.
 	oldInit, err := lab.Init(client)
@@ -161,6 +230,9 @@ func TestLab(t *testing.T) {
 	if b, _ := os.ReadFile(filepath.Join(client.Dir, "console.log")); !strings.Contains(string(b), "systemd-nspawn exited 133") {
 		t.Errorf("the console log shows no reboot (exit 133):\n%s", b)
 	}
+	// systemd-nspawn made the public veth anew, and it is on the bridge
+	// again.
+	checkOutside(t, st, client, server)
 
 	// What Down must remove, remembered before it runs.
 	var pids []int
@@ -192,6 +264,7 @@ func TestLab(t *testing.T) {
 	if _, err := net.InterfaceByName(st.Bridge); err == nil {
 		t.Errorf("bridge %s left after lab down", st.Bridge)
 	}
+	checkNoPublic(t, st)
 	ifs, _ := net.Interfaces()
 	for _, i := range ifs {
 		if strings.HasPrefix(i.Name, "vb-lt") {
@@ -226,9 +299,24 @@ func TestLab(t *testing.T) {
 	}
 }
 
+// checkNoPublic fails if anything of the lab's public network is left: its
+// bridge, the outside namespace, or a veth of either.
+func checkNoPublic(t *testing.T, st *lab.State) {
+	t.Helper()
+	if _, err := os.Lstat(filepath.Join("/run/netns", st.OutsideNetns)); err == nil {
+		t.Errorf("network namespace %s left after lab down", st.OutsideNetns)
+	}
+	ifs, _ := net.Interfaces()
+	for _, i := range ifs {
+		if i.Name == st.PublicBridge || i.Name == st.OutsideVeth || strings.HasPrefix(i.Name, "vp"+st.Name+"-") {
+			t.Errorf("link %s left after lab down", i.Name)
+		}
+	}
+}
+
 // TestDownAfterKilledUp: Up stops part way, while its first machine boots
-// (the bridge, overlays and cgroups exist, a systemd-nspawn runs); Down
-// removes it all from the state file alone.
+// (the bridges, the outside namespace, overlays and cgroups exist, a
+// systemd-nspawn runs); Down removes it all from the state file alone.
 func TestDownAfterKilledUp(t *testing.T) {
 	need(t)
 	dir := t.TempDir()
@@ -244,7 +332,7 @@ func TestDownAfterKilledUp(t *testing.T) {
 			time.Sleep(time.Millisecond)
 		}
 	}()
-	_, upErr := lab.Up(ctx, lab.Config{Dir: dir, Name: "lk", Net: 203, Nodes: lab.Nodes(1, 1), Log: testLog{t}})
+	_, upErr := lab.Up(ctx, lab.Config{Dir: dir, Name: "lk", Net: 203, Nodes: lab.Nodes(1, 1), Public: true, Log: testLog{t}})
 	cancel()
 	if upErr == nil {
 		t.Log("up finished before it could be cancelled; down must still remove it all")
@@ -257,6 +345,12 @@ func TestDownAfterKilledUp(t *testing.T) {
 	if _, err := net.InterfaceByName(st.Bridge); err != nil {
 		t.Fatalf("the cancelled up should have left its bridge %s: %v", st.Bridge, err)
 	}
+	if _, err := net.InterfaceByName(st.PublicBridge); err != nil {
+		t.Fatalf("the cancelled up should have left its public bridge %s: %v", st.PublicBridge, err)
+	}
+	if _, err := os.Lstat(filepath.Join("/run/netns", st.OutsideNetns)); err != nil {
+		t.Fatalf("the cancelled up should have left its outside namespace: %v", err)
+	}
 	if m := st.Machines[0]; m.Supervisor == 0 {
 		t.Fatal("the cancelled up should have started server-1")
 	}
@@ -266,6 +360,7 @@ func TestDownAfterKilledUp(t *testing.T) {
 	if _, err := net.InterfaceByName(st.Bridge); err == nil {
 		t.Errorf("bridge %s left", st.Bridge)
 	}
+	checkNoPublic(t, st)
 	mounts, _ := os.ReadFile("/proc/mounts")
 	if strings.Contains(string(mounts), dir) {
 		t.Errorf("mounts left under %s", dir)

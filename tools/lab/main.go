@@ -1,11 +1,15 @@
 // Command lab runs the machine lab (internal/lab): real systemd machines in
 // systemd-nspawn containers on this box, for bootstrap's static provider.
 //
-//	lab up   [-dir .lab] [-servers 3] [-clients 2] [-bin ./bin] [-data-volumes client-1]
+//	lab up   [-dir .lab] [-servers 3] [-clients 2] [-bin ./bin] [-data-volumes client-1] [-public]
 //	lab down [-dir .lab]
 //
 // up writes DIR/inventory.json (the inventory contract) and DIR/lab.hcl,
-// ready for `bootstrap up -c DIR/lab.hcl`. down removes every machine,
+// ready for `bootstrap up -c DIR/lab.hcl`. With -public the clients also
+// get a public address (10.214.NET.0/24, the host is .1), which the
+// inventory gives and bootstrap reaches them on, and the network namespace
+// lab-NAME-out (.2) plays a user on the Internet:
+// `ip netns exec lab-NAME-out curl http://PUBLIC_IP/`. down removes every machine,
 // mount, link and cgroup the lab made, from DIR/state.json alone.
 package main
 
@@ -37,6 +41,7 @@ func main() {
 	bin := fl.String("bin", "bin", "the binaries bootstrap copies to the machines (lab.hcl's bin_dir)")
 	key := fl.String("authorized-key", "", "a public key file root accepts besides the lab's own key")
 	volumes := fl.String("data-volumes", "", "machines that get a data volume (a loop device; their data_device), e.g. client-1,client-2")
+	public := fl.Bool("public", false, "give the clients public addresses (10.214.NET.0/24) and make the outside network namespace lab-NAME-out")
 	fl.Parse(args)
 
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
@@ -45,7 +50,7 @@ func main() {
 	case "up":
 		binDir, err := filepath.Abs(*bin)
 		check(err)
-		cfg := lab.Config{Dir: *dir, Name: *name, Net: *netn, Nodes: lab.Nodes(*servers, *clients), BinDir: binDir, Log: os.Stderr}
+		cfg := lab.Config{Dir: *dir, Name: *name, Net: *netn, Nodes: lab.Nodes(*servers, *clients), BinDir: binDir, Public: *public, Log: os.Stderr}
 		if *volumes != "" {
 			cfg.DataVolumes = strings.Split(*volumes, ",")
 		}
@@ -68,7 +73,10 @@ func main() {
 			os.Exit(1)
 		}
 		for _, m := range st.Machines {
-			fmt.Printf("%-10s %-14s %v\n", m.Name, m.IP, m.Roles)
+			fmt.Printf("%-10s %-14s %-14s %v\n", m.Name, m.IP, m.PublicIP, m.Roles)
+		}
+		if st.OutsideNetns != "" {
+			fmt.Printf("outside:   ip netns exec %s ... (%s)\n", st.OutsideNetns, st.OutsideIP)
 		}
 		fmt.Printf("inventory: %s\nconfig:    %s\n  bin/bootstrap up -c %s\n", st.InventoryFile(), st.ConfigFile(), st.ConfigFile())
 	case "down":
