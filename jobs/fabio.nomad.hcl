@@ -56,6 +56,8 @@ variable "driver" {
   }
 }
 
+# Named from tools/versions.env (jobs.Images, which the jobs stage passes);
+# jobs.TestImageDefaults keeps this default the same.
 variable "image" {
   type    = string
   default = "fabiolb/fabio:1.6.3"

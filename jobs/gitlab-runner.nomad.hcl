@@ -36,6 +36,8 @@ variable "driver" {
   }
 }
 
+# Named from tools/versions.env (jobs.Images, which the jobs stage passes);
+# jobs.TestImageDefaults keeps this default the same.
 variable "image" {
   type    = string
   default = "gitlab/gitlab-runner:alpine-v17.11.3"

@@ -41,6 +41,9 @@ variable "driver" {
   }
 }
 
+# Named from tools/versions.env (jobs.Images, which the jobs stage passes);
+# jobs.TestImageDefaults keeps this default the same. GRAFANA_IMAGE_VERSION
+# is not the Grafana the tests run: that build has no image.
 variable "image" {
   type    = string
   default = "grafana/grafana-oss:10.4.19"

@@ -15,6 +15,7 @@ import (
 
 	"github.com/platform-bootstrap/bootstrap/internal/testcluster"
 	"github.com/platform-bootstrap/bootstrap/monitoring"
+	"github.com/platform-bootstrap/bootstrap/tools"
 )
 
 // The two driver profiles every job must support.
@@ -26,7 +27,11 @@ func jobVariables(t *testing.T, name, driver string, extra Variables) Variables 
 	t.Helper()
 	bin := filepath.Join(testcluster.RepoRoot(), "bin")
 	v := Variables{"driver": driver}
-	if driver != "docker" {
+	if driver == "docker" {
+		for k, image := range Images(tools.Versions())[name] {
+			v[k] = image
+		}
+	} else {
 		v["binary"] = filepath.Join(bin, map[string]string{
 			Fabio:        "fabio",
 			Prometheus:   "prometheus",

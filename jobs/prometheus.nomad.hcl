@@ -56,9 +56,11 @@ variable "driver" {
   }
 }
 
+# Named from tools/versions.env (jobs.Images, which the jobs stage passes);
+# jobs.TestImageDefaults keeps this default the same.
 variable "image" {
   type    = string
-  default = "prom/prometheus:v3.5.0"
+  default = "prom/prometheus:v3.15.0"
 }
 
 variable "binary" {
@@ -145,6 +147,8 @@ variable "alertmanager_enabled" {
   default = true
 }
 
+# Named from tools/versions.env (jobs.Images, which the jobs stage passes);
+# jobs.TestImageDefaults keeps this default the same.
 variable "alertmanager_image" {
   type    = string
   default = "prom/alertmanager:v0.28.1"

@@ -7,6 +7,7 @@
 package jobs
 
 import (
+	"cmp"
 	"context"
 	"crypto/rand"
 	"fmt"
@@ -30,6 +31,7 @@ import (
 	"github.com/platform-bootstrap/bootstrap/monitoring"
 	"github.com/platform-bootstrap/bootstrap/pki"
 	"github.com/platform-bootstrap/bootstrap/stages"
+	"github.com/platform-bootstrap/bootstrap/tools"
 )
 
 // Stage is the jobs stage.
@@ -175,14 +177,15 @@ func wanted(e *stages.Env, p *platform) ([]spec, error) {
 			return nil, err
 		}
 	}
+	// The docker profile's images come from the pins the binaries are
+	// tested at. They are passed even though the job files' defaults are
+	// the same (jobs.TestImageDefaults), so that versions.env is the one
+	// source and the files' copies only serve `nomad job run`.
+	images := platformjobs.Images(tools.Versions())
 	base := func(j config.Job, binary, image string) platformjobs.Variables {
 		v := platformjobs.Variables{"driver": drv, "datacenters": []string{cfg.Datacenter}, "cpu": j.CPU, "memory": j.Memory}
 		if drv == "docker" {
-			if j.Image != "" {
-				v["image"] = j.Image
-			} else if image != "" {
-				v["image"] = image
-			}
+			v["image"] = cmp.Or(j.Image, image)
 		} else {
 			v["binary"] = filepath.Join(bin, binary)
 		}
@@ -194,10 +197,10 @@ func wanted(e *stages.Env, p *platform) ([]spec, error) {
 	}
 	var out []spec
 	if j := cfg.Jobs.NodeExporter; j.Enabled {
-		out = append(out, spec{platformjobs.NodeExporter, base(j, "prometheus-node-exporter", "")})
+		out = append(out, spec{platformjobs.NodeExporter, base(j, "prometheus-node-exporter", images[platformjobs.NodeExporter]["image"])})
 	}
 	if j := cfg.Jobs.Fabio; j.Enabled {
-		v := base(j, "fabio", "")
+		v := base(j, "fabio", images[platformjobs.Fabio]["image"])
 		v["consul_ca_pem"] = consulCA
 		v["proxy_port"] = FabioPort
 		v["ui_port"] = FabioUIPort
@@ -214,14 +217,14 @@ func wanted(e *stages.Env, p *platform) ([]spec, error) {
 		out = append(out, spec{platformjobs.Fabio, v})
 	}
 	if j := cfg.Jobs.Prometheus; j.Enabled {
-		v, err := prometheusVars(e, p, base(j, "prometheus", ""), bin)
+		v, err := prometheusVars(e, p, base(j, "prometheus", images[platformjobs.Prometheus]["image"]), bin, images[platformjobs.Prometheus]["alertmanager_image"])
 		if err != nil {
 			return nil, err
 		}
 		out = append(out, spec{platformjobs.Prometheus, v})
 	}
 	if j := cfg.Jobs.Grafana; j.Enabled {
-		v := base(j, "grafana", "")
+		v := base(j, "grafana", images[platformjobs.Grafana]["image"])
 		v["count"] = j.Count
 		v["datasources_yml"] = string(monitoring.GrafanaDatasources())
 		v["dashboards_yml"] = string(monitoring.GrafanaDashboardProvider())
@@ -250,7 +253,7 @@ func wanted(e *stages.Env, p *platform) ([]spec, error) {
 		out = append(out, spec{platformjobs.Grafana, v})
 	}
 	if r := cfg.GitLabRunner; r != nil {
-		v := base(config.Job{CPU: 500, Memory: 512}, "gitlab-runner", "")
+		v := base(config.Job{CPU: 500, Memory: 512}, "gitlab-runner", images[platformjobs.GitLabRunner]["image"])
 		v["gitlab_url"] = r.URL
 		v["executor"] = r.Executor
 		v["concurrent"] = r.Concurrent
@@ -261,8 +264,8 @@ func wanted(e *stages.Env, p *platform) ([]spec, error) {
 }
 
 // prometheusVars renders prometheus.yml, the rules and alertmanager.yml for
-// this platform's nodes.
-func prometheusVars(e *stages.Env, p *platform, v platformjobs.Variables, bin string) (platformjobs.Variables, error) {
+// this platform's nodes. amImage is Alertmanager's default image.
+func prometheusVars(e *stages.Env, p *platform, v platformjobs.Variables, bin, amImage string) (platformjobs.Variables, error) {
 	cfg := p.cfg
 	hostports := func(nodes []inventory.Node, port int) []string {
 		var out []string
@@ -347,8 +350,8 @@ func prometheusVars(e *stages.Env, p *platform, v platformjobs.Variables, bin st
 	v["alertmanager_enabled"] = amJob.Enabled
 	v["alertmanager_cpu"] = amJob.CPU
 	v["alertmanager_memory"] = amJob.Memory
-	if driver(cfg) == "docker" && amJob.Image != "" {
-		v["alertmanager_image"] = amJob.Image
+	if driver(cfg) == "docker" {
+		v["alertmanager_image"] = cmp.Or(amJob.Image, amImage)
 	}
 	if driver(cfg) != "docker" {
 		v["alertmanager_binary"] = filepath.Join(bin, "alertmanager")

@@ -14,6 +14,7 @@ import (
 	"github.com/platform-bootstrap/bootstrap/monitoring"
 	"github.com/platform-bootstrap/bootstrap/stages"
 	"github.com/platform-bootstrap/bootstrap/stages/stagestest"
+	"github.com/platform-bootstrap/bootstrap/tools"
 )
 
 // wantedFor returns the jobs the stage would submit for the configuration
@@ -179,6 +180,31 @@ func TestEverySettingChangesTheJobs(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// With the docker driver every job is passed the images tools/versions.env
+// names, without any image setting (TestEverySettingChangesTheJobs checks
+// that a setting replaces them); with binaries, no image at all.
+func TestImagesFromVersions(t *testing.T) {
+	const runner = "gitlab_runner {\n  url = \"https://gitlab.example.com\"\n  token = env(\"HOME\")\n}\n"
+	images := platformjobs.Images(tools.Versions())
+	for _, drv := range []string{"docker", "raw_exec"} {
+		got := wantedFor(t, "provider \"local\" {}\njobs {\n  driver = \""+drv+"\"\n}\n"+runner)
+		for job, vars := range images {
+			if _, ok := got[job]; !ok {
+				t.Fatalf("%s: job %s is not submitted", drv, job)
+			}
+			for name, image := range vars {
+				v, ok := got[job][name]
+				if drv == "docker" && v != image {
+					t.Errorf("%s: %s = %#v, want %q", job, name, v, image)
+				}
+				if drv != "docker" && ok {
+					t.Errorf("%s with %s: %s = %#v is passed", job, drv, name, v)
+				}
+			}
+		}
 	}
 }
 

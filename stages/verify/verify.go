@@ -12,6 +12,7 @@
 package verify
 
 import (
+	"cmp"
 	"context"
 	"crypto/tls"
 	"crypto/x509"
@@ -34,7 +35,9 @@ import (
 	"github.com/platform-bootstrap/bootstrap/internal/inventory"
 	"github.com/platform-bootstrap/bootstrap/internal/poll"
 	"github.com/platform-bootstrap/bootstrap/internal/reconcile"
+	platformjobs "github.com/platform-bootstrap/bootstrap/jobs"
 	"github.com/platform-bootstrap/bootstrap/stages"
+	"github.com/platform-bootstrap/bootstrap/tools"
 )
 
 // Stage is the verify stage.
@@ -548,7 +551,10 @@ func probeJob(v *env) *nomadapi.Job {
 		}
 		task = nomadapi.NewTask("probe", "raw_exec").SetConfig("command", filepath.Join(dir, "prometheus-node-exporter")).SetConfig("args", args)
 	} else {
-		task = nomadapi.NewTask("probe", "docker").SetConfig("image", "prom/node-exporter:v1.8.2").SetConfig("args", args).SetConfig("network_mode", "host")
+		// The node-exporter job's image: the clients hold it already when
+		// that job runs, from the registry the configuration chose.
+		image := cmp.Or(v.e.Config.Jobs.NodeExporter.Image, platformjobs.Images(tools.Versions())[platformjobs.NodeExporter]["image"])
+		task = nomadapi.NewTask("probe", "docker").SetConfig("image", image).SetConfig("args", args).SetConfig("network_mode", "host")
 	}
 	cpu, mem := 50, 32
 	task.Require(&nomadapi.Resources{CPU: &cpu, MemoryMB: &mem})
