@@ -457,6 +457,11 @@ func (st *State) writeConfig(binDir string) error {
 		fmt.Fprintf(&b, "  bin_dir         = %q\n", binDir)
 	}
 	b.WriteString("}\n\njobs {\n  driver = \"raw_exec\"\n}\n")
+	if st.PublicBridge != "" {
+		// As on a cloud: prod's applications on the clients' public
+		// addresses, which the outside network namespace reaches.
+		b.WriteString("\ningress {\n  namespace = \"prod\"\n}\n")
+	}
 	if err := fsutil.WriteFile(st.ConfigFile(), []byte(b.String()), 0o600); err != nil {
 		return fmt.Errorf("lab config: %w", err)
 	}

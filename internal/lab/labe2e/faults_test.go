@@ -6,8 +6,11 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"net"
 	"net/http"
+	"os"
+	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
@@ -148,9 +151,19 @@ func powerCycleClient(t *testing.T, p *platformtest.Platform, st *lab.State) {
 		}
 		return servicesAnswer(env)
 	})
-	if err := st.PowerOn(ctx, "client-2"); err != nil {
-		t.Fatal(err)
+	// Powered off means its systemd-nspawn has exited: the guest may still
+	// be shutting down after Nomad gave up on it.
+	var off error
+	offAt := time.Now()
+	for deadline := time.Now().Add(3 * time.Minute); time.Now().Before(deadline); time.Sleep(time.Second) {
+		if off = st.PowerOn(ctx, "client-2"); off == nil || !strings.Contains(off.Error(), "is running") {
+			break
+		}
 	}
+	if off != nil {
+		t.Fatalf("client-2 did not power off and on: %v\n%s", off, machineProcesses(m))
+	}
+	t.Logf("client-2 powered on %s after Nomad saw it down", time.Since(offAt).Round(time.Second))
 	eventually(t, 2*time.Minute, "client-2 ready in nomad and alive in consul", func() error {
 		return healthy(cc, nc, 5, 3)
 	})
@@ -353,4 +366,31 @@ func oldUnits(t *testing.T, p *platformtest.Platform, st *lab.State) {
 func ipOf(st *lab.State, name string) string {
 	m, _ := st.Machine(name)
 	return m.IP
+}
+
+// machineProcesses describes what still runs in m, from the host: each
+// process of its cgroups with its state and kernel wait channel, and the
+// end of its console.
+func machineProcesses(m lab.Machine) string {
+	var b strings.Builder
+	if len(m.Cgroups) > 0 {
+		filepath.WalkDir(m.Cgroups[0], func(p string, d fs.DirEntry, err error) error {
+			if err != nil || d.Name() != "cgroup.procs" {
+				return nil
+			}
+			procs, _ := os.ReadFile(p)
+			for _, pid := range strings.Fields(string(procs)) {
+				stat, _ := os.ReadFile("/proc/" + pid + "/stat")
+				wchan, _ := os.ReadFile("/proc/" + pid + "/wchan")
+				cmd, _ := os.ReadFile("/proc/" + pid + "/cmdline")
+				fmt.Fprintf(&b, "%s %s: %.60s [%s] %s\n", filepath.Dir(strings.TrimPrefix(p, m.Cgroups[0])), pid, stat, wchan, strings.ReplaceAll(string(cmd), "\x00", " "))
+			}
+			return nil
+		})
+	}
+	console, _ := os.ReadFile(filepath.Join(m.Dir, "console.log"))
+	if len(console) > 3000 {
+		console = console[len(console)-3000:]
+	}
+	return b.String() + "console:\n" + string(console)
 }

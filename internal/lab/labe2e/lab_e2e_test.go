@@ -42,7 +42,7 @@ func TestLabProduction(t *testing.T) {
 	// Consul and Nomad of the patch releases before the pins, until the
 	// upgrade subtest.
 	binDir, upgrade := platformtest.PreviousBinDir(t)
-	st, err := lab.Up(ctx, lab.Config{Dir: labDir, Name: "le", Net: 202, Nodes: lab.Nodes(servers, clients), BinDir: binDir, DataVolumes: []string{"client-1"}, Log: testLog{t}})
+	st, err := lab.Up(ctx, lab.Config{Dir: labDir, Name: "le", Net: 202, Nodes: lab.Nodes(servers, clients), BinDir: binDir, DataVolumes: []string{"client-1"}, Public: true, Log: testLog{t}})
 	if err != nil {
 		t.Fatalf("lab up: %v", err)
 	}
@@ -156,16 +156,8 @@ func TestLabProduction(t *testing.T) {
 	t.Run("bootstrap deploy into dev with its CI token", func(t *testing.T) {
 		p := p.T(t)
 		ci := p.Env("ci-dev")
-		job := filepath.Join(t.TempDir(), "web.nomad.hcl")
-		if err := os.WriteFile(job, []byte(webJob), 0o600); err != nil {
-			t.Fatal(err)
-		}
-		cmd := exec.Command(p.Bin, "deploy", job, "--timeout", "3m")
-		cmd.Env = append(os.Environ(), "NOMAD_ADDR="+ci["NOMAD_ADDR"], "NOMAD_CACERT="+ci["NOMAD_CACERT"], "NOMAD_TOKEN="+ci["NOMAD_TOKEN"], "CI_COMMIT_SHORT_SHA=abc1234", "CI=true")
 		start := time.Now()
-		if out, err := cmd.CombinedOutput(); err != nil {
-			t.Fatalf("bootstrap deploy: %v\n%s", err, out)
-		}
+		deploy(t, p.Bin, ci, "dev")
 		t.Logf("deploy: %s", time.Since(start).Round(time.Second))
 		url := p.Env("admin")["FABIO_DEV_ADDR"] + "/web/"
 		eventually(t, time.Minute, "dev's Fabio serving "+url, func() error {
@@ -175,6 +167,48 @@ func TestLabProduction(t *testing.T) {
 			}
 			return err
 		})
+	})
+
+	// lab.hcl's ingress block makes prod public, as on a cloud: a user on
+	// the Internet (the lab's outside network namespace, which reaches only
+	// the clients' public addresses) gets prod's application on port 80,
+	// and nothing of dev's or the platform's.
+	t.Run("prod is served on the clients' public addresses, and nothing else is", func(t *testing.T) {
+		p := p.T(t)
+		deploy(t, p.Bin, p.Env("ci-prod"), "prod")
+		c1, _ := st.Machine("client-1")
+		if got, want := p.Env("admin")["FABIO_PROD_ADDR"], "http://"+c1.PublicIP; got != want {
+			t.Errorf("up prints prod's address as %q, want %q", got, want)
+		}
+		for _, name := range []string{"client-1", "client-2"} {
+			m, _ := st.Machine(name)
+			url := "http://" + m.PublicIP + "/web/"
+			eventually(t, time.Minute, "prod's Fabio serving "+url+" to the outside", func() error {
+				body, err := st.OutsideGet(ctx, url)
+				if err == nil && string(body) != "ok abc1234" {
+					err = fmt.Errorf("body %q, want %q", body, "ok abc1234")
+				}
+				return err
+			})
+			s1, _ := st.Machine("server-1")
+			for _, u := range []string{
+				"http://" + m.PublicIP + ":9999/prometheus/-/ready", // the platform's Fabio
+				"http://" + m.PublicIP + ":9998/",                   // its routing UI
+				"http://" + m.PublicIP + ":10001/web/",              // dev's Fabio
+				"http://" + m.PublicIP + ":10002/web/",              // prod's, on its private port
+				"http://" + m.IP + ":10002/web/",                    // the private address
+				"https://" + s1.IP + ":4646/v1/status/leader",       // a server
+			} {
+				if body, err := st.OutsideGet(ctx, u); err == nil {
+					t.Errorf("the outside reaches %s: %q", u, body)
+				}
+			}
+		}
+		// The outside's GET works at all: from the host, the private
+		// listener of prod's Fabio still serves.
+		if body, err := getBody("http://" + c1.IP + ":10002/web/"); err != nil || body != "ok abc1234" {
+			t.Errorf("prod's Fabio on client-1's private address: %q, %v", body, err)
+		}
 	})
 
 	// The systemd path of a rolling upgrade: the pinned binaries are linked
@@ -303,18 +337,34 @@ func TestLabProduction(t *testing.T) {
 	p.AssertNoSecrets()
 }
 
-// webJob is dev's application: a small web server in Perl, which the
-// machines have (perl-base) inside the exec driver's chroot (its
-// libraries live under /usr/lib/x86_64-linux-gnu), behind dev's Fabio.
+// deploy runs what a user's GitLab pipeline does: bootstrap deploy of the
+// web job into ns with that namespace's CI token.
+func deploy(t *testing.T, bin string, ci map[string]string, ns string) {
+	t.Helper()
+	job := filepath.Join(t.TempDir(), "web.nomad.hcl")
+	if err := os.WriteFile(job, []byte(strings.ReplaceAll(webJob, "NAMESPACE", ns)), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(bin, "deploy", job, "--timeout", "3m")
+	cmd.Env = append(os.Environ(), "NOMAD_ADDR="+ci["NOMAD_ADDR"], "NOMAD_CACERT="+ci["NOMAD_CACERT"], "NOMAD_TOKEN="+ci["NOMAD_TOKEN"], "CI_COMMIT_SHORT_SHA=abc1234", "CI=true")
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("bootstrap deploy into %s: %v\n%s", ns, err, out)
+	}
+}
+
+// webJob is an application (NAMESPACE is dev or prod): a small web server
+// in Perl, which the machines have (perl-base) inside the exec driver's
+// chroot (its libraries live under /usr/lib/x86_64-linux-gnu), behind the
+// namespace's Fabio.
 const webJob = `job "web" {
-  namespace   = "dev"
+  namespace   = "NAMESPACE"
   datacenters = ["*"]
   group "web" {
     network {
       port "http" {}
     }
     service {
-      name     = "dev-web"
+      name     = "NAMESPACE-web"
       port     = "http"
       address  = "${meta.node_address}"
       provider = "consul"
