@@ -23,11 +23,6 @@
 #                                 public address (0: none) (default [])
 #   public          bool          the platform's Fabio also proxies on the client's public
 #                                 address, on proxy_port (default false)
-#
-# Public addresses: a client whose node meta public_address is set (the
-# inventory's public_ip) gets the public listeners; other clients do not.
-# Nomad does not know the public address (it fingerprints one network), so
-# it does not reserve those ports: nothing else on the platform binds there.
 #   consul_addr     string        Consul HTTP API, scheme://host:port, reached from the
 #                                 client (default https://<node_address>:8501: the
 #                                 client's own Consul agent)
@@ -36,6 +31,11 @@
 #   use_vault       bool          read the Consul token from Vault (default true); false
 #                                 only for clusters without Consul ACLs
 #   vault_role      string        Vault JWT role for the task's workload identity ("" = default)
+#
+# Public addresses: a client whose node meta public_address is set (the
+# inventory's public_ip) gets the public listeners; other clients do not.
+# Nomad does not know the public address (it fingerprints one network), so
+# it does not reserve those ports: nothing else on the platform binds there.
 #
 # Secrets: the Consul ACL tokens are read from Vault at
 # secret/data/general/fabio/consul (the platform's Fabio) and
