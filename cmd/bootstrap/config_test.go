@@ -8,6 +8,7 @@ import (
 	"testing"
 
 	"github.com/platform-bootstrap/bootstrap/stages/platform"
+	"github.com/platform-bootstrap/bootstrap/tools"
 )
 
 const corpus = "../../internal/config/testdata"
@@ -162,7 +163,8 @@ func TestUsageErrors(t *testing.T) {
 
 func TestVersion(t *testing.T) {
 	r := runIn(t, t.TempDir(), nil, "version")
-	if r.code != exitOK || !strings.HasPrefix(r.stdout, "bootstrap dev\n") || !strings.Contains(r.stdout, "  vault ") || !strings.Contains(r.stdout, "calls itself 1.19.0-dev") || r.stderr != "" {
+	if r.code != exitOK || !strings.HasPrefix(r.stdout, "bootstrap dev\n") || !strings.Contains(r.stdout, "  vault ") || !strings.Contains(r.stdout, "calls itself 1.19.0-dev") ||
+		!strings.Contains(r.stdout, "  prom/prometheus:v"+tools.Versions()["PROMETHEUS_VERSION"]+"\n") || r.stderr != "" {
 		t.Errorf("version: exit %d, %q, %q", r.code, r.stdout, r.stderr)
 	}
 }

@@ -20,6 +20,7 @@ import (
 	"github.com/platform-bootstrap/bootstrap/internal/config"
 	"github.com/platform-bootstrap/bootstrap/internal/secrets"
 	"github.com/platform-bootstrap/bootstrap/internal/statedir"
+	platformjobs "github.com/platform-bootstrap/bootstrap/jobs"
 	"github.com/platform-bootstrap/bootstrap/stages"
 	"github.com/platform-bootstrap/bootstrap/stages/platform"
 	"github.com/platform-bootstrap/bootstrap/tools"
@@ -52,6 +53,19 @@ func newVersionCmd(g *globals) *cobra.Command {
 			v := tools.Versions()
 			for _, k := range []string{"VAULT", "CONSUL", "NOMAD", "CONSUL_TEMPLATE", "FABIO", "PROMETHEUS", "GRAFANA"} {
 				fmt.Fprintf(g.stdout, "  %-16s %s\n", strings.ToLower(strings.ReplaceAll(k, "_", "-")), v[k+"_VERSION"])
+			}
+			// The docker driver runs images, not these binaries; Grafana's
+			// image is another release than its tested build.
+			fmt.Fprintln(g.stdout, "Images of the platform jobs with the docker driver:")
+			var images []string
+			for _, vars := range platformjobs.Images(v) {
+				for _, img := range vars {
+					images = append(images, img)
+				}
+			}
+			sort.Strings(images)
+			for _, img := range images {
+				fmt.Fprintf(g.stdout, "  %s\n", img)
 			}
 			// What a user sees in the Consul UI's footer would otherwise
 			// look like a wrong build.
