@@ -511,10 +511,10 @@ func (v *validator) ingress() {
 	if in.Namespace == "" && !in.Platform {
 		v.errorf(in.DefRange, "Empty ingress", "the ingress block serves nothing: set namespace = \"prod\" (the application namespace served on the clients' public addresses), or remove the block.")
 	}
-	if in.Namespace != "" && !slices.Contains(v.p.Nomad.Namespaces, in.Namespace) {
-		v.errorf(or(in.NamespaceRange, in.DefRange), "Unknown ingress namespace", "namespace = %q is not one of the application namespaces %q (nomad { namespaces }); the platform's own Fabio is exposed with platform = true instead.", in.Namespace, v.p.Nomad.Namespaces)
-	}
 	if in.Namespace != "" {
+		if !slices.Contains(v.p.Nomad.Namespaces, in.Namespace) {
+			v.errorf(or(in.NamespaceRange, in.DefRange), "Unknown ingress namespace", "namespace = %q is not one of the application namespaces %q (nomad { namespaces }); the platform's own Fabio is exposed with platform = true instead.", in.Namespace, v.p.Nomad.Namespaces)
+		}
 		taken := append(slices.Clone(agentPorts), 9998, 9999)
 		for i := range v.p.Nomad.Namespaces {
 			taken = append(taken, 10001+i)

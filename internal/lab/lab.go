@@ -767,8 +767,7 @@ func prepareMachine(st *State, m Machine, keys []string) error {
 		{"etc/hostname", 0o644, m.Name + "\n"},
 		{"etc/hosts", 0o644, "127.0.0.1 localhost\n127.0.1.1 " + m.Name + "\n"},
 		{"etc/machine-id", 0o444, hex.EncodeToString(id) + "\n"},
-		{"etc/systemd/network/10-host0.network", 0o644,
-			fmt.Sprintf("[Match]\nName=host0\n\n[Network]\nAddress=%s/%d\nLinkLocalAddressing=no\nIPv6AcceptRA=no\n", m.IP, ones)},
+		{"etc/systemd/network/10-host0.network", 0o644, networkFile("host0", m.IP, ones)},
 		{"etc/systemd/network/10-" + publicIf + ".network", 0o644, publicNetwork(m, st.PublicHostCIDR)},
 		{"etc/ssh/ssh_host_ed25519_key", 0o600, string(pem.EncodeToMemory(block))},
 		{"etc/ssh/ssh_host_ed25519_key.pub", 0o644, string(ssh.MarshalAuthorizedKey(hs.PublicKey()))},
@@ -817,7 +816,13 @@ func publicNetwork(m Machine, hostCIDR string) string {
 		return ""
 	}
 	ones, _ := ipnet.Mask.Size()
-	return fmt.Sprintf("[Match]\nName=%s\n\n[Network]\nAddress=%s/%d\nLinkLocalAddressing=no\nIPv6AcceptRA=no\n", publicIf, m.PublicIP, ones)
+	return networkFile(publicIf, m.PublicIP, ones)
+}
+
+// networkFile is a systemd-networkd file giving the guest's interface its
+// static address, with nothing learnt from the link.
+func networkFile(ifname, ip string, ones int) string {
+	return fmt.Sprintf("[Match]\nName=%s\n\n[Network]\nAddress=%s/%d\nLinkLocalAddressing=no\nIPv6AcceptRA=no\n", ifname, ip, ones)
 }
 
 // cgroupsUnit remounts the machine's controller hierarchies writable (see

@@ -352,8 +352,7 @@ func prometheusVars(e *stages.Env, p *platform, v platformjobs.Variables, bin, a
 	v["alertmanager_memory"] = amJob.Memory
 	if driver(cfg) == "docker" {
 		v["alertmanager_image"] = cmp.Or(amJob.Image, amImage)
-	}
-	if driver(cfg) != "docker" {
+	} else {
 		v["alertmanager_binary"] = filepath.Join(bin, "alertmanager")
 		// The TSDB outlives the allocation: on the local provider a
 		// directory in the state directory, which every client sees; on
