@@ -19,6 +19,7 @@ build: ## build bin/bootstrap (and bin/lab, the machine lab)
 
 tools: ## install the pinned vault, consul, nomad, ... into ./bin (cached; seconds when warm)
 	@tools/install.sh
+	@$(GO) run ./tools/images -bin bin -out bin/images
 
 up: tools build ## bring up the platform of $(CONFIG) (default: local, on this machine)
 	bin/bootstrap up -c $(CONFIG) --auto-approve

@@ -8,6 +8,7 @@ package config
 import (
 	"github.com/hashicorp/hcl/v2"
 	"github.com/zclconf/go-cty/cty"
+	ctyjson "github.com/zclconf/go-cty/cty/json"
 )
 
 // Platform is a parsed and validated platform.hcl with every default applied.
@@ -32,6 +33,9 @@ type Platform struct {
 	// Ingress is nil unless the file has an ingress block: then nothing is
 	// served on the nodes' public addresses.
 	Ingress *Ingress
+	// Docker is nil unless the file has a docker block; DockerEngine says
+	// whether the clients get an engine.
+	Docker *Docker
 
 	// Secrets are the values env() and file() returned. Whatever the file
 	// reads that way (tokens, passwords, keys) must never be printed: the
@@ -348,6 +352,64 @@ type Ingress struct {
 	DefRange       hcl.Range `hcl:",def_range"`
 	NamespaceRange hcl.Range `hcl:"namespace,attr_value_range"`
 	PortRange      hcl.Range `hcl:"port,attr_value_range"`
+}
+
+// Docker is the engine the roles install on the clients of machines (not on
+// the local provider, whose clients share this machine's).
+type Docker struct {
+	// Package is the Debian package of the engine: docker.io (the default,
+	// from Debian) or docker-ce (from Docker's repository, which the
+	// machine's apt must know). "" installs nothing: the machines' image
+	// comes with an engine.
+	Package string `hcl:"package,optional"`
+	// Images is a directory of image archives (`docker save` format,
+	// *.tar) loaded into every client's engine, for machines that cannot
+	// pull: the docker profile's images, or the applications'.
+	Images string `hcl:"images,optional"`
+	// Daemon, an object, becomes the engine's /etc/docker/daemon.json
+	// (e.g. { "storage-driver" = "vfs" }); null leaves that file alone.
+	Daemon cty.Value `hcl:"daemon,optional"`
+
+	DefRange     hcl.Range `hcl:",def_range"`
+	PackageRange hcl.Range `hcl:"package,attr_value_range"`
+	ImagesRange  hcl.Range `hcl:"images,attr_value_range"`
+	DaemonRange  hcl.Range `hcl:"daemon,attr_value_range"`
+}
+
+// DaemonJSON is Daemon as daemon.json, "" for none.
+func (d *Docker) DaemonJSON() (string, error) {
+	if d.Daemon.IsNull() {
+		return "", nil
+	}
+	b, err := ctyjson.Marshal(d.Daemon, d.Daemon.Type())
+	return string(b), err
+}
+
+// JobsDriver resolves jobs.driver: "auto" runs local binaries with
+// raw_exec on the local provider and images with docker on machines.
+func (p *Platform) JobsDriver() string {
+	switch {
+	case p.Jobs.Driver != "auto":
+		return p.Jobs.Driver
+	case p.Provider.Local != nil:
+		return "raw_exec"
+	}
+	return "docker"
+}
+
+// DockerEngine returns what the roles install on the clients of machines:
+// the docker block, or its defaults when the platform jobs run on docker
+// without one; nil for no engine (and on the local provider).
+func (p *Platform) DockerEngine() *Docker {
+	switch {
+	case p.Provider.Local != nil:
+		return nil
+	case p.Docker != nil:
+		return p.Docker
+	case p.JobsDriver() == "docker":
+		return &Docker{Package: "docker.io", Daemon: cty.NullVal(cty.DynamicPseudoType)}
+	}
+	return nil
 }
 
 // GitLabRunner registers a GitLab Runner job when present.

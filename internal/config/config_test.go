@@ -483,3 +483,41 @@ func TestIneffectiveSettingsWarn(t *testing.T) {
 		}
 	}
 }
+
+func TestDockerEngine(t *testing.T) {
+	const static = "provider \"static\" {\n  node \"s\" {\n    roles = [\"server\", \"vault\"]\n    private_ip = \"10.0.0.10\"\n  }\n  node \"c\" {\n    roles = [\"client\"]\n    private_ip = \"10.0.0.20\"\n  }\n}\n"
+	for _, tc := range []struct {
+		name, src string
+		pkg       string // "-": no engine
+		daemon    string
+	}{
+		{"machines run the jobs on docker", static, "docker.io", ""},
+		{"raw_exec needs none", static + "jobs {\n  driver = \"raw_exec\"\n}\n", "-", ""},
+		{"a docker block asks for one anyway", static + "jobs {\n  driver = \"raw_exec\"\n}\ndocker {\n  package = \"docker-ce\"\n  daemon = { \"storage-driver\" = \"vfs\", iptables = false }\n}\n", "docker-ce", `{"iptables":false,"storage-driver":"vfs"}`},
+		{"the machines' image has one", static + "docker {\n  package = \"\"\n}\n", "", ""},
+		{"the local provider installs none", "provider \"local\" {}\njobs {\n  driver = \"docker\"\n}\n", "-", ""},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			p, diags := config.Parse("p.hcl", []byte(tc.src))
+			if diags.HasErrors() {
+				t.Fatal(diags)
+			}
+			d := p.DockerEngine()
+			if tc.pkg == "-" {
+				if d != nil {
+					t.Fatalf("engine %+v, want none", d)
+				}
+				return
+			}
+			if d == nil {
+				t.Fatal("no engine")
+			}
+			if d.Package != tc.pkg {
+				t.Errorf("package %q, want %q", d.Package, tc.pkg)
+			}
+			if got, err := d.DaemonJSON(); err != nil || got != tc.daemon {
+				t.Errorf("daemon.json %q (%v), want %q", got, err, tc.daemon)
+			}
+		})
+	}
+}

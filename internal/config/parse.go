@@ -99,7 +99,7 @@ var topSchema = &hcl.BodySchema{
 	Blocks: []hcl.BlockHeaderSchema{
 		{Type: "provider", LabelNames: []string{"type"}},
 		{Type: "vault"}, {Type: "pki"}, {Type: "consul"}, {Type: "nomad"},
-		{Type: "jobs"}, {Type: "monitoring"}, {Type: "gitlab_runner"}, {Type: "ingress"},
+		{Type: "jobs"}, {Type: "monitoring"}, {Type: "gitlab_runner"}, {Type: "ingress"}, {Type: "docker"},
 	},
 }
 
@@ -167,6 +167,11 @@ func decodeTop(body hcl.Body, ctx *hcl.EvalContext, p *Platform) hcl.Diagnostics
 			diags = append(diags, gohcl.DecodeBody(b.Body, ctx, &in)...)
 			in.DefRange = b.DefRange
 			p.Ingress = &in
+		case "docker":
+			d := Docker{Package: "docker.io"}
+			diags = append(diags, gohcl.DecodeBody(b.Body, ctx, &d)...)
+			d.DefRange = b.DefRange
+			p.Docker = &d
 		}
 	}
 	if _, ok := seen["provider"]; !ok && !diags.HasErrors() {

@@ -15,6 +15,8 @@ import (
 	"time"
 
 	"github.com/hashicorp/hcl/v2"
+
+	"github.com/platform-bootstrap/bootstrap/internal/imagearchive"
 )
 
 var nameRE = regexp.MustCompile(`^[a-z][a-z0-9-]{0,62}$`)
@@ -83,6 +85,7 @@ func validate(p *Platform, in *secretInputs) hcl.Diagnostics {
 	v.monitoring()
 	v.gitlab()
 	v.ingress()
+	v.docker()
 	return v.diags
 }
 
@@ -405,7 +408,7 @@ func (v *validator) jobs() {
 		v.errorf(or(j.DriverRange, v.p.Provider.DefRange), "Invalid driver", "driver = %q: use one of %s.", j.Driver, strings.Join(drivers, ", "))
 	}
 	def := v.p.Provider.DefRange
-	docker := j.Driver == "docker" || j.Driver == "auto" && v.p.Provider.Local == nil
+	docker := v.p.JobsDriver() == "docker"
 	// In order, so that several mistakes are reported the same way each run.
 	for _, nj := range []struct {
 		name   string
@@ -528,6 +531,35 @@ func (v *validator) ingress() {
 	}
 	if v.p.Provider.Local != nil {
 		v.warnf(in.DefRange, "ingress has no effect", "the local provider's nodes have no public address: nothing is served publicly. The ingress block applies to machines whose inventory gives a public_ip.")
+	}
+}
+
+var debName = regexp.MustCompile(`^[a-z0-9][a-z0-9+.-]+$`)
+
+func (v *validator) docker() {
+	d := v.p.Docker
+	if d == nil {
+		return
+	}
+	if v.p.Provider.Local != nil {
+		v.warnf(d.DefRange, "docker has no effect", "the local provider's clients use this machine's Docker engine, if any: nothing is installed. The docker block applies to machines (terraform and static providers).")
+	}
+	if d.Package != "" && !debName.MatchString(d.Package) {
+		v.errorf(or(d.PackageRange, d.DefRange), "Invalid package", "package = %q is not a Debian package name; use \"docker.io\" (Debian's), \"docker-ce\" (Docker's repository) or \"\" when the machines come with an engine.", d.Package)
+	}
+	if d.Images != "" {
+		dir := d.Images
+		if !filepath.IsAbs(dir) {
+			dir = filepath.Join(v.p.Dir, dir)
+		}
+		if _, err := imagearchive.Dir(dir); err != nil {
+			// Named as the file names it, not from /.
+			msg := strings.ReplaceAll(err.Error(), dir, d.Images)
+			v.errorf(d.ImagesRange, "Invalid images", "images = %q: %s. Give a directory of image archives written by `docker save NAME:TAG > NAME.tar`, relative to the configuration file.", d.Images, msg)
+		}
+	}
+	if !d.Daemon.IsNull() && !d.Daemon.Type().IsObjectType() && !d.Daemon.Type().IsMapType() {
+		v.errorf(or(d.DaemonRange, d.DefRange), "Invalid daemon", "daemon must be an object, the settings of /etc/docker/daemon.json, e.g. daemon = { \"log-driver\" = \"journald\" }.")
 	}
 }
 

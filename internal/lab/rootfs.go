@@ -18,12 +18,15 @@ import (
 const Suite = "bookworm"
 
 // Packages are installed into the rootfs on top of debootstrap's minbase:
-// systemd as PID 1, sshd for bootstrap, python3 for Ansible.
-var Packages = []string{"systemd", "systemd-sysv", "dbus", "openssh-server", "iproute2", "python3", "sudo"}
+// systemd as PID 1, sshd for bootstrap, python3 for Ansible, and a Docker
+// engine, which the machines cannot fetch (they reach no mirror): it stays
+// disabled, as on a machine image with Docker installed, until bootstrap's
+// docker role starts it.
+var Packages = []string{"systemd", "systemd-sysv", "dbus", "openssh-server", "iproute2", "python3", "sudo", "docker.io"}
 
 // recipe versions what prepareRootfs does after debootstrap; it is part of
 // the cache key so a changed recipe builds a new rootfs.
-const recipe = "1"
+const recipe = "2"
 
 // RootfsKey is the cache key of the rootfs: its suite, package list and
 // recipe.
@@ -108,6 +111,10 @@ func prepareRootfs(ctx context.Context, dir string) error {
 	cmd := exec.CommandContext(ctx, "systemctl", "--root="+dir, "enable", "systemd-networkd.service")
 	if out, err := cmd.CombinedOutput(); err != nil {
 		return fmt.Errorf("rootfs: enable systemd-networkd: %w\n%s", err, out)
+	}
+	cmd = exec.CommandContext(ctx, "systemctl", "--root="+dir, "disable", "docker.service", "docker.socket", "containerd.service")
+	if out, err := cmd.CombinedOutput(); err != nil {
+		return fmt.Errorf("rootfs: disable docker: %w\n%s", err, out)
 	}
 	keys, _ := filepath.Glob(filepath.Join(dir, "etc/ssh/ssh_host_*"))
 	for _, k := range keys {

@@ -135,18 +135,6 @@ func load(ctx context.Context, e *stages.Env) (*platform, error) {
 	return p, nil
 }
 
-// driver resolves jobs.driver: "auto" runs local binaries with raw_exec on
-// the local provider and images with docker on machines.
-func driver(cfg *config.Platform) string {
-	if cfg.Jobs.Driver != "auto" {
-		return cfg.Jobs.Driver
-	}
-	if cfg.Provider.Local != nil {
-		return "raw_exec"
-	}
-	return "docker"
-}
-
 // binDir is where the clients find the binaries of the raw_exec profile.
 func binDir(p *platform) (string, error) {
 	for _, n := range p.inv.WithRole(inventory.RoleClient) {
@@ -157,7 +145,7 @@ func binDir(p *platform) (string, error) {
 	if m := p.cfg.Provider.Machines(); m != nil && m.BinDir != "" {
 		return m.BinDir, nil
 	}
-	return "", fmt.Errorf("jobs.driver = %q runs local binaries, but the clients have no bin_dir: use driver = \"docker\" or set bin_dir", driver(p.cfg))
+	return "", fmt.Errorf("jobs.driver = %q runs local binaries, but the clients have no bin_dir: use driver = \"docker\" or set bin_dir", p.cfg.JobsDriver())
 }
 
 // spec is one platform job to run.
@@ -169,7 +157,7 @@ type spec struct {
 // wanted returns the jobs the configuration enables, with their variables.
 func wanted(e *stages.Env, p *platform) ([]spec, error) {
 	cfg := p.cfg
-	drv := driver(cfg)
+	drv := cfg.JobsDriver()
 	var bin string
 	if drv != "docker" {
 		var err error
@@ -350,7 +338,7 @@ func prometheusVars(e *stages.Env, p *platform, v platformjobs.Variables, bin, a
 	v["alertmanager_enabled"] = amJob.Enabled
 	v["alertmanager_cpu"] = amJob.CPU
 	v["alertmanager_memory"] = amJob.Memory
-	if driver(cfg) == "docker" {
+	if cfg.JobsDriver() == "docker" {
 		v["alertmanager_image"] = cmp.Or(amJob.Image, amImage)
 	} else {
 		v["alertmanager_binary"] = filepath.Join(bin, "alertmanager")

@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"maps"
 	"os"
+	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
@@ -21,6 +22,8 @@ import (
 
 	"github.com/platform-bootstrap/bootstrap/ansible"
 	"github.com/platform-bootstrap/bootstrap/internal/cluster"
+	"github.com/platform-bootstrap/bootstrap/internal/config"
+	"github.com/platform-bootstrap/bootstrap/internal/imagearchive"
 	"github.com/platform-bootstrap/bootstrap/internal/inventory"
 	"github.com/platform-bootstrap/bootstrap/internal/poll"
 	"github.com/platform-bootstrap/bootstrap/internal/reconcile"
@@ -97,6 +100,11 @@ func load(e *stages.Env) (*deps, error) {
 	if err != nil {
 		return nil, err
 	}
+	vars := map[string]any{"vault_addr": addr, "nomad_cert_ttl": e.Config.PKI.LeafTTL, "ct_ca_hash": caHash,
+		"node_exporter_enabled": e.Config.Jobs.NodeExporter.Enabled, "node_exporter_port": stages.NodeExporterPort}
+	if err := dockerVars(e.Config, vars); err != nil {
+		return nil, err
+	}
 	vc, err := pki.NewClient(addr, e.State.Output(stages.OutVaultCACert))
 	if err != nil {
 		return nil, err
@@ -105,15 +113,45 @@ func load(e *stages.Env) (*deps, error) {
 		inv:   inv,
 		vault: vc,
 		play: ansible.Play{
-			Tag:   "nomad",
-			Roles: []string{"common", "consul_template", "cni", "nomad", "node_exporter"},
-			Vars: map[string]any{"vault_addr": addr, "nomad_cert_ttl": e.Config.PKI.LeafTTL, "ct_ca_hash": caHash,
-				"node_exporter_enabled": e.Config.Jobs.NodeExporter.Enabled, "node_exporter_port": stages.NodeExporterPort},
+			Tag:         "nomad",
+			Roles:       []string{"common", "consul_template", "cni", "docker", "nomad", "node_exporter"},
+			Vars:        vars,
 			Hosts:       inventory.Names(pki.ConsulTemplateNodes(inv)),
 			Secrets:     secrets,
 			NodeSecrets: map[string]map[string]string{pki.TemplateTokensVar: tokens},
 		},
 	}, nil
+}
+
+// dockerVars sets the docker role's variables: the engine the clients get
+// (config.Platform.DockerEngine) and the image archives they load.
+func dockerVars(cfg *config.Platform, vars map[string]any) error {
+	d := cfg.DockerEngine()
+	vars["docker_engine"] = d != nil
+	if d == nil {
+		return nil
+	}
+	daemon, err := d.DaemonJSON()
+	if err != nil {
+		return fmt.Errorf("docker daemon: %w", err)
+	}
+	vars["docker_package"], vars["docker_daemon_json"] = d.Package, daemon
+	images := []map[string]any{}
+	if d.Images != "" {
+		dir := d.Images
+		if !filepath.IsAbs(dir) {
+			dir = filepath.Join(cfg.Dir, dir)
+		}
+		archives, err := imagearchive.Dir(dir)
+		if err != nil {
+			return fmt.Errorf("docker images: %w", err)
+		}
+		for _, a := range archives {
+			images = append(images, map[string]any{"src": a.Path, "id": a.ID, "tags": a.Tags})
+		}
+	}
+	vars["docker_images"] = images
+	return nil
 }
 
 // service asks each node's agent for the leader; status/leader needs no

@@ -1,0 +1,6 @@
+provider "local" {}
+
+docker {
+  package = "docker.io"
+  daemon  = ["vfs"]
+}
