@@ -38,8 +38,12 @@ status: build
 
 # Integration and end-to-end tests need the real binaries; BOOTSTRAP_REQUIRE_TOOLS
 # turns a missing binary into a failure instead of a skip.
+# The whole output also goes to artifacts/test.log; a failed run ends with
+# what failed (.ci/failures).
 test: tools test-tools build ## all tests: unit, integration against real servers, end to end
-	BOOTSTRAP_REQUIRE_TOOLS=1 $(GO) test -count=1 -timeout 75m -p 2 ./...
+	@mkdir -p artifacts
+	set -o pipefail; BOOTSTRAP_REQUIRE_TOOLS=1 $(GO) test -count=1 -timeout 75m -p 2 ./... 2>&1 | tee artifacts/test.log \
+		|| { .ci/failures artifacts/test.log; exit 1; }
 
 # What only the tests need: the releases before the pinned Consul and Nomad
 # (the rolling upgrade starts from them).
