@@ -9,9 +9,13 @@ import (
 	"testing"
 	"time"
 
+	nomadapi "github.com/hashicorp/nomad/api"
+
 	"github.com/platform-bootstrap/bootstrap/internal/imagearchive"
 	"github.com/platform-bootstrap/bootstrap/internal/lab"
 	"github.com/platform-bootstrap/bootstrap/internal/platformtest"
+	"github.com/platform-bootstrap/bootstrap/jobs"
+	"github.com/platform-bootstrap/bootstrap/stages/nomad"
 	"github.com/platform-bootstrap/bootstrap/tools"
 )
 
@@ -124,6 +128,52 @@ docker {
 		}
 	})
 
+	// The attack stages/platform can only skip (no engine there): dev's CI
+	// token asks the engine for the host's root, its socket, or a
+	// privileged container. The control runs the same task without them,
+	// so the attacks fail for what they ask, not for the image or network.
+	t.Run("dev's CI token: docker bind mounts and privileged containers never run", func(t *testing.T) {
+		_, mgmt := apiClients(t, p.Env("admin"))
+		ci := p.Env("ci-dev")
+		dev, err := nomad.NewClient(ci["NOMAD_ADDR"], ci["NOMAD_CACERT"], ci["NOMAD_TOKEN"])
+		if err != nil {
+			t.Fatal(err)
+		}
+		// node-exporter runs on its own, with no configuration or peers.
+		image := jobs.Images(tools.Versions())[jobs.NodeExporter]["image"]
+		for _, tc := range []struct {
+			name   string
+			config map[string]any
+			runs   bool
+		}{
+			{"control", nil, true},
+			{"bind-mounts", map[string]any{"volumes": []string{"/:/host", "/var/run/docker.sock:/var/run/docker.sock"}}, false},
+			{"privileged", map[string]any{"privileged": true}, false},
+		} {
+			job := dockerJob("attack-"+tc.name, image)
+			for k, v := range tc.config {
+				job.TaskGroups[0].Tasks[0].Config[k] = v
+			}
+			if _, _, err := dev.Jobs().Register(job, nil); err != nil {
+				if tc.runs {
+					t.Fatalf("%s: dev's token cannot submit a plain docker job: %v", tc.name, err)
+				}
+				t.Logf("%s: refused at submit: %v", tc.name, err)
+				continue
+			}
+			running, events := waitRunning(mgmt, *job.ID, 60*time.Second)
+			mgmt.Jobs().Deregister(*job.ID, true, &nomadapi.WriteOptions{Namespace: "dev"})
+			switch {
+			case tc.runs && !running:
+				t.Fatalf("%s: the plain docker task never ran, so the attacks below prove nothing: %s", tc.name, events)
+			case !tc.runs && running:
+				t.Errorf("%s: the task runs in dev", tc.name)
+			case !tc.runs:
+				t.Logf("%s: never ran: %s", tc.name, events)
+			}
+		}
+	})
+
 	t.Run("second up changes nothing", func(t *testing.T) {
 		p := p.T(t)
 		r := p.Up()
@@ -149,3 +199,53 @@ docker {
 	})
 	p.AssertNoSecrets()
 }
+
+// dockerJob is a docker task of dev, as a CI job would submit it: no
+// network of its own (the lab's engines have no bridge), no restarts.
+func dockerJob(id, image string) *nomadapi.Job {
+	ns, zero := "dev", 0
+	job := nomadapi.NewServiceJob(id, id, "global", 50)
+	job.Namespace = &ns
+	job.Datacenters = []string{"*"}
+	tg := nomadapi.NewTaskGroup("g", 1)
+	tg.RestartPolicy = &nomadapi.RestartPolicy{Attempts: &zero, Mode: ptr("fail")}
+	tg.ReschedulePolicy = &nomadapi.ReschedulePolicy{Attempts: &zero, Unlimited: ptr(false)}
+	task := nomadapi.NewTask("t", "docker").SetConfig("image", image).SetConfig("network_mode", "none")
+	task.Require(&nomadapi.Resources{CPU: ptr(20), MemoryMB: ptr(64)})
+	tg.AddTask(task)
+	job.AddTaskGroup(tg)
+	return job
+}
+
+// waitRunning waits until an allocation of dev's job runs, has failed (the
+// job neither restarts nor reschedules), or for d; it returns the task
+// events it saw.
+func waitRunning(c *nomadapi.Client, id string, d time.Duration) (bool, string) {
+	var events []string
+	q := &nomadapi.QueryOptions{Namespace: "dev"}
+	for deadline := time.Now().Add(d); time.Now().Before(deadline); time.Sleep(time.Second) {
+		allocs, _, err := c.Jobs().Allocations(id, false, q)
+		if err != nil {
+			continue
+		}
+		events = events[:0]
+		failed := false
+		for _, a := range allocs {
+			if a.ClientStatus == "running" {
+				return true, ""
+			}
+			failed = failed || a.ClientStatus == "failed"
+			for _, ts := range a.TaskStates {
+				for _, e := range ts.Events {
+					events = append(events, e.Type+": "+e.DisplayMessage)
+				}
+			}
+		}
+		if failed {
+			break
+		}
+	}
+	return false, strings.Join(events, "; ")
+}
+
+func ptr[T any](v T) *T { return &v }
