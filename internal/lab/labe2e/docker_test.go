@@ -81,6 +81,12 @@ docker {
   }
 }
 `, st.InventoryFile(), binDir, grafana, filepath.Join(binDir, "images")))
+	// The machine's own daemon.json, which the docker block's replaces
+	// until down puts it back.
+	const ownDaemon = `{"log-level": "warn"}`
+	if out, err := lab.Exec(ctx, client, "sh", "-c", "mkdir -p /etc/docker && echo '"+ownDaemon+"' > /etc/docker/daemon.json"); err != nil {
+		t.Fatalf("write the machine's daemon.json: %v\n%s", err, out)
+	}
 	before := snap(t, client)
 
 	start := time.Now()
@@ -189,6 +195,9 @@ docker {
 		}
 		if d := before.diff(snap(t, client)); d != "" {
 			t.Errorf("%s differs after down:\n%s", client.Name, d)
+		}
+		if out, err := lab.Exec(ctx, client, "cat", "/etc/docker/daemon.json"); err != nil || strings.TrimSpace(string(out)) != ownDaemon {
+			t.Errorf("the machine's daemon.json after down: %q (%v), want %q", out, err, ownDaemon)
 		}
 		if out, err := lab.Exec(ctx, client, "systemctl", "is-active", "docker.service"); err == nil {
 			t.Errorf("docker still runs after down: %s", out)
