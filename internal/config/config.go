@@ -6,6 +6,8 @@
 package config
 
 import (
+	"path/filepath"
+
 	"github.com/hashicorp/hcl/v2"
 	"github.com/zclconf/go-cty/cty"
 	ctyjson "github.com/zclconf/go-cty/cty/json"
@@ -376,6 +378,11 @@ type Docker struct {
 	DaemonRange  hcl.Range `hcl:"daemon,attr_value_range"`
 }
 
+// defaultDocker is the engine of a docker block that sets nothing.
+func defaultDocker() Docker {
+	return Docker{Package: "docker.io", Daemon: cty.NullVal(cty.DynamicPseudoType)}
+}
+
 // DaemonJSON is Daemon as daemon.json, "" for none.
 func (d *Docker) DaemonJSON() (string, error) {
 	if d.Daemon.IsNull() {
@@ -383,6 +390,14 @@ func (d *Docker) DaemonJSON() (string, error) {
 	}
 	b, err := ctyjson.Marshal(d.Daemon, d.Daemon.Type())
 	return string(b), err
+}
+
+// Path resolves a path the file gives against the file's directory.
+func (p *Platform) Path(s string) string {
+	if filepath.IsAbs(s) {
+		return s
+	}
+	return filepath.Join(p.Dir, s)
 }
 
 // JobsDriver resolves jobs.driver: "auto" runs local binaries with
@@ -407,7 +422,8 @@ func (p *Platform) DockerEngine() *Docker {
 	case p.Docker != nil:
 		return p.Docker
 	case p.JobsDriver() == "docker":
-		return &Docker{Package: "docker.io", Daemon: cty.NullVal(cty.DynamicPseudoType)}
+		d := defaultDocker()
+		return &d
 	}
 	return nil
 }

@@ -168,7 +168,7 @@ func decodeTop(body hcl.Body, ctx *hcl.EvalContext, p *Platform) hcl.Diagnostics
 			in.DefRange = b.DefRange
 			p.Ingress = &in
 		case "docker":
-			d := Docker{Package: "docker.io"}
+			d := defaultDocker()
 			diags = append(diags, gohcl.DecodeBody(b.Body, ctx, &d)...)
 			d.DefRange = b.DefRange
 			p.Docker = &d

@@ -7,7 +7,6 @@ import (
 	"net/netip"
 	"net/url"
 	"os"
-	"path/filepath"
 	"regexp"
 	"slices"
 	"strconv"
@@ -458,10 +457,7 @@ func (v *validator) monitoring() {
 		v.errorf(or(m.ScrapeIntervalRange, def), "Invalid scrape_interval", "scrape_interval = %q: write a duration of at least 1s, e.g. \"15s\".", m.ScrapeInterval)
 	}
 	if d := m.DashboardsDir; d != "" {
-		if !filepath.IsAbs(d) {
-			d = filepath.Join(v.p.Dir, d)
-		}
-		if fi, err := os.Stat(d); err != nil || !fi.IsDir() {
+		if fi, err := os.Stat(v.p.Path(d)); err != nil || !fi.IsDir() {
 			v.errorf(m.DashboardsDirRange, "Invalid dashboards_dir", "dashboards_dir = %q is not a directory; give a directory of Grafana dashboard JSON files, relative to the configuration file.", m.DashboardsDir)
 		}
 	}
@@ -548,10 +544,7 @@ func (v *validator) docker() {
 		v.errorf(or(d.PackageRange, d.DefRange), "Invalid package", "package = %q is not a Debian package name; use \"docker.io\" (Debian's), \"docker-ce\" (Docker's repository) or \"\" when the machines come with an engine.", d.Package)
 	}
 	if d.Images != "" {
-		dir := d.Images
-		if !filepath.IsAbs(dir) {
-			dir = filepath.Join(v.p.Dir, dir)
-		}
+		dir := v.p.Path(d.Images)
 		if _, err := imagearchive.Dir(dir); err != nil {
 			// Named as the file names it, not from /.
 			msg := strings.ReplaceAll(err.Error(), dir, d.Images)

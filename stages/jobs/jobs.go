@@ -218,10 +218,7 @@ func wanted(e *stages.Env, p *platform) ([]spec, error) {
 		v["dashboards_yml"] = string(monitoring.GrafanaDashboardProvider())
 		dash := monitoring.Dashboards()
 		if dir := cfg.Monitoring.DashboardsDir; dir != "" {
-			if !filepath.IsAbs(dir) {
-				dir = filepath.Join(cfg.Dir, dir)
-			}
-			own, err := monitoring.ReadDashboardsDir(dir)
+			own, err := monitoring.ReadDashboardsDir(cfg.Path(dir))
 			if err != nil {
 				return nil, err
 			}

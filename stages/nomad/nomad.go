@@ -11,7 +11,6 @@ import (
 	"fmt"
 	"maps"
 	"os"
-	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
@@ -138,11 +137,7 @@ func dockerVars(cfg *config.Platform, vars map[string]any) error {
 	vars["docker_package"], vars["docker_daemon_json"] = d.Package, daemon
 	images := []map[string]any{}
 	if d.Images != "" {
-		dir := d.Images
-		if !filepath.IsAbs(dir) {
-			dir = filepath.Join(cfg.Dir, dir)
-		}
-		archives, err := imagearchive.Dir(dir)
+		archives, err := imagearchive.Dir(cfg.Path(d.Images))
 		if err != nil {
 			return fmt.Errorf("docker images: %w", err)
 		}

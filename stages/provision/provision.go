@@ -360,10 +360,7 @@ func localInventory(cfg *config.Platform, stateDir string, have *inventory.Inven
 func localBinDir(cfg *config.Platform) (string, error) {
 	var candidates []string
 	if d := cfg.Provider.Local.BinDir; d != "" {
-		if !filepath.IsAbs(d) {
-			d = filepath.Join(cfg.Dir, d)
-		}
-		candidates = []string{d}
+		candidates = []string{cfg.Path(d)}
 	} else {
 		candidates = append(candidates, filepath.Join(cfg.Dir, "bin"))
 		if exe, err := os.Executable(); err == nil {
@@ -381,10 +378,7 @@ func localBinDir(cfg *config.Platform) (string, error) {
 func staticInventory(cfg *config.Platform, e *stages.Env) (*inventory.Inventory, error) {
 	s := cfg.Provider.Static
 	if s.Inventory != "" {
-		path := s.Inventory
-		if !filepath.IsAbs(path) {
-			path = filepath.Join(cfg.Dir, path)
-		}
+		path := cfg.Path(s.Inventory)
 		// The user's file: inventory.Load refuses "local", which would let
 		// it choose what `down` stops and removes on this machine.
 		inv, err := inventory.Load(path)
