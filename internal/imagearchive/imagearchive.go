@@ -64,12 +64,12 @@ func Read(path string) (Archive, error) {
 
 // Dir reads every *.tar of dir, in name order.
 func Dir(dir string) ([]Archive, error) {
+	if fi, err := os.Stat(dir); err != nil || !fi.IsDir() {
+		return nil, fmt.Errorf("%s is not a directory", dir)
+	}
 	paths, err := filepath.Glob(filepath.Join(dir, "*.tar"))
 	if err != nil {
 		return nil, err
-	}
-	if fi, err := os.Stat(dir); err != nil || !fi.IsDir() {
-		return nil, fmt.Errorf("%s is not a directory", dir)
 	}
 	if len(paths) == 0 {
 		return nil, fmt.Errorf("%s has no image archives (*.tar)", dir)
