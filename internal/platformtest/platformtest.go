@@ -212,10 +212,17 @@ func (p *Platform) Run(args []string, env ...string) Result {
 	return p.RunContext(context.Background(), args, env...)
 }
 
+// runTimeout bounds one run of the binary: a run that hangs fails its test
+// with its output, instead of the whole package at go test's timeout.
+const runTimeout = 20 * time.Minute
+
 // RunContext is Run with a context that kills the process when done.
 func (p *Platform) RunContext(ctx context.Context, args []string, env ...string) Result {
 	p.t.Helper()
-	cmd := exec.CommandContext(ctx, p.Bin, append(args, "-c", p.Config)...)
+	runCtx, cancel := context.WithTimeout(ctx, runTimeout)
+	defer cancel()
+	start := time.Now()
+	cmd := exec.CommandContext(runCtx, p.Bin, append(args, "-c", p.Config)...)
 	cmd.Dir = p.Dir
 	cmd.Env = append(os.Environ(), append([]string{"CI=true"}, env...)...)
 	var out, errb bytes.Buffer
@@ -230,15 +237,18 @@ func (p *Platform) RunContext(ctx context.Context, args []string, env ...string)
 	default:
 		p.t.Fatalf("run bootstrap %v: %v", args, err)
 	}
-	p.logOutputs(args, r)
+	p.logOutputs(args, r, time.Since(start))
+	if ctx.Err() == nil && runCtx.Err() != nil {
+		p.t.Fatalf("bootstrap %v still ran after %s and was killed:\n%s", args, runTimeout, tail(r.Output(), 60))
+	}
 	return r
 }
 
-func (p *Platform) logOutputs(args []string, r Result) {
+func (p *Platform) logOutputs(args []string, r Result, took time.Duration) {
 	p.runs.mu.Lock()
 	p.runs.outputs = append(p.runs.outputs, r.Output())
 	p.runs.mu.Unlock()
-	p.t.Logf("bootstrap %s: exit %d", strings.Join(args, " "), r.Code)
+	p.t.Logf("bootstrap %s: exit %d (%s)", strings.Join(args, " "), r.Code, took.Round(100*time.Millisecond))
 }
 
 // Up runs `up --auto-approve` with args and fails the test unless it exits 0.

@@ -26,31 +26,18 @@ import (
 )
 
 // TestPlatform is `make up` on the local provider end to end: every stage
-// with the defaults (Consul and Nomad of the previous patch releases until
-// the upgrade subtest), verify green, the URLs it prints answer, a second up
-// changes nothing, an application deploys into dev with the CI token over
-// TLS, and down leaves no process and no file behind.
+// with the defaults, a first up killed in the jobs stage and finished by the
+// next, verify green, the URLs it prints answer, a second up changes
+// nothing, applications deploy into dev and prod with their CI tokens over
+// TLS, the web UIs render, attacks with those tokens are refused, the
+// platform survives a lost server and a reboot, backup and restore bring it
+// back, and down leaves no process and no file behind. Day 2 (upgrades,
+// rotations, scaling) is TestPlatformDay2's journey, on its own platform at
+// the same time.
 func TestPlatform(t *testing.T) {
-	if testing.Short() {
-		t.Skip("brings up a platform")
-	}
-	for _, b := range []string{"prometheus", "alertmanager", "prometheus-node-exporter", "fabio", "grafana"} {
-		if _, err := os.Stat(filepath.Join(platformtest.BinDir(), b)); err != nil && os.Getenv("BOOTSTRAP_REQUIRE_TOOLS") == "1" {
-			t.Fatalf("bin/%s is missing: run make tools", b)
-		} else if err != nil {
-			t.Skipf("bin/%s is missing: run make tools", b)
-		}
-	}
-	// On the patch releases of Consul and Nomad before the pins, until the
-	// upgrade subtest.
-	binDir, upgradeConsulNomad := platformtest.PreviousBinDir(t)
-	p := platformtest.NewWithBinDir(t, binDir, "", "")
-	// The new files must outlive the subtest: later ups run them.
-	upgrade := func() {
-		upgradeConsulNomad()
-		platformtest.RenewBinary(t, binDir, "vault")
-	}
-	upgradeJob := func() { platformtest.RenewBinary(t, binDir, "prometheus-node-exporter") }
+	t.Parallel()
+	needPlatformJobs(t)
+	p := platformtest.New(t, "", "")
 	// The first up is killed in the jobs stage, right after it registered
 	// the first job and before that job was healthy; the next up finishes
 	// the stage.
@@ -194,28 +181,8 @@ func TestPlatform(t *testing.T) {
 
 	t.Run("deploy into dev and prod with their own CI tokens", func(t *testing.T) {
 		for _, ns := range []string{"dev", "prod"} {
-			ci := p.Env("ci-" + ns)
-			dir := t.TempDir()
-			job := filepath.Join(dir, "web.nomad.hcl")
-			os.WriteFile(job, []byte(webJob(ns, "web", 1, `"prometheus", "urlprefix-/web strip=/web"`, "ok ${CI_COMMIT_SHORT_SHA}")), 0o600)
-			cmd := exec.Command(p.Bin, "deploy", job, "--timeout", "3m")
-			cmd.Env = append(os.Environ(), "NOMAD_ADDR="+ci["NOMAD_ADDR"], "NOMAD_CACERT="+ci["NOMAD_CACERT"], "NOMAD_TOKEN="+ci["NOMAD_TOKEN"], "CI_COMMIT_SHORT_SHA=abc1234", "CI=true")
-			out, err := cmd.CombinedOutput()
-			if err != nil {
-				t.Fatalf("deploy into %s with its CI token over TLS: %v\n%s", ns, err, out)
-			}
-			// The namespace's own Fabio routes the new service's urlprefix
-			// tag; the platform's Fabio does not.
-			fabio := env["FABIO_"+strings.ToUpper(ns)+"_ADDR"]
-			eventually(t, time.Minute, ns+"'s fabio routing /web", func() error { return get200(fabio + "/web/") })
-			if err := get200(env["FABIO_ADDR"] + "/web/"); err == nil {
-				t.Errorf("the platform's Fabio routes %s's application", ns)
-			}
+			deployWeb(t, p, env, ns)
 		}
-	})
-
-	t.Run("consul and nomad upgrade node by node, servers first and the leader last", func(t *testing.T) {
-		upgradeAgents(t, p.T(t), upgrade, upgradeJob)
 	})
 
 	t.Run("the web UIs render in a browser", func(t *testing.T) {
@@ -369,22 +336,6 @@ func TestPlatform(t *testing.T) {
 		}
 	})
 
-	t.Run("the intermediate CAs rotate with no agent restarted", func(t *testing.T) {
-		rotateCAs(t, p.T(t))
-	})
-
-	t.Run("servers go 3 → 5 → 3, quorum kept and no agent restarted", func(t *testing.T) {
-		scaleServers(t, p.T(t))
-	})
-
-	t.Run("clients go 2 → 4 → 1 → 2 while an application answers through Fabio", func(t *testing.T) {
-		scaleClients(t, p.T(t))
-	})
-
-	t.Run("tokens rotate, and the old ones are refused", func(t *testing.T) {
-		rotateTokens(t, p.T(t))
-	})
-
 	t.Run("status", func(t *testing.T) {
 		r := p.Run([]string{"status"})
 		if r.Code != 0 || strings.Contains(r.Stdout, "!!") {
@@ -493,4 +444,42 @@ func webJob(ns, name string, count int, tags, index string) string {
   }
 }
 `, ns, name, count, tags, index)
+}
+
+// needPlatformJobs fails (or skips, without BOOTSTRAP_REQUIRE_TOOLS) a test
+// whose platform runs the platform jobs when make tools did not build them.
+func needPlatformJobs(t *testing.T) {
+	t.Helper()
+	if testing.Short() {
+		t.Skip("brings up a platform")
+	}
+	for _, b := range []string{"prometheus", "alertmanager", "prometheus-node-exporter", "fabio", "grafana"} {
+		if _, err := os.Stat(filepath.Join(platformtest.BinDir(), b)); err != nil && os.Getenv("BOOTSTRAP_REQUIRE_TOOLS") == "1" {
+			t.Fatalf("bin/%s is missing: run make tools", b)
+		} else if err != nil {
+			t.Skipf("bin/%s is missing: run make tools", b)
+		}
+	}
+}
+
+// deployWeb deploys ns's web application with bootstrap deploy and ns's CI
+// token over TLS, and waits until ns's own Fabio routes it at /web/; the
+// platform's Fabio must not.
+func deployWeb(t *testing.T, p *platformtest.Platform, env map[string]string, ns string) {
+	t.Helper()
+	ci := p.Env("ci-" + ns)
+	job := filepath.Join(t.TempDir(), "web.nomad.hcl")
+	if err := os.WriteFile(job, []byte(webJob(ns, "web", 1, `"prometheus", "urlprefix-/web strip=/web"`, "ok ${CI_COMMIT_SHORT_SHA}")), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(p.Bin, "deploy", job, "--timeout", "3m")
+	cmd.Env = append(os.Environ(), "NOMAD_ADDR="+ci["NOMAD_ADDR"], "NOMAD_CACERT="+ci["NOMAD_CACERT"], "NOMAD_TOKEN="+ci["NOMAD_TOKEN"], "CI_COMMIT_SHORT_SHA=abc1234", "CI=true")
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("deploy into %s with its CI token over TLS: %v\n%s", ns, err, out)
+	}
+	fabio := env["FABIO_"+strings.ToUpper(ns)+"_ADDR"]
+	eventually(t, time.Minute, ns+"'s fabio routing /web", func() error { return get200(fabio + "/web/") })
+	if err := get200(env["FABIO_ADDR"] + "/web/"); err == nil {
+		t.Errorf("the platform's Fabio routes %s's application", ns)
+	}
 }
