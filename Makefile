@@ -39,12 +39,12 @@ status: build
 # Integration and end-to-end tests need the real binaries; BOOTSTRAP_REQUIRE_TOOLS
 # turns a missing binary into a failure instead of a skip.
 # The whole output also goes to artifacts/test.log; a failed run ends with
-# what failed (.ci/failures). The long journeys (three local platforms in
-# stages/platform, two labs in internal/lab/labe2e) run side by side: they
-# wait far more than they compute.
+# what failed (.ci/failures). TestPlatform and TestPlatformDay2 run side by
+# side; more at once (the labs' journeys, TestConsulAndNomad) overloaded the
+# two cores: a first up took 20 min instead of 2.
 test: tools test-tools build ## all tests: unit, integration against real servers, end to end
 	@mkdir -p artifacts
-	set -o pipefail; BOOTSTRAP_REQUIRE_TOOLS=1 $(GO) test -count=1 -timeout 75m -p 2 -parallel 3 ./... 2>&1 | tee artifacts/test.log \
+	set -o pipefail; BOOTSTRAP_REQUIRE_TOOLS=1 $(GO) test -count=1 -timeout 85m -p 2 ./... 2>&1 | tee artifacts/test.log \
 		|| { .ci/failures artifacts/test.log; exit 1; }
 
 # What only the tests need: the releases before the pinned Consul and Nomad

@@ -93,7 +93,6 @@ func upWithCrashes(t *testing.T, p *platformtest.Platform) {
 }
 
 func TestConsulAndNomad(t *testing.T) {
-	t.Parallel()
 	if testing.Short() {
 		t.Skip("brings up a platform")
 	}

@@ -28,7 +28,6 @@ import (
 // was: the engine stopped and disabled again, no container, image or state
 // of ours.
 func TestLabDocker(t *testing.T) {
-	t.Parallel()
 	needLab(t)
 	archives, err := imagearchive.Dir(filepath.Join(platformtest.BinDir(), "images"))
 	if err != nil {

@@ -27,7 +27,6 @@ import (
 )
 
 func TestLabProduction(t *testing.T) {
-	t.Parallel()
 	needLab(t)
 	labDir := t.TempDir()
 	// Registered first, so it runs last: after the platform's own cleanup.
