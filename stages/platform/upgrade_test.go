@@ -23,7 +23,7 @@ import (
 	"github.com/platform-bootstrap/bootstrap/tools"
 )
 
-// upgradeAgents is issue 18's rolling upgrade. TestPlatform came up on the
+// upgradeAgents is issue 18's rolling upgrade. TestPlatformDay2 came up on the
 // patch releases of Consul and Nomad before the pins
 // (platformtest.PreviousBinDir); upgrade links the pinned binaries in
 // their place, as make tools does after a version bump. plan names the new

@@ -213,7 +213,7 @@ func TestLabProduction(t *testing.T) {
 
 	// The systemd path of a rolling upgrade: the pinned binaries are linked
 	// into the lab's bin_dir, up copies them over and restarts each unit
-	// (the order is TestPlatform's business). Every agent then runs the
+	// (the order is TestPlatformDay2's business). Every agent then runs the
 	// copy it has, which is the pinned version.
 	t.Run("consul and nomad upgrade unit by unit", func(t *testing.T) {
 		p := p.T(t)
