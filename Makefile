@@ -42,9 +42,11 @@ status: build
 # what failed (.ci/failures). TestPlatform and TestPlatformDay2 run side by
 # side; more at once (the labs' journeys, TestConsulAndNomad) overloaded the
 # two cores: a first up took 20 min instead of 2.
+# TESTFLAGS=-v keeps every test's notes in artifacts/test.log: each
+# journey's subtests and bootstrap runs with their durations.
 test: tools test-tools build ## all tests: unit, integration against real servers, end to end
 	@mkdir -p artifacts
-	set -o pipefail; BOOTSTRAP_REQUIRE_TOOLS=1 $(GO) test -count=1 -timeout 85m -p 2 ./... 2>&1 | tee artifacts/test.log \
+	set -o pipefail; BOOTSTRAP_REQUIRE_TOOLS=1 $(GO) test -count=1 -timeout 85m -p 2 $(TESTFLAGS) ./... 2>&1 | tee artifacts/test.log \
 		|| { .ci/failures artifacts/test.log; exit 1; }
 
 # What only the tests need: the releases before the pinned Consul and Nomad

@@ -99,6 +99,66 @@ func TestDirectoriesModule(t *testing.T) {
 	}
 }
 
+func TestFilesModule(t *testing.T) {
+	root := t.TempDir()
+	a, b := filepath.Join(root, "a.hcl"), filepath.Join(root, "b.pem")
+	args := map[string]any{"files": []map[string]any{
+		{"path": a, "content": "x = 1\n", "mode": "0600"},
+		{"path": b, "content": "-----BEGIN CERTIFICATE-----\n", "mode": "0644"},
+	}}
+
+	if r := runModule(t, "files", args, "--check"); !r.Changed || r.Failed {
+		t.Errorf("check mode on missing files: %+v, want changed", r)
+	}
+	if _, err := os.Stat(a); !os.IsNotExist(err) {
+		t.Errorf("check mode wrote %s", a)
+	}
+	if r := runModule(t, "files", args); !r.Changed || r.Failed {
+		t.Fatalf("first run: %+v, want changed", r)
+	}
+	for path, want := range map[string]struct {
+		content string
+		mode    os.FileMode
+	}{a: {"x = 1\n", 0o600}, b: {"-----BEGIN CERTIFICATE-----\n", 0o644}} {
+		got, err := os.ReadFile(path)
+		fi, _ := os.Stat(path)
+		if err != nil || string(got) != want.content || fi.Mode().Perm() != want.mode {
+			t.Errorf("%s: %q %v %v, want %q %v", path, got, fi.Mode().Perm(), err, want.content, want.mode)
+		}
+	}
+	// An unchanged file keeps its time: services compare it with their
+	// start to know whether they are stale.
+	old := time.Now().Add(-time.Hour).Truncate(time.Second)
+	if err := os.Chtimes(a, old, old); err != nil {
+		t.Fatal(err)
+	}
+	if r := runModule(t, "files", args); r.Changed || r.Failed {
+		t.Errorf("second run: %+v, want unchanged", r)
+	}
+	if fi, _ := os.Stat(a); !fi.ModTime().Equal(old) {
+		t.Errorf("%s was touched by a run that changed nothing: %v, want %v", a, fi.ModTime(), old)
+	}
+	if err := os.Chmod(b, 0o666); err != nil {
+		t.Fatal(err)
+	}
+	if r := runModule(t, "files", args); !r.Changed || len(r.ChangedPaths) != 1 || r.ChangedPaths[0] != b {
+		t.Errorf("after chmod 0666 of %s: %+v, want it alone changed", b, r)
+	}
+	if fi, _ := os.Stat(b); fi.Mode().Perm() != 0o644 {
+		t.Errorf("%s is %v after the run, want 0644", b, fi.Mode().Perm())
+	}
+	if entries, _ := os.ReadDir(root); len(entries) != 2 {
+		t.Errorf("%s holds %d entries, want the two files and no temporary file", root, len(entries))
+	}
+
+	if r := runModule(t, "files", map[string]any{"files": []map[string]any{{"path": a, "content": "", "mode": "rw"}}}); !r.Failed || !strings.Contains(r.Msg, "octal") {
+		t.Errorf("mode rw: %+v, want a failure that asks for an octal mode", r)
+	}
+	if r := runModule(t, "files", map[string]any{"files": []map[string]any{{"path": a, "mode": "0600"}}}); !r.Failed || !strings.Contains(r.Msg, "content") {
+		t.Errorf("no content: %+v, want a failure that names it", r)
+	}
+}
+
 func TestProcessServiceModule(t *testing.T) {
 	if _, err := exec.LookPath("start-stop-daemon"); err != nil {
 		t.Skip("start-stop-daemon is missing")

@@ -7,6 +7,7 @@ import (
 	"maps"
 	"slices"
 	"strings"
+	"time"
 
 	consulapi "github.com/hashicorp/consul/api"
 	vaultapi "github.com/hashicorp/vault/api"
@@ -14,6 +15,7 @@ import (
 	"github.com/platform-bootstrap/bootstrap/internal/cluster"
 	"github.com/platform-bootstrap/bootstrap/internal/config"
 	"github.com/platform-bootstrap/bootstrap/internal/inventory"
+	"github.com/platform-bootstrap/bootstrap/internal/poll"
 	"github.com/platform-bootstrap/bootstrap/internal/reconcile"
 	"github.com/platform-bootstrap/bootstrap/internal/secrets"
 	"github.com/platform-bootstrap/bootstrap/pki"
@@ -113,13 +115,21 @@ func agentTokenNote(node string) string { return "consul_agent_token_" + node }
 // dnsTokenNote records the node ID of an agent that has the DNS token.
 func dnsTokenNote(node string) string { return "consul_dns_token_" + node }
 
-// agentID returns the node ID of a node's Consul agent.
-func agentID(e *stages.Env, n inventory.Node, mgmt string) (string, error) {
+// agentID returns the node ID of a node's Consul agent. A server that has
+// just restarted (a run killed in a rolling restart) refuses every token
+// until it has caught up with the leader's ACL state: it is waited for.
+func agentID(ctx context.Context, e *stages.Env, n inventory.Node, mgmt string) (string, error) {
 	c, err := cluster.ConsulAgent(e, n, mgmt)
 	if err != nil {
 		return "", err
 	}
-	self, err := c.Agent().Self()
+	var self map[string]map[string]any
+	err = poll.Retry(ctx, time.Minute, time.Second, func() error {
+		self, err = c.Agent().Self()
+		return err
+	}, func(err error) bool {
+		return !cluster.LeaderChanging(err) && !strings.Contains(err.Error(), "ACL system must be bootstrapped")
+	})
 	if err != nil {
 		return "", fmt.Errorf("consul: agent %s: %w", n.Name, err)
 	}
@@ -416,7 +426,7 @@ func ensureToken(e *stages.Env, c *consulapi.Client, w *consulapi.WriteOptions, 
 // this happens once per agent: a wiped agent comes back with a new node ID.
 func agentTokens(ctx context.Context, e *stages.Env, p *reconcile.Plan, inv *inventory.Inventory, t token, secret, mgmt string, toks map[string]*consulapi.ACLTokenListEntry) error {
 	n, _ := inv.Node(t.node)
-	id, err := agentID(e, n, mgmt)
+	id, err := agentID(ctx, e, n, mgmt)
 	if err != nil {
 		return err
 	}

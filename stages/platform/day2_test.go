@@ -7,13 +7,11 @@ import (
 )
 
 // TestPlatformDay2 is issue 18's day 2 on a running platform, one journey
-// on its own platform while TestPlatform runs: Consul and Nomad start on
-// the patch releases before the pins and upgrade node by node, the
-// intermediate CAs rotate, the servers go 3 → 5 → 3 and the clients
+// on its own platform: Consul and Nomad start on the patch releases before
+// the pins and upgrade node by node, the intermediate CAs rotate, the servers go 3 → 5 → 3 and the clients
 // 2 → 4 → 1 → 2, and every token rotates, while dev's application answers
 // through its Fabio.
 func TestPlatformDay2(t *testing.T) {
-	t.Parallel()
 	needPlatformJobs(t)
 	binDir, upgradeConsulNomad := platformtest.PreviousBinDir(t)
 	p := platformtest.NewWithBinDir(t, binDir, "", "")
