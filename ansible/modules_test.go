@@ -55,18 +55,19 @@ func runModule(t *testing.T, module string, args map[string]any, extra ...string
 	return r.Plays[0].Tasks[0].Hosts["localhost"]
 }
 
-func TestDirectoriesModule(t *testing.T) {
+// TestFilesModuleDirs is the files module making directories.
+func TestFilesModuleDirs(t *testing.T) {
 	root := t.TempDir()
 	a, b := filepath.Join(root, "a"), filepath.Join(root, "x", "y", "b")
-	args := map[string]any{"paths": []string{a, b}, "mode": "0700"}
+	args := map[string]any{"dirs": []string{a, b}, "dir_mode": "0700"}
 
-	if r := runModule(t, "directories", args, "--check"); !r.Changed || r.Failed {
+	if r := runModule(t, "files", args, "--check"); !r.Changed || r.Failed {
 		t.Errorf("check mode on missing directories: %+v, want changed", r)
 	}
 	if _, err := os.Stat(a); !os.IsNotExist(err) {
 		t.Errorf("check mode created %s", a)
 	}
-	if r := runModule(t, "directories", args); !r.Changed || r.Failed {
+	if r := runModule(t, "files", args); !r.Changed || r.Failed {
 		t.Fatalf("first run: %+v, want changed", r)
 	}
 	for _, d := range []string{a, b} {
@@ -74,13 +75,13 @@ func TestDirectoriesModule(t *testing.T) {
 			t.Errorf("%s: %v %v, want a 0700 directory", d, fi.Mode(), err)
 		}
 	}
-	if r := runModule(t, "directories", args); r.Changed || r.Failed {
+	if r := runModule(t, "files", args); r.Changed || r.Failed {
 		t.Errorf("second run: %+v, want unchanged", r)
 	}
 	if err := os.Chmod(b, 0o755); err != nil {
 		t.Fatal(err)
 	}
-	if r := runModule(t, "directories", args); !r.Changed || len(r.ChangedPaths) != 1 || r.ChangedPaths[0] != b {
+	if r := runModule(t, "files", args); !r.Changed || len(r.ChangedPaths) != 1 || r.ChangedPaths[0] != b {
 		t.Errorf("after chmod 0755 of %s: %+v, want it alone changed", b, r)
 	}
 	if fi, _ := os.Stat(b); fi.Mode().Perm() != 0o700 {
@@ -91,10 +92,10 @@ func TestDirectoriesModule(t *testing.T) {
 	if err := os.WriteFile(f, nil, 0o600); err != nil {
 		t.Fatal(err)
 	}
-	if r := runModule(t, "directories", map[string]any{"paths": []string{f}, "mode": "0700"}); !r.Failed || !strings.Contains(r.Msg, "not a directory") {
+	if r := runModule(t, "files", map[string]any{"dirs": []string{f}}); !r.Failed || !strings.Contains(r.Msg, "not a directory") {
 		t.Errorf("a file in the way: %+v, want a failure that says so", r)
 	}
-	if r := runModule(t, "directories", map[string]any{"paths": []string{a}, "mode": "rwx"}); !r.Failed || !strings.Contains(r.Msg, "octal") {
+	if r := runModule(t, "files", map[string]any{"dirs": []string{a}, "dir_mode": "rwx"}); !r.Failed || !strings.Contains(r.Msg, "octal") {
 		t.Errorf("mode rwx: %+v, want a failure that asks for an octal mode", r)
 	}
 }

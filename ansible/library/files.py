@@ -1,22 +1,31 @@
 #!/usr/bin/python3
-# Write several files in one module call. ansible.builtin.template and copy
-# cost two module runs per file (a stat, then the copy: a Python start on
-# the node each), and the roles write up to four files per node and
-# product. The roles render with lookup('template') on the controller and
-# pass the contents here.
+# Make directories and write files in one module call. ansible.builtin.file
+# takes one path, and template and copy cost two module runs per file (a
+# stat, then the copy: a Python start on the node each), while the roles
+# make and write up to six per node and product. The roles render with
+# lookup('template') on the controller and pass the contents here.
 
 DOCUMENTATION = r"""
 module: files
 short_description: Write files with their modes, each only when it differs
 options:
+  dirs:
+    description: Directories to create first, with their parents.
+    type: list
+    elements: path
+    default: []
+  dir_mode:
+    description: Mode of each of dirs (not of parents that exist).
+    type: str
+    default: "0700"
   files:
     description: >-
       The files, each a dict with path, content and mode (octal string). A
       file whose content and mode match is not touched, so its mtime tells
       services when it last changed.
-    required: true
     type: list
     elements: dict
+    default: []
 """
 
 import os
@@ -57,21 +66,45 @@ def write(path, content, mode):
         raise
 
 
+def octal(m, what, mode):
+    try:
+        return int(str(mode), 8)
+    except ValueError:
+        m.fail_json(msg="%s: mode %r: want an octal mode such as \"0700\"" % (what, mode))
+
+
 def main():
     m = AnsibleModule(
-        argument_spec=dict(files=dict(type="list", elements="dict", required=True)),
+        argument_spec=dict(
+            dirs=dict(type="list", elements="path", default=[]),
+            dir_mode=dict(type="str", default="0700"),
+            files=dict(type="list", elements="dict", default=[]),
+        ),
         supports_check_mode=True,
     )
     changed = []
+    dir_mode = octal(m, "dir_mode", m.params["dir_mode"])
+    for path in m.params["dirs"]:
+        try:
+            st = os.stat(path)
+        except FileNotFoundError:
+            changed.append(path)
+            if not m.check_mode:
+                os.makedirs(path, dir_mode)
+                os.chmod(path, dir_mode)  # makedirs' mode is masked by the umask
+            continue
+        if not stat.S_ISDIR(st.st_mode):
+            m.fail_json(msg="%s exists and is not a directory" % path)
+        if stat.S_IMODE(st.st_mode) != dir_mode:
+            changed.append(path)
+            if not m.check_mode:
+                os.chmod(path, dir_mode)
     for i, f in enumerate(m.params["files"]):
         missing = [k for k in ("path", "content", "mode") if k not in f]
         if missing:
             m.fail_json(msg="files[%d]: missing %s" % (i, ", ".join(missing)))
         path = f["path"]
-        try:
-            mode = int(str(f["mode"]), 8)
-        except ValueError:
-            m.fail_json(msg="%s: mode %r: want an octal mode such as \"0600\"" % (path, f["mode"]))
+        mode = octal(m, path, f["mode"])
         content = str(f["content"]).encode()
         what = differs(path, content, mode)
         if not what:

@@ -443,7 +443,15 @@ func TestConsulAndNomad(t *testing.T) {
 				if _, _, err := ccli.Catalog().Services(nil); err != nil {
 					failures = append(failures, "consul: "+err.Error())
 				}
-				if _, _, err := ncli.Jobs().List(&nomadapi.QueryOptions{Namespace: "dev"}); err != nil {
+				list := func() error {
+					_, _, err := ncli.Jobs().List(&nomadapi.QueryOptions{Namespace: "dev"})
+					return err
+				}
+				// A Nomad client agent whose server went away fails the
+				// request it was forwarding there (its RPC does not retry a
+				// refused connection), marks that server failed and sends
+				// the next to another: the one a caller's retry gets.
+				if err := list(); err != nil && (!strings.Contains(err.Error(), "failed to get conn") || list() != nil) {
 					failures = append(failures, "nomad: "+err.Error())
 				}
 				reads++
