@@ -2,6 +2,7 @@ package cluster
 
 import (
 	"bytes"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -86,30 +87,65 @@ func NomadClient(addr, caFile, serverName, token string) (*nomadapi.Client, erro
 
 // retryForwarded asks again for a read that a Nomad server forwarded to its
 // leader over a connection that broke ("rpc error: EOF", seen right after a
-// server restarted): the next try works. Writes are never repeated.
+// server restarted): the next try works. Writes are never repeated, except
+// a request that never left: one whose connection a server refused or
+// reset while it restarted (after a reboot, or its certificate's renewal)
+// is sent again for up to dialRetry.
 type retryForwarded struct{ next http.RoundTripper }
 
+// dialRetry bounds how long a request waits for a restarting server.
+const dialRetry = 20 * time.Second
+
 func (t retryForwarded) RoundTrip(req *http.Request) (*http.Response, error) {
+	start := time.Now()
+	try := req
 	for attempt := 1; ; attempt++ {
-		resp, err := t.next.RoundTrip(req)
-		if err != nil || req.Method != http.MethodGet || resp.StatusCode != http.StatusInternalServerError || attempt == 10 {
-			return resp, err
-		}
-		body, err := io.ReadAll(io.LimitReader(resp.Body, 64<<10))
-		resp.Body.Close()
+		resp, err := t.next.RoundTrip(try)
 		if err != nil {
-			return nil, err
-		}
-		if !bytes.Contains(body, []byte("rpc error")) || !bytes.Contains(body, []byte("EOF")) {
-			resp.Body = io.NopCloser(bytes.NewReader(body))
+			var op *net.OpError
+			if !errors.As(err, &op) || op.Op != "dial" || time.Since(start) > dialRetry {
+				return nil, err
+			}
+			if try, err = again(req); err != nil {
+				return nil, err
+			}
+		} else if req.Method != http.MethodGet || resp.StatusCode != http.StatusInternalServerError || attempt == 10 {
 			return resp, nil
+		} else {
+			body, err := io.ReadAll(io.LimitReader(resp.Body, 64<<10))
+			resp.Body.Close()
+			if err != nil {
+				return nil, err
+			}
+			if !bytes.Contains(body, []byte("rpc error")) || !bytes.Contains(body, []byte("EOF")) {
+				resp.Body = io.NopCloser(bytes.NewReader(body))
+				return resp, nil
+			}
 		}
 		select {
 		case <-req.Context().Done():
 			return nil, req.Context().Err()
-		case <-time.After(time.Duration(attempt) * 300 * time.Millisecond):
+		case <-time.After(time.Duration(min(attempt, 5)) * 300 * time.Millisecond):
 		}
 	}
+}
+
+// again returns a copy of req to send once more, with its body from the
+// start.
+func again(req *http.Request) (*http.Request, error) {
+	r := req.Clone(req.Context())
+	if req.Body == nil || req.Body == http.NoBody {
+		return r, nil
+	}
+	if req.GetBody == nil {
+		return nil, errors.New("a request whose body cannot be read again is not retried")
+	}
+	body, err := req.GetBody()
+	if err != nil {
+		return nil, err
+	}
+	r.Body = body
+	return r, nil
 }
 
 // NomadAgent returns a Nomad client for node n's agent, verifying the name

@@ -2,11 +2,13 @@ package cluster
 
 import (
 	"io"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"strings"
 	"sync/atomic"
 	"testing"
+	"time"
 )
 
 func TestRetryForwarded(t *testing.T) {
@@ -46,5 +48,42 @@ func TestRetryForwarded(t *testing.T) {
 	calls.Store(0)
 	if code, body := do(http.MethodGet, "/other"); code != 500 || body != "permission denied" || calls.Load() != 1 {
 		t.Errorf("another error: %d %q after %d calls, want it as it came, once", code, body, calls.Load())
+	}
+}
+
+// A request whose connection was refused, as while a server restarts, is
+// sent again, body and all, once the server listens; one that reached a
+// server is not.
+func TestRetryForwardedRefusedDial(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	ln.Close() // refused until the server below listens there
+	var got atomic.Value
+	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		b, _ := io.ReadAll(r.Body)
+		got.Store(string(b))
+		_, _ = io.WriteString(w, "ok")
+	})}
+	defer srv.Close()
+	go func() {
+		time.Sleep(time.Second)
+		ln, err := net.Listen("tcp", addr)
+		if err != nil {
+			t.Error(err)
+			return
+		}
+		_ = srv.Serve(ln)
+	}()
+	c := &http.Client{Transport: retryForwarded{http.DefaultTransport}}
+	resp, err := c.Post("http://"+addr+"/v1/jobs/parse", "application/json", strings.NewReader(`{"JobHCL":"job"}`))
+	if err != nil {
+		t.Fatalf("a write to a server that listens a second later: %v", err)
+	}
+	resp.Body.Close()
+	if b, _ := got.Load().(string); b != `{"JobHCL":"job"}` {
+		t.Errorf("the server got the body %q, want it whole", b)
 	}
 }
