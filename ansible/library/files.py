@@ -7,7 +7,7 @@
 
 DOCUMENTATION = r"""
 module: files
-short_description: Write files with their modes, each only when it differs
+short_description: Make directories and write files, each only where it differs
 options:
   dirs:
     description: Directories to create first, with their parents.

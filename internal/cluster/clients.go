@@ -106,9 +106,11 @@ func (t retryForwarded) RoundTrip(req *http.Request) (*http.Response, error) {
 			if !errors.As(err, &op) || op.Op != "dial" || time.Since(start) > dialRetry {
 				return nil, err
 			}
-			if try, err = again(req); err != nil {
+			next, ok := again(req)
+			if !ok {
 				return nil, err
 			}
+			try = next
 		} else if req.Method != http.MethodGet || resp.StatusCode != http.StatusInternalServerError || attempt == 10 {
 			return resp, nil
 		} else {
@@ -131,21 +133,21 @@ func (t retryForwarded) RoundTrip(req *http.Request) (*http.Response, error) {
 }
 
 // again returns a copy of req to send once more, with its body from the
-// start.
-func again(req *http.Request) (*http.Request, error) {
+// start, if its body can be read again.
+func again(req *http.Request) (*http.Request, bool) {
 	r := req.Clone(req.Context())
 	if req.Body == nil || req.Body == http.NoBody {
-		return r, nil
+		return r, true
 	}
 	if req.GetBody == nil {
-		return nil, errors.New("a request whose body cannot be read again is not retried")
+		return nil, false
 	}
 	body, err := req.GetBody()
 	if err != nil {
-		return nil, err
+		return nil, false
 	}
 	r.Body = body
-	return r, nil
+	return r, true
 }
 
 // NomadAgent returns a Nomad client for node n's agent, verifying the name
