@@ -209,7 +209,8 @@ func (r *Runner) Run(ctx context.Context, playbook string, tags, limit []string)
 	// SSH connections are shared for the run (ControlPersist) and closed at
 	// its end, so no ssh master outlives bootstrap. A short directory: the
 	// sockets' paths must fit the 108 bytes of a Unix socket address.
-	cpDir, err := os.MkdirTemp("", "bootstrap-ssh-")
+	removeStaleTemp()
+	cpDir, err := os.MkdirTemp("", tempPrefix("ssh"))
 	if err != nil {
 		return err
 	}
@@ -272,7 +273,7 @@ func (r *Runner) Run(ctx context.Context, playbook string, tags, limit []string)
 // Ansible keeps private (0700); the user's home, not /tmp.
 func (r *Runner) tempDirs() (local, remote string, cleanup func(), err error) {
 	// os.MkdirTemp picks a fresh name and creates it 0700.
-	dir, err := os.MkdirTemp("", "bootstrap-ansible-")
+	dir, err := os.MkdirTemp("", tempPrefix("ansible"))
 	if err != nil {
 		return "", "", nil, fmt.Errorf("ansible temporary directory: %w", err)
 	}
@@ -299,6 +300,34 @@ func closeSSHMasters(dir string) {
 		exec.Command("ssh", "-o", "ControlPath="+s, "-O", "exit", "bootstrap").Run()
 	}
 	os.RemoveAll(dir)
+}
+
+// tempPrefix names a run's temporary directories after the process, so a
+// later run can tell those of a killed run (SIGKILL runs no cleanup).
+func tempPrefix(kind string) string {
+	return fmt.Sprintf("bootstrap-%s-%d-", kind, os.Getpid())
+}
+
+// removeStaleTemp removes this user's temporary directories left by runs
+// whose process is gone, closing any ssh master still listening in them.
+func removeStaleTemp() {
+	for _, kind := range []string{"ssh", "ansible"} {
+		dirs, _ := filepath.Glob(filepath.Join(os.TempDir(), "bootstrap-"+kind+"-*-*"))
+		for _, dir := range dirs {
+			var pid int
+			rest := strings.TrimPrefix(filepath.Base(dir), "bootstrap-"+kind+"-")
+			if _, err := fmt.Sscanf(rest, "%d-", &pid); err != nil || pid <= 0 || processAlive(pid) {
+				continue
+			}
+			if fi, err := os.Lstat(dir); err != nil || !fi.IsDir() || !ownedByMe(fi) {
+				continue
+			}
+			if kind == "ssh" {
+				closeSSHMasters(dir)
+			}
+			os.RemoveAll(dir)
+		}
+	}
 }
 
 // event is the part of an ansible.posix.jsonl line we read.

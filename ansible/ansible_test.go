@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"maps"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -114,6 +115,44 @@ func TestRunPrivateTempDirs(t *testing.T) {
 	second := runFake(t, r)
 	if second.Env["ANSIBLE_LOCAL_TEMP"] == local || second.Env["ANSIBLE_REMOTE_TEMP"] == remote {
 		t.Errorf("two runs share a temporary directory: %v and %v", first.Env, second.Env)
+	}
+}
+
+// A run killed with SIGKILL cannot remove its temporary directories; the
+// next run removes those whose process is gone, and only those.
+func TestRunRemovesStaleTempDirs(t *testing.T) {
+	tmp := t.TempDir()
+	t.Setenv("TMPDIR", tmp)
+	gone := exec.Command("true")
+	if err := gone.Run(); err != nil {
+		t.Fatal(err)
+	}
+	dead, live := gone.Process.Pid, os.Getpid()
+	stale := []string{
+		filepath.Join(tmp, fmt.Sprintf("bootstrap-ssh-%d-1", dead)),
+		filepath.Join(tmp, fmt.Sprintf("bootstrap-ansible-%d-2", dead)),
+	}
+	keep := []string{
+		filepath.Join(tmp, fmt.Sprintf("bootstrap-ansible-%d-3", live)),
+		filepath.Join(tmp, "bootstrap-ansible-x-4"),
+		filepath.Join(tmp, "bootstrap-ansible-1234567"), // an older name, without a pid
+	}
+	for _, d := range append(slices.Clone(stale), keep...) {
+		if err := os.MkdirAll(filepath.Join(d, "local"), 0o700); err != nil {
+			t.Fatal(err)
+		}
+	}
+	dir := t.TempDir()
+	runFake(t, &Runner{Dir: dir, InventoryFile: filepath.Join(dir, "inventory-vault.json")})
+	for _, d := range stale {
+		if _, err := os.Stat(d); !os.IsNotExist(err) {
+			t.Errorf("%s, left by a dead process, survived the next run (%v)", d, err)
+		}
+	}
+	for _, d := range keep {
+		if _, err := os.Stat(d); err != nil {
+			t.Errorf("%s was removed: %v", d, err)
+		}
 	}
 }
 

@@ -100,6 +100,47 @@ func TestFilesModuleDirs(t *testing.T) {
 	}
 }
 
+// TestFilesModuleAbsent is the files module removing paths, as teardown
+// does: a link goes, not what it points to.
+func TestFilesModuleAbsent(t *testing.T) {
+	root, outside := t.TempDir(), t.TempDir()
+	file, tree, link := filepath.Join(root, "unit.service"), filepath.Join(root, "opt", "nomad"), filepath.Join(root, "bin-link")
+	kept := filepath.Join(outside, "keep")
+	if err := os.MkdirAll(filepath.Join(tree, "data", "alloc"), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range []string{file, filepath.Join(tree, "data", "alloc", "x"), kept} {
+		if err := os.WriteFile(f, []byte("x"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := os.Symlink(outside, link); err != nil {
+		t.Fatal(err)
+	}
+	args := map[string]any{"absent": []string{file, tree, link, filepath.Join(root, "never-was")}}
+
+	if r := runModule(t, "files", args, "--check"); !r.Changed || r.Failed || len(r.ChangedPaths) != 3 {
+		t.Errorf("check mode: %+v, want the three existing paths changed", r)
+	}
+	if _, err := os.Stat(filepath.Join(tree, "data", "alloc", "x")); err != nil {
+		t.Errorf("check mode removed something: %v", err)
+	}
+	if r := runModule(t, "files", args); !r.Changed || r.Failed {
+		t.Fatalf("first run: %+v, want changed", r)
+	}
+	for _, p := range []string{file, tree, link} {
+		if _, err := os.Lstat(p); !os.IsNotExist(err) {
+			t.Errorf("%s is still there (%v)", p, err)
+		}
+	}
+	if _, err := os.Stat(kept); err != nil {
+		t.Errorf("removing the link %s removed what it points to: %v", link, err)
+	}
+	if r := runModule(t, "files", args); r.Changed || r.Failed {
+		t.Errorf("second run: %+v, want unchanged", r)
+	}
+}
+
 func TestFilesModule(t *testing.T) {
 	root := t.TempDir()
 	a, b := filepath.Join(root, "a.hcl"), filepath.Join(root, "b.pem")

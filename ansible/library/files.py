@@ -1,5 +1,5 @@
 #!/usr/bin/python3
-# Make directories and write files in one module call. ansible.builtin.file
+# Make directories, write files and remove paths in one module call. ansible.builtin.file
 # takes one path, and template and copy cost two module runs per file (a
 # stat, then the copy: a Python start on the node each), while the roles
 # make and write up to six per node and product. The roles render with
@@ -7,8 +7,15 @@
 
 DOCUMENTATION = r"""
 module: files
-short_description: Make directories and write files, each only where it differs
+short_description: Make directories, write files and remove paths, each only where it differs
 options:
+  absent:
+    description: >-
+      Paths to remove first: files, links, or directories with everything
+      in them. A path that does not exist is no change.
+    type: list
+    elements: path
+    default: []
   dirs:
     description: Directories to create first, with their parents.
     type: list
@@ -29,6 +36,7 @@ options:
 """
 
 import os
+import shutil
 import stat
 import tempfile
 
@@ -79,10 +87,26 @@ def main():
             dirs=dict(type="list", elements="path", default=[]),
             dir_mode=dict(type="str", default="0700"),
             files=dict(type="list", elements="dict", default=[]),
+            absent=dict(type="list", elements="path", default=[]),
         ),
         supports_check_mode=True,
     )
     changed = []
+    for path in m.params["absent"]:
+        try:
+            st = os.lstat(path)
+        except FileNotFoundError:
+            continue
+        changed.append(path)
+        if m.check_mode:
+            continue
+        try:
+            if stat.S_ISDIR(st.st_mode):
+                shutil.rmtree(path)
+            else:
+                os.unlink(path)
+        except OSError as e:
+            m.fail_json(msg="remove %s: %s" % (path, e), changed_paths=changed)
     dir_mode = octal(m, "dir_mode", m.params["dir_mode"])
     for path in m.params["dirs"]:
         try:

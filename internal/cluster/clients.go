@@ -55,6 +55,12 @@ func ConsulAgent(e *stages.Env, n inventory.Node, token string) (*consulapi.Clie
 // empty, any Nomad server's (see TLS), and carries exactly token (NOMAD_*
 // variables of the environment are ignored).
 func NomadClient(addr, caFile, serverName, token string) (*nomadapi.Client, error) {
+	return nomadClient(addr, caFile, serverName, token, 0)
+}
+
+// nomadClient is NomadClient whose requests wait up to dialWait for a
+// server that refuses connections (see retryForwarded).
+func nomadClient(addr, caFile, serverName, token string, dialWait time.Duration) (*nomadapi.Client, error) {
 	tc, err := TLS(caFile, serverName)
 	if err != nil {
 		return nil, fmt.Errorf("nomad client for %s: %w", addr, err)
@@ -73,7 +79,7 @@ func NomadClient(addr, caFile, serverName, token string) (*nomadapi.Client, erro
 	c, err := nomadapi.NewClient(&nomadapi.Config{
 		Address:    addr,
 		SecretID:   token,
-		HttpClient: &http.Client{Transport: retryForwarded{tr}},
+		HttpClient: &http.Client{Transport: retryForwarded{next: tr, dialWait: dialWait}},
 		WaitTime:   5 * time.Second,
 	})
 	if err != nil {
@@ -90,11 +96,17 @@ func NomadClient(addr, caFile, serverName, token string) (*nomadapi.Client, erro
 // server restarted): the next try works. Writes are never repeated, except
 // a request that never left: one whose connection a server refused or
 // reset while it restarted (after a reboot, or its certificate's renewal)
-// is sent again for up to dialRetry.
-type retryForwarded struct{ next http.RoundTripper }
+// is sent again for up to dialWait. Zero, for clients that ask whether an
+// agent answers at all, fails at once: a stopped agent must not cost each
+// such question the wait.
+type retryForwarded struct {
+	next     http.RoundTripper
+	dialWait time.Duration
+}
 
-// dialRetry bounds how long a request waits for a restarting server.
-const dialRetry = 20 * time.Second
+// serverDialWait bounds how long a request to the platform's server
+// address waits for a restarting server.
+const serverDialWait = 20 * time.Second
 
 func (t retryForwarded) RoundTrip(req *http.Request) (*http.Response, error) {
 	start := time.Now()
@@ -103,7 +115,7 @@ func (t retryForwarded) RoundTrip(req *http.Request) (*http.Response, error) {
 		resp, err := t.next.RoundTrip(try)
 		if err != nil {
 			var op *net.OpError
-			if !errors.As(err, &op) || op.Op != "dial" || time.Since(start) > dialRetry {
+			if !errors.As(err, &op) || op.Op != "dial" || time.Since(start) >= t.dialWait {
 				return nil, err
 			}
 			next, ok := again(req)
@@ -163,5 +175,7 @@ func NomadServer(e *stages.Env, token string) (*nomadapi.Client, error) {
 	if addr == "" {
 		return nil, stages.NotReadyf("nomad is not up yet")
 	}
-	return NomadClient(addr, e.CAFile("nomad"), e.NomadServerName(), token)
+	// Stages use the platform's API through it, not ask whether it is up:
+	// a server restarting (rebooted, re-certified) is waited for.
+	return nomadClient(addr, e.CAFile("nomad"), e.NomadServerName(), token, serverDialWait)
 }

@@ -25,7 +25,7 @@ func TestRetryForwarded(t *testing.T) {
 		}
 	}))
 	defer srv.Close()
-	c := &http.Client{Transport: retryForwarded{http.DefaultTransport}}
+	c := &http.Client{Transport: retryForwarded{next: http.DefaultTransport}}
 	do := func(method, path string) (int, string) {
 		t.Helper()
 		req, _ := http.NewRequest(method, srv.URL+path, nil)
@@ -77,7 +77,13 @@ func TestRetryForwardedRefusedDial(t *testing.T) {
 		}
 		_ = srv.Serve(ln)
 	}()
-	c := &http.Client{Transport: retryForwarded{http.DefaultTransport}}
+	// A client that asks whether an agent answers hears no at once.
+	probe := &http.Client{Transport: retryForwarded{next: http.DefaultTransport}}
+	if resp, err := probe.Get("http://" + addr + "/v1/agent/self"); err == nil {
+		resp.Body.Close()
+		t.Fatal("a probe of a refusing address succeeded: it waited for the server")
+	}
+	c := &http.Client{Transport: retryForwarded{next: http.DefaultTransport, dialWait: serverDialWait}}
 	resp, err := c.Post("http://"+addr+"/v1/jobs/parse", "application/json", strings.NewReader(`{"JobHCL":"job"}`))
 	if err != nil {
 		t.Fatalf("a write to a server that listens a second later: %v", err)

@@ -36,17 +36,27 @@ var (
 func Binary(t testing.TB) string {
 	t.Helper()
 	buildOnce.Do(func() {
-		dir, err := os.MkdirTemp("", "bootstrap-bin-")
+		// One file per test binary in the user's cache, replaced by each
+		// build (rename: a running copy keeps its inode), so that test
+		// processes, which run no cleanup when killed, leave no copies.
+		dir, err := os.UserCacheDir()
 		if err != nil {
+			dir = os.TempDir()
+		}
+		dir = filepath.Join(dir, "bootstrap-test")
+		if err := os.MkdirAll(dir, 0o700); err != nil {
 			buildErr = err
 			return
 		}
-		buildBin = filepath.Join(dir, "bootstrap")
-		cmd := exec.Command("go", "build", "-o", buildBin, "./cmd/bootstrap")
+		buildBin = filepath.Join(dir, "bootstrap-"+filepath.Base(os.Args[0]))
+		tmp := fmt.Sprintf("%s.%d", buildBin, os.Getpid())
+		cmd := exec.Command("go", "build", "-o", tmp, "./cmd/bootstrap")
 		cmd.Dir = testcluster.RepoRoot()
 		if out, err := cmd.CombinedOutput(); err != nil {
 			buildErr = fmt.Errorf("go build: %v\n%s", err, out)
+			return
 		}
+		buildErr = os.Rename(tmp, buildBin)
 	})
 	if buildErr != nil {
 		t.Fatal(buildErr)

@@ -148,14 +148,20 @@ func binDir(p *platform) (string, error) {
 	return "", fmt.Errorf("jobs.driver = %q runs local binaries, but the clients have no bin_dir: use driver = \"docker\" or set bin_dir", p.cfg.JobsDriver())
 }
 
-// spec is one platform job to run.
-type spec struct {
-	name string
-	vars platformjobs.Variables
+// Spec is one platform job to run, with its variables.
+type Spec struct {
+	Name string
+	Vars platformjobs.Variables
+}
+
+// Specs returns the platform jobs the configuration enables, with the
+// variables the jobs stage submits them with on inv's nodes.
+func Specs(e *stages.Env, inv *inventory.Inventory) ([]Spec, error) {
+	return wanted(e, &platform{cfg: e.Config, inv: inv})
 }
 
 // wanted returns the jobs the configuration enables, with their variables.
-func wanted(e *stages.Env, p *platform) ([]spec, error) {
+func wanted(e *stages.Env, p *platform) ([]Spec, error) {
 	cfg := p.cfg
 	drv := cfg.JobsDriver()
 	var bin string
@@ -183,9 +189,9 @@ func wanted(e *stages.Env, p *platform) ([]spec, error) {
 	if err != nil {
 		return nil, err
 	}
-	var out []spec
+	var out []Spec
 	if j := cfg.Jobs.NodeExporter; j.Enabled {
-		out = append(out, spec{platformjobs.NodeExporter, base(j, "prometheus-node-exporter", images[platformjobs.NodeExporter]["image"])})
+		out = append(out, Spec{platformjobs.NodeExporter, base(j, "prometheus-node-exporter", images[platformjobs.NodeExporter]["image"])})
 	}
 	if j := cfg.Jobs.Fabio; j.Enabled {
 		v := base(j, "fabio", images[platformjobs.Fabio]["image"])
@@ -202,14 +208,14 @@ func wanted(e *stages.Env, p *platform) ([]spec, error) {
 		}
 		v["app_listeners"] = apps
 		v["public"] = cfg.Ingress != nil && cfg.Ingress.Platform
-		out = append(out, spec{platformjobs.Fabio, v})
+		out = append(out, Spec{platformjobs.Fabio, v})
 	}
 	if j := cfg.Jobs.Prometheus; j.Enabled {
 		v, err := prometheusVars(e, p, base(j, "prometheus", images[platformjobs.Prometheus]["image"]), bin, images[platformjobs.Prometheus]["alertmanager_image"])
 		if err != nil {
 			return nil, err
 		}
-		out = append(out, spec{platformjobs.Prometheus, v})
+		out = append(out, Spec{platformjobs.Prometheus, v})
 	}
 	if j := cfg.Jobs.Grafana; j.Enabled {
 		v := base(j, "grafana", images[platformjobs.Grafana]["image"])
@@ -235,7 +241,7 @@ func wanted(e *stages.Env, p *platform) ([]spec, error) {
 			}
 			v["homepath"] = home
 		}
-		out = append(out, spec{platformjobs.Grafana, v})
+		out = append(out, Spec{platformjobs.Grafana, v})
 	}
 	if r := cfg.GitLabRunner; r != nil {
 		v := base(config.Job{CPU: 500, Memory: 512}, "gitlab-runner", images[platformjobs.GitLabRunner]["image"])
@@ -243,7 +249,7 @@ func wanted(e *stages.Env, p *platform) ([]spec, error) {
 		v["executor"] = r.Executor
 		v["concurrent"] = r.Concurrent
 		v["job_image"] = r.Image
-		out = append(out, spec{platformjobs.GitLabRunner, v})
+		out = append(out, Spec{platformjobs.GitLabRunner, v})
 	}
 	return out, nil
 }

@@ -68,7 +68,7 @@ func wantedFor(t *testing.T, src string) map[string]platformjobs.Variables {
 	}
 	out := map[string]platformjobs.Variables{}
 	for _, sp := range specs {
-		out[sp.name] = sp.vars
+		out[sp.Name] = sp.Vars
 	}
 	return out
 }

@@ -33,22 +33,22 @@ func general() *nomadapi.WriteOptions {
 
 // parse turns a job file and its variables into a job, through the
 // servers' own parser.
-func parse(ctx context.Context, p *platform, sp spec) (*nomadapi.Job, error) {
-	src, err := platformjobs.File(sp.name)
+func parse(ctx context.Context, p *platform, sp Spec) (*nomadapi.Job, error) {
+	src, err := platformjobs.File(sp.Name)
 	if err != nil {
 		return nil, err
 	}
-	vars, err := sp.vars.Encode()
+	vars, err := sp.Vars.Encode()
 	if err != nil {
 		return nil, err
 	}
 	job, err := p.nomad.Jobs().ParseHCLOpts(&nomadapi.JobsParseRequest{JobHCL: src, Variables: vars, Canonicalize: true})
 	if err != nil {
-		return nil, fmt.Errorf("job %s: parse: %w", sp.name, err)
+		return nil, fmt.Errorf("job %s: parse: %w", sp.Name, err)
 	}
 	ns := platformjobs.Namespace
 	job.Namespace = &ns
-	for k, d := range map[string]string{secretsMeta: secretsDigest(p, sp.name), binaryMeta: binaryDigest(sp.vars)} {
+	for k, d := range map[string]string{secretsMeta: secretsDigest(p, sp.Name), binaryMeta: binaryDigest(sp.Vars)} {
 		if d == "" {
 			continue
 		}
@@ -90,16 +90,16 @@ func binaryDigest(vars platformjobs.Variables) string {
 // difference, and restarted when it is unchanged but failed. It does not
 // wait for the job: when applying, the caller waits for every job at once
 // (waitAll) until each is healthy.
-func convergeJob(ctx context.Context, p *platform, pl *reconcile.Plan, sp spec) error {
+func convergeJob(ctx context.Context, p *platform, pl *reconcile.Plan, sp Spec) error {
 	job, err := parse(ctx, p, sp)
 	if err != nil {
 		return err
 	}
 	resp, err := nomadjob.Plan(ctx, p.nomad, job)
 	if err != nil {
-		return fmt.Errorf("job %s: plan: %w", sp.name, err)
+		return fmt.Errorf("job %s: plan: %w", sp.Name, err)
 	}
-	target := "job " + platformjobs.Namespace + "/" + sp.name
+	target := "job " + platformjobs.Namespace + "/" + sp.Name
 	if nomadjob.Changed(resp) {
 		action := reconcile.Update
 		if nomadjob.Added(resp) {
@@ -118,7 +118,7 @@ func convergeJob(ctx context.Context, p *platform, pl *reconcile.Plan, sp spec) 
 		// waited for the job, or a reboot of the nodes, leaves a job that is
 		// registered but not (yet) healthy.
 		var h nomadjob.Health
-		if h, err = nomadjob.Check(ctx, p.nomad, platformjobs.Namespace, sp.name); err != nil {
+		if h, err = nomadjob.Check(ctx, p.nomad, platformjobs.Namespace, sp.Name); err != nil {
 			return err
 		}
 		switch {
@@ -133,11 +133,11 @@ func convergeJob(ctx context.Context, p *platform, pl *reconcile.Plan, sp spec) 
 
 // waitAll waits until every job of specs is healthy, all at once, and
 // returns every job's error.
-func waitAll(ctx context.Context, e *stages.Env, p *platform, specs []spec) error {
+func waitAll(ctx context.Context, e *stages.Env, p *platform, specs []Spec) error {
 	for _, sp := range specs {
-		e.Step("waiting for job %s to be healthy", sp.name)
+		e.Step("waiting for job %s to be healthy", sp.Name)
 	}
-	return parallel.Each(specs, func(sp spec) error { return waitHealthy(ctx, p, sp.name) })
+	return parallel.Each(specs, func(sp Spec) error { return waitHealthy(ctx, p, sp.Name) })
 }
 
 func waitHealthy(ctx context.Context, p *platform, id string) error {
@@ -188,7 +188,7 @@ func reschedule(ctx context.Context, p *platform, id string) error {
 }
 
 // staleJobs are platform jobs that run but the configuration disables.
-func staleJobs(ctx context.Context, p *platform, specs []spec) ([]string, error) {
+func staleJobs(ctx context.Context, p *platform, specs []Spec) ([]string, error) {
 	list, _, err := p.nomad.Jobs().List((&nomadapi.QueryOptions{Namespace: platformjobs.Namespace}).WithContext(ctx))
 	if err != nil {
 		return nil, fmt.Errorf("list jobs: %w", err)
@@ -198,7 +198,7 @@ func staleJobs(ctx context.Context, p *platform, specs []spec) ([]string, error)
 		if j.Status == "dead" || !slices.Contains(platformjobs.Names(), j.ID) {
 			continue
 		}
-		if !slices.ContainsFunc(specs, func(s spec) bool { return s.name == j.ID }) {
+		if !slices.ContainsFunc(specs, func(s Spec) bool { return s.Name == j.ID }) {
 			out = append(out, j.ID)
 		}
 	}

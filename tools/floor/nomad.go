@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"math/big"
+	"net"
 	"strings"
 	"time"
 
@@ -66,6 +67,17 @@ func (p *platform) nomad(ctx context.Context) error {
 	// refused and retries only 15-30 s later.
 	if err := p.startAgents("nomad", servers, agentConfig); err != nil {
 		return err
+	}
+	// The servers that are not clients run node-exporter as a service, as
+	// the nomad stage's role starts it there.
+	for _, n := range servers {
+		if n.Has(inventory.RoleClient) {
+			continue
+		}
+		addr := net.JoinHostPort(n.Address(), fmt.Sprint(stages.NodeExporterPort))
+		if err := p.ps.start(n.Local.Root, path(n, "logs", "node-exporter.log"), p.bin+"/prometheus-node-exporter", "--web.listen-address="+addr, "--no-collector.systemd"); err != nil {
+			return err
+		}
 	}
 	if err := p.waitLeader(ctx, servers, leader); err != nil {
 		return fmt.Errorf("leader: %w", err)
