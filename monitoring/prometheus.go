@@ -63,9 +63,16 @@ type PrometheusConfig struct {
 	AlertmanagerPathPrefix string // Alertmanager's --web.route-prefix (default /alertmanager)
 }
 
-// Endpoint is a group of HashiCorp agents scraped the same way.
+// Endpoint is a group of HashiCorp agents scraped the same way: Targets,
+// or, when Service is set, the nodes Consul lists an instance of that
+// service on (through ConsulSD), on Port, less the hosts in Except. Agents
+// that come and go with the platform's size are discovered so, and adding
+// a node leaves prometheus.yml, and so the Prometheus job, as it was.
 type Endpoint struct {
 	Targets []string // host:port
+	Service string
+	Port    int
+	Except  []string // hosts
 	Scheme  string   // default https
 	HTTP    HTTPClient
 }
@@ -104,13 +111,18 @@ type ConsulSD struct {
 	Tag string
 }
 
-// endpoint is one static scrape job of the template.
+// endpoint is one scrape job of the template for agents.
 type endpoint struct {
 	Job, Path, Scheme string
 	// JobLabel, when set, replaces Job as the series' job label.
 	JobLabel string
 	Targets  []string
-	HTTP     HTTPClient
+	// Service, Port and Except: see Endpoint. ExceptRegex matches the
+	// hosts of Except.
+	Service     string
+	Port        int
+	ExceptRegex string
+	HTTP        HTTPClient
 }
 
 var (
@@ -139,9 +151,18 @@ func RenderPrometheus(c PrometheusConfig) ([]byte, error) {
 		{"consul-client", "consul", "/v1/agent/metrics", c.ConsulClients},
 		{"vault", "", "/v1/sys/metrics", c.Vault},
 	} {
-		if len(e.ep.Targets) > 0 {
-			data.Endpoints = append(data.Endpoints, endpoint{Job: e.job, JobLabel: e.label, Path: e.path, Scheme: e.ep.Scheme, Targets: e.ep.Targets, HTTP: e.ep.HTTP})
+		if len(e.ep.Targets) == 0 && e.ep.Service == "" {
+			continue
 		}
+		ep := endpoint{Job: e.job, JobLabel: e.label, Path: e.path, Scheme: e.ep.Scheme, Targets: e.ep.Targets, Service: e.ep.Service, Port: e.ep.Port, HTTP: e.ep.HTTP}
+		if len(e.ep.Except) > 0 {
+			hosts := make([]string, len(e.ep.Except))
+			for i, h := range e.ep.Except {
+				hosts[i] = regexp.QuoteMeta(h)
+			}
+			ep.ExceptRegex = strings.Join(hosts, "|")
+		}
+		data.Endpoints = append(data.Endpoints, ep)
 	}
 	return execute("prometheus.yml.tmpl", data)
 }
@@ -190,6 +211,14 @@ func (c PrometheusConfig) validate() error {
 	}
 	for name, e := range map[string]Endpoint{"nomad servers": c.NomadServers, "nomad clients": c.NomadClients, "consul": c.Consul, "consul clients": c.ConsulClients, "vault": c.Vault} {
 		errs = append(errs, checkScheme(name, e.Scheme), checkHostPorts(name, e.Targets), checkServerName(name, e.HTTP.ServerName))
+		switch {
+		case e.Service != "" && len(e.Targets) > 0:
+			errs = append(errs, fmt.Errorf("%s: both targets and a Consul service to discover them", name))
+		case e.Service != "" && !tagRe.MatchString(e.Service):
+			errs = append(errs, fmt.Errorf("%s: service name %q: use letters, digits, '.', '_' and '-'", name, e.Service))
+		case e.Service != "" && (e.Port < 1 || e.Port > 65535):
+			errs = append(errs, fmt.Errorf("%s: port %d is not a TCP port", name, e.Port))
+		}
 	}
 	errs = append(errs, checkServerName("consul service discovery", c.ConsulSD.HTTP.ServerName))
 	for _, n := range c.NodeExporters {

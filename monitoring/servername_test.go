@@ -59,7 +59,7 @@ func TestPrometheusServerNames(t *testing.T) {
 	}
 	// The client agents keep the servers' job label, which the rules and
 	// dashboards select (job="consul").
-	if j := scrapeJob(t, s, "consul-client"); !strings.Contains(j, "relabel_configs:\n      - target_label: job\n        replacement: \"consul\"") {
+	if j := scrapeJob(t, s, "consul-client"); !strings.Contains(j, "relabel_configs:") || !strings.Contains(j, "- target_label: job\n        replacement: \"consul\"") {
 		t.Errorf("consul-client is not relabelled job=consul:\n%s", j)
 	}
 	if j := scrapeJob(t, s, "consul"); strings.Contains(j, "target_label: job") {
@@ -70,6 +70,48 @@ func TestPrometheusServerNames(t *testing.T) {
 		t.Errorf("consul_sd_configs do not verify the servers' name:\n%s", j)
 	}
 	checkConfig(t, testcluster.Bin(t, "promtool"), yml)
+}
+
+// Client agents come and go with the platform's size: they are found
+// through Consul, on their own port, less the servers, which are scraped
+// under the servers' name.
+func TestPrometheusDiscoveredClients(t *testing.T) {
+	c := tlsConfig()
+	c.NomadClients.Targets, c.NomadClients.Service, c.NomadClients.Port = nil, "nomad-client", 4646
+	c.NomadClients.Except = []string{"127.0.1.1", "127.0.1.2"}
+	c.ConsulClients.Targets, c.ConsulClients.Service, c.ConsulClients.Port = nil, "nomad-client", 8501
+	yml, err := RenderPrometheus(c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := string(yml)
+	for job, port := range map[string]string{"nomad-client": "4646", "consul-client": "8501"} {
+		j := scrapeJob(t, s, job)
+		for _, want := range []string{
+			`services: ["nomad-client"]`,
+			`replacement: "${1}:` + port + `"`,
+			"target_label: __address__",
+		} {
+			if !strings.Contains(j, want) {
+				t.Errorf("job %s lacks %q:\n%s", job, want, j)
+			}
+		}
+		if strings.Contains(j, "static_configs") {
+			t.Errorf("job %s has static targets:\n%s", job, j)
+		}
+	}
+	if j := scrapeJob(t, s, "nomad-client"); !strings.Contains(j, `regex: "127\\.0\\.1\\.1|127\\.0\\.1\\.2"`+"\n        action: drop") {
+		t.Errorf("nomad-client does not leave the servers out:\n%s", j)
+	}
+	if j := scrapeJob(t, s, "consul-client"); !strings.Contains(j, "- target_label: job\n        replacement: \"consul\"") {
+		t.Errorf("consul-client is not relabelled job=consul:\n%s", j)
+	}
+	checkConfig(t, testcluster.Bin(t, "promtool"), yml)
+
+	c.NomadClients.Targets = []string{"127.0.1.4:4646"}
+	if _, err := RenderPrometheus(c); err == nil || !strings.Contains(err.Error(), "both targets and a Consul service") {
+		t.Errorf("targets and a service: %v, want an error that says so", err)
+	}
 }
 
 func TestPrometheusBadServerName(t *testing.T) {

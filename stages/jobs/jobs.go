@@ -293,13 +293,26 @@ func prometheusVars(e *stages.Env, p *platform, v platformjobs.Variables, bin, a
 		return monitoring.HTTPClient{TokenFile: platformjobs.PrometheusConsulTokenFile, CAFile: platformjobs.PrometheusCAFile("consul"), ServerName: name}
 	}
 	consulServers := consulHTTP(e.ConsulServerName())
+	// The client agents are found through the service each Nomad client
+	// registers in Consul, so that adding or removing a client leaves
+	// prometheus.yml as it is: no new Prometheus allocation, no gap in its
+	// scrapes. Nodes that are servers too are scraped with the servers.
+	var nomadClients, consulClients monitoring.Endpoint
+	if len(clients) > 0 {
+		var except []string
+		for _, n := range servers {
+			except = append(except, n.Address())
+		}
+		nomadClients = monitoring.Endpoint{Service: "nomad-client", Port: stages.NomadHTTPPort, Except: except, HTTP: nomadHTTP(apitls.NomadClientName(cfg.Region))}
+		consulClients = monitoring.Endpoint{Service: "nomad-client", Port: stages.ConsulHTTPSPort, Except: except, HTTP: consulHTTP(apitls.ConsulClientName(cfg.Datacenter, cfg.Consul.Domain))}
+	}
 	yml, err := monitoring.RenderPrometheus(monitoring.PrometheusConfig{
 		ScrapeInterval: cfg.Monitoring.ScrapeInterval,
 		ExternalLabels: map[string]string{"platform": cfg.Name, "datacenter": cfg.Datacenter},
 		NomadServers:   monitoring.Endpoint{Targets: hostports(servers, stages.NomadHTTPPort), HTTP: nomadHTTP(e.NomadServerName())},
-		NomadClients:   monitoring.Endpoint{Targets: hostports(clients, stages.NomadHTTPPort), HTTP: nomadHTTP(apitls.NomadClientName(cfg.Region))},
+		NomadClients:   nomadClients,
 		Consul:         monitoring.Endpoint{Targets: hostports(servers, stages.ConsulHTTPSPort), HTTP: consulServers},
-		ConsulClients:  monitoring.Endpoint{Targets: hostports(clients, stages.ConsulHTTPSPort), HTTP: consulHTTP(apitls.ConsulClientName(cfg.Datacenter, cfg.Consul.Domain))},
+		ConsulClients:  consulClients,
 		Vault: monitoring.Endpoint{Targets: hostports(p.inv.WithRole(inventory.RoleVault), 8200),
 			HTTP: monitoring.HTTPClient{TokenFile: platformjobs.PrometheusVaultTokenFile, CAFile: platformjobs.PrometheusCAFile("vault"), ServerName: apitls.VaultServerName}},
 		NodeExporters: exporters,
