@@ -21,6 +21,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"net/url"
 	"os"
@@ -332,25 +333,42 @@ func (v *env) nodes() []inventory.Node {
 	return out
 }
 
-func (v *env) query(ctx context.Context, q string) (int, error) {
+// instances returns the instance label of each series q returns.
+func (v *env) instances(ctx context.Context, q string) (map[string]bool, error) {
 	var resp struct {
 		Data struct {
-			Result []json.RawMessage `json:"result"`
+			Result []struct {
+				Metric map[string]string `json:"metric"`
+			} `json:"result"`
 		} `json:"data"`
 	}
 	if err := v.get(ctx, v.prom+"/api/v1/query?query="+url.QueryEscape(q), nil, &resp); err != nil {
-		return 0, err
+		return nil, err
 	}
-	return len(resp.Data.Result), nil
+	out := map[string]bool{}
+	for _, r := range resp.Data.Result {
+		out[r.Metric["instance"]] = true
+	}
+	return out, nil
 }
 
+// checkNodeCPU wants every node's CPU metrics as last scraped: an instant
+// query, which leaves out the series of a target that is gone. A rate
+// over a window would still count a removed node for that window, and
+// lose a node that came back at the same address until its second scrape.
 func checkNodeCPU(ctx context.Context, v *env) error {
-	n, err := v.query(ctx, `sum by (instance) (rate(node_cpu_seconds_total[2m]))`)
+	have, err := v.instances(ctx, `count by (instance) (node_cpu_seconds_total)`)
 	if err != nil {
 		return err
 	}
-	if want := len(v.nodes()); n < want {
-		return fmt.Errorf("node CPU has values for %d node(s), want %d", n, want)
+	var missing []string
+	for _, n := range v.nodes() {
+		if !have[net.JoinHostPort(n.Address(), fmt.Sprint(stages.NodeExporterPort))] {
+			missing = append(missing, n.Name)
+		}
+	}
+	if len(missing) > 0 {
+		return fmt.Errorf("no node CPU metrics for %s", strings.Join(missing, ", "))
 	}
 	return nil
 }
