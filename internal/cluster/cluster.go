@@ -8,8 +8,10 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
+	"io"
 	"maps"
 	"net"
+	"os"
 	"slices"
 	"strings"
 	"time"
@@ -339,4 +341,19 @@ func ForwardBroken(err error) bool {
 // idempotent (a snapshot restore is: the same state again).
 func RetryLeaderChange(ctx context.Context, write func() error) error {
 	return poll.Retry(ctx, time.Minute, time.Second, write, func(err error) bool { return !LeaderChanging(err) })
+}
+
+// RestoreSnapshot sends the snapshot in file with restore, again while
+// the leadership moves under it (RetryLeaderChange). Each attempt reads
+// the file anew: the HTTP client closes a request's body once sent, so a
+// second attempt could not rewind the first one's.
+func RestoreSnapshot(ctx context.Context, file string, restore func(io.Reader) error) error {
+	return RetryLeaderChange(ctx, func() error {
+		f, err := os.Open(file)
+		if err != nil {
+			return err
+		}
+		defer f.Close()
+		return restore(f)
+	})
 }

@@ -4,6 +4,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
+	"os"
+	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
@@ -265,5 +268,35 @@ func TestForwardBroken(t *testing.T) {
 		if got := ForwardBroken(errors.New(tc.err)); got != tc.want {
 			t.Errorf("ForwardBroken(%q) = %v, want %v", tc.err, got, tc.want)
 		}
+	}
+}
+
+// A restore that the leadership moved under is sent again, whole: the HTTP
+// client closed the first attempt's file, which cannot be rewound.
+func TestRestoreSnapshotRetriesWithTheWholeFile(t *testing.T) {
+	file := filepath.Join(t.TempDir(), "nomad.snap")
+	if err := os.WriteFile(file, []byte("snapshot bytes"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	err := RestoreSnapshot(context.Background(), file, func(r io.Reader) error {
+		b, err := io.ReadAll(r)
+		if err != nil {
+			return err
+		}
+		got = append(got, string(b))
+		if c, ok := r.(io.Closer); ok {
+			c.Close() // as net/http does with a request's body
+		}
+		if len(got) == 1 {
+			return errors.New("failed to restore from snapshot: Raft error when restoring snapshot: leadership lost while committing log")
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(got) != 2 || got[1] != "snapshot bytes" {
+		t.Errorf("attempts sent %q, want the whole file twice", got)
 	}
 }

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"os"
 	"strings"
 	"time"
 
@@ -94,16 +93,8 @@ func restore(ctx context.Context, e *stages.Env, inv *inventory.Inventory, serve
 	if err != nil {
 		return err
 	}
-	f, err := os.Open(snap)
-	if err != nil {
-		return err
-	}
-	defer f.Close()
-	err = cluster.RetryLeaderChange(ctx, func() error {
-		if _, err := f.Seek(0, io.SeekStart); err != nil {
-			return err
-		}
-		return c.Snapshot().Restore((&consulapi.WriteOptions{}).WithContext(ctx), f)
+	err = cluster.RestoreSnapshot(ctx, snap, func(r io.Reader) error {
+		return c.Snapshot().Restore((&consulapi.WriteOptions{}).WithContext(ctx), r)
 	})
 	if err != nil {
 		return fmt.Errorf("restore the backup's consul snapshot: %w", err)

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"os"
 	"strings"
 	"time"
 
@@ -87,17 +86,9 @@ func restore(ctx context.Context, e *stages.Env, inv *inventory.Inventory, serve
 	if err != nil {
 		return err
 	}
-	f, err := os.Open(snap)
-	if err != nil {
-		return err
-	}
-	defer f.Close()
 	w := (&nomadapi.WriteOptions{}).WithContext(ctx)
-	err = cluster.RetryLeaderChange(ctx, func() error {
-		if _, err := f.Seek(0, io.SeekStart); err != nil {
-			return err
-		}
-		_, err := c.Operator().SnapshotRestore(f, w)
+	err = cluster.RestoreSnapshot(ctx, snap, func(r io.Reader) error {
+		_, err := c.Operator().SnapshotRestore(r, w)
 		return err
 	})
 	if err != nil {
