@@ -107,6 +107,19 @@ func (inv *Inventory) WithRole(role string) []Node {
 	return out
 }
 
+// ClientsOnly returns the clients that are not servers too, in inventory
+// order: a node with both roles carries the server's certificate and is
+// watched as a server.
+func (inv *Inventory) ClientsOnly() []Node {
+	var out []Node
+	for _, n := range inv.Nodes {
+		if n.Has(RoleClient) && !n.Has(RoleServer) {
+			out = append(out, n)
+		}
+	}
+	return out
+}
+
 // Node returns the named node.
 func (inv *Inventory) Node(name string) (Node, bool) {
 	for _, n := range inv.Nodes {

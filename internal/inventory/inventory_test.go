@@ -105,3 +105,19 @@ func TestDataDevice(t *testing.T) {
 		}
 	}
 }
+
+func TestClientsOnly(t *testing.T) {
+	inv := &Inventory{Nodes: []Node{
+		{Name: "server-1", Roles: []string{RoleServer, RoleClient}},
+		{Name: "client-2", Roles: []string{RoleClient}},
+		{Name: "server-2", Roles: []string{RoleServer}},
+		{Name: "client-1", Roles: []string{RoleClient}},
+	}}
+	var got []string
+	for _, n := range inv.ClientsOnly() {
+		got = append(got, n.Name)
+	}
+	if want := "client-2 client-1"; strings.Join(got, " ") != want {
+		t.Errorf("ClientsOnly = %v, want %s (the clients that are not servers, in inventory order)", got, want)
+	}
+}

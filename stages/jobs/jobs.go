@@ -266,14 +266,7 @@ func prometheusVars(e *stages.Env, p *platform, v platformjobs.Variables, bin, a
 		return out
 	}
 	servers := p.inv.WithRole(inventory.RoleServer)
-	// A node that is both server and client carries the server's
-	// certificate: it is scraped with the servers.
-	var clients []inventory.Node
-	for _, n := range p.inv.WithRole(inventory.RoleClient) {
-		if !n.Has(inventory.RoleServer) {
-			clients = append(clients, n)
-		}
-	}
+	clients := p.inv.ClientsOnly()
 	// The servers that are not clients run node-exporter as a service (the
 	// nomad stage's role), out of the clients' system job's reach.
 	var exporters []monitoring.NodeTarget

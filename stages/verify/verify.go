@@ -310,12 +310,7 @@ func checkTargets(ctx context.Context, v *env) error {
 		return fmt.Errorf("node-exporter is up on %d node(s), want every one of the %d", n, len(v.nodes()))
 	}
 	// The client agents are discovered through Consul: each must be found.
-	var clients int
-	for _, n := range v.inv.WithRole(inventory.RoleClient) {
-		if !n.Has(inventory.RoleServer) {
-			clients++
-		}
-	}
+	clients := len(v.inv.ClientsOnly())
 	if n := want["nomad-client"]; n < clients {
 		return fmt.Errorf("nomad is scraped on %d client(s), want every one of the %d", n, clients)
 	}
