@@ -122,6 +122,7 @@ func stopMachine(ctx context.Context, m Machine) error {
 		}
 		pids = cgroupPids(m.allCgroups())
 	}
+	thaw(m)
 	for _, pid := range pids {
 		if err := proc.Kill(ctx, pid); err != nil {
 			return fmt.Errorf("machine %s: %w", m.Name, err)

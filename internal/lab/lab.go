@@ -940,6 +940,60 @@ func attachVolume(ctx context.Context, m Machine) (string, error) {
 
 func (m Machine) volumeFile() string { return filepath.Join(m.Dir, "volume.img") }
 
+// PullPlug cuts a machine's power: its PID 1 gets SIGKILL from the host,
+// which ends every process of the machine at once, with no shutdown (what
+// the guest wrote is kept: it is in the host's page cache). systemd-nspawn
+// and its supervisor exit; PowerOn boots it again. A graceful poweroff
+// depends on every unit stopping in time, which a loaded host cannot
+// promise; a power cut does not.
+func (st *State) PullPlug(ctx context.Context, name string) error {
+	m, ok := st.Machine(name)
+	if !ok {
+		return fmt.Errorf("lab: no machine %s", name)
+	}
+	init, err := Init(m)
+	if err != nil {
+		return err
+	}
+	if err := syscall.Kill(init, syscall.SIGKILL); err != nil {
+		return fmt.Errorf("machine %s: kill its init (pid %d): %w", name, init, err)
+	}
+	ctx, cancel := context.WithTimeout(ctx, time.Minute)
+	defer cancel()
+	for {
+		// A task in a frozen cgroup v1 freezer (Nomad freezes a task's
+		// cgroup to kill it) dies only once thawed.
+		thaw(m)
+		left := cgroupPids(m.allCgroups())
+		if len(left) == 0 && !supervisorAlive(m) {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("machine %s: processes %v still run after its power was cut", name, left)
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+}
+
+// thaw thaws the machine's frozen cgroups in the cgroup v1 freezer.
+func thaw(m Machine) {
+	for _, c := range m.Controllers {
+		if c.Name != "freezer" {
+			continue
+		}
+		filepath.WalkDir(c.Dir, func(p string, d fs.DirEntry, err error) error {
+			if err != nil || d.Name() != "freezer.state" {
+				return nil
+			}
+			if b, err := os.ReadFile(p); err == nil && strings.TrimSpace(string(b)) != "THAWED" {
+				os.WriteFile(p, []byte("THAWED"), 0o644)
+			}
+			return nil
+		})
+	}
+}
+
 // PowerOn boots a machine that was powered off (`systemctl poweroff`
 // inside: systemd-nspawn exited and its supervisor with it) from the
 // overlay it had, as a machine's power button would, and waits until it

@@ -234,6 +234,31 @@ func TestLab(t *testing.T) {
 	// again.
 	checkOutside(t, st, client, server)
 
+	// A power cut: every process of the machine ends at once; powered on,
+	// it boots from its overlay with what it had written, its volume and
+	// public address back.
+	if out, err := sshRun(t, st, client, "echo kept > /root/before-the-cut"); err != nil {
+		t.Fatalf("%v\n%s", err, out)
+	}
+	old := client.Supervisor
+	if err := st.PullPlug(ctx, client.Name); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := lab.Nspawn(client); err == nil {
+		t.Error("client-1's systemd-nspawn runs after its power was cut")
+	}
+	if err := st.PowerOn(ctx, client.Name); err != nil {
+		t.Fatalf("power on after the cut: %v", err)
+	}
+	client, _ = st.Machine(client.Name)
+	if client.Supervisor == old {
+		t.Errorf("powered on with the old supervisor (pid %d)", old)
+	}
+	if out, err := sshRun(t, st, client, "cat /root/before-the-cut; blkid -o value -s TYPE "+client.Volume); err != nil || out != "kept\next4" {
+		t.Errorf("after the power cut: %v %q, want the file it wrote and its formatted volume", err, out)
+	}
+	checkOutside(t, st, client, server)
+
 	// What Down must remove, remembered before it runs.
 	var pids []int
 	for _, m := range st.Machines {

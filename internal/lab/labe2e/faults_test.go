@@ -130,15 +130,24 @@ func cutServer(t *testing.T, p *platformtest.Platform, st *lab.State) {
 	}
 }
 
-// powerCycleClient powers client-2 off: Nomad marks it down and places its
-// allocations on client-1, where the platform's services answer through
-// Fabio. Powered on, its units start at boot and it rejoins; up converges.
+// powerCycleClient cuts client-2's power: Nomad marks it down and places
+// its allocations on client-1, where the platform's services answer
+// through Fabio. Powered on, its units start at boot and it rejoins; up
+// converges. A power cut rather than `systemctl poweroff`: a client that
+// dies is the fault to survive, and twice under CI's load the guest's
+// graceful shutdown had not ended 3 minutes after Nomad saw it down.
 func powerCycleClient(t *testing.T, p *platformtest.Platform, st *lab.State) {
 	ctx := context.Background()
 	env := p.Env("admin")
 	cc, nc := apiClients(t, env)
 	m, _ := st.Machine("client-2")
-	lab.Exec(ctx, m, "systemctl", "poweroff") // its connection may drop
+	if err := st.PullPlug(ctx, "client-2"); err != nil {
+		// A line each: CI's summary keeps only the lines that name a test file.
+		for _, l := range strings.Split(machineProcesses(m), "\n") {
+			t.Log(l)
+		}
+		t.Fatal(err)
+	}
 	eventually(t, 2*time.Minute, "client-2 down in nomad, the platform's services on client-1 answering", func() error {
 		nodes, _, err := nc.Nodes().List(nil)
 		if err != nil {
@@ -151,23 +160,9 @@ func powerCycleClient(t *testing.T, p *platformtest.Platform, st *lab.State) {
 		}
 		return servicesAnswer(env)
 	})
-	// Powered off means its systemd-nspawn has exited: the guest may still
-	// be shutting down after Nomad gave up on it.
-	var off error
-	offAt := time.Now()
-	for deadline := time.Now().Add(3 * time.Minute); time.Now().Before(deadline); time.Sleep(time.Second) {
-		if off = st.PowerOn(ctx, "client-2"); off == nil || !strings.Contains(off.Error(), "is running") {
-			break
-		}
+	if err := st.PowerOn(ctx, "client-2"); err != nil {
+		t.Fatalf("client-2 did not power on: %v", err)
 	}
-	if off != nil {
-		// A line each: CI's summary keeps only the lines that name a test file.
-		for _, l := range strings.Split(machineProcesses(m), "\n") {
-			t.Log(l)
-		}
-		t.Fatalf("client-2 did not power off and on: %v", off)
-	}
-	t.Logf("client-2 powered on %s after Nomad saw it down", time.Since(offAt).Round(time.Second))
 	eventually(t, 2*time.Minute, "client-2 ready in nomad and alive in consul", func() error {
 		return healthy(cc, nc, 5, 3)
 	})
