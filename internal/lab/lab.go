@@ -995,7 +995,7 @@ func thaw(m Machine) {
 }
 
 // PowerOn boots a machine that was powered off (`systemctl poweroff`
-// inside: systemd-nspawn exited and its supervisor with it) from the
+// inside, or PullPlug: systemd-nspawn exited and its supervisor with it) from the
 // overlay it had, as a machine's power button would, and waits until it
 // is ready. The state records its new supervisor.
 func (st *State) PowerOn(ctx context.Context, name string) error {
