@@ -308,6 +308,11 @@ func consulSDYAML(c ConsulSD, server string, indent int) string {
 	y := &yamlLines{indent: indent}
 	y.line(0, "server", server)
 	y.line(0, "scheme", c.Scheme)
+	// After each answer Prometheus waits out this interval before its next
+	// blocking query (30 s by default): a new node-exporter or service was
+	// a target up to 30 s late, and each day-2 up's verify waited for it.
+	// Blocking queries keep the cost low when nothing changes.
+	y.line(0, "refresh_interval", "5s")
 	if c.Datacenter != "" {
 		y.line(0, "datacenter", c.Datacenter)
 	}

@@ -91,6 +91,8 @@ func TestPrometheusDiscoveredClients(t *testing.T) {
 			`services: ["nomad-client"]`,
 			`replacement: "${1}:` + port + `"`,
 			"target_label: __address__",
+			// A client agent that joins is scraped seconds later, not 30.
+			`refresh_interval: "5s"`,
 		} {
 			if !strings.Contains(j, want) {
 				t.Errorf("job %s lacks %q:\n%s", job, want, j)
