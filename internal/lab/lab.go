@@ -995,9 +995,9 @@ func thaw(m Machine) {
 }
 
 // PowerOn boots a machine that was powered off (`systemctl poweroff`
-// inside, or PullPlug: systemd-nspawn exited and its supervisor with it) from the
-// overlay it had, as a machine's power button would, and waits until it
-// is ready. The state records its new supervisor.
+// inside, or PullPlug: systemd-nspawn exited and its supervisor with it)
+// from the overlay it had, as a machine's power button would, and waits
+// until it is ready. The state records its new supervisor.
 func (st *State) PowerOn(ctx context.Context, name string) error {
 	i := slices.IndexFunc(st.Machines, func(m Machine) bool { return m.Name == name })
 	if i < 0 {
