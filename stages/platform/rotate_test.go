@@ -67,7 +67,10 @@ func rotateTokens(t *testing.T, p *platformtest.Platform) {
 	if r := p.Run([]string{"plan"}); r.Code != 4 || !strings.Contains(r.Stdout, "retired") {
 		t.Errorf("plan after the kills: exit %d, want 4 and the retired tokens to delete\n%s", r.Code, r.Output())
 	}
-	p.Up()
+	// Prometheus's Consul token changed: its discovery is proven again.
+	if r := p.Up(); !strings.Contains(r.Stdout, "the probe runs") {
+		t.Errorf("up after the token rotation did not probe Prometheus's discovery with its new Consul token:\n%s", r.Stdout)
+	}
 	poll.stop(t, "requests to dev's application during the token rotation")
 	if r := p.Run([]string{"plan"}); r.Code != 0 {
 		t.Errorf("plan after the rotation: exit %d\n%s", r.Code, r.Output())
