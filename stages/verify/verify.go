@@ -549,8 +549,8 @@ func basic(user, pw string) string {
 }
 
 // checkDiscovery deploys a small service tagged prometheus (a second
-// node-exporter on a dynamic port), waits until Prometheus scrapes it and
-// removes it again.
+// node-exporter on a dynamic port), waits until Prometheus lists it as a
+// target and removes it again.
 func checkDiscovery(ctx context.Context, v *env) error {
 	nc, err := v.nomadClient()
 	if err != nil {
