@@ -33,6 +33,7 @@ import (
 	"time"
 
 	"github.com/platform-bootstrap/bootstrap/internal/proc"
+	"github.com/platform-bootstrap/bootstrap/internal/statedir"
 )
 
 func main() {
@@ -265,14 +266,7 @@ func measure(ctx context.Context, tmp, floor, binDir, bootstrap, skip string, n 
 // lastStages returns the stage durations of the newest run of command in
 // the output of `bootstrap history --output json`.
 func lastStages(b []byte, command string) []phase {
-	var runs []struct {
-		Command string    `json:"command"`
-		Started time.Time `json:"started"`
-		Stages  []struct {
-			Name     string        `json:"name"`
-			Duration time.Duration `json:"duration_ns"`
-		} `json:"stages"`
-	}
+	var runs []statedir.RunRecord
 	if err := json.Unmarshal(b, &runs); err != nil {
 		return nil
 	}
