@@ -125,9 +125,53 @@ func cutServer(t *testing.T, p *platformtest.Platform, st *lab.State) {
 	eventually(t, 2*time.Minute, "server-3 back in consul and nomad, every server healthy", func() error {
 		return healthy(cc, nc, 5, 3)
 	})
+	// Nothing to repair: plan comes clean without an up. A check that
+	// fails at first (seen once: Grafana's route gone from Fabio for a
+	// moment) must pass within a minute by itself; what the services
+	// looked like then is logged.
 	if r := p.Run([]string{"plan"}); r.Code != 0 {
-		t.Errorf("plan after server-3's network came back: exit %d\n%s", r.Code, r.Output())
+		t.Logf("plan right after server-3's network came back: exit %d\n%s\nthe platform's services then:\n%s", r.Code, r.Stdout, servicesState(cc, nc))
+		eventually(t, time.Minute, "plan with nothing to repair after server-3's network came back", func() error {
+			if r := p.Run([]string{"plan"}); r.Code != 0 {
+				return fmt.Errorf("exit %d\n%s", r.Code, r.Output())
+			}
+			return nil
+		})
 	}
+}
+
+// servicesState says, a line each, how Consul sees the checks of the
+// platform's services and what happened last to the tasks of their Nomad
+// allocations: what a route missing from Fabio comes from.
+func servicesState(cc *consulapi.Client, nc *nomadapi.Client) string {
+	var b strings.Builder
+	for _, svc := range []string{"grafana", "prometheus", "fabio"} {
+		checks, _, err := cc.Health().Checks(svc, nil)
+		if err != nil {
+			fmt.Fprintf(&b, "consul %s: %v\n", svc, err)
+			continue
+		}
+		for _, c := range checks {
+			fmt.Fprintf(&b, "consul %s on %s: %s %s\n", svc, c.Node, c.Status, strings.TrimSpace(c.Output))
+		}
+	}
+	q := &nomadapi.QueryOptions{Namespace: "general"}
+	for _, job := range []string{"grafana", "prometheus"} {
+		allocs, _, err := nc.Jobs().Allocations(job, true, q)
+		if err != nil {
+			fmt.Fprintf(&b, "nomad %s: %v\n", job, err)
+			continue
+		}
+		for _, a := range allocs {
+			fmt.Fprintf(&b, "nomad %s %s on %s: %s/%s\n", job, a.ID[:8], a.NodeName, a.DesiredStatus, a.ClientStatus)
+			for task, ts := range a.TaskStates {
+				for _, ev := range ts.Events[max(0, len(ts.Events)-4):] {
+					fmt.Fprintf(&b, "  %s %s %s: %s\n", time.Unix(0, ev.Time).UTC().Format(time.TimeOnly), task, ev.Type, ev.DisplayMessage)
+				}
+			}
+		}
+	}
+	return b.String()
 }
 
 // powerCycleClient cuts client-2's power: Nomad marks it down and places
