@@ -405,9 +405,9 @@ func BuildInventory(e *stages.Env, inv *inventory.Inventory, extra map[string]an
 	return ai
 }
 
-// ConsulVars are the platform.hcl settings only the consul play uses, for
-// its variables alone: in every play's, changing one would run the vault
-// and nomad roles on every node too.
+// ConsulVars are the platform.hcl settings only the consul play uses. They
+// are its own variables, not every play's: in every play's, changing one
+// would run the vault and nomad roles on every node too.
 func ConsulVars(cfg *config.Platform) map[string]any {
 	return map[string]any{"consul_ui": cfg.Consul.UI, "consul_dns": cfg.Consul.DNS}
 }
