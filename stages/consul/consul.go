@@ -98,8 +98,8 @@ func load(ctx context.Context, e *stages.Env) (*deps, error) {
 		inv:   inv,
 		vault: vc,
 		play: ansible.Play{
-			Tag:         "consul",
-			Roles:       []string{"common", "consul_template", "consul"},
+			Tag:   "consul",
+			Roles: []string{"common", "consul_template", "consul"},
 			Vars:        vars,
 			Hosts:       inventory.Names(pki.ConsulTemplateNodes(inv)),
 			Secrets:     secrets,
