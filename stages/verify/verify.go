@@ -169,10 +169,10 @@ func (s *Stage) Plan(ctx context.Context, e *stages.Env) ([]stages.Change, error
 	}
 	if e.Config.Jobs.Prometheus.Enabled && e.Note(verifiedNote) != "" {
 		const target = "a new service tagged prometheus becomes a target"
-		switch proof, err := v.discoveryProof(ctx); {
+		switch _, stale, err := v.discoveryProof(ctx); {
 		case err != nil:
 			out = append(out, stages.Change{Action: "check", Target: target, Detail: "failing: " + err.Error()})
-		case proof == "" || proof != e.Note(discoveredNote):
+		case stale:
 			out = append(out, stages.Change{Action: "check", Target: target, Detail: "prometheus, its Consul CA or token changed since discovery was proven"})
 		}
 	}
@@ -202,10 +202,11 @@ func (s *Stage) Apply(ctx context.Context, e *stages.Env) error {
 	checks := v.checks()
 	var proof string // what discovery was proven with
 	if e.Config.Jobs.Prometheus.Enabled {
-		if proof, err = v.discoveryProof(ctx); err != nil {
+		var stale bool
+		if proof, stale, err = v.discoveryProof(ctx); err != nil {
 			return err
 		}
-		if proof == "" || proof != e.Note(discoveredNote) {
+		if stale {
 			checks = append(checks, check{name: "a new service tagged prometheus becomes a target within a minute", run: checkDiscovery, attempt: 2 * time.Minute})
 		} else {
 			e.Step("discovery of new services was proven with this Prometheus job, Consul CA and token: not probed again")
@@ -244,29 +245,32 @@ const discoveredNote = "discovered"
 // its job's version (the configuration it renders), the Consul CA and its
 // Consul token, which reach it through templates without changing the job.
 // A digest, so the state holds nothing that would give the token away.
-func (v *env) discoveryProof(ctx context.Context) (string, error) {
+// Stale: it is not the one the last probe recorded, or there is none (no
+// Prometheus job yet), so the probe must run.
+func (v *env) discoveryProof(ctx context.Context) (proof string, stale bool, err error) {
 	nc, err := v.nomadClient()
 	if err != nil {
-		return "", err
+		return "", false, err
 	}
 	job, _, err := nc.Jobs().Info(platformjobs.Prometheus, (&nomadapi.QueryOptions{Namespace: platformjobs.Namespace}).WithContext(ctx))
 	if err != nil {
 		if strings.Contains(err.Error(), "404") {
-			return "", nil // not yet (again): nothing was proven with it
+			return "", true, nil // not yet (again): nothing was proven with it
 		}
-		return "", fmt.Errorf("the prometheus job: %w", err)
+		return "", false, fmt.Errorf("the prometheus job: %w", err)
 	}
 	ca, err := os.ReadFile(v.e.State.Output(stages.OutConsulCACert))
 	if err != nil {
-		return "", fmt.Errorf("the consul CA: %w", err)
+		return "", false, fmt.Errorf("the consul CA: %w", err)
 	}
 	tok, _, err := v.e.Secrets.Get(stages.SecretConsulPrometheusToken)
 	if err != nil {
-		return "", err
+		return "", false, err
 	}
 	h := sha256.New()
 	fmt.Fprintf(h, "%d\n%s\n%s", *job.JobModifyIndex, ca, strings.TrimSpace(tok))
-	return hex.EncodeToString(h.Sum(nil))[:16], nil
+	proof = hex.EncodeToString(h.Sum(nil))[:16]
+	return proof, proof != v.e.Note(discoveredNote), nil
 }
 
 // nomadClient is a Nomad client with the management token: the probe is
