@@ -37,17 +37,18 @@ import os
 from ansible.module_utils.basic import AnsibleModule
 
 
-def zombie(pidfile):
-    """Whether the pid file names a process that died and was not reaped:
-    start-stop-daemon counts it as running, and in a container whose PID 1
-    does not reap orphans it stays so until the container stops."""
+def alive(pidfile):
+    """Whether the pid file names a process that runs. start-stop-daemon
+    also counts a process that died and was not reaped (a zombie: in a
+    container whose PID 1 does not reap orphans it stays so until the
+    container stops), and one reaped between its check and this one."""
     try:
         with open(pidfile) as f:
             pid = int(f.read().strip())
         with open("/proc/%d/stat" % pid) as f:
             # The state follows the command name, which is in parentheses
             # and may hold spaces.
-            return f.read().rsplit(")", 1)[1].split()[0] == "Z"
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
     except (OSError, ValueError, IndexError):
         return False
 
@@ -91,7 +92,7 @@ def main():
     rc, _, err = m.run_command([ssd, "--status", "--pidfile", pidfile])
     if rc not in (0, 1, 3):
         m.fail_json(msg="start-stop-daemon --status %s: %s" % (p["name"], err))
-    running = rc == 0 and not zombie(pidfile)
+    running = rc == 0 and alive(pidfile)
     old = running and stale(pidfile, p["binary"], p["configs"])
     if running and (old and p["hold_stale"] or not p["restart"] and not old):
         m.exit_json(changed=False, state="running", stale=old)
