@@ -325,3 +325,48 @@ func TestPendingNamesNewBinaries(t *testing.T) {
 		t.Errorf("a changed variable: %v, want \"configuration or roles changed\"", got)
 	}
 }
+
+// A Consul setting (consul { ui }) changes the consul play's digests only:
+// the vault and nomad roles do not run again for it.
+func TestConsulSettingDigests(t *testing.T) {
+	stateDir := t.TempDir()
+	state, store, err := stages.OpenReadOnly(stateDir, secrets.NewRedactor())
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := config.Defaults()
+	cfg.Dir = t.TempDir()
+	cfg.Provider = config.Provider{Type: "local", Local: &config.LocalProvider{}}
+	e := stages.NewEnv(cfg, stateDir, store, state, nil, nil)
+	inv := &inventory.Inventory{Version: inventory.Version, Nodes: []inventory.Node{
+		{Name: "server-1", Roles: []string{"server", "vault"}, PrivateIP: "127.0.1.1", Local: &inventory.Local{Root: "/n/server-1", BinDir: "/b"}},
+		{Name: "client-1", Roles: []string{"client"}, PrivateIP: "127.0.1.2", Local: &inventory.Local{Root: "/n/client-1", BinDir: "/b"}},
+	}}
+	// The plays as the stages make them, for the settings they read.
+	plays := func() map[string]Play {
+		return map[string]Play{
+			"vault":  {Tag: "vault", Roles: []string{"common", "vault"}, Hosts: []string{"server-1"}},
+			"consul": {Tag: "consul", Roles: []string{"common", "consul_template", "consul"}, Vars: ConsulVars(cfg)},
+			"nomad":  {Tag: "nomad", Roles: []string{"consul_template", "nomad"}},
+		}
+	}
+	all := func() map[string]map[string]string {
+		out := map[string]map[string]string{}
+		for tag, p := range plays() {
+			d, err := digests(e, inv, p)
+			if err != nil {
+				t.Fatal(err)
+			}
+			out[tag] = d
+		}
+		return out
+	}
+	before := all()
+	cfg.Consul.UI = !cfg.Consul.UI
+	after := all()
+	for tag, changes := range map[string]bool{"vault": false, "consul": true, "nomad": false} {
+		if got := !maps.Equal(before[tag], after[tag]); got != changes {
+			t.Errorf("consul { ui } changed: the %s play's digests changed %v, want %v", tag, got, changes)
+		}
+	}
+}

@@ -13,6 +13,7 @@ import (
 	"slices"
 	"strings"
 
+	"github.com/platform-bootstrap/bootstrap/internal/config"
 	"github.com/platform-bootstrap/bootstrap/internal/fsutil"
 	"github.com/platform-bootstrap/bootstrap/internal/inventory"
 	"github.com/platform-bootstrap/bootstrap/stages"
@@ -396,13 +397,19 @@ func BuildInventory(e *stages.Env, inv *inventory.Inventory, extra map[string]an
 	ai.Vars["datacenter"] = cfg.Datacenter
 	ai.Vars["region"] = cfg.Region
 	ai.Vars["consul_domain"] = cfg.Consul.Domain
-	ai.Vars["consul_ui"] = cfg.Consul.UI
 	ai.Vars["bootstrap_tls_dir"] = e.Path("tls")
 	ai.Vars["bootstrap_secret_dir"] = e.Secrets.Dir()
 	for k, val := range extra {
 		ai.Vars[k] = val
 	}
 	return ai
+}
+
+// ConsulVars are the platform.hcl settings only the consul play uses, for
+// its variables alone: in every play's, changing one would run the vault
+// and nomad roles on every node too.
+func ConsulVars(cfg *config.Platform) map[string]any {
+	return map[string]any{"consul_ui": cfg.Consul.UI, "consul_dns": cfg.Consul.DNS}
 }
 
 // HostVars says how Ansible reaches a node and how the node runs services.

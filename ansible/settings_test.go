@@ -20,8 +20,8 @@ import (
 // templates change what the roles write. consul { ui }: the servers' agent
 // configuration has ui_config enabled or not (clients never serve the UI).
 // consul { domain } and consul { dns } are passed the same way (consul_domain
-// here, consul_dns by the consul stage's play) and are covered by the
-// platform tests, which query Consul's DNS.
+// to every play, consul_dns with ConsulVars, the consul play's own) and are
+// covered by the platform tests, which query Consul's DNS.
 func TestConsulUISetting(t *testing.T) {
 	bin := needAnsible(t)
 	for _, ui := range []bool{true, false} {
@@ -59,7 +59,7 @@ func renderConsulConfig(t *testing.T, ansibleBin string, set func(*config.Platfo
 		{Name: "server-1", Roles: []string{"server"}, PrivateIP: "127.0.1.1", Local: &inventory.Local{Root: filepath.Join(dir, "server-1"), BinDir: "/b"}},
 		{Name: "client-1", Roles: []string{"client"}, PrivateIP: "127.0.1.2", Local: &inventory.Local{Root: filepath.Join(dir, "client-1"), BinDir: "/b"}},
 	}}
-	ai := BuildInventory(e, inv, nil)
+	ai := BuildInventory(e, inv, ConsulVars(cfg))
 	// Role defaults have the lowest precedence: they fill in only what the
 	// inventory does not set.
 	roles := filepath.Join(dir, "ansible")

@@ -92,13 +92,15 @@ func load(ctx context.Context, e *stages.Env) (*deps, error) {
 	if err != nil {
 		return nil, err
 	}
+	vars := ansible.ConsulVars(e.Config)
+	vars["vault_addr"], vars["consul_cert_ttl"], vars["ct_ca_hash"] = addr, e.Config.PKI.LeafTTL, caHash
 	return &deps{
 		inv:   inv,
 		vault: vc,
 		play: ansible.Play{
 			Tag:         "consul",
 			Roles:       []string{"common", "consul_template", "consul"},
-			Vars:        map[string]any{"vault_addr": addr, "consul_cert_ttl": e.Config.PKI.LeafTTL, "consul_dns": e.Config.Consul.DNS, "ct_ca_hash": caHash},
+			Vars:        vars,
 			Hosts:       inventory.Names(pki.ConsulTemplateNodes(inv)),
 			Secrets:     secrets,
 			NodeSecrets: map[string]map[string]string{pki.TemplateTokensVar: tokens},
