@@ -192,7 +192,8 @@ func TestPrepareSSH(t *testing.T) {
 			inventory.Node{Name: "server-1", Roles: []string{"server"}, PrivateIP: "10.0.0.1", SSH: inventory.SSH{User: "root", Port: 22}}, true},
 	} {
 		e := stages.NewEnv(&config.Platform{Dir: t.TempDir(), Provider: tc.provider}, stateDir, store, state, nil, nil)
-		r, err := prepare(e, &inventory.Inventory{Version: inventory.Version, Nodes: []inventory.Node{tc.node}}, "vault", nil, "")
+		inv := &inventory.Inventory{Version: inventory.Version, Nodes: []inventory.Node{tc.node}}
+		r, err := prepare(e, inv, "vault", BuildInventory(e, inv, nil), "")
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -290,7 +291,7 @@ func TestPendingNamesNewBinaries(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		ai := BuildInventory(e, inv, p.Vars)
+		ai := p.inventory(e, inv)
 		bins := map[string][]string{}
 		for _, n := range inv.Nodes {
 			bins[n.Name] = binaries(ai.Hosts[n.Name], p.Roles)
@@ -326,8 +327,9 @@ func TestPendingNamesNewBinaries(t *testing.T) {
 	}
 }
 
-// A Consul setting (consul { ui }) changes the consul play's digests only:
-// the vault and nomad roles do not run again for it.
+// A Consul setting changes the consul play's digests only: the vault and
+// nomad roles do not run again for it. consul { ui } changes the servers'
+// alone: the clients do not serve the UI.
 func TestConsulSettingDigests(t *testing.T) {
 	stateDir := t.TempDir()
 	state, store, err := stages.OpenReadOnly(stateDir, secrets.NewRedactor())
@@ -344,9 +346,10 @@ func TestConsulSettingDigests(t *testing.T) {
 	}}
 	// The plays as the stages make them, for the settings they read.
 	plays := func() map[string]Play {
+		vars, serverVars := ConsulVars(cfg)
 		return map[string]Play{
 			"vault":  {Tag: "vault", Roles: []string{"common", "vault"}, Hosts: []string{"server-1"}},
-			"consul": {Tag: "consul", Roles: []string{"common", "consul_template", "consul"}, Vars: ConsulVars(cfg)},
+			"consul": {Tag: "consul", Roles: []string{"common", "consul_template", "consul"}, Vars: vars, ServerVars: serverVars},
 			"nomad":  {Tag: "nomad", Roles: []string{"consul_template", "nomad"}},
 		}
 	}
@@ -361,12 +364,31 @@ func TestConsulSettingDigests(t *testing.T) {
 		}
 		return out
 	}
-	before := all()
-	cfg.Consul.UI = !cfg.Consul.UI
-	after := all()
-	for tag, changes := range map[string]bool{"vault": false, "consul": true, "nomad": false} {
-		if got := !maps.Equal(before[tag], after[tag]); got != changes {
-			t.Errorf("consul { ui } changed: the %s play's digests changed %v, want %v", tag, got, changes)
+	for _, tc := range []struct {
+		setting string
+		change  func()
+		nodes   []string // whose consul digest changes
+	}{
+		{"ui", func() { cfg.Consul.UI = !cfg.Consul.UI }, []string{"server-1"}},
+		{"dns", func() { cfg.Consul.DNS = !cfg.Consul.DNS }, []string{"client-1", "server-1"}},
+	} {
+		before := all()
+		tc.change()
+		after := all()
+		for tag, d := range before {
+			var changed []string
+			for _, node := range slices.Sorted(maps.Keys(d)) {
+				if d[node] != after[tag][node] {
+					changed = append(changed, node)
+				}
+			}
+			want := []string(nil)
+			if tag == "consul" {
+				want = tc.nodes
+			}
+			if !slices.Equal(changed, want) {
+				t.Errorf("consul { %s } changed: the %s play's digests changed on %v, want %v", tc.setting, tag, changed, want)
+			}
 		}
 	}
 }

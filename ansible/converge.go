@@ -31,6 +31,9 @@ type Play struct {
 	Roles []string
 	// Vars are extra variables for every host.
 	Vars map[string]any
+	// ServerVars are extra variables for the servers alone: a change to
+	// one leaves the other nodes' digests, and the other nodes, alone.
+	ServerVars map[string]any
 	// Secrets are variables that must never be printed: written to a 0600
 	// file in the secret store, passed with -e @file, part of the digest
 	// only as a hash.
@@ -69,7 +72,7 @@ func Pending(e *stages.Env, inv *inventory.Inventory, p Play) (map[string]string
 	if json.Unmarshal([]byte(e.Note(binariesNote(p.Tag))), &haveBins) != nil {
 		haveBins = nil // none yet (older versions)
 	}
-	ai := BuildInventory(e, inv, p.Vars)
+	ai := p.inventory(e, inv)
 	out := map[string]string{}
 	for node, d := range want {
 		switch {
@@ -113,7 +116,7 @@ func changedBinaries(old, now []string) []string {
 // secrets. Other nodes' host variables are left out, so adding a client
 // leaves the others' digests as they were.
 func digests(e *stages.Env, inv *inventory.Inventory, p Play) (map[string]string, error) {
-	ai := BuildInventory(e, inv, p.Vars)
+	ai := p.inventory(e, inv)
 	peers := map[string][]string{}
 	for _, g := range []string{"servers", "vault"} {
 		for _, n := range ai.Groups[g] {
@@ -172,7 +175,7 @@ func Converge(ctx context.Context, e *stages.Env, inv *inventory.Inventory, p Pl
 	if len(hosts) == 0 {
 		hosts = playHosts(inv, p)
 	}
-	ai := BuildInventory(e, inv, p.Vars)
+	ai := p.inventory(e, inv)
 	if err := checkBinaries(ai, hosts, p.Roles); err != nil {
 		return err
 	}
@@ -180,7 +183,7 @@ func Converge(ctx context.Context, e *stages.Env, inv *inventory.Inventory, p Pl
 	for _, node := range hosts {
 		bins[node] = binaries(ai.Hosts[node], p.Roles)
 	}
-	r, err := prepare(e, inv, p.Tag, p.Vars, p.Leader)
+	r, err := prepare(e, inv, p.Tag, p.inventory(e, inv), p.Leader)
 	if err != nil {
 		return err
 	}
@@ -209,6 +212,34 @@ func Converge(ctx context.Context, e *stages.Env, inv *inventory.Inventory, p Pl
 		return withLogHint(err, inv)
 	}
 	return record(e, p.Tag, want, bins)
+}
+
+// Start starts the play's agents on hosts whose inputs are unchanged since
+// the play last converged them but whose agents do not answer: site.yml's
+// <tag>_start play, a few tasks rather than every task of the roles. Where
+// it fails (a file the roles write is missing, say) the whole play runs.
+func Start(ctx context.Context, e *stages.Env, inv *inventory.Inventory, p Play, hosts []string) error {
+	r, err := prepare(e, inv, p.Tag, p.inventory(e, inv), p.Leader)
+	if err != nil {
+		return err
+	}
+	err = r.Run(ctx, "site.yml", []string{p.Tag + "_start"}, hosts)
+	if err == nil || ctx.Err() != nil {
+		return err
+	}
+	e.Step("starting %s on %s failed (%v): running the whole play there", p.Tag, strings.Join(hosts, ", "), err)
+	return Converge(ctx, e, inv, p, hosts)
+}
+
+// Run is what cluster.Service.Converge runs for p: Start where only agents
+// need starting, else Converge.
+func Run(ctx context.Context, e *stages.Env, inv *inventory.Inventory, p Play) func(hosts []string, startOnly bool) error {
+	return func(hosts []string, startOnly bool) error {
+		if startOnly {
+			return Start(ctx, e, inv, p, hosts)
+		}
+		return Converge(ctx, e, inv, p, hosts)
+	}
 }
 
 // record notes that the play of tag converged the nodes of bins, with
@@ -335,7 +366,7 @@ func checkBinaries(ai Inventory, hosts, roles []string) error {
 // Teardown stops the platform's services on every node and removes what the
 // roles installed (teardown.yml).
 func Teardown(ctx context.Context, e *stages.Env, inv *inventory.Inventory) error {
-	r, err := prepare(e, inv, "teardown", nil, "")
+	r, err := prepare(e, inv, "teardown", BuildInventory(e, inv, nil), "")
 	if err != nil {
 		return err
 	}
@@ -344,13 +375,12 @@ func Teardown(ctx context.Context, e *stages.Env, inv *inventory.Inventory) erro
 
 // prepare writes the playbooks and the inventory-<name>.json of a run to the
 // state directory and returns a runner that reports progress as steps.
-func prepare(e *stages.Env, inv *inventory.Inventory, name string, vars map[string]any, leader string) (*Runner, error) {
+func prepare(e *stages.Env, inv *inventory.Inventory, name string, ai Inventory, leader string) (*Runner, error) {
 	dir := e.Path("ansible")
 	if err := Extract(dir); err != nil {
 		return nil, err
 	}
 	invFile := filepath.Join(dir, "inventory-"+name+".json")
-	ai := BuildInventory(e, inv, vars)
 	// Always present, so that site.yml's patterns name a known group.
 	ai.Groups["leader"] = nil
 	if leader != "" {
@@ -405,11 +435,21 @@ func BuildInventory(e *stages.Env, inv *inventory.Inventory, extra map[string]an
 	return ai
 }
 
+// inventory is BuildInventory with p's variables.
+func (p Play) inventory(e *stages.Env, inv *inventory.Inventory) Inventory {
+	ai := BuildInventory(e, inv, p.Vars)
+	for _, n := range ai.Groups["servers"] {
+		maps.Copy(ai.Hosts[n], p.ServerVars)
+	}
+	return ai
+}
+
 // ConsulVars are the platform.hcl settings only the consul play uses, for
-// its variables alone: in every play's, changing one would run the vault
-// and nomad roles on every node too.
-func ConsulVars(cfg *config.Platform) map[string]any {
-	return map[string]any{"consul_ui": cfg.Consul.UI, "consul_dns": cfg.Consul.DNS}
+// its variables alone (in every play's, changing one would run the vault
+// and nomad roles on every node too): vars for every node and serverVars
+// for the servers alone (the clients do not serve the UI).
+func ConsulVars(cfg *config.Platform) (vars, serverVars map[string]any) {
+	return map[string]any{"consul_dns": cfg.Consul.DNS}, map[string]any{"consul_ui": cfg.Consul.UI}
 }
 
 // HostVars says how Ansible reaches a node and how the node runs services.

@@ -59,7 +59,8 @@ func renderConsulConfig(t *testing.T, ansibleBin string, set func(*config.Platfo
 		{Name: "server-1", Roles: []string{"server"}, PrivateIP: "127.0.1.1", Local: &inventory.Local{Root: filepath.Join(dir, "server-1"), BinDir: "/b"}},
 		{Name: "client-1", Roles: []string{"client"}, PrivateIP: "127.0.1.2", Local: &inventory.Local{Root: filepath.Join(dir, "client-1"), BinDir: "/b"}},
 	}}
-	ai := BuildInventory(e, inv, ConsulVars(cfg))
+	vars, serverVars := ConsulVars(cfg)
+	ai := Play{Vars: vars, ServerVars: serverVars}.inventory(e, inv)
 	// Role defaults have the lowest precedence: they fill in only what the
 	// inventory does not set.
 	roles := filepath.Join(dir, "ansible")

@@ -137,23 +137,33 @@ func (as Agents) Server() inventory.Node {
 // Converge records installing the service on the nodes whose Ansible
 // inputs changed (pending: node → why) and starting it on every node whose
 // agent does not answer. Applying runs the play, run, once, on those nodes
-// only: a new client or a dead agent leaves the others alone.
-func (s Service) Converge(p *reconcile.Plan, pending map[string]string, as Agents, run func(hosts []string) error) error {
+// only: a new client or a dead agent leaves the others alone. startOnly
+// tells run that no node's inputs changed: its agents need starting only.
+func (s Service) Converge(p *reconcile.Plan, pending map[string]string, as Agents, run func(hosts []string, startOnly bool) error) error {
 	hosts := slices.Sorted(maps.Keys(pending))
 	for _, n := range as.Down() {
 		if _, ok := pending[n]; !ok {
 			hosts = append(hosts, n)
 		}
 	}
-	do := func() error { return run(hosts) }
-	if why := sameReason(pending); why != "" && len(pending) == len(as) && len(as) > 1 {
+	do := func() error { return run(hosts, len(pending) == 0) }
+	// One change for every node, or for the servers, when they share why.
+	why, on := sameReason(pending), ""
+	switch {
+	case why == "" || len(pending) < 2:
+	case len(pending) == len(as):
+		on = "every node"
+	case as.serversOnly(pending):
+		on = "the servers"
+	}
+	if on != "" {
 		switch {
-		case strings.HasPrefix(why, stages.ReasonNewBinaries):
+		case on == "every node" && strings.HasPrefix(why, stages.ReasonNewBinaries):
 			why += "; running agents restart one at a time: the servers, the leader last, then the clients"
 		case as.runningServers(pending) > 1:
 			why += "; running servers restart one at a time, the leader last"
 		}
-		if err := p.Do(reconcile.Install, s.Name+" on every node", why, do); err != nil {
+		if err := p.Do(reconcile.Install, s.Name+" on "+on, why, do); err != nil {
 			return err
 		}
 		do = nil
@@ -184,6 +194,16 @@ func (as Agents) runningServers(pending map[string]string) int {
 		}
 	}
 	return n
+}
+
+// serversOnly says whether the pending nodes are the servers, every one.
+func (as Agents) serversOnly(pending map[string]string) bool {
+	for _, a := range as {
+		if _, ok := pending[a.Node.Name]; ok != a.Node.Has(inventory.RoleServer) {
+			return false
+		}
+	}
+	return true
 }
 
 // sameReason is the reason every pending node shares, or "".

@@ -176,7 +176,11 @@ func TestAgents(t *testing.T) {
 	// Installing is planned once for the changed inputs and the node that
 	// is down; applying runs the play once, on those nodes.
 	var runs [][]string
-	run := func(hosts []string) error { runs = append(runs, hosts); return nil }
+	var starts []bool
+	run := func(hosts []string, startOnly bool) error {
+		runs, starts = append(runs, hosts), append(starts, startOnly)
+		return nil
+	}
 	all := map[string]string{}
 	for _, n := range nodes {
 		all[n.Name] = "inputs changed"
@@ -189,24 +193,31 @@ func TestAgents(t *testing.T) {
 		t.Errorf("every node pending: %v, want one change for every node", p.Changes[0])
 	}
 	p = &reconcile.Plan{Apply: true}
-	if err := svc.Converge(p, all, as, run); err != nil || len(runs) != 1 || len(runs[0]) != len(nodes) {
-		t.Errorf("apply: err %v, runs %v", err, runs)
+	if err := svc.Converge(p, all, as, run); err != nil || len(runs) != 1 || len(runs[0]) != len(nodes) || starts[0] {
+		t.Errorf("apply: err %v, runs %v, start only %v", err, runs, starts)
 	}
-	// Only the dead agent: the play runs on its node alone.
-	runs = nil
+	// Only the dead agent: it is started, on its node alone.
+	runs, starts = nil, nil
 	p = &reconcile.Plan{Apply: true}
-	if err := svc.Converge(p, nil, as, run); err != nil || len(p.Changes) != 1 || len(runs) != 1 || !slices.Equal(runs[0], []string{"s1"}) {
-		t.Errorf("dead agent: err %v, changes %v, runs %v", err, p.Changes, runs)
+	if err := svc.Converge(p, nil, as, run); err != nil || len(p.Changes) != 1 || len(runs) != 1 || !slices.Equal(runs[0], []string{"s1"}) || !starts[0] {
+		t.Errorf("dead agent: err %v, changes %v, runs %v, start only %v", err, p.Changes, runs, starts)
 	}
-	// A new node and the dead agent: one change each, one run on both.
-	runs = nil
+	// A new node and the dead agent: one change each, one run of the whole
+	// play on both.
+	runs, starts = nil, nil
 	p = &reconcile.Plan{Apply: true}
 	if err := svc.Converge(p, map[string]string{"c3": "new node"}, as, run); err != nil || len(p.Changes) != 2 ||
-		len(runs) != 1 || !slices.Equal(runs[0], []string{"c3", "s1"}) {
-		t.Errorf("new node: err %v, changes %v, runs %v", err, p.Changes, runs)
+		len(runs) != 1 || !slices.Equal(runs[0], []string{"c3", "s1"}) || starts[0] {
+		t.Errorf("new node: err %v, changes %v, runs %v, start only %v", err, p.Changes, runs, starts)
 	}
 	if len(p.Changes) > 0 && (p.Changes[0].Target != "toy on c3" || p.Changes[0].Detail != "new node") {
 		t.Errorf("new node: first change %+v", p.Changes[0])
+	}
+	// A setting of the servers alone: one change for them.
+	p = &reconcile.Plan{}
+	if err := svc.Converge(p, map[string]string{"s1": "inputs changed", "s2": "inputs changed"}, as, run); err != nil ||
+		len(p.Changes) != 2 || p.Changes[0].Target != "toy on the servers" || p.Changes[0].Detail != "inputs changed" {
+		t.Errorf("the servers' setting: err %v, changes %+v", err, p.Changes)
 	}
 
 	down["s1"] = false

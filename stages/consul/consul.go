@@ -92,7 +92,7 @@ func load(ctx context.Context, e *stages.Env) (*deps, error) {
 	if err != nil {
 		return nil, err
 	}
-	vars := ansible.ConsulVars(e.Config)
+	vars, serverVars := ansible.ConsulVars(e.Config)
 	vars["vault_addr"], vars["consul_cert_ttl"], vars["ct_ca_hash"] = addr, e.Config.PKI.LeafTTL, caHash
 	return &deps{
 		inv:   inv,
@@ -101,6 +101,7 @@ func load(ctx context.Context, e *stages.Env) (*deps, error) {
 			Tag:         "consul",
 			Roles:       []string{"common", "consul_template", "consul"},
 			Vars:        vars,
+			ServerVars:  serverVars,
 			Hosts:       inventory.Names(pki.ConsulTemplateNodes(inv)),
 			Secrets:     secrets,
 			NodeSecrets: map[string]map[string]string{pki.TemplateTokensVar: tokens},
@@ -170,7 +171,7 @@ func converge(ctx context.Context, e *stages.Env, p *reconcile.Plan) error {
 		return err
 	}
 	play.LeaderToken = strings.TrimSpace(tok)
-	if err := svc.Converge(p, pending, as, func(hosts []string) error { return ansible.Converge(ctx, e, d.inv, play, hosts) }); err != nil {
+	if err := svc.Converge(p, pending, as, ansible.Run(ctx, e, d.inv, play)); err != nil {
 		return err
 	}
 	servers := d.inv.WithRole(inventory.RoleServer)

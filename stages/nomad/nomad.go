@@ -211,7 +211,7 @@ func converge(ctx context.Context, e *stages.Env, p *reconcile.Plan) error {
 		return err
 	}
 	play.LeaderToken = strings.TrimSpace(tok)
-	if err := svc.Converge(p, pending, as, func(hosts []string) error { return ansible.Converge(ctx, e, d.inv, play, hosts) }); err != nil {
+	if err := svc.Converge(p, pending, as, ansible.Run(ctx, e, d.inv, play)); err != nil {
 		return err
 	}
 	servers := d.inv.WithRole(inventory.RoleServer)

@@ -353,10 +353,20 @@ func TestConsulAndNomad(t *testing.T) {
 			}
 		}
 		before := agentPids(t, p, others...)
-		p.Up("--only", "consul,nomad")
+		up := p.Up("--only", "consul,nomad")
 		// The play ran on the dead node alone: no other agent restarted.
 		if after := agentPids(t, p, others...); !maps.Equal(after, before) {
 			t.Errorf("agents of the other nodes restarted: %v, then %v", before, after)
+		}
+		// Its inputs unchanged, the agents were only started: not every
+		// task of the roles ran again.
+		for _, task := range []string{"Check that Consul's files are in place", "Check that Nomad's files are in place"} {
+			if !strings.Contains(up.Output(), task) {
+				t.Errorf("up did not run %q: the agents were not just started\n%s", task, up.Output())
+			}
+		}
+		if strings.Contains(up.Output(), "Write Consul's configuration") || strings.Contains(up.Output(), "running the whole play") {
+			t.Errorf("up ran the whole consul play to start a dead agent\n%s", up.Output())
 		}
 		raft, err := survivor.Operator().RaftGetConfiguration(nil)
 		if err != nil {
@@ -364,6 +374,29 @@ func TestConsulAndNomad(t *testing.T) {
 		}
 		if len(raft.Servers) != 3 {
 			t.Errorf("nomad raft has %d servers after the restart, want 3", len(raft.Servers))
+		}
+
+		// A dead agent whose node lost a file the role writes: starting
+		// it fails, and the whole play runs there and puts the file back.
+		pid, err := proc.ReadPidFile(filepath.Join(p.StateDir(), "nodes", node, "run", "consul.pid"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := proc.Kill(ctx, pid); err != nil {
+			t.Fatal(err)
+		}
+		join := filepath.Join(p.StateDir(), "nodes", node, "config", "consul.d", "join.hcl")
+		if err := os.Remove(join); err != nil {
+			t.Fatal(err)
+		}
+		if up := p.Up("--only", "consul,nomad"); !strings.Contains(up.Output(), "join.hcl is missing): running the whole play there") {
+			t.Errorf("up with %s missing did not run the whole play\n%s", join, up.Output())
+		}
+		if _, err := os.Stat(join); err != nil {
+			t.Errorf("the whole play did not write %s again: %v", join, err)
+		}
+		if r := p.Run([]string{"plan", "--only", "consul,nomad"}); r.Code != 0 {
+			t.Errorf("plan after the repair: exit %d\n%s", r.Code, r.Stdout)
 		}
 	})
 
@@ -387,15 +420,15 @@ func TestConsulAndNomad(t *testing.T) {
 		leader := leaderNode(cl)
 
 		// Consul's UI setting changes the Consul servers' configuration
-		// only: the consul play runs on every node, and restarts the
-		// servers alone; the nomad play does not run at all. (Nomad's
-		// servers roll the same way on an upgrade: TestPlatformDay2.)
+		// only: the consul play runs on the servers alone, and the nomad
+		// play not at all. (Nomad's servers roll the same way on an
+		// upgrade: TestPlatformDay2.)
 		cfg, err := os.ReadFile(p.Config)
 		if err != nil {
 			t.Fatal(err)
 		}
 		p.WriteConfig(string(cfg) + "consul {\n  ui = false\n}\n")
-		if r := p.Run([]string{"plan", "--only", "consul,nomad"}); r.Code != 4 || !strings.Contains(r.Stdout, "running servers restart one at a time, the leader last") {
+		if r := p.Run([]string{"plan", "--only", "consul,nomad"}); r.Code != 4 || !strings.Contains(r.Stdout, "consul on the servers (configuration or roles changed; running servers restart one at a time, the leader last)") {
 			t.Errorf("plan: exit %d, want the servers' rolling restart\n%s", r.Code, r.Stdout)
 		}
 
