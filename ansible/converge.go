@@ -183,7 +183,7 @@ func Converge(ctx context.Context, e *stages.Env, inv *inventory.Inventory, p Pl
 	for _, node := range hosts {
 		bins[node] = binaries(ai.Hosts[node], p.Roles)
 	}
-	r, err := prepare(e, inv, p.Tag, p.inventory(e, inv), p.Leader)
+	r, err := prepare(e, inv, p.Tag, ai, p.Leader)
 	if err != nil {
 		return err
 	}
