@@ -214,11 +214,11 @@ func Converge(ctx context.Context, e *stages.Env, inv *inventory.Inventory, p Pl
 	return record(e, p.Tag, want, bins)
 }
 
-// Start starts the play's agents on hosts whose inputs are unchanged since
+// start starts the play's agents on hosts whose inputs are unchanged since
 // the play last converged them but whose agents do not answer: site.yml's
 // <tag>_start play, a few tasks rather than every task of the roles. Where
 // it fails (a file the roles write is missing, say) the whole play runs.
-func Start(ctx context.Context, e *stages.Env, inv *inventory.Inventory, p Play, hosts []string) error {
+func start(ctx context.Context, e *stages.Env, inv *inventory.Inventory, p Play, hosts []string) error {
 	r, err := prepare(e, inv, p.Tag, p.inventory(e, inv), p.Leader)
 	if err != nil {
 		return err
@@ -231,12 +231,12 @@ func Start(ctx context.Context, e *stages.Env, inv *inventory.Inventory, p Play,
 	return Converge(ctx, e, inv, p, hosts)
 }
 
-// Run is what cluster.Service.Converge runs for p: Start where only agents
+// Run is what cluster.Service.Converge runs for p: start where only agents
 // need starting, else Converge.
 func Run(ctx context.Context, e *stages.Env, inv *inventory.Inventory, p Play) func(hosts []string, startOnly bool) error {
 	return func(hosts []string, startOnly bool) error {
 		if startOnly {
-			return Start(ctx, e, inv, p, hosts)
+			return start(ctx, e, inv, p, hosts)
 		}
 		return Converge(ctx, e, inv, p, hosts)
 	}
