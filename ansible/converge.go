@@ -217,7 +217,9 @@ func Converge(ctx context.Context, e *stages.Env, inv *inventory.Inventory, p Pl
 // start starts the play's agents on hosts whose inputs are unchanged since
 // the play last converged them but whose agents do not answer: site.yml's
 // <tag>_start play, a few tasks rather than every task of the roles. Where
-// it fails (a file the roles write is missing, say) the whole play runs.
+// it fails (a file the roles write is missing, say) the whole play runs, on
+// the hosts it failed on when Ansible names them (the others went on and
+// started).
 func start(ctx context.Context, e *stages.Env, inv *inventory.Inventory, p Play, hosts []string) error {
 	r, err := prepare(e, inv, p.Tag, p.inventory(e, inv), p.Leader)
 	if err != nil {
@@ -227,7 +229,16 @@ func start(ctx context.Context, e *stages.Env, inv *inventory.Inventory, p Play,
 	if err == nil || ctx.Err() != nil {
 		return err
 	}
-	e.Step("starting %s on %s failed (%v): running the whole play there", p.Tag, strings.Join(hosts, ", "), err)
+	var ae *Error
+	if errors.As(err, &ae) && len(ae.Failures) > 0 {
+		hosts = nil
+		for _, f := range ae.Failures {
+			if !slices.Contains(hosts, f.Host) {
+				hosts = append(hosts, f.Host)
+			}
+		}
+	}
+	e.Step("starting %s failed on %s (%v): running the whole play there", p.Tag, strings.Join(hosts, ", "), err)
 	return Converge(ctx, e, inv, p, hosts)
 }
 
