@@ -202,6 +202,12 @@ func (r *Runner) Run(ctx context.Context, playbook string, tags, limit []string)
 	if len(tags) > 0 {
 		args = append(args, "--tags", strings.Join(tags, ","))
 	}
+	// Tasks tagged machines never apply to a local node (their conditions
+	// say so too). Skipped by tag they cost nothing; skipped by their
+	// condition, each costs a worker process per node.
+	if !r.SSH {
+		args = append(args, "--skip-tags", "machines")
+	}
 	if len(limit) > 0 {
 		args = append(args, "--limit", strings.Join(limit, ","))
 	}
@@ -339,6 +345,7 @@ type event struct {
 	Hosts map[string]struct {
 		Msg     any    `json:"msg"`
 		Stderr  string `json:"stderr"`
+		Stdout  string `json:"stdout"`
 		Failed  bool   `json:"failed"`
 		Changed bool   `json:"changed"`
 	} `json:"hosts"`
@@ -379,8 +386,12 @@ func (r *Runner) follow(out io.Reader, log io.Writer) []Failure {
 		case "v2_runner_on_failed", "v2_runner_on_unreachable":
 			for h, res := range ev.Hosts {
 				msg := strings.TrimSpace(fmt.Sprint(res.Msg))
+				// A raw task over SSH runs on a terminal, which sends its
+				// standard error to its standard output.
 				if res.Stderr != "" {
 					msg += ": " + lastLines(res.Stderr, 5)
+				} else if res.Stdout != "" {
+					msg += ": " + lastLines(res.Stdout, 5)
 				}
 				if ev.Event == "v2_runner_on_unreachable" {
 					msg = "unreachable: " + msg
@@ -397,7 +408,7 @@ func (r *Runner) follow(out io.Reader, log io.Writer) []Failure {
 }
 
 func lastLines(s string, n int) string {
-	lines := strings.Split(strings.TrimSpace(s), "\n")
+	lines := strings.Split(strings.TrimSpace(strings.ReplaceAll(s, "\r", "")), "\n")
 	if len(lines) > n {
 		lines = lines[len(lines)-n:]
 	}

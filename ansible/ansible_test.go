@@ -89,7 +89,8 @@ func TestRunPrivateTempDirs(t *testing.T) {
 	r := &Runner{Dir: dir, InventoryFile: filepath.Join(dir, "inventory-vault.json"), VarsFiles: []string{"/s/vars.json"}}
 	first := runFake(t, r)
 
-	wantArgs := []string{"-i", r.InventoryFile, "-e", "@/s/vars.json", "--tags", "vault", "--limit", "server-1", "site.yml"}
+	// Local nodes: the machines' tasks are skipped by tag.
+	wantArgs := []string{"-i", r.InventoryFile, "-e", "@/s/vars.json", "--tags", "vault", "--skip-tags", "machines", "--limit", "server-1", "site.yml"}
 	if !slices.Equal(first.Args, wantArgs) {
 		t.Errorf("args = %q, want %q", first.Args, wantArgs)
 	}
@@ -112,9 +113,13 @@ func TestRunPrivateTempDirs(t *testing.T) {
 		t.Errorf("the run's temporary directory %s outlived it (%v)", filepath.Dir(local), err)
 	}
 
+	r.SSH = true
 	second := runFake(t, r)
 	if second.Env["ANSIBLE_LOCAL_TEMP"] == local || second.Env["ANSIBLE_REMOTE_TEMP"] == remote {
 		t.Errorf("two runs share a temporary directory: %v and %v", first.Env, second.Env)
+	}
+	if slices.Contains(second.Args, "--skip-tags") {
+		t.Errorf("machines: args = %q, want no task skipped by tag", second.Args)
 	}
 }
 

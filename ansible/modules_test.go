@@ -201,6 +201,48 @@ func TestFilesModule(t *testing.T) {
 	}
 }
 
+// TestModulesRefuseBadArguments: the modules read their arguments
+// themselves (not through AnsibleModule), so they check them themselves.
+func TestModulesRefuseBadArguments(t *testing.T) {
+	root := t.TempDir()
+	svc := map[string]any{"name": "svc", "binary": "/bin/sleep", "run_dir": root, "log_dir": root, "chdir": root}
+	with := func(m map[string]any, k string, v any) map[string]any {
+		c := map[string]any{}
+		for k, v := range m {
+			c[k] = v
+		}
+		if v == nil {
+			delete(c, k)
+		} else {
+			c[k] = v
+		}
+		return c
+	}
+	for _, tc := range []struct {
+		module string
+		args   map[string]any
+		want   string
+	}{
+		{"files", map[string]any{"dir": []string{root}}, "unsupported parameters: dir"},
+		{"files", map[string]any{"dirs": root}, "dirs: a str, want a list of str"},
+		{"files", map[string]any{"files": []string{"s3cr3t"}}, "files: a list, want a list of dict"},
+		{"process_service", with(svc, "binary", nil), "missing required argument: binary"},
+		{"process_service", with(svc, "restart", "maybe"), "restart: a str, want a bool"},
+		{"process_service", with(svc, "args", []int{1}), "args: a list, want a list of str"},
+	} {
+		r := runModule(t, tc.module, tc.args)
+		if !r.Failed || !strings.Contains(r.Msg, tc.want) {
+			t.Errorf("%s %v: %+v, want a failure saying %q", tc.module, tc.args, r, tc.want)
+		}
+		if strings.Contains(r.Msg, "s3cr3t") {
+			t.Errorf("%s: the message %q holds a value, which may be a secret", tc.module, r.Msg)
+		}
+	}
+	if entries, _ := os.ReadDir(root); len(entries) != 0 {
+		t.Errorf("refused runs left %d entries in %s", len(entries), root)
+	}
+}
+
 func TestProcessServiceModule(t *testing.T) {
 	if _, err := exec.LookPath("start-stop-daemon"); err != nil {
 		t.Skip("start-stop-daemon is missing")

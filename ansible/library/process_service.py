@@ -2,7 +2,8 @@
 # Run one service as a background process with a pid file, for nodes without
 # systemd (the local provider). One module call instead of three
 # start-stop-daemon tasks: every Ansible task costs a round trip per host,
-# and this one runs for every service of every node.
+# and this one runs for every service of every node. It takes its
+# arguments as JSON, as the files module does and for the same reason.
 
 DOCUMENTATION = r"""
 module: process_service
@@ -32,9 +33,80 @@ options:
     default: false
 """
 
+import json
 import os
+import shutil
+import subprocess
+import sys
 
-from ansible.module_utils.basic import AnsibleModule
+ARGS = r"""<<INCLUDE_ANSIBLE_MODULE_JSON_ARGS>>"""
+
+REQUIRED = object()
+
+# What AnsibleModule reads as a bool, for a templated string.
+BOOLS = {"true": True, "yes": True, "on": True, "1": True, "false": False, "no": False, "off": False, "0": False}
+
+# name: (type, default, type of a list's elements)
+SPEC = {
+    "name": (str, REQUIRED, None),
+    "binary": (str, REQUIRED, None),
+    "args": (list, [], str),
+    "run_dir": (str, REQUIRED, None),
+    "log_dir": (str, REQUIRED, None),
+    "chdir": (str, REQUIRED, None),
+    "restart": (bool, False, None),
+    "configs": (list, [], str),
+    "hold_stale": (bool, False, None),
+}
+
+
+def done(**result):
+    print(json.dumps(result))
+    sys.exit(1 if result.get("failed") else 0)
+
+
+def fail(msg, **result):
+    done(failed=True, msg=msg, **result)
+
+
+def params(raw, spec):
+    """The arguments of spec from raw, and whether Ansible runs in check
+    mode; fails on a missing, unknown or mistyped one."""
+    args = json.loads(raw)
+    unknown = sorted(k for k in args if k not in spec and not k.startswith("_ansible_"))
+    if unknown:
+        fail("unsupported parameters: %s (supported: %s)" % (", ".join(unknown), ", ".join(sorted(spec))))
+    p = {}
+    for name, (kind, default, elem) in spec.items():
+        v = args.get(name)
+        if v is None:
+            if default is REQUIRED:
+                fail("missing required argument: %s" % name)
+            v = default
+        if kind is bool and isinstance(v, str) and v.lower() in BOOLS:
+            v = BOOLS[v.lower()]
+        if not isinstance(v, kind) or elem and not all(isinstance(e, elem) for e in v):
+            want = "a list of %s" % elem.__name__ if elem else "a " + kind.__name__
+            fail("%s: a %s, want %s" % (name, type(v).__name__, want))
+        p[name] = v
+    return p, bool(args.get("_ansible_check_mode"))
+
+
+def run(argv):
+    """Runs argv; its exit status and standard error. Its standard input is
+    /dev/null: the module's own is Ansible's pipe, which a daemon started
+    from here must not hold."""
+    r = subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    return r.returncode, r.stderr.decode(errors="replace").strip()
+
+
+def which(name):
+    # The sbin directories as AnsibleModule.get_bin_path: a user's PATH,
+    # which local nodes inherit, may lack them.
+    path = shutil.which(name, path=os.environ.get("PATH", "") + ":/sbin:/usr/sbin:/usr/local/sbin")
+    if not path:
+        fail("%s is not installed (in PATH or an sbin directory)" % name)
+    return path
 
 
 def alive(pidfile):
@@ -70,52 +142,38 @@ def stale(pidfile, binary, configs):
 
 
 def main():
-    m = AnsibleModule(
-        argument_spec=dict(
-            name=dict(type="str", required=True),
-            binary=dict(type="path", required=True),
-            args=dict(type="list", elements="str", default=[]),
-            run_dir=dict(type="path", required=True),
-            log_dir=dict(type="path", required=True),
-            chdir=dict(type="path", required=True),
-            restart=dict(type="bool", default=False),
-            configs=dict(type="list", elements="path", default=[]),
-            hold_stale=dict(type="bool", default=False),
-        ),
-        supports_check_mode=True,
-    )
-    p = m.params
+    p, check_mode = params(ARGS, SPEC)
     pidfile = os.path.join(p["run_dir"], p["name"] + ".pid")
-    ssd = m.get_bin_path("start-stop-daemon", required=True)
+    ssd = which("start-stop-daemon")
 
     # --status: 0 running, 1 or 3 not running (stale or no pid file).
-    rc, _, err = m.run_command([ssd, "--status", "--pidfile", pidfile])
+    rc, err = run([ssd, "--status", "--pidfile", pidfile])
     if rc not in (0, 1, 3):
-        m.fail_json(msg="start-stop-daemon --status %s: %s" % (p["name"], err))
+        fail("start-stop-daemon --status %s: %s" % (p["name"], err))
     running = rc == 0 and alive(pidfile)
     old = running and stale(pidfile, p["binary"], p["configs"])
     if running and (old and p["hold_stale"] or not p["restart"] and not old):
-        m.exit_json(changed=False, state="running", stale=old)
-    if m.check_mode:
-        m.exit_json(changed=True, state="restarted" if running else "started", stale=False)
+        done(changed=False, state="running", stale=old)
+    if check_mode:
+        done(changed=True, state="restarted" if running else "started", stale=False)
 
     if running:
-        rc, _, err = m.run_command([ssd, "--stop", "--pidfile", pidfile,
-                                    "--retry", "TERM/30/KILL/5", "--remove-pidfile", "--oknodo"])
+        rc, err = run([ssd, "--stop", "--pidfile", pidfile,
+                       "--retry", "TERM/30/KILL/5", "--remove-pidfile", "--oknodo"])
         if rc != 0:
-            m.fail_json(msg="stop %s: %s" % (p["name"], err))
+            fail("stop %s: %s" % (p["name"], err))
     # Started under nohup: SIGHUP stays ignored until the program handles it.
     # consul-template sends the agents a SIGHUP when it renews their
     # certificate, and Go kills a program that gets one before it asked for
     # it (Nomad asks only once its agent runs, seconds after starting).
-    rc, _, err = m.run_command([ssd, "--start", "--background", "--make-pidfile",
-                                "--pidfile", pidfile, "--chdir", p["chdir"],
-                                "--output", os.path.join(p["log_dir"], p["name"] + ".log"),
-                                "--exec", p["binary"], "--startas", m.get_bin_path("nohup", required=True),
-                                "--", p["binary"]] + p["args"])
+    rc, err = run([ssd, "--start", "--background", "--make-pidfile",
+                   "--pidfile", pidfile, "--chdir", p["chdir"],
+                   "--output", os.path.join(p["log_dir"], p["name"] + ".log"),
+                   "--exec", p["binary"], "--startas", which("nohup"),
+                   "--", p["binary"]] + p["args"])
     if rc != 0:
-        m.fail_json(msg="start %s: %s" % (p["name"], err))
-    m.exit_json(changed=True, state="restarted" if running else "started", stale=False)
+        fail("start %s: %s" % (p["name"], err))
+    done(changed=True, state="restarted" if running else "started", stale=False)
 
 
 if __name__ == "__main__":
