@@ -98,6 +98,22 @@ func TestFilesModuleDirs(t *testing.T) {
 	if r := runModule(t, "files", map[string]any{"dirs": []string{a}, "dir_mode": "rwx"}); !r.Failed || !strings.Contains(r.Msg, "octal") {
 		t.Errorf("mode rwx: %+v, want a failure that asks for an octal mode", r)
 	}
+
+	// A directory given with its own mode, beside one with dir_mode.
+	c := filepath.Join(root, "c")
+	mixed := map[string]any{"dirs": []any{a, map[string]any{"path": c, "mode": "0777"}}, "dir_mode": "0700"}
+	if r := runModule(t, "files", mixed); !r.Changed || len(r.ChangedPaths) != 1 || r.ChangedPaths[0] != c {
+		t.Errorf("a 0777 directory: %+v, want it alone changed", r)
+	}
+	if fi, err := os.Stat(c); err != nil || fi.Mode().Perm() != 0o777 {
+		t.Errorf("%s: %v %v, want a 0777 directory", c, fi, err)
+	}
+	if r := runModule(t, "files", mixed); r.Changed || r.Failed {
+		t.Errorf("a 0777 directory, again: %+v, want unchanged", r)
+	}
+	if r := runModule(t, "files", map[string]any{"dirs": []any{map[string]any{"mode": "0777"}}}); !r.Failed || !strings.Contains(r.Msg, "dirs[0]") {
+		t.Errorf("a directory without a path: %+v, want a failure that names it", r)
+	}
 }
 
 // TestFilesModuleAbsent is the files module removing paths, as teardown

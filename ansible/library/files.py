@@ -22,12 +22,15 @@ options:
     elements: path
     default: []
   dirs:
-    description: Directories to create first, with their parents.
+    description: >-
+      Directories to create first, with their parents: each a path, or a
+      dict with path and mode (octal string) where it needs another mode
+      than dir_mode.
     type: list
-    elements: path
+    elements: raw
     default: []
   dir_mode:
-    description: Mode of each of dirs (not of parents that exist).
+    description: Mode of dirs given as a path (not of parents that exist).
     type: str
     default: "0700"
   files:
@@ -54,7 +57,7 @@ ARGS = r"""<<INCLUDE_ANSIBLE_MODULE_JSON_ARGS>>"""
 # name: (type, default, type of a list's elements)
 SPEC = {
     "absent": (list, [], str),
-    "dirs": (list, [], str),
+    "dirs": (list, [], (str, dict)),
     "dir_mode": (str, "0700", None),
     "files": (list, [], dict),
 }
@@ -82,7 +85,9 @@ def params(raw, spec):
         if v is None:
             v = default
         if not isinstance(v, kind) or elem and not all(isinstance(e, elem) for e in v):
-            want = "a list of %s" % elem.__name__ if elem else "a " + kind.__name__
+            want = "a " + kind.__name__
+            if elem:
+                want = "a list of " + " or ".join(k.__name__ for k in (elem if isinstance(elem, tuple) else (elem,)))
             # Not the value: it may be a secret.
             fail("%s: a %s, want %s" % (name, type(v).__name__, want))
         p[name] = v
@@ -146,21 +151,26 @@ def main():
         except OSError as e:
             fail("remove %s: %s" % (path, e), changed_paths=changed)
     dir_mode = octal("dir_mode", p["dir_mode"])
-    for path in p["dirs"]:
+    for i, d in enumerate(p["dirs"]):
+        path, mode = d, dir_mode
+        if isinstance(d, dict):
+            if not isinstance(d.get("path"), str):
+                fail("dirs[%d]: want a path" % i)
+            path, mode = d["path"], octal(d["path"], d.get("mode", p["dir_mode"]))
         try:
             st = os.stat(path)
         except FileNotFoundError:
             changed.append(path)
             if not check_mode:
-                os.makedirs(path, dir_mode)
-                os.chmod(path, dir_mode)  # makedirs' mode is masked by the umask
+                os.makedirs(path, mode)
+                os.chmod(path, mode)  # makedirs' mode is masked by the umask
             continue
         if not stat.S_ISDIR(st.st_mode):
             fail("%s exists and is not a directory" % path)
-        if stat.S_IMODE(st.st_mode) != dir_mode:
+        if stat.S_IMODE(st.st_mode) != mode:
             changed.append(path)
             if not check_mode:
-                os.chmod(path, dir_mode)
+                os.chmod(path, mode)
     for i, f in enumerate(p["files"]):
         missing = [k for k in ("path", "content", "mode") if k not in f]
         if missing:
