@@ -3,7 +3,9 @@
 # systemd (the local provider). One module call instead of three
 # start-stop-daemon tasks: every Ansible task costs a round trip per host,
 # and this one runs for every service of every node. It takes its
-# arguments as JSON, as the files module does and for the same reason.
+# arguments as JSON, as the files module does and for the same reason;
+# done, fail and params are like that module's (Ansible sends a jsonargs
+# module alone, without module_utils, so the two cannot share them).
 
 DOCUMENTATION = r"""
 module: process_service
