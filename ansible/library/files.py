@@ -54,12 +54,12 @@ import tempfile
 # JSON, where a quote is always escaped or alone, so the raw string holds it.
 ARGS = r"""<<INCLUDE_ANSIBLE_MODULE_JSON_ARGS>>"""
 
-# name: (type, default, type of a list's elements)
+# name: (type, default, types of a list's elements)
 SPEC = {
-    "absent": (list, [], str),
+    "absent": (list, [], (str,)),
     "dirs": (list, [], (str, dict)),
     "dir_mode": (str, "0700", None),
-    "files": (list, [], dict),
+    "files": (list, [], (dict,)),
 }
 
 
@@ -85,9 +85,7 @@ def params(raw, spec):
         if v is None:
             v = default
         if not isinstance(v, kind) or elem and not all(isinstance(e, elem) for e in v):
-            want = "a " + kind.__name__
-            if elem:
-                want = "a list of " + " or ".join(k.__name__ for k in (elem if isinstance(elem, tuple) else (elem,)))
+            want = "a list of " + " or ".join(k.__name__ for k in elem) if elem else "a " + kind.__name__
             # Not the value: it may be a secret.
             fail("%s: a %s, want %s" % (name, type(v).__name__, want))
         p[name] = v

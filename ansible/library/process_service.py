@@ -48,16 +48,16 @@ REQUIRED = object()
 # What AnsibleModule reads as a bool, for a templated string.
 BOOLS = {"true": True, "yes": True, "on": True, "1": True, "false": False, "no": False, "off": False, "0": False}
 
-# name: (type, default, type of a list's elements)
+# name: (type, default, types of a list's elements)
 SPEC = {
     "name": (str, REQUIRED, None),
     "binary": (str, REQUIRED, None),
-    "args": (list, [], str),
+    "args": (list, [], (str,)),
     "run_dir": (str, REQUIRED, None),
     "log_dir": (str, REQUIRED, None),
     "chdir": (str, REQUIRED, None),
     "restart": (bool, False, None),
-    "configs": (list, [], str),
+    "configs": (list, [], (str,)),
     "hold_stale": (bool, False, None),
 }
 
@@ -88,7 +88,7 @@ def params(raw, spec):
         if kind is bool and isinstance(v, str) and v.lower() in BOOLS:
             v = BOOLS[v.lower()]
         if not isinstance(v, kind) or elem and not all(isinstance(e, elem) for e in v):
-            want = "a list of %s" % elem.__name__ if elem else "a " + kind.__name__
+            want = "a list of " + " or ".join(k.__name__ for k in elem) if elem else "a " + kind.__name__
             fail("%s: a %s, want %s" % (name, type(v).__name__, want))
         p[name] = v
     return p, bool(args.get("_ansible_check_mode"))
