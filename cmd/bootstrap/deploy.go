@@ -83,7 +83,7 @@ Exit codes: 0 healthy, or no changes; 1 failed (reverted unless
 	f.StringArrayVar(&o.EnvNames, "env", nil, "also substitute ${`NAME`} from the environment, besides the CI build identifiers (repeatable; secret-looking names are refused)")
 	f.StringVar(&o.Namespace, "namespace", "", "deploy into `NAMESPACE` (dev or prod): fills the job's, or must agree with it")
 	f.BoolVar(&o.Detach, "detach", false, "return once the job is registered")
-	f.DurationVar(&o.Timeout, "timeout", 10*time.Minute, "how long the deployment may take to become healthy")
+	f.DurationVar(&o.Timeout, "timeout", 10*time.Minute, "how long the deployment may take to become healthy (a revert after a failure is given at least 1m)")
 	f.BoolVar(&o.PlanOnly, "plan-only", false, "stop after the plan: exit 4 when there are changes, 0 when none")
 	f.BoolVar(&o.NoRevert, "no-revert", false, "leave a failed deployment as it is")
 	f.BoolVar(&o.AllowLatest, "allow-latest", false, "accept :latest and untagged images")

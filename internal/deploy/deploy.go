@@ -356,7 +356,7 @@ func (d *deployer) run(ctx context.Context) (Result, error) {
 
 	ctx, cancel := context.WithTimeout(ctx, o.Timeout)
 	defer cancel()
-	f := &follower{d: d, jobID: res.JobID, ns: ns}
+	f := &follower{d: d, jobID: res.JobID, ns: ns, timeout: o.Timeout}
 	return f.follow(ctx, res, reg.EvalID, reg.JobModifyIndex)
 }
 
@@ -471,7 +471,7 @@ func (d *deployer) unchanged(ctx context.Context, res Result) (Result, error) {
 		d.p.Printf("job %q is at version %d, whose deployment %s is still %s: following it", res.JobID, res.Version, nomadjob.Short(dep.ID), dep.Status)
 		ctx, cancel := context.WithTimeout(ctx, d.opts.Timeout)
 		defer cancel()
-		f := &follower{d: d, jobID: res.JobID, ns: res.Namespace}
+		f := &follower{d: d, jobID: res.JobID, ns: res.Namespace, timeout: d.opts.Timeout}
 		return f.watch(ctx, res, dep.ID, res.Version)
 	case nomadapi.DeploymentStatusFailed, nomadapi.DeploymentStatusCancelled:
 		return res, fmt.Errorf("%w: job %q is already at this version %d, whose deployment %s %s (%s); fix the job, or redeploy the last good one", ErrFailed, res.JobID, res.Version, nomadjob.Short(dep.ID), dep.Status, dep.StatusDescription)

@@ -27,10 +27,19 @@ type follower struct {
 	// progress and allocs remember what was printed, to print changes only.
 	progress map[string]string
 	allocs   map[string]string
+	// timeout is how long what is followed may take; the caller's context
+	// carries it, this is for messages and for the revert.
+	timeout time.Duration
 	// reverting is set while following a revert: its failure is reported,
 	// never reverted again.
 	reverting bool
 }
+
+// minRevertTimeout is the least a revert is given. A revert brings back a
+// version that was healthy before, and leaving it half done is worse than
+// a slow failure: a short --timeout (a CI job that wants to fail fast)
+// must not cut it off while its allocations pass min_healthy_time.
+const minRevertTimeout = time.Minute
 
 func (f *follower) q(ctx context.Context) *nomadapi.QueryOptions {
 	return (&nomadapi.QueryOptions{Namespace: f.ns}).WithContext(ctx)
@@ -129,7 +138,7 @@ func (f *follower) versionAt(ctx context.Context, dep *nomadapi.Deployment) (uin
 
 // watch follows a deployment until it succeeds, fails or the context ends.
 func (f *follower) watch(ctx context.Context, res Result, depID string, version uint64) (Result, error) {
-	f.d.p.Printf("deployment %s of version %d: following (timeout %s)", nomadjob.Short(depID), version, f.d.opts.Timeout)
+	f.d.p.Printf("deployment %s of version %d: following (timeout %s)", nomadjob.Short(depID), version, f.timeout)
 	var index uint64
 	for {
 		q := f.q(ctx)
@@ -137,7 +146,7 @@ func (f *follower) watch(ctx context.Context, res Result, depID string, version 
 		dep, qm, err := f.d.nc.Deployments().Info(depID, q)
 		if err != nil {
 			if ctx.Err() != nil {
-				return f.stopped(ctx, res, &nomadapi.Deployment{ID: depID, Status: nomadapi.DeploymentStatusRunning}, version, fmt.Errorf("not healthy after %s", f.d.opts.Timeout))
+				return f.stopped(ctx, res, &nomadapi.Deployment{ID: depID, Status: nomadapi.DeploymentStatusRunning}, version, fmt.Errorf("not healthy after %s", f.timeout))
 			}
 			return res, f.d.apiError("read deployment", err)
 		}
@@ -238,7 +247,7 @@ func (f *follower) printAllocStubs(allocs []*nomadapi.AllocationListStub) {
 // watchAllocs follows a registration without a deployment: its
 // allocations must all run (or, for a batch job, complete).
 func (f *follower) watchAllocs(ctx context.Context, res Result, version uint64) (Result, error) {
-	f.d.p.Printf("version %d has no deployment (no update strategy, or a batch job): following its allocations (timeout %s)", version, f.d.opts.Timeout)
+	f.d.p.Printf("version %d has no deployment (no update strategy, or a batch job): following its allocations (timeout %s)", version, f.timeout)
 	var index uint64
 	for {
 		q := f.q(ctx)
@@ -246,7 +255,7 @@ func (f *follower) watchAllocs(ctx context.Context, res Result, version uint64) 
 		all, qm, err := f.d.nc.Jobs().Allocations(f.jobID, false, q)
 		if err != nil {
 			if ctx.Err() != nil {
-				return f.stopped(ctx, res, nil, version, fmt.Errorf("not running after %s", f.d.opts.Timeout))
+				return f.stopped(ctx, res, nil, version, fmt.Errorf("not running after %s", f.timeout))
 			}
 			return res, f.d.apiError("read allocations", err)
 		}
@@ -296,7 +305,7 @@ func (f *follower) stopped(ctx context.Context, res Result, dep *nomadapi.Deploy
 	f.d.p.Printf("FAILED: %v", why)
 	// The deployment's own context may be over (timeout): reporting and
 	// reverting get a fresh one of the same length.
-	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), f.d.opts.Timeout)
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), f.timeout)
 	defer cancel()
 	f.report(ctx, dep, version)
 
@@ -353,8 +362,10 @@ func (f *follower) stopped(ctx context.Context, res Result, dep *nomadapi.Deploy
 		return res, errors.Join(fmt.Errorf("%w: %v", ErrFailed, why), f.d.apiError("revert", err))
 	}
 	res.Reverted = true
-	rf := &follower{d: f.d, jobID: f.jobID, ns: f.ns, reverting: true}
-	after, err := rf.follow(ctx, res, rev.EvalID, rev.JobModifyIndex)
+	rf := &follower{d: f.d, jobID: f.jobID, ns: f.ns, timeout: max(f.timeout, minRevertTimeout), reverting: true}
+	rctx, rcancel := context.WithTimeout(context.WithoutCancel(ctx), rf.timeout)
+	defer rcancel()
+	after, err := rf.follow(rctx, res, rev.EvalID, rev.JobModifyIndex)
 	res.Version = after.Version
 	if err != nil {
 		return res, fmt.Errorf("%w: %v; reverted to version %d: %v", ErrFailed, why, *stable, err)
@@ -370,8 +381,10 @@ func (f *follower) settle(ctx context.Context, res Result) {
 	if err != nil || dep == nil || dep.JobVersion != res.Version || dep.Status != nomadapi.DeploymentStatusRunning {
 		return
 	}
-	rf := &follower{d: f.d, jobID: f.jobID, ns: f.ns, reverting: true}
-	rf.watch(ctx, res, dep.ID, res.Version)
+	rf := &follower{d: f.d, jobID: f.jobID, ns: f.ns, timeout: max(f.timeout, minRevertTimeout), reverting: true}
+	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), rf.timeout)
+	defer cancel()
+	rf.watch(rctx, res, dep.ID, res.Version)
 }
 
 // lastStable returns the newest stable version older than version.
@@ -414,10 +427,33 @@ func (f *follower) report(ctx context.Context, dep *nomadapi.Deployment, version
 		}
 	}
 	if len(bad) == 0 {
-		f.d.p.Printf("every allocation of version %d that was placed is healthy: the scheduler could not place the others", version)
+		f.d.p.Printf("every allocation of version %d that was placed is healthy: %s", version, f.missing(ctx, dep))
 		return
 	}
 	for _, l := range nomadjob.Explain(ctx, f.d.nc, f.ns, bad) {
 		f.d.p.Printf("%s", l)
 	}
+}
+
+// missing says why a deployment whose placed allocations are all healthy
+// did not finish: allocations not placed, or not yet healthy long enough.
+func (f *follower) missing(ctx context.Context, dep *nomadapi.Deployment) string {
+	if dep == nil {
+		return "the scheduler could not place the others"
+	}
+	d, _, err := f.d.nc.Deployments().Info(dep.ID, f.q(ctx))
+	if err != nil {
+		return "the scheduler could not place the others"
+	}
+	var want []string
+	for _, tg := range slices.Sorted(maps.Keys(d.TaskGroups)) {
+		s := d.TaskGroups[tg]
+		if s.PlacedAllocs < s.DesiredTotal {
+			want = append(want, fmt.Sprintf("group %q placed %d of %d", tg, s.PlacedAllocs, s.DesiredTotal))
+		}
+	}
+	if len(want) > 0 {
+		return "the scheduler could not place the others (" + strings.Join(want, ", ") + ")"
+	}
+	return "they were not yet healthy for min_healthy_time, or Nomad had not yet marked the deployment; a longer --timeout lets it finish"
 }
