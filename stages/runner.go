@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"sync"
 	"time"
 
 	"github.com/platform-bootstrap/bootstrap/internal/statedir"
@@ -35,13 +36,14 @@ var ErrNotApproved = errors.New("plan not approved; nothing was changed")
 // anything. A stage whose plan depends on an earlier stage's pending changes
 // is reported as waiting.
 func (r *Runner) Plan(ctx context.Context, sel Selection) ([]statedir.StageResult, error) {
-	var results []statedir.StageResult
+	results, rest, pre := r.ahead(ctx, sel.Pick(r.Stages), "planning")
 	blocked := false
-	for _, st := range sel.Pick(r.Stages) {
+	for _, st := range rest {
 		if err := ctx.Err(); err != nil {
 			return results, err
 		}
-		res, err := r.plan(ctx, st, blocked)
+		res, err := r.plan(ctx, st, blocked, pre)
+		pre = nil
 		results = append(results, res)
 		if err != nil {
 			return results, err
@@ -55,12 +57,12 @@ func (r *Runner) Plan(ctx context.Context, sel Selection) ([]statedir.StageResul
 // then a failing plan is reported as waiting for them, with its error, for
 // what it cannot reach may be exactly what they start (a Vault that is down
 // fails the pki stage's plan until the vault stage has started it).
-func (r *Runner) plan(ctx context.Context, st Stage, blocked bool) (statedir.StageResult, error) {
+//
+// pre, when not nil, is the stage's plan already made by ahead.
+func (r *Runner) plan(ctx context.Context, st Stage, blocked bool, pre *planned) (statedir.StageResult, error) {
 	env := r.Env.ForStage(st.Name())
-	start := time.Now()
 	res := statedir.StageResult{Name: st.Name()}
-	env.Emit(Event{Type: EventStageStart, Message: "planning"})
-	changes, err := st.Plan(ctx, env)
+	start, changes, err := r.planStage(ctx, env, st, "planning", pre)
 	res.Duration = time.Since(start)
 	res.Changes = changes
 	switch {
@@ -91,7 +93,10 @@ func (r *Runner) plan(ctx context.Context, st Stage, blocked bool) (statedir.Sta
 // is not empty. Finished stages are re-planned, so drift is repaired and a
 // killed run continues where it stopped.
 func (r *Runner) Up(ctx context.Context, sel Selection) ([]statedir.StageResult, error) {
-	picked := sel.Pick(r.Stages)
+	results, picked, pre := r.ahead(ctx, sel.Pick(r.Stages), "")
+	if len(picked) == 0 {
+		return results, nil
+	}
 	if r.Approve != nil {
 		ok, err := r.approve(ctx, picked)
 		if err != nil {
@@ -100,10 +105,12 @@ func (r *Runner) Up(ctx context.Context, sel Selection) ([]statedir.StageResult,
 		if !ok {
 			return nil, ErrNotApproved
 		}
+		// The answer may have taken a while: plan again.
+		pre = nil
 	}
-	var results []statedir.StageResult
 	for _, st := range picked {
-		res, err := r.up(ctx, st)
+		res, err := r.up(ctx, st, pre)
+		pre = nil
 		results = append(results, res)
 		if err != nil {
 			return results, err
@@ -112,13 +119,96 @@ func (r *Runner) Up(ctx context.Context, sel Selection) ([]statedir.StageResult,
 	return results, nil
 }
 
+// ahead plans every stage at once when the state says all of them are
+// done: the usual second `up` or `plan`, where each stage only asks the live
+// system and nothing changes. A stage's concurrent plan is what a serial run
+// would have seen up to the first stage with changes (nothing before it
+// changes anything), so the converged stages before that one are finished
+// here, and the rest is returned for the caller to run one at a time,
+// with the first one's plan (pre), so that a plan that is slow to fail
+// (an agent down) is not waited for twice. Each stage's events are held
+// back and reported in stage order.
+func (r *Runner) ahead(ctx context.Context, picked []Stage, message string) (results []statedir.StageResult, rest []Stage, pre *planned) {
+	for _, st := range picked {
+		if r.Env.State.Stage(st.Name()).Status != statedir.StatusDone {
+			return nil, picked, nil
+		}
+	}
+	out := make([]*planned, len(picked))
+	var wg sync.WaitGroup
+	for i, st := range picked {
+		wg.Go(func() { out[i] = r.quietPlan(ctx, st, message) })
+	}
+	wg.Wait()
+	if ctx.Err() != nil {
+		return nil, picked, nil
+	}
+	for i, p := range out {
+		if p.err != nil || len(p.changes) > 0 {
+			return results, picked[i:], p
+		}
+		env := r.Env.ForStage(picked[i].Name())
+		r.replay(p)
+		res := statedir.StageResult{Name: picked[i].Name(), Outcome: statedir.OutcomeUnchanged, Duration: p.took}
+		env.Emit(Event{Type: EventStageEnd, Outcome: res.Outcome, Duration: res.Duration})
+		results = append(results, res)
+	}
+	return results, nil, nil
+}
+
+// planned is a stage's plan made by ahead, with the events it held back.
+type planned struct {
+	start   time.Time
+	took    time.Duration
+	changes []Change
+	err     error
+	events  []Event
+}
+
+// quietPlan plans one stage, holding its events back.
+func (r *Runner) quietPlan(ctx context.Context, st Stage, message string) *planned {
+	p := &planned{start: time.Now()}
+	var mu sync.Mutex
+	env := r.Env.ForStage(st.Name())
+	env.reporter = ReporterFunc(func(e Event) {
+		mu.Lock()
+		defer mu.Unlock()
+		p.events = append(p.events, e)
+	})
+	env.Emit(Event{Type: EventStageStart, Message: message})
+	p.changes, p.err = st.Plan(ctx, env)
+	p.took = time.Since(p.start)
+	return p
+}
+
+func (r *Runner) replay(p *planned) {
+	if r.Env.reporter == nil {
+		return
+	}
+	for _, e := range p.events {
+		r.Env.reporter.Event(e)
+	}
+}
+
+// planStage starts a stage and plans it, or reports the plan ahead made.
+func (r *Runner) planStage(ctx context.Context, env *Env, st Stage, message string, pre *planned) (time.Time, []Change, error) {
+	if pre != nil {
+		r.replay(pre)
+		return pre.start, pre.changes, pre.err
+	}
+	start := time.Now()
+	env.Emit(Event{Type: EventStageStart, Message: message})
+	changes, err := st.Plan(ctx, env)
+	return start, changes, err
+}
+
 // approve plans as far as possible and asks once. It returns true at once
 // when nothing would change.
 func (r *Runner) approve(ctx context.Context, picked []Stage) (bool, error) {
 	var plans []statedir.StageResult
 	pending := false
 	for _, st := range picked {
-		res, err := r.plan(ctx, st, pending)
+		res, err := r.plan(ctx, st, pending, nil)
 		if err != nil {
 			return false, err
 		}
@@ -136,13 +226,12 @@ func (r *Runner) approve(ctx context.Context, picked []Stage) (bool, error) {
 	return r.Approve(plans)
 }
 
-func (r *Runner) up(ctx context.Context, st Stage) (statedir.StageResult, error) {
+func (r *Runner) up(ctx context.Context, st Stage, pre *planned) (statedir.StageResult, error) {
 	name := st.Name()
 	env := r.Env.ForStage(name)
 	state := r.Env.State
 	start := time.Now()
 	res := statedir.StageResult{Name: name}
-	env.Emit(Event{Type: EventStageStart})
 
 	fail := func(status statedir.Status, err error) (statedir.StageResult, error) {
 		res.Duration = time.Since(start)
@@ -169,9 +258,10 @@ func (r *Runner) up(ctx context.Context, st Stage) (statedir.StageResult, error)
 	// A signal that lands between two stages must stop the run before the
 	// next stage changes anything, even if its Plan never looks at ctx.
 	if err := ctx.Err(); err != nil {
+		env.Emit(Event{Type: EventStageStart})
 		return failure(err)
 	}
-	changes, err := st.Plan(ctx, env)
+	start, changes, err := r.planStage(ctx, env, st, "", pre)
 	if err != nil {
 		return failure(err)
 	}

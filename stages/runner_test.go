@@ -10,7 +10,9 @@ import (
 	"reflect"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
+	"time"
 
 	"github.com/platform-bootstrap/bootstrap/internal/statedir"
 	"github.com/platform-bootstrap/bootstrap/stages"
@@ -253,6 +255,89 @@ func TestSecondUpWritesNothing(t *testing.T) {
 		if _, n := st.counts(); n != 1 {
 			t.Errorf("stage %s applied %d times, want 1", st.name, n)
 		}
+	}
+}
+
+// On a converged platform the stages are planned at once, and reported as
+// if one after another.
+func TestConvergedUpPlansAtOnce(t *testing.T) {
+	dir := t.TempDir()
+	a, b, c := newToy("a"), newToy("b"), newToy("c")
+	r := &stages.Runner{Stages: stageList(a, b, c), Env: newEnv(t, dir, nil)}
+	if _, err := r.Up(context.Background(), stages.Selection{}); err != nil {
+		t.Fatal(err)
+	}
+	// Each plan waits until all three are planning: one at a time, the run
+	// would never end.
+	var meet sync.WaitGroup
+	meet.Add(3)
+	a.meet, b.meet, c.meet = &meet, &meet, &meet
+	rec := &recorder{}
+	r = &stages.Runner{Stages: stageList(a, b, c), Env: newEnv(t, dir, rec)}
+	done := make(chan error)
+	go func() {
+		res, err := r.Up(context.Background(), stages.Selection{})
+		if err == nil && !reflect.DeepEqual(outcomes(res), map[string]statedir.Outcome{"a": statedir.OutcomeUnchanged, "b": statedir.OutcomeUnchanged, "c": statedir.OutcomeUnchanged}) {
+			err = fmt.Errorf("outcomes %v", outcomes(res))
+		}
+		done <- err
+	}()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(time.Minute):
+		t.Fatal("the converged stages were not planned at once")
+	}
+	var got []string
+	for _, e := range rec.all() {
+		got = append(got, fmt.Sprintf("%s %s %s", e.Stage, e.Type, e.Message))
+	}
+	want := []string{
+		"a stage_start ", "a log asked a", "a stage_end ",
+		"b stage_start ", "b log asked b", "b stage_end ",
+		"c stage_start ", "c log asked c", "c stage_end ",
+	}
+	if !slices.Equal(got, want) {
+		t.Errorf("events\n%s\nwant\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
+	}
+}
+
+// Drift in one stage: the stages before it stand as planned at once; it is
+// applied, and the stages after it are planned again against what it made.
+func TestUpAfterDriftReplansTheRest(t *testing.T) {
+	dir := t.TempDir()
+	a, b, c := newToy("a"), newToy("b"), newToy("c")
+	c.after = b
+	r := &stages.Runner{Stages: stageList(a, b, c), Env: newEnv(t, dir, nil)}
+	if _, err := r.Up(context.Background(), stages.Selection{}); err != nil {
+		t.Fatal(err)
+	}
+	b.mu.Lock()
+	b.converged = false
+	b.mu.Unlock()
+	aPlans, _ := a.counts()
+	bPlans, _ := b.counts()
+	cPlans, _ := c.counts()
+	res, err := (&stages.Runner{Stages: stageList(a, b, c), Env: newEnv(t, dir, nil)}).Up(context.Background(), stages.Selection{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := map[string]statedir.Outcome{"a": statedir.OutcomeUnchanged, "b": statedir.OutcomeChanged, "c": statedir.OutcomeUnchanged}
+	if got := outcomes(res); !reflect.DeepEqual(got, want) || res[0].Name != "a" || res[2].Name != "c" {
+		t.Errorf("outcomes %v in order %v, want %v", got, res, want)
+	}
+	if n, _ := a.counts(); n != aPlans+1 {
+		t.Errorf("a planned %d more times, want once", n-aPlans)
+	}
+	// b's plan made at once is the one applied; once more after Apply.
+	if n, _ := b.counts(); n != bPlans+2 {
+		t.Errorf("b planned %d more times, want twice (before and after its apply)", n-bPlans)
+	}
+	// Once at once (not ready: b had drifted), once after b was applied.
+	if n, _ := c.counts(); n != cPlans+1 {
+		t.Errorf("c reached its converged plan %d more times, want once, after b", n-cPlans)
 	}
 }
 

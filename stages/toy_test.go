@@ -36,13 +36,32 @@ type toy struct {
 	started chan struct{}
 	// order, when set, records Destroy calls.
 	order *[]string
+	// after, when set, is a stage this one depends on: Plan is not ready
+	// until after has converged.
+	after *toy
+	// meet, when set, is waited on by Plan: every toy sharing it must be
+	// planning at the same time for any of them to go on.
+	meet *sync.WaitGroup
 }
 
 func newToy(name string) *toy { return &toy{name: name} }
 
 func (t *toy) Name() string { return t.name }
 
-func (t *toy) Plan(context.Context, *stages.Env) ([]stages.Change, error) {
+func (t *toy) Plan(ctx context.Context, e *stages.Env) ([]stages.Change, error) {
+	if t.meet != nil {
+		t.meet.Done()
+		t.meet.Wait()
+	}
+	e.Logf("asked %s", t.name)
+	if t.after != nil {
+		t.after.mu.Lock()
+		ready := t.after.converged
+		t.after.mu.Unlock()
+		if !ready {
+			return nil, stages.NotReadyf("needs %s", t.after.name)
+		}
+	}
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	t.plans++
