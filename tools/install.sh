@@ -99,7 +99,12 @@ hashi() {
   link "$name" "$dest"
 }
 
-t_vault() { hashi vault "$VAULT_VERSION"; }
+# Built from source with Vault's own "minimal" tag (BUILD_MINIMAL in its
+# Makefile): the core plugins only (pki, kv, transit, ssh; approle, cert,
+# jwt/oidc, userpass, token), raft storage and the file audit device,
+# which is all the platform uses. The full registry's cloud SDKs and
+# database plugins doubled the build. A downloaded release is the full one.
+t_vault() { hashi vault "$VAULT_VERSION" minimal 0 minimal; }
 t_consul() { hashi consul "$CONSUL_VERSION"; }
 # Nomad's exec driver (the isolating driver of the application namespaces
 # on the local provider) is only compiled in with cgo, as in the official
@@ -270,8 +275,20 @@ grafana_ui() {
   done_mark grafana-ui "$GRAFANA_VERSION-$key"
 }
 
+# The frontend alone, which the main run starts in the background: its
+# yarn install is mostly waiting on the npm registry (~4 min cold).
+t_grafana-ui() {
+  grafana_ui "$(modsrc "github.com/grafana/grafana@$GRAFANA_MODULE_VERSION" grafana-ui)"
+}
+
 # grafana_home DEST: put the cached frontend into the server's home.
 grafana_home() {
+  # The background build, if any, first; if it failed, grafana_ui builds
+  # again here, and its error stops the run.
+  if [ -n "${ui_pid:-}" ]; then
+    wait "$ui_pid" || say "grafana-ui: the background build failed (log: $cache/logs/grafana-ui-bg.log); building it again"
+    ui_pid=
+  fi
   grafana_ui "$1/home"
   ln -sfn "$grafana_ui_dir/build" "$1/home/public/build"
   # Copies, not links: Grafana loads its views with fs.WalkDir, which skips
@@ -483,12 +500,22 @@ for t in "${want[@]}"; do
       ;;
   esac
 done
+# Background jobs run in their own process groups, so that the trap stops
+# their children too.
+bg=()
+trap 'for p in "${bg[@]}"; do kill -- "-$p" 2>/dev/null || true; done' EXIT
 if [ ${#prefetch[@]} -gt 0 ] && ! releases_reachable; then
-  # Its own process group, so that the trap stops its go commands too.
   setsid bash -c 'for d in "${@:2}"; do (cd "$1/$d" && nice -n 19 go mod download) || true; done' \
     prefetch "$here/build" "${prefetch[@]}" >>"$cache/logs/prefetch.log" 2>&1 &
-  prefetch_pid=$!
-  trap 'kill -- "-$prefetch_pid" 2>/dev/null || true' EXIT
+  bg+=($!)
+fi
+# Grafana's frontend builds alongside the Go builds (it returns at once
+# when cached); t_grafana waits for it.
+ui_pid=
+if [[ " ${want[*]} " == *" grafana "* ]]; then
+  setsid "$0" grafana-ui >"$cache/logs/grafana-ui-bg.log" 2>&1 &
+  ui_pid=$!
+  bg+=($ui_pid)
 fi
 
 for t in "${want[@]}"; do
