@@ -15,7 +15,8 @@
 #
 # Prometheus and Grafana get their real web UIs, built with Node from their
 # module sources (pnpm and yarn from npm, tools/ui/); Grafana's frontend is
-# cached apart from its server (grafana-ui-<version>-<hash>).
+# cached apart from its server (grafana-ui-<version>-<hash>), and built in
+# the background while the Go builds run.
 #
 # Usage: tools/install.sh [tool...]   (default: all)
 set -euo pipefail

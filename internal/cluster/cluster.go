@@ -14,6 +14,7 @@ import (
 	"os"
 	"slices"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/platform-bootstrap/bootstrap/internal/apitls"
@@ -44,6 +45,10 @@ type Service struct {
 	// Leader asks the agent of node n which server leads. It needs no
 	// token.
 	Leader func(ctx context.Context, n inventory.Node) (string, error)
+	// Beside, when set, checks what the start play starts on node n next
+	// to the agent (node-exporter on the Nomad servers) and returns what
+	// does not run, "" when all does.
+	Beside func(ctx context.Context, n inventory.Node) string
 }
 
 // Agent is what one node's agent said.
@@ -51,6 +56,8 @@ type Agent struct {
 	Node   inventory.Node
 	Leader string
 	Err    error
+	// Missing is what Beside found not running next to the agent.
+	Missing string
 }
 
 // Up reports whether the agent answered.
@@ -59,12 +66,33 @@ func (a Agent) Up() bool { return a.Err == nil }
 // Agents are the answers of every node, in inventory order.
 type Agents []Agent
 
-// Probe asks the agent of every node who leads.
+// Probe asks the agent of every node who leads, all at once: an agent
+// that does not answer costs its timeout once, not once per node.
 func (s Service) Probe(ctx context.Context, nodes []inventory.Node) Agents {
 	out := make(Agents, len(nodes))
+	var wg sync.WaitGroup
 	for i, n := range nodes {
-		out[i].Node = n
-		out[i].Leader, out[i].Err = s.Leader(ctx, n)
+		wg.Go(func() {
+			a := Agent{Node: n}
+			a.Leader, a.Err = s.Leader(ctx, n)
+			if a.Err == nil && s.Beside != nil {
+				a.Missing = s.Beside(ctx, n)
+			}
+			out[i] = a
+		})
+	}
+	wg.Wait()
+	return out
+}
+
+// stopped are the agents the start play must run for: those that do not
+// answer, and those with something missing beside them.
+func (as Agents) stopped() []Agent {
+	var out []Agent
+	for _, a := range as {
+		if !a.Up() || a.Missing != "" {
+			out = append(out, a)
+		}
 	}
 	return out
 }
@@ -141,9 +169,9 @@ func (as Agents) Server() inventory.Node {
 // tells run that no node's inputs changed: its agents need starting only.
 func (s Service) Converge(p *reconcile.Plan, pending map[string]string, as Agents, run func(hosts []string, startOnly bool) error) error {
 	hosts := slices.Sorted(maps.Keys(pending))
-	for _, n := range as.Down() {
-		if _, ok := pending[n]; !ok {
-			hosts = append(hosts, n)
+	for _, a := range as.stopped() {
+		if _, ok := pending[a.Node.Name]; !ok {
+			hosts = append(hosts, a.Node.Name)
 		}
 	}
 	do := func() error { return run(hosts, len(pending) == 0) }
@@ -175,8 +203,12 @@ func (s Service) Converge(p *reconcile.Plan, pending map[string]string, as Agent
 			do = nil
 		}
 	}
-	for _, node := range as.Down() {
-		if err := p.Do(reconcile.Start, s.Name+" on "+node, "not answering", do); err != nil {
+	for _, a := range as.stopped() {
+		target, why := s.Name+" on "+a.Node.Name, "not answering"
+		if a.Up() {
+			target, why = a.Missing+" on "+a.Node.Name, "not running"
+		}
+		if err := p.Do(reconcile.Start, target, why, do); err != nil {
 			return err
 		}
 		do = nil
@@ -218,14 +250,19 @@ func sameReason(pending map[string]string) string {
 	return why
 }
 
-// WaitLeader waits until every agent of inv answers and the servers agree on
-// a leader, and returns the agents' answers.
+// WaitLeader waits until every agent of inv answers, with what runs beside
+// it, and the servers agree on a leader, and returns the agents' answers.
 func (s Service) WaitLeader(ctx context.Context, inv *inventory.Inventory) (Agents, error) {
 	var as Agents
 	err := poll.Retry(ctx, 2*time.Minute, 500*time.Millisecond, func() error {
 		as = s.Probe(ctx, inv.Nodes)
 		if down := as.Down(); len(down) > 0 {
 			return fmt.Errorf("%s does not answer on %s; see %s", s.Name, strings.Join(down, ", "), s.LogHint(inv, down[0]))
+		}
+		for _, a := range as {
+			if a.Missing != "" {
+				return fmt.Errorf("%s does not run on %s", a.Missing, a.Node.Name)
+			}
 		}
 		if as.Leader() == "" {
 			return fmt.Errorf("%s servers elected no leader; see %s", s.Name, s.LogHint(inv, inv.WithRole(inventory.RoleServer)[0].Name))
@@ -258,6 +295,9 @@ func (s Service) Status(a Agent, leader string) stages.StatusLine {
 		l.State, l.Healthy = role+", leader", true
 	default:
 		l.State, l.Healthy = role, leader != ""
+	}
+	if a.Missing != "" {
+		l.Detail, l.Healthy = a.Missing+" not running", false
 	}
 	return l
 }

@@ -9,7 +9,9 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
+	"time"
 
 	"github.com/platform-bootstrap/bootstrap/internal/inventory"
 	"github.com/platform-bootstrap/bootstrap/internal/reconcile"
@@ -309,5 +311,55 @@ func TestRestoreSnapshotRetriesWithTheWholeFile(t *testing.T) {
 	}
 	if len(got) != 2 || got[1] != "snapshot bytes" {
 		t.Errorf("attempts sent %q, want the whole file twice", got)
+	}
+}
+
+// What the start play starts beside an agent (node-exporter on the Nomad
+// servers) is started when it does not run, on its node alone, and
+// WaitLeader waits for it.
+func TestBeside(t *testing.T) {
+	nodes := []inventory.Node{node("s1", inventory.RoleServer), node("s2", inventory.RoleServer), node("c3", inventory.RoleClient)}
+	var mu sync.Mutex
+	missing := map[string]bool{"s2": true}
+	svc := Service{Name: "toy",
+		Leader: func(context.Context, inventory.Node) (string, error) { return "10.0.0.1:4647", nil },
+		Beside: func(_ context.Context, n inventory.Node) string {
+			mu.Lock()
+			defer mu.Unlock()
+			if missing[n.Name] {
+				return "side"
+			}
+			return ""
+		}}
+	as := svc.Probe(context.Background(), nodes)
+	if len(as.Down()) != 0 || as.Leader() == "" {
+		t.Errorf("down %v, leader %q: an agent with something missing beside it still answers", as.Down(), as.Leader())
+	}
+	if l := svc.Status(as[1], as.Leader()); l.Healthy || l.Detail != "side not running" {
+		t.Errorf("status of s2: %+v", l)
+	}
+	var runs [][]string
+	var starts []bool
+	run := func(hosts []string, startOnly bool) error {
+		runs, starts = append(runs, hosts), append(starts, startOnly)
+		return nil
+	}
+	p := &reconcile.Plan{Apply: true}
+	if err := svc.Converge(p, nil, as, run); err != nil || len(p.Changes) != 1 || len(runs) != 1 || !slices.Equal(runs[0], []string{"s2"}) || !starts[0] {
+		t.Fatalf("err %v, changes %v, runs %v, start only %v", err, p.Changes, runs, starts)
+	}
+	if c := p.Changes[0]; c.Target != "side on s2" || c.Detail != "not running" {
+		t.Errorf("change %+v, want start side on s2", c)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	if _, err := svc.WaitLeader(ctx, &inventory.Inventory{Nodes: nodes}); err == nil {
+		t.Errorf("WaitLeader with side missing on s2: %v", err)
+	}
+	mu.Lock()
+	missing["s2"] = false
+	mu.Unlock()
+	if _, err := svc.WaitLeader(context.Background(), &inventory.Inventory{Nodes: nodes}); err != nil {
+		t.Errorf("WaitLeader: %v", err)
 	}
 }

@@ -10,6 +10,8 @@ import (
 	"errors"
 	"fmt"
 	"maps"
+	"net"
+	"net/http"
 	"os"
 	"slices"
 	"strconv"
@@ -150,15 +152,48 @@ func dockerVars(cfg *config.Platform, vars map[string]any) error {
 }
 
 // service asks each node's agent for the leader; status/leader needs no
-// token.
+// token. On the servers it also asks node-exporter, which the start play
+// starts beside the agent there (the clients run it as a job).
 func service(e *stages.Env) cluster.Service {
-	return cluster.Service{Name: "nomad", Leader: func(ctx context.Context, n inventory.Node) (string, error) {
+	svc := cluster.Service{Name: "nomad", Leader: func(ctx context.Context, n inventory.Node) (string, error) {
 		c, err := cluster.NomadAgent(e, n, "")
 		if err != nil {
 			return "", err
 		}
 		return c.Status().Leader()
 	}}
+	if e.Config.Jobs.NodeExporter.Enabled {
+		svc.Beside = func(ctx context.Context, n inventory.Node) string {
+			if !n.Has(inventory.RoleServer) || n.Has(inventory.RoleClient) {
+				return ""
+			}
+			if err := nodeExporterAnswers(ctx, n); err != nil {
+				return "node-exporter"
+			}
+			return ""
+		}
+	}
+	return svc
+}
+
+// nodeExporterAnswers asks a server's node-exporter for its page.
+func nodeExporterAnswers(ctx context.Context, n inventory.Node) error {
+	ctx, cancel := context.WithTimeout(ctx, 3*time.Second)
+	defer cancel()
+	u := "http://" + net.JoinHostPort(n.Address(), strconv.Itoa(stages.NodeExporterPort)) + "/"
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u, nil)
+	if err != nil {
+		return err
+	}
+	resp, err := (&http.Client{Transport: &http.Transport{DisableKeepAlives: true}}).Do(req) // no proxy
+	if err != nil {
+		return err
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("GET %s: %s", u, resp.Status)
+	}
+	return nil
 }
 
 // Plan compares the Ansible inputs and asks every agent and the cluster.

@@ -400,6 +400,43 @@ func TestConsulAndNomad(t *testing.T) {
 		}
 	})
 
+	t.Run("a dead node-exporter on a server is started again, its agents left alone", func(t *testing.T) {
+		p := p.T(t)
+		const node = "server-2"
+		pidFile := filepath.Join(p.StateDir(), "nodes", node, "run", "node-exporter.pid")
+		pid, err := proc.ReadPidFile(pidFile)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := proc.Kill(ctx, pid); err != nil {
+			t.Fatal(err)
+		}
+		r := p.Run([]string{"plan", "--only", "nomad"})
+		if r.Code != 4 || !strings.Contains(r.Stdout, "start node-exporter on "+node+" (not running)") {
+			t.Errorf("plan with node-exporter dead on %s: exit %d\n%s", node, r.Code, r.Stdout)
+		}
+		if st := p.Run([]string{"status"}); !strings.Contains(st.Stdout, "node-exporter not running") {
+			t.Errorf("status does not say node-exporter is not running on %s:\n%s", node, st.Stdout)
+		}
+		before := agentPids(t, p, "server-1", "server-2", "server-3", "client-1", "client-2")
+		p.Up("--only", "nomad")
+		if after := agentPids(t, p, "server-1", "server-2", "server-3", "client-1", "client-2"); !maps.Equal(after, before) {
+			t.Errorf("agents restarted to start node-exporter: %v, then %v", before, after)
+		}
+		again, err := proc.ReadPidFile(pidFile)
+		if err != nil || again == pid {
+			t.Fatalf("node-exporter on %s: pid %d (%v), the killed one was %d", node, again, err, pid)
+		}
+		resp, err := http.Get("http://" + net.JoinHostPort(p.Subnet.IP(2), "9100") + "/metrics")
+		if err != nil {
+			t.Fatalf("node-exporter on %s after up: %v", node, err)
+		}
+		resp.Body.Close()
+		if r := p.Run([]string{"plan", "--only", "nomad"}); r.Code != 0 {
+			t.Errorf("plan after the repair: exit %d\n%s", r.Code, r.Stdout)
+		}
+	})
+
 	t.Run("changed server configurations restart the servers one at a time, the leader last", func(t *testing.T) {
 		p := p.T(t)
 		servers := []string{"server-1", "server-2", "server-3"}
