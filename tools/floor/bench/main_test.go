@@ -48,6 +48,7 @@ func TestReport(t *testing.T) {
 		stages:      []phase{{"consul", 20 * time.Second}, {"verify", 20 * time.Second}},
 		down:        2 * time.Second,
 		downStages:  []phase{{"jobs", time.Second}},
+		converged:   []time.Duration{400 * time.Millisecond, 500 * time.Millisecond, 900 * time.Millisecond},
 		repairErr:   errors.New("client-1 never came back"),
 	}
 	var b strings.Builder
@@ -57,6 +58,7 @@ func TestReport(t *testing.T) {
 		"ratio up/floor     2.50\n",
 		"up without verify  80.0s (ratio 2.00)\n",
 		"repair one client  failed",
+		"converged up       0.50s (median of 3 in a row; 0.40–0.90s)\n",
 		"down               2.0s (jobs 1.00s)\n",
 		"consul         20.00s   20.0%   vault         3.00s    7.5%\n",
 		"error: client-1 never came back\n",
