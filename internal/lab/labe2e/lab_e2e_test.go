@@ -387,7 +387,9 @@ type snapshot struct {
 // volatile are paths that change on a machine whether or not bootstrap ran,
 // and Ansible's own remote temporary directory, which every run over SSH
 // creates (bootstrap's runs leave their empty subdirectories there).
-var volatile = []string{"proc", "sys", "dev", "run", "tmp", "var/tmp", "var/log", "var/cache", "var/lib/systemd", "var/lib/dhcp", "root/.ansible"}
+// var/backups is where Debian's dpkg-db-backup.timer writes at midnight: a
+// run that crossed 00:00 found its files on every machine.
+var volatile = []string{"proc", "sys", "dev", "run", "tmp", "var/tmp", "var/log", "var/cache", "var/lib/systemd", "var/lib/dhcp", "var/backups", "root/.ansible"}
 
 func snap(t *testing.T, m lab.Machine) snapshot {
 	t.Helper()
