@@ -103,8 +103,9 @@ hashi() {
 # Built from source with Vault's own "minimal" tag (BUILD_MINIMAL in its
 # Makefile): the core plugins only (pki, kv, transit, ssh; approle, cert,
 # jwt/oidc, userpass, token), raft storage and the file audit device,
-# which is all the platform uses. The full registry's cloud SDKs and
-# database plugins doubled the build. A downloaded release is the full one.
+# which is all the platform uses, without the full registry's cloud SDKs
+# and database plugins (cold: 704 s instead of 877 s, 139 MB instead of
+# 345 MB). A downloaded release is the full one.
 t_vault() { hashi vault "$VAULT_VERSION" minimal 0 minimal; }
 t_consul() { hashi consul "$CONSUL_VERSION"; }
 # Nomad's exec driver (the isolating driver of the application namespaces
