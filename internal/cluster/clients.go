@@ -75,6 +75,12 @@ func nomadClient(addr, caFile, serverName, token string, dialWait time.Duration)
 		TLSHandshakeTimeout: 10 * time.Second,
 		MaxIdleConnsPerHost: 4,
 		IdleConnTimeout:     90 * time.Second,
+		// No overall timeout (blocking queries, log streams), but a server
+		// that stops answering (frozen, or its host gone without a reset)
+		// on a kept-alive connection must not hang a run: every request
+		// bootstrap sends is answered in seconds, blocking ones included
+		// (WaitTime below).
+		ResponseHeaderTimeout: 2 * time.Minute,
 	}
 	c, err := nomadapi.NewClient(&nomadapi.Config{
 		Address:    addr,

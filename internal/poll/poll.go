@@ -5,12 +5,14 @@ package poll
 import (
 	"context"
 	"errors"
+	"fmt"
 	"time"
 )
 
 // Retry calls f until it succeeds, fails with an error permanent reports as
 // final, or timeout passes; it waits interval between calls. It returns f's
-// last error (nil on success), or the context's error when ctx ends first.
+// last error (nil on success). When ctx ends first it returns the context's
+// error wrapped with f's last one, which is what says why the wait was long.
 func Retry(ctx context.Context, timeout, interval time.Duration, f func() error, permanent func(error) bool) error {
 	deadline := time.Now().Add(timeout)
 	for {
@@ -20,7 +22,10 @@ func Retry(ctx context.Context, timeout, interval time.Duration, f func() error,
 		}
 		select {
 		case <-ctx.Done():
-			return ctx.Err()
+			if err == errNotYet {
+				return ctx.Err()
+			}
+			return fmt.Errorf("%w; the last try: %w", ctx.Err(), err)
 		case <-time.After(interval):
 		}
 	}

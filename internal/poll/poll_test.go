@@ -42,8 +42,8 @@ func TestRetry(t *testing.T) {
 	cctx, cancel := context.WithCancel(ctx)
 	cancel()
 	err = Retry(cctx, time.Minute, time.Minute, func() error { return errBusy }, never)
-	if !errors.Is(err, context.Canceled) {
-		t.Errorf("a cancelled context ends the wait, got %v", err)
+	if !errors.Is(err, context.Canceled) || !errors.Is(err, errBusy) {
+		t.Errorf("a cancelled context ends the wait and keeps the last error, got %v", err)
 	}
 }
 
