@@ -39,16 +39,40 @@ func TestConsulUISetting(t *testing.T) {
 	}
 }
 
+// Nomad's web UI is served by the servers only: a client's HTTP API may be
+// on a public address, and the UI's address that up prints is a server's.
+func TestNomadUIOnServersOnly(t *testing.T) {
+	bin := needAnsible(t)
+	got := renderConfig(t, bin, "nomad", "nomad.hcl.j2", func(*config.Platform) (map[string]any, map[string]any) {
+		return map[string]any{"vault_addr": "https://127.0.1.1:8200"}, nil
+	})
+	for node, line := range map[string]string{"server-1": "enabled = true", "client-1": "enabled = false"} {
+		if !strings.Contains(got[node], "ui {\n  "+line+"\n}") {
+			t.Errorf("%s's nomad.hcl lacks ui { %s }:\n%s", node, line, got[node])
+		}
+	}
+}
+
 // renderConsulConfig renders the consul role's consul.hcl for a server and a
-// client of a local platform whose configuration set changes, with the real
-// Ansible, from the inventory Converge would write. It returns node → text.
+// client of a local platform whose configuration set changes.
 func renderConsulConfig(t *testing.T, ansibleBin string, set func(*config.Platform)) map[string]string {
+	t.Helper()
+	return renderConfig(t, ansibleBin, "consul", "consul.hcl.j2", func(cfg *config.Platform) (map[string]any, map[string]any) {
+		set(cfg)
+		return ConsulVars(cfg)
+	})
+}
+
+// renderConfig renders a role's template for a server and a client of a
+// local platform, with the real Ansible, from the inventory Converge would
+// write with the play's variables that vars returns (none when nil) after
+// changing the configuration. It returns node → text.
+func renderConfig(t *testing.T, ansibleBin, role, template string, vars func(*config.Platform) (map[string]any, map[string]any)) map[string]string {
 	t.Helper()
 	dir := t.TempDir()
 	cfg := config.Defaults()
 	cfg.Dir = dir
 	cfg.Provider = config.Provider{Type: "local", Local: &config.LocalProvider{}}
-	set(cfg)
 	stateDir := filepath.Join(dir, "state")
 	state, store, err := stages.OpenReadOnly(stateDir, secrets.NewRedactor())
 	if err != nil {
@@ -59,15 +83,18 @@ func renderConsulConfig(t *testing.T, ansibleBin string, set func(*config.Platfo
 		{Name: "server-1", Roles: []string{"server"}, PrivateIP: "127.0.1.1", Local: &inventory.Local{Root: filepath.Join(dir, "server-1"), BinDir: "/b"}},
 		{Name: "client-1", Roles: []string{"client"}, PrivateIP: "127.0.1.2", Local: &inventory.Local{Root: filepath.Join(dir, "client-1"), BinDir: "/b"}},
 	}}
-	vars, serverVars := ConsulVars(cfg)
-	ai := Play{Vars: vars, ServerVars: serverVars}.inventory(e, inv)
+	var play Play
+	if vars != nil {
+		play.Vars, play.ServerVars = vars(cfg)
+	}
+	ai := play.inventory(e, inv)
 	// Role defaults have the lowest precedence: they fill in only what the
 	// inventory does not set.
 	roles := filepath.Join(dir, "ansible")
 	if err := Extract(roles); err != nil {
 		t.Fatal(err)
 	}
-	for _, r := range []string{"common", "consul"} {
+	for _, r := range []string{"common", role} {
 		b, err := os.ReadFile(filepath.Join(roles, "roles", r, "defaults", "main.yml"))
 		if err != nil {
 			t.Fatal(err)
@@ -93,7 +120,7 @@ func renderConsulConfig(t *testing.T, ansibleBin string, set func(*config.Platfo
 		t.Fatal(err)
 	}
 	cmd := exec.Command(ansibleBin, "-i", invFile, "all", "-m", "ansible.builtin.template",
-		"-a", "src="+filepath.Join(roles, "roles", "consul", "templates", "consul.hcl.j2")+" dest="+out+"/{{ inventory_hostname }}.hcl")
+		"-a", "src="+filepath.Join(roles, "roles", role, "templates", template)+" dest="+out+"/{{ inventory_hostname }}.hcl")
 	cmd.Env = append(os.Environ(), "ANSIBLE_LOCAL_TEMP="+filepath.Join(dir, "tmp"), "ANSIBLE_REMOTE_TEMP="+filepath.Join(dir, "tmp"))
 	if b, err := cmd.CombinedOutput(); err != nil {
 		t.Fatalf("ansible: %v\n%s", err, b)

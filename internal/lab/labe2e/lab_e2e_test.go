@@ -199,6 +199,19 @@ func TestLabProduction(t *testing.T) {
 					t.Errorf("the outside reaches %s: %q", u, body)
 				}
 			}
+			// A client's HTTPS APIs answer on its public address (bootstrap
+			// reaches them there from outside the private network; a cloud
+			// firewall limits them to the admin range), but serve no UI:
+			// Nomad's /ui/ is its "disabled" page on a client, Consul's is
+			// off.
+			u := "https://" + m.PublicIP + ":4646/ui/"
+			if body, err := st.OutsideGet(ctx, u); err != nil || !strings.Contains(string(body), "Nomad UI is disabled") {
+				t.Errorf("the outside's GET %s: %q, %v; want Nomad's page for a disabled UI", u, body, err)
+			}
+			u = "https://" + m.PublicIP + ":8501/ui/"
+			if body, err := st.OutsideGet(ctx, u); err == nil && strings.Contains(string(body), "consul-ui/config/environment") {
+				t.Errorf("the outside gets Consul's web UI from %s", u)
+			}
 		}
 		// The outside's GET works at all: from the host, the private
 		// listener of prod's Fabio still serves.
