@@ -336,6 +336,10 @@ func removeStaleTemp() {
 	}
 }
 
+// taskTime is how the log stamps a task's start: the run log's own
+// format, to the millisecond.
+const taskTime = "2006-01-02T15:04:05.000Z07:00"
+
 // event is the part of an ansible.posix.jsonl line we read.
 type event struct {
 	Event string `json:"_event"`
@@ -365,7 +369,8 @@ func (r *Runner) follow(out io.Reader, log io.Writer) []Failure {
 		}
 		switch ev.Event {
 		case "v2_playbook_on_task_start", "v2_runner_on_start", "v2_playbook_on_handler_task_start":
-			fmt.Fprintf(log, "TASK %s\n", ev.Task.Name)
+			// Timed, so that the log tells where a slow play spends it.
+			fmt.Fprintf(log, "%s TASK %s\n", time.Now().UTC().Format(taskTime), ev.Task.Name)
 		case "v2_runner_on_ok", "v2_runner_on_skipped":
 			// Progress names tasks that did something, not the skipped
 			// branches of the other world (systemd vs process).
