@@ -226,12 +226,22 @@ func TestLabProduction(t *testing.T) {
 	// copy it has, which is the pinned version.
 	t.Run("consul and nomad upgrade unit by unit", func(t *testing.T) {
 		p := p.T(t)
+		_, nc := apiClients(t, p.Env("admin"))
+		before := taskStarts(t, nc)
 		upgrade()
 		start := time.Now()
 		r := p.Up()
 		t.Logf("upgrade: %s", time.Since(start).Round(time.Second))
 		if !strings.Contains(r.Stdout, "new binaries: consul") || !strings.Contains(r.Stdout, "new binaries: nomad") {
 			t.Errorf("up does not say it installs new binaries:\n%s", r.Stdout)
+		}
+		// Restarting a client's agent leaves its tasks running: the new
+		// agent reattaches to them, none is started again.
+		after := taskStarts(t, nc)
+		for task, started := range before {
+			if after[task] != started {
+				t.Errorf("%s: started at %s before the upgrade, at %q after: the client's restart stopped it", task, started, after[task])
+			}
 		}
 		v := tools.Versions()
 		for _, m := range st.Machines {
@@ -485,4 +495,33 @@ type testLog struct{ t *testing.T }
 func (l testLog) Write(b []byte) (int, error) {
 	l.t.Log("[lab] " + strings.TrimRight(string(b), "\n"))
 	return len(b), nil
+}
+
+// taskStarts returns when each task of the running platform allocations
+// was last started, by "job/alloc/task": its last Started event, which a
+// task started again by its client adds (its state's StartedAt and
+// Restarts stay as they were when a restored client restarts it).
+func taskStarts(t *testing.T, nc *nomadapi.Client) map[string]string {
+	t.Helper()
+	allocs, _, err := nc.Allocations().List(&nomadapi.QueryOptions{Namespace: "general"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := map[string]string{}
+	for _, a := range allocs {
+		if a.ClientStatus != nomadapi.AllocClientStatusRunning {
+			continue
+		}
+		for task, ts := range a.TaskStates {
+			for _, ev := range ts.Events {
+				if ev.Type == nomadapi.TaskStarted {
+					out[a.JobID+"/"+a.ID[:8]+"/"+task] = time.Unix(0, ev.Time).UTC().Format(time.RFC3339Nano)
+				}
+			}
+		}
+	}
+	if len(out) == 0 {
+		t.Fatal("no running task in general")
+	}
+	return out
 }
