@@ -630,16 +630,10 @@ func TestConsulAndNomad(t *testing.T) {
 		// after the servers' restarts one member can miss its deadline
 		// ("4/5 nodes reported success", seen once in CI): ask again.
 		var pools []*consulapi.KeyringResponse
-		var err error
-		for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(time.Second) {
-			if pools, err = cc.Operator().KeyringList(nil); err == nil || time.Now().After(deadline) {
-				break
-			}
-			t.Logf("listing the consul keyring: %v; again", err)
-		}
-		if err != nil {
-			t.Fatal(err)
-		}
+		eventually(t, 30*time.Second, "listing the consul keyring", func() (err error) {
+			pools, err = cc.Operator().KeyringList(nil)
+			return err
+		})
 		for _, pool := range pools {
 			if len(pool.Keys) != 1 || pool.PrimaryKeys[newConsul] == 0 || pool.Keys[newConsul] != pool.NumNodes {
 				t.Errorf("consul keyring (wan %v): %d key(s), the new one on %d of %d members", pool.WAN, len(pool.Keys), pool.Keys[newConsul], pool.NumNodes)
