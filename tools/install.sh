@@ -30,15 +30,14 @@ cache=${BOOTSTRAP_TOOLS_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/bootstrap/tools}
 bin=$repo/bin
 mkdir -p "$cache" "$bin" "$cache/logs"
 
-export GOFLAGS=-buildvcs=false
-export GOTOOLCHAIN=local
-# The linker strips the debug information (-w), so the compiler need not
+# Every link strips the debug information (-w), so the compiler need not
 # write it (-dwarf=false): less work for every package of a cold build.
-nodwarf=-gcflags=all=-dwarf=false
+export GOFLAGS="-buildvcs=false -gcflags=all=-dwarf=false"
+export GOTOOLCHAIN=local
 # Nor the C compiler of the cgo builds (Go's default is -g -O2): Grafana's
 # SQLite is one large C file.
 export CGO_CFLAGS=${CGO_CFLAGS:--O2}
-buildflags=(-trimpath "$nodwarf" "-ldflags=-s -w")
+buildflags=(-trimpath "-ldflags=-s -w")
 
 say() { printf '%s tools: %s\n' "$(date +%H:%M:%S)" "$*"; }
 die() { say "ERROR: $*" >&2; exit 1; }
@@ -202,7 +201,7 @@ t_prometheus() {
   (cd "$work/src" && run $name bash scripts/compress_assets.sh)
   say "$name $version: web UI built in $((SECONDS - s))s"
   local v="-X github.com/prometheus/common/version.Version=$version -X github.com/prometheus/common/version.Branch=HEAD -X github.com/prometheus/common/version.Revision=v$version"
-  (cd "$work/src" && GOWORK=off CGO_ENABLED=0 run $name go build -trimpath "$nodwarf" "-ldflags=-s -w $v" \
+  (cd "$work/src" && GOWORK=off CGO_ENABLED=0 run $name go build -trimpath "-ldflags=-s -w $v" \
     -tags builtinassets,remove_all_sd,enable_consul_sd,enable_nomad_sd \
     -o "$dest/bin/" ./cmd/prometheus ./cmd/promtool)
   rm -rf "$work"
@@ -218,7 +217,7 @@ t_alertmanager() {
   local s=$SECONDS
   say "$name $version: building (log: $cache/logs/$name.log)"
   local v="-X github.com/prometheus/common/version.Version=$version -X github.com/prometheus/common/version.Branch=HEAD -X github.com/prometheus/common/version.Revision=v$version"
-  (cd "$here/build/alertmanager" && CGO_ENABLED=0 run $name go build -trimpath "$nodwarf" "-ldflags=-s -w $v" \
+  (cd "$here/build/alertmanager" && CGO_ENABLED=0 run $name go build -trimpath "-ldflags=-s -w $v" \
     -o "$dest/bin/alertmanager" github.com/prometheus/alertmanager/cmd/alertmanager)
   say "$name $version built in $((SECONDS - s))s"
   done_mark $name "$version"
@@ -324,7 +323,7 @@ t_grafana() {
   # Grafana's own build stamps these; without them it reports the 9.2.0 in
   # its source. The commit is the one the module's pseudo-version names.
   local ld="-s -w -X main.version=$GRAFANA_VERSION -X main.commit=${GRAFANA_MODULE_VERSION##*-} -X main.buildBranch=main"
-  (cd "$dest/home" && CGO_ENABLED=1 run $name go build -trimpath "$nodwarf" -ldflags="$ld" -tags oss -o "$dest/bin/grafana" ./pkg/cmd/grafana)
+  (cd "$dest/home" && CGO_ENABLED=1 run $name go build -trimpath -ldflags="$ld" -tags oss -o "$dest/bin/grafana" ./pkg/cmd/grafana)
   rm -rf "$dest/wire"
   say "$name $version built in $((SECONDS - s))s"
   done_mark $name "$version"
