@@ -83,6 +83,7 @@ func Down(ctx context.Context, dir string) error {
 		}
 	}
 	if len(errs) == 0 {
+		unregister(st)
 		if err := os.Remove(filepath.Join(dir, stateFile)); err != nil && !errors.Is(err, fs.ErrNotExist) {
 			errs = append(errs, err)
 		}

@@ -98,7 +98,13 @@ type Config struct {
 	// an outside network namespace (a user on the Internet: State.Outside)
 	// is .2. Servers get no public address.
 	Public bool
-	Log    io.Writer
+	// Owner is the pid of the process the lab lives for (a test), or 0
+	// for a lab that outlives the process that made it (make lab-up). Up
+	// first takes down a lab of the same name whose owner is gone: a test
+	// killed before its cleanup (go test's -timeout panics past it) left
+	// that lab running, and its links would refuse every later run.
+	Owner int
+	Log   io.Writer
 }
 
 // DataVolumeMB is the size of a machine's data volume.
@@ -121,6 +127,10 @@ type State struct {
 	OutsideNetns   string `json:"outside_netns,omitempty"`
 	OutsideVeth    string `json:"outside_veth,omitempty"`
 	OutsideIP      string `json:"outside_ip,omitempty"`
+	// Owner and OwnerStart (clock ticks since boot, against pid reuse):
+	// Config.Owner.
+	Owner      int    `json:"owner_pid,omitempty"`
+	OwnerStart uint64 `json:"owner_start,omitempty"`
 }
 
 // Machine is one machine of the lab.
@@ -244,14 +254,29 @@ func Up(ctx context.Context, cfg Config) (*State, error) {
 		return nil, err
 	}
 	st := newState(cfg, dir, rootfs, key, cg, ctrls)
+	if cfg.Owner > 0 {
+		st.Owner = cfg.Owner
+		if st.OwnerStart, err = startTime(cfg.Owner); err != nil {
+			return nil, fmt.Errorf("lab owner: %w", err)
+		}
+	}
+	if err := downOrphan(ctx, cfg.Name, dir, cfg.Log); err != nil {
+		return nil, err
+	}
 	// Checked before the state is written: Down would otherwise remove
 	// another lab's bridge or namespace of the same name.
 	if err := st.checkFree(); err != nil {
+		if b, rerr := os.ReadFile(filepath.Join(registry, cfg.Name)); rerr == nil {
+			err = fmt.Errorf("%w (the lab %s is in %s)", err, cfg.Name, strings.TrimSpace(string(b)))
+		}
 		return nil, err
 	}
 	// Recorded before anything is created: Down needs only this file.
 	if err := st.save(); err != nil {
 		return nil, err
+	}
+	if err := register(st); err != nil {
+		return st, err
 	}
 	if err := createBridge(ctx, st.Bridge, st.HostCIDR); err != nil {
 		return st, err
@@ -1113,6 +1138,53 @@ func Nspawn(m Machine) (int, error) {
 		return 0, fmt.Errorf("machine %s: not booted (supervisor pid %d runs %d systemd-nspawn)", m.Name, m.Supervisor, len(ns))
 	}
 	return ns[0], nil
+}
+
+// registry names the directory of each lab that runs on this box, by lab
+// name: how Up finds a lab a killed test left. Under /run, as the links and
+// machines it points at, it does not outlive a reboot.
+const registry = "/run/bootstrap-lab"
+
+func register(st *State) error {
+	if err := os.MkdirAll(registry, 0o700); err != nil {
+		return fmt.Errorf("lab registry: %w", err)
+	}
+	return fsutil.WriteFile(filepath.Join(registry, st.Name), []byte(st.Dir+"\n"), 0o600)
+}
+
+// unregister forgets the lab of st, unless another lab of its name has
+// taken its place.
+func unregister(st *State) {
+	f := filepath.Join(registry, st.Name)
+	if b, err := os.ReadFile(f); err == nil && strings.TrimSpace(string(b)) == st.Dir {
+		os.Remove(f)
+	}
+}
+
+// downOrphan takes down the lab registered under name when its owner is
+// gone (see Config.Owner). A lab with no owner, or whose owner runs, is
+// left alone: checkFree then says it is in the way.
+func downOrphan(ctx context.Context, name, dir string, log io.Writer) error {
+	b, err := os.ReadFile(filepath.Join(registry, name))
+	if err != nil {
+		return nil
+	}
+	old := strings.TrimSpace(string(b))
+	if old == dir {
+		return nil
+	}
+	st, err := Load(old)
+	if err != nil || st.Name != name || st.Owner <= 0 {
+		return nil
+	}
+	if start, err := startTime(st.Owner); err == nil && start == st.OwnerStart && !zombie(st.Owner) {
+		return nil
+	}
+	fmt.Fprintf(log, "lab: the lab %s in %s outlived its owner (pid %d): taking it down\n", name, old, st.Owner)
+	if err := Down(ctx, old); err != nil {
+		return fmt.Errorf("lab %s in %s, left by pid %d: %w", name, old, st.Owner, err)
+	}
+	return nil
 }
 
 func supervisorAlive(m Machine) bool {

@@ -118,7 +118,7 @@ func TestLab(t *testing.T) {
 		}
 	})
 	start := time.Now()
-	st, err := lab.Up(ctx, lab.Config{Dir: dir, Name: "lt", Net: 201, Nodes: lab.Nodes(1, 1), DataVolumes: []string{"client-1"}, Public: true, Log: testLog{t}})
+	st, err := lab.Up(ctx, lab.Config{Dir: dir, Name: "lt", Net: 201, Nodes: lab.Nodes(1, 1), DataVolumes: []string{"client-1"}, Public: true, Owner: os.Getpid(), Log: testLog{t}})
 	if err != nil {
 		t.Fatalf("lab up: %v", err)
 	}
@@ -357,7 +357,7 @@ func TestDownAfterKilledUp(t *testing.T) {
 			time.Sleep(time.Millisecond)
 		}
 	}()
-	_, upErr := lab.Up(ctx, lab.Config{Dir: dir, Name: "lk", Net: 203, Nodes: lab.Nodes(1, 1), Public: true, Log: testLog{t}})
+	_, upErr := lab.Up(ctx, lab.Config{Dir: dir, Name: "lk", Net: 203, Nodes: lab.Nodes(1, 1), Public: true, Owner: os.Getpid(), Log: testLog{t}})
 	cancel()
 	if upErr == nil {
 		t.Log("up finished before it could be cancelled; down must still remove it all")
@@ -407,4 +407,58 @@ type testLog struct{ t *testing.T }
 func (l testLog) Write(b []byte) (int, error) {
 	l.t.Log(strings.TrimRight(string(b), "\n"))
 	return len(b), nil
+}
+
+// TestUpTakesDownAnOrphan: a lab whose owner died without taking it down
+// (a test killed past its cleanup) is taken down by the next Up of its
+// name; a lab whose owner runs is left alone, and the next Up is refused.
+func TestUpTakesDownAnOrphan(t *testing.T) {
+	need(t)
+	ctx := context.Background()
+	dirs := []string{t.TempDir(), t.TempDir(), t.TempDir()}
+	t.Cleanup(func() {
+		for _, d := range dirs {
+			if err := lab.Down(context.Background(), d); err != nil {
+				t.Errorf("cleanup: lab down %s: %v", d, err)
+			}
+		}
+	})
+	owner := exec.Command("sleep", "600")
+	if err := owner.Start(); err != nil {
+		t.Fatal(err)
+	}
+	cfg := lab.Config{Dir: dirs[0], Name: "lo", Net: 207, Nodes: lab.Nodes(1, 0), Owner: owner.Process.Pid, Log: testLog{t}}
+	orphan, err := lab.Up(ctx, cfg)
+	if err != nil {
+		t.Fatalf("lab up: %v", err)
+	}
+	if err := proc.Kill(ctx, owner.Process.Pid); err != nil {
+		t.Fatal(err)
+	}
+	owner.Wait()
+
+	cfg.Dir, cfg.Owner = dirs[1], os.Getpid()
+	st, err := lab.Up(ctx, cfg)
+	if err != nil {
+		t.Fatalf("lab up over an orphan of its name: %v", err)
+	}
+	if _, err := os.Stat(filepath.Join(dirs[0], "state.json")); err == nil {
+		t.Errorf("the orphan's state is still in %s", dirs[0])
+	}
+	if proc.Alive(orphan.Machines[0].Supervisor) {
+		t.Errorf("the orphan's machine still runs (supervisor pid %d)", orphan.Machines[0].Supervisor)
+	}
+	if out, err := lab.Exec(ctx, st.Machines[0], "true"); err != nil {
+		t.Errorf("the new lab's machine: %v\n%s", err, out)
+	}
+
+	cfg.Dir = dirs[2]
+	if _, err := lab.Up(ctx, cfg); err == nil || !strings.Contains(err.Error(), "already exists") || !strings.Contains(err.Error(), dirs[1]) {
+		t.Errorf("lab up beside a lab of its name whose owner runs: %v, want refused, naming %s", err, dirs[1])
+	} else {
+		t.Logf("refused: %v", err)
+	}
+	if out, err := lab.Exec(ctx, st.Machines[0], "true"); err != nil {
+		t.Errorf("the running lab after a refused up of its name: %v\n%s", err, out)
+	}
 }

@@ -3,6 +3,7 @@ package labe2e_test
 import (
 	"context"
 	"fmt"
+	"os"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -42,7 +43,7 @@ func TestLabDocker(t *testing.T) {
 	p := platformtest.Prepare(t)
 	ctx := context.Background()
 	binDir := platformtest.BinDir()
-	st, err := lab.Up(ctx, lab.Config{Dir: labDir, Name: "ld", Net: 206, Nodes: lab.Nodes(1, 1), BinDir: binDir, Log: testLog{t}})
+	st, err := lab.Up(ctx, lab.Config{Dir: labDir, Name: "ld", Net: 206, Nodes: lab.Nodes(1, 1), BinDir: binDir, Owner: os.Getpid(), Log: testLog{t}})
 	if err != nil {
 		t.Fatalf("lab up: %v", err)
 	}

@@ -42,7 +42,7 @@ func TestLabProduction(t *testing.T) {
 	// Consul and Nomad of the patch releases before the pins, until the
 	// upgrade subtest.
 	binDir, upgrade := platformtest.PreviousBinDir(t)
-	st, err := lab.Up(ctx, lab.Config{Dir: labDir, Name: "le", Net: 202, Nodes: lab.Nodes(servers, clients), BinDir: binDir, DataVolumes: []string{"client-1"}, Public: true, Log: testLog{t}})
+	st, err := lab.Up(ctx, lab.Config{Dir: labDir, Name: "le", Net: 202, Nodes: lab.Nodes(servers, clients), BinDir: binDir, DataVolumes: []string{"client-1"}, Public: true, Owner: os.Getpid(), Log: testLog{t}})
 	if err != nil {
 		t.Fatalf("lab up: %v", err)
 	}
