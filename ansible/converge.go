@@ -179,6 +179,9 @@ func Converge(ctx context.Context, e *stages.Env, inv *inventory.Inventory, p Pl
 	if err := checkBinaries(ai, hosts, p.Roles); err != nil {
 		return err
 	}
+	if err := addArchives(ai, hosts, p.Roles); err != nil {
+		return err
+	}
 	bins := map[string][]string{}
 	for _, node := range hosts {
 		bins[node] = binaries(ai.Hosts[node], p.Roles)
