@@ -10,6 +10,8 @@ import (
 	"path/filepath"
 	"strings"
 	"time"
+
+	"github.com/platform-bootstrap/bootstrap/internal/fsutil"
 )
 
 // Machines reached over SSH get each binary gzipped: a third of the bytes
@@ -60,7 +62,7 @@ func archiveOf(dir, path string) (archive, error) {
 		return archive{}, fmt.Errorf("compress %s: %w", path, err)
 	}
 	// The sum last: a sum means its archive is whole.
-	if err := os.WriteFile(base+".sha256", []byte(sum+"\n"), 0o600); err != nil {
+	if err := fsutil.WriteFile(base+".sha256", []byte(sum+"\n"), 0o600); err != nil {
 		return archive{}, fmt.Errorf("binary archives: %w", err)
 	}
 	pruneArchives(dir, name, base)
