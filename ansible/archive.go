@@ -108,7 +108,8 @@ func pruneArchives(dir, name, keep string) {
 	old, _ := filepath.Glob(filepath.Join(dir, name+"-*.gz"))
 	for _, gz := range old {
 		base := strings.TrimSuffix(gz, ".gz")
-		if base == keep {
+		// consul-*.gz also matches consul-template's: their ids differ in length.
+		if base == keep || len(filepath.Base(base)) != len(filepath.Base(keep)) {
 			continue
 		}
 		if fi, err := os.Stat(gz); err == nil && time.Since(fi.ModTime()) > archiveUnused {

@@ -58,10 +58,21 @@ func TestArchiveOf(t *testing.T) {
 	}
 
 	// A new binary (make tools after a version bump) gets its own archive;
-	// the old one goes once no run used it for archiveUnused.
-	stale := time.Now().Add(-archiveUnused - time.Hour)
-	if err := os.Chtimes(a.Path, stale, stale); err != nil {
+	// the old one goes once no run used it for archiveUnused, and another
+	// program's whose name starts alike stays.
+	other := filepath.Join(bin, "consul-template")
+	if err := os.WriteFile(other, content, 0o755); err != nil {
 		t.Fatal(err)
+	}
+	o, err := archiveOf(cache, other)
+	if err != nil {
+		t.Fatal(err)
+	}
+	stale := time.Now().Add(-archiveUnused - time.Hour)
+	for _, p := range []string{a.Path, o.Path} {
+		if err := os.Chtimes(p, stale, stale); err != nil {
+			t.Fatal(err)
+		}
 	}
 	if err := os.WriteFile(path, append(content, "v2"...), 0o755); err != nil {
 		t.Fatal(err)
@@ -76,8 +87,11 @@ func TestArchiveOf(t *testing.T) {
 	if _, err := os.Stat(a.Path); err == nil {
 		t.Errorf("the old archive %s was not pruned", a.Path)
 	}
+	if _, err := os.Stat(o.Path); err != nil {
+		t.Errorf("consul's new archive pruned consul-template's: %v", err)
+	}
 	left, _ := filepath.Glob(filepath.Join(cache, "*"))
-	if len(left) != 2 {
-		t.Errorf("cache holds %v, want the new archive and its sum", left)
+	if len(left) != 4 {
+		t.Errorf("cache holds %v, want consul's new archive, consul-template's, and their sums", left)
 	}
 }
