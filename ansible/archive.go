@@ -108,7 +108,7 @@ func pruneArchives(dir, name, keep string) {
 	old, _ := filepath.Glob(filepath.Join(dir, name+"-*.gz"))
 	for _, gz := range old {
 		base := strings.TrimSuffix(gz, ".gz")
-		// consul-*.gz also matches consul-template's: their ids differ in length.
+		// consul-*.gz also matches consul-template-*.gz, a longer name.
 		if base == keep || len(filepath.Base(base)) != len(filepath.Base(keep)) {
 			continue
 		}
