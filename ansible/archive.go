@@ -33,18 +33,14 @@ type archive struct {
 // another platform on this machine still runs stay.
 const archiveUnused = 7 * 24 * time.Hour
 
-// archiveOf returns the archive of the binary at path (symlinks resolved),
-// made in dir when the cache has none for this file's name, size and time.
+// archiveOf returns the archive of the binary at path, made in dir when the
+// cache has none for its fileIdentity.
 func archiveOf(dir, path string) (archive, error) {
-	real, err := filepath.EvalSymlinks(path)
+	ident, err := fileIdentity(path)
 	if err != nil {
 		return archive{}, err
 	}
-	fi, err := os.Stat(real)
-	if err != nil {
-		return archive{}, err
-	}
-	id := sha256.Sum256(fmt.Appendf(nil, "%s %d %d", real, fi.Size(), fi.ModTime().UnixNano()))
+	id := sha256.Sum256([]byte(ident))
 	name := filepath.Base(path)
 	base := filepath.Join(dir, name+"-"+hex.EncodeToString(id[:8]))
 	if sum, err := os.ReadFile(base + ".sha256"); err == nil {
@@ -57,7 +53,7 @@ func archiveOf(dir, path string) (archive, error) {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return archive{}, fmt.Errorf("binary archives: %w", err)
 	}
-	sum, err := compress(real, base+".gz")
+	sum, err := compress(path, base+".gz")
 	if err != nil {
 		return archive{}, fmt.Errorf("compress %s: %w", path, err)
 	}

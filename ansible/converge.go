@@ -341,15 +341,25 @@ func binaries(host map[string]any, roles []string) []string {
 		if !ok {
 			continue
 		}
-		path, err := filepath.EvalSymlinks(filepath.Join(dir, bin))
-		if err != nil {
-			continue // checkBinaries names it before a play runs
-		}
-		if fi, err := os.Stat(path); err == nil {
-			out = append(out, fmt.Sprintf("%s=%s %d %d", bin, path, fi.Size(), fi.ModTime().UnixNano()))
-		}
+		if id, err := fileIdentity(filepath.Join(dir, bin)); err == nil {
+			out = append(out, bin+"="+id)
+		} // else checkBinaries names it before a play runs
 	}
 	return out
+}
+
+// fileIdentity is the file path resolves to, with its size and time: what
+// tells one build of a binary from the next without reading it.
+func fileIdentity(path string) (string, error) {
+	real, err := filepath.EvalSymlinks(path)
+	if err != nil {
+		return "", err
+	}
+	fi, err := os.Stat(real)
+	if err != nil {
+		return "", err
+	}
+	return fmt.Sprintf("%s %d %d", real, fi.Size(), fi.ModTime().UnixNano()), nil
 }
 
 // checkBinaries makes sure that the bin_dir of every host that installs
