@@ -1177,7 +1177,7 @@ func downOrphan(ctx context.Context, name, dir string, log io.Writer) error {
 	if err != nil || st.Name != name || st.Owner <= 0 {
 		return nil
 	}
-	if start, err := startTime(st.Owner); err == nil && start == st.OwnerStart && !zombie(st.Owner) {
+	if running(st.Owner, st.OwnerStart) {
 		return nil
 	}
 	fmt.Fprintf(log, "lab: the lab %s in %s outlived its owner (pid %d): taking it down\n", name, old, st.Owner)
@@ -1187,12 +1187,16 @@ func downOrphan(ctx context.Context, name, dir string, log io.Writer) error {
 	return nil
 }
 
-func supervisorAlive(m Machine) bool {
-	if m.Supervisor <= 0 {
+func supervisorAlive(m Machine) bool { return running(m.Supervisor, m.SupervisorStart) }
+
+// running reports whether pid is still the process that started at start
+// (clock ticks since boot): not a reused pid, nor a zombie.
+func running(pid int, start uint64) bool {
+	if pid <= 0 {
 		return false
 	}
-	st, err := startTime(m.Supervisor)
-	return err == nil && st == m.SupervisorStart && !zombie(m.Supervisor)
+	st, err := startTime(pid)
+	return err == nil && st == start && !zombie(pid)
 }
 
 func run(ctx context.Context, name string, args ...string) error {
