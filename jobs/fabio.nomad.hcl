@@ -17,10 +17,12 @@
 #   cpu, memory     number        MHz and MB reserved (default 200, 128)
 #   proxy_port      number        static HTTP proxy port (default 9999)
 #   ui_port         number        static UI/API port (default 9998)
-#   app_listeners   list(object({namespace=string, port=number, public_port=number}))
+#   app_listeners   list(object({namespace=string, port=number, public_port=number, tls_port=number}))
 #                                 one Fabio per application namespace, the static port it
 #                                 proxies on, and the port it also serves on the client's
-#                                 public address (0: none) (default [])
+#                                 public address (0: none); with tls_port (0: none) it
+#                                 serves HTTPS there instead, and public_port redirects to
+#                                 it (default [])
 #   public          bool          the platform's Fabio also proxies on the client's public
 #                                 address, on proxy_port (default false)
 #   consul_addr     string        Consul HTTP API, scheme://host:port, reached from the
@@ -40,7 +42,15 @@
 # Secrets: the Consul ACL tokens are read from Vault at
 # secret/data/general/fabio/consul (the platform's Fabio) and
 # secret/data/general/fabio/consul-<namespace>, field "token", and handed to
-# Fabio in its environment, never in the job.
+# Fabio in its environment, never in the job. An HTTPS listener's
+# certificate and key are read from secret/data/general/fabio/tls-<namespace>
+# (fields "cert" and "key") into the task's secrets directory, where Fabio
+# picks up a renewed one within a minute.
+#
+# The redirect from HTTP to HTTPS is a second Fabio in the group, whose only
+# route (static, no Consul) answers every request with a 301 to the same
+# host and path over HTTPS: Fabio's routes apply to all of one instance's
+# listeners, so the HTTPS Fabio itself cannot redirect its HTTP port alone.
 
 variable "datacenters" {
   type    = list(string)
@@ -89,7 +99,7 @@ variable "ui_port" {
 }
 
 variable "app_listeners" {
-  type    = list(object({ namespace = string, port = number, public_port = number }))
+  type    = list(object({ namespace = string, port = number, public_port = number, tls_port = number }))
   default = []
 }
 
@@ -127,12 +137,23 @@ locals {
   # Fabio reads every property from FABIO_<name with _ for .> as well; the
   # properties file holds what is not secret.
   listeners = concat(
-    [{ name = "fabio", port = var.proxy_port, ui_port = var.ui_port, public_port = var.public ? var.proxy_port : 0, secret = "secret/data/general/fabio/consul" }],
-    [for l in var.app_listeners : { name = "fabio-${l.namespace}", port = l.port, ui_port = 0, public_port = l.public_port, secret = "secret/data/general/fabio/consul-${l.namespace}" }],
+    [{ name = "fabio", port = var.proxy_port, ui_port = var.ui_port, public_port = var.public ? var.proxy_port : 0, tls_port = 0, secret = "secret/data/general/fabio/consul", tls_secret = "" }],
+    [for l in var.app_listeners : { name = "fabio-${l.namespace}", port = l.port, ui_port = 0, public_port = l.public_port, tls_port = l.tls_port, secret = "secret/data/general/fabio/consul-${l.namespace}", tls_secret = "secret/data/general/fabio/tls-${l.namespace}" }],
   )
   # Written per group: the public listener exists only on clients with a
   # public address, and only for the listeners that have a public port.
   public_addr = "{{ with env \"meta.public_address\" }},{{ . }}:%d;proto=http{{ end }}"
+  tls_addr    = "{{ with env \"meta.public_address\" }},{{ . }}:%d;proto=https;cs=ingress;tlsmin=tls12{{ end }}"
+  # The redirect keeps the host and path; fabio drops the / before $path.
+  redirect_properties = <<-EOT
+    proxy.addr = ${local.node_address}:{{ env "NOMAD_PORT_redirect" }};proto=http{{ with env "meta.public_address" }},{{ . }}:[[public_port]];proto=http{{ end }}
+    ui.addr = ${local.node_address}:{{ env "NOMAD_PORT_redirect_ui" }}
+    ui.access = ro
+    registry.backend = static
+    registry.static.routes = route add https / https://$host[[tls_port]]/$path opts "redirect=301"
+    metrics.target =
+    log.access.target =
+  EOT
   properties  = <<-EOT
     proxy.addr = ${local.node_address}:{{ env "NOMAD_PORT_proxy" }};proto=http,${local.node_address}:{{ env "NOMAD_PORT_metrics" }};proto=prometheus[[public]]
     ui.addr = ${local.node_address}:{{ env "NOMAD_PORT_ui" }}
@@ -140,6 +161,7 @@ locals {
     registry.backend = consul
     registry.consul.addr = ${local.consul_addr}
     %{if var.consul_ca_pem != ""}registry.consul.tls.cafile = {{ env "NOMAD_TASK_DIR" }}/consul-ca.pem%{endif}
+    [[tls]]
     # Nomad registers the service with its checks; Fabio must not.
     registry.consul.register.enabled = false
     registry.consul.service.status = passing
@@ -180,6 +202,11 @@ job "fabio" {
           content {}
         }
         port "metrics" {}
+        dynamic "port" {
+          for_each = group.value.tls_port > 0 ? ["redirect", "redirect_ui"] : []
+          labels   = [port.value]
+          content {}
+        }
       }
 
       service {
@@ -235,9 +262,23 @@ job "fabio" {
         }
 
         template {
-          data        = replace(local.properties, "[[public]]", group.value.public_port > 0 ? format(local.public_addr, group.value.public_port) : "")
+          data = replace(replace(local.properties, "[[public]]",
+            group.value.tls_port > 0 ? format(local.tls_addr, group.value.tls_port) :
+            group.value.public_port > 0 ? format(local.public_addr, group.value.public_port) : ""),
+            "[[tls]]", group.value.tls_port > 0 ? "proxy.cs = cs=ingress;type=path;cert={{ env \"NOMAD_SECRETS_DIR\" }}/tls;refresh=1m" : "")
           destination = "local/fabio.properties"
           change_mode = "restart"
+        }
+
+        # Fabio's path source reloads the pair when it changes: no restart.
+        dynamic "template" {
+          for_each = group.value.tls_port > 0 ? ["cert", "key"] : []
+          content {
+            data        = "{{ with secret \"${group.value.tls_secret}\" }}{{ .Data.data.${template.value} }}{{ end }}"
+            destination = "secrets/tls/ingress-${template.value}.pem"
+            perms       = "0600"
+            change_mode = "noop"
+          }
         }
 
         dynamic "template" {
@@ -273,6 +314,42 @@ job "fabio" {
         resources {
           cpu    = var.cpu
           memory = var.memory
+        }
+      }
+
+      dynamic "task" {
+        for_each = group.value.tls_port > 0 ? [1] : []
+        labels   = ["redirect"]
+        content {
+          driver = var.driver
+
+          dynamic "config" {
+            for_each = local.docker ? [1] : []
+            content {
+              image        = var.image
+              args         = ["-cfg", "/local/redirect.properties"]
+              network_mode = "host"
+            }
+          }
+
+          dynamic "config" {
+            for_each = local.docker ? [] : [1]
+            content {
+              command = var.binary
+              args    = ["-cfg", "${NOMAD_TASK_DIR}/redirect.properties"]
+            }
+          }
+
+          template {
+            data        = replace(replace(local.redirect_properties, "[[public_port]]", group.value.public_port), "[[tls_port]]", group.value.tls_port == 443 ? "" : ":${group.value.tls_port}")
+            destination = "local/redirect.properties"
+            change_mode = "restart"
+          }
+
+          resources {
+            cpu    = 50
+            memory = 64
+          }
         }
       }
     }

@@ -374,6 +374,13 @@ func testSettingsChangeJob(t *testing.T, c *nomadapi.Client) {
 	config := func(name string) describe {
 		return func(job *nomadapi.Job) string { return *task(job, name).Templates[0].EmbeddedTmpl }
 	}
+	// redirect is the properties of the Fabio that redirects to HTTPS.
+	redirect := func(job *nomadapi.Job) string {
+		if tk := task(job, "redirect"); tk != nil {
+			return *tk.Templates[0].EmbeddedTmpl
+		}
+		return "no redirect task"
+	}
 	// properties is the first template of group g's task: Fabio's
 	// properties file.
 	properties := func(g string) describe {
@@ -412,8 +419,14 @@ func testSettingsChangeJob(t *testing.T, c *nomadapi.Client) {
 		{Fabio, Variables{"image": "fabiolb/fabio:x"}, image("fabio"), "fabiolb/fabio:x"},
 		{Fabio, Variables{"cpu": 7, "memory": 77}, resources("fabio"), "cpu 7 memory 77"},
 		{Fabio, Variables{"public": true}, properties("fabio"), `{{ with env "meta.public_address" }},{{ . }}:9999;proto=http{{ end }}`},
-		{Fabio, Variables{"app_listeners": []map[string]any{{"namespace": "prod", "port": 10002, "public_port": 80}}}, properties("fabio-prod"),
+		{Fabio, Variables{"app_listeners": []map[string]any{{"namespace": "prod", "port": 10002, "public_port": 80, "tls_port": 0}}}, properties("fabio-prod"),
 			`proto=prometheus{{ with env "meta.public_address" }},{{ . }}:80;proto=http{{ end }}`},
+		{Fabio, Variables{"app_listeners": []map[string]any{{"namespace": "prod", "port": 10002, "public_port": 80, "tls_port": 443}}}, properties("fabio-prod"),
+			`proto=prometheus{{ with env "meta.public_address" }},{{ . }}:443;proto=https;cs=ingress;tlsmin=tls12{{ end }}`},
+		{Fabio, Variables{"app_listeners": []map[string]any{{"namespace": "prod", "port": 10002, "public_port": 80, "tls_port": 443}}}, redirect,
+			`{{ with env "meta.public_address" }},{{ . }}:80;proto=http{{ end }}`},
+		{Fabio, Variables{"app_listeners": []map[string]any{{"namespace": "prod", "port": 10002, "public_port": 80, "tls_port": 8443}}}, redirect,
+			`route add https / https://$host:8443/$path opts "redirect=301"`},
 		{NodeExporter, Variables{"image": "prom/node-exporter:x"}, image("node-exporter"), "prom/node-exporter:x"},
 		{NodeExporter, Variables{"cpu": 7, "memory": 77}, resources("node-exporter"), "cpu 7 memory 77"},
 		{GitLabRunner, Variables{"job_image": "debian:12"}, config("gitlab-runner"), `image = "debian:12"`},

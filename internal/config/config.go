@@ -339,8 +339,9 @@ type Monitoring struct {
 
 // Ingress serves applications on the clients' public addresses (the
 // inventory's public_ip): the way in from the Internet. Fabio serves plain
-// HTTP there; HTTPS is left to a load balancer in front of the clients,
-// since a certificate from the platform's own PKI is trusted by no browser.
+// HTTP there, or with a tls block HTTPS with the user's certificate and a
+// redirect from HTTP. The platform's own PKI does not issue it: no
+// visitor's browser would trust it.
 type Ingress struct {
 	// Namespace is the application namespace whose Fabio listens on each
 	// client's public address, on Port.
@@ -350,10 +351,26 @@ type Ingress struct {
 	// listen on the public addresses too, on its own port 9999: only for
 	// clients whose firewall admits the administrators alone.
 	Platform bool `hcl:"platform,optional"`
+	// TLS serves Namespace over HTTPS; Port then only redirects to it.
+	TLS *IngressTLS `hcl:"tls,block"`
 
 	DefRange       hcl.Range `hcl:",def_range"`
 	NamespaceRange hcl.Range `hcl:"namespace,attr_value_range"`
 	PortRange      hcl.Range `hcl:"port,attr_value_range"`
+}
+
+// IngressTLS is the certificate the ingress serves, e.g. a Let's Encrypt
+// fullchain.pem and privkey.pem: the files are read at each run and kept
+// in Vault, where only the Fabio job reads them.
+type IngressTLS struct {
+	Port     int    `hcl:"port,optional"`
+	CertFile string `hcl:"cert_file"`
+	KeyFile  string `hcl:"key_file"`
+
+	DefRange      hcl.Range `hcl:",def_range"`
+	PortRange     hcl.Range `hcl:"port,attr_value_range"`
+	CertFileRange hcl.Range `hcl:"cert_file,attr_value_range"`
+	KeyFileRange  hcl.Range `hcl:"key_file,attr_value_range"`
 }
 
 // Docker is the engine the roles install on the clients of machines (not on

@@ -1,8 +1,14 @@
 package config_test
 
 import (
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
 	"encoding/base64"
 	"flag"
+	"math/big"
 	"os"
 	"path/filepath"
 	"reflect"
@@ -13,6 +19,7 @@ import (
 	"github.com/hashicorp/hcl/v2"
 	"github.com/zclconf/go-cty/cty"
 
+	"github.com/platform-bootstrap/bootstrap/internal/apitls/apitlstest"
 	"github.com/platform-bootstrap/bootstrap/internal/config"
 )
 
@@ -519,5 +526,39 @@ func TestDockerEngine(t *testing.T) {
 				t.Errorf("daemon.json %q (%v), want %q", got, err, tc.daemon)
 			}
 		})
+	}
+}
+
+func TestIngressTLS(t *testing.T) {
+	dir := t.TempDir()
+	ca := apitlstest.NewCA(t, "test")
+	apitlstest.WritePair(t, dir, ca.Issue(t, []string{"app.example.com"}))
+	src := "provider \"static\" {\n  inventory = \"inventory.json\"\n}\ningress {\n  namespace = \"prod\"\n  tls {\n    cert_file = \"fullchain.pem\"\n    key_file  = \"privkey.pem\"\n  }\n}\n"
+	path := filepath.Join(dir, "platform.hcl")
+	if err := os.WriteFile(path, []byte(src), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	p, diags := config.Load(path)
+	if diags.HasErrors() || len(diags) > 0 {
+		t.Fatalf("diagnostics: %v", diags)
+	}
+	if got := p.Ingress.TLS; got.Port != 443 || got.CertFile != "fullchain.pem" || got.KeyFile != "privkey.pem" {
+		t.Errorf("tls = %+v, want port 443 (the default) and the files", got)
+	}
+
+	// A certificate that expires within two weeks works, with a warning.
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(2), DNSNames: []string{"app.example.com"}, NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(5 * 24 * time.Hour)}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	apitlstest.WritePair(t, dir, tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key})
+	p, diags = config.Load(path)
+	if p == nil || diags.HasErrors() || len(diags) != 1 || !strings.Contains(diags[0].Error(), "platform.hcl:7,17-32: Certificate expires soon;") {
+		t.Errorf("diagnostics %v, want one warning that the certificate expires soon", diags)
 	}
 }

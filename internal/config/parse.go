@@ -166,6 +166,9 @@ func decodeTop(body hcl.Body, ctx *hcl.EvalContext, p *Platform) hcl.Diagnostics
 			in := Ingress{Port: 80}
 			diags = append(diags, gohcl.DecodeBody(b.Body, ctx, &in)...)
 			in.DefRange = b.DefRange
+			if in.TLS != nil && in.TLS.Port == 0 {
+				in.TLS.Port = 443
+			}
 			p.Ingress = &in
 		case "docker":
 			d := defaultDocker()

@@ -1,6 +1,7 @@
 package config
 
 import (
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"net"
@@ -525,8 +526,56 @@ func (v *validator) ingress() {
 			v.errorf(or(in.PortRange, in.DefRange), "Port in use", "port = %d is one of the platform's own ports (%v); pick another, e.g. 80.", in.Port, taken)
 		}
 	}
+	if t := in.TLS; t != nil {
+		v.ingressTLS(in, t)
+	}
 	if v.p.Provider.Local != nil {
 		v.warnf(in.DefRange, "ingress has no effect", "the local provider's nodes have no public address: nothing is served publicly. The ingress block applies to machines whose inventory gives a public_ip.")
+	}
+}
+
+func (v *validator) ingressTLS(in *Ingress, t *IngressTLS) {
+	if in.Namespace == "" {
+		v.errorf(t.DefRange, "TLS without a namespace", "the tls block serves an application namespace over HTTPS: set namespace = \"prod\" in the ingress block, or remove the tls block.")
+		return
+	}
+	taken := append(slices.Clone(agentPorts), 9998, 9999, in.Port)
+	for i := range v.p.Nomad.Namespaces {
+		taken = append(taken, 10001+i)
+	}
+	switch {
+	case t.Port < 1 || t.Port > 65535:
+		v.errorf(or(t.PortRange, t.DefRange), "Invalid port", "port = %d: give a TCP port, 1 to 65535 (default 443).", t.Port)
+	case slices.Contains(taken, t.Port):
+		v.errorf(or(t.PortRange, t.DefRange), "Port in use", "port = %d is taken by the ingress's HTTP port or the platform (%v); pick another, e.g. 443.", t.Port, taken)
+	}
+	// The redirect keeps the host the visitor asked for, port included: a
+	// browser names a port other than 80 in it, and https://host:8080:443/
+	// leads nowhere.
+	if in.Port != 80 {
+		v.errorf(or(in.PortRange, in.DefRange), "HTTP port with TLS", "port = %d: with a tls block the HTTP port only redirects visitors to HTTPS, and the redirect works from port 80 only; set port = 80.", in.Port)
+	}
+	cert, err := os.ReadFile(v.p.Path(t.CertFile))
+	if err != nil {
+		v.errorf(t.CertFileRange, "Unreadable certificate", "cert_file = %q: %v. Give the PEM file of the certificate and its chain (e.g. Let's Encrypt's fullchain.pem), relative to the configuration file.", t.CertFile, errors.Unwrap(err))
+		return
+	}
+	key, err := os.ReadFile(v.p.Path(t.KeyFile))
+	if err != nil {
+		v.errorf(t.KeyFileRange, "Unreadable key", "key_file = %q: %v. Give the PEM file of the certificate's private key (e.g. Let's Encrypt's privkey.pem), relative to the configuration file.", t.KeyFile, errors.Unwrap(err))
+		return
+	}
+	pair, err := tls.X509KeyPair(cert, key)
+	if err != nil {
+		v.errorf(t.DefRange, "Invalid certificate or key", "cert_file = %q, key_file = %q: %v. Give a PEM certificate (its chain after it) and the PEM private key that matches it.", t.CertFile, t.KeyFile, err)
+		return
+	}
+	leaf := pair.Leaf
+	switch left := time.Until(leaf.NotAfter); {
+	case left <= 0:
+		v.errorf(t.CertFileRange, "Expired certificate", "cert_file = %q expired on %s; renew it (e.g. certbot renew) and run up again.", t.CertFile, leaf.NotAfter.UTC().Format(time.DateOnly))
+	case left < 14*24*time.Hour:
+		v.warnf(t.CertFileRange, "Certificate expires soon", "cert_file = %q expires on %s; renew it and run up again before then: bootstrap serves the file's certificate, it does not renew it.", t.CertFile, leaf.NotAfter.UTC().Format(time.DateOnly))
 	}
 }
 

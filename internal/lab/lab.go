@@ -728,25 +728,30 @@ func (st *State) Outside(ctx context.Context, args ...string) ([]byte, error) {
 }
 
 // OutsideGet fetches url from the outside network namespace with curl
-// (at most 5 seconds) and returns the body. An HTTP status of 400 or more
-// is an error too; the body is returned with it.
+// and returns the body; an HTTP error status is an error. Any certificate
+// is taken (-k): the outside is whoever tries, and does not care whose CA
+// signed what answers.
 func (st *State) OutsideGet(ctx context.Context, url string) ([]byte, error) {
+	return st.OutsideCurl(ctx, "-k", "--fail-with-body", url)
+}
+
+// OutsideCurl runs curl with args in the outside network namespace, as
+// someone on the Internet would, and returns its output.
+func (st *State) OutsideCurl(ctx context.Context, args ...string) ([]byte, error) {
 	if st.OutsideNetns == "" {
 		return nil, errors.New("lab outside: the lab has no public network (Config.Public)")
 	}
 	// No proxy: one from the environment would not be reachable from
-	// outside, and would not be the Internet's path to the address. Any
-	// certificate is taken (-k): the outside is whoever tries, and does not
-	// care whose CA signed what answers.
-	cmd := exec.CommandContext(ctx, "ip", "netns", "exec", st.OutsideNetns,
-		"curl", "-sS", "-k", "-m", "5", "--noproxy", "*", "--fail-with-body", url)
+	// outside, and would not be the Internet's path to the address.
+	cmd := exec.CommandContext(ctx, "ip", append([]string{"netns", "exec", st.OutsideNetns,
+		"curl", "-sS", "-m", "5", "--noproxy", "*"}, args...)...)
 	var stderr bytes.Buffer
 	cmd.Stderr = &stderr
-	body, err := cmd.Output()
+	out, err := cmd.Output()
 	if err != nil {
-		return body, fmt.Errorf("lab outside: GET %s: %w: %s", url, err, bytes.TrimSpace(stderr.Bytes()))
+		return out, fmt.Errorf("lab outside: curl %s: %w: %s", strings.Join(args, " "), err, bytes.TrimSpace(stderr.Bytes()))
 	}
-	return body, nil
+	return out, nil
 }
 
 // prepareMachine mounts the machine's overlay and writes what makes it

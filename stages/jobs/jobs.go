@@ -12,6 +12,7 @@ import (
 	"crypto/rand"
 	"fmt"
 	"net"
+	"os"
 	"path/filepath"
 	"slices"
 	"sort"
@@ -63,6 +64,8 @@ type platform struct {
 	vault *vaultapi.Client
 	// secrets the jobs read from Vault KV: path under secret/ → fields.
 	kv map[string]map[string]string
+	// kvGone are the paths under secret/ of secrets no job reads any more.
+	kvGone []string
 }
 
 func load(ctx context.Context, e *stages.Env) (*platform, error) {
@@ -132,6 +135,23 @@ func load(ctx context.Context, e *stages.Env) (*platform, error) {
 	if r := e.Config.GitLabRunner; r != nil {
 		p.kv["general/gitlab-runner/token"] = map[string]string{"token": r.Token}
 	}
+	for _, ns := range e.Config.Nomad.Namespaces {
+		path := "general/fabio/tls-" + ns
+		in := e.Config.Ingress
+		if in == nil || in.TLS == nil || in.Namespace != ns {
+			p.kvGone = append(p.kvGone, path)
+			continue
+		}
+		cert, err := os.ReadFile(e.Config.Path(in.TLS.CertFile))
+		if err != nil {
+			return nil, fmt.Errorf("ingress: %w", err)
+		}
+		key, err := os.ReadFile(e.Config.Path(in.TLS.KeyFile))
+		if err != nil {
+			return nil, fmt.Errorf("ingress: %w", err)
+		}
+		p.kv[path] = map[string]string{"cert": string(cert), "key": string(key)}
+	}
 	return p, nil
 }
 
@@ -200,11 +220,14 @@ func wanted(e *stages.Env, p *platform) ([]Spec, error) {
 		v["ui_port"] = FabioUIPort
 		var apps []map[string]any
 		for i, ns := range cfg.Nomad.Namespaces {
-			public := 0
+			public, tls := 0, 0
 			if in := cfg.Ingress; in != nil && in.Namespace == ns {
 				public = in.Port
+				if in.TLS != nil {
+					tls = in.TLS.Port
+				}
 			}
-			apps = append(apps, map[string]any{"namespace": ns, "port": FabioAppPort(i), "public_port": public})
+			apps = append(apps, map[string]any{"namespace": ns, "port": FabioAppPort(i), "public_port": public, "tls_port": tls})
 		}
 		v["app_listeners"] = apps
 		v["public"] = cfg.Ingress != nil && cfg.Ingress.Platform
@@ -479,7 +502,7 @@ func setOutputs(e *stages.Env, p *platform) error {
 	for i, ns := range p.cfg.Nomad.Namespaces {
 		outs[stages.OutFabioAppAddr(ns)] = "http://" + net.JoinHostPort(c.PrivateIP, fmt.Sprint(FabioAppPort(i)))
 		if in != nil && in.Namespace == ns && c.PublicIP != "" {
-			outs[stages.OutFabioAppAddr(ns)] = publicURL(c.PublicIP, in.Port)
+			outs[stages.OutFabioAppAddr(ns)] = publicURL(c.PublicIP, in)
 		}
 	}
 	keys := make([]string, 0, len(outs))
@@ -586,10 +609,14 @@ func password() (string, error) {
 }
 
 // publicURL is the address users type: the port only when it is not HTTP's.
-func publicURL(ip string, port int) string {
-	host := net.JoinHostPort(ip, fmt.Sprint(port))
-	if port == 80 {
-		host = strings.TrimSuffix(host, ":80")
+func publicURL(ip string, in *config.Ingress) string {
+	scheme, port, std := "http", in.Port, 80
+	if in.TLS != nil {
+		scheme, port, std = "https", in.TLS.Port, 443
 	}
-	return "http://" + host
+	host := net.JoinHostPort(ip, fmt.Sprint(port))
+	if port == std {
+		host = strings.TrimSuffix(host, fmt.Sprintf(":%d", std))
+	}
+	return scheme + "://" + host
 }

@@ -32,6 +32,8 @@ func wantedFor(t *testing.T, src string) map[string]platformjobs.Variables {
 		}
 		break
 	}
+	// For an ingress tls block: fullchain.pem and privkey.pem.
+	apitlstest.WritePair(t, dir, apitlstest.NewCA(t, "ingress").Issue(t, []string{"app.example.com"}))
 	state := filepath.Join(dir, "state")
 	e := stagestest.Env(t, dir, state, src, nil)
 	for _, ca := range []string{e.CAFile("consul"), e.CAFile("nomad"), filepath.Join(state, "vault-ca.pem")} {
@@ -104,10 +106,11 @@ func TestEverySettingChangesTheJobs(t *testing.T) {
 		{setting: `datacenter = "fra1"`, job: platformjobs.Fabio, vars: map[string]any{"datacenters": []string{"fra1"}}},
 		{setting: `region = "europe"`, job: platformjobs.Prometheus, vars: map[string]any{"prometheus_yml": contains("client.europe.nomad")}},
 		{setting: `consul { domain = "cluster.internal" }`, job: platformjobs.Prometheus, vars: map[string]any{"prometheus_yml": contains("client.dc1.cluster.internal")}},
-		{setting: `nomad { namespaces = ["dev", "staging"] }`, job: platformjobs.Fabio, vars: map[string]any{"app_listeners": []map[string]any{{"namespace": "dev", "port": 10001, "public_port": 0}, {"namespace": "staging", "port": 10002, "public_port": 0}}}},
-		{setting: `ingress { namespace = "prod" }`, job: platformjobs.Fabio, vars: map[string]any{"app_listeners": []map[string]any{{"namespace": "dev", "port": 10001, "public_port": 0}, {"namespace": "prod", "port": 10002, "public_port": 80}}}},
-		{setting: "ingress {\n namespace = \"dev\"\n port = 8080\n}", job: platformjobs.Fabio, vars: map[string]any{"app_listeners": []map[string]any{{"namespace": "dev", "port": 10001, "public_port": 8080}, {"namespace": "prod", "port": 10002, "public_port": 0}}}},
+		{setting: `nomad { namespaces = ["dev", "staging"] }`, job: platformjobs.Fabio, vars: map[string]any{"app_listeners": []map[string]any{{"namespace": "dev", "port": 10001, "public_port": 0, "tls_port": 0}, {"namespace": "staging", "port": 10002, "public_port": 0, "tls_port": 0}}}},
+		{setting: `ingress { namespace = "prod" }`, job: platformjobs.Fabio, vars: map[string]any{"app_listeners": []map[string]any{{"namespace": "dev", "port": 10001, "public_port": 0, "tls_port": 0}, {"namespace": "prod", "port": 10002, "public_port": 80, "tls_port": 0}}}},
+		{setting: "ingress {\n namespace = \"dev\"\n port = 8080\n}", job: platformjobs.Fabio, vars: map[string]any{"app_listeners": []map[string]any{{"namespace": "dev", "port": 10001, "public_port": 8080, "tls_port": 0}, {"namespace": "prod", "port": 10002, "public_port": 0, "tls_port": 0}}}},
 		{setting: `ingress { platform = true }`, job: platformjobs.Fabio, vars: map[string]any{"public": true}},
+		{setting: "ingress {\n namespace = \"prod\"\n tls {\n  cert_file = \"fullchain.pem\"\n  key_file = \"privkey.pem\"\n }\n}", job: platformjobs.Fabio, vars: map[string]any{"app_listeners": []map[string]any{{"namespace": "dev", "port": 10001, "public_port": 0, "tls_port": 0}, {"namespace": "prod", "port": 10002, "public_port": 80, "tls_port": 443}}}},
 		{setting: `pki { leaf_ttl = "72h" }`, job: platformjobs.Prometheus, vars: map[string]any{"rules": nil}},
 		{setting: `jobs { driver = "raw_exec" }`, job: platformjobs.NodeExporter, vars: map[string]any{"driver": "raw_exec", "binary": contains("prometheus-node-exporter")}},
 
@@ -248,12 +251,19 @@ func TestOutputsAreWhereFabioListens(t *testing.T) {
 			stages.OutFabioAddr: "http://10.0.0.2:9999", stages.OutFabioUIAddr: "http://10.0.0.2:9998",
 			stages.OutFabioAppAddr("dev"): "http://10.0.0.2:10001", stages.OutFabioAppAddr("prod"): "http://203.0.113.2",
 		}},
+		{"ingress {\n namespace = \"prod\"\n tls {\n  cert_file = \"fullchain.pem\"\n  key_file = \"privkey.pem\"\n }\n}", map[string]string{
+			stages.OutFabioAppAddr("dev"): "http://10.0.0.2:10001", stages.OutFabioAppAddr("prod"): "https://203.0.113.2",
+		}},
+		{"ingress {\n namespace = \"prod\"\n tls {\n  port = 8443\n  cert_file = \"fullchain.pem\"\n  key_file = \"privkey.pem\"\n }\n}", map[string]string{
+			stages.OutFabioAppAddr("prod"): "https://203.0.113.2:8443",
+		}},
 		{"ingress {\n namespace = \"dev\"\n port = 8080\n platform = true\n}", map[string]string{
 			stages.OutFabioAddr: "http://203.0.113.2:9999", stages.OutGrafanaAddr: "http://203.0.113.2:9999/grafana", stages.OutFabioUIAddr: "http://10.0.0.2:9998",
 			stages.OutFabioAppAddr("dev"): "http://203.0.113.2:8080", stages.OutFabioAppAddr("prod"): "http://10.0.0.2:10002",
 		}},
 	} {
 		dir := t.TempDir()
+		apitlstest.WritePair(t, dir, apitlstest.NewCA(t, "ingress").Issue(t, []string{"app.example.com"}))
 		e := stagestest.Env(t, dir, filepath.Join(dir, "state"), "provider \"static\" {\n inventory = \"inventory.json\"\n}\n"+tc.ingress, nil)
 		if err := setOutputs(e, &platform{cfg: e.Config, inv: inv}); err != nil {
 			t.Fatal(err)

@@ -320,6 +320,22 @@ func convergeVault(ctx context.Context, p *platform, pl *reconcile.Plan) error {
 			return err
 		}
 	}
+	for _, path := range p.kvGone {
+		s, err := p.vault.Logical().ReadWithContext(ctx, "secret/metadata/"+path)
+		if err != nil {
+			return fmt.Errorf("vault: read secret/%s: %w", path, err)
+		}
+		if s == nil {
+			continue
+		}
+		err = pl.Do(reconcile.Delete, "vault kv secret/"+path, "no job reads it any more", func() error {
+			_, err := p.vault.Logical().DeleteWithContext(ctx, "secret/metadata/"+path)
+			return err
+		})
+		if err != nil {
+			return err
+		}
+	}
 	pol, err := p.vault.Sys().GetPolicyWithContext(ctx, prometheusPolicy)
 	if err != nil {
 		return fmt.Errorf("vault: read policy %s: %w", prometheusPolicy, err)

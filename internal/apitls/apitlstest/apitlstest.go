@@ -24,6 +24,10 @@ import (
 	"time"
 )
 
+// validity is how long test certificates are valid: long enough that
+// bootstrap does not warn that a user's certificate expires soon.
+const validity = 30 * 24 * time.Hour
+
 // CA is a test certificate authority.
 type CA struct {
 	Cert *x509.Certificate
@@ -44,7 +48,7 @@ func NewCA(t testing.TB, name string) *CA {
 		SerialNumber:          serial(t),
 		Subject:               pkix.Name{CommonName: name},
 		NotBefore:             time.Now().Add(-time.Hour),
-		NotAfter:              time.Now().Add(time.Hour),
+		NotAfter:              time.Now().Add(validity),
 		IsCA:                  true,
 		BasicConstraintsValid: true,
 		KeyUsage:              x509.KeyUsageCertSign,
@@ -77,7 +81,7 @@ func (ca *CA) Issue(t testing.TB, dns []string, ips ...string) tls.Certificate {
 		Subject:      pkix.Name{CommonName: dns[0]},
 		DNSNames:     dns,
 		NotBefore:    time.Now().Add(-time.Hour),
-		NotAfter:     time.Now().Add(time.Hour),
+		NotAfter:     time.Now().Add(validity),
 		KeyUsage:     x509.KeyUsageDigitalSignature,
 		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth},
 	}
@@ -103,6 +107,28 @@ func Serve(t testing.TB, cert tls.Certificate, h http.Handler) string {
 	s.StartTLS()
 	t.Cleanup(s.Close)
 	return s.Listener.Addr().String()
+}
+
+// WritePair writes cert, its chain and its key as PEM files into dir,
+// named as Let's Encrypt names them: fullchain.pem and privkey.pem.
+func WritePair(t testing.TB, dir string, cert tls.Certificate) (certFile, keyFile string) {
+	t.Helper()
+	var chain []byte
+	for _, der := range cert.Certificate {
+		chain = append(chain, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})...)
+	}
+	key, err := x509.MarshalPKCS8PrivateKey(cert.PrivateKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	certFile, keyFile = filepath.Join(dir, "fullchain.pem"), filepath.Join(dir, "privkey.pem")
+	if err := os.WriteFile(certFile, chain, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(keyFile, pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: key}), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return certFile, keyFile
 }
 
 func serial(t testing.TB) *big.Int {

@@ -1,0 +1,20 @@
+provider "static" {
+  node "server-1" {
+    roles      = ["server", "vault"]
+    private_ip = "10.0.0.10"
+  }
+  node "client-1" {
+    roles      = ["client"]
+    public_ip  = "203.0.113.20"
+    private_ip = "10.0.0.20"
+  }
+}
+
+ingress {
+  platform = true
+  tls {
+    port      = 9999
+    cert_file = "tls-other.crt"
+    key_file  = "tls-other.key"
+  }
+}
