@@ -12,6 +12,7 @@ import (
 
 	nomadapi "github.com/hashicorp/nomad/api"
 
+	"github.com/platform-bootstrap/bootstrap/internal/apitls/apitlstest"
 	"github.com/platform-bootstrap/bootstrap/internal/imagearchive"
 	"github.com/platform-bootstrap/bootstrap/internal/lab"
 	"github.com/platform-bootstrap/bootstrap/internal/platformtest"
@@ -43,7 +44,7 @@ func TestLabDocker(t *testing.T) {
 	p := platformtest.Prepare(t)
 	ctx := context.Background()
 	binDir := platformtest.BinDir()
-	st, err := lab.Up(ctx, lab.Config{Dir: labDir, Name: "ld", Net: 206, Nodes: lab.Nodes(1, 1), BinDir: binDir, Owner: os.Getpid(), Log: testLog{t}})
+	st, err := lab.Up(ctx, lab.Config{Dir: labDir, Name: "ld", Net: 206, Nodes: lab.Nodes(1, 1), BinDir: binDir, Public: true, Owner: os.Getpid(), Log: testLog{t}})
 	if err != nil {
 		t.Fatalf("lab up: %v", err)
 	}
@@ -54,6 +55,10 @@ func TestLabDocker(t *testing.T) {
 			t.Logf("%s: the end of docker's and nomad's journal (%v):\n%s", client.Name, err, out)
 		}
 	})
+	// Prod's public HTTPS with the user's certificate (the test's CA's),
+	// as the docker profile serves it on a cloud.
+	ingressCA := apitlstest.NewCA(t, "lab ingress")
+	apitlstest.WritePair(t, p.Dir, ingressCA.Issue(t, []string{"app.lab.example"}, client.PublicIP))
 	grafana := "grafana/grafana-oss:" + tools.Versions()["GRAFANA_VERSION"]
 	p.WriteConfig(fmt.Sprintf(`provider "static" {
   inventory       = %q
@@ -79,6 +84,14 @@ docker {
     bridge           = "none"
     iptables         = false
     "ip-masq"        = false
+  }
+}
+
+ingress {
+  namespace = "prod"
+  tls {
+    cert_file = "fullchain.pem"
+    key_file  = "privkey.pem"
   }
 }
 `, st.InventoryFile(), binDir, grafana, filepath.Join(binDir, "images")))
@@ -132,6 +145,23 @@ docker {
 					}
 				}
 			}
+		}
+	})
+
+	// Fabio's containers get the certificate from Vault into their secrets
+	// directory, and the redirect's container binds the public port 80.
+	t.Run("prod's public HTTPS and the redirect to it run in containers", func(t *testing.T) {
+		url := "https://" + client.PublicIP + "/"
+		eventually(t, time.Minute, "prod's Fabio answering "+url+" with the user's certificate", func() error {
+			out, err := st.OutsideCurl(ctx, "--cacert", ingressCA.File, "-o", "/dev/null", "-w", "%{http_code}", url)
+			if err == nil && string(out) != "404" {
+				err = fmt.Errorf("status %s, want 404: prod's Fabio, which has no route yet", out)
+			}
+			return err
+		})
+		out, err := st.OutsideCurl(ctx, "-o", "/dev/null", "-w", "%{http_code} %{redirect_url}", "http://"+client.PublicIP+"/web/")
+		if want := "301 https://" + client.PublicIP + "/web/"; err != nil || string(out) != want {
+			t.Errorf("the outside's GET http://%s/web/: %q, %v; want %q", client.PublicIP, out, err, want)
 		}
 	})
 
