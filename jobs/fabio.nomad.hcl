@@ -44,8 +44,7 @@
 # secret/data/general/fabio/consul-<namespace>, field "token", and handed to
 # Fabio in its environment, never in the job. An HTTPS listener's
 # certificate and key are read from secret/data/general/fabio/tls-<namespace>
-# (fields "cert" and "key") into the task's secrets directory, where Fabio
-# picks up a renewed one within a minute.
+# (fields "cert" and "key") into the task's secrets directory.
 #
 # The redirect from HTTP to HTTPS is a second Fabio in the group, whose only
 # route (static, no Consul) answers every request with a 301 to the same
@@ -270,7 +269,7 @@ job "fabio" {
           change_mode = "restart"
         }
 
-        # Fabio's path source reloads the pair when it changes: no restart.
+        # Fabio's path source reads the pair again when it changes.
         dynamic "template" {
           for_each = group.value.tls_port > 0 ? ["cert", "key"] : []
           content {

@@ -13,6 +13,7 @@
 package verify
 
 import (
+	"bytes"
 	"cmp"
 	"context"
 	"crypto/sha256"
@@ -144,6 +145,9 @@ func (v *env) checks() []check {
 	}
 	if cfg.Jobs.Alertmanager.Enabled && cfg.Jobs.Prometheus.Enabled {
 		cs = append(cs, check{name: "the alertmanager UI is served", run: checkAlertmanagerUI})
+	}
+	if in := cfg.Ingress; in != nil && in.TLS != nil && cfg.Jobs.Fabio.Enabled {
+		cs = append(cs, check{name: fmt.Sprintf("the public addresses serve %s's certificate over HTTPS and redirect port %d to it", in.Namespace, in.Port), run: checkIngressTLS})
 	}
 	return cs
 }
@@ -587,6 +591,54 @@ func (v *env) getStart(ctx context.Context, u string, ranged bool) (*http.Respon
 		req.Header.Set("Range", "bytes=0-1023")
 	}
 	return v.http.Do(req)
+}
+
+// checkIngressTLS checks that every client with a public address serves
+// the certificate of cert_file on the HTTPS port, and answers its HTTP
+// port with a redirect there.
+func checkIngressTLS(ctx context.Context, v *env) error {
+	in := v.e.Config.Ingress
+	want, err := tls.LoadX509KeyPair(v.e.Config.Path(in.TLS.CertFile), v.e.Config.Path(in.TLS.KeyFile))
+	if err != nil {
+		return fmt.Errorf("ingress certificate: %w", err)
+	}
+	// The served certificate is compared with the file's, byte for byte,
+	// which says more than whether some CA vouches for it: the file's may
+	// be one this machine does not trust (a private CA's).
+	dialer := &tls.Dialer{Config: &tls.Config{InsecureSkipVerify: true, MinVersion: tls.VersionTLS12}}
+	noRedirect := &http.Client{Timeout: 10 * time.Second, CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
+	var errs []error
+	for _, n := range v.inv.WithRole(inventory.RoleClient) {
+		if n.PublicIP == "" {
+			continue
+		}
+		addr := net.JoinHostPort(n.PublicIP, fmt.Sprint(in.TLS.Port))
+		conn, err := dialer.DialContext(ctx, "tcp", addr)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("%s: %w", addr, err))
+			continue
+		}
+		served := conn.(*tls.Conn).ConnectionState().PeerCertificates
+		conn.Close()
+		if len(served) == 0 || !bytes.Equal(served[0].Raw, want.Certificate[0]) {
+			errs = append(errs, fmt.Errorf("%s serves another certificate than %s", addr, in.TLS.CertFile))
+		}
+		u := "http://" + net.JoinHostPort(n.PublicIP, fmt.Sprint(in.Port)) + "/"
+		req, err := http.NewRequestWithContext(ctx, http.MethodGet, u, nil)
+		if err != nil {
+			return err
+		}
+		resp, err := noRedirect.Do(req)
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		resp.Body.Close()
+		if to, _ := resp.Location(); resp.StatusCode != http.StatusMovedPermanently || to == nil || to.Scheme != "https" {
+			errs = append(errs, fmt.Errorf("GET %s: %s to %v, want a redirect to https", u, resp.Status, to))
+		}
+	}
+	return errors.Join(errs...)
 }
 
 func basic(user, pw string) string {

@@ -163,6 +163,27 @@ ingress {
 		if want := "301 https://" + client.PublicIP + "/web/"; err != nil || string(out) != want {
 			t.Errorf("the outside's GET http://%s/web/: %q, %v; want %q", client.PublicIP, out, err, want)
 		}
+		// verify compares what is served with the file: a renewed
+		// certificate not yet deployed is a failing check in plan.
+		p := p.T(t)
+		files := map[string][]byte{}
+		for _, f := range []string{"fullchain.pem", "privkey.pem"} {
+			b, err := os.ReadFile(filepath.Join(p.Dir, f))
+			if err != nil {
+				t.Fatal(err)
+			}
+			files[f] = b
+		}
+		apitlstest.WritePair(t, p.Dir, ingressCA.Issue(t, []string{"app.lab.example"}, client.PublicIP))
+		r := p.Run([]string{"plan"})
+		for f, b := range files {
+			if err := os.WriteFile(filepath.Join(p.Dir, f), b, 0o600); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if r.Code != 4 || !strings.Contains(r.Stdout, "serves another certificate than fullchain.pem") {
+			t.Errorf("plan with a renewed certificate: exit %d, want verify's check failing\n%s", r.Code, r.Output())
+		}
 	})
 
 	// The attack stages/platform can only skip (no engine there): dev's CI
