@@ -515,16 +515,7 @@ func (v *validator) ingress() {
 		if !slices.Contains(v.p.Nomad.Namespaces, in.Namespace) {
 			v.errorf(or(in.NamespaceRange, in.DefRange), "Unknown ingress namespace", "namespace = %q is not one of the application namespaces %q (nomad { namespaces }); the platform's own Fabio is exposed with platform = true instead.", in.Namespace, v.p.Nomad.Namespaces)
 		}
-		taken := append(slices.Clone(agentPorts), 9998, 9999)
-		for i := range v.p.Nomad.Namespaces {
-			taken = append(taken, 10001+i)
-		}
-		switch {
-		case in.Port < 1 || in.Port > 65535:
-			v.errorf(or(in.PortRange, in.DefRange), "Invalid port", "port = %d: give a TCP port, 1 to 65535 (default 80).", in.Port)
-		case slices.Contains(taken, in.Port):
-			v.errorf(or(in.PortRange, in.DefRange), "Port in use", "port = %d is one of the platform's own ports (%v); pick another, e.g. 80.", in.Port, taken)
-		}
+		v.publicPort(in.Port, 80, or(in.PortRange, in.DefRange))
 	}
 	if t := in.TLS; t != nil {
 		v.ingressTLS(in, t)
@@ -534,21 +525,29 @@ func (v *validator) ingress() {
 	}
 }
 
+// publicPort checks a port the ingress binds on the clients' public
+// addresses: a TCP port that none of the platform's own ports, nor the
+// ports in also, take. def is the setting's default.
+func (v *validator) publicPort(port, def int, rng hcl.Range, also ...int) {
+	taken := append(slices.Clone(agentPorts), 9998, 9999)
+	for i := range v.p.Nomad.Namespaces {
+		taken = append(taken, 10001+i)
+	}
+	taken = append(taken, also...)
+	switch {
+	case port < 1 || port > 65535:
+		v.errorf(rng, "Invalid port", "port = %d: give a TCP port, 1 to 65535 (default %d).", port, def)
+	case slices.Contains(taken, port):
+		v.errorf(rng, "Port in use", "port = %d is taken: the platform and the ingress use %v; pick another, e.g. %d.", port, taken, def)
+	}
+}
+
 func (v *validator) ingressTLS(in *Ingress, t *IngressTLS) {
 	if in.Namespace == "" {
 		v.errorf(t.DefRange, "TLS without a namespace", "the tls block serves an application namespace over HTTPS: set namespace = \"prod\" in the ingress block, or remove the tls block.")
 		return
 	}
-	taken := append(slices.Clone(agentPorts), 9998, 9999, in.Port)
-	for i := range v.p.Nomad.Namespaces {
-		taken = append(taken, 10001+i)
-	}
-	switch {
-	case t.Port < 1 || t.Port > 65535:
-		v.errorf(or(t.PortRange, t.DefRange), "Invalid port", "port = %d: give a TCP port, 1 to 65535 (default 443).", t.Port)
-	case slices.Contains(taken, t.Port):
-		v.errorf(or(t.PortRange, t.DefRange), "Port in use", "port = %d is taken by the ingress's HTTP port or the platform (%v); pick another, e.g. 443.", t.Port, taken)
-	}
+	v.publicPort(t.Port, 443, or(t.PortRange, t.DefRange), in.Port)
 	// The redirect keeps the host the visitor asked for, port included: a
 	// browser names a port other than 80 in it, and https://host:8080:443/
 	// leads nowhere.
