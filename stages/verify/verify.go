@@ -22,6 +22,7 @@ import (
 	"encoding/base64"
 	"encoding/hex"
 	"encoding/json"
+	"encoding/pem"
 	"errors"
 	"fmt"
 	"io"
@@ -598,9 +599,13 @@ func (v *env) getStart(ctx context.Context, u string, ranged bool) (*http.Respon
 // port with a redirect there.
 func checkIngressTLS(ctx context.Context, v *env) error {
 	in := v.e.Config.Ingress
-	want, err := tls.LoadX509KeyPair(v.e.Config.Path(in.TLS.CertFile), v.e.Config.Path(in.TLS.KeyFile))
+	b, err := os.ReadFile(v.e.Config.Path(in.TLS.CertFile))
 	if err != nil {
 		return fmt.Errorf("ingress certificate: %w", err)
+	}
+	want, _ := pem.Decode(b) // the leaf comes first, its chain after it
+	if want == nil {
+		return fmt.Errorf("ingress certificate: %s holds no PEM block", in.TLS.CertFile)
 	}
 	// The served certificate is compared with the file's, byte for byte,
 	// which says more than whether some CA vouches for it: the file's may
@@ -620,7 +625,7 @@ func checkIngressTLS(ctx context.Context, v *env) error {
 		}
 		served := conn.(*tls.Conn).ConnectionState().PeerCertificates
 		conn.Close()
-		if len(served) == 0 || !bytes.Equal(served[0].Raw, want.Certificate[0]) {
+		if len(served) == 0 || !bytes.Equal(served[0].Raw, want.Bytes) {
 			errs = append(errs, fmt.Errorf("%s serves another certificate than %s", addr, in.TLS.CertFile))
 		}
 		u := "http://" + net.JoinHostPort(n.PublicIP, fmt.Sprint(in.Port)) + "/"

@@ -70,7 +70,8 @@ func TestLabProduction(t *testing.T) {
 	}
 	// Prod is served over HTTPS with the user's own certificate: here from
 	// the test's CA, which the outside trusts as a browser trusts Let's
-	// Encrypt's. (Plain HTTP on a public address: TestLabDocker.)
+	// Encrypt's. Plain HTTP is the same listener without the certificate,
+	// checked where the job file is rendered (jobs.TestJobsOnNomad).
 	var publicIPs []string
 	for _, m := range st.Machines {
 		if m.PublicIP != "" {
