@@ -296,9 +296,9 @@ func kvDiffers(ctx context.Context, p *platform, path string, want map[string]st
 	return false, nil
 }
 
-// convergeVault plans the jobs' secrets in Vault KV, the policy that lets
-// Prometheus read Vault's metrics and the JWT role it logs in with.
-func convergeVault(ctx context.Context, p *platform, pl *reconcile.Plan) error {
+// convergeKV writes the jobs' secrets that differ in Vault KV, and deletes
+// those no job reads any more.
+func convergeKV(ctx context.Context, p *platform, pl *reconcile.Plan) error {
 	for _, path := range slices.Sorted(maps.Keys(p.kv)) {
 		fields := p.kv[path]
 		d, err := kvDiffers(ctx, p, path, fields)
@@ -335,6 +335,15 @@ func convergeVault(ctx context.Context, p *platform, pl *reconcile.Plan) error {
 		if err != nil {
 			return err
 		}
+	}
+	return nil
+}
+
+// convergeVault plans the jobs' secrets in Vault KV, the policy that lets
+// Prometheus read Vault's metrics and the JWT role it logs in with.
+func convergeVault(ctx context.Context, p *platform, pl *reconcile.Plan) error {
+	if err := convergeKV(ctx, p, pl); err != nil {
+		return err
 	}
 	pol, err := p.vault.Sys().GetPolicyWithContext(ctx, prometheusPolicy)
 	if err != nil {
