@@ -64,9 +64,11 @@ type platform struct {
 	vault *vaultapi.Client
 	// secrets the jobs read from Vault KV: path under secret/ → fields.
 	kv map[string]map[string]string
-	// kvGone are the paths under secret/ of secrets no job reads any more.
-	kvGone []string
 }
+
+// ingressTLSPrefix names, with a namespace, the KV path of the ingress
+// certificate that namespace's Fabio serves.
+const ingressTLSPrefix = "general/fabio/tls-"
 
 func load(ctx context.Context, e *stages.Env) (*platform, error) {
 	inv, err := e.Inventory()
@@ -135,13 +137,7 @@ func load(ctx context.Context, e *stages.Env) (*platform, error) {
 	if r := e.Config.GitLabRunner; r != nil {
 		p.kv["general/gitlab-runner/token"] = map[string]string{"token": r.Token}
 	}
-	for _, ns := range e.Config.Nomad.Namespaces {
-		path := "general/fabio/tls-" + ns
-		in := e.Config.Ingress
-		if in == nil || in.TLS == nil || in.Namespace != ns {
-			p.kvGone = append(p.kvGone, path)
-			continue
-		}
+	if in := e.Config.Ingress; in != nil && in.TLS != nil {
 		cert, err := os.ReadFile(e.Config.Path(in.TLS.CertFile))
 		if err != nil {
 			return nil, fmt.Errorf("ingress: %w", err)
@@ -150,7 +146,7 @@ func load(ctx context.Context, e *stages.Env) (*platform, error) {
 		if err != nil {
 			return nil, fmt.Errorf("ingress: %w", err)
 		}
-		p.kv[path] = map[string]string{"cert": string(cert), "key": string(key)}
+		p.kv[ingressTLSPrefix+in.Namespace] = map[string]string{"cert": string(cert), "key": string(key)}
 	}
 	return p, nil
 }

@@ -49,7 +49,12 @@ func TestKVSecrets(t *testing.T) {
 		t.Fatalf("after the renewal: %v, %v", s, err)
 	}
 
-	without := &platform{vault: v.Client, kv: map[string]map[string]string{}, kvGone: []string{path, "general/fabio/tls-dev"}}
+	// Fabio's other secrets beside it are no ingress certificates.
+	const token = "general/fabio/consul"
+	if _, err := v.Client.Logical().Write("secret/data/"+token, map[string]any{"data": map[string]any{"token": "T"}}); err != nil {
+		t.Fatal(err)
+	}
+	without := &platform{vault: v.Client, kv: map[string]map[string]string{token: {"token": "T"}}}
 	deleted := []string{"delete vault kv secret/" + path + " (no job reads it any more)"}
 	if got := run(without, false); !slices.Equal(got, deleted) {
 		t.Errorf("plan without tls: %q, want %q", got, deleted)
@@ -65,5 +70,8 @@ func TestKVSecrets(t *testing.T) {
 	}
 	if got := run(without, false); len(got) != 0 {
 		t.Errorf("converged without tls: %q, want no change", got)
+	}
+	if s, err := v.Client.Logical().Read("secret/data/" + token); err != nil || s == nil {
+		t.Errorf("secret/%s after the delete: %v, %v; want it kept", token, s, err)
 	}
 }

@@ -297,7 +297,7 @@ func kvDiffers(ctx context.Context, p *platform, path string, want map[string]st
 }
 
 // convergeKV writes the jobs' secrets that differ in Vault KV, and deletes
-// those no job reads any more.
+// the ingress certificates no job reads any more.
 func convergeKV(ctx context.Context, p *platform, pl *reconcile.Plan) error {
 	for _, path := range slices.Sorted(maps.Keys(p.kv)) {
 		fields := p.kv[path]
@@ -320,15 +320,23 @@ func convergeKV(ctx context.Context, p *platform, pl *reconcile.Plan) error {
 			return err
 		}
 	}
-	for _, path := range p.kvGone {
-		s, err := p.vault.Logical().ReadWithContext(ctx, "secret/metadata/"+path)
-		if err != nil {
-			return fmt.Errorf("vault: read secret/%s: %w", path, err)
-		}
-		if s == nil {
+	// Ingress certificates whose tls block, or namespace, is gone: one list
+	// instead of a read per namespace, and it finds those of namespaces the
+	// configuration no longer has.
+	list, err := p.vault.Logical().ListWithContext(ctx, "secret/metadata/general/fabio")
+	if err != nil {
+		return fmt.Errorf("vault: list secret/general/fabio: %w", err)
+	}
+	var keys []any
+	if list != nil {
+		keys, _ = list.Data["keys"].([]any)
+	}
+	for _, k := range keys {
+		path := "general/fabio/" + fmt.Sprint(k)
+		if !strings.HasPrefix(path, ingressTLSPrefix) || p.kv[path] != nil {
 			continue
 		}
-		err = pl.Do(reconcile.Delete, "vault kv secret/"+path, "no job reads it any more", func() error {
+		err := pl.Do(reconcile.Delete, "vault kv secret/"+path, "no job reads it any more", func() error {
 			_, err := p.vault.Logical().DeleteWithContext(ctx, "secret/metadata/"+path)
 			return err
 		})
